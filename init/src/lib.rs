@@ -1,0 +1,1 @@
+//! PID 1: boot phases as data (mounts, modules, network, role), supervision, reaping and shutdown.

@@ -1,0 +1,1 @@
+//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs and the agent protocol.

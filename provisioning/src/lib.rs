@@ -1,0 +1,1 @@
+//! PXE provisioning: DHCP decisions (pure), TFTP and HTTP boot files, machine profiles.
