@@ -1,1 +1,23 @@
-//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs and the agent protocol.
+//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs and
+//! the agent protocol. No I/O lives here.
+pub mod agent;
+pub mod ids;
+pub mod marathon;
+pub mod resources;
+pub mod time;
+
+pub use ids::{AgentId, AppId, DeploymentId, OfferId, TaskId};
+pub use marathon::{AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation};
+pub use resources::{parse_attributes, Attributes, PortRanges, Resources};
+pub use time::Timestamp;
+
+/// Errors from parsing wire values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid id '{id}': {reason}")]
+    InvalidId { id: String, reason: String },
+    #[error("invalid resources '{input}': {reason}")]
+    InvalidResources { input: String, reason: String },
+    #[error("invalid attributes '{input}': {reason}")]
+    InvalidAttributes { input: String, reason: String },
+}

@@ -1,0 +1,161 @@
+//! Typed identifiers. Each id validates on construction so the rest of the code never
+//! sees a malformed one.
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ProtocolError;
+
+/// A Marathon app id: an absolute path such as `/group/app`. Each segment is lower-case
+/// letters, digits, dots and dashes, starting and ending with a letter or digit (Marathon's
+/// rule), so ids are safe in URLs, task ids and file names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AppId(String);
+
+impl AppId {
+    /// Parses an id; a relative id (`app`, `group/app`) is taken relative to the root.
+    pub fn parse(raw: &str) -> Result<Self, ProtocolError> {
+        let trimmed = raw.trim_matches('/');
+        if trimmed.is_empty() {
+            return Err(ProtocolError::InvalidId { id: raw.to_string(), reason: "id must not be empty".into() });
+        }
+        for segment in trimmed.split('/') {
+            if let Err(reason) = check_segment(segment) {
+                return Err(ProtocolError::InvalidId { id: raw.to_string(), reason });
+            }
+        }
+        Ok(AppId(format!("/{trimmed}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `/group/app` → `group_app`: the prefix Marathon puts in task ids.
+    pub fn task_prefix(&self) -> String {
+        self.0.trim_start_matches('/').replace('/', "_")
+    }
+
+    /// The group path that holds the app (`/group/app` → `/group`, `/app` → `/`).
+    pub fn parent(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(0) | None => "/",
+            Some(i) => &self.0[..i],
+        }
+    }
+}
+
+fn check_segment(segment: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if segment.is_empty() {
+        return Err("empty path segment".into());
+    }
+    if segment == "." || segment == ".." {
+        return Err("path segments '.' and '..' are not allowed".into());
+    }
+    if !segment.chars().all(ok_char) {
+        return Err(format!(
+            "segment '{segment}' may contain only lower-case letters, digits, '-' and '.'"
+        ));
+    }
+    let first = segment.chars().next().expect("segment is not empty");
+    let last = segment.chars().last().expect("segment is not empty");
+    if !edge(first) || !edge(last) {
+        return Err(format!("segment '{segment}' must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for AppId {
+    type Error = ProtocolError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        AppId::parse(&value)
+    }
+}
+impl From<AppId> for String {
+    fn from(value: AppId) -> Self {
+        value.0
+    }
+}
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Self {
+                $name(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                $name(value.to_string())
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A task id in Marathon's form: `{app prefix}.{uuid}` (e.g. `group_app.0b4e…`).
+    TaskId
+);
+string_id!(
+    /// An agent id, assigned by the master at first registration and kept by the agent
+    /// in its work dir so a restarted agent is recognised.
+    AgentId
+);
+string_id!(
+    /// A deployment id (a UUID, as in Marathon).
+    DeploymentId
+);
+string_id!(
+    /// An offer id: one allocation round's view of one agent's free resources.
+    OfferId
+);
+
+impl TaskId {
+    /// A fresh task id for an app.
+    pub fn generate(app: &AppId, uuid: uuid::Uuid) -> Self {
+        TaskId(format!("{}.{}", app.task_prefix(), uuid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids_are_normalised_and_validated() {
+        assert_eq!(AppId::parse("hello").unwrap().as_str(), "/hello");
+        assert_eq!(AppId::parse("/prod/web-1/").unwrap().as_str(), "/prod/web-1");
+        assert_eq!(AppId::parse("/prod/web").unwrap().parent(), "/prod");
+        assert_eq!(AppId::parse("/web").unwrap().parent(), "/");
+        for bad in ["", "/", "Hello", "a b", "/a//b", "-a", "a-", "/../x", "a_b", "x!"] {
+            assert!(AppId::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn task_ids_carry_the_app_prefix() {
+        let app = AppId::parse("/prod/web").unwrap();
+        let id = TaskId::generate(&app, uuid::Uuid::nil());
+        assert_eq!(id.as_str(), "prod_web.00000000-0000-0000-0000-000000000000");
+    }
+}
