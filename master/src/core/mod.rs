@@ -1,0 +1,15 @@
+//! The scheduler core: a pure state machine. API commands, agent messages and clock
+//! ticks go in (time and ids are inputs); decisions come out as changed records,
+//! events and agents to wake. No sockets, files or clocks in here.
+//!
+//! - the **allocator** turns each active agent's free resources into offers every tick;
+//! - the **app supervisor** accepts offers for apps short of instances (launch) or
+//!   declines them with a reason (shown in `/v2/queue`), and kills surplus tasks;
+//! - **deployments** move an app to a new version/size within its `upgradeStrategy`;
+//! - **agent liveness**: agents silent past the timeout are lost, their tasks `TASK_LOST`.
+pub mod constraints;
+pub mod model;
+mod engine;
+
+pub use engine::*;
+pub use model::*;

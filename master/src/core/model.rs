@@ -1,0 +1,245 @@
+//! The records the scheduler core keeps, and which the store persists as JSON.
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+
+use plinth_protocol::{AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp};
+
+/// An app as the supervisor keeps it: its current definition (normalised, with
+/// `version` and `versionInfo` set) and its launch backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: AppId,
+    pub definition: AppDefinition,
+    /// Current version (ISO timestamp), also in `definition.version`.
+    pub version: String,
+    /// The version whose configuration tasks must run; a scale-only change keeps it.
+    pub config_version: String,
+    pub backoff: Backoff,
+    pub created_at: Timestamp,
+}
+
+/// Marathon's launch delay after failures: `backoffSeconds * backoffFactor^(n-1)`,
+/// capped at `maxLaunchDelaySeconds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub failures: u32,
+    pub not_before: Timestamp,
+}
+
+/// One task the master placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub app_id: AppId,
+    /// The app's config version this task runs.
+    pub version: String,
+    pub agent_id: AgentId,
+    pub host: String,
+    pub ports: Vec<u16>,
+    /// Resources taken from the agent (scalars plus the ports above).
+    pub resources: Resources,
+    pub state: TaskState,
+    pub staged_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    /// The master asked the agent to kill it (shown as `TASK_KILLING`).
+    pub kill_requested: bool,
+    /// Why it was killed (scale down, upgrade, API, unhealthy...).
+    pub kill_reason: Option<String>,
+    pub healthy: Option<bool>,
+    pub message: Option<String>,
+    #[serde(default)]
+    pub health: Option<Value>,
+    #[serde(default)]
+    pub ip_addresses: Vec<Value>,
+}
+
+impl TaskRecord {
+    /// The state Marathon clients see.
+    pub fn visible_state(&self) -> TaskState {
+        if self.kill_requested && !self.state.is_terminal() {
+            TaskState::TaskKilling
+        } else {
+            self.state
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == TaskState::TaskRunning && !self.kill_requested
+    }
+
+    /// Running and, when the app has health checks, healthy.
+    pub fn is_ready(&self, has_health_checks: bool) -> bool {
+        self.is_running() && (!has_health_checks || self.healthy == Some(true))
+    }
+
+    /// Marathon's task JSON.
+    pub fn to_marathon_json(&self, service_ports: &[u16]) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "appId": self.app_id,
+            "host": self.host,
+            "ports": self.ports,
+            "servicePorts": service_ports,
+            "slaveId": self.agent_id,
+            "agentId": self.agent_id,
+            "stagedAt": self.staged_at.to_iso(),
+            "startedAt": self.started_at.map(Timestamp::to_iso),
+            "version": self.version,
+            "state": self.visible_state(),
+            "ipAddresses": if self.ip_addresses.is_empty() {
+                vec![json!({"ipAddress": self.host, "protocol": "IPv4"})]
+            } else {
+                self.ip_addresses.clone()
+            },
+        });
+        if let Some(health) = &self.health {
+            v["healthCheckResults"] = health.clone();
+        }
+        if let Some(message) = &self.message {
+            v["message"] = json!(message);
+        }
+        v
+    }
+}
+
+/// An agent (Mesos "slave").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub hostname: String,
+    pub advertise_ip: String,
+    pub http_port: u16,
+    /// Total resources the agent offers.
+    pub resources: Resources,
+    pub attributes: Attributes,
+    pub registered_at: Timestamp,
+    pub last_seen: Timestamp,
+    /// False once it missed heartbeats past the timeout (lost).
+    pub active: bool,
+    /// No new tasks are placed here (node drain).
+    #[serde(default)]
+    pub draining: bool,
+    /// Generation of this agent's desired task set.
+    pub generation: u64,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Marathon deployment actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeploymentAction {
+    StartApplication,
+    ScaleApplication,
+    RestartApplication,
+    StopApplication,
+}
+
+/// A deployment: moving one app from where it is to a target version and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: DeploymentId,
+    /// The app version this deployment targets.
+    pub version: String,
+    pub app_id: AppId,
+    pub steps: Vec<Vec<DeploymentAction>>,
+    /// 1-based, as Marathon shows it.
+    pub current_step: usize,
+    pub started_at: Timestamp,
+    /// The definition before this deployment, for rollback (`None` for a new app).
+    pub previous: Option<AppDefinition>,
+    /// Why it cannot progress right now (no room, backoff, ...), refreshed every tick.
+    pub blocked_reason: Option<String>,
+}
+
+impl DeploymentRecord {
+    pub fn current_actions(&self) -> &[DeploymentAction] {
+        self.steps.get(self.current_step.saturating_sub(1)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Marathon's deployment JSON.
+    pub fn to_marathon_json(&self) -> Value {
+        let action = |a: &DeploymentAction| json!({"action": a, "app": self.app_id});
+        json!({
+            "id": self.id,
+            "version": self.version,
+            "affectedApps": [self.app_id],
+            "affectedPods": [],
+            "steps": self.steps.iter().map(|s| json!({"actions": s.iter().map(action).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "currentActions": self.current_actions().iter().map(|a| {
+                let mut v = action(a);
+                v["readinessCheckResults"] = json!([]);
+                if let Some(reason) = &self.blocked_reason { v["blockedReason"] = json!(reason); }
+                v
+            }).collect::<Vec<_>>(),
+            "currentStep": self.current_step,
+            "totalSteps": self.steps.len(),
+        })
+    }
+}
+
+/// An event for `/v2/events` and callback subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_type: String,
+    /// The full JSON body, including `eventType` and `timestamp`.
+    pub payload: Value,
+}
+
+impl Event {
+    pub fn new(event_type: &str, now: Timestamp, mut payload: Value) -> Self {
+        payload["eventType"] = json!(event_type);
+        payload["timestamp"] = json!(now.to_iso());
+        Event { event_type: event_type.to_string(), payload }
+    }
+}
+
+/// What changed since the last [`super::Core::take_changes`]: the shell persists these
+/// records (reading them back from the core), then publishes events and wakes agents.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub apps: HashSet<AppId>,
+    pub app_versions: Vec<(AppId, String)>,
+    pub tasks: HashSet<TaskId>,
+    pub agents: HashSet<AgentId>,
+    pub deployments: HashSet<DeploymentId>,
+    pub events: Vec<Event>,
+    /// Agents whose desired state changed (wake their long-polls).
+    pub notify_agents: HashSet<AgentId>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+            && self.app_versions.is_empty()
+            && self.tasks.is_empty()
+            && self.agents.is_empty()
+            && self.deployments.is_empty()
+            && self.events.is_empty()
+            && self.notify_agents.is_empty()
+    }
+}
+
+/// Everything the store holds, loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub app_versions: Vec<(AppId, String, AppDefinition)>,
+    pub tasks: Vec<TaskRecord>,
+    pub agents: Vec<AgentRecord>,
+    pub deployments: Vec<DeploymentRecord>,
+}
+
+/// Per waiting app: what the last offers said (`GET /v2/queue`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OfferStats {
+    pub processed: u64,
+    pub unused: u64,
+    pub last_unused_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    /// Reason code (Marathon's, e.g. `InsufficientMemory`) → (declined, processed) in the
+    /// last round, and a readable example message.
+    pub last_round: BTreeMap<String, (u64, String)>,
+    pub last_round_processed: u64,
+}
