@@ -1,1 +1,316 @@
-fn main() {}
+//! `plinth`: one binary for the whole node OS and cluster. Run as PID 1 it is the init;
+//! otherwise the subcommand picks the role (`master`, `agent`, `standalone`), a client
+//! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
+//! building (`image`) or a benchmark (`bench`).
+mod cli;
+mod os;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use plinth_protocol::{Attributes, Resources};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "plinth", version, about = "Plinth: bare-metal node OS and cluster manager")]
+struct Cli {
+    /// Log output format (the filter comes from RUST_LOG, e.g. `info,plinth_master=debug`).
+    #[arg(long, global = true, env = "PLINTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a master: scheduler, Marathon v2 API, durable state.
+    Master(MasterCommand),
+    /// Run an agent that joins a master and runs tasks.
+    Agent(AgentCommand),
+    /// Run a master and an agent in one process: a one-box cluster.
+    Standalone(StandaloneCommand),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+    /// Build boot images (kernel + initramfs, disk, ISO, Vagrant box).
+    Image {
+        #[command(subcommand)]
+        cmd: os::ImageCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCommand,
+    },
+    /// Internal: supervises one task on an agent (started by the agent itself).
+    #[command(hide = true)]
+    Executor {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The real scheduler core against in-process fake agents: placements/s, peak memory.
+    Scheduler {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+    },
+}
+
+/// Flags the master and the agent both take.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Join token: the master requires it from agents, agents present it.
+    #[arg(long, env = "PLINTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Name this node reports (default: the kernel's hostname).
+    #[arg(long, env = "PLINTH_HOSTNAME")]
+    hostname: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct MasterArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "PLINTH_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Where the durable state lives.
+    #[arg(long, env = "PLINTH_DATA_DIR", default_value = "/var/lib/plinth/master")]
+    data_dir: PathBuf,
+    /// Seconds without heartbeats after which an agent is lost and its tasks replaced.
+    #[arg(long, env = "PLINTH_AGENT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    agent_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Where task sandboxes and the agent's checkpoint live.
+    #[arg(long, env = "PLINTH_WORK_DIR", default_value = "/var/lib/plinth/agent")]
+    work_dir: PathBuf,
+    /// Address other hosts reach this agent's tasks at (default: detected).
+    #[arg(long, env = "PLINTH_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    /// Resources to offer, e.g. 'cpus:2;mem:1024;disk:4096;ports:[31000-32000]' (default: detected).
+    #[arg(long, env = "PLINTH_RESOURCES", value_parser = parse_resources)]
+    resources: Option<Resources>,
+    /// Attributes for constraints, e.g. 'rack:r1;zone:a'.
+    #[arg(long, env = "PLINTH_ATTRIBUTES", value_parser = parse_attributes, default_value = "")]
+    attributes: Attributes,
+}
+
+#[derive(Debug, Args)]
+struct MasterCommand {
+    #[command(flatten)]
+    master: MasterArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct AgentCommand {
+    /// The master's URL, e.g. http://10.0.0.2:8080.
+    #[arg(long, env = "PLINTH_MASTER")]
+    master: String,
+    /// Address the agent's HTTP API (logs, task inspection) listens on.
+    #[arg(long, env = "PLINTH_LISTEN", default_value = "0.0.0.0:5051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct StandaloneCommand {
+    #[command(flatten)]
+    master: MasterArgs,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Address the agent's HTTP API listens on.
+    #[arg(long, env = "PLINTH_AGENT_LISTEN", default_value = "0.0.0.0:5051")]
+    agent_listen: SocketAddr,
+    /// The master URL the embedded agent joins (default: this process's master).
+    #[arg(long = "master", env = "PLINTH_MASTER")]
+    master_url: Option<String>,
+}
+
+/// Argument-time parsing so a typo is a usage error naming the bad part.
+fn parse_resources(text: &str) -> Result<Resources, String> {
+    Resources::parse(text).map_err(|e| match e {
+        plinth_protocol::ProtocolError::InvalidResources { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+fn parse_attributes(text: &str) -> Result<Attributes, String> {
+    plinth_protocol::parse_attributes(text).map_err(|e| match e {
+        plinth_protocol::ProtocolError::InvalidAttributes { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+fn main() {
+    // Must come first: as PID 1 nothing else (argument parsing included) applies.
+    os::maybe_run_as_init();
+    let cli = Cli::parse();
+
+    // The executor is forked per task; it runs its own small loop without tokio.
+    if let Command::Executor { spec } = &cli.command {
+        run_executor(spec);
+    }
+
+    let client_command = matches!(cli.command, Command::Client(_));
+    init_logging(cli.log_format, if client_command { "warn" } else { "info" });
+
+    if let Err(err) = run(cli.command) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_executor(spec: &std::path::Path) -> ! {
+    std::process::exit(plinth_agent::executor::run(spec))
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        // Synchronous commands run outside any runtime: they may start their own.
+        Command::Image { cmd } => os::run_image(cmd),
+        Command::Bench { cmd: BenchCommand::Scheduler { agents, tasks } } => {
+            let report = plinth_master::bench::run_scheduler_bench(agents, tasks)
+                .context("scheduler benchmark failed")?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Executor { spec } => run_executor(&spec),
+        Command::Master(cmd) => runtime()?.block_on(until_signal(run_master(cmd))),
+        Command::Agent(cmd) => runtime()?.block_on(until_signal(run_agent(cmd))),
+        Command::Standalone(cmd) => runtime()?.block_on(until_signal(run_standalone(cmd))),
+        Command::Client(cmd) => runtime()?.block_on(cmd.run()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Runs a role until it fails or the process is asked to stop (SIGINT/SIGTERM). Tasks are
+/// separate processes checkpointed by the agent, so stopping here leaves them running.
+async fn until_signal(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        result = role => result,
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, stopping"); Ok(()) }
+        _ = term.recv() => { tracing::info!("SIGTERM received, stopping"); Ok(()) }
+    }
+}
+
+fn kernel_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn master_config(args: MasterArgs, node: &NodeArgs) -> plinth_master::MasterConfig {
+    plinth_master::MasterConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
+        token: node.token.clone(),
+        hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
+    }
+}
+
+fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &NodeArgs) -> plinth_agent::AgentConfig {
+    plinth_agent::AgentConfig {
+        master: master.trim_end_matches('/').to_string(),
+        work_dir: args.work_dir,
+        hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
+        advertise_ip: args.advertise_ip,
+        resources: args.resources,
+        attributes: args.attributes,
+        listen,
+        token: node.token.clone(),
+    }
+}
+
+async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
+    let config = master_config(cmd.master, &cmd.node);
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting master");
+    plinth_master::run(config).await.context("master failed")
+}
+
+async fn run_agent(cmd: AgentCommand) -> anyhow::Result<()> {
+    let config = agent_config(cmd.master, cmd.listen, cmd.agent, &cmd.node);
+    tracing::info!(master = %config.master, work_dir = %config.work_dir.display(), "starting agent");
+    plinth_agent::run(config).await.context("agent failed")
+}
+
+/// The URL the embedded agent uses to reach the master in the same process.
+fn local_master_url(listen: SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { listen.ip() };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
+    let master_url = cmd.master_url.clone().unwrap_or_else(|| local_master_url(cmd.master.listen));
+    let master = master_config(cmd.master, &cmd.node);
+    let agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
+    tracing::info!(
+        listen = %master.listen, data_dir = %master.data_dir.display(),
+        work_dir = %agent.work_dir.display(), "starting standalone master + agent"
+    );
+    // Either half ending means the node is broken: stop the whole process so it is noticed.
+    tokio::select! {
+        result = plinth_master::run(master) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
+        result = plinth_agent::run(agent) => result.context("agent failed").and_then(|()| anyhow::bail!("agent stopped")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn resource_typos_are_usage_errors_naming_the_typo() {
+        let err = Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn standalone_agent_joins_its_own_master() {
+        assert_eq!(local_master_url("0.0.0.0:8080".parse().unwrap()), "http://127.0.0.1:8080");
+        assert_eq!(local_master_url("10.1.2.3:9090".parse().unwrap()), "http://10.1.2.3:9090");
+    }
+}

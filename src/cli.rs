@@ -1,0 +1,755 @@
+//! Client commands: talk to a master's Marathon API (and to agents for logs) and show the
+//! answers as aligned tables, or as the raw JSON with `--json` for scripts.
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use plinth_protocol::AppId;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEPLOYMENT_POLL: Duration = Duration::from_millis(500);
+const DEFAULT_AGENT_PORT: u16 = 5051;
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The master's URL.
+    #[arg(long, global = true, env = "PLINTH_MASTER", default_value = "http://127.0.0.1:8080")]
+    master: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true, env = "PLINTH_JSON")]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Deploy, list, inspect, scale, restart and destroy apps.
+    App {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: AppCommand,
+    },
+    /// List and kill tasks.
+    Task {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: TaskCommand,
+    },
+    /// Print a task's stdout (or stderr), optionally following it.
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The task id (as shown by `plinth task list`).
+        task: String,
+        /// Keep printing as the task writes.
+        #[arg(short, long)]
+        follow: bool,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Show the agents the master knows.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: NodeCommand,
+    },
+    /// Show apps waiting for resources and why offers were declined.
+    Queue {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app from a Marathon JSON file (`-` reads stdin).
+    Deploy {
+        file: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List apps with their task counts.
+    List,
+    /// Show one app and its tasks.
+    Show { id: String },
+    /// Set the number of instances.
+    Scale {
+        id: String,
+        instances: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Replace all tasks of an app with fresh ones.
+    Restart {
+        id: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Stop all tasks of an app and delete it.
+    Destroy {
+        id: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until the deployment has finished.
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Override a deployment that holds the app.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List running tasks, of all apps or of one.
+    List { app: Option<String> },
+    /// Kill tasks; they are replaced unless `--scale` lowers the app's instances.
+    Kill {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[arg(long)]
+        scale: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List agents with their resources.
+    List,
+}
+
+impl ClientCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            ClientCommand::App { client, cmd } => run_app(Master::new(&client)?, client.json, cmd).await,
+            ClientCommand::Task { client, cmd } => run_task(Master::new(&client)?, client.json, cmd).await,
+            ClientCommand::Logs { client, task, follow, stderr } => {
+                run_logs(Master::new(&client)?, &task, follow, stderr).await
+            }
+            ClientCommand::Node { client, cmd: NodeCommand::List } => {
+                let master = Master::new(&client)?;
+                let body = master.call(Method::GET, "/master/slaves", None).await?;
+                output(client.json, &body, node_table)
+            }
+            ClientCommand::Queue { client } => {
+                let master = Master::new(&client)?;
+                let body = master.call(Method::GET, "/v2/queue", None).await?;
+                output(client.json, &body, queue_table)
+            }
+        }
+    }
+}
+
+/// An error answer from the master, shown as Marathon gives it.
+#[derive(Debug)]
+struct ApiError {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    message: String,
+    details: Vec<(String, Vec<String>)>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} failed with {}: {}", self.method, self.path, self.status, self.message)?;
+        for (path, errors) in &self.details {
+            write!(f, "\n  {path}: {}", errors.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+fn api_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> ApiError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().chars().take(500).collect());
+    let details = parsed
+        .as_ref()
+        .and_then(|v| v.get("details"))
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|d| {
+                    let path = text(d, "path");
+                    let errors = d
+                        .get("errors")
+                        .and_then(Value::as_array)
+                        .map(|e| e.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect())
+                        .unwrap_or_default();
+                    (path, errors)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ApiError { method, path: path.to_string(), status, message, details }
+}
+
+/// The master's API.
+struct Master {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Master {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let base = args.master.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--master must be an http:// URL, got '{base}'");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot create the HTTP client")?;
+        Ok(Master { base, http })
+    }
+
+    /// One API call; the answer's JSON (`null` for an empty body) or a readable error.
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if !status.is_success() {
+            return Err(api_error(method, path, status, &bytes).into());
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: the master answered with invalid JSON"))
+    }
+
+    fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {
+        anyhow::Error::new(err).context(format!("cannot reach the master at {}", self.base))
+    }
+
+    /// Polls `/v2/deployments` until the deployment is gone (finished or replaced).
+    async fn wait_for_deployment(&self, deployment_id: &str, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let deployments = self.call(Method::GET, "/v2/deployments", None).await?;
+            let running = deployments
+                .as_array()
+                .is_some_and(|list| list.iter().any(|d| d.get("id").and_then(Value::as_str) == Some(deployment_id)));
+            if !running {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "deployment {deployment_id} is still running after {}s (see `plinth queue` for apps waiting for resources)",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(DEPLOYMENT_POLL).await;
+        }
+    }
+}
+
+/// `/hello` or `hello` → `/v2/apps/hello`, rejecting ids the master would refuse anyway.
+fn app_path(id: &str) -> anyhow::Result<String> {
+    let id = AppId::parse(id).map_err(anyhow::Error::new)?;
+    Ok(format!("/v2/apps{id}"))
+}
+
+fn force_query(force: bool) -> &'static str {
+    if force {
+        "?force=true"
+    } else {
+        ""
+    }
+}
+
+fn read_app_file(file: &str) -> anyhow::Result<Value> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read the app definition from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("{file} is not valid JSON"))?;
+    if !value.is_object() {
+        bail!("{file} must hold one app definition (a JSON object)");
+    }
+    Ok(value)
+}
+
+async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Result<()> {
+    match cmd {
+        AppCommand::Deploy { file, wait } => {
+            let app = read_app_file(&file)?;
+            let created = master.call(Method::POST, "/v2/apps", Some(&app)).await?;
+            let deployment = created.pointer("/deployments/0/id").and_then(Value::as_str).map(str::to_string);
+            report_change(&master, json_out, &created, &format!("created app {}", text(&created, "id")), deployment, &wait)
+                .await
+        }
+        AppCommand::List => {
+            let body = master.call(Method::GET, "/v2/apps?embed=apps.counts", None).await?;
+            output(json_out, &body, app_table)
+        }
+        AppCommand::Show { id } => {
+            let path = format!("{}?embed=app.tasks&embed=app.counts&embed=app.lastTaskFailure", app_path(&id)?);
+            let body = master.call(Method::GET, &path, None).await?;
+            output(json_out, &body, show_app)
+        }
+        AppCommand::Scale { id, instances, change } => {
+            let path = format!("{}{}", app_path(&id)?, force_query(change.force));
+            let answer = master.call(Method::PUT, &path, Some(&json!({ "instances": instances }))).await?;
+            let summary = format!("scaling {} to {instances} instance(s)", AppId::parse(&id)?);
+            report_deployment(&master, json_out, &answer, &summary, &change.wait).await
+        }
+        AppCommand::Restart { id, change } => {
+            let path = format!("{}/restart{}", app_path(&id)?, force_query(change.force));
+            let answer = master.call(Method::POST, &path, None).await?;
+            let summary = format!("restarting {}", AppId::parse(&id)?);
+            report_deployment(&master, json_out, &answer, &summary, &change.wait).await
+        }
+        AppCommand::Destroy { id, change } => {
+            let path = format!("{}{}", app_path(&id)?, force_query(change.force));
+            let answer = master.call(Method::DELETE, &path, None).await?;
+            let summary = format!("destroying {}", AppId::parse(&id)?);
+            report_deployment(&master, json_out, &answer, &summary, &change.wait).await
+        }
+    }
+}
+
+/// For answers of the `{"version","deploymentId"}` shape.
+async fn report_deployment(master: &Master, json_out: bool, answer: &Value, summary: &str, wait: &WaitArgs) -> anyhow::Result<()> {
+    let deployment = answer.get("deploymentId").and_then(Value::as_str).map(str::to_string);
+    report_change(master, json_out, answer, summary, deployment, wait).await
+}
+
+async fn report_change(
+    master: &Master,
+    json_out: bool,
+    answer: &Value,
+    summary: &str,
+    deployment: Option<String>,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
+    if json_out {
+        print_json(answer)?;
+    } else {
+        match &deployment {
+            Some(id) => println!("{summary} (deployment {id})"),
+            None => println!("{summary}"),
+        }
+    }
+    if wait.wait {
+        if let Some(id) = deployment {
+            master.wait_for_deployment(&id, Duration::from_secs(wait.timeout)).await?;
+            if !json_out {
+                println!("deployment {id} finished");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_task(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::List { app } => {
+            let path = match app {
+                Some(id) => format!("{}/tasks", app_path(&id)?),
+                None => "/v2/tasks".to_string(),
+            };
+            let body = master.call(Method::GET, &path, None).await?;
+            output(json_out, &body, |b| task_table(b.get("tasks").unwrap_or(&Value::Null)))
+        }
+        TaskCommand::Kill { ids, scale } => {
+            let path = format!("/v2/tasks/delete{}", if scale { "?scale=true" } else { "" });
+            let answer = master.call(Method::POST, &path, Some(&json!({ "ids": ids }))).await?;
+            if json_out {
+                return print_json(&answer);
+            }
+            match answer.get("deploymentId").and_then(Value::as_str) {
+                Some(deployment) => println!("killing {} task(s), scaling down (deployment {deployment})", ids.len()),
+                None => println!("killing {} task(s); they will be replaced", ids.len()),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Finds the agent that runs `task` and prints its log from that agent's HTTP API.
+async fn run_logs(master: Master, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
+    let agent = locate_task(&master, task).await?;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let url = format!("{agent}/v1/tasks/{task}/logs?stream={stream}&offset=0{}", if follow { "&follow=true" } else { "" });
+    let mut request = master.http.get(&url);
+    if !follow {
+        request = request.timeout(REQUEST_TIMEOUT);
+    }
+    let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context(format!("cannot reach the agent at {agent}"));
+    let response = request.send().await.map_err(unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.map_err(unreachable)?;
+        return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
+    }
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let mut out = std::io::stdout().lock();
+    if is_json {
+        // A Mesos `files/read`-style answer: `{"data": "...", "offset": N}`.
+        let body: Value = response.json().await.map_err(unreachable)?;
+        let data = body.get("data").and_then(Value::as_str).unwrap_or_default();
+        out.write_all(data.as_bytes()).context("cannot write to stdout")?;
+    } else {
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            out.write_all(&chunk.map_err(unreachable)?).context("cannot write to stdout")?;
+            out.flush().context("cannot write to stdout")?;
+        }
+    }
+    out.flush().context("cannot write to stdout")
+}
+
+/// The base URL of the agent that runs (or ran) `task`.
+async fn locate_task(master: &Master, task: &str) -> anyhow::Result<String> {
+    let slaves = master.call(Method::GET, "/master/slaves", None).await?;
+    let slaves = slaves.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tasks = master.call(Method::GET, "/v2/tasks", None).await?;
+    let found = tasks
+        .get("tasks")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().find(|t| t.get("id").and_then(Value::as_str) == Some(task)).cloned());
+    if let Some(found) = found {
+        let slave_id = found.get("slaveId").and_then(Value::as_str);
+        let host = found.get("host").and_then(Value::as_str).unwrap_or_default();
+        let slave = slaves.iter().find(|s| slave_id.is_some() && s.get("id").and_then(Value::as_str) == slave_id);
+        return Ok(slave.and_then(agent_url).unwrap_or_else(|| format!("http://{host}:{DEFAULT_AGENT_PORT}")));
+    }
+    // Finished tasks leave the master's list but their logs stay on the agent: ask each one.
+    for slave in &slaves {
+        let Some(url) = agent_url(slave) else { continue };
+        let Ok(response) = master.http.get(format!("{url}/v1/tasks")).timeout(REQUEST_TIMEOUT).send().await else {
+            continue;
+        };
+        let Ok(body) = response.json::<Value>().await else { continue };
+        let list = body.get("tasks").or(Some(&body)).and_then(Value::as_array);
+        let has_task = list.is_some_and(|l| {
+            l.iter().any(|t| [t.get("task_id"), t.get("id")].into_iter().flatten().any(|id| id.as_str() == Some(task)))
+        });
+        if has_task {
+            return Ok(url);
+        }
+    }
+    bail!("task {task} is not known to the master or to any of its agents")
+}
+
+/// An agent's HTTP base URL from its `/master/slaves` entry: an explicit `agent_url`, the
+/// Mesos `pid` (`slave(1)@10.0.0.3:5051`), or its address and port.
+fn agent_url(slave: &Value) -> Option<String> {
+    if let Some(url) = slave.get("agent_url").and_then(Value::as_str) {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    if let Some(pid) = slave.get("pid").and_then(Value::as_str) {
+        if let Some((_, address)) = pid.split_once('@') {
+            return Some(format!("http://{address}"));
+        }
+    }
+    let ip = ["advertise_ip", "address", "ip", "hostname"]
+        .iter()
+        .find_map(|key| slave.get(*key).and_then(Value::as_str))?;
+    let port = ["http_port", "port"].iter().find_map(|key| slave.get(*key).and_then(Value::as_u64));
+    Some(format!("http://{ip}:{}", port.unwrap_or(u64::from(DEFAULT_AGENT_PORT))))
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot format JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn output(json_out: bool, body: &Value, render: impl Fn(&Value) -> String) -> anyhow::Result<()> {
+    if json_out {
+        print_json(body)
+    } else {
+        print!("{}", render(body));
+        Ok(())
+    }
+}
+
+/// A field as display text: strings bare, numbers and other JSON compact, missing as `-`.
+fn text(value: &Value, key: &str) -> String {
+    display(value.get(key).unwrap_or(&Value::Null))
+}
+
+fn display(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) if s.is_empty() => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "-".to_string(),
+        Value::Array(items) => items.iter().map(display).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn number(value: &Value, key: &str) -> f64 {
+    value.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn app_command(app: &Value) -> String {
+    if let Some(image) = app.pointer("/container/docker/image").and_then(Value::as_str) {
+        return format!("image {image}");
+    }
+    match (app.get("cmd").and_then(Value::as_str), app.get("args")) {
+        (Some(cmd), _) => cmd.to_string(),
+        (None, Some(args)) => display(args),
+        (None, None) => "-".to_string(),
+    }
+}
+
+fn app_table(body: &Value) -> String {
+    let apps = body.get("apps").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|app| {
+            let deploying = app.get("deployments").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+            vec![
+                text(app, "id"),
+                format!("{}/{}", number(app, "tasksRunning"), number(app, "instances")),
+                text(app, "tasksStaged"),
+                text(app, "cpus"),
+                text(app, "mem"),
+                if deploying { "yes" } else { "-" }.to_string(),
+                truncate(&app_command(app), 50),
+            ]
+        })
+        .collect();
+    table(&["ID", "RUNNING", "STAGED", "CPUS", "MEM", "DEPLOYING", "COMMAND"], &rows)
+}
+
+fn show_app(body: &Value) -> String {
+    let app = body.get("app").unwrap_or(body);
+    let ports: Vec<String> = app
+        .get("portDefinitions")
+        .and_then(Value::as_array)
+        .map(|defs| defs.iter().map(|d| text(d, "port")).collect())
+        .unwrap_or_default();
+    let deployments: Vec<String> = app
+        .get("deployments")
+        .and_then(Value::as_array)
+        .map(|d| d.iter().map(|x| text(x, "id")).collect())
+        .unwrap_or_default();
+    let mut fields = vec![
+        ("id", text(app, "id")),
+        ("command", app_command(app)),
+        ("instances", format!("{} running of {}", number(app, "tasksRunning"), number(app, "instances"))),
+        ("resources", format!("cpus {} · mem {} MB · disk {} MB", text(app, "cpus"), text(app, "mem"), text(app, "disk"))),
+        ("ports", if ports.is_empty() { "-".to_string() } else { ports.join(",") }),
+        ("constraints", text(app, "constraints")),
+        ("version", text(app, "version")),
+        ("deployments", if deployments.is_empty() { "-".to_string() } else { deployments.join(",") }),
+    ];
+    if let Some(failure) = app.get("lastTaskFailure").filter(|f| !f.is_null()) {
+        fields.push(("last failure", format!("{} {} {}", text(failure, "timestamp"), text(failure, "state"), text(failure, "message"))));
+    }
+    let mut out: String = fields.iter().map(|(k, v)| format!("{:<13}{v}\n", format!("{k}:"))).collect();
+    if let Some(tasks) = app.get("tasks").filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
+        out.push('\n');
+        out.push_str(&task_table(tasks));
+    }
+    out
+}
+
+fn task_table(tasks: &Value) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|t| {
+                    vec![
+                        text(t, "id"),
+                        text(t, "appId"),
+                        text(t, "state"),
+                        text(t, "host"),
+                        text(t, "ports"),
+                        text(t, "startedAt"),
+                        text(t, "version"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "APP", "STATE", "HOST", "PORTS", "STARTED", "VERSION"], &rows)
+}
+
+fn used_of(slave: &Value, key: &str) -> String {
+    let total = slave.pointer(&format!("/resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
+    let used = slave.pointer(&format!("/used_resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
+    format!("{used}/{total}")
+}
+
+fn node_table(body: &Value) -> String {
+    let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = slaves
+        .iter()
+        .map(|s| {
+            let attributes = s
+                .get("attributes")
+                .and_then(Value::as_object)
+                .map(|a| a.iter().map(|(k, v)| format!("{k}:{}", display(v))).collect::<Vec<_>>().join(";"))
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "-".to_string());
+            let active = s.get("active").and_then(Value::as_bool).map_or("-", |a| if a { "yes" } else { "no (lost)" });
+            vec![
+                text(s, "id"),
+                text(s, "hostname"),
+                agent_url(s).unwrap_or_else(|| "-".to_string()),
+                active.to_string(),
+                used_of(s, "cpus"),
+                used_of(s, "mem"),
+                used_of(s, "disk"),
+                attributes,
+            ]
+        })
+        .collect();
+    table(&["ID", "HOSTNAME", "ADDRESS", "ACTIVE", "CPUS", "MEM", "DISK", "ATTRIBUTES"], &rows)
+}
+
+/// Why offers were declined, from Marathon's `processedOffersSummary` (or a plain list of
+/// reasons when the master gives one).
+fn decline_reasons(item: &Value) -> String {
+    let summary = item.get("processedOffersSummary");
+    let reasons: Vec<String> = summary
+        .and_then(|s| s.get("rejectSummaryLastOffers"))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter(|r| number(r, "declined") > 0.0)
+                .map(|r| format!("{} ({}/{})", text(r, "reason"), number(r, "declined"), number(r, "processed")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !reasons.is_empty() {
+        return reasons.join(", ");
+    }
+    ["reasons", "declineReasons", "lastDeclineReasons"]
+        .iter()
+        .find_map(|key| item.get(*key).or_else(|| summary.and_then(|s| s.get(*key))))
+        .map(display)
+        .unwrap_or_else(|| "-".to_string())
+}
+
+fn queue_table(body: &Value) -> String {
+    let queue = body.get("queue").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = queue
+        .iter()
+        .map(|item| {
+            let app = item.get("app").map(|a| text(a, "id")).unwrap_or_else(|| "-".to_string());
+            let offers = item
+                .pointer("/processedOffersSummary/processedOffersCount")
+                .map(display)
+                .unwrap_or_else(|| "-".to_string());
+            let delay = item.pointer("/delay/timeLeftSeconds").map(|d| format!("{}s", display(d))).unwrap_or("-".into());
+            vec![app, text(item, "count"), offers, delay, decline_reasons(item)]
+        })
+        .collect();
+    table(&["APP", "WAITING", "OFFERS", "DELAY", "DECLINED BECAUSE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let out = table(&["ID", "STATE"], &[vec!["/a".into(), "TASK_RUNNING".into()], vec!["/long-id".into(), "-".into()]]);
+        assert_eq!(out, "ID        STATE\n/a        TASK_RUNNING\n/long-id  -\n");
+    }
+
+    #[test]
+    fn api_errors_show_status_message_and_paths() {
+        let body = br#"{"message":"Object is not valid","details":[{"path":"/cpus","errors":["must be > 0"]}]}"#;
+        let err = api_error(Method::POST, "/v2/apps", StatusCode::UNPROCESSABLE_ENTITY, body).to_string();
+        assert_eq!(err, "POST /v2/apps failed with 422 Unprocessable Entity: Object is not valid\n  /cpus: must be > 0");
+        let err = api_error(Method::GET, "/x", StatusCode::BAD_GATEWAY, b"upstream down").to_string();
+        assert!(err.ends_with("502 Bad Gateway: upstream down"), "{err}");
+    }
+
+    #[test]
+    fn agent_urls_come_from_whatever_the_master_reports() {
+        assert_eq!(agent_url(&json!({"agent_url": "http://10.0.0.3:5051/"})).unwrap(), "http://10.0.0.3:5051");
+        assert_eq!(agent_url(&json!({"pid": "slave(1)@10.0.0.4:5051"})).unwrap(), "http://10.0.0.4:5051");
+        assert_eq!(agent_url(&json!({"hostname": "a1", "port": 5052})).unwrap(), "http://a1:5052");
+    }
+
+    #[test]
+    fn queue_shows_decline_reasons() {
+        let item = json!({"app": {"id": "/big"}, "count": 1, "processedOffersSummary": {"processedOffersCount": 4,
+            "rejectSummaryLastOffers": [{"reason": "InsufficientMemory", "declined": 2, "processed": 2},
+                                        {"reason": "InsufficientCpus", "declined": 0, "processed": 2}]}});
+        assert_eq!(decline_reasons(&item), "InsufficientMemory (2/2)");
+        let out = queue_table(&json!({"queue": [item]}));
+        assert!(out.contains("/big") && out.contains("InsufficientMemory"), "{out}");
+    }
+
+    #[test]
+    fn app_paths_are_validated_locally() {
+        assert_eq!(app_path("group/web").unwrap(), "/v2/apps/group/web");
+        assert!(app_path("Bad_Id").is_err());
+    }
+}
