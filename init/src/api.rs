@@ -1,0 +1,218 @@
+//! The node API, served by PID 1 itself on port 5052 so a node without a shell can still be
+//! inspected and powered off even when the role is down. Blocking HTTP/1.1, one thread per
+//! connection, responses close the connection.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /node/v1/status` | JSON: role, hostname, interfaces, master URL, resources, boot time |
+//! | `GET /node/v1/logs` | text: init and role log lines (last 5000) |
+//! | `GET /node/v1/dmesg` | text: the kernel ring buffer |
+//! | `GET /node/v1/mounts` | JSON: `[{"source","target","fstype","options"}]` |
+//! | `GET /node/v1/network` | JSON: `{"interfaces":[{"name","addresses"}],"routes":"..."}` |
+//! | `GET /node/v1/processes` | JSON: `[{"pid","ppid","state","rss_kb","cmdline"}]` |
+//! | `POST /node/v1/poweroff`, `POST /node/v1/reboot` | 202, then a graceful shutdown |
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::error::{InitError, Result};
+
+/// What the node API can ask of PID 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerRequest {
+    Poweroff,
+    Reboot,
+}
+
+/// The status document, updated by the init as boot progresses.
+pub type SharedStatus = Arc<Mutex<Value>>;
+
+/// A routed request's answer: status, content type, body.
+#[derive(Debug, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    fn json(status: u16, v: &Value) -> Self {
+        Reply { status, content_type: "application/json", body: v.to_string() }
+    }
+    fn text(body: String) -> Self {
+        Reply { status: 200, content_type: "text/plain; charset=utf-8", body }
+    }
+    fn error(status: u16, message: &str) -> Self {
+        Self::json(status, &json!({ "message": message }))
+    }
+}
+
+/// Data sources of the API, so routing is testable without a live node.
+pub trait NodeView {
+    fn status(&self) -> Value;
+    fn logs(&self) -> String;
+    fn dmesg(&self) -> String;
+    fn mounts(&self) -> String;
+    fn network(&self) -> Value;
+    fn processes(&self) -> Value;
+    fn power(&self, req: PowerRequest);
+}
+
+/// Maps method + path to an answer.
+pub fn route(view: &dyn NodeView, method: &str, path: &str) -> Reply {
+    let path = path.split('?').next().unwrap_or(path);
+    match (method, path) {
+        ("GET", "/node/v1/status") => Reply::json(200, &view.status()),
+        ("GET", "/node/v1/logs") => Reply::text(view.logs()),
+        ("GET", "/node/v1/dmesg") => Reply::text(view.dmesg()),
+        ("GET", "/node/v1/mounts") => Reply::json(200, &parse_mounts(&view.mounts())),
+        ("GET", "/node/v1/network") => Reply::json(200, &view.network()),
+        ("GET", "/node/v1/processes") => Reply::json(200, &view.processes()),
+        ("POST", "/node/v1/poweroff") => {
+            view.power(PowerRequest::Poweroff);
+            Reply::json(202, &json!({ "message": "powering off" }))
+        }
+        ("POST", "/node/v1/reboot") => {
+            view.power(PowerRequest::Reboot);
+            Reply::json(202, &json!({ "message": "rebooting" }))
+        }
+        (_, "/node/v1/status" | "/node/v1/logs" | "/node/v1/dmesg" | "/node/v1/mounts" | "/node/v1/network" | "/node/v1/processes") => {
+            Reply::error(405, "method not allowed; use GET")
+        }
+        (_, "/node/v1/poweroff" | "/node/v1/reboot") => Reply::error(405, "method not allowed; use POST"),
+        _ => Reply::error(404, &format!("no such endpoint: {path}; see /node/v1/status, logs, dmesg, mounts, network, processes, poweroff, reboot")),
+    }
+}
+
+/// `/proc/mounts` text → JSON list.
+pub fn parse_mounts(text: &str) -> Value {
+    let list: Vec<Value> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| json!({ "source": f[0], "target": f[1], "fstype": f[2], "options": f[3] }))
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Starts the listener thread.
+pub fn serve(port: u16, view: Arc<dyn NodeView + Send + Sync>) -> Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| InitError::NodeApi { port, source })?;
+    std::thread::Builder::new()
+        .name("node-api".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let view = view.clone();
+                let _ = std::thread::Builder::new().name("node-api-conn".into()).spawn(move || {
+                    if let Err(e) = handle(conn, view.as_ref()) {
+                        warn!(error = %e, "node API connection failed");
+                    }
+                });
+            }
+        })
+        .map_err(|source| InitError::NodeApi { port, source })?;
+    Ok(())
+}
+
+fn handle(mut conn: TcpStream, view: &dyn NodeView) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?.take(64 * 1024));
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let reply = match (parts.next(), parts.next()) {
+        (Some(method), Some(path)) => route(view, method, path),
+        _ => Reply::error(400, "malformed request line"),
+    };
+    let reason = match reply.status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Error",
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        reply.status,
+        reason,
+        reply.content_type,
+        reply.body.len(),
+        reply.body
+    )?;
+    conn.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Fake {
+        power: RefCell<Vec<PowerRequest>>,
+    }
+    impl NodeView for Fake {
+        fn status(&self) -> Value {
+            json!({"role": "agent"})
+        }
+        fn logs(&self) -> String {
+            "line1\n".into()
+        }
+        fn dmesg(&self) -> String {
+            "[0.0] Linux\n".into()
+        }
+        fn mounts(&self) -> String {
+            "proc /proc proc rw,nosuid 0 0\nbroken\n".into()
+        }
+        fn network(&self) -> Value {
+            json!({})
+        }
+        fn processes(&self) -> Value {
+            json!([])
+        }
+        fn power(&self, req: PowerRequest) {
+            self.power.borrow_mut().push(req);
+        }
+    }
+
+    #[test]
+    fn routes_reads_and_power_requests() {
+        let f = Fake::default();
+        assert_eq!(route(&f, "GET", "/node/v1/status").body, r#"{"role":"agent"}"#);
+        assert_eq!(route(&f, "GET", "/node/v1/logs?tail=1").body, "line1\n");
+        assert_eq!(
+            route(&f, "GET", "/node/v1/mounts").body,
+            r#"[{"fstype":"proc","options":"rw,nosuid","source":"proc","target":"/proc"}]"#
+        );
+        assert!(f.power.borrow().is_empty(), "reads never power off");
+        assert_eq!(route(&f, "POST", "/node/v1/poweroff").status, 202);
+        assert_eq!(route(&f, "POST", "/node/v1/reboot").status, 202);
+        assert_eq!(*f.power.borrow(), [PowerRequest::Poweroff, PowerRequest::Reboot]);
+    }
+
+    #[test]
+    fn wrong_method_or_path_is_refused_without_side_effects() {
+        let f = Fake::default();
+        assert_eq!(route(&f, "GET", "/node/v1/poweroff").status, 405);
+        assert_eq!(route(&f, "DELETE", "/node/v1/logs").status, 405);
+        let r = route(&f, "GET", "/nope");
+        assert_eq!(r.status, 404);
+        assert!(r.body.contains("no such endpoint: /nope"));
+        assert!(f.power.borrow().is_empty());
+    }
+}

@@ -1,0 +1,223 @@
+//! Kernel modules: which files to load, in which order (pure), from `modules.dep`,
+//! `modules.builtin` and `modules.alias` as written by `depmod`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `modules.dep` + `modules.builtin` + `modules.alias` of one kernel release.
+#[derive(Debug, Default, Clone)]
+pub struct ModuleIndex {
+    /// module name → (relative path, dependency paths as listed)
+    deps: BTreeMap<String, (String, Vec<String>)>,
+    builtin: BTreeSet<String>,
+    /// (pattern, module name), in file order
+    aliases: Vec<(String, String)>,
+}
+
+/// `kernel/drivers/net/virtio_net.ko` → `virtio_net`; dashes count as underscores, as in modprobe.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+impl ModuleIndex {
+    pub fn parse(modules_dep: &str, modules_builtin: &str, modules_alias: &str) -> Self {
+        let mut index = ModuleIndex::default();
+        for line in modules_dep.lines() {
+            let Some((path, deps)) = line.split_once(':') else { continue };
+            let path = path.trim();
+            if path.is_empty() {
+                continue;
+            }
+            let deps = deps.split_whitespace().map(str::to_string).collect();
+            index.deps.insert(module_name(path), (path.to_string(), deps));
+        }
+        index.builtin = modules_builtin.lines().map(str::trim).filter(|l| !l.is_empty()).map(module_name).collect();
+        for line in modules_alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(pattern), Some(module)) = (words.next(), words.next(), words.next()) {
+                index.aliases.push((pattern.to_string(), module.replace('-', "_")));
+            }
+        }
+        index
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&name.replace('-', "_"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.deps.contains_key(&name.replace('-', "_"))
+    }
+
+    /// Relative paths to load for `wanted`, each dependency before its users, no repeats.
+    /// Names neither present nor built in are returned as missing.
+    pub fn load_order(&self, wanted: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut missing = Vec::new();
+        for name in wanted {
+            let name = name.replace('-', "_");
+            if self.is_builtin(&name) {
+                continue;
+            }
+            match self.deps.get(&name) {
+                Some((path, _)) => self.visit(path, &mut seen, &mut order),
+                None => missing.push(name),
+            }
+        }
+        (order, missing)
+    }
+
+    fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+        if !seen.insert(path.to_string()) {
+            return;
+        }
+        if let Some((_, deps)) = self.deps.get(&module_name(path)) {
+            // depmod lists the deepest dependency last; modprobe loads from the end.
+            for dep in deps.iter().rev() {
+                self.visit(dep, seen, order);
+            }
+        }
+        order.push(path.to_string());
+    }
+
+    /// Modules (present in this index) whose alias patterns match any of `modaliases`.
+    pub fn match_aliases<'a>(&self, modaliases: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut found = BTreeSet::new();
+        for alias in modaliases {
+            for (pattern, module) in &self.aliases {
+                if self.deps.contains_key(module) && glob_match(pattern.as_bytes(), alias.as_bytes()) {
+                    found.insert(module.clone());
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+}
+
+/// fnmatch-style matching with `*`, `?` and `[...]` classes, as used in modules.alias.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    backtrack = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = match_class(&pattern[p..], text[t]) {
+                        if matched {
+                            p += next;
+                            t += 1;
+                            continue;
+                        }
+                    } else if text[t] == b'[' {
+                        p += 1;
+                        t += 1;
+                        continue;
+                    }
+                }
+                c if c == text[t] => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match backtrack {
+            Some((bp, bt)) => {
+                p = bp + 1;
+                t = bt + 1;
+                backtrack = Some((bp, bt + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// `[abc]` / `[a-z]` at the start of `pattern`: (does `c` match, length of the class).
+fn match_class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
+    let end = pattern.iter().skip(1).position(|&b| b == b']')? + 1;
+    let class = &pattern[1..end];
+    let mut matched = false;
+    let mut i = 0;
+    while i < class.len() {
+        if i + 2 < class.len() && class[i + 1] == b'-' {
+            matched |= class[i] <= c && c <= class[i + 2];
+            i += 3;
+        } else {
+            matched |= class[i] == c;
+            i += 1;
+        }
+    }
+    Some((matched, end + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+kernel/net/core/failover.ko:\n\
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko\n\
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
+kernel/fs/overlayfs/overlay.ko:\n";
+    const ALIAS: &str = "# Aliases extracted from modules themselves.\n\
+alias virtio:d00000001v* virtio_net\n\
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+alias fs-overlay overlay\n\
+alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
+
+    fn index() -> ModuleIndex {
+        ModuleIndex::parse(DEP, "kernel/drivers/virtio/virtio.ko\nkernel/fs/ext4/ext4.ko\n", ALIAS)
+    }
+
+    #[test]
+    fn dependencies_load_first_and_once() {
+        let (order, missing) = index().load_order(&["virtio_net".into(), "net-failover".into(), "virtio".into(), "ext4".into()]);
+        assert_eq!(
+            order,
+            ["kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko"]
+        );
+        assert!(missing.is_empty(), "built-in modules are not missing: {missing:?}");
+    }
+
+    #[test]
+    fn unknown_modules_are_reported_missing() {
+        let (order, missing) = index().load_order(&["overlay".into(), "no_such_mod".into()]);
+        assert_eq!(order, ["kernel/fs/overlayfs/overlay.ko"]);
+        assert_eq!(missing, ["no_such_mod"]);
+    }
+
+    #[test]
+    fn modaliases_from_sysfs_pick_drivers_present_in_the_image() {
+        let found = index().match_aliases([
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+            "virtio:d00000001v00001AF4",
+            "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00", // e1000 is not in modules.dep here
+            "acpi:PNP0A03:",
+        ]);
+        assert_eq!(found, ["virtio_net", "virtio_pci"]);
+    }
+
+    #[test]
+    fn glob_handles_classes_and_stars() {
+        assert!(glob_match(b"usb:v*p*d*dc[0-9]*", b"usb:v1234p5678d0100dc0"));
+        assert!(!glob_match(b"usb:v*p*d*dc[0-9]*", b"usb:v1234p5678d0100dcX"));
+        assert!(glob_match(b"a?c*", b"abcdef"));
+        assert!(!glob_match(b"abc", b"abcd"));
+        assert!(glob_match(b"*", b""));
+    }
+}

@@ -1,0 +1,496 @@
+//! PID 1's life: boot the plan, start and supervise the role, reap, shut down.
+//!
+//! Signals are blocked in every thread and taken synchronously with `sigtimedwait` in the
+//! main loop, so there are no async signal handlers. The node API asks for shutdown by
+//! sending PID 1 the same signals the kernel would (SIGUSR2 power off, SIGINT reboot).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use tracing::{error, info, warn};
+
+use crate::api::{self, NodeView, PowerRequest, SharedStatus};
+use crate::boot::{error_chain, severity, Boot, Severity};
+use crate::cmdline::KernelCmdline;
+use crate::plan::{self, role_args, Phase, RoleCommand, RoleLaunch, MASTER_PORT};
+use crate::system::{RealSystem, System};
+
+/// True when this process should act as the init: PID 1, or started as `/init`/`init`.
+pub fn is_init() -> bool {
+    if std::process::id() == 1 {
+        return true;
+    }
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "init"))
+        .unwrap_or(false)
+}
+
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR2, Signal::SIGHUP, Signal::SIGPWR] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits up to `timeout` for one of the handled signals.
+fn wait_signal(timeout: Duration) -> Option<Signal> {
+    let set = handled_signals();
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32) };
+    // SAFETY: set and ts are valid for the call; a null siginfo pointer is allowed.
+    let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if rc < 0 {
+        return None;
+    }
+    Signal::try_from(rc).ok()
+}
+
+/// Reaps every exited child; returns the pids and how they ended.
+fn reap_all() -> Vec<(Pid, String)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid, format!("exited with status {code}"))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid, format!("killed by {sig}"))),
+            Ok(WaitStatus::StillAlive) | Err(_) => return out,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Delay before restarting the role after `failures` quick failures in a row.
+pub fn restart_delay(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs((1u64 << (failures - 1).min(5)).min(30))
+}
+
+/// A role that ran this long before dying counts as healthy; its failure count resets.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// The boot entry point when running as init. Never returns.
+pub fn run() -> ! {
+    // Block before any thread exists so every thread inherits the mask.
+    if let Err(e) = handled_signals().thread_block() {
+        eprintln!("plinth-init: cannot block signals: {e}");
+    }
+    crate::log::install();
+    let mut sys = RealSystem;
+    let proc_mount = &plan::early_mounts()[0];
+    if let Err(e) = sys.mount(proc_mount.source, proc_mount.target, proc_mount.fstype, proc_mount.flags, proc_mount.data) {
+        warn!(error = %error_chain(&e), "mounting /proc");
+    }
+    let cmdline = KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    info!(version = env!("CARGO_PKG_VERSION"), "plinth init starting");
+    let phases = match plan::plan(&cmdline) {
+        Ok(p) => p,
+        Err(e) => fatal(&cmdline, &e),
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut boot = Boot::new(sys, Path::new("/lib/modules").join(release.trim()));
+    let status: SharedStatus = Arc::new(Mutex::new(json!({ "phase": "booting" })));
+    let started = Instant::now();
+    let mut launch: Option<RoleLaunch> = None;
+
+    for phase in &phases {
+        let result = match phase {
+            Phase::Mount(m) if m.target == "/proc" => Ok(()),
+            Phase::LeaveInitramfs => {
+                if crate::switchroot::on_initramfs() {
+                    info!("moving the initramfs into a tmpfs root");
+                    crate::switchroot::switch_to_tmpfs()
+                } else {
+                    Ok(())
+                }
+            }
+            Phase::TrapCtrlAltDel => {
+                nix::sys::reboot::set_cad_enabled(false).map_err(|e| crate::error::InitError::Write { path: "reboot(CAD_OFF)".into(), source: e.into() })
+            }
+            Phase::NodeApi { port } => api::serve(*port, Arc::new(LiveNode { status: status.clone() })),
+            Phase::StartRole(l) => {
+                launch = Some(l.clone());
+                Ok(())
+            }
+            other => boot.run_phase(other),
+        };
+        if let Err(e) = result {
+            match severity(phase) {
+                Severity::Fatal => fatal(&cmdline, &e),
+                Severity::Degraded => warn!(error = %error_chain(&e), ?phase, "boot step failed; continuing without it"),
+            }
+        }
+    }
+    let launch = launch.expect("every plan ends with StartRole");
+    let facts = boot.facts(launch.master_url.as_deref());
+    let command = role_args(&launch, &facts);
+    let ip = facts.advertise_ip.map(|i| i.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+    let master_url = match launch.role {
+        plan::Role::Agent => launch.master_url.clone().unwrap_or_default(),
+        _ => format!("http://{ip}:{MASTER_PORT}"),
+    };
+    let doc = json!({
+        "phase": "running",
+        "role": launch.role.as_str(),
+        "hostname": facts.hostname,
+        "interfaces": boot.state.ifaces.iter().map(|i| json!({
+            "name": i.name, "via": i.via,
+            "address": i.address.map(|(a, p)| format!("{a}/{p}")),
+            "gateway": i.gateway.map(|g| g.to_string()),
+        })).collect::<Vec<_>>(),
+        "master": master_url,
+        "resources": facts.resources(),
+        "node_api": format!("http://{ip}:{}/node/v1/", plan::NODE_API_PORT),
+        "data_dir": format!("{} on {}", plan::DATA_DIR, boot.state.data_dir_source),
+        "modules_loaded": boot.state.modules_loaded,
+        "boot_seconds": started.elapsed().as_secs_f64(),
+    });
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = doc.clone();
+    supervise(launch, command, &doc)
+}
+
+/// Prints the status block operators look for on the console.
+pub fn status_block(doc: &Value) -> String {
+    let s = |k: &str| doc.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+    let addrs: Vec<String> = doc
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().map(|i| format!("{} {} ({})", i["name"].as_str().unwrap_or("?"), i["address"].as_str().unwrap_or("no address"), i["via"].as_str().unwrap_or("?"))).collect())
+        .unwrap_or_default();
+    let mut out = String::from("==================== PLINTH NODE ====================\n");
+    out.push_str(&format!("  role:       {}\n", s("role")));
+    out.push_str(&format!("  hostname:   {}\n", s("hostname")));
+    out.push_str(&format!("  addresses:  {}\n", if addrs.is_empty() { "none".to_string() } else { addrs.join(", ") }));
+    out.push_str(&format!("  master:     {}\n", s("master")));
+    out.push_str(&format!("  resources:  {}\n", s("resources")));
+    out.push_str(&format!("  node API:   {}\n", s("node_api")));
+    out.push_str(&format!("  data:       {}\n", s("data_dir")));
+    out.push_str("=====================================================");
+    out
+}
+
+struct LiveNode {
+    status: SharedStatus,
+}
+
+impl NodeView for LiveNode {
+    fn status(&self) -> Value {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn logs(&self) -> String {
+        crate::log::recent_lines().join("\n") + "\n"
+    }
+    fn dmesg(&self) -> String {
+        read_kmsg()
+    }
+    fn mounts(&self) -> String {
+        std::fs::read_to_string("/proc/mounts").unwrap_or_default()
+    }
+    fn network(&self) -> Value {
+        let mut ifaces: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                let entry = ifaces.entry(a.interface_name.clone()).or_default();
+                if let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                    let prefix = a.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map(|m| m.ip().to_bits().leading_ones()).unwrap_or(32);
+                    entry.push(format!("{}/{}", ip.ip(), prefix));
+                }
+            }
+        }
+        let list: Vec<Value> = ifaces.into_iter().map(|(name, addresses)| json!({ "name": name, "addresses": addresses })).collect();
+        json!({
+            "interfaces": list,
+            "routes": std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
+            "resolv_conf": std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        })
+    }
+    fn processes(&self) -> Value {
+        let mut list = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // comm may contain spaces; fields after the closing paren are fixed.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let rss_pages: u64 = f.get(21).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
+            list.push(json!({
+                "pid": pid,
+                "ppid": f.get(1).and_then(|v| v.parse::<u32>().ok()),
+                "state": f.first(),
+                "rss_kb": rss_pages * 4,
+                "cmdline": cmdline,
+            }));
+        }
+        list.sort_by_key(|p| p["pid"].as_u64());
+        Value::Array(list)
+    }
+    fn power(&self, req: PowerRequest) {
+        let sig = match req {
+            PowerRequest::Poweroff => Signal::SIGUSR2,
+            PowerRequest::Reboot => Signal::SIGINT,
+        };
+        // Give the HTTP reply a moment to leave before PID 1 starts stopping things.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = kill(Pid::this(), sig);
+        });
+    }
+}
+
+fn read_kmsg() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg") else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "prio,seq,usec,flags;message"
+                if let Some((head, msg)) = rec.split_once(';') {
+                    let usec: f64 = head.split(',').nth(2).and_then(|u| u.parse().ok()).unwrap_or(0.0);
+                    out.push_str(&format!("[{:12.6}] {}\n", usec / 1e6, msg.lines().next().unwrap_or("")));
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // overwritten records
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn spawn_role(launch: &RoleLaunch, cmd: &RoleCommand) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = if Path::new("/init").exists() { PathBuf::from("/init") } else { PathBuf::from("/proc/self/exe") };
+    let mut child = Command::new(exe)
+        .arg0("plinth")
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    for (name, pipe) in [("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)), ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))] {
+        if let Some(pipe) = pipe {
+            let _ = std::thread::Builder::new().name(format!("role-{name}")).spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    crate::log::role_line(&line);
+                }
+            });
+        }
+    }
+    info!(role = %launch.role, pid = child.id(), args = ?cmd.args, "role started");
+    Ok(child)
+}
+
+fn supervise(launch: RoleLaunch, cmd: RoleCommand, status: &Value) -> ! {
+    let mut child: Option<(Pid, Instant)> = None;
+    let mut failures = 0u32;
+    let mut next_start = Instant::now();
+    let mut printed_status = false;
+    loop {
+        if child.is_none() && Instant::now() >= next_start {
+            match spawn_role(&launch, &cmd) {
+                Ok(c) => {
+                    child = Some((Pid::from_raw(c.id() as i32), Instant::now()));
+                    if !printed_status {
+                        for line in status_block(status).lines() {
+                            crate::log::init_line(line);
+                        }
+                        printed_status = true;
+                    }
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        fatal_from_supervisor(&crate::error::InitError::SpawnRole { role: launch.role.to_string(), source: e });
+                    }
+                    failures += 1;
+                    next_start = Instant::now() + restart_delay(failures);
+                }
+            }
+        }
+        let timeout = next_start.checked_duration_since(Instant::now()).filter(|_| child.is_none()).unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(50));
+        match wait_signal(timeout) {
+            Some(Signal::SIGCHLD) | None => {}
+            Some(Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR) => shutdown(child.map(|c| c.0), PowerRequest::Poweroff),
+            Some(Signal::SIGINT) => shutdown(child.map(|c| c.0), PowerRequest::Reboot),
+            Some(other) => info!(signal = %other, "signal ignored"),
+        }
+        for (pid, how) in reap_all() {
+            if let Some((role_pid, since)) = child {
+                if pid == role_pid {
+                    if since.elapsed() >= HEALTHY_RUN {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    let delay = restart_delay(failures);
+                    error!(role = %launch.role, %how, restart_in_s = delay.as_secs_f32(), "role stopped; restarting");
+                    child = None;
+                    next_start = Instant::now() + delay;
+                }
+            }
+        }
+    }
+}
+
+fn fatal_from_supervisor(e: &crate::error::InitError) -> ! {
+    let cmdline = KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    fatal(&cmdline, e)
+}
+
+/// Seconds to wait before rebooting after a fatal error; `None` = wait forever (`panic=0`).
+pub fn fatal_wait(cmdline: &KernelCmdline) -> Option<u64> {
+    if let Some(w) = cmdline.get("plinth.fatal_wait").and_then(|w| w.parse().ok()) {
+        return (w > 0).then_some(w);
+    }
+    match cmdline.get("panic").and_then(|p| p.parse::<i64>().ok()) {
+        Some(0) => None,
+        Some(n) if n > 0 => Some(n as u64),
+        _ => Some(10),
+    }
+}
+
+/// Shows why the node cannot boot, waits, then reboots. PID 1 never exits: that would panic
+/// the kernel and hide the message.
+pub fn fatal(cmdline: &KernelCmdline, e: &dyn std::error::Error) -> ! {
+    let bar = "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!";
+    crate::log::init_line(bar);
+    crate::log::init_line(&format!("plinth-init: FATAL: this node cannot boot: {}", error_chain(e)));
+    crate::log::init_line(bar);
+    match fatal_wait(cmdline) {
+        None => {
+            crate::log::init_line("plinth-init: waiting (panic=0); power the machine off or fix the kernel command line");
+            loop {
+                let _ = wait_signal(Duration::from_secs(60));
+                reap_all();
+            }
+        }
+        Some(secs) => {
+            for left in (1..=secs).rev() {
+                crate::log::init_line(&format!("plinth-init: rebooting in {left} s"));
+                let until = Instant::now() + Duration::from_secs(1);
+                while let Some(d) = until.checked_duration_since(Instant::now()) {
+                    let _ = wait_signal(d);
+                    reap_all();
+                }
+            }
+            nix::unistd::sync();
+            crate::log::init_line("plinth-init: rebooting now");
+            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Waits until no children are left or `limit` passes.
+fn reap_until_empty(limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        reap_all();
+        if matches!(waitpid(None, Some(WaitPidFlag::WNOHANG)), Err(nix::errno::Errno::ECHILD)) {
+            return;
+        }
+        let _ = wait_signal(Duration::from_millis(100));
+    }
+}
+
+/// Stops the role (it stops its tasks), then everything else, syncs, unmounts, reboots.
+fn shutdown(role: Option<Pid>, req: PowerRequest) -> ! {
+    info!(action = ?req, "shutdown requested");
+    if let Some(pid) = role {
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if reap_all().iter().any(|(p, _)| *p == pid) {
+                info!("role stopped");
+                break;
+            }
+            let _ = wait_signal(Duration::from_millis(100));
+        }
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    reap_until_empty(Duration::from_secs(3));
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    reap_until_empty(Duration::from_secs(2));
+    nix::unistd::sync();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let keep = ["/", "/proc", "/sys", "/dev"];
+    for target in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)) {
+        if keep.contains(&target) {
+            continue;
+        }
+        if nix::mount::umount(target).is_err() {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    nix::unistd::sync();
+    let mode = match req {
+        PowerRequest::Poweroff => {
+            crate::log::init_line("plinth-init: powering off");
+            nix::sys::reboot::RebootMode::RB_POWER_OFF
+        }
+        PowerRequest::Reboot => {
+            crate::log::init_line("plinth-init: rebooting");
+            nix::sys::reboot::RebootMode::RB_AUTOBOOT
+        }
+    };
+    let err = nix::sys::reboot::reboot(mode);
+    crate::log::init_line(&format!("plinth-init: reboot(2) failed: {err:?}"));
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_and_caps() {
+        let secs: Vec<u64> = (0..9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn fatal_wait_follows_panic_and_override() {
+        let w = |s: &str| fatal_wait(&KernelCmdline::parse(s));
+        assert_eq!(w(""), Some(10));
+        assert_eq!(w("panic=0"), None);
+        assert_eq!(w("panic=5"), Some(5));
+        assert_eq!(w("panic=0 plinth.fatal_wait=3"), Some(3));
+    }
+
+    #[test]
+    fn status_block_lists_what_an_operator_needs() {
+        let doc = json!({
+            "role": "standalone", "hostname": "n1", "master": "http://10.0.2.15:8080",
+            "interfaces": [{"name": "eth0", "address": "10.0.2.15/24", "via": "dhcp"}],
+            "resources": "cpus:1", "node_api": "http://10.0.2.15:5052/node/v1/", "data_dir": "/var/lib/plinth on tmpfs",
+        });
+        let block = status_block(&doc);
+        assert!(block.contains("role:       standalone"));
+        assert!(block.contains("addresses:  eth0 10.0.2.15/24 (dhcp)"));
+        assert!(block.contains("master:     http://10.0.2.15:8080"));
+        assert!(block.contains("node API:   http://10.0.2.15:5052/node/v1/"));
+    }
+}

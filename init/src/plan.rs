@@ -1,0 +1,540 @@
+//! The boot sequence as data: a pure function of the kernel command line.
+//!
+//! `plan` decides *what* happens at boot and in which order; `boot.rs` carries it out.
+//! Everything the plan cannot know yet (addresses from DHCP, memory size) is filled in at
+//! run time through [`role_args`], which is pure too.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::cmdline::KernelCmdline;
+
+/// Where node data lives; a disk labelled [`DATA_LABEL`] is mounted here, else a tmpfs.
+pub const DATA_DIR: &str = "/var/lib/plinth";
+/// Filesystem label of the optional persistent data disk.
+pub const DATA_LABEL: &str = "PLINTH_DATA";
+/// Port of the init's own node API (`/node/v1/...`).
+pub const NODE_API_PORT: u16 = 5052;
+/// Port of the master API, as in the design brief.
+pub const MASTER_PORT: u16 = 8080;
+
+/// Modules every node loads when the image has them: disks, NICs and entropy for a VM or a
+/// common server. Hardware-specific ones also come from modalias matching.
+pub const BASE_MODULES: &[&str] = &[
+    "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_rng", "virtio_console",
+    "e1000", "e1000e", "ata_piix", "ahci", "sd_mod", "sr_mod", "isofs", "ext4", "vfat",
+];
+/// Modules that containers need on an agent: overlayfs layers, veth + bridge networking, NAT.
+pub const CONTAINER_MODULES: &[&str] = &[
+    "overlay", "veth", "bridge", "br_netfilter", "nf_conntrack", "nf_nat", "xt_MASQUERADE",
+    "iptable_nat", "iptable_filter", "nf_tables", "nft_chain_nat", "nft_masq", "tun",
+];
+
+/// The node's role, from `plinth.role=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    Agent,
+    Standalone,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Role, PlanError> {
+        match s {
+            "master" => Ok(Role::Master),
+            "agent" => Ok(Role::Agent),
+            "standalone" => Ok(Role::Standalone),
+            other => Err(PlanError::UnknownRole(other.to_string())),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Agent => "agent",
+            Role::Standalone => "standalone",
+        }
+    }
+    fn runs_master(self) -> bool {
+        matches!(self, Role::Master | Role::Standalone)
+    }
+    fn runs_agent(self) -> bool {
+        matches!(self, Role::Agent | Role::Standalone)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the command line cannot be booted. Shown on the console before the countdown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plinth.role is missing from the kernel command line; set plinth.role=master, plinth.role=agent or plinth.role=standalone")]
+    MissingRole,
+    #[error("plinth.role={0:?} is not a role; use master, agent or standalone")]
+    UnknownRole(String),
+    #[error("plinth.role=agent needs plinth.master=http://IP:8080 (the master's API URL)")]
+    AgentWithoutMaster,
+    #[error("plinth.master={0:?} is not an http:// or https:// URL with a host")]
+    BadMasterUrl(String),
+    #[error("ip={entry:?} is not valid: {reason} (form: ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF[:DNS0[:DNS1]] or ip=dhcp)")]
+    BadIp { entry: String, reason: String },
+    #[error("plinth.hostname={0:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)")]
+    BadHostname(String),
+}
+
+/// A filesystem to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MountFlags,
+    pub data: Option<&'static str>,
+}
+
+/// The mount flags the init uses, kept as data so plans compare in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+}
+
+/// How one interface gets its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetConfig {
+    /// DHCP on the named interface, or the first Ethernet NIC found.
+    Dhcp { iface: Option<String> },
+    Static(StaticAddr),
+}
+
+/// Static addressing from the kernel's `ip=` syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticAddr {
+    pub iface: Option<String>,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub hostname: Option<String>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Where the hostname comes from, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostnameSource {
+    /// `plinth.hostname=` or the hostname field of a static `ip=`.
+    Explicit(String),
+    /// The DHCP server's hostname option, else `plinth-` and the last 3 bytes of the MAC.
+    DhcpOrMac,
+}
+
+/// Everything needed to start the role; run-time facts are added by [`role_args`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleLaunch {
+    pub role: Role,
+    pub master_url: Option<String>,
+    pub token: Option<String>,
+    /// `plinth.<flag>=value` passed through as `--<flag> value`, overriding derived flags.
+    pub extra_flags: Vec<(String, Option<String>)>,
+}
+
+/// One boot step. The order in the plan is the order of execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Mount(MountSpec),
+    /// Copy the initramfs into a tmpfs and switch root to it, so containers can `pivot_root`
+    /// (impossible from the initramfs rootfs). Skipped when `/` already is a real mount.
+    LeaveInitramfs,
+    /// Write `+cpu +memory ...` (every available controller) to the root `cgroup.subtree_control`.
+    EnableCgroupControllers,
+    /// Ask the kernel for SIGINT on ctrl-alt-del instead of an instant reboot.
+    TrapCtrlAltDel,
+    /// Load these modules (and their dependencies) if the image has them.
+    LoadModules(Vec<String>),
+    /// Load the modules whose modalias patterns match devices under /sys.
+    LoadHardwareModules,
+    Loopback,
+    Network(Vec<NetConfig>),
+    Hostname(HostnameSource),
+    /// Mount the disk labelled `label` at `target`, else a tmpfs.
+    DataDisk { label: &'static str, target: &'static str },
+    NodeApi { port: u16 },
+    StartRole(RoleLaunch),
+}
+
+const BASIC: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: true };
+
+/// The early mounts, in order. `/proc` comes first: leaving the initramfs needs it.
+pub fn early_mounts() -> Vec<MountSpec> {
+    let m = |source, target, fstype, flags, data| MountSpec { source, target, fstype, flags, data };
+    vec![
+        m("proc", "/proc", "proc", BASIC, None),
+        m("sysfs", "/sys", "sysfs", BASIC, None),
+        m("devtmpfs", "/dev", "devtmpfs", MountFlags { nosuid: true, ..Default::default() }, Some("mode=0755")),
+        m("devpts", "/dev/pts", "devpts", MountFlags { nosuid: true, noexec: true, nodev: false }, Some("gid=5,mode=0620,ptmxmode=0666")),
+        m("shm", "/dev/shm", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=1777")),
+        m("run", "/run", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=0755")),
+        m("tmp", "/tmp", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=1777")),
+        m("cgroup2", "/sys/fs/cgroup", "cgroup2", BASIC, Some("nsdelegate")),
+    ]
+}
+
+/// Command-line keys the init consumes itself; every other `plinth.*` key is a role flag.
+const INIT_KEYS: &[&str] = &["role", "master", "token", "hostname", "modules", "iface", "noswitchroot", "fatal_wait"];
+
+/// The boot plan for this command line.
+pub fn plan(cmdline: &KernelCmdline) -> Result<Vec<Phase>, PlanError> {
+    let role = Role::parse(cmdline.get("plinth.role").ok_or(PlanError::MissingRole)?)?;
+    let master_url = cmdline.get("plinth.master").map(str::to_string);
+    if let Some(url) = &master_url {
+        validate_master_url(url)?;
+    }
+    if role == Role::Agent && master_url.is_none() {
+        return Err(PlanError::AgentWithoutMaster);
+    }
+    let network = network_plan(cmdline)?;
+    let hostname = match cmdline.get("plinth.hostname") {
+        Some(h) => {
+            validate_hostname(h)?;
+            HostnameSource::Explicit(h.to_string())
+        }
+        None => match network.iter().find_map(|n| match n {
+            NetConfig::Static(s) => s.hostname.clone(),
+            NetConfig::Dhcp { .. } => None,
+        }) {
+            Some(h) => HostnameSource::Explicit(h),
+            None => HostnameSource::DhcpOrMac,
+        },
+    };
+
+    let mut mounts = early_mounts().into_iter();
+    let mut phases = Vec::new();
+    phases.push(Phase::Mount(mounts.next().expect("early_mounts starts with /proc")));
+    if !cmdline.has("plinth.noswitchroot") {
+        phases.push(Phase::LeaveInitramfs);
+    }
+    phases.extend(mounts.map(Phase::Mount));
+    phases.push(Phase::EnableCgroupControllers);
+    phases.push(Phase::TrapCtrlAltDel);
+
+    let mut modules: Vec<String> = BASE_MODULES.iter().map(|m| m.to_string()).collect();
+    if role.runs_agent() {
+        modules.extend(CONTAINER_MODULES.iter().map(|m| m.to_string()));
+    }
+    if let Some(extra) = cmdline.get("plinth.modules") {
+        modules.extend(extra.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+    }
+    phases.push(Phase::LoadModules(modules));
+    phases.push(Phase::LoadHardwareModules);
+    phases.push(Phase::Loopback);
+    if !network.is_empty() {
+        phases.push(Phase::Network(network));
+    }
+    phases.push(Phase::Hostname(hostname));
+    phases.push(Phase::DataDisk { label: DATA_LABEL, target: DATA_DIR });
+    phases.push(Phase::NodeApi { port: NODE_API_PORT });
+
+    let extra_flags = cmdline
+        .with_prefix("plinth.")
+        .filter(|(k, _)| !INIT_KEYS.contains(k))
+        .map(|(k, v)| (k.replace('_', "-"), v.map(str::to_string)))
+        .collect();
+    phases.push(Phase::StartRole(RoleLaunch {
+        role,
+        master_url,
+        token: cmdline.get("plinth.token").map(str::to_string),
+        extra_flags,
+    }));
+    Ok(phases)
+}
+
+fn validate_master_url(url: &str) -> Result<(), PlanError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| PlanError::BadMasterUrl(url.to_string()))?;
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(PlanError::BadMasterUrl(url.to_string()));
+    }
+    Ok(())
+}
+
+fn validate_hostname(h: &str) -> Result<(), PlanError> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadHostname(h.to_string()))
+    }
+}
+
+/// `ip=` entries → interface configs. No `ip=` means DHCP on `plinth.iface` or the first NIC.
+fn network_plan(cmdline: &KernelCmdline) -> Result<Vec<NetConfig>, PlanError> {
+    let default_iface = cmdline.get("plinth.iface").map(str::to_string);
+    let entries: Vec<&str> = cmdline.get_all("ip").collect();
+    if entries.is_empty() {
+        return Ok(vec![NetConfig::Dhcp { iface: default_iface }]);
+    }
+    let mut configs = Vec::new();
+    for entry in entries {
+        match entry {
+            "off" | "none" => continue,
+            "dhcp" | "on" | "any" | "both" | "bootp" => {
+                configs.push(NetConfig::Dhcp { iface: default_iface.clone() });
+                continue;
+            }
+            _ => {}
+        }
+        configs.push(parse_ip_entry(entry)?);
+    }
+    Ok(configs)
+}
+
+fn parse_ip_entry(entry: &str) -> Result<NetConfig, PlanError> {
+    let bad = |reason: &str| PlanError::BadIp { entry: entry.to_string(), reason: reason.to_string() };
+    let fields: Vec<&str> = entry.split(':').collect();
+    let field = |i: usize| fields.get(i).copied().filter(|s| !s.is_empty());
+    let iface = field(5).map(str::to_string);
+    let autoconf = field(6).unwrap_or("off");
+    match autoconf {
+        "dhcp" | "on" | "any" | "both" | "bootp" => return Ok(NetConfig::Dhcp { iface }),
+        "off" | "none" | "static" => {}
+        other => return Err(bad(&format!("autoconf {other:?} is not dhcp, on, off or none"))),
+    }
+    let ip = |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{what} {s:?} is not an IPv4 address")));
+    let address = ip(field(0).ok_or_else(|| bad("static addressing needs the client address"))?, "client address")?;
+    let gateway = field(2).map(|g| ip(g, "gateway")).transpose()?;
+    let prefix_len = match field(3) {
+        None => 24,
+        Some(m) if m.contains('.') => netmask_to_prefix(ip(m, "netmask")?).ok_or_else(|| bad("netmask is not contiguous"))?,
+        Some(m) => m.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| bad("netmask is neither dotted nor a prefix length 0-32"))?,
+    };
+    let hostname = field(4).map(|h| validate_hostname(h).map(|_| h.to_string())).transpose()?;
+    let dns = [field(7), field(8)].into_iter().flatten().map(|d| ip(d, "dns server")).collect::<Result<_, _>>()?;
+    Ok(NetConfig::Static(StaticAddr { iface, address, prefix_len, gateway, hostname, dns }))
+}
+
+/// Prefix length of a contiguous netmask, `None` for masks like 255.0.255.0.
+pub fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
+    let bits = u32::from(mask);
+    let ones = bits.leading_ones();
+    (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
+}
+
+/// What the node found out at boot, needed for the role's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub hostname: String,
+    /// The address other nodes reach this one on.
+    pub advertise_ip: Option<Ipv4Addr>,
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub disk_mb: u64,
+}
+
+impl NodeFacts {
+    /// Mesos resource string for the agent: leave memory for the OS and the agent itself.
+    pub fn resources(&self) -> String {
+        let reserve = (self.mem_mb / 4).clamp(128, 1024);
+        let mem = self.mem_mb.saturating_sub(reserve).max(64);
+        let disk = self.disk_mb.saturating_sub(self.disk_mb / 10).max(64);
+        format!("cpus:{};mem:{};disk:{};ports:[31000-32000]", self.cpus.max(1), mem, disk)
+    }
+}
+
+/// The role's argv (without argv\[0\]) and extra environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleCommand {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Flags for `plinth master|agent|standalone`, derived from the plan and run-time facts.
+/// `plinth.<flag>=` on the command line replaces a derived flag of the same name.
+pub fn role_args(launch: &RoleLaunch, facts: &NodeFacts) -> RoleCommand {
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    if launch.role.runs_master() {
+        flags.push(("listen".into(), Some(format!("0.0.0.0:{MASTER_PORT}"))));
+        flags.push(("data-dir".into(), Some(format!("{DATA_DIR}/master"))));
+    }
+    if launch.role.runs_agent() {
+        if launch.role == Role::Agent {
+            if let Some(url) = &launch.master_url {
+                flags.push(("master".into(), Some(url.clone())));
+            }
+        }
+        flags.push(("work-dir".into(), Some(format!("{DATA_DIR}/agent"))));
+        flags.push(("hostname".into(), Some(facts.hostname.clone())));
+        if let Some(ip) = facts.advertise_ip {
+            flags.push(("advertise-ip".into(), Some(ip.to_string())));
+        }
+        flags.push(("resources".into(), Some(facts.resources())));
+    }
+    for (name, value) in &launch.extra_flags {
+        flags.retain(|(n, _)| n != name);
+        flags.push((name.clone(), value.clone()));
+    }
+
+    let mut args = vec![launch.role.as_str().to_string()];
+    for (name, value) in flags {
+        args.push(format!("--{name}"));
+        if let Some(v) = value {
+            args.push(v);
+        }
+    }
+    // The token travels in the environment so it does not show up in `ps` output.
+    let env = launch.token.iter().map(|t| ("PLINTH_TOKEN".to_string(), t.clone())).collect();
+    RoleCommand { args, env }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(line: &str) -> Result<Vec<Phase>, PlanError> {
+        plan(&KernelCmdline::parse(line))
+    }
+
+    fn launch(phases: &[Phase]) -> &RoleLaunch {
+        match phases.last() {
+            Some(Phase::StartRole(l)) => l,
+            other => panic!("plan must end by starting the role, got {other:?}"),
+        }
+    }
+
+    fn modules(phases: &[Phase]) -> &[String] {
+        phases
+            .iter()
+            .find_map(|p| match p {
+                Phase::LoadModules(m) => Some(m.as_slice()),
+                _ => None,
+            })
+            .expect("plan loads modules")
+    }
+
+    fn facts() -> NodeFacts {
+        NodeFacts { hostname: "node-a".into(), advertise_ip: Some(Ipv4Addr::new(10, 0, 2, 15)), cpus: 2, mem_mb: 2048, disk_mb: 1000 }
+    }
+
+    #[test]
+    fn standalone_mounts_first_then_modules_network_and_role_last() {
+        let phases = plan_of("console=ttyS0 plinth.role=standalone").expect("valid");
+        assert_eq!(phases[0], Phase::Mount(early_mounts()[0].clone()));
+        assert_eq!(phases[1], Phase::LeaveInitramfs);
+        let targets: Vec<_> = phases
+            .iter()
+            .filter_map(|p| match p {
+                Phase::Mount(m) => Some(m.target),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(targets, ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"]);
+        let pos = |want: fn(&Phase) -> bool| phases.iter().position(want).expect("phase present");
+        assert!(pos(|p| matches!(p, Phase::EnableCgroupControllers)) > pos(|p| matches!(p, Phase::Mount(m) if m.target == "/sys/fs/cgroup")));
+        assert!(pos(|p| matches!(p, Phase::LoadModules(_))) < pos(|p| matches!(p, Phase::Network(_))));
+        assert!(pos(|p| matches!(p, Phase::Network(_))) < pos(|p| matches!(p, Phase::Hostname(_))));
+        assert!(pos(|p| matches!(p, Phase::DataDisk { .. })) < pos(|p| matches!(p, Phase::StartRole(_))));
+        assert_eq!(phases.iter().find(|p| matches!(p, Phase::Network(_))), Some(&Phase::Network(vec![NetConfig::Dhcp { iface: None }])));
+        assert!(modules(&phases).contains(&"overlay".to_string()), "standalone runs containers");
+        let l = launch(&phases);
+        assert_eq!(l.role, Role::Standalone);
+        let cmd = role_args(l, &facts());
+        assert_eq!(
+            cmd.args,
+            [
+                "standalone", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/plinth/master", "--work-dir", "/var/lib/plinth/agent",
+                "--hostname", "node-a", "--advertise-ip", "10.0.2.15", "--resources", "cpus:2;mem:1536;disk:900;ports:[31000-32000]"
+            ]
+        );
+    }
+
+    #[test]
+    fn master_has_no_container_modules_and_no_agent_flags() {
+        let phases = plan_of("plinth.role=master plinth.hostname=m1").expect("valid");
+        assert!(!modules(&phases).contains(&"overlay".to_string()));
+        assert!(phases.contains(&Phase::Hostname(HostnameSource::Explicit("m1".into()))));
+        let cmd = role_args(launch(&phases), &facts());
+        assert_eq!(cmd.args, ["master", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/plinth/master"]);
+        assert!(cmd.env.is_empty());
+    }
+
+    #[test]
+    fn agent_gets_master_url_token_in_env_and_passthrough_flags() {
+        let phases = plan_of(
+            "plinth.role=agent plinth.master=http://192.168.76.1:8080 plinth.token=s3cret plinth.attributes=rack:r1 plinth.resources=cpus:1;mem:256 plinth.modules=dummy,",
+        )
+        .expect("valid");
+        assert!(modules(&phases).ends_with(&["dummy".to_string()]));
+        let cmd = role_args(launch(&phases), &facts());
+        assert_eq!(
+            cmd.args,
+            [
+                "agent", "--master", "http://192.168.76.1:8080", "--work-dir", "/var/lib/plinth/agent", "--hostname", "node-a",
+                "--advertise-ip", "10.0.2.15", "--attributes", "rack:r1", "--resources", "cpus:1;mem:256"
+            ]
+        );
+        assert_eq!(cmd.env, [("PLINTH_TOKEN".to_string(), "s3cret".to_string())]);
+    }
+
+    #[test]
+    fn bad_command_lines_give_clear_errors() {
+        assert_eq!(plan_of("console=ttyS0"), Err(PlanError::MissingRole));
+        let err = plan_of("plinth.role=nonsense").expect_err("unknown role");
+        assert_eq!(err, PlanError::UnknownRole("nonsense".into()));
+        assert!(err.to_string().contains("\"nonsense\" is not a role; use master, agent or standalone"));
+        assert_eq!(plan_of("plinth.role=agent"), Err(PlanError::AgentWithoutMaster));
+        assert_eq!(plan_of("plinth.role=agent plinth.master=10.0.0.1:8080"), Err(PlanError::BadMasterUrl("10.0.0.1:8080".into())));
+        assert_eq!(plan_of("plinth.role=master plinth.hostname=-bad"), Err(PlanError::BadHostname("-bad".into())));
+        assert!(matches!(plan_of("plinth.role=master ip=10.0.0.300::::::off"), Err(PlanError::BadIp { .. })));
+        assert!(matches!(plan_of("plinth.role=master ip=::::::off"), Err(PlanError::BadIp { .. })));
+        assert!(matches!(plan_of("plinth.role=master ip=10.0.0.1:::255.0.255.0:::off"), Err(PlanError::BadIp { .. })));
+    }
+
+    #[test]
+    fn ip_entries_give_static_and_dhcp_per_interface() {
+        let phases = plan_of(
+            "plinth.role=master ip=:::::eth0:dhcp ip=192.168.76.1::192.168.76.254:255.255.255.0:m1:eth1:off:192.168.76.53",
+        )
+        .expect("valid");
+        let net = phases.iter().find(|p| matches!(p, Phase::Network(_))).expect("network phase");
+        assert_eq!(
+            net,
+            &Phase::Network(vec![
+                NetConfig::Dhcp { iface: Some("eth0".into()) },
+                NetConfig::Static(StaticAddr {
+                    iface: Some("eth1".into()),
+                    address: Ipv4Addr::new(192, 168, 76, 1),
+                    prefix_len: 24,
+                    gateway: Some(Ipv4Addr::new(192, 168, 76, 254)),
+                    hostname: Some("m1".into()),
+                    dns: vec![Ipv4Addr::new(192, 168, 76, 53)],
+                }),
+            ])
+        );
+        assert!(phases.contains(&Phase::Hostname(HostnameSource::Explicit("m1".into()))), "static ip= hostname is used");
+        let off = plan_of("plinth.role=master ip=off plinth.noswitchroot").expect("valid");
+        assert!(!off.iter().any(|p| matches!(p, Phase::Network(_))));
+        assert!(!off.contains(&Phase::LeaveInitramfs));
+    }
+
+    #[test]
+    fn netmask_prefix_and_resources() {
+        assert_eq!(netmask_to_prefix(Ipv4Addr::new(255, 255, 255, 0)), Some(24));
+        assert_eq!(netmask_to_prefix(Ipv4Addr::new(255, 255, 255, 255)), Some(32));
+        assert_eq!(netmask_to_prefix(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
+        assert_eq!(netmask_to_prefix(Ipv4Addr::new(255, 0, 255, 0)), None);
+        let small = NodeFacts { mem_mb: 512, disk_mb: 0, cpus: 0, ..facts() };
+        assert_eq!(small.resources(), "cpus:1;mem:384;disk:64;ports:[31000-32000]");
+    }
+}
