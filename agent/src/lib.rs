@@ -1,1 +1,61 @@
-//! The agent: registers with the master, reconciles its desired task set against running tasks, runs them through a ContainerRuntime, serves logs.
+//! The agent: registers with the master, reconciles its desired task set against running
+//! tasks, runs them through a ContainerRuntime, serves logs.
+//!
+//! Layout: [`reconciler`] is the pure core (desired vs observed → actions); `node`
+//! is the shell that feeds it (master protocol, checkpoint, runtime calls); [`runtime`]
+//! holds the `ContainerRuntime` trait with the process and fake runtimes; [`executor`]
+//! is the per-task supervisor process; `api` is the HTTP API on `:5051`.
+use plinth_protocol::{Attributes, Resources};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+mod api;
+pub mod cgroup;
+mod client;
+mod error;
+pub mod executor;
+mod fsutil;
+pub mod logs;
+mod node;
+pub mod reconciler;
+mod resources;
+pub mod runtime;
+pub mod state;
+pub mod taskenv;
+
+pub use error::AgentError;
+pub use node::{run_with, AgentOptions};
+pub use resources::{detect_resources, resources_from_totals};
+
+/// Default agent work dir (DESIGN.md §3).
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/plinth/agent";
+/// Default agent API address (DESIGN.md §3).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5051";
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's base URL, e.g. `http://10.0.0.1:8080`.
+    pub master: String,
+    /// Checkpoint, agent id and task sandboxes live here.
+    pub work_dir: PathBuf,
+    pub hostname: String,
+    /// Address other hosts reach this agent at; detected from the route to the master
+    /// when `None`.
+    pub advertise_ip: Option<IpAddr>,
+    /// `None`: detect (see [`detect_resources`]).
+    pub resources: Option<Resources>,
+    pub attributes: Attributes,
+    /// The agent's HTTP API.
+    pub listen: SocketAddr,
+    /// Join token sent in the `x-plinth-token` header.
+    pub token: Option<String>,
+}
+
+/// Runs the agent with command tasks (each under `plinth executor`) until the process
+/// is stopped. Stopping the agent never stops its tasks: a restarted agent re-adopts
+/// them from the checkpoint.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let executor = runtime::ExecutorCommand::plinth_binary()?;
+    let runtime = std::sync::Arc::new(runtime::ProcessRuntime::new(executor));
+    run_with(config, runtime, AgentOptions::default()).await
+}

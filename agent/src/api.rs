@@ -1,0 +1,206 @@
+//! The agent's HTTP API (`:5051`): health, node state, tasks and their logs (also of
+//! finished tasks, while their sandboxes are kept). Errors map to HTTP in one place,
+//! [`ApiError`].
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use plinth_protocol::{TaskId, TaskState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::logs::{self, Stream};
+use crate::node::Node;
+use crate::state::TaskRecord;
+
+/// Bytes per read of a log (and per chunk of a followed log).
+const LOG_CHUNK: usize = 64 * 1024;
+/// Longest plain (non-follow) log answer.
+const LOG_MAX_ANSWER: usize = 4 * 1024 * 1024;
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// Header with the offset to ask for next.
+pub const OFFSET_HEADER: &str = "x-plinth-log-offset";
+
+pub(crate) fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/state", get(node_state))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(show_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
+        .with_state(node)
+}
+
+enum ApiError {
+    UnknownTask(String),
+    NoLog { task_id: String, stream: Stream },
+    ReadLog { task_id: String, error: std::io::Error },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::UnknownTask(id) => (StatusCode::NOT_FOUND, format!("unknown task '{id}'")),
+            ApiError::NoLog { task_id, stream } => {
+                (StatusCode::NOT_FOUND, format!("task '{task_id}' has no {} log (yet)", stream.file_name()))
+            }
+            ApiError::ReadLog { task_id, error } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the log of task '{task_id}': {error}"))
+            }
+        };
+        (status, Json(json!({ "message": message }))).into_response()
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn node_state(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    let state = node.lock();
+    let live = state.tasks.values().filter(|t| !t.is_terminal()).count();
+    Json(json!({
+        "agent_id": node.agent_id(),
+        "hostname": node.config.hostname,
+        "advertise_ip": node.advertise_ip.to_string(),
+        "master": node.config.master,
+        "resources": node.resources,
+        "attributes": node.config.attributes,
+        "generation": state.applied_generation,
+        "tasks": { "live": live, "total": state.tasks.len() },
+        "pending_status_updates": state.outbox.len(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize)]
+struct TaskInfo {
+    id: TaskId,
+    app_id: String,
+    version: String,
+    state: TaskState,
+    pid: Option<i32>,
+    sandbox: PathBuf,
+    ports: Vec<u16>,
+    cpus: f64,
+    mem: f64,
+    launched_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    exit_code: Option<i32>,
+    message: Option<String>,
+    reason: Option<String>,
+    killing: bool,
+}
+
+impl From<&TaskRecord> for TaskInfo {
+    fn from(r: &TaskRecord) -> Self {
+        TaskInfo {
+            id: r.spec.task_id.clone(),
+            app_id: r.spec.app_id.to_string(),
+            version: r.spec.version.clone(),
+            state: r.state,
+            pid: r.pid,
+            sandbox: r.sandbox.clone(),
+            ports: r.spec.host_ports.clone(),
+            cpus: r.spec.app.cpus,
+            mem: r.spec.app.mem,
+            launched_at: r.launched_at.to_iso(),
+            started_at: r.running_since.map(|t| t.to_iso()),
+            finished_at: r.finished_at.map(|t| t.to_iso()),
+            exit_code: r.exit_code,
+            message: r.message.clone(),
+            reason: r.reason.clone(),
+            killing: r.kill_requested_at.is_some() && !r.is_terminal(),
+        }
+    }
+}
+
+async fn list_tasks(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    let state = node.lock();
+    let tasks: Vec<TaskInfo> = state.tasks.values().map(TaskInfo::from).collect();
+    Json(json!({ "tasks": tasks }))
+}
+
+async fn show_task(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<TaskInfo>, ApiError> {
+    let state = node.lock();
+    state.tasks.get(&TaskId::new(id.clone())).map(|r| Json(TaskInfo::from(r))).ok_or(ApiError::UnknownTask(id))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default = "default_stream")]
+    stream: Stream,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn default_stream() -> Stream {
+    Stream::Stdout
+}
+
+async fn task_logs(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let task_id = TaskId::new(id.clone());
+    let sandbox = {
+        let state = node.lock();
+        state.tasks.get(&task_id).map(|r| r.sandbox.clone()).ok_or_else(|| ApiError::UnknownTask(id.clone()))?
+    };
+    let path = sandbox.join(query.stream.file_name());
+    if !path.is_file() {
+        return Err(ApiError::NoLog { task_id: id, stream: query.stream });
+    }
+    let text = HeaderValue::from_static("text/plain; charset=utf-8");
+    if !query.follow {
+        let read_path = path.clone();
+        let (bytes, next) = tokio::task::spawn_blocking(move || logs::read_from(&read_path, query.offset, LOG_MAX_ANSWER))
+            .await
+            .expect("log read panicked")
+            .map_err(|error| ApiError::ReadLog { task_id: id, error })?;
+        let mut response = bytes.into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, text);
+        response.headers_mut().insert(OFFSET_HEADER, HeaderValue::from(next));
+        return Ok(response);
+    }
+    // Follow: stream what is there, then new bytes as they come, until the task has
+    // ended and everything it wrote has been sent.
+    let stream = futures::stream::unfold((query.offset, false), move |(offset, done)| {
+        let node = node.clone();
+        let path = path.clone();
+        let task_id = task_id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let ended = node.lock().tasks.get(&task_id).is_none_or(|r| r.is_terminal());
+                let read_path = path.clone();
+                let read = tokio::task::spawn_blocking(move || logs::read_from(&read_path, offset, LOG_CHUNK))
+                    .await
+                    .expect("log read panicked");
+                match read {
+                    Ok((bytes, next)) if !bytes.is_empty() => {
+                        return Some((Ok::<_, std::io::Error>(bytes), (next, false)));
+                    }
+                    Ok((_, next)) if ended => return Some((Ok(Vec::new()), (next, true))),
+                    Ok(_) => tokio::time::sleep(FOLLOW_POLL).await,
+                    Err(error) => return Some((Err(error), (offset, true))),
+                }
+            }
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, text);
+    Ok(response)
+}

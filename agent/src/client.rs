@@ -1,0 +1,96 @@
+//! The master's agent protocol (`/agent/v1/...`) from the agent's side.
+use plinth_protocol::agent::{
+    Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use crate::AgentError;
+
+/// Time for the master to answer beyond a long-poll's own wait.
+const ANSWER_SLACK: Duration = Duration::from_secs(10);
+/// Largest answer read from the master (a desired state for thousands of tasks fits).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct MasterClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl MasterClient {
+    pub fn new(master: &str, token: Option<String>) -> Result<Self, AgentError> {
+        let base = master.trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
+        if url.scheme() != "http" {
+            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "only http:// is supported".into() });
+        }
+        if url.host_str().is_none() {
+            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|source| AgentError::HttpClient { source })?;
+        Ok(MasterClient { http, base, token })
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, AgentError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.post(&url).json(body).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        let request_error = |source| AgentError::MasterRequest { operation, url: url.clone(), source };
+        let response = request.send().await.map_err(request_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let mut body = response.text().await.unwrap_or_default();
+            body.truncate(500);
+            return Err(AgentError::MasterStatus { operation, status: status.as_u16(), body });
+        }
+        response.json().await.map_err(request_error)
+    }
+
+    pub async fn register(&self, registration: &Registration) -> Result<Registered, AgentError> {
+        self.post("register", "/agent/v1/register", registration, ANSWER_SLACK).await
+    }
+
+    pub async fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, AgentError> {
+        let timeout = Duration::from_millis(request.wait_ms) + ANSWER_SLACK;
+        self.post("sync", "/agent/v1/sync", request, timeout).await
+    }
+
+    pub async fn status(&self, batch: &StatusBatch) -> Result<StatusAck, AgentError> {
+        self.post("status", "/agent/v1/status", batch, ANSWER_SLACK).await
+    }
+
+    /// The local address the kernel would use to reach the master: the one to advertise.
+    /// A UDP "connect" sends nothing; it only picks the route.
+    pub async fn local_address_towards_master(&self) -> IpAddr {
+        let fallback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let Ok(url) = reqwest::Url::parse(&self.base) else { return fallback };
+        let Some(host) = url.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()) else {
+            return fallback;
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let Ok(mut addrs) = tokio::net::lookup_host((host.as_str(), port)).await else { return fallback };
+        let Some(target): Option<SocketAddr> = addrs.next() else { return fallback };
+        let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal socket address");
+        UdpSocket::bind(bind)
+            .and_then(|socket| socket.connect(target).and_then(|()| socket.local_addr()))
+            .map(|addr| addr.ip())
+            .unwrap_or(fallback)
+    }
+}

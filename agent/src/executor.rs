@@ -1,0 +1,264 @@
+//! The per-task supervisor (`plinth executor --spec SANDBOX/task.json`), as a Mesos
+//! executor: a small synchronous process in its own session that starts the task, waits
+//! for it and records how it ended in `exit.json` (a [`Termination`]). Because it outlives the agent, a
+//! restarted agent finds its tasks running and never loses an exit code.
+//!
+//! Files in the sandbox: `task.json` (this spec, written by the agent), `executor.json`
+//! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
+//! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
+//!
+//! Killing: the agent sends SIGTERM to the executor, which forwards it to the task's
+//! process group and sends SIGKILL after the grace period.
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use plinth_protocol::agent::TaskSpec;
+use plinth_protocol::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{self, DisplayChain};
+use crate::fsutil::{self, proc_stat};
+use crate::logs::{self, LogPolicy, Stream};
+use crate::runtime::Termination;
+use crate::taskenv::TaskCommand;
+use crate::AgentError;
+
+pub const SPEC_FILE: &str = "task.json";
+pub const EXECUTOR_FILE: &str = "executor.json";
+pub const RUNNING_FILE: &str = "running.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const EXECUTOR_LOG: &str = "executor.log";
+
+/// How often logs are checked for rotation while nothing else happens.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Everything the executor needs, self-contained so it never asks the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorSpec {
+    pub task_id: String,
+    pub sandbox: PathBuf,
+    pub command: TaskCommand,
+    pub env: Vec<(String, String)>,
+    /// SIGTERM → SIGKILL delay (`taskKillGracePeriodSeconds`).
+    pub kill_grace_ms: u64,
+    /// The task's cgroup directories (empty: run without limits).
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub logs: LogPolicy,
+    /// The task as the master sent it, for people reading the sandbox.
+    #[serde(default)]
+    pub task: Option<TaskSpec>,
+}
+
+/// `executor.json`: lets the agent find the executor even if it crashed before
+/// checkpointing the pid it spawned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorRecord {
+    pub pid: i32,
+    pub start_time: Option<u64>,
+}
+
+/// `running.json`: the task process started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningRecord {
+    pub pid: i32,
+    pub started_at: String,
+}
+
+/// Runs the executor; the return value is the process exit code (0 once `exit.json` is
+/// written, whatever the task did).
+pub fn run(spec_path: &Path) -> i32 {
+    match supervise(spec_path) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("plinth executor: {}", DisplayChain(&err));
+            1
+        }
+    }
+}
+
+fn supervise(spec_path: &Path) -> Result<(), AgentError> {
+    // Block the signals first, so a SIGTERM arriving during start-up waits for the loop
+    // instead of killing the executor (which would leave the task unsupervised).
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        signals.add(signal);
+    }
+    let _ = signals.thread_block();
+
+    let spec: ExecutorSpec = fsutil::read_json(spec_path)?.ok_or_else(|| AgentError::ReadFile {
+        path: spec_path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "spec file missing"),
+    })?;
+    let sandbox = spec.sandbox.clone();
+    let me = std::process::id() as i32;
+    fsutil::write_json_atomic(
+        &sandbox.join(EXECUTOR_FILE),
+        &ExecutorRecord { pid: me, start_time: proc_stat(me).map(|s| s.start_time) },
+    )?;
+
+    let child = match spawn_task(&spec) {
+        Ok(child) => child,
+        Err(err) => {
+            let record = Termination {
+                code: None,
+                signal: None,
+                oom: false,
+                killed: false,
+                error: Some(format!("{}", DisplayChain(&err))),
+                finished_at: Timestamp::now().to_iso(),
+            };
+            return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    // The child handle is not waited on through std: waitpid below does it, with WNOHANG.
+    drop(child);
+    fsutil::write_json_atomic(
+        &sandbox.join(RUNNING_FILE),
+        &RunningRecord { pid: pid.as_raw(), started_at: Timestamp::now().to_iso() },
+    )?;
+
+    let mut kill_deadline: Option<Instant> = None;
+    let mut killed = false;
+    let mut last_rotation = Instant::now();
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break Some(status),
+            Ok(_) => {}
+            // ECHILD: someone else reaped it; the exit status is gone.
+            Err(_) => break None,
+        }
+        if let Some(deadline) = kill_deadline {
+            if Instant::now() >= deadline {
+                let _ = killpg(pid, Signal::SIGKILL);
+                cgroup::kill_all(&spec.cgroup_dirs);
+                kill_deadline = Some(Instant::now() + TICK);
+            }
+        }
+        if last_rotation.elapsed() >= TICK {
+            rotate_logs(&sandbox, spec.logs);
+            last_rotation = Instant::now();
+        }
+        let timeout = kill_deadline.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
+        match wait_for_signal(&signals, timeout) {
+            Some(Signal::SIGTERM | Signal::SIGINT) if !killed => {
+                killed = true;
+                let _ = killpg(pid, Signal::SIGTERM);
+                kill_deadline = Some(Instant::now() + Duration::from_millis(spec.kill_grace_ms));
+            }
+            _ => {}
+        }
+    };
+
+    // Whatever the task left behind in its group or cgroup ends with it.
+    let _ = killpg(pid, Signal::SIGKILL);
+    cgroup::kill_all(&spec.cgroup_dirs);
+    rotate_logs(&sandbox, spec.logs);
+    let (code, signal) = match status {
+        Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+        Some(WaitStatus::Signaled(_, signal, _)) => (None, Some(signal as i32)),
+        _ => (None, None),
+    };
+    let record = Termination {
+        code,
+        signal,
+        oom: cgroup::oom_killed(&spec.cgroup_dirs),
+        killed,
+        error: status.is_none().then(|| "the task's exit status was lost".to_string()),
+        finished_at: Timestamp::now().to_iso(),
+    };
+    fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
+}
+
+fn rotate_logs(sandbox: &Path, policy: LogPolicy) {
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        if let Err(err) = logs::rotate_if_needed(&sandbox.join(stream.file_name()), policy) {
+            eprintln!("plinth executor: cannot rotate {}: {err}", stream.file_name());
+        }
+    }
+}
+
+/// Waits up to `timeout` for one of the blocked signals.
+fn wait_for_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
+    let timespec = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the set and timespec are valid for the call; a null siginfo pointer is
+    // allowed. The result is a signal number or -1 (timeout/EINTR), both handled.
+    let signal = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timespec) };
+    Signal::try_from(signal).ok()
+}
+
+fn open_log(sandbox: &Path, stream: Stream) -> Result<std::fs::File, AgentError> {
+    let path = sandbox.join(stream.file_name());
+    // O_APPEND: the executor's rotation truncates the file under the task's feet; with
+    // append the task's next write lands at the new end instead of leaving a hole.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| AgentError::WriteFile { path, source })
+}
+
+fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
+    let argv = spec.command.argv();
+    let program = argv.first().ok_or_else(|| AgentError::NoCommand { task_id: spec.task_id.clone() })?;
+    let stdout = open_log(&spec.sandbox, Stream::Stdout)?;
+    let stderr = open_log(&spec.sandbox, Stream::Stderr)?;
+    // Prepared before fork: between fork and exec nothing may allocate.
+    let procs_files: Vec<CString> = spec
+        .cgroup_dirs
+        .iter()
+        .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
+        .collect();
+    let mut command = Command::new(program);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.sandbox)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        // Its own process group, so a kill reaches everything the task started.
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (open, write, close, prctl, sigprocmask) on data
+    // prepared before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            // Join the task's cgroup ("0" means the writing process) so the limits
+            // apply from the first instruction, and only to the task, not the executor.
+            for file in &procs_files {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            // A task whose executor died would be unsupervised; let it die too.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            // The executor blocks signals for sigtimedwait; the task must not inherit that.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|source| AgentError::SpawnTask {
+        program: PathBuf::from(program),
+        task_id: spec.task_id.clone(),
+        source,
+    })
+}

@@ -1,0 +1,564 @@
+//! The agent's shell: feeds the reconciler with what the master wants and what the
+//! runtime sees, carries out its decisions, checkpoints after every change and talks to
+//! the master (register, long-poll sync, acknowledged status updates).
+use plinth_protocol::agent::{DesiredState, Registration, StatusBatch, StatusUpdate, SyncRequest, TaskSpec};
+use plinth_protocol::{AgentId, Resources, TaskId, TaskState, Timestamp};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::cgroup::DisplayChain;
+use crate::client::MasterClient;
+use crate::logs::LogPolicy;
+use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
+use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
+use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
+use crate::{fsutil, taskenv, AgentConfig, AgentError};
+
+/// Sandboxes live in `work_dir/tasks/TASK_ID`.
+pub const TASKS_DIR: &str = "tasks";
+/// Status updates sent per request.
+const OUTBOX_BATCH: usize = 100;
+
+/// Tunables with sensible defaults; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub logs: LogPolicy,
+    /// How often tasks are polled.
+    pub tick: Duration,
+    /// Longest long-poll wait asked of the master (capped by its heartbeat interval).
+    pub sync_wait: Duration,
+    /// Terminal tasks' sandboxes are kept this long so their logs can still be read.
+    pub sandbox_retention: Duration,
+    /// At most this many terminal tasks are kept, whatever their age.
+    pub keep_terminal: usize,
+    /// Longest pause between attempts to reach the master.
+    pub max_backoff: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            logs: LogPolicy::default(),
+            tick: Duration::from_millis(500),
+            sync_wait: Duration::from_secs(5),
+            sandbox_retention: Duration::from_secs(3600),
+            keep_terminal: 100,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(crate) struct Node {
+    pub config: AgentConfig,
+    pub options: AgentOptions,
+    pub resources: Resources,
+    pub advertise_ip: IpAddr,
+    runtime: Arc<dyn ContainerRuntime>,
+    state: Mutex<NodeState>,
+    agent_id: Mutex<Option<AgentId>>,
+    outbox_ready: Notify,
+}
+
+/// Background tasks that end with the agent (when `run_with` returns or is dropped).
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs the agent with the given runtime until the process is stopped or the API server
+/// fails. Dropping the future stops the agent but not its tasks.
+pub async fn run_with(
+    config: AgentConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    options: AgentOptions,
+) -> Result<(), AgentError> {
+    fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
+    let state = NodeState::load(&config.work_dir)?;
+    let agent_id = read_agent_id(&config.work_dir)?;
+    let client = MasterClient::new(&config.master, config.token.clone())?;
+    let resources = config.resources.clone().unwrap_or_else(|| crate::detect_resources(&config.work_dir));
+    let advertise_ip = match config.advertise_ip {
+        Some(ip) => ip,
+        None => client.local_address_towards_master().await,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
+    let node = Arc::new(Node {
+        config,
+        options,
+        resources,
+        advertise_ip,
+        runtime,
+        state: Mutex::new(state),
+        agent_id: Mutex::new(agent_id),
+        outbox_ready: Notify::new(),
+    });
+    info!(
+        node_id = %node.node_id(), runtime = node.runtime.name(), resources = %node.resources,
+        advertise_ip = %node.advertise_ip, "agent starting"
+    );
+    let recovering = node.clone();
+    blocking(move || recovering.recover()).await;
+
+    let api = axum::serve(listener, crate::api::router(node.clone()));
+    let ticker = node.clone();
+    let sender = node.clone();
+    let sender_client = client.clone();
+    let _background = AbortOnDrop(vec![
+        tokio::spawn(async move { ticker.tick_loop().await }),
+        tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
+    ]);
+    tokio::select! {
+        result = api => result.map_err(|source| AgentError::Serve { source }),
+        () = node.master_loop(client) => Ok(()),
+    }
+}
+
+/// Runs blocking work (file I/O, process spawning, fsync) off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("agent work panicked")
+}
+
+fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
+    let path = work_dir.join(AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim()).filter(|t| !t.is_empty()).map(AgentId::new)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AgentError::ReadFile { path, source }),
+    }
+}
+
+/// Exponential backoff between attempts to reach the master.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+
+    fn new(max: Duration) -> Self {
+        Backoff { next: Self::FIRST, max }
+    }
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+impl Node {
+    pub fn lock(&self) -> MutexGuard<'_, NodeState> {
+        // State is only changed whole under the lock; a panicking holder cannot leave it
+        // half-updated in a way a later checkpoint would make worse than a crash.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn agent_id(&self) -> Option<AgentId> {
+        self.agent_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The agent id once known, else the hostname: what logs call this node.
+    pub fn node_id(&self) -> String {
+        self.agent_id().map_or_else(|| self.config.hostname.clone(), |id| id.to_string())
+    }
+
+    fn sandbox_for(&self, task_id: &TaskId) -> PathBuf {
+        self.config.work_dir.join(TASKS_DIR).join(task_id.as_str())
+    }
+
+    fn save(&self, state: &NodeState) {
+        if let Err(err) = state.save(&self.config.work_dir) {
+            // The agent keeps running; the next change retries the write.
+            error!(node_id = %self.node_id(), error = %DisplayChain(&err), "cannot write the checkpoint");
+        }
+    }
+
+    /// Re-attaches to every task in the checkpoint. Nothing is started or killed here:
+    /// the next tick sees what became of each task while the agent was away.
+    fn recover(&self) {
+        let mut state = self.lock();
+        let mut adopted = 0;
+        for record in state.tasks.values_mut().filter(|r| !r.is_terminal()) {
+            let handle = record
+                .handle
+                .clone()
+                .unwrap_or_else(|| RuntimeHandle::unresolved(record.spec.task_id.clone(), record.sandbox.clone()));
+            record.handle = Some(self.runtime.recover(&handle));
+            adopted += 1;
+            info!(
+                node_id = %self.node_id(), task_id = %record.spec.task_id, app_id = %record.spec.app_id,
+                pid = ?record.handle.as_ref().and_then(|h| h.pid), "re-adopting task"
+            );
+        }
+        if adopted > 0 {
+            self.save(&state);
+        }
+    }
+
+    /// Applies a desired state from the master (ignored unless its generation is newer).
+    pub fn apply(&self, desired: DesiredState, now: Timestamp) {
+        let mut state = self.lock();
+        let generation = desired.generation;
+        match reconciler::plan(state.applied_generation, &desired, &state.tasks, now) {
+            Plan::Ignore { applied, .. } => {
+                debug!(node_id = %self.node_id(), generation, applied, "ignoring a desired state that is not newer");
+            }
+            Plan::Apply { actions } => {
+                info!(
+                    node_id = %self.node_id(), generation, tasks = desired.tasks.len(), actions = actions.len(),
+                    "applying desired state"
+                );
+                state.applied_generation = generation;
+                state.desired = desired;
+                for action in actions {
+                    self.execute(&mut state, action, now);
+                }
+                self.save(&state);
+                self.outbox_ready.notify_one();
+            }
+        }
+    }
+
+    /// Polls every live task, records what changed, and keeps converging (kill
+    /// escalation) and collecting old sandboxes.
+    pub fn tick(&self, now: Timestamp) {
+        let mut state = self.lock();
+        let mut changed = false;
+        let live: Vec<TaskId> = state.tasks.values().filter(|r| !r.is_terminal()).map(|r| r.spec.task_id.clone()).collect();
+        for task_id in live {
+            let Some(record) = state.tasks.get(&task_id) else { continue };
+            let observation = match &record.handle {
+                Some(handle) => self.runtime.poll(handle),
+                None => crate::runtime::Observation::Gone { message: "the task was never handed to a runtime".into() },
+            };
+            if let Some(transition) = reconciler::observe(record, &observation) {
+                self.transition(&mut state, &task_id, transition, now);
+                changed = true;
+            }
+        }
+        let desired = state.desired.clone();
+        for action in reconciler::converge(&desired, &state.tasks, now) {
+            self.execute(&mut state, action, now);
+            changed = true;
+        }
+        for task_id in reconciler::collectable(
+            &state.desired,
+            &state.tasks,
+            now,
+            self.options.sandbox_retention,
+            self.options.keep_terminal,
+        ) {
+            if let Some(record) = state.tasks.remove(&task_id) {
+                debug!(node_id = %self.node_id(), task_id = %task_id, "removing the sandbox of a finished task");
+                if let Err(err) = std::fs::remove_dir_all(&record.sandbox) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        warn!(task_id = %task_id, error = %err, "cannot remove sandbox {}", record.sandbox.display());
+                    }
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.save(&state);
+            self.outbox_ready.notify_one();
+        }
+    }
+
+    fn execute(&self, state: &mut NodeState, action: Action, now: Timestamp) {
+        match action {
+            Action::Launch(spec) => self.launch(state, spec, now),
+            Action::Kill { task_id, grace, why } => {
+                let Some(record) = state.tasks.get_mut(&task_id) else { return };
+                record.kill_requested_at = Some(now);
+                info!(
+                    node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id,
+                    grace_ms = grace.as_millis() as u64, requested = (why == KillWhy::Requested), "killing task"
+                );
+                if let Some(handle) = &record.handle {
+                    if let Err(err) = self.runtime.kill(handle, grace) {
+                        warn!(task_id = %task_id, error = %DisplayChain(&err), "kill failed; it will be forced after the grace period");
+                    }
+                }
+            }
+            Action::ForceKill { task_id } => {
+                let Some(record) = state.tasks.get_mut(&task_id) else { return };
+                record.force_killed = true;
+                warn!(node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id, "task outlived its kill grace period; forcing it");
+                if let Some(handle) = &record.handle {
+                    if let Err(err) = self.runtime.force_kill(handle) {
+                        error!(task_id = %task_id, error = %DisplayChain(&err), "cannot force-kill task");
+                    }
+                }
+            }
+            Action::Refuse { spec, state: task_state, reason, message } => {
+                warn!(node_id = %self.node_id(), task_id = %spec.task_id, app_id = %spec.app_id, %message, "not launching task");
+                let task_id = spec.task_id.clone();
+                let mut record = TaskRecord::new(spec, PathBuf::new(), now);
+                record.finished_at = Some(now);
+                state.tasks.insert(task_id.clone(), record);
+                let transition =
+                    Transition { state: task_state, message: Some(message), reason: Some(reason), exit_code: None, pid: None };
+                self.transition(state, &task_id, transition, now);
+            }
+        }
+    }
+
+    fn launch(&self, state: &mut NodeState, spec: TaskSpec, now: Timestamp) {
+        let task_id = spec.task_id.clone();
+        let sandbox = self.sandbox_for(&task_id);
+        info!(
+            node_id = %self.node_id(), task_id = %task_id, app_id = %spec.app_id, generation = state.applied_generation,
+            "launching task"
+        );
+        let request = LaunchRequest {
+            env: taskenv::task_env(&spec, &self.config.hostname, &sandbox),
+            spec: spec.clone(),
+            sandbox: sandbox.clone(),
+            logs: self.options.logs,
+        };
+        // Checkpoint the intent first: if the agent dies during the launch, the restarted
+        // agent finds the executor through the sandbox instead of launching it twice.
+        state.tasks.insert(task_id.clone(), TaskRecord::new(spec, sandbox, now));
+        self.save(state);
+        match self.runtime.launch(&request) {
+            Ok(handle) => {
+                if let Some(record) = state.tasks.get_mut(&task_id) {
+                    record.handle = Some(handle);
+                }
+                self.transition(state, &task_id, Transition {
+                    state: TaskState::TaskStarting,
+                    message: None,
+                    reason: None,
+                    exit_code: None,
+                    pid: None,
+                }, now);
+            }
+            Err(err) => {
+                let message = format!("{}", DisplayChain(&err));
+                warn!(node_id = %self.node_id(), task_id = %task_id, error = %message, "launch failed");
+                self.transition(state, &task_id, Transition {
+                    state: TaskState::TaskFailed,
+                    message: Some(format!("Launch failed: {message}")),
+                    reason: Some(reconciler::REASON_COMMAND_FAILED),
+                    exit_code: None,
+                    pid: None,
+                }, now);
+            }
+        }
+    }
+
+    /// Records a state change and queues its status update for the master.
+    fn transition(&self, state: &mut NodeState, task_id: &TaskId, transition: Transition, now: Timestamp) {
+        let Some(record) = state.tasks.get_mut(task_id) else { return };
+        record.state = transition.state;
+        if transition.pid.is_some() {
+            record.pid = transition.pid;
+        }
+        if transition.state == TaskState::TaskRunning {
+            record.running_since = Some(now);
+        }
+        if transition.message.is_some() {
+            record.message = transition.message.clone();
+        }
+        record.reason = transition.reason.map(str::to_string);
+        record.exit_code = transition.exit_code.or(record.exit_code);
+        let terminal = transition.state.is_terminal();
+        if terminal {
+            record.finished_at = Some(now);
+            if let Some(handle) = &record.handle {
+                if let Err(err) = self.runtime.cleanup(handle) {
+                    warn!(task_id = %task_id, error = %DisplayChain(&err), "cannot clean up after task");
+                }
+            }
+        }
+        let log = |level_error: bool| {
+            if level_error {
+                warn!(
+                    node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id,
+                    state = %transition.state, message = transition.message.as_deref().unwrap_or(""), "task ended"
+                );
+            } else {
+                info!(
+                    node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id,
+                    state = %transition.state, message = transition.message.as_deref().unwrap_or(""), "task state changed"
+                );
+            }
+        };
+        log(matches!(transition.state, TaskState::TaskFailed | TaskState::TaskError));
+        let update = StatusUpdate {
+            update_id: uuid::Uuid::new_v4(),
+            task_id: task_id.clone(),
+            app_id: record.spec.app_id.clone(),
+            state: transition.state,
+            message: transition.message,
+            exit_code: transition.exit_code,
+            reason: transition.reason.map(str::to_string),
+            timestamp: now.to_iso(),
+            healthy: None,
+            extra: BTreeMap::new(),
+        };
+        state.outbox.push(update);
+    }
+
+    fn registration(&self) -> Registration {
+        let state = self.lock();
+        Registration {
+            agent_id: self.agent_id(),
+            hostname: self.config.hostname.clone(),
+            advertise_ip: self.advertise_ip.to_string(),
+            http_port: self.config.listen.port(),
+            resources: self.resources.clone(),
+            attributes: self.config.attributes.clone(),
+            last_generation: state.applied_generation,
+            tasks: state.live_reports(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn remember_agent_id(&self, agent_id: &AgentId) {
+        let path = self.config.work_dir.join(AGENT_ID_FILE);
+        if self.agent_id().as_ref() != Some(agent_id) {
+            if let Err(err) = fsutil::write_atomic(&path, agent_id.as_str().as_bytes()) {
+                error!(node_id = %agent_id, error = %DisplayChain(&err), "cannot persist the agent id");
+            }
+        }
+        *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id.clone());
+    }
+
+    /// Register, then long-poll `sync` forever; register again when the master asks or
+    /// forgets us. Tasks keep running whatever happens to the master.
+    async fn master_loop(self: &Arc<Self>, client: MasterClient) {
+        let mut backoff = Backoff::new(self.options.max_backoff);
+        loop {
+            let registration = self.registration();
+            let registered = match client.register(&registration).await {
+                Ok(registered) => registered,
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "cannot register with the master");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.remember_agent_id(&registered.agent_id);
+            self.outbox_ready.notify_one();
+            info!(
+                node_id = %registered.agent_id, tasks = registration.tasks.len(),
+                generation = registration.last_generation, "registered with the master"
+            );
+            let heartbeat = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
+            self.sync_loop(&client, &registered.agent_id, heartbeat, &mut backoff).await;
+        }
+    }
+
+    /// Returns when the agent must register again.
+    async fn sync_loop(self: &Arc<Self>, client: &MasterClient, agent_id: &AgentId, heartbeat: Duration, backoff: &mut Backoff) {
+        let wait = self.options.sync_wait.min(heartbeat);
+        // A master that answers at once must not be hammered: at most one sync per this.
+        let min_interval = heartbeat.min(Duration::from_secs(1));
+        loop {
+            let request = {
+                let state = self.lock();
+                SyncRequest {
+                    agent_id: agent_id.clone(),
+                    generation: state.applied_generation,
+                    tasks: state.live_reports(),
+                    wait_ms: wait.as_millis() as u64,
+                }
+            };
+            let started = Instant::now();
+            match client.sync(&request).await {
+                Ok(response) if response.reregister => {
+                    info!(node_id = %agent_id, "the master asks this agent to register again");
+                    return;
+                }
+                Ok(response) => {
+                    backoff.reset();
+                    match response.desired {
+                        Some(desired) => {
+                            let node = self.clone();
+                            blocking(move || node.apply(desired, Timestamp::now())).await;
+                        }
+                        None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
+                    }
+                }
+                Err(AgentError::MasterStatus { status, .. }) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                    warn!(node_id = %agent_id, status, "the master rejected sync; registering again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    return;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "sync with the master failed; tasks keep running");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn tick_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.options.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let node = self.clone();
+            blocking(move || node.tick(Timestamp::now())).await;
+        }
+    }
+
+    /// Sends queued status updates, oldest first, until the master acknowledges them.
+    async fn outbox_loop(self: Arc<Self>, client: MasterClient) {
+        let mut backoff = Backoff::new(self.options.max_backoff.max(Duration::from_secs(1)));
+        loop {
+            let pending = {
+                let state = self.lock();
+                state.outbox.iter().take(OUTBOX_BATCH).cloned().collect::<Vec<_>>()
+            };
+            let Some(agent_id) = self.agent_id().filter(|_| !pending.is_empty()) else {
+                // Woken by new updates or registration; the timeout is a safety net.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox_ready.notified()).await;
+                continue;
+            };
+            let batch = StatusBatch { agent_id: agent_id.clone(), updates: pending };
+            match client.status(&batch).await {
+                Ok(ack) if !ack.acknowledged.is_empty() => {
+                    backoff.reset();
+                    let node = self.clone();
+                    blocking(move || {
+                        let mut state = node.lock();
+                        state.outbox.retain(|u| !ack.acknowledged.contains(&u.update_id));
+                        node.save(&state);
+                    })
+                    .await;
+                }
+                Ok(_) => {
+                    let delay = backoff.next_delay();
+                    warn!(node_id = %agent_id, retry_ms = delay.as_millis() as u64, "the master acknowledged no status update");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    debug!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "cannot send status updates");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}

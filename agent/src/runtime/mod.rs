@@ -1,0 +1,103 @@
+//! How tasks are run, behind one trait: [`ProcessRuntime`] runs command tasks through a
+//! per-task executor process, [`FakeRuntime`] is an in-memory state machine with failure
+//! injection for fast tests and the master's simulator. The container runtime
+//! (libcontainer) comes in behind the same trait.
+//!
+//! Every method returns promptly: slow work (an image pull, say) belongs in the
+//! background and shows up through [`ContainerRuntime::poll`]. That keeps the trait
+//! object-safe and lets the agent drive any number of tasks from one loop.
+use plinth_protocol::agent::TaskSpec;
+use plinth_protocol::TaskId;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cgroup::TaskCgroup;
+use crate::logs::LogPolicy;
+use crate::AgentError;
+
+mod fake;
+mod process;
+
+pub use fake::FakeRuntime;
+pub use process::{ExecutorCommand, ProcessRuntime};
+
+/// What the agent asks a runtime to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchRequest {
+    pub spec: TaskSpec,
+    /// The task's working directory; it holds its logs and the runtime's files.
+    pub sandbox: PathBuf,
+    /// The complete environment (see [`crate::taskenv::task_env`]).
+    pub env: Vec<(String, String)>,
+    pub logs: LogPolicy,
+}
+
+/// What the agent checkpoints to find a task again after it restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeHandle {
+    pub task_id: TaskId,
+    pub sandbox: PathBuf,
+    /// The supervising process (the executor), with its start time so a reused pid is
+    /// never mistaken for it.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub pid_start_time: Option<u64>,
+    #[serde(default)]
+    pub cgroup: Option<TaskCgroup>,
+}
+
+impl RuntimeHandle {
+    /// A handle that knows only where the task lives (e.g. the agent crashed between
+    /// checkpointing the launch and learning the pid); `recover` fills in the rest.
+    pub fn unresolved(task_id: TaskId, sandbox: PathBuf) -> Self {
+        RuntimeHandle { task_id, sandbox, pid: None, pid_start_time: None, cgroup: None }
+    }
+}
+
+/// How a task ended, as the runtime saw it (the executor's `exit.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Termination {
+    /// Exit status when the task exited by itself.
+    pub code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// The memory limit's OOM killer struck.
+    pub oom: bool,
+    /// The task was killed on request.
+    #[serde(default)]
+    pub killed: bool,
+    /// Set when the task could not even be started.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub finished_at: String,
+}
+
+/// One look at a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// Launched; the task's own process is not there yet.
+    Starting,
+    Running { pid: Option<i32> },
+    Exited(Termination),
+    /// The runtime lost the task without learning how it ended (its supervisor died).
+    Gone { message: String },
+}
+
+pub trait ContainerRuntime: Send + Sync {
+    /// Short name for logs and errors (`process`, `fake`, `container`).
+    fn name(&self) -> &'static str;
+    /// Starts a task and returns what must be checkpointed to find it again.
+    fn launch(&self, request: &LaunchRequest) -> Result<RuntimeHandle, AgentError>;
+    /// Asks the task to stop: SIGTERM now, SIGKILL once `grace` has passed.
+    fn kill(&self, handle: &RuntimeHandle, grace: Duration) -> Result<(), AgentError>;
+    /// Stops the task at once; for kills that outlived their grace period.
+    fn force_kill(&self, handle: &RuntimeHandle) -> Result<(), AgentError>;
+    fn poll(&self, handle: &RuntimeHandle) -> Observation;
+    /// Re-attaches to a task from the checkpoint after an agent restart; returns the
+    /// handle completed with whatever the runtime found. Never starts or kills anything.
+    fn recover(&self, handle: &RuntimeHandle) -> RuntimeHandle;
+    /// Releases what the task held (its cgroup) once it has ended. Logs stay.
+    fn cleanup(&self, handle: &RuntimeHandle) -> Result<(), AgentError>;
+}

@@ -1,0 +1,223 @@
+//! Command tasks, each under its own executor process (see [`crate::executor`]). The
+//! runtime keeps no state of its own: everything it needs is in the handle and in the
+//! sandbox files the executor writes, which is what makes re-adoption trivial.
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle, Termination};
+use crate::cgroup::{self, TaskCgroup};
+use crate::executor::{self, ExecutorRecord, ExecutorSpec, RunningRecord};
+use crate::fsutil::{self, proc_stat, process_alive};
+use crate::taskenv::TaskCommand;
+use crate::AgentError;
+
+/// How to start an executor: `program args… --spec SANDBOX/task.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl ExecutorCommand {
+    /// `plinth executor`: this very binary, so agent and executor always match.
+    pub fn plinth_binary() -> Result<Self, AgentError> {
+        let program = std::env::current_exe().map_err(|source| AgentError::ReadFile {
+            path: PathBuf::from("/proc/self/exe"),
+            source,
+        })?;
+        Ok(ExecutorCommand { program, args: vec!["executor".into()] })
+    }
+}
+
+pub struct ProcessRuntime {
+    executor: ExecutorCommand,
+}
+
+impl ProcessRuntime {
+    pub fn new(executor: ExecutorCommand) -> Self {
+        ProcessRuntime { executor }
+    }
+}
+
+fn read_running(sandbox: &Path) -> Option<RunningRecord> {
+    fsutil::read_json(&sandbox.join(executor::RUNNING_FILE)).ok().flatten()
+}
+
+fn read_exit(sandbox: &Path) -> Option<Termination> {
+    fsutil::read_json(&sandbox.join(executor::EXIT_FILE)).ok().flatten()
+}
+
+fn signal_error(signal: Signal, target: &'static str, pid: i32, task_id: &str, source: nix::errno::Errno) -> AgentError {
+    AgentError::Signal { signal: signal.as_str(), target, pid, task_id: task_id.to_string(), source }
+}
+
+impl ProcessRuntime {
+    fn executor_alive(handle: &RuntimeHandle) -> bool {
+        handle.pid.is_some_and(|pid| process_alive(pid, handle.pid_start_time))
+    }
+
+    fn spawn_executor(&self, request: &LaunchRequest, spec_path: &Path) -> Result<(i32, Option<u64>), AgentError> {
+        let task_id = request.spec.task_id.to_string();
+        let log_path = request.sandbox.join(executor::EXECUTOR_LOG);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| AgentError::WriteFile { path: log_path.clone(), source })?;
+        let log_err = log.try_clone().map_err(|source| AgentError::WriteFile { path: log_path, source })?;
+        let mut command = Command::new(&self.executor.program);
+        command
+            .args(&self.executor.args)
+            .arg("--spec")
+            .arg(spec_path)
+            .current_dir(&request.sandbox)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new
+        // session keeps the executor out of the agent's process group and terminal, so
+        // a Ctrl-C or a kill of the agent's group leaves tasks running.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| AgentError::SpawnExecutor {
+            program: self.executor.program.clone(),
+            task_id,
+            source,
+        })?;
+        let pid = child.id() as i32;
+        // Not waited on here: liveness comes from /proc, and zombies are reaped there.
+        drop(child);
+        Ok((pid, proc_stat(pid).map(|s| s.start_time)))
+    }
+}
+
+impl ContainerRuntime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn launch(&self, request: &LaunchRequest) -> Result<RuntimeHandle, AgentError> {
+        let spec = &request.spec;
+        let command = TaskCommand::for_spec(spec)?;
+        fsutil::create_dir_all(&request.sandbox)?;
+        let cgroup = cgroup::create(spec.task_id.as_str(), spec.app.cpus, spec.app.mem);
+        let executor_spec = ExecutorSpec {
+            task_id: spec.task_id.to_string(),
+            sandbox: request.sandbox.clone(),
+            command,
+            env: request.env.clone(),
+            kill_grace_ms: (spec.app.task_kill_grace_period_seconds.max(0.0) * 1000.0) as u64,
+            cgroup_dirs: cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
+            logs: request.logs,
+            task: Some(spec.clone()),
+        };
+        let spec_path = request.sandbox.join(executor::SPEC_FILE);
+        let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)
+            .and_then(|()| self.spawn_executor(request, &spec_path));
+        match spawned {
+            Ok((pid, pid_start_time)) => Ok(RuntimeHandle {
+                task_id: spec.task_id.clone(),
+                sandbox: request.sandbox.clone(),
+                pid: Some(pid),
+                pid_start_time,
+                cgroup,
+            }),
+            Err(err) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup::remove(cgroup);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn kill(&self, handle: &RuntimeHandle, _grace: Duration) -> Result<(), AgentError> {
+        // The grace period is in the executor's spec; it enforces it even if we die now.
+        if !Self::executor_alive(handle) {
+            return Ok(());
+        }
+        let pid = handle.pid.expect("alive implies a pid");
+        match kill(Pid::from_raw(pid), Signal::SIGTERM) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(source) => Err(signal_error(Signal::SIGTERM, "executor", pid, handle.task_id.as_str(), source)),
+        }
+    }
+
+    fn force_kill(&self, handle: &RuntimeHandle) -> Result<(), AgentError> {
+        if let Some(running) = read_running(&handle.sandbox) {
+            if process_alive(running.pid, None) {
+                let _ = killpg(Pid::from_raw(running.pid), Signal::SIGKILL);
+            }
+        }
+        if let Some(cgroup) = &handle.cgroup {
+            cgroup::kill_all(&cgroup.dirs);
+        }
+        if Self::executor_alive(handle) {
+            let pid = handle.pid.expect("alive implies a pid");
+            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(source) => return Err(signal_error(Signal::SIGKILL, "executor", pid, handle.task_id.as_str(), source)),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&self, handle: &RuntimeHandle) -> Observation {
+        if let Some(termination) = read_exit(&handle.sandbox) {
+            return Observation::Exited(termination);
+        }
+        if Self::executor_alive(handle) {
+            return match read_running(&handle.sandbox) {
+                Some(running) => Observation::Running { pid: Some(running.pid) },
+                None => Observation::Starting,
+            };
+        }
+        // The executor may have written exit.json and exited between the two looks.
+        if let Some(termination) = read_exit(&handle.sandbox) {
+            return Observation::Exited(termination);
+        }
+        Observation::Gone {
+            message: match handle.pid {
+                Some(pid) => format!("the task's executor (pid {pid}) ended without recording how the task ended"),
+                None => "the task's executor never started".to_string(),
+            },
+        }
+    }
+
+    fn recover(&self, handle: &RuntimeHandle) -> RuntimeHandle {
+        let mut recovered = handle.clone();
+        if recovered.pid.is_none() {
+            if let Ok(Some(record)) = fsutil::read_json::<ExecutorRecord>(&handle.sandbox.join(executor::EXECUTOR_FILE)) {
+                recovered.pid = Some(record.pid);
+                recovered.pid_start_time = record.start_time;
+            }
+        }
+        if recovered.cgroup.is_none() {
+            let spec: Option<ExecutorSpec> = fsutil::read_json(&handle.sandbox.join(executor::SPEC_FILE)).ok().flatten();
+            if let Some(spec) = spec.filter(|s| !s.cgroup_dirs.is_empty()) {
+                recovered.cgroup = Some(TaskCgroup {
+                    name: format!("{}/{}", cgroup::PARENT, handle.task_id),
+                    dirs: spec.cgroup_dirs,
+                });
+            }
+        }
+        recovered
+    }
+
+    fn cleanup(&self, handle: &RuntimeHandle) -> Result<(), AgentError> {
+        match &handle.cgroup {
+            Some(cgroup) => cgroup::remove(cgroup),
+            None => Ok(()),
+        }
+    }
+}
