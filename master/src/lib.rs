@@ -1,2 +1,13 @@
 //! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints.
 pub mod core;
+pub mod api;
+pub mod core_ext;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+pub use error::{ApiError, MasterError};
+pub use server::{run, serve, Master, MasterConfig};
+pub use store::{Store, StoreError};

@@ -1,0 +1,37 @@
+//! `/v2/deployments`: list running deployments, roll one back or forget it (`force`).
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+use plinth_protocol::DeploymentId;
+
+use super::{deployment_result, Params};
+use crate::error::ApiError;
+use crate::server::Master;
+
+/// `GET /v2/deployments`.
+pub async fn list(State(master): State<Arc<Master>>) -> Json<Vec<Value>> {
+    let guard = master.read().await;
+    Json(guard.core.deployments().map(|d| d.to_marathon_json()).collect())
+}
+
+/// `DELETE /v2/deployments/{id}`: without `force` a rollback deployment starts (200 with
+/// its id); with `force=true` the deployment is just dropped (202).
+pub async fn cancel(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let id = DeploymentId::new(id);
+    let force = params.flag("force")?;
+    let rollback = master.command(|core, now| core.cancel_deployment(&id, force, now)).await?;
+    tracing::info!(deployment_id = %id, force, "deployment cancelled");
+    Ok(match rollback {
+        Some((deployment, version)) => Json(deployment_result(&deployment, &version)).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    })
+}

@@ -1,0 +1,269 @@
+//! The master's HTTP API: Marathon v2 (`/v2/...`), events, the agent protocol
+//! (`/agent/v1/...`), Mesos-style operator views (`/master/...`), `/ping`, `/metrics`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{any, delete, get, post};
+use axum::Router;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use plinth_protocol::AppId;
+
+use crate::core::{AppRecord, Core};
+use crate::error::ApiError;
+use crate::server::Master;
+
+pub mod agents;
+pub mod apps;
+pub mod deployments;
+pub mod events;
+pub mod misc;
+pub mod operator;
+pub mod queue;
+pub mod tasks;
+
+/// Largest request body accepted (a Marathon app JSON is a few KB).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub type Shared = State<Arc<Master>>;
+
+/// The whole API over one master.
+pub fn router(master: Arc<Master>) -> Router {
+    Router::new()
+        .route("/", get(misc::landing))
+        .route("/ping", get(misc::ping))
+        .route("/metrics", get(misc::metrics))
+        .route("/v2/info", get(misc::info))
+        .route("/v2/leader", get(misc::leader))
+        .route("/v2/apps", get(apps::list).post(apps::create))
+        .route("/v2/apps/", get(apps::list).post(apps::create))
+        .route("/v2/apps/{*rest}", any(apps::dispatch))
+        .route("/v2/tasks", get(tasks::list))
+        .route("/v2/tasks/delete", post(tasks::delete_many))
+        .route("/v2/deployments", get(deployments::list))
+        .route("/v2/deployments/{id}", delete(deployments::cancel))
+        .route("/v2/queue", get(queue::list))
+        .route("/v2/queue/{*rest}", delete(queue::reset_delay))
+        .route("/v2/events", get(events::stream))
+        .route(
+            "/v2/eventSubscriptions",
+            get(events::list_subscriptions).post(events::subscribe).delete(events::unsubscribe),
+        )
+        .route("/agent/v1/register", post(agents::register))
+        .route("/agent/v1/sync", post(agents::sync))
+        .route("/agent/v1/status", post(agents::status))
+        .route("/master/slaves", get(operator::slaves))
+        .route("/master/state", get(operator::state))
+        .route("/master/state.json", get(operator::state))
+        .route("/master/slaves/{id}/drain", post(operator::drain).delete(operator::undrain))
+        .fallback(misc::not_found)
+        .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
+        .with_state(master)
+}
+
+async fn count_requests(State(master): Shared, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    master.metrics.record_request(&method, response.status().as_u16());
+    response
+}
+
+/// The request body, read up to [`BODY_LIMIT`] (413 with a JSON message beyond).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(ApiError::BodyTooLarge { limit: BODY_LIMIT });
+        }
+        let mut stream = request.into_body().into_data_stream();
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+            if body.len() + chunk.len() > BODY_LIMIT {
+                return Err(ApiError::BodyTooLarge { limit: BODY_LIMIT });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Body(Bytes::from(body)))
+    }
+}
+
+impl Body {
+    /// Parses JSON of a fixed type; a syntax error is 400, a shape error 422.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let value: Value = serde_json::from_slice(&self.0).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| {
+            ApiError::Invalid(vec![plinth_protocol::Violation { path: "/".into(), errors: vec![e.to_string()] }])
+        })
+    }
+
+    /// Parses any JSON value (400 on a syntax error).
+    pub fn value(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.0).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    }
+}
+
+/// The client's address, when the server was started with connect info.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
+}
+
+impl ClientAddr {
+    pub fn ip(&self) -> Option<String> {
+        self.0.map(|a| a.ip().to_string())
+    }
+}
+
+/// Query parameters, repeatable (`embed=a&embed=b`).
+#[derive(Debug, Default, Clone)]
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded_pairs(query).map(Params)
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+        &format!("/?{query}").parse().map_err(|_| ApiError::BadRequest("malformed query string".into()))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeatable parameter, comma-separated values split.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// A boolean flag (`force=true`); anything but true/false is a 400.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(ApiError::BadRequest(format!("query parameter '{name}' must be true or false, got '{other}'"))),
+            },
+        }
+    }
+}
+
+/// Parses an app id from a URL path (404-worthy ids are reported as such).
+pub fn parse_app_id(raw: &str) -> Result<AppId, ApiError> {
+    AppId::parse(raw).map_err(|e| ApiError::NotFound(format!("App '/{}' does not exist ({e})", raw.trim_matches('/'))))
+}
+
+/// What to embed in app JSON.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Embed {
+    pub tasks: bool,
+    pub counts: bool,
+    pub deployments: bool,
+    pub last_task_failure: bool,
+    pub readiness: bool,
+}
+
+impl Embed {
+    pub fn all() -> Self {
+        Embed { tasks: true, counts: true, deployments: true, last_task_failure: true, readiness: true }
+    }
+
+    /// `embed=apps.tasks,apps.counts,...` (also the `app.` prefix of single-app GETs).
+    pub fn from_params(params: &Params) -> Self {
+        // Counts and deployments are cheap and most clients expect them: always on.
+        let mut embed = Embed { counts: true, deployments: true, ..Default::default() };
+        for item in params.all("embed") {
+            match item.trim_start_matches("apps.").trim_start_matches("app.") {
+                "tasks" => embed.tasks = true,
+                "counts" | "taskStats" => embed.counts = true,
+                "deployments" => embed.deployments = true,
+                "lastTaskFailure" => embed.last_task_failure = true,
+                "readiness" => embed.readiness = true,
+                "failures" => {
+                    embed.tasks = true;
+                    embed.last_task_failure = true;
+                }
+                _ => {}
+            }
+        }
+        embed
+    }
+}
+
+/// Marathon's app JSON: the definition plus task counts, deployments and (optionally)
+/// tasks.
+pub fn app_json(core: &Core, app: &AppRecord, embed: Embed) -> Value {
+    let mut v = serde_json::to_value(&app.definition).unwrap_or_else(|_| json!({}));
+    v["id"] = json!(app.id);
+    v["version"] = json!(app.version);
+    let tasks = core.app_tasks(&app.id);
+    let has_hc = !app.definition.health_checks.is_empty();
+    if embed.counts {
+        use plinth_protocol::TaskState::*;
+        let staged = tasks.iter().filter(|t| matches!(t.state, TaskStaging | TaskStarting)).count();
+        let running = tasks.iter().filter(|t| t.state == TaskRunning).count();
+        let healthy = tasks.iter().filter(|t| t.state == TaskRunning && has_hc && t.healthy == Some(true)).count();
+        let unhealthy = tasks.iter().filter(|t| has_hc && t.healthy == Some(false)).count();
+        v["tasksStaged"] = json!(staged);
+        v["tasksRunning"] = json!(running);
+        v["tasksHealthy"] = json!(healthy);
+        v["tasksUnhealthy"] = json!(unhealthy);
+    }
+    if embed.deployments {
+        v["deployments"] = json!(core.app_deployments(&app.id).iter().map(|d| json!({"id": d.id})).collect::<Vec<_>>());
+    }
+    if embed.tasks {
+        let ports = core.service_ports(&app.id);
+        v["tasks"] = json!(tasks.iter().map(|t| t.to_marathon_json(&ports)).collect::<Vec<_>>());
+    }
+    if embed.readiness {
+        v["readinessCheckResults"] = json!([]);
+    }
+    if embed.last_task_failure {
+        if let Some(failure) = crate::core_ext::last_task_failure(core, &app.id) {
+            v["lastTaskFailure"] = failure;
+        }
+    }
+    v
+}
+
+/// `{"version","deploymentId"}` as Marathon answers changes.
+pub fn deployment_result(deployment: &impl serde::Serialize, version: &str) -> Value {
+    json!({"version": version, "deploymentId": deployment})
+}

@@ -1,0 +1,121 @@
+//! `/v2/tasks`: every task as JSON or as the `text/plain` endpoint list HAProxy bridges
+//! read, and `POST /v2/tasks/delete`.
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use plinth_protocol::{TaskId, TaskState};
+
+use super::{deployment_result, Body, Params};
+use crate::core::{AppRecord, Core, KillTarget, Killed};
+use crate::error::ApiError;
+use crate::server::Master;
+
+/// True when the client asks for the text form (`Accept: text/plain` without JSON).
+pub fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/plain") && !accept.contains("application/json"))
+}
+
+pub fn text_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+/// Marathon's endpoint text: per app and service port,
+/// `app_id<TAB>servicePort<TAB>host:port<TAB>host:port...`. The app id is Marathon's
+/// "safe path" (`/group/app` → `group_app`); only running tasks are listed.
+pub fn endpoints_text<'a>(core: &Core, apps: impl Iterator<Item = &'a AppRecord>) -> String {
+    let mut out = String::new();
+    for app in apps {
+        let name = app.id.task_prefix();
+        let tasks: Vec<_> = core.app_tasks(&app.id).into_iter().filter(|t| t.is_running()).collect();
+        let service_ports = core.service_ports(&app.id);
+        if service_ports.is_empty() {
+            let _ = write!(out, "{name}\t \t");
+            for task in &tasks {
+                let _ = write!(out, "{}\t", task.host);
+            }
+            out.push('\n');
+            continue;
+        }
+        for (index, service_port) in service_ports.iter().enumerate() {
+            let _ = write!(out, "{name}\t{service_port}\t");
+            for task in &tasks {
+                if let Some(port) = task.ports.get(index) {
+                    let _ = write!(out, "{}:{port}\t", task.host);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `GET /v2/tasks[?status=running|staging]`.
+pub async fn list(State(master): State<Arc<Master>>, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let guard = master.read().await;
+    let core = &guard.core;
+    if wants_text(&headers) {
+        return Ok(text_response(endpoints_text(core, core.apps())));
+    }
+    let statuses = params.all("status");
+    let wanted = |state: TaskState| {
+        statuses.is_empty()
+            || statuses.iter().any(|s| match s.to_ascii_lowercase().as_str() {
+                "running" => state == TaskState::TaskRunning,
+                "staging" => matches!(state, TaskState::TaskStaging | TaskState::TaskStarting),
+                "killing" => state == TaskState::TaskKilling,
+                other => state.as_str().eq_ignore_ascii_case(other),
+            })
+    };
+    let mut tasks = Vec::new();
+    for app in core.apps() {
+        let ports = core.service_ports(&app.id);
+        for task in core.app_tasks(&app.id) {
+            if wanted(task.visible_state()) {
+                tasks.push(task.to_marathon_json(&ports));
+            }
+        }
+    }
+    Ok(Json(json!({"tasks": tasks})).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    ids: Vec<String>,
+}
+
+/// `POST /v2/tasks/delete` with `{"ids":[...]}` (`scale`, `force`).
+pub async fn delete_many(State(master): State<Arc<Master>>, params: Params, body: Body) -> Result<Response, ApiError> {
+    let request: DeleteRequest = body.json()?;
+    let scale = params.flag("scale")?;
+    let force = params.flag("force")?;
+    let ids: Vec<TaskId> = request.ids.iter().map(|s| TaskId::new(s.as_str())).collect();
+    let killed = master.command(|core, now| core.kill_tasks(KillTarget::Tasks(ids), scale, now, force)).await?;
+    tracing::info!(killed = killed.tasks.len(), scale, "tasks killed");
+    let guard = master.read().await;
+    let tasks: Vec<Value> =
+        killed.tasks.iter().map(|t| t.to_marathon_json(&guard.core.service_ports(&t.app_id))).collect();
+    drop(guard);
+    if let (true, Some((deployment, version))) = (scale, &killed.deployment) {
+        return Ok(Json(deployment_result(deployment, version)).into_response());
+    }
+    Ok(Json(json!({"tasks": tasks})).into_response())
+}
+
+/// Marathon answers a kill with the killed tasks, or with `scale=true` the deployment.
+pub fn killed_response(killed: Killed, service_ports: &[u16], scale: bool) -> Response {
+    if let (true, Some((deployment, version))) = (scale, &killed.deployment) {
+        return Json(deployment_result(deployment, version)).into_response();
+    }
+    let tasks: Vec<Value> = killed.tasks.iter().map(|t| t.to_marathon_json(service_ports)).collect();
+    Json(json!({"tasks": tasks})).into_response()
+}

@@ -1,0 +1,103 @@
+//! Errors of the master shell, and the one place where API errors become HTTP answers.
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use plinth_protocol::{ErrorBody, Violation};
+
+use crate::core::CoreError;
+use crate::store::StoreError;
+
+/// Why the master could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A request the API refuses. Converted to Marathon's status codes and bodies in
+/// [`IntoResponse`] below.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The body is not JSON at all (400).
+    #[error("Invalid JSON")]
+    InvalidJson(String),
+    /// The JSON has the wrong shape or invalid values (422).
+    #[error("Object is not valid")]
+    Invalid(Vec<Violation>),
+    #[error("Request body too large: the limit is {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Core(e) => match e {
+                CoreError::AppExists(_) | CoreError::AppLocked { .. } => StatusCode::CONFLICT,
+                CoreError::AppNotFound(_)
+                | CoreError::TaskNotFound(_)
+                | CoreError::DeploymentNotFound(_)
+                | CoreError::UnknownAgent(_)
+                | CoreError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+                CoreError::ServicePortsExhausted(..) | CoreError::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            ApiError::InvalidJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Core(CoreError::AppLocked { deployments, .. }) => json!({
+                "message": self.to_string(),
+                "deployments": deployments.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
+            }),
+            ApiError::Core(e @ (CoreError::ServicePortsExhausted(..) | CoreError::InvalidApp(_))) => {
+                let path = if matches!(e, CoreError::InvalidApp(_)) { "/" } else { "/portDefinitions" };
+                serde_json::to_value(ErrorBody {
+                    message: "Object is not valid".into(),
+                    details: vec![Violation { path: path.into(), errors: vec![e.to_string()] }],
+                })
+                .unwrap_or_default()
+            }
+            ApiError::InvalidJson(detail) => json!({
+                "message": "Invalid JSON",
+                "details": [{"path": "/", "errors": [detail]}],
+            }),
+            ApiError::Invalid(details) => {
+                serde_json::to_value(ErrorBody { message: "Object is not valid".into(), details: details.clone() })
+                    .unwrap_or_default()
+            }
+            _ => json!({"message": self.to_string()}),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(body)).into_response()
+    }
+}

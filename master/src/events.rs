@@ -1,0 +1,234 @@
+//! The event bus behind `/v2/events` (SSE) and HTTP callback subscriptions.
+//!
+//! Events are published only after the change they describe is on disk. The bus is a
+//! tokio broadcast channel: a slow SSE client lags and skips, it never slows the core.
+//! Each callback subscriber has its own worker with a bounded queue (the oldest event is
+//! dropped and counted when full) that POSTs events with a few retries.
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Notify};
+
+use crate::core::Event;
+
+/// How many events a lagging SSE client may fall behind before it skips.
+const BUS_CAPACITY: usize = 4096;
+/// Per callback subscriber: events queued while its endpoint is slow or down.
+pub const CALLBACK_QUEUE: usize = 1024;
+/// Delays between attempts to deliver one event to a callback.
+const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)];
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fan-out of events to SSE streams and callback workers.
+pub struct EventBus {
+    sender: broadcast::Sender<Arc<Event>>,
+    published: AtomicU64,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(BUS_CAPACITY);
+        EventBus { sender, published: AtomicU64::new(0) }
+    }
+
+    pub fn publish(&self, event: Event) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(event_type = %event.event_type, "event published");
+        // No receiver is not an error: nobody listens right now.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// One callback subscriber's queue and counters.
+struct Worker {
+    queue: Mutex<VecDeque<Arc<Event>>>,
+    wake: Notify,
+    dropped: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    /// Set when the subscription is removed.
+    stop: AtomicBool,
+}
+
+/// Counters of callback delivery, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallbackStats {
+    pub subscribers: usize,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+/// The running callback workers, by URL.
+pub struct CallbackHub {
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    client: reqwest::Client,
+}
+
+impl Default for CallbackHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallbackHub {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder().timeout(CALLBACK_TIMEOUT).build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot build the callback HTTP client with a timeout; using defaults");
+            reqwest::Client::new()
+        });
+        CallbackHub { workers: Mutex::new(HashMap::new()), client }
+    }
+
+    /// Starts a worker for `url` unless one runs already.
+    pub fn add(&self, url: &str) {
+        let mut workers = self.workers.lock().expect("callback worker map is never poisoned");
+        if workers.contains_key(url) {
+            return;
+        }
+        let worker = Arc::new(Worker {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            dropped: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        workers.insert(url.to_string(), worker.clone());
+        tokio::spawn(deliver(self.client.clone(), url.to_string(), worker));
+        tracing::info!(callback_url = %url, "callback subscriber added");
+    }
+
+    pub fn remove(&self, url: &str) -> bool {
+        let removed = self.workers.lock().expect("callback worker map is never poisoned").remove(url);
+        if let Some(worker) = &removed {
+            worker.stop.store(true, Ordering::Relaxed);
+            worker.wake.notify_one();
+            tracing::info!(callback_url = %url, "callback subscriber removed");
+        }
+        removed.is_some()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> =
+            self.workers.lock().expect("callback worker map is never poisoned").keys().cloned().collect();
+        urls.sort();
+        urls
+    }
+
+    /// Queues an event for every subscriber; never blocks.
+    pub fn dispatch(&self, event: &Arc<Event>) {
+        let workers = self.workers.lock().expect("callback worker map is never poisoned");
+        for (url, worker) in workers.iter() {
+            let mut queue = worker.queue.lock().expect("callback queue is never poisoned");
+            if queue.len() >= CALLBACK_QUEUE {
+                queue.pop_front();
+                let dropped = worker.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped == 1 || dropped % 1000 == 0 {
+                    tracing::warn!(callback_url = %url, dropped, "callback subscriber is too slow; dropping its oldest events");
+                }
+            }
+            queue.push_back(event.clone());
+            worker.wake.notify_one();
+        }
+    }
+
+    pub fn stats(&self) -> CallbackStats {
+        let workers = self.workers.lock().expect("callback worker map is never poisoned");
+        let mut stats = CallbackStats { subscribers: workers.len(), ..Default::default() };
+        for worker in workers.values() {
+            stats.delivered += worker.delivered.load(Ordering::Relaxed);
+            stats.failed += worker.failed.load(Ordering::Relaxed);
+            stats.dropped += worker.dropped.load(Ordering::Relaxed);
+        }
+        stats
+    }
+
+    /// Feeds every bus event to the workers until the bus closes.
+    pub fn spawn_dispatcher(self: &Arc<Self>, bus: &EventBus) {
+        let mut receiver = bus.subscribe();
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => match hub.upgrade() {
+                        Some(hub) => hub.dispatch(&event),
+                        None => return,
+                    },
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "callback dispatcher lagged behind the event bus");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+/// A subscriber's worker: POSTs queued events in order, retrying each a few times.
+async fn deliver(client: reqwest::Client, url: String, worker: Arc<Worker>) {
+    loop {
+        let next = worker.queue.lock().expect("callback queue is never poisoned").pop_front();
+        let Some(event) = next else {
+            if worker.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            worker.wake.notified().await;
+            if worker.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            continue;
+        };
+        let mut attempt = 0;
+        loop {
+            let result = client.post(&url).json(&event.payload).send().await;
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    worker.delivered.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(response) => format!("HTTP {}", response.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    if attempt >= RETRY_DELAYS.len() || worker.stop.load(Ordering::Relaxed) {
+                        worker.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(callback_url = %url, event_type = %event.event_type, error = %why,
+                            "giving up delivering an event to a callback subscriber");
+                        break;
+                    }
+                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `subscribe_event` / `unsubscribe_event` payloads.
+pub fn subscription_event(event_type: &str, callback_url: &str, client_ip: Option<&str>, now: plinth_protocol::Timestamp) -> Event {
+    Event::new(event_type, now, json!({"callbackUrl": callback_url, "clientIp": client_ip}))
+}
+
+/// `api_post_event`: emitted by the API for app creates and updates.
+pub fn api_post_event(client_ip: Option<&str>, uri: &str, app: Value, now: plinth_protocol::Timestamp) -> Event {
+    Event::new("api_post_event", now, json!({"clientIp": client_ip, "uri": uri, "appDefinition": app}))
+}

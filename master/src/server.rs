@@ -1,0 +1,270 @@
+//! The master process: store + core behind one lock, the ticker that drives the core,
+//! and the HTTP server.
+//!
+//! Every change follows the same path ([`Master::command`]): lock, run the core command,
+//! take its changes, write them in one durable transaction, and only then answer,
+//! publish events and wake agents. A failed write ends the process (crash-only: the
+//! in-memory core may be ahead of the disk, and a restart restores from the disk).
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+
+use plinth_protocol::{AgentId, Timestamp};
+
+use crate::core::{Changes, Core, CoreConfig, CoreError, Event};
+use crate::error::{ApiError, MasterError};
+use crate::events::{CallbackHub, EventBus};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// How the master runs (`plinth master` flags).
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// An agent silent this long is lost and its tasks are replaced.
+    pub agent_timeout: Duration,
+    /// Join token agents must present (header `x-plinth-token`), when set.
+    pub token: Option<String>,
+    /// Name this master reports (leader, `/master/state`).
+    pub hostname: String,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            data_dir: PathBuf::from("/var/lib/plinth/master"),
+            agent_timeout: Duration::from_secs(10),
+            token: None,
+            hostname: "localhost".to_string(),
+        }
+    }
+}
+
+/// How often the core is ticked (offers, supervision, deployments, liveness).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(150);
+
+/// The core and its store; one lock so that writes happen in command order.
+pub struct Guarded {
+    pub core: Core,
+    pub store: Store,
+}
+
+/// Shared state of a running master (the axum state).
+pub struct Master {
+    pub config: MasterConfig,
+    state: Mutex<Guarded>,
+    /// Written by every command; lets readers skip the lock in the rare cases it matters.
+    store: Store,
+    pub events: EventBus,
+    pub callbacks: Arc<CallbackHub>,
+    pub metrics: Metrics,
+    agent_wakers: std::sync::Mutex<HashMap<AgentId, watch::Sender<u64>>>,
+    /// Addresses already warned about a bad token (logged once each).
+    pub token_warned: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub framework_id: String,
+    pub started_at: Timestamp,
+    /// `host:port` clients reach this master at.
+    pub leader: String,
+}
+
+impl Master {
+    /// Opens the store, restores the core and starts the callback workers. The caller
+    /// serves [`Master::router`] and usually calls [`Master::spawn_ticker`].
+    pub async fn open(config: MasterConfig, port: u16) -> Result<Arc<Master>, MasterError> {
+        let dir = config.data_dir.clone();
+        let (store, snapshot, subscriptions, framework_id) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&dir)?;
+            let snapshot = store.load()?;
+            let subscriptions = store.subscriptions()?;
+            let framework_id = store.framework_id()?;
+            Ok::<_, StoreError>((store, snapshot, subscriptions, framework_id))
+        })
+        .await
+        .expect("store opening does not panic")?;
+        tracing::info!(
+            path = %store.path().display(), apps = snapshot.apps.len(), tasks = snapshot.tasks.len(),
+            agents = snapshot.agents.len(), deployments = snapshot.deployments.len(), "store loaded"
+        );
+        let core_config = CoreConfig {
+            agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
+            ..CoreConfig::default()
+        };
+        let core = Core::restore(core_config, Box::new(uuid::Uuid::new_v4), snapshot, Timestamp::now());
+        let callbacks = Arc::new(CallbackHub::new());
+        for sub in &subscriptions {
+            callbacks.add(&sub.callback_url);
+        }
+        let events = EventBus::new();
+        callbacks.spawn_dispatcher(&events);
+        let leader = format!("{}:{}", config.hostname, port);
+        Ok(Arc::new(Master {
+            config,
+            state: Mutex::new(Guarded { core, store: store.clone() }),
+            store,
+            events,
+            callbacks,
+            metrics: Metrics::default(),
+            agent_wakers: Default::default(),
+            token_warned: Default::default(),
+            framework_id,
+            started_at: Timestamp::now(),
+            leader,
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Read-only access to the core (for queries).
+    pub async fn read(&self) -> tokio::sync::MutexGuard<'_, Guarded> {
+        self.state.lock().await
+    }
+
+    /// Runs a core command and makes its effects durable before returning. On `Err`
+    /// the core promised to change nothing; any changes it still recorded are persisted
+    /// anyway so disk and memory never drift.
+    pub async fn command<T>(
+        &self,
+        run: impl FnOnce(&mut Core, Timestamp) -> Result<T, CoreError>,
+    ) -> Result<T, ApiError> {
+        self.command_with(|core, now| run(core, now).map_err(ApiError::from)).await
+    }
+
+    /// Like [`Master::command`] for closures that also produce non-core errors.
+    pub async fn command_with<T>(
+        &self,
+        run: impl FnOnce(&mut Core, Timestamp) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.state.lock().await;
+        let now = Timestamp::now();
+        let result = run(&mut guard.core, now);
+        let changes = guard.core.take_changes();
+        let batch = Self::prepare(&guard.core, &changes);
+        self.persist(batch, changes).await;
+        drop(guard);
+        result
+    }
+
+    /// One scheduling round.
+    pub async fn tick(&self) {
+        let mut guard = self.state.lock().await;
+        let now = Timestamp::now();
+        guard.core.tick(now);
+        let changes = guard.core.take_changes();
+        let batch = Self::prepare(&guard.core, &changes);
+        self.persist(batch, changes).await;
+    }
+
+    /// Ticks the core every [`TICK_INTERVAL`] for as long as the master lives.
+    pub fn spawn_ticker(self: &Arc<Self>) {
+        let master = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(master) = master.upgrade() else { return };
+                master.tick().await;
+            }
+        });
+    }
+
+    /// Reads the dirty records back from the core (synchronously: the core is not `Sync`,
+    /// so no reference to it may live across an await).
+    fn prepare(core: &Core, changes: &Changes) -> crate::store::Batch {
+        match Store::batch(core, changes) {
+            Ok(batch) => batch,
+            Err(e) => crash("encoding changes for the store", &e),
+        }
+    }
+
+    /// Writes the changes (the caller holds the lock, so writes keep command order),
+    /// then publishes events and wakes agents.
+    async fn persist(&self, batch: crate::store::Batch, changes: Changes) {
+        self.write(batch).await;
+        self.publish_all(changes.events);
+        self.notify_agents(changes.notify_agents.iter());
+    }
+
+    async fn write(&self, batch: crate::store::Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let records = batch.len();
+        let started = std::time::Instant::now();
+        // The fsync blocks; keep it off the async worker threads.
+        let written = tokio::task::spawn_blocking(move || store.commit(&batch)).await;
+        match written {
+            Ok(Ok(())) => self.metrics.record_store_write(records, started.elapsed()),
+            Ok(Err(e)) => crash("writing changes to the store", &e),
+            Err(e) => crash("writing changes to the store (writer panicked)", &e),
+        }
+    }
+
+    pub fn publish_all(&self, events: Vec<Event>) {
+        for event in events {
+            self.events.publish(event);
+        }
+    }
+
+    pub fn publish(&self, event: Event) {
+        self.events.publish(event);
+    }
+
+    /// The long-poll wake-up channel of one agent.
+    pub fn agent_waker(&self, agent: &AgentId) -> watch::Receiver<u64> {
+        let mut wakers = self.agent_wakers.lock().expect("agent waker map is never poisoned");
+        wakers.entry(agent.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn notify_agents<'a>(&self, agents: impl Iterator<Item = &'a AgentId>) {
+        let mut wakers = self.agent_wakers.lock().expect("agent waker map is never poisoned");
+        for agent in agents {
+            wakers.entry(agent.clone()).or_insert_with(|| watch::channel(0).0).send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// Crash-only: the in-memory core is now ahead of the disk; only a restart from the
+/// disk is consistent again.
+fn crash(operation: &str, error: &dyn std::error::Error) -> ! {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::error!(error = %chain, "{operation} failed; exiting so a restart recovers from the store");
+    eprintln!("plinth master: {operation} failed: {chain}; exiting");
+    std::process::exit(70);
+}
+
+/// Binds `config.listen` and serves until the server fails.
+pub async fn run(config: MasterConfig) -> Result<(), MasterError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
+    serve(config, listener).await
+}
+
+/// Serves the master on an already bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve(config: MasterConfig, listener: tokio::net::TcpListener) -> Result<(), MasterError> {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
+    let master = Master::open(config, port).await?;
+    master.spawn_ticker();
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        framework_id = %master.framework_id, "master serving");
+    let app = crate::api::router(master.clone());
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .map_err(MasterError::Serve)
+}

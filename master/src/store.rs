@@ -1,0 +1,355 @@
+//! The durable store: an embedded transactional database (`redb`) in the data dir holding
+//! the core's records as JSON. Every batch of changes is written in one transaction with
+//! immediate durability, so a 2xx answer given after [`Store::commit`] survives `kill -9`.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use plinth_protocol::AppDefinition;
+
+use crate::core::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, Snapshot, TaskRecord};
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "plinth.redb";
+
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Key: `"{app id}\0{version}"`.
+const APP_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_versions");
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("event_subscriptions");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const SCHEMA_KEY: &str = "schema_version";
+const SCHEMA_VERSION: &[u8] = b"1";
+const FRAMEWORK_ID_KEY: &str = "framework_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data dir {path}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the store {path}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("store transaction failed while {operation}")]
+    Transaction { operation: &'static str, source: redb::Error },
+    #[error("cannot encode {table} record '{key}'")]
+    Encode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("cannot decode {table} record '{key}' (the store is damaged or from a newer version)")]
+    Decode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("the store schema version is {found}, this master understands {expected}")]
+    Schema { found: String, expected: String },
+}
+
+fn txn_err(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |source| StoreError::Transaction { operation, source }
+}
+
+/// Shorthand for converting any redb error into [`StoreError::Transaction`].
+macro_rules! tx {
+    ($op:expr, $e:expr) => {
+        $e.map_err(|e| txn_err($op)(e.into()))
+    };
+}
+
+/// A persisted HTTP callback subscription (`POST /v2/eventSubscriptions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub callback_url: String,
+    pub client_ip: Option<String>,
+    pub created_at: String,
+}
+
+/// Writes to make in one transaction: `(table, key, Some(json) | None for delete)`.
+/// Built from the core under its lock (cheap), committed off the async threads.
+#[derive(Debug, Default)]
+pub struct Batch {
+    puts: Vec<(&'static str, String, Option<Vec<u8>>)>,
+    /// Apps whose every stored version is deleted (the app is gone).
+    drop_versions_of: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.drop_versions_of.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.puts.len() + self.drop_versions_of.len()
+    }
+}
+
+/// The store. Cheap to clone (the database is shared).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, key: key.to_string(), source })
+}
+
+fn version_key(app: &str, version: &str) -> String {
+    format!("{app}\0{version}")
+}
+
+fn table_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+impl Store {
+    /// Opens (or creates) `{dir}/plinth.redb` and makes sure every table exists.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let store = Store { db: Arc::new(db), path };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        const OP: &str = "creating the tables";
+        let txn = tx!(OP, self.db.begin_write())?;
+        {
+            for table in [APPS, APP_VERSIONS, TASKS, AGENTS, DEPLOYMENTS, SUBSCRIPTIONS] {
+                tx!(OP, txn.open_table(table))?;
+            }
+            let mut meta = tx!(OP, txn.open_table(META))?;
+            let schema = tx!(OP, meta.get(SCHEMA_KEY))?.map(|v| v.value().to_vec());
+            match schema {
+                None => {
+                    tx!(OP, meta.insert(SCHEMA_KEY, SCHEMA_VERSION))?;
+                }
+                Some(found) if found == SCHEMA_VERSION => {}
+                Some(found) => {
+                    return Err(StoreError::Schema {
+                        found: String::from_utf8_lossy(&found).into_owned(),
+                        expected: String::from_utf8_lossy(SCHEMA_VERSION).into_owned(),
+                    })
+                }
+            }
+            if tx!(OP, meta.get(FRAMEWORK_ID_KEY))?.is_none() {
+                // Marathon keeps one framework id for the life of the cluster.
+                let id = format!("{}-0000", uuid::Uuid::new_v4());
+                tx!(OP, meta.insert(FRAMEWORK_ID_KEY, id.as_bytes()))?;
+            }
+        }
+        tx!(OP, txn.commit())
+    }
+
+    /// The cluster's framework id (created with the store).
+    pub fn framework_id(&self) -> Result<String, StoreError> {
+        const OP: &str = "reading the framework id";
+        let txn = tx!(OP, self.db.begin_read())?;
+        let meta = tx!(OP, txn.open_table(META))?;
+        let value = tx!(OP, meta.get(FRAMEWORK_ID_KEY))?;
+        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()).unwrap_or_default())
+    }
+
+    /// Everything the core needs to restore itself.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        const OP: &str = "loading the snapshot";
+        let txn = tx!(OP, self.db.begin_read())?;
+        let read_all = |name: &'static str| -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            let table = tx!(OP, txn.open_table(table_def(name)))?;
+            let mut rows = Vec::new();
+            for row in tx!(OP, table.iter())? {
+                let (k, v) = tx!(OP, row)?;
+                rows.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(rows)
+        };
+        fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+            serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table, key: key.to_string(), source })
+        }
+        let mut snapshot = Snapshot::default();
+        for (k, v) in read_all("apps")? {
+            snapshot.apps.push(decode::<AppRecord>("apps", &k, &v)?);
+        }
+        for (k, v) in read_all("app_versions")? {
+            let def: AppDefinition = decode("app_versions", &k, &v)?;
+            let Some((app, version)) = k.split_once('\0') else {
+                return Err(StoreError::Schema { found: format!("app_versions key {k:?}"), expected: "app\\0version".into() });
+            };
+            let app = plinth_protocol::AppId::parse(app).map_err(|e| StoreError::Decode {
+                table: "app_versions",
+                key: k.clone(),
+                source: serde::de::Error::custom(e),
+            })?;
+            snapshot.app_versions.push((app, version.to_string(), def));
+        }
+        for (k, v) in read_all("tasks")? {
+            snapshot.tasks.push(decode::<TaskRecord>("tasks", &k, &v)?);
+        }
+        for (k, v) in read_all("agents")? {
+            snapshot.agents.push(decode::<AgentRecord>("agents", &k, &v)?);
+        }
+        for (k, v) in read_all("deployments")? {
+            snapshot.deployments.push(decode::<DeploymentRecord>("deployments", &k, &v)?);
+        }
+        Ok(snapshot)
+    }
+
+    /// Reads the dirty records back from the core: a key the core no longer has is a delete.
+    pub fn batch(core: &Core, changes: &Changes) -> Result<Batch, StoreError> {
+        let mut batch = Batch::default();
+        for id in &changes.apps {
+            let key = id.as_str().to_string();
+            match core.app(id) {
+                Some(app) => {
+                    let bytes = encode("apps", &key, app)?;
+                    batch.puts.push(("apps", key, Some(bytes)));
+                }
+                None => {
+                    batch.puts.push(("apps", key.clone(), None));
+                    batch.drop_versions_of.push(key);
+                }
+            }
+        }
+        for (id, version) in &changes.app_versions {
+            let key = version_key(id.as_str(), version);
+            let bytes = core.app_version(id, version).map(|def| encode("app_versions", &key, def)).transpose()?;
+            batch.puts.push(("app_versions", key, bytes));
+        }
+        for id in &changes.tasks {
+            let key = id.as_str().to_string();
+            let bytes = core.task(id).map(|t| encode("tasks", &key, t)).transpose()?;
+            batch.puts.push(("tasks", key, bytes));
+        }
+        for id in &changes.agents {
+            let key = id.as_str().to_string();
+            let bytes = core.agent(id).map(|a| encode("agents", &key, &a.record)).transpose()?;
+            batch.puts.push(("agents", key, bytes));
+        }
+        for id in &changes.deployments {
+            let key = id.as_str().to_string();
+            let bytes = core.deployment(id).map(|d| encode("deployments", &key, d)).transpose()?;
+            batch.puts.push(("deployments", key, bytes));
+        }
+        Ok(batch)
+    }
+
+    /// Writes a batch in one transaction with immediate durability (blocking: fsync).
+    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        const OP: &str = "writing changes";
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut txn = tx!(OP, self.db.begin_write())?;
+        tx!(OP, txn.set_durability(Durability::Immediate))?;
+        {
+            for app in &batch.drop_versions_of {
+                let mut versions = tx!(OP, txn.open_table(APP_VERSIONS))?;
+                let start = format!("{app}\0");
+                let end = format!("{app}\u{1}");
+                tx!(OP, versions.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
+            }
+            for (table, key, value) in &batch.puts {
+                let mut t = tx!(OP, txn.open_table(table_def(table)))?;
+                match value {
+                    Some(bytes) => {
+                        tx!(OP, t.insert(key.as_str(), bytes.as_slice()))?;
+                    }
+                    None => {
+                        tx!(OP, t.remove(key.as_str()))?;
+                    }
+                }
+            }
+        }
+        tx!(OP, txn.commit())
+    }
+
+    /// [`Store::batch`] + [`Store::commit`] in one call (for synchronous callers).
+    pub fn apply(&self, core: &Core, changes: &Changes) -> Result<(), StoreError> {
+        self.commit(&Self::batch(core, changes)?)
+    }
+
+    pub fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        const OP: &str = "reading event subscriptions";
+        let txn = tx!(OP, self.db.begin_read())?;
+        let table = tx!(OP, txn.open_table(SUBSCRIPTIONS))?;
+        let mut subs = Vec::new();
+        for row in tx!(OP, table.iter())? {
+            let (k, v) = tx!(OP, row)?;
+            let sub = serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
+                table: "event_subscriptions",
+                key: k.value().to_string(),
+                source,
+            })?;
+            subs.push(sub);
+        }
+        Ok(subs)
+    }
+
+    /// Adds (or replaces) a subscription; durable on return.
+    pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        const OP: &str = "adding an event subscription";
+        let bytes = encode("event_subscriptions", &sub.callback_url, sub)?;
+        let mut txn = tx!(OP, self.db.begin_write())?;
+        tx!(OP, txn.set_durability(Durability::Immediate))?;
+        {
+            let mut table = tx!(OP, txn.open_table(SUBSCRIPTIONS))?;
+            tx!(OP, table.insert(sub.callback_url.as_str(), bytes.as_slice()))?;
+        }
+        tx!(OP, txn.commit())
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn delete_subscription(&self, callback_url: &str) -> Result<bool, StoreError> {
+        const OP: &str = "removing an event subscription";
+        let mut txn = tx!(OP, self.db.begin_write())?;
+        tx!(OP, txn.set_durability(Durability::Immediate))?;
+        let existed = {
+            let mut table = tx!(OP, txn.open_table(SUBSCRIPTIONS))?;
+            let removed = tx!(OP, table.remove(callback_url))?;
+            removed.is_some()
+        };
+        tx!(OP, txn.commit())?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let sub = Subscription { callback_url: "http://127.0.0.1:9/cb".into(), client_ip: None, created_at: "x".into() };
+            store.put_subscription(&sub).unwrap();
+            store.put_subscription(&sub).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.subscriptions().unwrap().len(), 1);
+        assert!(store.delete_subscription("http://127.0.0.1:9/cb").unwrap());
+        assert!(!store.delete_subscription("http://127.0.0.1:9/cb").unwrap());
+        assert!(store.subscriptions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn framework_id_is_stable_and_empty_store_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap().framework_id().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.framework_id().unwrap(), first);
+        let snapshot = store.load().unwrap();
+        assert!(snapshot.apps.is_empty() && snapshot.tasks.is_empty());
+    }
+}
