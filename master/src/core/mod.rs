@@ -13,3 +13,6 @@ mod engine;
 
 pub use engine::*;
 pub use model::*;
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,9 @@ pub struct AppRecord {
     pub config_version: String,
     pub backoff: Backoff,
     pub created_at: Timestamp,
+    /// The last task of this app that failed (`embed=apps.lastTaskFailure`).
+    #[serde(default)]
+    pub last_task_failure: Option<Value>,
 }
 
 /// Marathon's launch delay after failures: `backoffSeconds * backoffFactor^(n-1)`,
@@ -149,6 +152,9 @@ pub struct DeploymentRecord {
     pub started_at: Timestamp,
     /// The definition before this deployment, for rollback (`None` for a new app).
     pub previous: Option<AppDefinition>,
+    /// The config version before this deployment: tasks of it are kept on rollback.
+    #[serde(default)]
+    pub previous_config_version: Option<String>,
     /// Why it cannot progress right now (no room, backoff, ...), refreshed every tick.
     pub blocked_reason: Option<String>,
 }
