@@ -158,7 +158,7 @@ async fn task_logs(
         state.tasks.get(&task_id).map(|r| r.sandbox.clone()).ok_or_else(|| ApiError::UnknownTask(id.clone()))?
     };
     let path = sandbox.join(query.stream.file_name());
-    if !path.is_file() {
+    if !node.owns_sandbox(&sandbox) || !path.is_file() {
         return Err(ApiError::NoLog { task_id: id, stream: query.stream });
     }
     let text = HeaderValue::from_static("text/plain; charset=utf-8");

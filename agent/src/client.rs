@@ -10,7 +10,7 @@ use crate::AgentError;
 
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
-/// Largest answer read from the master (a desired state for thousands of tasks fits).
+/// A master that does not accept the connection by then is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]

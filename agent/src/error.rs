@@ -36,6 +36,8 @@ pub enum AgentError {
     SpawnExecutor { program: PathBuf, task_id: String, source: io::Error },
     #[error("cannot start the command {program} of task {task_id}")]
     SpawnTask { program: PathBuf, task_id: String, source: io::Error },
+    #[error("cannot run task {task_id} as user '{user}': {reason}")]
+    User { task_id: String, user: String, reason: String },
     #[error("cannot send {signal} to {target} {pid} of task {task_id}")]
     Signal { signal: &'static str, target: &'static str, pid: i32, task_id: String, source: nix::errno::Errno },
     #[error("cannot create cgroup {name}")]

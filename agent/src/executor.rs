@@ -53,6 +53,9 @@ pub struct ExecutorSpec {
     pub cgroup_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub logs: LogPolicy,
+    /// The app's `user`: the task runs as this user (the executor must be root then).
+    #[serde(default)]
+    pub user: Option<String>,
     /// The task as the master sent it, for people reading the sandbox.
     #[serde(default)]
     pub task: Option<TaskSpec>,
@@ -211,11 +214,41 @@ fn open_log(sandbox: &Path, stream: Stream) -> Result<std::fs::File, AgentError>
         .map_err(|source| AgentError::WriteFile { path, source })
 }
 
+/// A uid/gid to switch to.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+/// Resolves the app's `user`; `None` when the task runs as the executor's own user.
+fn identity_for(spec: &ExecutorSpec) -> Result<Option<Identity>, AgentError> {
+    let Some(name) = spec.user.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
+    let error = |reason: String| AgentError::User { task_id: spec.task_id.clone(), user: name.to_string(), reason };
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| error(format!("cannot look the user up: {e}")))?
+        .ok_or_else(|| error("no such user on this agent".into()))?;
+    let euid = nix::unistd::geteuid();
+    if user.uid == euid {
+        return Ok(None);
+    }
+    if !euid.is_root() {
+        return Err(error("the agent is not root, so it cannot switch users".into()));
+    }
+    // The task must be able to write its sandbox and logs as that user.
+    for path in [spec.sandbox.clone(), spec.sandbox.join("stdout"), spec.sandbox.join("stderr")] {
+        nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+            .map_err(|e| error(format!("cannot hand {} to the user: {e}", path.display())))?;
+    }
+    Ok(Some(Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
+}
+
 fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
     let argv = spec.command.argv();
     let program = argv.first().ok_or_else(|| AgentError::NoCommand { task_id: spec.task_id.clone() })?;
     let stdout = open_log(&spec.sandbox, Stream::Stdout)?;
     let stderr = open_log(&spec.sandbox, Stream::Stderr)?;
+    let identity = identity_for(spec)?;
     // Prepared before fork: between fork and exec nothing may allocate.
     let procs_files: Vec<CString> = spec
         .cgroup_dirs
@@ -234,8 +267,9 @@ fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
         // Its own process group, so a kill reaches everything the task started.
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (open, write, close, prctl, sigprocmask) on data
-    // prepared before the fork; it allocates nothing and takes no locks.
+    // async-signal-safe system calls (open, write, close, prctl, sigprocmask, setgroups,
+    // setgid, setuid) on data prepared before the fork; it allocates nothing and takes
+    // no locks.
     unsafe {
         command.pre_exec(move || {
             // Join the task's cgroup ("0" means the writing process) so the limits
@@ -253,6 +287,12 @@ fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Groups first, then gid, then uid: after setuid the others are not allowed.
+            if let Some(Identity { uid, gid }) = identity {
+                if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

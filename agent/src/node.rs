@@ -182,6 +182,25 @@ impl Node {
         self.config.work_dir.join(TASKS_DIR).join(task_id.as_str())
     }
 
+    /// Whether `sandbox` is a task directory of this agent (refused tasks have none):
+    /// nothing outside `work_dir/tasks/` is ever served or deleted.
+    pub fn owns_sandbox(&self, sandbox: &Path) -> bool {
+        let tasks_dir = self.config.work_dir.join(TASKS_DIR);
+        sandbox.parent() == Some(tasks_dir.as_path())
+    }
+
+    fn remove_sandbox(&self, record: &TaskRecord) {
+        if !self.owns_sandbox(&record.sandbox) {
+            return;
+        }
+        debug!(node_id = %self.node_id(), task_id = %record.spec.task_id, "removing the sandbox of a finished task");
+        if let Err(err) = std::fs::remove_dir_all(&record.sandbox) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                warn!(task_id = %record.spec.task_id, error = %err, "cannot remove sandbox {}", record.sandbox.display());
+            }
+        }
+    }
+
     fn save(&self, state: &NodeState) {
         if let Err(err) = state.save(&self.config.work_dir) {
             // The agent keeps running; the next change retries the write.
@@ -265,12 +284,7 @@ impl Node {
             self.options.keep_terminal,
         ) {
             if let Some(record) = state.tasks.remove(&task_id) {
-                debug!(node_id = %self.node_id(), task_id = %task_id, "removing the sandbox of a finished task");
-                if let Err(err) = std::fs::remove_dir_all(&record.sandbox) {
-                    if err.kind() != std::io::ErrorKind::NotFound {
-                        warn!(task_id = %task_id, error = %err, "cannot remove sandbox {}", record.sandbox.display());
-                    }
-                }
+                self.remove_sandbox(&record);
                 changed = true;
             }
         }

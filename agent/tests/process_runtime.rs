@@ -52,6 +52,10 @@ fn unique_id(name: &str) -> String {
 }
 
 fn launch(name: &str, app: serde_json::Value) -> Launched {
+    launch_with_logs(name, app, Default::default())
+}
+
+fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs::LogPolicy) -> Launched {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = spec(&unique_id(name), app, vec![31005]);
     let sandbox = dir.path().join("sandbox");
@@ -60,7 +64,7 @@ fn launch(name: &str, app: serde_json::Value) -> Launched {
         env: task_env(&spec, "test-host", &sandbox),
         spec: spec.clone(),
         sandbox,
-        logs: Default::default(),
+        logs,
     };
     let handle = runtime.launch(&request).expect("launch");
     Launched { runtime, handle, spec, _dir: dir }
@@ -258,4 +262,45 @@ fn plinth_agent_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         .unwrap_or(false)
+}
+
+#[test]
+fn a_task_runs_as_the_apps_user() {
+    if !is_root() || nix::unistd::User::from_name("nobody").ok().flatten().is_none() {
+        eprintln!("skipped: needs root and a 'nobody' user");
+        return;
+    }
+    let launched = launch("user", json!({"id": "/as-nobody", "cmd": "id -u; echo written > file", "user": "nobody"}));
+    let observation = wait_for_exit(&launched, Duration::from_secs(10));
+    assert_eq!(reported(&launched, &observation, false).state, TaskState::TaskFinished, "{observation:?}");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(read(&launched.handle.sandbox.join("stdout")).trim(), nobody.uid.to_string());
+}
+
+#[test]
+fn an_unknown_user_fails_the_task_with_the_reason() {
+    let launched = launch("nouser", json!({"id": "/nouser", "cmd": "true", "user": "no-such-user-here"}));
+    let observation = wait_for_exit(&launched, Duration::from_secs(10));
+    let transition = reported(&launched, &observation, false);
+    assert_eq!(transition.state, TaskState::TaskFailed);
+    let message = transition.message.expect("message");
+    assert!(message.contains("no-such-user-here") && message.contains("no such user"), "{message}");
+}
+
+#[test]
+fn the_executor_rotates_big_logs() {
+    let policy = plinth_agent::logs::LogPolicy { max_bytes: 64 * 1024, generations: 2 };
+    // ~200 KB in 20 KB bursts, slow enough for the executor's once-a-second check.
+    let launched = launch_with_logs(
+        "rotate",
+        json!({"id": "/chatty", "cmd": "for i in $(seq 10); do head -c 20000 /dev/zero | tr '\\0' x; sleep 0.3; done"}),
+        policy,
+    );
+    let observation = wait_for_exit(&launched, Duration::from_secs(20));
+    assert_eq!(reported(&launched, &observation, false).state, TaskState::TaskFinished, "{observation:?}");
+    let sandbox = &launched.handle.sandbox;
+    let size = |name: &str| std::fs::metadata(sandbox.join(name)).map(|m| m.len()).unwrap_or(0);
+    assert!(size("stdout.1") > 0, "rotated at least once");
+    assert!(size("stdout") <= 64 * 1024 + 20_000, "current log stays near the cap: {}", size("stdout"));
+    assert!(!sandbox.join("stdout.3").exists());
 }

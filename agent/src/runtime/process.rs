@@ -119,6 +119,7 @@ impl ContainerRuntime for ProcessRuntime {
             kill_grace_ms: (spec.app.task_kill_grace_period_seconds.max(0.0) * 1000.0) as u64,
             cgroup_dirs: cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
             logs: request.logs,
+            user: spec.app.user.clone(),
             task: Some(spec.clone()),
         };
         let spec_path = request.sandbox.join(executor::SPEC_FILE);
