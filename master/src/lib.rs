@@ -1,7 +1,6 @@
 //! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints.
 pub mod core;
 pub mod api;
-pub mod core_ext;
 pub mod error;
 pub mod events;
 pub mod metrics;

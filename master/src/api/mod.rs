@@ -256,8 +256,8 @@ pub fn app_json(core: &Core, app: &AppRecord, embed: Embed) -> Value {
         v["readinessCheckResults"] = json!([]);
     }
     if embed.last_task_failure {
-        if let Some(failure) = crate::core_ext::last_task_failure(core, &app.id) {
-            v["lastTaskFailure"] = failure;
+        if let Some(failure) = &app.last_task_failure {
+            v["lastTaskFailure"] = failure.clone();
         }
     }
     v
