@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use plinth_agent::runtime::{ExecutorCommand, ProcessRuntime};
+use plinth_agent::runtime::{ContainerRuntime, ExecutorCommand, FakeRuntime, ProcessRuntime};
 use plinth_agent::{run_with, AgentConfig, AgentOptions};
 use plinth_protocol::agent::{
     DesiredState, Registered, Registration, StatusAck, StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TaskSpec,
@@ -22,6 +22,8 @@ struct MasterState {
     desired: Option<DesiredState>,
     statuses: Vec<StatusUpdate>,
     token_seen: Vec<Option<String>>,
+    /// Answer the next sync with `reregister: true`, as a master that forgot the agent.
+    reregister_next: bool,
 }
 
 type Shared = Arc<Mutex<MasterState>>;
@@ -38,6 +40,9 @@ async fn register(
 }
 
 async fn sync(State(m): State<Shared>, Json(r): Json<SyncRequest>) -> Json<SyncResponse> {
+    if std::mem::take(&mut m.lock().unwrap().reregister_next) {
+        return Json(SyncResponse { desired: None, reregister: true });
+    }
     let deadline = Instant::now() + Duration::from_millis(r.wait_ms.min(300));
     loop {
         let desired = m.lock().unwrap().desired.clone().filter(|d| d.generation > r.generation);
@@ -55,13 +60,17 @@ async fn status(State(m): State<Shared>, Json(batch): Json<StatusBatch>) -> Json
 }
 
 async fn start_master() -> (String, Shared) {
+    start_master_on(0).await
+}
+
+async fn start_master_on(port: u16) -> (String, Shared) {
     let shared: Shared = Arc::default();
     let app = Router::new()
         .route("/agent/v1/register", post(register))
         .route("/agent/v1/sync", post(sync))
         .route("/agent/v1/status", post(status))
         .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, shared)
@@ -90,6 +99,14 @@ struct Agent {
 }
 
 fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
+    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent-executor")),
+        args: vec![],
+    }));
+    start_agent_with(master, work_dir, port, runtime)
+}
+
+fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn ContainerRuntime>) -> Agent {
     let config = AgentConfig {
         master: master.to_string(),
         work_dir,
@@ -100,10 +117,6 @@ fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         token: Some("sesame".into()),
     };
-    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand {
-        program: PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent-executor")),
-        args: vec![],
-    }));
     let options = AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
     let handle = tokio::spawn(async move {
         if let Err(err) = run_with(config, runtime, options).await {
@@ -223,5 +236,61 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
     });
+    agent.handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let master_port = free_port();
+    let master_url = format!("http://127.0.0.1:{master_port}");
+    let fake = Arc::new(FakeRuntime::new());
+    let agent = start_agent_with(&master_url, dir.path().to_path_buf(), free_port(), fake.clone());
+
+    // The master comes up late: the agent keeps trying and registers.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, m) = start_master_on(master_port).await;
+    wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+
+    fake.fail_next_launches(1);
+    m.lock().unwrap().desired = Some(DesiredState {
+        generation: 5,
+        tasks: vec![
+            spec("bad.1", json!({"id": "/bad", "cmd": "x"})),
+            spec("ok.1", json!({"id": "/ok", "cmd": "x"})),
+            spec("../escape", json!({"id": "/evil", "cmd": "x"})),
+            TaskSpec { kill: true, ..spec("never.1", json!({"id": "/never", "cmd": "x"})) },
+        ],
+    });
+    let failed = wait_until("launch failure", Duration::from_secs(10), || status_of(&m, "bad.1", TaskState::TaskFailed)).await;
+    assert!(failed.message.unwrap().contains("injected launch failure"));
+    let refused = wait_until("bad id refused", Duration::from_secs(10), || status_of(&m, "../escape", TaskState::TaskError)).await;
+    assert!(refused.message.unwrap().contains("not usable"));
+    wait_until("kill of an unknown task", Duration::from_secs(10), || status_of(&m, "never.1", TaskState::TaskKilled)).await;
+    wait_until("ok.1 running", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskRunning)).await;
+    assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")]);
+    assert!(!dir.path().join("escape").exists() && !dir.path().join("tasks/..").join("escape").exists());
+
+    // The master forgets the agent: it registers again, reporting its running task.
+    let before = m.lock().unwrap().registrations.len();
+    m.lock().unwrap().reregister_next = true;
+    let again = wait_until("re-registration", Duration::from_secs(10), || m.lock().unwrap().registrations.get(before).cloned()).await;
+    assert_eq!(again.last_generation, 5);
+    assert_eq!(again.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), vec!["ok.1"]);
+
+    // An older generation changes nothing; the exit of a task is reported once.
+    m.lock().unwrap().desired = Some(DesiredState { generation: 4, tasks: vec![] });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")], "generation 4 < 5 is ignored");
+    fake.exit(&TaskId::new("ok.1"), 0);
+    let finished = wait_until("ok.1 finished", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskFinished)).await;
+    assert_eq!(finished.exit_code, Some(0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.launch_count(), 1, "a finished task is not relaunched");
+    let statuses = m.lock().unwrap().statuses.clone();
+    let mut ids: Vec<_> = statuses.iter().map(|u| u.update_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), statuses.len(), "acknowledged updates are not sent again");
     agent.handle.abort();
 }
