@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEPLOYMENT_POLL: Duration = Duration::from_millis(500);
 const DEFAULT_AGENT_PORT: u16 = 5051;
+/// Where the agent's log answers say the next read starts.
+const LOG_OFFSET_HEADER: &str = "x-plinth-log-offset";
 
 /// Options every client command takes.
 #[derive(Debug, Args)]
@@ -405,34 +407,40 @@ async fn run_task(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::R
 async fn run_logs(master: Master, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
     let agent = locate_task(&master, task).await?;
     let stream = if stderr { "stderr" } else { "stdout" };
-    let url = format!("{agent}/v1/tasks/{task}/logs?stream={stream}&offset=0{}", if follow { "&follow=true" } else { "" });
-    let mut request = master.http.get(&url);
-    if !follow {
-        request = request.timeout(REQUEST_TIMEOUT);
-    }
     let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context(format!("cannot reach the agent at {agent}"));
-    let response = request.send().await.map_err(unreachable)?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = response.bytes().await.map_err(unreachable)?;
-        return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
-    }
-    let is_json = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
     let mut out = std::io::stdout().lock();
-    if is_json {
-        // A Mesos `files/read`-style answer: `{"data": "...", "offset": N}`.
-        let body: Value = response.json().await.map_err(unreachable)?;
-        let data = body.get("data").and_then(Value::as_str).unwrap_or_default();
-        out.write_all(data.as_bytes()).context("cannot write to stdout")?;
-    } else {
+    let mut offset: u64 = 0;
+    loop {
+        let url = format!("{agent}/v1/tasks/{task}/logs?stream={stream}&offset={offset}{}", if follow { "&follow=true" } else { "" });
+        let mut request = master.http.get(&url);
+        if !follow {
+            request = request.timeout(REQUEST_TIMEOUT);
+        }
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(unreachable)?;
+            return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
+        }
+        // Answers are capped in size; the header says where the next read starts.
+        let next = response
+            .headers()
+            .get(LOG_OFFSET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let mut chunks = response.bytes_stream();
+        let mut received = 0;
         while let Some(chunk) = chunks.next().await {
-            out.write_all(&chunk.map_err(unreachable)?).context("cannot write to stdout")?;
-            out.flush().context("cannot write to stdout")?;
+            let chunk = chunk.map_err(unreachable)?;
+            received += chunk.len();
+            out.write_all(&chunk).context("cannot write to stdout")?;
+            if follow {
+                out.flush().context("cannot write to stdout")?;
+            }
+        }
+        match next {
+            Some(next) if !follow && received > 0 && next > offset => offset = next,
+            _ => break,
         }
     }
     out.flush().context("cannot write to stdout")

@@ -1,0 +1,135 @@
+//! Bad input gets a clear 4xx (or CLI error) and changes nothing.
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// What a user sees of the apps: ids, versions, instances and commands.
+fn apps_state(api: &Http) -> Vec<(String, String, Value, Value)> {
+    let apps = api.get_json("/v2/apps");
+    let mut state: Vec<_> = apps["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .map(|a| (str_field(a, "id").to_string(), str_field(a, "version").to_string(), a["instances"].clone(), a["cmd"].clone()))
+        .collect();
+    state.sort_by(|a, b| a.0.cmp(&b.0));
+    state
+}
+
+fn detail_paths(reply: &Reply) -> Vec<String> {
+    reply.json["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|v| v["path"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn assert_rejected(reply: Reply, status: u16, path: Option<&str>) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    let message = reply.json["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "the error names the problem: {}", reply.text);
+    if let Some(path) = path {
+        assert!(detail_paths(&reply).iter().any(|p| p == path), "details should name {path}: {}", reply.text);
+    }
+}
+
+#[test]
+fn invalid_requests_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start("bad-input", 1);
+    let api = cluster.api();
+    api.post("/v2/apps", &json!({"id": "/keep", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32})).expect_status(201);
+    cluster.wait_for_running("/keep", 1, secs(60));
+    cluster.wait_for_no_deployments(secs(60));
+    let before = apps_state(&api);
+
+    assert_rejected(api.post_raw("/v2/apps", r#"{"id": "/broken", "cmd": "#), 400, None);
+    assert_eq!(apps_state(&api), before);
+
+    let negative = json!({"id": "/negative", "cmd": "sleep 1", "instances": -1});
+    assert_rejected(api.post("/v2/apps", &negative), 422, Some("/instances"));
+    assert_rejected(api.post("/v2/apps", &json!({"id": "/no-cpu", "cmd": "sleep 1", "cpus": 0})), 422, Some("/cpus"));
+    assert_rejected(api.post("/v2/apps", &json!({"id": "/Bad_Id!", "cmd": "sleep 1"})), 422, Some("/id"));
+    assert_rejected(api.post("/v2/apps", &json!({"id": "/typed", "cmd": "sleep 1", "instances": "three"})), 422, Some("/instances"));
+    // An invalid update of an existing app leaves it as it was.
+    assert_rejected(api.put("/v2/apps/keep", &json!({"id": "/keep", "cmd": "sleep 1000", "instances": -1})), 422, Some("/instances"));
+    assert_rejected(api.put_raw("/v2/apps/keep", "not json"), 400, None);
+    assert_eq!(apps_state(&api), before);
+
+    for (method, path) in [("GET", "/v2/apps/nope"), ("DELETE", "/v2/apps/nope"), ("GET", "/v2/apps/nope/tasks")] {
+        let reply = api.try_request(method, path, None).expect("answer");
+        assert_rejected(reply, 404, None);
+    }
+    assert_eq!(apps_state(&api), before);
+
+    // 10 MB: refused as too large (or as a bad request), never stored.
+    let filler = "x".repeat(10 * 1024 * 1024);
+    let huge = json!({"id": "/huge", "cmd": "sleep 1", "labels": {"filler": filler}}).to_string();
+    let reply = api.try_request("POST", "/v2/apps", Some(huge.into_bytes())).expect("answer");
+    assert!(reply.status == 413 || reply.status == 400, "a 10 MB body got {}: {}", reply.status, reply.text);
+    assert_eq!(apps_state(&api), before);
+
+    // The CLI shows the API's errors clearly and exits non-zero.
+    let shown = cluster.cli(&["app", "show", "/nope"]);
+    assert!(!shown.status.success());
+    assert!(stderr(&shown).contains("404"), "{}", stderr(&shown));
+    let file = cluster.dir().join("bad-app.json");
+    std::fs::write(&file, json!({"id": "/from-file", "cmd": "sleep 1", "cpus": 0}).to_string()).expect("write");
+    let deployed = cluster.cli(&["app", "deploy", file.to_str().expect("utf-8 path")]);
+    assert!(!deployed.status.success());
+    let message = stderr(&deployed);
+    assert!(message.contains("422") && message.contains("/cpus"), "{message}");
+    std::fs::write(&file, "{ not json").expect("write");
+    let deployed = cluster.cli(&["app", "deploy", file.to_str().expect("utf-8 path")]);
+    assert!(!deployed.status.success());
+    assert!(stderr(&deployed).contains("not valid JSON"), "{}", stderr(&deployed));
+    assert_eq!(apps_state(&api), before);
+    assert_eq!(cluster.running_tasks("/keep").len(), 1);
+}
+
+#[test]
+fn app_larger_than_any_agent_waits_and_the_queue_says_why() {
+    let cluster = Cluster::start("bad-input-queue", 2);
+    let api = cluster.api();
+    let created = api.post("/v2/apps", &json!({"id": "/too-big", "cmd": "sleep 1000", "cpus": 0.1, "mem": 100000}));
+    assert_eq!(created.status, 201, "Marathon accepts it and waits: {}", created.text);
+
+    let item = wait_until("the queue to explain why /too-big waits", secs(30), || {
+        let queue = api.get_json("/v2/queue");
+        let item = queue["queue"].as_array().and_then(|q| q.iter().find(|i| i["app"]["id"] == "/too-big")).cloned();
+        match item {
+            Some(item) if item.to_string().to_lowercase().contains("mem") => Ok(item),
+            _ => Err(queue.to_string()),
+        }
+    });
+    assert_eq!(item["count"], 1, "{item}");
+    assert!(cluster.tasks("/too-big").is_empty());
+
+    let output = cluster.cli(&["queue"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = stdout(&output);
+    assert!(table.contains("/too-big") && table.to_lowercase().contains("mem"), "{table}");
+}
+
+#[test]
+fn agent_rejects_a_resource_typo_at_the_command_line() {
+    let output = plinth(&["agent", "--master", "http://127.0.0.1:1", "--resources", "cpu:2;mem:1024"], &[]);
+    assert_eq!(output.status.code(), Some(2), "usage errors exit with 2");
+    let message = stderr(&output);
+    assert!(message.contains("--resources") && message.contains("'cpu'"), "{message}");
+
+    let output = plinth(&["agent", "--master", "http://127.0.0.1:1", "--attributes", "rack"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--attributes"), "{}", stderr(&output));
+
+    let output = plinth(&["agent"], &[("PLINTH_MASTER", "http://127.0.0.1:1"), ("PLINTH_RESOURCES", "cpus:2;memory:1")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("'memory'"), "the env fallback is checked the same way: {}", stderr(&output));
+}
+
+#[test]
+fn cli_reports_an_unreachable_master() {
+    // Port 1 on loopback: nothing listens there.
+    let output = plinth(&["app", "list"], &[("PLINTH_MASTER", "http://127.0.0.1:1")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("cannot reach the master at http://127.0.0.1:1"), "{}", stderr(&output));
+}

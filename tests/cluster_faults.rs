@@ -1,0 +1,124 @@
+//! Faults on a real cluster: a lost agent, an agent that comes back, a master killed in
+//! the middle of a deployment.
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The node a task runs on.
+fn node_of(cluster: &Cluster, task: &Value) -> String {
+    cluster.node_of_host(str_field(task, "host"))
+}
+
+/// Task ids of `app` whose processes run in each agent's namespace, per agent.
+fn running_processes(cluster: &Cluster, agents: &[&str], prefix: &str) -> BTreeMap<String, BTreeSet<i32>> {
+    let mut all = BTreeMap::new();
+    for agent in agents {
+        all.extend(cluster.task_pids(agent).into_iter().filter(|(id, _)| id.starts_with(prefix)));
+    }
+    all
+}
+
+#[test]
+fn lost_agent_tasks_move_and_a_returning_agent_leaves_no_surplus() {
+    let mut cluster = Cluster::start("faults-agent", 2);
+    let api = cluster.api();
+    api.post("/v2/apps", &json!({"id": "/spread", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 4}))
+        .expect_status(201);
+    let tasks = cluster.wait_for_running("/spread", 4, secs(60));
+
+    // The agent with the most tasks "loses its network": its process dies, its tasks keep
+    // running unseen, as on a partitioned machine.
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for task in &tasks {
+        *per_host.entry(node_of(&cluster, task)).or_default() += 1;
+    }
+    let (victim, _) = per_host.iter().max_by_key(|(_, n)| **n).map(|(h, n)| (h.clone(), *n)).expect("tasks");
+    let survivor = if victim == "agent-1" { "agent-2" } else { "agent-1" };
+    let on_victim: BTreeSet<String> =
+        tasks.iter().filter(|t| node_of(&cluster, t) == victim).map(|t| str_field(t, "id").to_string()).collect();
+    cluster.kill9(&victim);
+
+    // Within the agent timeout (plus scheduling slack) the master declares it lost and
+    // replaces its tasks on the survivor.
+    wait_until("the lost agent's tasks to be replaced on the survivor", secs(AGENT_TIMEOUT_SECS + 30), || {
+        let running = cluster.running_tasks("/spread");
+        let moved = running.len() == 4 && running.iter().all(|t| node_of(&cluster, t) == survivor);
+        if moved { Ok(()) } else { Err(task_summary(&running)) }
+    });
+    assert_eq!(cluster.active_agents().expect("slaves"), vec![survivor.to_string()]);
+    let replaced: BTreeSet<String> = ids(&cluster.running_tasks("/spread"));
+    assert!(replaced.is_disjoint(&on_victim));
+
+    // The agent comes back with the same work dir and reports its old tasks: they are
+    // surplus now and must be killed, never kept beside the replacements.
+    cluster.respawn(&victim);
+    cluster.wait_for_agents(2);
+    wait_until("the returning agent's surplus tasks to be killed", secs(60), || {
+        let processes = running_processes(&cluster, &["agent-1", "agent-2"], "spread.");
+        let running = cluster.running_tasks("/spread");
+        let surplus: Vec<&String> = processes.keys().filter(|id| on_victim.contains(*id)).collect();
+        if surplus.is_empty() && running.len() == 4 && processes.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("master: {}; processes: {:?}", task_summary(&running), processes.keys()))
+        }
+    });
+    holds_for("exactly 4 /spread tasks", secs(5), || {
+        let processes = running_processes(&cluster, &["agent-1", "agent-2"], "spread.");
+        let tasks = cluster.tasks("/spread");
+        if tasks.len() == 4 && processes.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("master: {}; processes: {:?}", task_summary(&tasks), processes.keys()))
+        }
+    });
+}
+
+#[test]
+fn master_killed_mid_deployment_loses_nothing_and_adopts_running_tasks() {
+    let mut cluster = Cluster::start("faults-master", 2);
+    let api = cluster.api();
+    api.post("/v2/apps", &json!({"id": "/steady", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 2}))
+        .expect_status(201);
+    let steady = ids(&cluster.wait_for_running("/steady", 2, secs(60)));
+
+    // Each agent offers mem 2048, so only two of these three fit: the deployment stays in
+    // progress until a third agent joins.
+    api.post("/v2/apps", &json!({"id": "/big", "cmd": "sleep 1000", "cpus": 0.1, "mem": 1500, "instances": 3}))
+        .expect_status(201);
+    wait_until("two /big tasks to run", secs(60), || {
+        let running = cluster.running_tasks("/big");
+        if running.len() == 2 { Ok(()) } else { Err(task_summary(&cluster.tasks("/big"))) }
+    });
+    let deployments = api.get_json("/v2/deployments");
+    assert_eq!(deployments.as_array().map(Vec::len), Some(1), "the /big deployment is in progress: {deployments}");
+    let big_before = ids(&cluster.running_tasks("/big"));
+    let pids_before = running_processes(&cluster, &["agent-1", "agent-2"], "");
+
+    cluster.kill9("master");
+    cluster.respawn("master");
+    cluster.wait_for_agents(2);
+
+    // Everything acknowledged is back, and the running tasks were adopted, not restarted.
+    let apps = api.get_json("/v2/apps");
+    let app_ids: BTreeSet<&str> = apps["apps"].as_array().expect("apps").iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(app_ids, BTreeSet::from(["/big", "/steady"]));
+    assert_eq!(api.get_json("/v2/apps/big")["app"]["instances"], 3);
+    let deployments = api.get_json("/v2/deployments");
+    assert_eq!(deployments.as_array().map(Vec::len), Some(1), "the deployment survived: {deployments}");
+    let steady_after = ids(&cluster.wait_for_running("/steady", 2, secs(60)));
+    assert_eq!(steady_after, steady, "/steady's tasks were adopted");
+
+    // A third agent gives the deployment room to finish.
+    cluster.start_agent("agent-3", &[]);
+    cluster.wait_for_agents(3);
+    let big_after = ids(&cluster.wait_for_running("/big", 3, secs(60)));
+    cluster.wait_for_no_deployments(secs(60));
+    assert!(big_after.is_superset(&big_before), "the two /big tasks were adopted: {big_before:?} vs {big_after:?}");
+    let pids_after = running_processes(&cluster, &["agent-1", "agent-2"], "");
+    for (task, pids) in &pids_before {
+        assert_eq!(pids_after.get(task), Some(pids), "task {task} keeps its processes");
+    }
+}
