@@ -565,3 +565,133 @@ async fn info_leader_ping() -> Result<()> {
     let _ = &h.master;
     Ok(())
 }
+
+/// Registers a fake agent, deploys `app`, and reports its first task running.
+async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protocol::agent::TaskSpec, u64)> {
+    let (_, registered) =
+        h.post("/agent/v1/register", serde_json::to_value(registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]"))?).await?;
+    let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
+    // Learn the current generation, then long-poll: creating the app must wake us early.
+    let (_, first) = h
+        .post("/agent/v1/sync", serde_json::to_value(SyncRequest { agent_id: agent_id.as_str().into(), generation: 0, tasks: vec![], wait_ms: 0 })?)
+        .await?;
+    let mut generation = first["desired"]["generation"].as_u64().unwrap_or(0);
+    let poll = {
+        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 4000 };
+        let http = h.http.clone();
+        let url = format!("{}/agent/v1/sync", h.base);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response: SyncResponse = http.post(url).json(&request).send().await?.json().await?;
+            anyhow::Ok((response, started.elapsed()))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = h.post("/v2/apps", app).await?;
+    assert_eq!(status, 201);
+    let (response, waited) = poll.await??;
+    assert!(waited < Duration::from_millis(3500), "the long-poll was not woken by the change ({waited:?})");
+    let mut desired = response.desired;
+    let spec = loop {
+        if let Some(d) = desired.take() {
+            generation = d.generation;
+            if let Some(task) = d.tasks.into_iter().next() {
+                break task;
+            }
+        }
+        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 2000 };
+        let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
+        desired = serde_json::from_value::<SyncResponse>(body)?.desired;
+    };
+    let update = StatusUpdate {
+        update_id: uuid::Uuid::new_v4(),
+        task_id: spec.task_id.clone(),
+        app_id: spec.app_id.clone(),
+        state: TaskState::TaskRunning,
+        message: None,
+        exit_code: None,
+        reason: None,
+        timestamp: plinth_protocol::Timestamp::now().to_iso(),
+        healthy: None,
+        extra: Default::default(),
+    };
+    let batch = StatusBatch { agent_id: agent_id.as_str().into(), updates: vec![update] };
+    let (status, _) = h.post("/agent/v1/status", serde_json::to_value(&batch)?).await?;
+    assert_eq!(status, 200);
+    Ok((agent_id, spec, generation))
+}
+
+async fn reopen(dir: &Path) -> Result<Harness> {
+    for _ in 0..100 {
+        if let Ok(h) = start(dir).await {
+            return Ok(h);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start(dir).await
+}
+
+#[tokio::test]
+async fn a_restarted_master_keeps_tasks_and_adopts_them_when_the_agent_returns() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (agent_id, spec, generation) = {
+        let h = start(dir.path()).await?;
+        run_one_task(&h, hello("kept")).await?
+    };
+    let h = reopen(dir.path()).await?;
+    let (_, got) = h.get("/v2/apps/kept").await?;
+    assert_eq!(got["app"]["tasks"][0]["id"], spec.task_id.as_str(), "{got}");
+    assert_eq!(got["app"]["tasks"][0]["state"], "TASK_RUNNING");
+
+    // The agent's next heartbeat is told to re-register; it does, reporting its task.
+    let (_, body) = h
+        .post("/agent/v1/sync", serde_json::to_value(SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 0 })?)
+        .await?;
+    assert_eq!(body["reregister"], true, "{body}");
+    let mut again = registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]");
+    again.agent_id = Some(agent_id.as_str().into());
+    again.last_generation = generation;
+    again.tasks = vec![plinth_protocol::agent::TaskReport {
+        task_id: spec.task_id.clone(),
+        app_id: spec.app_id.clone(),
+        version: spec.version.clone(),
+        state: TaskState::TaskRunning,
+        host_ports: spec.host_ports.clone(),
+        resources: None,
+        started_at: None,
+    }];
+    let (status, registered) = h.post("/agent/v1/register", serde_json::to_value(&again)?).await?;
+    assert_eq!(status, 200, "{registered}");
+    assert_eq!(registered["agent_id"], agent_id.as_str());
+    // A few ticks later there is still exactly the one adopted task.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, tasks) = h.get("/v2/apps/kept/tasks").await?;
+    let tasks = tasks["tasks"].as_array().unwrap().clone();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["id"], spec.task_id.as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_tasks_with_scale_lowers_instances() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start(dir.path()).await?;
+    let (_, spec, _) = run_one_task(&h, hello("shrink")).await?;
+    // The start deployment finishes once the task runs (on the next tick).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.get("/v2/deployments").await?.1 != json!([]) {
+        assert!(tokio::time::Instant::now() < deadline, "deployment never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = h.delete("/v2/apps/shrink/tasks?scale=true&host=10.0.0.7").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["deploymentId"].is_string(), "{body}");
+    let (_, got) = h.get("/v2/apps/shrink").await?;
+    assert_eq!(got["app"]["instances"], 0);
+    let (_, tasks) = h.get("/v2/tasks").await?;
+    let states: Vec<&str> = tasks["tasks"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert!(states.iter().all(|s| *s == "TASK_KILLING"), "{states:?}");
+    let (status, body) = h.post("/v2/tasks/delete", json!({"ids": [spec.task_id.as_str()]})).await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
