@@ -22,6 +22,7 @@ mod resources;
 pub mod runtime;
 pub mod state;
 pub mod taskenv;
+pub mod testing;
 
 pub use error::AgentError;
 pub use node::{run_with, AgentOptions};

@@ -131,9 +131,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), NodeState::default());
         let spec = spec_from("web.1", json!({"id": "/web", "cmd": "serve", "mem": 64}), vec![31000]);
-        let mut state = NodeState::default();
-        state.applied_generation = 7;
-        state.desired = DesiredState { generation: 7, tasks: vec![spec.clone()] };
+        let mut state = NodeState {
+            applied_generation: 7,
+            desired: DesiredState { generation: 7, tasks: vec![spec.clone()] },
+            ..Default::default()
+        };
         let mut record = TaskRecord::new(spec.clone(), dir.path().join("tasks/web.1"), Timestamp(1000));
         record.handle = Some(RuntimeHandle {
             task_id: spec.task_id.clone(),

@@ -90,21 +90,9 @@ fn env_name(name: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use plinth_protocol::{AppDefinition, AppId, TaskId};
     use serde_json::json;
 
-    pub(crate) fn spec_from(task_id: &str, app: serde_json::Value, host_ports: Vec<u16>) -> TaskSpec {
-        let mut app = AppDefinition::from_value(app).expect("app parses");
-        app.normalize();
-        TaskSpec {
-            task_id: TaskId::new(task_id),
-            app_id: AppId::parse(&app.id).expect("app id"),
-            version: "2024-01-01T00:00:00.000Z".into(),
-            app,
-            host_ports,
-            kill: false,
-        }
-    }
+    pub(crate) use crate::testing::task_spec as spec_from;
 
     fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
         env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())

@@ -9,7 +9,8 @@ use plinth_agent::{run_with, AgentConfig, AgentOptions};
 use plinth_protocol::agent::{
     DesiredState, Registered, Registration, StatusAck, StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TaskSpec,
 };
-use plinth_protocol::{AgentId, AppDefinition, AppId, Resources, TaskId, TaskState};
+use plinth_agent::testing::task_spec;
+use plinth_protocol::{AgentId, Resources, TaskId, TaskState};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,16 +82,7 @@ fn free_port() -> u16 {
 }
 
 fn spec(id: &str, app: Value) -> TaskSpec {
-    let mut app = AppDefinition::from_value(app).unwrap();
-    app.normalize();
-    TaskSpec {
-        task_id: TaskId::new(id),
-        app_id: AppId::parse(&app.id).unwrap(),
-        version: "2024-01-01T00:00:00.000Z".into(),
-        app,
-        host_ports: vec![31007],
-        kill: false,
-    }
+    task_spec(id, app, vec![31007])
 }
 
 struct Agent {

@@ -7,7 +7,8 @@ use plinth_agent::runtime::{ContainerRuntime, ExecutorCommand, LaunchRequest, Ob
 use plinth_agent::state::TaskRecord;
 use plinth_agent::taskenv::task_env;
 use plinth_protocol::agent::TaskSpec;
-use plinth_protocol::{AppDefinition, AppId, TaskId, TaskState, Timestamp};
+use plinth_agent::testing::task_spec;
+use plinth_protocol::{TaskState, Timestamp};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,19 +18,6 @@ fn runtime() -> ProcessRuntime {
         program: PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent-executor")),
         args: vec![],
     })
-}
-
-fn spec(task_id: &str, app: serde_json::Value, host_ports: Vec<u16>) -> TaskSpec {
-    let mut app = AppDefinition::from_value(app).expect("app parses");
-    app.normalize();
-    TaskSpec {
-        task_id: TaskId::new(task_id),
-        app_id: AppId::parse(&app.id).expect("app id"),
-        version: "2024-01-01T00:00:00.000Z".into(),
-        app,
-        host_ports,
-        kill: false,
-    }
 }
 
 /// A launched task that is killed and cleaned up when the test ends, however it ends.
@@ -57,7 +45,7 @@ fn launch(name: &str, app: serde_json::Value) -> Launched {
 
 fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs::LogPolicy) -> Launched {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&unique_id(name), app, vec![31005]);
+    let spec = task_spec(&unique_id(name), app, vec![31005]);
     let sandbox = dir.path().join("sandbox");
     let runtime = runtime();
     let request = LaunchRequest {
