@@ -18,6 +18,8 @@ pub enum MasterError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("benchmark failed: {0}")]
+    Bench(String),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in

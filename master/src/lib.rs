@@ -1,6 +1,7 @@
 //! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints.
 pub mod core;
 pub mod api;
+pub mod bench;
 pub mod error;
 pub mod events;
 pub mod metrics;

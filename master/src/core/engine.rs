@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use plinth_protocol::agent::{DesiredState, Registration, StatusUpdate, SyncRequest, SyncResponse, TaskSpec};
-use plinth_protocol::marathon::{NetworkMode, UnreachableStrategy, VersionInfo};
+use plinth_protocol::marathon::{NetworkMode, VersionInfo};
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, TaskState, Timestamp};
 
 use super::constraints::{self, Spread};
@@ -20,11 +20,19 @@ pub struct CoreConfig {
     pub heartbeat_interval_ms: u64,
     /// Cluster-wide service ports for `port: 0` / `servicePort: 0`.
     pub service_ports: (u16, u16),
+    /// Launches per tick at most (Marathon's launch tokens): bounds the work, the
+    /// events and the store transaction of one round.
+    pub max_launches_per_tick: usize,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { agent_timeout_ms: 10_000, heartbeat_interval_ms: 1_000, service_ports: (10_000, 20_000) }
+        CoreConfig {
+            agent_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            service_ports: (10_000, 20_000),
+            max_launches_per_tick: 10_000,
+        }
     }
 }
 
@@ -96,6 +104,9 @@ pub struct Core {
     /// Rotates across agents between placements so tasks spread over the pool.
     offer_cursor: usize,
     offer_counter: u64,
+    /// Apps whose tasks or definition changed since they were last supervised; a tick
+    /// looks only at these, queued apps and deploying apps, so idle apps cost nothing.
+    needs_supervision: HashSet<AppId>,
     changes: Changes,
 }
 
@@ -164,6 +175,7 @@ impl Core {
             processed_order: VecDeque::new(),
             offer_cursor: 0,
             offer_counter: 0,
+            needs_supervision: HashSet::new(),
             changes: Changes::default(),
         }
     }
@@ -182,6 +194,7 @@ impl Core {
             core.agents.insert(agent.id.clone(), AgentState::new(agent));
         }
         for app in snapshot.apps {
+            core.needs_supervision.insert(app.id.clone());
             core.apps.insert(app.id.clone(), app);
         }
         for (app, version, def) in snapshot.app_versions {
@@ -213,6 +226,7 @@ impl Core {
     /// Removes a terminal task and gives its resources back.
     fn remove_task(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let task = self.tasks.remove(id)?;
+        self.needs_supervision.insert(task.app_id.clone());
         if let Some(set) = self.tasks_by_app.get_mut(&task.app_id) {
             set.remove(id);
             if set.is_empty() {
@@ -393,6 +407,7 @@ impl Core {
             },
         };
         self.apps.insert(id.clone(), record);
+        self.needs_supervision.insert(id.clone());
         self.versions.entry(id.clone()).or_default().insert(version.to_string(), def);
         self.changes.apps.insert(id.clone());
         self.changes.app_versions.push((id.clone(), version.to_string()));
@@ -486,6 +501,7 @@ impl Core {
         task.kill_requested = true;
         task.kill_reason = Some(reason.to_string());
         let agent = task.agent_id.clone();
+        self.needs_supervision.insert(task.app_id.clone());
         self.changes.tasks.insert(id.clone());
         self.bump_generation(&agent);
     }
@@ -590,6 +606,7 @@ impl Core {
         let app = self.apps.get_mut(id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
         app.backoff = Backoff::default();
         self.changes.apps.insert(id.clone());
+        self.needs_supervision.insert(id.clone());
         Ok(())
     }
 
@@ -763,6 +780,7 @@ impl Core {
                 task.ip_addresses = ips.clone();
             }
             let task = task.clone();
+            self.needs_supervision.insert(task.app_id.clone());
             self.changes.tasks.insert(task.id.clone());
             self.emit_status(&task, now);
             if health_changed {
@@ -845,10 +863,18 @@ impl Core {
     /// surplus), deployment progress.
     pub fn tick(&mut self, now: Timestamp) {
         self.detect_lost_agents(now);
-        let app_ids: Vec<AppId> = self.apps.keys().cloned().collect();
+        let mut todo: BTreeSet<AppId> = std::mem::take(&mut self.needs_supervision).into_iter().collect();
+        todo.extend(self.offer_stats.keys().cloned());
+        todo.extend(self.deployments.values().map(|d| d.app_id.clone()));
         let mut offers = OfferRound::new(self);
-        for app_id in app_ids {
-            self.supervise(&app_id, &mut offers, now);
+        let mut budget = self.config.max_launches_per_tick;
+        for app_id in todo {
+            if budget == 0 {
+                // Out of launch tokens this round: look again next tick.
+                self.needs_supervision.insert(app_id);
+                continue;
+            }
+            self.supervise(&app_id, &mut offers, &mut budget, now);
         }
         self.progress_deployments(now);
     }
@@ -870,10 +896,6 @@ impl Core {
             self.changes.agents.insert(agent.clone());
             let tasks: Vec<TaskId> = self.tasks_by_agent.get(&agent).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             for task in tasks {
-                let unreachable_disabled = self.tasks.get(&task).and_then(|t| self.apps.get(&t.app_id)).is_some_and(|a| {
-                    matches!(&a.definition.unreachable_strategy, UnreachableStrategy::Disabled(_))
-                });
-                let _ = unreachable_disabled;
                 let was_killing = self.tasks.get(&task).is_some_and(|t| t.kill_requested);
                 let state = if was_killing { TaskState::TaskKilled } else { TaskState::TaskLost };
                 if let Some(t) = self.tasks.get_mut(&task) {
@@ -887,7 +909,7 @@ impl Core {
     }
 
     /// Decides launches and kills for one app.
-    fn supervise(&mut self, app_id: &AppId, offers: &mut OfferRound, now: Timestamp) {
+    fn supervise(&mut self, app_id: &AppId, offers: &mut OfferRound, budget: &mut usize, now: Timestamp) {
         let Some(app) = self.apps.get(app_id) else { return };
         let target = app.definition.instances.max(0) as usize;
         let config_version = app.config_version.clone();
@@ -903,7 +925,6 @@ impl Core {
         if old.is_empty() {
             if new.len() > target {
                 // Scale down: not-yet-running tasks first, then by killSelection.
-                new.sort_by_key(|t| (t.is_running(), if oldest_first { -t.staged_at.millis() } else { t.staged_at.millis() }));
                 new.sort_by(|a, b| {
                     a.is_running().cmp(&b.is_running()).then_with(|| {
                         if oldest_first { a.staged_at.cmp(&b.staged_at) } else { b.staged_at.cmp(&a.staged_at) }
@@ -968,9 +989,13 @@ impl Core {
             self.offer_stats.insert(app_id.clone(), (since, stats));
             return;
         }
-        let placed = self.place(app_id, launches, offers, &mut stats, now);
-        if placed < launches {
+        let wanted = launches.min(*budget);
+        let placed = self.place(app_id, wanted, offers, &mut stats, now);
+        *budget -= placed;
+        if placed < wanted {
             self.offer_stats.insert(app_id.clone(), (since, stats));
+        } else if placed < launches {
+            self.needs_supervision.insert(app_id.clone());
         }
     }
 
@@ -1346,12 +1371,6 @@ fn same_config(a: &AppDefinition, b: &AppDefinition) -> bool {
         d
     };
     strip(a) == strip(b)
-}
-
-/// Unused helpers kept out of the hot path.
-#[allow(dead_code)]
-fn distinct_values(values: impl Iterator<Item = String>) -> BTreeSet<String> {
-    values.collect()
 }
 /// Result of `put_app`.
 #[derive(Debug, Clone)]
