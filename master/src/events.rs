@@ -232,3 +232,28 @@ pub fn subscription_event(event_type: &str, callback_url: &str, client_ip: Optio
 pub fn api_post_event(client_ip: Option<&str>, uri: &str, app: Value, now: plinth_protocol::Timestamp) -> Event {
     Event::new("api_post_event", now, json!({"clientIp": client_ip, "uri": uri, "appDefinition": app}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stuck_subscriber_drops_its_oldest_events_without_blocking() {
+        let hub = CallbackHub::new();
+        // Nothing listens on port 9 (discard) of loopback: every attempt fails.
+        hub.add("http://127.0.0.1:9/cb");
+        hub.add("http://127.0.0.1:9/cb");
+        assert_eq!(hub.urls().len(), 1);
+        let event = Arc::new(Event::new("test_event", plinth_protocol::Timestamp::now(), json!({})));
+        let extra = 100;
+        for _ in 0..CALLBACK_QUEUE + extra {
+            hub.dispatch(&event);
+        }
+        let stats = hub.stats();
+        assert_eq!(stats.subscribers, 1);
+        assert!(stats.dropped as usize >= extra - 1 && stats.dropped as usize <= extra, "{stats:?}");
+        assert!(hub.remove("http://127.0.0.1:9/cb"));
+        assert!(!hub.remove("http://127.0.0.1:9/cb"));
+        assert!(hub.urls().is_empty());
+    }
+}

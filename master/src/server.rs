@@ -211,6 +211,7 @@ impl Master {
 
     pub fn publish_all(&self, events: Vec<Event>) {
         for event in events {
+            log_event(&event);
             self.events.publish(event);
         }
     }
@@ -230,6 +231,23 @@ impl Master {
         for agent in agents {
             wakers.entry(agent.clone()).or_insert_with(|| watch::channel(0).0).send_modify(|n| *n += 1);
         }
+    }
+}
+
+/// Operators follow tasks and deployments in the log; other events stay at debug.
+fn log_event(event: &Event) {
+    let p = &event.payload;
+    let field = |name: &str| p.get(name).and_then(|v| v.as_str()).unwrap_or("");
+    match event.event_type.as_str() {
+        "status_update_event" => tracing::info!(
+            app_id = field("appId"), task_id = field("taskId"), node_id = field("slaveId"),
+            state = field("taskStatus"), message = field("message"), "task status"
+        ),
+        "deployment_success" | "deployment_failed" | "deployment_info" => tracing::info!(
+            deployment_id = p.pointer("/plan/id").and_then(|v| v.as_str()).or_else(|| p.get("id").and_then(|v| v.as_str())).unwrap_or(""),
+            event_type = %event.event_type, "deployment"
+        ),
+        other => tracing::debug!(event_type = other, "event"),
     }
 }
 

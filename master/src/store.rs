@@ -343,6 +343,51 @@ mod tests {
         assert!(store.subscriptions().unwrap().is_empty());
     }
 
+    fn counter_ids() -> Box<dyn FnMut() -> uuid::Uuid + Send + Sync> {
+        let mut n = 0u128;
+        Box::new(move || {
+            n += 1;
+            uuid::Uuid::from_u128(n)
+        })
+    }
+
+    #[test]
+    fn changes_are_written_and_deletes_remove_versions() {
+        use crate::core::CoreConfig;
+        use plinth_protocol::{AppDefinition, AppId, Timestamp};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut core = Core::new(CoreConfig::default(), counter_ids());
+        let mut def = AppDefinition::from_value(serde_json::json!({"id": "/g/a", "cmd": "sleep 1"})).unwrap();
+        def.normalize();
+        let now = Timestamp::from_millis(1_000_000);
+        core.create_app(def.clone(), now).unwrap();
+        // A second app whose id shares a prefix must keep its versions.
+        def.id = "/g/ab".into();
+        core.create_app(def, now).unwrap();
+        let changes = core.take_changes();
+        store.apply(&core, &changes).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.apps.len(), 2);
+        assert_eq!(loaded.app_versions.len(), 2);
+        assert_eq!(loaded.deployments.len(), 2);
+
+        let id = AppId::parse("/g/a").unwrap();
+        core.delete_app(&id, now.plus_millis(10)).unwrap();
+        let changes = core.take_changes();
+        store.apply(&core, &changes).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.apps.len(), 1);
+        assert_eq!(loaded.apps[0].id.as_str(), "/g/ab");
+        assert!(loaded.app_versions.iter().all(|(app, _, _)| app.as_str() == "/g/ab"), "{:?}", loaded.app_versions);
+        assert_eq!(loaded.app_versions.len(), 1);
+
+        // The snapshot restores an equal core.
+        let restored = Core::restore(CoreConfig::default(), counter_ids(), loaded, now);
+        assert_eq!(restored.apps().count(), 1);
+        assert_eq!(restored.app_versions(&AppId::parse("/g/ab").unwrap()).map(|v| v.len()), Some(1));
+    }
+
     #[test]
     fn framework_id_is_stable_and_empty_store_loads() {
         let dir = tempfile::tempdir().unwrap();
