@@ -203,8 +203,8 @@ fn add_modules(archive: &mut Archive, dir: &Path, release: &str, wanted_required
         return Err(ImageError::NoModules { path: dir.to_path_buf() });
     }
     let text = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    let (dep, builtin, alias) = (text("modules.dep"), text("modules.builtin"), text("modules.alias"));
-    let index = plinth_init::modules::ModuleIndex::parse(&dep, &builtin, &alias);
+    let (dep, builtin, alias, softdep) = (text("modules.dep"), text("modules.builtin"), text("modules.alias"), text("modules.softdep"));
+    let index = plinth_init::modules::ModuleIndex::parse(&dep, &builtin, &alias).with_softdeps(&softdep);
     let (_, missing_required) = index.load_order(wanted_required);
     if let Some(name) = missing_required.into_iter().next() {
         return Err(ImageError::MissingModule { name, dir: dir.to_path_buf() });
@@ -236,7 +236,30 @@ fn add_modules(archive: &mut Archive, dir: &Path, release: &str, wanted_required
     archive.add(&format!("{base}/modules.dep"), file(dep_filtered));
     archive.add(&format!("{base}/modules.alias"), file(alias_filtered));
     archive.add(&format!("{base}/modules.builtin"), file(builtin));
+    archive.add(&format!("{base}/modules.softdep"), file(softdep));
     Ok(names.into_iter().collect())
+}
+
+/// busybox as `/bin/busybox` with a symlink per applet (`/bin/sh`, `/bin/sleep`, ...).
+/// Command apps run through `/bin/sh -c`, and operators get basic tools in command tasks.
+fn add_busybox(archive: &mut Archive, busybox: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let Ok(data) = std::fs::read(busybox) else {
+        progress(&format!("  {} not found; image has no /bin/sh (install busybox-static)", busybox.display()));
+        return Ok(());
+    };
+    let out = Command::new(busybox).arg("--list").output().map_err(|source| ImageError::Tool { tool: "busybox --list".into(), source })?;
+    archive.add("/bin/busybox", Entry::File { mode: 0o755, data });
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+    applets.sort();
+    for applet in applets {
+        // Never shadow the init, and keep plinth reachable as `plinth`.
+        if matches!(applet.as_str(), "init" | "linuxrc" | "busybox") || applet.contains('/') {
+            continue;
+        }
+        archive.add(&format!("/bin/{applet}"), Entry::Symlink { target: "busybox".into() });
+    }
+    progress("  /bin/busybox (+ applets)");
+    Ok(())
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -301,6 +324,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         } else {
             progress(&format!("  {ca} not found; image has no CA certificates (install ca-certificates)"));
         }
+    }
+    if m.busybox.unwrap_or(true) {
+        add_busybox(&mut archive, Path::new("/bin/busybox"), progress)?;
     }
     for f in &m.files {
         archive.add(&f.dest, Entry::File { mode: f.mode_bits()?, data: read(&f.source)? });

@@ -7,6 +7,7 @@
 //! modules = ["dummy", "wireguard"]     # in addition to the default set
 //! default_modules = true               # include the default NIC/disk/container modules
 //! strip = true                         # strip debug info from /init
+//! busybox = true                       # /bin/sh + applets for command apps (busybox-static)
 //! formats = ["iso", "disk", "box"]     # besides vmlinuz + initramfs.img + cmdline
 //!
 //! [[files]]
@@ -30,6 +31,8 @@ pub struct Manifest {
     pub modules: Vec<String>,
     pub default_modules: Option<bool>,
     pub strip: Option<bool>,
+    /// Include busybox (static) as /bin/sh and its applets, so command apps have a shell.
+    pub busybox: Option<bool>,
     #[serde(default)]
     pub formats: Vec<Format>,
     #[serde(default)]

@@ -90,7 +90,7 @@ impl<S: System> Boot<S> {
     fn module_index(&mut self) -> &ModuleIndex {
         if self.index.is_none() {
             let mut read = |name: &str| String::from_utf8_lossy(&self.sys.read_file(&self.modules_dir.join(name)).unwrap_or_default()).into_owned();
-            let index = ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"), &read("modules.alias"));
+            let index = ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"), &read("modules.alias")).with_softdeps(&read("modules.softdep"));
             self.index = Some(index);
         }
         self.index.as_ref().expect("set just above")

@@ -11,6 +11,8 @@ pub struct ModuleIndex {
     builtin: BTreeSet<String>,
     /// (pattern, module name), in file order
     aliases: Vec<(String, String)>,
+    /// module name → names (or aliases) to load first, from `modules.softdep` `pre:`.
+    softdeps: BTreeMap<String, Vec<String>>,
 }
 
 /// `kernel/drivers/net/virtio_net.ko` → `virtio_net`; dashes count as underscores, as in modprobe.
@@ -40,6 +42,38 @@ impl ModuleIndex {
             }
         }
         index
+    }
+
+    /// Adds `modules.softdep`: `softdep libcrc32c pre: crc32c`. The kernel cannot load these
+    /// itself (it would call /sbin/modprobe, which the image does not have).
+    pub fn with_softdeps(mut self, modules_softdep: &str) -> Self {
+        for line in modules_softdep.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
+            let mut pre = Vec::new();
+            let mut in_pre = false;
+            for w in words {
+                match w {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    name if in_pre => pre.push(name.to_string()),
+                    _ => {}
+                }
+            }
+            if !pre.is_empty() {
+                self.softdeps.entry(module.replace('-', "_")).or_default().extend(pre);
+            }
+        }
+        self
+    }
+
+    /// A module name, or an exact alias (`crc32c`) → the modules present that provide it.
+    fn resolve(&self, name: &str) -> Vec<String> {
+        let underscored = name.replace('-', "_");
+        if self.deps.contains_key(&underscored) {
+            return vec![underscored];
+        }
+        self.aliases.iter().filter(|(p, m)| p == name && self.deps.contains_key(m)).map(|(_, m)| m.clone()).collect()
     }
 
     pub fn is_builtin(&self, name: &str) -> bool {
@@ -73,7 +107,15 @@ impl ModuleIndex {
         if !seen.insert(path.to_string()) {
             return;
         }
-        if let Some((_, deps)) = self.deps.get(&module_name(path)) {
+        let name = module_name(path);
+        for soft in self.softdeps.get(&name).into_iter().flatten() {
+            for provider in self.resolve(soft) {
+                if let Some((p, _)) = self.deps.get(&provider) {
+                    self.visit(p, seen, order);
+                }
+            }
+        }
+        if let Some((_, deps)) = self.deps.get(&name) {
             // depmod lists the deepest dependency last; modprobe loads from the end.
             for dep in deps.iter().rev() {
                 self.visit(dep, seen, order);
@@ -192,6 +234,15 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
             ["kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko"]
         );
         assert!(missing.is_empty(), "built-in modules are not missing: {missing:?}");
+    }
+
+    #[test]
+    fn soft_dependencies_load_first_through_aliases() {
+        let dep = "kernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\nkernel/arch/crc32c-intel.ko:\n";
+        let alias = "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias crypto-crc32c crc32c_generic\n";
+        let index = ModuleIndex::parse(dep, "", alias).with_softdeps("softdep libcrc32c pre: crc32c post: nothing\n");
+        let (order, _) = index.load_order(&["libcrc32c".into()]);
+        assert_eq!(order, ["kernel/arch/crc32c-intel.ko", "kernel/crypto/crc32c_generic.ko", "kernel/lib/libcrc32c.ko"]);
     }
 
     #[test]

@@ -22,16 +22,16 @@ use crate::cmdline::KernelCmdline;
 use crate::plan::{self, role_args, Phase, RoleCommand, RoleLaunch, MASTER_PORT};
 use crate::system::{RealSystem, System};
 
-/// True when this process should act as the init: PID 1, or started as `/init`/`init`.
+/// True when this process should act as the init: PID 1, or started as a bare `/init`.
+/// `/init` with arguments is the same binary re-executed for something else (the agent
+/// starts `plinth executor ...` through its own path, which is `/init` on a node).
 pub fn is_init() -> bool {
     if std::process::id() == 1 {
         return true;
     }
-    std::env::args_os()
-        .next()
-        .map(PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n == "init"))
-        .unwrap_or(false)
+    let mut args = std::env::args_os();
+    let named_init = args.next().map(PathBuf::from).and_then(|p| p.file_name().map(|n| n == "init")).unwrap_or(false);
+    named_init && args.next().is_none()
 }
 
 fn handled_signals() -> SigSet {
@@ -277,12 +277,26 @@ fn read_kmsg() -> String {
 fn spawn_role(launch: &RoleLaunch, cmd: &RoleCommand) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = if Path::new("/init").exists() { PathBuf::from("/init") } else { PathBuf::from("/proc/self/exe") };
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // PID 1 blocks its signals to take them with sigtimedwait; the role must not
+            // inherit that, or SIGTERM would never stop it.
+            let empty = SigSet::empty();
+            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
+            Ok(())
+        });
+    }
+    let mut child = command
         .arg0("plinth")
         .args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
+        // The console is a serial line: colour escapes only garble it.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
