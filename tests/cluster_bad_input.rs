@@ -64,7 +64,7 @@ fn invalid_requests_get_clear_errors_and_change_nothing() {
     // 10 MB: refused as too large (or as a bad request), never stored.
     let filler = "x".repeat(10 * 1024 * 1024);
     let huge = json!({"id": "/huge", "cmd": "sleep 1", "labels": {"filler": filler}}).to_string();
-    let reply = api.try_request("POST", "/v2/apps", Some(huge.into_bytes())).expect("answer");
+    let reply = api.post_expect_continue("/v2/apps", huge.as_bytes()).expect("an answer to the 10 MB body");
     assert!(reply.status == 413 || reply.status == 400, "a 10 MB body got {}: {}", reply.status, reply.text);
     assert_eq!(apps_state(&api), before);
 

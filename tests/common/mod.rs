@@ -141,6 +141,28 @@ impl Http {
         self.request("DELETE", path, None)
     }
 
+    /// A POST as curl sends large bodies: `Expect: 100-continue` first, so a server that
+    /// refuses the body by its declared size can answer without reading it.
+    pub fn post_expect_continue(&self, path: &str, body: &[u8]) -> Result<Reply, String> {
+        let address = self.base.trim_start_matches("http://").trim_end_matches('/');
+        let mut stream = std::net::TcpStream::connect(address).map_err(|e| format!("connect {address}: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).map_err(|e| format!("send head: {e}"))?;
+        let (mut head, mut answer) = read_http_message(&mut stream).ok_or("no answer to the request head")?;
+        if status_of(&head) == Some(100) {
+            stream.write_all(body).map_err(|e| format!("send body: {e}"))?;
+            (head, answer) = read_http_message(&mut stream).ok_or("no answer to the body")?;
+        }
+        let status = status_of(&head).ok_or_else(|| format!("bad status line: {head}"))?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply { status, text, json })
+    }
+
     /// GET that must answer 200 with JSON.
     pub fn get_json(&self, path: &str) -> Value {
         self.get(path).expect_status(200).json
@@ -228,6 +250,11 @@ impl CallbackServer {
 }
 
 fn read_http_body(stream: &mut impl Read) -> Option<Vec<u8>> {
+    read_http_message(stream).map(|(_, body)| body)
+}
+
+/// Reads one HTTP/1.1 message (head, body by content-length or to EOF).
+fn read_http_message(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
@@ -240,10 +267,11 @@ fn read_http_body(stream: &mut impl Read) -> Option<Vec<u8>> {
             break pos + 4;
         }
     };
-    let headers = String::from_utf8_lossy(&buffer[..header_end]).to_ascii_lowercase();
-    let length: usize = headers
+    let head = String::from_utf8_lossy(&buffer[..header_end]).to_string();
+    let length: usize = head
+        .to_ascii_lowercase()
         .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
+        .find_map(|l| l.strip_prefix("content-length:").map(str::to_string))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     while buffer.len() < header_end + length {
@@ -253,7 +281,11 @@ fn read_http_body(stream: &mut impl Read) -> Option<Vec<u8>> {
         }
         buffer.extend_from_slice(&chunk[..n]);
     }
-    Some(buffer[header_end..].to_vec())
+    Some((head, buffer[header_end..].to_vec()))
+}
+
+fn status_of(head: &str) -> Option<u16> {
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -780,10 +812,15 @@ impl Cluster {
         self.tasks(app).into_iter().filter(|t| t.get("state").and_then(Value::as_str) == Some("TASK_RUNNING")).collect()
     }
 
-    /// Waits until exactly `count` tasks of the app run and no deployment is in progress.
+    /// Waits until exactly `count` tasks of the app run and none of its deployments is in
+    /// progress (so the next change is not refused as locked).
     pub fn wait_for_running(&self, app: &str, count: usize, timeout: Duration) -> Vec<Value> {
         wait_until(&format!("{count} running tasks of {app}"), timeout, || {
             self.check_nodes_alive()?;
+            let deployments = self.api().try_get(&format!("/v2/apps{app}"))?.json["app"]["deployments"].clone();
+            if deployments.as_array().is_none_or(|d| !d.is_empty()) {
+                return Err(format!("deployments of {app}: {deployments}"));
+            }
             let tasks = self.tasks(app);
             let running: Vec<Value> = tasks
                 .iter()
