@@ -405,6 +405,22 @@ async fn callback_subscribers_receive_events() -> Result<()> {
     Ok(())
 }
 
+/// The update an agent sends when the task started.
+fn running(spec: &plinth_protocol::agent::TaskSpec) -> StatusUpdate {
+    StatusUpdate {
+        update_id: uuid::Uuid::new_v4(),
+        task_id: spec.task_id.clone(),
+        app_id: spec.app_id.clone(),
+        state: TaskState::TaskRunning,
+        message: None,
+        exit_code: None,
+        reason: None,
+        timestamp: plinth_protocol::Timestamp::now().to_iso(),
+        healthy: None,
+        extra: Default::default(),
+    }
+}
+
 fn registration(hostname: &str, resources: &str) -> Registration {
     Registration {
         agent_id: None,
@@ -455,18 +471,7 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     assert_eq!(spec.app_id.as_str(), "/web");
     assert_eq!(spec.host_ports.len(), 1);
 
-    let update = StatusUpdate {
-        update_id: uuid::Uuid::new_v4(),
-        task_id: spec.task_id.clone(),
-        app_id: spec.app_id.clone(),
-        state: TaskState::TaskRunning,
-        message: None,
-        exit_code: None,
-        reason: None,
-        timestamp: plinth_protocol::Timestamp::now().to_iso(),
-        healthy: None,
-        extra: Default::default(),
-    };
+    let update = running(&spec);
     let batch = StatusBatch { agent_id: agent_id.as_str().into(), updates: vec![update.clone()] };
     let (status, ack) = h.post("/agent/v1/status", serde_json::to_value(&batch)?).await?;
     assert_eq!(status, 200, "{ack}");
@@ -603,18 +608,7 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
         let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         desired = serde_json::from_value::<SyncResponse>(body)?.desired;
     };
-    let update = StatusUpdate {
-        update_id: uuid::Uuid::new_v4(),
-        task_id: spec.task_id.clone(),
-        app_id: spec.app_id.clone(),
-        state: TaskState::TaskRunning,
-        message: None,
-        exit_code: None,
-        reason: None,
-        timestamp: plinth_protocol::Timestamp::now().to_iso(),
-        healthy: None,
-        extra: Default::default(),
-    };
+    let update = running(&spec);
     let batch = StatusBatch { agent_id: agent_id.as_str().into(), updates: vec![update] };
     let (status, _) = h.post("/agent/v1/status", serde_json::to_value(&batch)?).await?;
     assert_eq!(status, 200);
