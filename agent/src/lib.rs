@@ -53,10 +53,9 @@ pub struct AgentConfig {
 }
 
 /// Runs the agent with command tasks (each under `plinth executor`) until the process
-/// is stopped. Stopping the agent never stops its tasks: a restarted agent re-adopts
+/// is stopped. Tunables come from the environment (see [`AgentOptions::from_env`]). Stopping the agent never stops its tasks: a restarted agent re-adopts
 /// them from the checkpoint.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let executor = runtime::ExecutorCommand::plinth_binary()?;
-    let runtime = std::sync::Arc::new(runtime::ProcessRuntime::new(executor));
-    run_with(config, runtime, AgentOptions::default()).await
+    let runtime = std::sync::Arc::new(runtime::ProcessRuntime::new(runtime::ExecutorCommand::plinth_binary()));
+    run_with(config, runtime, AgentOptions::from_env()).await
 }

@@ -45,12 +45,39 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             logs: LogPolicy::default(),
-            tick: Duration::from_millis(500),
+            tick: Duration::from_millis(250),
             sync_wait: Duration::from_secs(5),
             sandbox_retention: Duration::from_secs(3600),
             keep_terminal: 100,
             max_backoff: Duration::from_secs(5),
         }
+    }
+}
+
+impl AgentOptions {
+    /// Defaults, with `PLINTH_TASK_LOG_MAX_BYTES`, `PLINTH_TASK_LOG_GENERATIONS` and
+    /// `PLINTH_SANDBOX_RETENTION_SECS` applied when set. An unparsable value is
+    /// ignored with a warning rather than stopping the node.
+    pub fn from_env() -> Self {
+        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+            let raw = std::env::var(name).ok()?;
+            let parsed = raw.trim().parse().ok();
+            if parsed.is_none() {
+                warn!(variable = name, value = %raw, "ignoring an unparsable setting");
+            }
+            parsed
+        }
+        let mut options = AgentOptions::default();
+        if let Some(bytes) = var::<u64>("PLINTH_TASK_LOG_MAX_BYTES") {
+            options.logs.max_bytes = bytes.max(1024);
+        }
+        if let Some(generations) = var::<u32>("PLINTH_TASK_LOG_GENERATIONS") {
+            options.logs.generations = generations.min(100);
+        }
+        if let Some(seconds) = var::<u64>("PLINTH_SANDBOX_RETENTION_SECS") {
+            options.sandbox_retention = Duration::from_secs(seconds);
+        }
+        options
     }
 }
 

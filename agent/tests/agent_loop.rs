@@ -91,10 +91,7 @@ struct Agent {
 }
 
 fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
-    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand {
-        program: PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent-executor")),
-        args: vec![],
-    }));
+    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
     start_agent_with(master, work_dir, port, runtime)
 }
 

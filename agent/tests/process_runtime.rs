@@ -10,14 +10,11 @@ use plinth_protocol::agent::TaskSpec;
 use plinth_agent::testing::task_spec;
 use plinth_protocol::{TaskState, Timestamp};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn runtime() -> ProcessRuntime {
-    ProcessRuntime::new(ExecutorCommand {
-        program: PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent-executor")),
-        args: vec![],
-    })
+    ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![]))
 }
 
 /// A launched task that is killed and cleaned up when the test ends, however it ends.

@@ -22,16 +22,21 @@ use crate::AgentError;
 pub struct ExecutorCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// What `ps` shows as the program (argv[0]); the program path when `None`.
+    pub display_name: Option<OsString>,
 }
 
 impl ExecutorCommand {
-    /// `plinth executor`: this very binary, so agent and executor always match.
-    pub fn plinth_binary() -> Result<Self, AgentError> {
-        let program = std::env::current_exe().map_err(|source| AgentError::ReadFile {
-            path: PathBuf::from("/proc/self/exe"),
-            source,
-        })?;
-        Ok(ExecutorCommand { program, args: vec!["executor".into()] })
+    pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> Self {
+        ExecutorCommand { program: program.into(), args, display_name: None }
+    }
+
+    /// `plinth executor`: this very binary, so agent and executor always match. It is
+    /// run through `/proc/self/exe`, which still works after a package upgrade replaced
+    /// (deleted) the file the agent was started from.
+    pub fn plinth_binary() -> Self {
+        let display_name = std::env::current_exe().ok().map(|p| p.into_os_string());
+        ExecutorCommand { program: PathBuf::from("/proc/self/exe"), args: vec!["executor".into()], display_name }
     }
 }
 
@@ -72,6 +77,9 @@ impl ProcessRuntime {
             .map_err(|source| AgentError::WriteFile { path: log_path.clone(), source })?;
         let log_err = log.try_clone().map_err(|source| AgentError::WriteFile { path: log_path, source })?;
         let mut command = Command::new(&self.executor.program);
+        if let Some(name) = &self.executor.display_name {
+            command.arg0(name);
+        }
         command
             .args(&self.executor.args)
             .arg("--spec")
