@@ -689,3 +689,16 @@ async fn killing_tasks_with_scale_lowers_instances() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn queue_lists_apps_waiting_without_any_agent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start(dir.path()).await?;
+    h.post("/v2/apps", hello("lonely")).await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, queue) = h.get("/v2/queue").await?;
+    assert_eq!(queue["queue"][0]["app"]["id"], "/lonely", "{queue}");
+    assert_eq!(queue["queue"][0]["count"], 1);
+    assert!(queue["queue"][0]["reasons"].to_string().contains("no active agents"), "{queue}");
+    Ok(())
+}
