@@ -174,7 +174,9 @@ struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} failed with {}: {}", self.method, self.path, self.status, self.message)?;
+        // The query string is noise here; the path says what was asked for.
+        let path = self.path.split('?').next().unwrap_or_default();
+        write!(f, "{} {path} failed with {}: {}", self.method, self.status, self.message)?;
         for (path, errors) in &self.details {
             write!(f, "\n  {path}: {}", errors.join("; "))?;
         }
@@ -524,8 +526,14 @@ fn display(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(items) if items.is_empty() => "-".to_string(),
         Value::Array(items) => items.iter().map(display).collect::<Vec<_>>().join(","),
+        Value::Number(n) => n.as_f64().map(number_text).unwrap_or_else(|| n.to_string()),
         other => other.to_string(),
     }
+}
+
+/// `32.0` → `32`, `0.1` → `0.1`: Marathon sends whole numbers as floats.
+fn number_text(n: f64) -> String {
+    format!("{n}")
 }
 
 fn number(value: &Value, key: &str) -> f64 {
@@ -607,7 +615,7 @@ fn show_app(body: &Value) -> String {
         ("command", app_command(app)),
         ("instances", format!("{} running of {}", number(app, "tasksRunning"), number(app, "instances"))),
         ("resources", format!("cpus {} · mem {} MB · disk {} MB", text(app, "cpus"), text(app, "mem"), text(app, "disk"))),
-        ("ports", if ports.is_empty() { "-".to_string() } else { ports.join(",") }),
+        ("service ports", if ports.is_empty() { "-".to_string() } else { ports.join(",") }),
         ("constraints", text(app, "constraints")),
         ("version", text(app, "version")),
         ("deployments", if deployments.is_empty() { "-".to_string() } else { deployments.join(",") }),
@@ -615,7 +623,7 @@ fn show_app(body: &Value) -> String {
     if let Some(failure) = app.get("lastTaskFailure").filter(|f| !f.is_null()) {
         fields.push(("last failure", format!("{} {} {}", text(failure, "timestamp"), text(failure, "state"), text(failure, "message"))));
     }
-    let mut out: String = fields.iter().map(|(k, v)| format!("{:<13}{v}\n", format!("{k}:"))).collect();
+    let mut out: String = fields.iter().map(|(k, v)| format!("{:<15}{v}\n", format!("{k}:"))).collect();
     if let Some(tasks) = app.get("tasks").filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
         out.push('\n');
         out.push_str(&task_table(tasks));
@@ -753,6 +761,13 @@ mod tests {
         assert_eq!(decline_reasons(&item), "InsufficientMemory (2/2)");
         let out = queue_table(&json!({"queue": [item]}));
         assert!(out.contains("/big") && out.contains("InsufficientMemory"), "{out}");
+    }
+
+    #[test]
+    fn whole_numbers_show_without_a_fraction() {
+        assert_eq!(text(&json!({"mem": 32.0, "cpus": 0.1}), "mem"), "32");
+        assert_eq!(text(&json!({"mem": 32.0, "cpus": 0.1}), "cpus"), "0.1");
+        assert_eq!(text(&json!({}), "mem"), "-");
     }
 
     #[test]
