@@ -240,11 +240,11 @@ fn log_event(event: &Event) {
     let field = |name: &str| p.get(name).and_then(|v| v.as_str()).unwrap_or("");
     match event.event_type.as_str() {
         "status_update_event" => tracing::info!(
-            app_id = field("appId"), task_id = field("taskId"), node_id = field("slaveId"),
-            state = field("taskStatus"), message = field("message"), "task status"
+            app_id = %field("appId"), task_id = %field("taskId"), node_id = %field("slaveId"),
+            state = %field("taskStatus"), message = %field("message"), "task status"
         ),
         "deployment_success" | "deployment_failed" | "deployment_info" => tracing::info!(
-            deployment_id = p.pointer("/plan/id").and_then(|v| v.as_str()).or_else(|| p.get("id").and_then(|v| v.as_str())).unwrap_or(""),
+            deployment_id = %p.pointer("/plan/id").and_then(|v| v.as_str()).or_else(|| p.get("id").and_then(|v| v.as_str())).unwrap_or(""),
             event_type = %event.event_type, "deployment"
         ),
         other => tracing::debug!(event_type = other, "event"),
