@@ -48,6 +48,11 @@ fn hello_and_http_apps_run_are_reachable_and_show_logs() {
     });
     assert!(stdout(&output).lines().any(|l| l.trim() == "hello"), "{}", stdout(&output));
 
+    // `plinth logs -f` follows until the task ends (`sleep 10`), then exits by itself.
+    let followed = cluster.cli_bounded(&["logs", "-f", &task_id], secs(60));
+    assert!(followed.status.success(), "plinth logs -f: {}", stderr(&followed));
+    assert!(stdout(&followed).lines().any(|l| l.trim() == "hello"), "{}", stdout(&followed));
+
     // The CLI's views agree with the API.
     let list = cluster.cli(&["app", "list"]);
     assert!(list.status.success(), "{}", stderr(&list));

@@ -864,6 +864,26 @@ impl Cluster {
         plinth(args, &[("PLINTH_MASTER", &self.master_url())])
     }
 
+    /// Like [`Cluster::cli`] for a command that should end on its own: killed (by pid)
+    /// and reported if it is still running after `timeout`.
+    pub fn cli_bounded(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut command = Command::new(PLINTH);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        clear_plinth_env(&mut command);
+        command.env_remove("RUST_LOG").env("PLINTH_MASTER", self.master_url());
+        let mut child = command.spawn().expect("run plinth");
+        let started = Instant::now();
+        while child.try_wait().expect("poll plinth").is_none() {
+            if started.elapsed() >= timeout {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("reap plinth");
+                panic!("plinth {} still running after {timeout:?}; output so far: {}", args.join(" "), stdout(&output));
+            }
+            std::thread::sleep(POLL);
+        }
+        child.wait_with_output().expect("plinth output")
+    }
+
     fn print_logs(&self) {
         for (name, node) in &self.nodes {
             let text = fs::read_to_string(&node.log).unwrap_or_default();
