@@ -702,3 +702,21 @@ async fn queue_lists_apps_waiting_without_any_agent() -> Result<()> {
     assert!(queue["queue"][0]["reasons"].to_string().contains("no active agents"), "{queue}");
     Ok(())
 }
+
+#[tokio::test]
+async fn bulk_put_applies_all_or_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start(dir.path()).await?;
+    let (status, body) = h.put("/v2/apps", json!([hello("one"), hello("two")])).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.app_ids().await?.len(), 2);
+    let before = h.get("/v2/apps").await?.1;
+    // The second item is invalid: the first must not change either.
+    let (status, body) = h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 5}, {"id": "two", "cpus": -1}])).await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(h.get("/v2/apps").await?.1, before);
+    let (status, body) = h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 2}, {"id": "two", "instances": 3}])).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.get("/v2/apps/two").await?.1["app"]["instances"], 3);
+    Ok(())
+}

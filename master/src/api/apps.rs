@@ -252,6 +252,47 @@ async fn update(
     }
 }
 
+/// `PUT /v2/apps` with an array of (partial) definitions: every item is validated and
+/// checked for locks before any is applied, so a rejected batch changes nothing.
+pub async fn update_many(
+    State(master): State<Arc<Master>>,
+    params: Params,
+    client: ClientAddr,
+    OriginalUri(uri): OriginalUri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Value::Array(items) = body.value()? else {
+        return Err(ApiError::Invalid(vec![Violation { path: "/".into(), errors: vec!["expected an array of app definitions".into()] }]));
+    };
+    let force = params.flag("force")?;
+    let partial = params.get("partialUpdate") != Some("false");
+    let outcomes = master
+        .command_with(|core, now| {
+            let mut defs = Vec::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                let raw_id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                let id = AppId::parse(raw_id).map_err(|e| {
+                    ApiError::Invalid(vec![Violation { path: format!("({index})/id"), errors: vec![e.to_string()] }])
+                })?;
+                let deployments: Vec<_> = core.app_deployments(&id).iter().map(|d| d.id.clone()).collect();
+                if !force && !deployments.is_empty() {
+                    return Err(CoreError::AppLocked { app: id, deployments }.into());
+                }
+                defs.push(merged_definition(core, &id, item, partial)?);
+            }
+            defs.into_iter().map(|def| core.put_app(def, now, force).map_err(ApiError::from)).collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for outcome in &outcomes {
+        tracing::info!(app_id = %outcome.app.id, deployment_id = %outcome.deployment, "app updated (bulk)");
+        master.publish(api_post_event(client.ip().as_deref(), uri.path(), json!(outcome.app.definition), plinth_protocol::Timestamp::now()));
+    }
+    let Some(first) = outcomes.first() else {
+        return Ok(Json(json!({"version": Value::Null, "deploymentId": Value::Null})).into_response());
+    };
+    Ok(Json(deployment_result(&first.deployment, &first.version)).into_response())
+}
+
 async fn destroy(master: &Master, raw_id: &str) -> Result<Response, ApiError> {
     let id = parse_app_id(raw_id)?;
     let (deployment, version) = master.command(|core, now| core.delete_app(&id, now)).await?;
