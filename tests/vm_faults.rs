@@ -19,7 +19,7 @@ fn nonsense_role_prints_why_and_reboots_without_a_kernel_panic() -> anyhow::Resu
     vm.wait_exit(BOOT_TIMEOUT)?;
     let console = vm.console_text();
     assert!(
-        console.contains("plinth-init: FATAL: this node cannot boot: invalid boot plan: plinth.role=\"nonsense\" is not a role; use master, agent or standalone"),
+        console.contains("plinth-init: FATAL: this node cannot boot: plinth.role=\"nonsense\" is not a role; use master, agent or standalone"),
         "{}",
         tail(&console, 30)
     );
