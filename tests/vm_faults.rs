@@ -29,17 +29,42 @@ fn nonsense_role_prints_why_and_reboots_without_a_kernel_panic() -> anyhow::Resu
     Ok(())
 }
 
-#[test]
-fn ctrl_alt_del_stops_the_role_and_reboots() -> anyhow::Result<()> {
-    let _one_at_a_time = serial();
-    let api = free_port();
-    let mut vm = Vm::start(VmConfig {
-        name: "cad".into(),
+/// An ext4 disk labelled PLINTH_DATA, made with mkfs.ext4 (e2fsprogs) on a plain file.
+fn data_disk(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let disk = dir.join("data.img");
+    std::fs::File::create(&disk)?.set_len(256 << 20)?;
+    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", "PLINTH_DATA"]).arg(&disk).output()?;
+    anyhow::ensure!(out.status.success(), "mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(disk)
+}
+
+fn master_with_disk(disk: &std::path::Path, api: u16, node: u16) -> anyhow::Result<Vm> {
+    let mut args = user_net(3, "52:54:00:00:00:20", &[(api, 8080), (node, 5052)]);
+    args.extend(["-drive".to_string(), format!("if=virtio,format=raw,file={}", disk.display())]);
+    Vm::start(VmConfig {
+        name: "master-disk".into(),
         boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master") },
         mem_mb: 1024,
-        args: user_net(3, "52:54:00:00:00:20", &[(api, 8080)]),
-    })?;
-    wait_http(&mut vm, &format!("http://127.0.0.1:{api}/ping"), BOOT_TIMEOUT)?;
+        args,
+    })
+}
+
+#[test]
+fn ctrl_alt_del_reboots_gracefully_and_the_data_disk_keeps_the_masters_state() -> anyhow::Result<()> {
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir()?;
+    let disk = data_disk(dir.path())?;
+    let (api, node) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{api}");
+
+    let mut vm = master_with_disk(&disk, api, node)?;
+    wait_http(&mut vm, &format!("{base}/ping"), BOOT_TIMEOUT)?;
+    let mounts: serde_json::Value = http().get(format!("http://127.0.0.1:{node}/node/v1/mounts")).send()?.json()?;
+    let data = mounts.as_array().and_then(|m| m.iter().find(|e| e["target"] == "/var/lib/plinth").cloned());
+    assert_eq!(data.as_ref().map(|d| d["fstype"].clone()), Some(serde_json::json!("ext4")), "{mounts}");
+    let created = http().post(format!("{base}/v2/apps")).json(&serde_json::json!({"id": "/kept", "cmd": "sleep 1000", "instances": 0})).send()?;
+    assert_eq!(created.status().as_u16(), 201, "{}", created.text()?);
+
     vm.monitor("sendkey ctrl-alt-delete")?;
     vm.wait_exit(Duration::from_secs(90))?;
     let console = vm.console_text();
@@ -47,5 +72,12 @@ fn ctrl_alt_del_stops_the_role_and_reboots() -> anyhow::Result<()> {
     assert!(console.contains("role stopped"), "the master got SIGTERM and exited: {}", tail(&console, 30));
     assert!(console.contains("plinth-init: rebooting"), "{}", tail(&console, 30));
     assert!(!console.contains("Kernel panic"), "{}", tail(&console, 40));
+    drop(vm);
+
+    // Boot again from the same disk: the app created before the reboot is still there.
+    let mut vm = master_with_disk(&disk, api, node)?;
+    wait_http(&mut vm, &format!("{base}/ping"), BOOT_TIMEOUT)?;
+    let app = http().get(format!("{base}/v2/apps/kept")).send()?;
+    assert_eq!(app.status().as_u16(), 200, "app lost across reboot: {}", app.text()?);
     Ok(())
 }

@@ -262,6 +262,12 @@ fn add_busybox(archive: &mut Archive, busybox: &Path, progress: &mut dyn FnMut(&
     Ok(())
 }
 
+/// zstd: the kernel unpacks it about three times faster than gzip, which matters for boot
+/// time under emulation. One frame, fixed level, no timestamps: deterministic output.
+fn zstd_compress(data: &[u8]) -> Result<Vec<u8>> {
+    zstd::bulk::compress(data, 12).map_err(|source| ImageError::Write { path: "initramfs (zstd)".into(), source })
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(6));
     enc.write_all(data).expect("writing to a Vec cannot fail");
@@ -331,22 +337,28 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     for f in &m.files {
         archive.add(&f.dest, Entry::File { mode: f.mode_bits()?, data: read(&f.source)? });
     }
-    let without_modules = gzip(&{
+    let without_modules = {
         let mut b = Vec::new();
         archive.write_newc(&mut b, opts.source_date_epoch).map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
-        b
-    })
-    .len() as u64;
+        match m.compression.unwrap_or_default() {
+            manifest::Compression::Zstd => zstd_compress(&b)?.len() as u64,
+            manifest::Compression::Gzip => gzip(&b).len() as u64,
+        }
+    };
 
     progress("[3/5] kernel modules");
     let optional = if m.default_modules.unwrap_or(true) { default_modules() } else { Vec::new() };
     let modules = add_modules(&mut archive, &modules_dir, &release, &m.modules, &optional, progress)?;
     progress(&format!("  {} modules", modules.len()));
 
-    progress("[4/5] initramfs.img (newc cpio, gzip)");
+    let compression = m.compression.unwrap_or_default();
+    progress(&format!("[4/5] initramfs.img (newc cpio, {compression:?})"));
     let mut raw = Vec::new();
     archive.write_newc(&mut raw, opts.source_date_epoch).map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
-    let compressed = gzip(&raw);
+    let compressed = match compression {
+        manifest::Compression::Zstd => zstd_compress(&raw)?,
+        manifest::Compression::Gzip => gzip(&raw),
+    };
     let initramfs = opts.out.join("initramfs.img");
     write(&initramfs, &compressed)?;
     let vmlinuz = opts.out.join("vmlinuz");

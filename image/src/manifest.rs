@@ -8,6 +8,7 @@
 //! default_modules = true               # include the default NIC/disk/container modules
 //! strip = true                         # strip debug info from /init
 //! busybox = true                       # /bin/sh + applets for command apps (busybox-static)
+//! compression = "zstd"                # or "gzip"
 //! formats = ["iso", "disk", "box"]     # besides vmlinuz + initramfs.img + cmdline
 //!
 //! [[files]]
@@ -33,6 +34,8 @@ pub struct Manifest {
     pub strip: Option<bool>,
     /// Include busybox (static) as /bin/sh and its applets, so command apps have a shell.
     pub busybox: Option<bool>,
+    /// initramfs compression: "zstd" (default, fastest to unpack) or "gzip".
+    pub compression: Option<Compression>,
     #[serde(default)]
     pub formats: Vec<Format>,
     #[serde(default)]
@@ -61,6 +64,15 @@ impl std::str::FromStr for Format {
             other => Err(format!("unknown format {other:?}; use iso, disk or box")),
         }
     }
+}
+
+/// How initramfs.img is compressed; both are in Debian's kernel (CONFIG_RD_ZSTD, CONFIG_RD_GZIP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -282,6 +282,9 @@ impl<S: System> Boot<S> {
             }
             NetConfig::Dhcp { .. } => {
                 state.via = "dhcp";
+                if !net::wait_for_carrier(link, Duration::from_secs(5)) {
+                    warn!(iface = %link.name, "no carrier after 5 s; trying DHCP anyway");
+                }
                 let lease = net::acquire_lease(link, Duration::from_secs(30))?;
                 apply_lease(link, &lease)?;
                 let _ = self.sys.write_file(Path::new("/etc/resolv.conf"), lease.resolv_conf().as_bytes());

@@ -347,7 +347,8 @@ fn exchange(
     deadline: Instant,
 ) -> io::Result<Option<(MessageType, Lease)>> {
     let framed = udp_broadcast_packet(packet);
-    let mut wait = Duration::from_secs(1);
+    // Short first wait: a local DHCP server answers in milliseconds; back off for slow ones.
+    let mut wait = Duration::from_millis(500);
     let mut buf = vec![0u8; 2048];
     while Instant::now() < deadline {
         sock.send_broadcast(&framed)?;
@@ -410,6 +411,19 @@ pub fn renew_lease(link: &Link, lease: &Lease, timeout: Duration) -> Result<Leas
         Some(_) => Err(dhcp_err(format!("server {} refused renewal (NAK)", lease.server))),
         None => Err(dhcp_err("no answer to renewal".into())),
     }
+}
+
+/// Waits up to `timeout` for the link to report carrier; a DISCOVER sent before that is lost.
+pub fn wait_for_carrier(link: &Link, timeout: Duration) -> bool {
+    let path = format!("/sys/class/net/{}/carrier", link.name);
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if std::fs::read_to_string(&path).is_ok_and(|c| c.trim() == "1") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Hostname derived from the MAC when nothing names the node: `plinth-a1b2c3`.
