@@ -95,7 +95,7 @@ impl Master {
             agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
             ..CoreConfig::default()
         };
-        let core = Core::restore(core_config, Box::new(uuid::Uuid::new_v4), snapshot, Timestamp::now());
+        let core = Core::restore(core_config, crate::core::random_ids(), snapshot, Timestamp::now());
         let callbacks = Arc::new(CallbackHub::new());
         for sub in &subscriptions {
             callbacks.add(&sub.callback_url);

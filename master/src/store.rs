@@ -258,8 +258,17 @@ impl Store {
                 let end = format!("{app}\u{1}");
                 tx!(OP, versions.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
             }
+            // Open each table once per transaction, not once per record.
+            let mut open: Vec<(&str, redb::Table<'_, &'static str, &'static [u8]>)> = Vec::new();
             for (table, key, value) in &batch.puts {
-                let mut t = tx!(OP, txn.open_table(table_def(table)))?;
+                let index = match open.iter().position(|(name, _)| name == table) {
+                    Some(i) => i,
+                    None => {
+                        open.push((table, tx!(OP, txn.open_table(table_def(table)))?));
+                        open.len() - 1
+                    }
+                };
+                let t = &mut open[index].1;
                 match value {
                     Some(bytes) => {
                         tx!(OP, t.insert(key.as_str(), bytes.as_slice()))?;

@@ -11,6 +11,13 @@ use super::constraints::{self, Spread};
 
 use super::model::*;
 
+/// Random (version 4) ids from a generator seeded once, instead of a `getrandom`
+/// syscall per id: task ids are minted on the placement hot path.
+pub fn random_ids() -> Box<dyn FnMut() -> uuid::Uuid + Send + Sync> {
+    let mut rng = fastrand::Rng::new();
+    Box::new(move || uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid())
+}
+
 /// Tunables of the core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -779,16 +786,15 @@ impl Core {
             if let Some(ips) = update.extra.get("ipAddresses").and_then(Value::as_array) {
                 task.ip_addresses = ips.clone();
             }
-            let task = task.clone();
-            self.needs_supervision.insert(task.app_id.clone());
-            self.changes.tasks.insert(task.id.clone());
-            self.emit_status(&task, now);
-            if health_changed {
-                self.emit(
-                    "health_status_changed_event",
-                    now,
-                    json!({"appId": task.app_id, "taskId": task.id, "instanceId": task.id, "version": task.version, "alive": task.healthy == Some(true)}),
-                );
+            let health_event = health_changed.then(|| {
+                json!({"appId": task.app_id, "taskId": task.id, "instanceId": task.id, "version": task.version, "alive": task.healthy == Some(true)})
+            });
+            let event = status_event(task);
+            self.needs_supervision.insert(update.app_id.clone());
+            self.changes.tasks.insert(update.task_id.clone());
+            self.emit("status_update_event", now, event);
+            if let Some(payload) = health_event {
+                self.emit("health_status_changed_event", now, payload);
             }
         }
         acked
@@ -809,16 +815,8 @@ impl Core {
     }
 
     fn emit_status(&mut self, task: &TaskRecord, now: Timestamp) {
-        self.emit(
-            "status_update_event",
-            now,
-            json!({
-                "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
-                "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
-                "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
-                "version": task.version,
-            }),
-        );
+        let payload = status_event(task);
+        self.emit("status_update_event", now, payload);
     }
 
     /// A task reached a terminal state: report it, apply backoff when it was not
@@ -1230,6 +1228,16 @@ impl Core {
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
+}
+
+/// Marathon's `status_update_event` body for a task.
+fn status_event(task: &TaskRecord) -> Value {
+    json!({
+        "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
+        "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
+        "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
+        "version": task.version,
+    })
 }
 
 /// Index of the current step in a deployment's JSON (for the step event).
