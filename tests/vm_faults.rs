@@ -81,3 +81,33 @@ fn ctrl_alt_del_reboots_gracefully_and_the_data_disk_keeps_the_masters_state() -
     assert_eq!(app.status().as_u16(), 200, "app lost across reboot: {}", app.text()?);
     Ok(())
 }
+
+#[test]
+fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() -> anyhow::Result<()> {
+    let _one_at_a_time = serial();
+    let node = free_port();
+    // `plinth.<flag>=` is passed through to the role: an unknown flag makes it exit at once.
+    let mut vm = Vm::start(VmConfig {
+        name: "crashloop".into(),
+        boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master plinth.no_such_flag=1") },
+        mem_mb: 1024,
+        args: user_net(3, "52:54:00:00:00:30", &[(node, 5052)]),
+    })?;
+    let restarted_twice = |c: &str| c.matches("role stopped; restarting").count() >= 2;
+    let console = eventually("the role is restarted twice", BOOT_TIMEOUT, || {
+        let c = vm.console_text();
+        Ok(restarted_twice(&c).then_some(c))
+    })?;
+    assert!(console.contains("--no-such-flag"), "the role saw the passed-through flag: {}", tail(&console, 30));
+    assert!(console.contains("restart_in_s=1"), "{}", tail(&console, 30));
+    assert!(console.contains("restart_in_s=2"), "backoff grows: {}", tail(&console, 30));
+
+    let status: serde_json::Value = http().get(format!("http://127.0.0.1:{node}/node/v1/status")).send()?.json()?;
+    assert_eq!(status["role"], "master");
+    let logs = http().get(format!("http://127.0.0.1:{node}/node/v1/logs")).send()?.text()?;
+    assert!(logs.contains("[role] error: unexpected argument '--no-such-flag'"), "{}", tail(&logs, 20));
+    assert_eq!(http().post(format!("http://127.0.0.1:{node}/node/v1/poweroff")).send()?.status().as_u16(), 202);
+    vm.wait_exit(Duration::from_secs(90))?;
+    assert!(!vm.console_text().contains("Kernel panic"));
+    Ok(())
+}

@@ -101,8 +101,10 @@ pub fn run() -> ! {
     let status: SharedStatus = Arc::new(Mutex::new(json!({ "phase": "booting" })));
     let started = Instant::now();
     let mut launch: Option<RoleLaunch> = None;
+    let mut timings = Vec::new();
 
     for phase in &phases {
+        let phase_started = Instant::now();
         let result = match phase {
             Phase::Mount(m) if m.target == "/proc" => Ok(()),
             Phase::LeaveInitramfs => {
@@ -126,9 +128,10 @@ pub fn run() -> ! {
         if let Err(e) = result {
             match severity(phase) {
                 Severity::Fatal => fatal(&cmdline, &e),
-                Severity::Degraded => warn!(error = %error_chain(&e), ?phase, "boot step failed; continuing without it"),
+                Severity::Degraded => warn!(error = %error_chain(&e), phase = %phase.name(), "boot step failed; continuing without it"),
             }
         }
+        timings.push(json!({ "phase": phase.name(), "ms": phase_started.elapsed().as_millis() as u64 }));
     }
     let launch = launch.expect("every plan ends with StartRole");
     let facts = boot.facts(launch.master_url.as_deref());
@@ -153,6 +156,9 @@ pub fn run() -> ! {
         "data_dir": format!("{} on {}", plan::DATA_DIR, boot.state.data_dir_source),
         "modules_loaded": boot.state.modules_loaded,
         "boot_seconds": started.elapsed().as_secs_f64(),
+        "phases": timings,
+        // Seconds since the kernel started, when the role was about to start.
+        "uptime_at_role_start": std::fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok()),
     });
     *status.lock().unwrap_or_else(|p| p.into_inner()) = doc.clone();
     supervise(launch, command, &doc)

@@ -165,6 +165,26 @@ pub enum Phase {
     StartRole(RoleLaunch),
 }
 
+impl Phase {
+    /// Short name for logs and the boot timing in `/node/v1/status`.
+    pub fn name(&self) -> String {
+        match self {
+            Phase::Mount(m) => format!("mount {}", m.target),
+            Phase::LeaveInitramfs => "leave initramfs".into(),
+            Phase::EnableCgroupControllers => "cgroup controllers".into(),
+            Phase::TrapCtrlAltDel => "trap ctrl-alt-del".into(),
+            Phase::LoadModules(m) => format!("load {} modules", m.len()),
+            Phase::LoadHardwareModules => "hardware modules".into(),
+            Phase::Loopback => "loopback".into(),
+            Phase::Network(n) => format!("network ({} interfaces)", n.len()),
+            Phase::Hostname(_) => "hostname".into(),
+            Phase::DataDisk { .. } => "data disk".into(),
+            Phase::NodeApi { port } => format!("node API :{port}"),
+            Phase::StartRole(l) => format!("start {}", l.role),
+        }
+    }
+}
+
 const BASIC: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: true };
 
 /// The early mounts, in order. `/proc` comes first: leaving the initramfs needs it.
