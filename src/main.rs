@@ -7,7 +7,7 @@ mod os;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plinth_protocol::{Attributes, Resources};
+use plinth_protocol::{Attributes, ProtocolError, Resources};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -147,17 +147,20 @@ struct StandaloneCommand {
 
 /// Argument-time parsing so a typo is a usage error naming the bad part.
 fn parse_resources(text: &str) -> Result<Resources, String> {
-    Resources::parse(text).map_err(|e| match e {
-        plinth_protocol::ProtocolError::InvalidResources { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    Resources::parse(text).map_err(reason)
 }
 
 fn parse_attributes(text: &str) -> Result<Attributes, String> {
-    plinth_protocol::parse_attributes(text).map_err(|e| match e {
-        plinth_protocol::ProtocolError::InvalidAttributes { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    plinth_protocol::parse_attributes(text).map_err(reason)
+}
+
+/// Only the reason: clap's message already names the flag and the value.
+fn reason(error: ProtocolError) -> String {
+    match error {
+        ProtocolError::InvalidResources { reason, .. }
+        | ProtocolError::InvalidAttributes { reason, .. }
+        | ProtocolError::InvalidId { reason, .. } => reason,
+    }
 }
 
 fn main() {

@@ -356,7 +356,8 @@ pub struct Host {
 struct TestNet {
     subnet: u8,
     bridge: String,
-    lock: PathBuf,
+    /// Held (flock) for the life of the test.
+    _lock: File,
     hosts: Vec<Host>,
 }
 
@@ -365,38 +366,26 @@ fn net_prefix(subnet: u8) -> String {
 }
 
 impl TestNet {
-    /// Claims a free `10.77.X.0/24`: the lock file (with our pid) is taken atomically;
-    /// leftovers of a test process that died without cleaning up are removed first.
+    /// Claims a free `10.77.X.0/24`. Ownership is an exclusive `flock` on a file per
+    /// subnet, which the kernel releases when the test process ends however it ends; a
+    /// free subnet's leftovers (from a test that was killed) are removed first.
     fn claim(test_name: &str) -> TestNet {
         fs::create_dir_all(LOCK_DIR).expect("create the lock dir");
+        sweep_leftovers();
         let seed = test_name.bytes().fold(std::process::id() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         for attempt in 0..254u64 {
             let subnet = ((seed + attempt) % 254 + 1) as u8;
-            let lock = Path::new(LOCK_DIR).join(format!("net-{subnet}.pid"));
-            match OpenOptions::new().write(true).create_new(true).open(&lock) {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id()).expect("write the lock file");
-                    remove_leftovers(subnet);
-                    let bridge = net_prefix(subnet);
-                    if !sh_quiet("ip", &["link", "add", &bridge, "type", "bridge"]) {
-                        // Someone else's interface with this name: not ours to touch.
-                        let _ = fs::remove_file(&lock);
-                        continue;
-                    }
-                    let net = TestNet { subnet, bridge, lock, hosts: Vec::new() };
-                    sh("ip", &["addr", "add", &format!("{}/24", net.gateway()), "dev", &net.bridge]);
-                    sh("ip", &["link", "set", &net.bridge, "up"]);
-                    return net;
-                }
-                Err(_) => {
-                    let owner = fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<i32>().ok());
-                    let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                    if !alive && owner.is_some() {
-                        remove_leftovers(subnet);
-                        let _ = fs::remove_file(&lock);
-                    }
-                }
+            let Some(lock) = lock_subnet(subnet) else { continue };
+            remove_leftovers(subnet);
+            let bridge = net_prefix(subnet);
+            if !sh_quiet("ip", &["link", "add", &bridge, "type", "bridge"]) {
+                // An interface of that name we do not own: leave it alone.
+                continue;
             }
+            let net = TestNet { subnet, bridge, _lock: lock, hosts: Vec::new() };
+            sh("ip", &["addr", "add", &format!("{}/24", net.gateway()), "dev", &net.bridge]);
+            sh("ip", &["link", "set", &net.bridge, "up"]);
+            return net;
         }
         panic!("no free test subnet in 10.77.1-254.0/24");
     }
@@ -435,7 +424,33 @@ impl TestNet {
             sh_quiet("ip", &["link", "del", &host.veth]);
         }
         sh_quiet("ip", &["link", "del", &self.bridge]);
-        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+/// The subnet's lock, if no live test holds it. The file is opened close-on-exec, so the
+/// nodes we start do not inherit (and keep) it.
+fn lock_subnet(subnet: u8) -> Option<File> {
+    let path = Path::new(LOCK_DIR).join(format!("net-{subnet}.lock"));
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
+}
+
+/// Subnets with namespaces or links of ours (`pltX...`) whose test no longer runs.
+fn sweep_leftovers() {
+    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| stdout(&o)).unwrap_or_default();
+    let links = Command::new("ip").args(["-br", "link"]).output().map(|o| stdout(&o)).unwrap_or_default();
+    let subnets: BTreeSet<u8> = netns
+        .lines()
+        .chain(links.lines())
+        .filter_map(|line| line.split_whitespace().next()?.strip_prefix("plt"))
+        .filter_map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
+        .collect();
+    for subnet in subnets {
+        if let Some(_lock) = lock_subnet(subnet) {
+            remove_leftovers(subnet);
+        }
     }
 }
 
