@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use plinth_protocol::agent::{DesiredState, Registration, StatusUpdate, SyncRequest, SyncResponse, TaskSpec};
-use plinth_protocol::marathon::{NetworkMode, VersionInfo};
+use plinth_protocol::marathon::{NetworkMode, UnreachableStrategy, VersionInfo};
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, TaskState, Timestamp};
 
 use super::constraints::{self, Spread};
@@ -114,6 +114,8 @@ pub struct Core {
     /// Apps whose tasks or definition changed since they were last supervised; a tick
     /// looks only at these, queued apps and deploying apps, so idle apps cost nothing.
     needs_supervision: HashSet<AppId>,
+    /// Tasks kept as `TASK_UNREACHABLE` on lost agents (see `unreachableStrategy`).
+    unreachable: HashSet<TaskId>,
     changes: Changes,
 }
 
@@ -183,6 +185,7 @@ impl Core {
             offer_cursor: 0,
             offer_counter: 0,
             needs_supervision: HashSet::new(),
+            unreachable: HashSet::new(),
             changes: Changes::default(),
         }
     }
@@ -208,6 +211,9 @@ impl Core {
             core.versions.entry(app).or_default().insert(version, def);
         }
         for task in snapshot.tasks {
+            if task.unreachable_since.is_some() {
+                core.unreachable.insert(task.id.clone());
+            }
             core.index_task(task);
         }
         for deployment in snapshot.deployments {
@@ -233,6 +239,7 @@ impl Core {
     /// Removes a terminal task and gives its resources back.
     fn remove_task(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let task = self.tasks.remove(id)?;
+        self.unreachable.remove(id);
         self.needs_supervision.insert(task.app_id.clone());
         if let Some(set) = self.tasks_by_app.get_mut(&task.app_id) {
             set.remove(id);
@@ -662,7 +669,10 @@ impl Core {
                 Some(report) => {
                     // Adopt: the agent's view is newer than what the master persisted.
                     if report.state != task.state && !report.state.is_terminal() {
+                        self.unreachable.remove(&task_id);
+                        self.needs_supervision.insert(task.app_id.clone());
                         if let Some(t) = self.tasks.get_mut(&task_id) {
+                            t.unreachable_since = None;
                             t.state = report.state;
                             if report.state == TaskState::TaskRunning && t.started_at.is_none() {
                                 t.started_at = report.started_at.as_deref().and_then(Timestamp::parse_iso).or(Some(now));
@@ -780,12 +790,17 @@ impl Core {
             if update.healthy.is_some() {
                 task.healthy = update.healthy;
             }
-            if let Some(health) = update.extra.get("healthCheckResults") {
-                task.health = Some(health.clone());
-            }
             if let Some(ips) = update.extra.get("ipAddresses").and_then(Value::as_array) {
                 task.ip_addresses = ips.clone();
             }
+            if let Some(ready) = update.extra.get("ready").and_then(Value::as_bool) {
+                task.ready = Some(ready);
+            }
+            let previous_failures = failures_per_check(task.health.as_ref());
+            if let Some(health) = update.extra.get("healthCheckResults") {
+                task.health = Some(health.clone());
+            }
+            let current_failures = failures_per_check(task.health.as_ref());
             let health_event = health_changed.then(|| {
                 json!({"appId": task.app_id, "taskId": task.id, "instanceId": task.id, "version": task.version, "alive": task.healthy == Some(true)})
             });
@@ -796,8 +811,51 @@ impl Core {
             if let Some(payload) = health_event {
                 self.emit("health_status_changed_event", now, payload);
             }
+            self.judge_health(&update.task_id, &previous_failures, &current_failures, now);
         }
         acked
+    }
+
+    /// Kills a task whose health checks failed `maxConsecutiveFailures` times in a row
+    /// (0 = never), emitting Marathon's `failed_health_check_event` for each new failure
+    /// and `unhealthy_task_kill_event` for the kill.
+    fn judge_health(&mut self, task_id: &TaskId, before: &[(u64, String)], after: &[(u64, String)], now: Timestamp) {
+        let Some(task) = self.tasks.get(task_id) else { return };
+        let Some(app) = self.apps.get(&task.app_id) else { return };
+        let checks = self.version_definition(&task.app_id, &task.version).map_or_else(
+            || app.definition.health_checks.clone(),
+            |d| d.health_checks.clone(),
+        );
+        let (app_id, version, host, agent) = (task.app_id.clone(), task.version.clone(), task.host.clone(), task.agent_id.clone());
+        let mut kill_cause = None;
+        for (index, check) in checks.iter().enumerate() {
+            let (failures, cause) = after.get(index).cloned().unwrap_or_default();
+            let previous = before.get(index).map_or(0, |(f, _)| *f);
+            if failures > previous {
+                self.emit(
+                    "failed_health_check_event",
+                    now,
+                    json!({"appId": app_id, "taskId": task_id, "instanceId": task_id, "version": version,
+                           "healthCheck": check, "consecutiveFailures": failures, "cause": cause}),
+                );
+            }
+            let max = u64::from(check.max_consecutive_failures);
+            if max > 0 && failures >= max && kill_cause.is_none() {
+                kill_cause = Some(format!("{} health check failed {failures} times in a row: {cause}", check.protocol));
+            }
+        }
+        if let Some(reason) = kill_cause {
+            if self.tasks.get(task_id).is_some_and(|t| !t.kill_requested) {
+                tracing::info!(app_id = %app_id, task_id = %task_id, %reason, "killing unhealthy task");
+                self.request_kill(task_id, "unhealthy");
+                self.emit(
+                    "unhealthy_task_kill_event",
+                    now,
+                    json!({"appId": app_id, "taskId": task_id, "instanceId": task_id, "version": version,
+                           "reason": reason, "host": host, "slaveId": agent}),
+                );
+            }
+        }
     }
 
     /// Remembers an update id; false when it was already applied.
@@ -861,6 +919,7 @@ impl Core {
     /// surplus), deployment progress.
     pub fn tick(&mut self, now: Timestamp) {
         self.detect_lost_agents(now);
+        self.expunge_unreachable(now);
         let mut todo: BTreeSet<AppId> = std::mem::take(&mut self.needs_supervision).into_iter().collect();
         todo.extend(self.offer_stats.keys().cloned());
         todo.extend(self.deployments.values().map(|d| d.app_id.clone()));
@@ -894,7 +953,24 @@ impl Core {
             self.changes.agents.insert(agent.clone());
             let tasks: Vec<TaskId> = self.tasks_by_agent.get(&agent).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             for task in tasks {
-                let was_killing = self.tasks.get(&task).is_some_and(|t| t.kill_requested);
+                let Some(record) = self.tasks.get(&task) else { continue };
+                let keep = !record.kill_requested
+                    && self.apps.get(&record.app_id).is_some_and(|a| keeps_unreachable(&a.definition.unreachable_strategy));
+                if keep {
+                    // Kept until inactiveAfterSeconds / expungeAfterSeconds, or forever when disabled.
+                    let t = self.tasks.get_mut(&task).expect("present above");
+                    t.state = TaskState::TaskUnreachable;
+                    t.unreachable_since = Some(now);
+                    t.updated_at = now;
+                    t.message = Some(format!("agent {agent} is unreachable"));
+                    let t = t.clone();
+                    self.unreachable.insert(task.clone());
+                    self.needs_supervision.insert(t.app_id.clone());
+                    self.changes.tasks.insert(task.clone());
+                    self.emit_status(&t, now);
+                    continue;
+                }
+                let was_killing = record.kill_requested;
                 let state = if was_killing { TaskState::TaskKilled } else { TaskState::TaskLost };
                 if let Some(t) = self.tasks.get_mut(&task) {
                     // Losing a machine is not the app's fault: no backoff for it.
@@ -906,16 +982,56 @@ impl Core {
         }
     }
 
+    /// Expunges unreachable tasks past `expungeAfterSeconds` (as `TASK_LOST`).
+    fn expunge_unreachable(&mut self, now: Timestamp) {
+        let due: Vec<TaskId> = self
+            .unreachable
+            .iter()
+            .filter(|id| {
+                let Some(task) = self.tasks.get(*id) else { return true };
+                let Some(app) = self.apps.get(&task.app_id) else { return true };
+                match (&app.definition.unreachable_strategy, task.unreachable_since) {
+                    (UnreachableStrategy::Enabled { expunge_after_seconds, .. }, Some(since)) => {
+                        now.seconds_since(since) >= *expunge_after_seconds
+                    }
+                    (UnreachableStrategy::Disabled(_), _) => false,
+                    (_, None) => true,
+                }
+            })
+            .cloned()
+            .collect();
+        for id in due {
+            self.unreachable.remove(&id);
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.kill_requested = true;
+            }
+            self.finish_task(&id, TaskState::TaskLost, Some("unreachable past expungeAfterSeconds".into()), now);
+        }
+    }
+
+    /// An unreachable task past `inactiveAfterSeconds` no longer counts: it is replaced.
+    fn is_inactive(&self, task: &TaskRecord, strategy: &UnreachableStrategy, now: Timestamp) -> bool {
+        match (strategy, task.unreachable_since) {
+            (UnreachableStrategy::Enabled { inactive_after_seconds, .. }, Some(since)) => {
+                now.seconds_since(since) >= *inactive_after_seconds
+            }
+            _ => false,
+        }
+    }
+
     /// Decides launches and kills for one app.
     fn supervise(&mut self, app_id: &AppId, offers: &mut OfferRound, budget: &mut usize, now: Timestamp) {
         let Some(app) = self.apps.get(app_id) else { return };
         let target = app.definition.instances.max(0) as usize;
         let config_version = app.config_version.clone();
-        let has_checks = !app.definition.health_checks.is_empty();
+        let has_checks = Readiness::of(&app.definition);
         let strategy = app.definition.upgrade_strategy.clone();
         let oldest_first = app.definition.kill_selection == "OLDEST_FIRST";
-        let all: Vec<&TaskRecord> = self.app_tasks(app_id);
+        let unreachable_strategy = app.definition.unreachable_strategy.clone();
+        let all: Vec<&TaskRecord> =
+            self.app_tasks(app_id).into_iter().filter(|t| !self.is_inactive(t, &unreachable_strategy, now)).collect();
         let total = all.len();
+        let any_unreachable = all.iter().any(|t| t.unreachable_since.is_some());
         let mut new: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && t.version == config_version).collect();
         let old: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && t.version != config_version).collect();
         let mut kills: Vec<(TaskId, &'static str)> = Vec::new();
@@ -973,6 +1089,10 @@ impl Core {
         }
         if launches == 0 {
             self.offer_stats.remove(app_id);
+            if any_unreachable {
+                // Look again when inactiveAfterSeconds passes.
+                self.needs_supervision.insert(app_id.clone());
+            }
             return;
         }
         let backoff_until = self.apps.get(app_id).map_or(Timestamp(0), |a| a.backoff.not_before);
@@ -1057,6 +1177,8 @@ impl Core {
                         message: None,
                         health: None,
                         ip_addresses: Vec::new(),
+                        ready: None,
+                        unreachable_since: None,
                     };
                     tracing::debug!(app_id = %app_id, task_id = %task.id, node_id = %agent_id, "launching task");
                     self.changes.tasks.insert(task.id.clone());
@@ -1135,7 +1257,7 @@ impl Core {
     /// All of the app's tasks run its current config, are ready, and number `instances`.
     fn app_converged(&self, app_id: &AppId) -> bool {
         let Some(app) = self.apps.get(app_id) else { return true };
-        let has_checks = !app.definition.health_checks.is_empty();
+        let has_checks = Readiness::of(&app.definition);
         let tasks = self.app_tasks(app_id);
         tasks.len() == app.definition.instances.max(0) as usize
             && tasks.iter().all(|t| t.version == app.config_version && t.is_ready(has_checks))
@@ -1228,6 +1350,34 @@ impl Core {
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
+}
+
+/// Whether tasks of a lost agent are kept as unreachable rather than lost at once.
+fn keeps_unreachable(strategy: &UnreachableStrategy) -> bool {
+    match strategy {
+        UnreachableStrategy::Enabled { inactive_after_seconds, expunge_after_seconds } => {
+            *inactive_after_seconds > 0.0 || *expunge_after_seconds > 0.0
+        }
+        UnreachableStrategy::Disabled(_) => true,
+    }
+}
+
+/// `(consecutiveFailures, lastFailureCause)` per health check from Marathon's
+/// `healthCheckResults` array.
+fn failures_per_check(results: Option<&Value>) -> Vec<(u64, String)> {
+    results
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|r| {
+                    let failures = r.get("consecutiveFailures").and_then(Value::as_u64).unwrap_or(0);
+                    let cause = r.get("lastFailureCause").and_then(Value::as_str).unwrap_or("").to_string();
+                    (failures, cause)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Marathon's `status_update_event` body for a task.

@@ -56,6 +56,25 @@ pub struct TaskRecord {
     pub health: Option<Value>,
     #[serde(default)]
     pub ip_addresses: Vec<Value>,
+    /// Readiness as the agent's readiness checks last reported it.
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// When its agent was lost, for apps whose `unreachableStrategy` keeps such tasks.
+    #[serde(default)]
+    pub unreachable_since: Option<Timestamp>,
+}
+
+/// What an app asks of a task before it counts as serving (deployments wait for it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readiness {
+    pub health_checks: bool,
+    pub readiness_checks: bool,
+}
+
+impl Readiness {
+    pub fn of(def: &plinth_protocol::AppDefinition) -> Self {
+        Readiness { health_checks: !def.health_checks.is_empty(), readiness_checks: !def.readiness_checks.is_empty() }
+    }
 }
 
 impl TaskRecord {
@@ -72,9 +91,11 @@ impl TaskRecord {
         self.state == TaskState::TaskRunning && !self.kill_requested
     }
 
-    /// Running and, when the app has health checks, healthy.
-    pub fn is_ready(&self, has_health_checks: bool) -> bool {
-        self.is_running() && (!has_health_checks || self.healthy == Some(true))
+    /// Running and, when the app has them, healthy and ready.
+    pub fn is_ready(&self, needs: Readiness) -> bool {
+        self.is_running()
+            && (!needs.health_checks || self.healthy == Some(true))
+            && (!needs.readiness_checks || self.ready == Some(true))
     }
 
     /// Marathon's task JSON.

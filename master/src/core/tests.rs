@@ -463,3 +463,159 @@ fn cancelling_an_upgrade_rolls_back_and_keeps_the_old_tasks() {
     assert_eq!(left.len(), 2);
     assert!(old.iter().all(|o| left.contains(o)), "the old tasks kept serving");
 }
+
+fn health_update(core: &mut Core, task: &TaskId, healthy: bool, failures: u64, now: Timestamp) {
+    let record = core.task(task).cloned().expect("task exists");
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert(
+        "healthCheckResults".to_string(),
+        json!([{"alive": healthy, "consecutiveFailures": failures, "lastFailureCause": if healthy { None } else { Some("HTTP 500") }, "taskId": task}]),
+    );
+    core.apply_status_updates(
+        &record.agent_id,
+        vec![StatusUpdate {
+            update_id: uuid::Uuid::new_v4(),
+            task_id: task.clone(),
+            app_id: record.app_id.clone(),
+            state: TaskState::TaskRunning,
+            message: None,
+            exit_code: None,
+            reason: None,
+            timestamp: now.to_iso(),
+            healthy: Some(healthy),
+            extra,
+        }],
+        now,
+    );
+}
+
+#[test]
+fn a_task_failing_its_health_check_max_times_is_killed_and_replaced() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/hc").unwrap();
+    c.create_app(app(json!({"id": "hc", "cmd": "x", "cpus": 0.1, "instances": 1,
+        "healthChecks": [{"protocol": "HTTP", "path": "/", "maxConsecutiveFailures": 2}]})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/hc", t(3));
+    let task = c.app_tasks(&id)[0].id.clone();
+    c.tick(t(4));
+    assert_eq!(c.deployments().count(), 1, "not done until healthy");
+    health_update(&mut c, &task, true, 0, t(5));
+    c.tick(t(6));
+    assert_eq!(c.deployments().count(), 0, "healthy: deployment done");
+    c.take_changes();
+    health_update(&mut c, &task, false, 1, t(7));
+    assert!(!c.task(&task).unwrap().kill_requested, "one failure of two allowed");
+    health_update(&mut c, &task, false, 2, t(8));
+    assert!(c.task(&task).unwrap().kill_requested, "killed at maxConsecutiveFailures");
+    let events = event_types(&mut c);
+    assert_eq!(events.iter().filter(|e| *e == "failed_health_check_event").count(), 2);
+    assert!(events.contains(&"unhealthy_task_kill_event".to_string()));
+    assert!(events.contains(&"health_status_changed_event".to_string()));
+    c.tick(t(9));
+    assert_eq!(c.app_tasks(&id).iter().filter(|t| !t.kill_requested).count(), 1, "replacement launched");
+}
+
+#[test]
+fn zero_max_failures_never_kills() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/hc0").unwrap();
+    c.create_app(app(json!({"id": "hc0", "cmd": "x", "cpus": 0.1,
+        "healthChecks": [{"protocol": "TCP", "maxConsecutiveFailures": 0}]})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/hc0", t(3));
+    let task = c.app_tasks(&id)[0].id.clone();
+    health_update(&mut c, &task, false, 50, t(4));
+    assert!(!c.task(&task).unwrap().kill_requested);
+}
+
+#[test]
+fn deployments_wait_for_readiness_checks() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/ready").unwrap();
+    c.create_app(app(json!({"id": "ready", "cmd": "x", "cpus": 0.1,
+        "readinessChecks": [{"name": "r", "path": "/ready"}]})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/ready", t(3));
+    c.tick(t(4));
+    assert_eq!(c.deployments().count(), 1, "running but not ready");
+    let task = c.app_tasks(&id)[0].clone();
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("ready".to_string(), json!(true));
+    c.apply_status_updates(
+        &task.agent_id,
+        vec![StatusUpdate {
+            update_id: uuid::Uuid::new_v4(),
+            task_id: task.id.clone(),
+            app_id: id.clone(),
+            state: TaskState::TaskRunning,
+            message: None,
+            exit_code: None,
+            reason: None,
+            timestamp: t(5).to_iso(),
+            healthy: None,
+            extra,
+        }],
+        t(5),
+    );
+    c.tick(t(6));
+    assert_eq!(c.deployments().count(), 0);
+}
+
+#[test]
+fn unreachable_tasks_are_replaced_after_inactive_and_expunged_later() {
+    let mut c = core();
+    let a = register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let b = register(&mut c, "bb", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/un").unwrap();
+    c.create_app(app(json!({"id": "un", "cmd": "x", "cpus": 0.1, "instances": 1,
+        "unreachableStrategy": {"inactiveAfterSeconds": 5, "expungeAfterSeconds": 20}})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/un", t(3));
+    c.tick(t(4));
+    let task = c.app_tasks(&id)[0].clone();
+    // The task's agent goes silent; the other keeps syncing.
+    let alive = if task.agent_id == a { b.clone() } else { a.clone() };
+    let heartbeat = |c: &mut Core, now| {
+        let g = c.desired_state(&alive).unwrap().generation;
+        c.sync_agent(&SyncRequest { agent_id: alive.clone(), generation: g, tasks: vec![], wait_ms: 0 }, now);
+    };
+    heartbeat(&mut c, t(9_000));
+    c.tick(t(10_500));
+    assert_eq!(c.task(&task.id).unwrap().state, TaskState::TaskUnreachable);
+    assert_eq!(c.app_tasks(&id).len(), 1, "no replacement before inactiveAfterSeconds");
+    heartbeat(&mut c, t(15_000));
+    c.tick(t(15_600));
+    let tasks = c.app_tasks(&id);
+    assert_eq!(tasks.len(), 2, "replacement after inactiveAfterSeconds");
+    assert!(tasks.iter().any(|t| t.agent_id == alive));
+    heartbeat(&mut c, t(30_000));
+    c.tick(t(30_600));
+    assert!(c.task(&task.id).is_none(), "expunged after expungeAfterSeconds");
+    assert_eq!(c.app_tasks(&id).len(), 1);
+}
+
+#[test]
+fn disabled_unreachable_strategy_never_replaces() {
+    let mut c = core();
+    let a = register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let b = register(&mut c, "bb", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/dis").unwrap();
+    c.create_app(app(json!({"id": "dis", "cmd": "x", "cpus": 0.1, "constraints": [["hostname", "IS", "a"]],
+        "unreachableStrategy": "disabled"})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/dis", t(3));
+    let task = c.app_tasks(&id)[0].id.clone();
+    assert_eq!(c.task(&task).unwrap().agent_id, a);
+    for step in 1..5 {
+        let now = t(step * 20_000);
+        let g = c.desired_state(&b).unwrap().generation;
+        c.sync_agent(&SyncRequest { agent_id: b.clone(), generation: g, tasks: vec![], wait_ms: 0 }, now);
+        c.tick(now);
+    }
+    assert_eq!(c.task(&task).unwrap().state, TaskState::TaskUnreachable);
+    assert_eq!(c.app_tasks(&id).len(), 1);
+}
