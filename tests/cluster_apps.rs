@@ -155,3 +155,30 @@ fn killed_tasks_are_replaced() {
         assert!(!pids.contains_key(&first) && !pids.contains_key(&second), "killed task still runs on {agent}: {pids:?}");
     }
 }
+
+#[test]
+fn restart_and_destroy_from_the_cli() {
+    let cluster = Cluster::start("apps-restart", 2);
+    let file = cluster.dir().join("svc.json");
+    std::fs::write(&file, cmd_app("/svc", "sleep 1000", 2).to_string()).expect("write the app file");
+    let deployed = cluster.cli(&["app", "deploy", file.to_str().expect("utf-8 path"), "--wait"]);
+    assert!(deployed.status.success(), "plinth app deploy: {}", stderr(&deployed));
+    assert!(stdout(&deployed).contains("created app /svc"), "{}", stdout(&deployed));
+    let before = ids(&cluster.wait_for_running("/svc", 2, secs(60)));
+
+    let restarted = cluster.cli(&["app", "restart", "/svc", "--wait"]);
+    assert!(restarted.status.success(), "plinth app restart: {}", stderr(&restarted));
+    let after = ids(&cluster.wait_for_running("/svc", 2, secs(60)));
+    assert!(after.is_disjoint(&before), "restart replaces every task: {before:?} → {after:?}");
+
+    let destroyed = cluster.cli(&["app", "destroy", "/svc", "--wait"]);
+    assert!(destroyed.status.success(), "plinth app destroy: {}", stderr(&destroyed));
+    cluster.api().get("/v2/apps/svc").expect_status(404);
+    wait_until("the destroyed app's processes to end", secs(30), || {
+        let left: Vec<String> =
+            ["agent-1", "agent-2"].iter().flat_map(|a| cluster.task_pids(a).into_keys()).filter(|id| id.starts_with("svc.")).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+    let shown = cluster.cli(&["app", "show", "/svc"]);
+    assert!(!shown.status.success() && stderr(&shown).contains("404"), "{}", stderr(&shown));
+}
