@@ -24,6 +24,7 @@ pub mod agents;
 pub mod apps;
 pub mod deployments;
 pub mod events;
+pub mod groups;
 pub mod misc;
 pub mod operator;
 pub mod queue;
@@ -45,6 +46,9 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/v2/apps", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/{*rest}", any(apps::dispatch))
+        .route("/v2/groups", any(groups::dispatch_root))
+        .route("/v2/groups/", any(groups::dispatch_root))
+        .route("/v2/groups/{*rest}", any(groups::dispatch))
         .route("/v2/tasks", get(tasks::list))
         .route("/v2/tasks/delete", post(tasks::delete_many))
         .route("/v2/deployments", get(deployments::list))
