@@ -4,17 +4,20 @@
 //! Layout: [`reconciler`] is the pure core (desired vs observed → actions); `node`
 //! is the shell that feeds it (master protocol, checkpoint, runtime calls); [`runtime`]
 //! holds the `ContainerRuntime` trait with the process and fake runtimes; [`executor`]
-//! is the per-task supervisor process; `api` is the HTTP API on `:5051`.
+//! is the per-task supervisor process; `api` is the HTTP API on `:5051`. [`health`] is
+//! the pure health/readiness check state machine, `checks` the loop that probes tasks.
 use plinth_protocol::{Attributes, Resources};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 mod api;
 pub mod cgroup;
+mod checks;
 mod client;
 mod error;
 pub mod executor;
 mod fsutil;
+pub mod health;
 pub mod logs;
 mod node;
 pub mod reconciler;

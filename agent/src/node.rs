@@ -146,6 +146,7 @@ pub async fn run_with(
     let _background = AbortOnDrop(vec![
         tokio::spawn(async move { ticker.tick_loop().await }),
         tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
+        tokio::spawn(crate::checks::check_loop(node.clone())),
     ]);
     tokio::select! {
         result = api => result.map_err(|source| AgentError::Serve { source }),
@@ -455,6 +456,32 @@ impl Node {
             extra: BTreeMap::new(),
         };
         state.outbox.push(update);
+    }
+
+    /// Queues a `TASK_RUNNING` update carrying health or readiness results, unless the
+    /// task stopped running (or is being killed) while its check ran: an update about a
+    /// task that already ended would read as if it were running again.
+    pub(crate) fn queue_check_update(&self, task_id: &TaskId, healthy: Option<bool>, extra: BTreeMap<String, serde_json::Value>) {
+        let mut state = self.lock();
+        let Some(record) = state.tasks.get(task_id) else { return };
+        if record.state != TaskState::TaskRunning || record.kill_requested_at.is_some() {
+            return;
+        }
+        let update = StatusUpdate {
+            update_id: uuid::Uuid::new_v4(),
+            task_id: task_id.clone(),
+            app_id: record.spec.app_id.clone(),
+            state: TaskState::TaskRunning,
+            message: None,
+            exit_code: None,
+            reason: None,
+            timestamp: Timestamp::now().to_iso(),
+            healthy,
+            extra,
+        };
+        state.outbox.push(update);
+        self.save(&state);
+        self.outbox_ready.notify_one();
     }
 
     fn registration(&self) -> Registration {

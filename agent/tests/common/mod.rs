@@ -1,0 +1,154 @@
+//! An in-test master speaking the agent protocol, and helpers to run a real agent
+//! against it. Shared by the agent's integration tests (each uses part of it).
+#![allow(dead_code)]
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use plinth_agent::runtime::{ContainerRuntime, ExecutorCommand, ProcessRuntime};
+use plinth_agent::testing::task_spec;
+use plinth_agent::{run_with, AgentConfig, AgentOptions};
+use plinth_protocol::agent::{
+    DesiredState, Registered, Registration, StatusAck, StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TaskSpec,
+};
+use plinth_protocol::{AgentId, Resources, TaskState};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct MasterState {
+    pub registrations: Vec<Registration>,
+    pub desired: Option<DesiredState>,
+    pub statuses: Vec<StatusUpdate>,
+    pub token_seen: Vec<Option<String>>,
+    /// Answer the next sync with `reregister: true`, as a master that forgot the agent.
+    pub reregister_next: bool,
+}
+
+pub type Shared = Arc<Mutex<MasterState>>;
+
+pub async fn register(
+    State(m): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Json(r): Json<Registration>,
+) -> Json<Registered> {
+    let mut m = m.lock().unwrap();
+    m.token_seen.push(headers.get("x-plinth-token").map(|v| v.to_str().unwrap().to_string()));
+    m.registrations.push(r);
+    Json(Registered { agent_id: AgentId::new("agent-1"), heartbeat_interval_ms: 500 })
+}
+
+pub async fn sync(State(m): State<Shared>, Json(r): Json<SyncRequest>) -> Json<SyncResponse> {
+    if std::mem::take(&mut m.lock().unwrap().reregister_next) {
+        return Json(SyncResponse { desired: None, reregister: true });
+    }
+    let deadline = Instant::now() + Duration::from_millis(r.wait_ms.min(300));
+    loop {
+        let desired = m.lock().unwrap().desired.clone().filter(|d| d.generation > r.generation);
+        if desired.is_some() || Instant::now() >= deadline {
+            return Json(SyncResponse { desired, reregister: false });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn status(State(m): State<Shared>, Json(batch): Json<StatusBatch>) -> Json<StatusAck> {
+    let ids = batch.updates.iter().map(|u| u.update_id).collect();
+    m.lock().unwrap().statuses.extend(batch.updates);
+    Json(StatusAck { acknowledged: ids })
+}
+
+pub async fn start_master() -> (String, Shared) {
+    start_master_on(0).await
+}
+
+pub async fn start_master_on(port: u16) -> (String, Shared) {
+    let shared: Shared = Arc::default();
+    let app = Router::new()
+        .route("/agent/v1/register", post(register))
+        .route("/agent/v1/sync", post(sync))
+        .route("/agent/v1/status", post(status))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, shared)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn spec(id: &str, app: Value) -> TaskSpec {
+    task_spec(id, app, vec![31007])
+}
+
+pub struct Agent {
+    pub handle: tokio::task::JoinHandle<()>,
+    pub api: String,
+}
+
+pub fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
+    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
+    start_agent_with(master, work_dir, port, runtime)
+}
+
+pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn ContainerRuntime>) -> Agent {
+    let config = AgentConfig {
+        master: master.to_string(),
+        work_dir,
+        hostname: "test-node".into(),
+        advertise_ip: Some("127.0.0.1".parse().unwrap()),
+        resources: Some(Resources::parse("cpus:2;mem:1024;disk:1000;ports:[31000-31010]").unwrap()),
+        attributes: [("rack".to_string(), "r1".to_string())].into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        token: Some("sesame".into()),
+    };
+    let options = AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
+    let handle = tokio::spawn(async move {
+        if let Err(err) = run_with(config, runtime, options).await {
+            panic!("agent failed: {err}");
+        }
+    });
+    Agent { handle, api: format!("http://127.0.0.1:{port}") }
+}
+
+pub async fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn status_of(m: &Shared, task: &str, state: TaskState) -> Option<StatusUpdate> {
+    m.lock().unwrap().statuses.iter().find(|u| u.task_id.as_str() == task && u.state == state).cloned()
+}
+
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Kills whatever executors the test's tasks left, by the pids the agent recorded.
+pub struct KillTasksOnDrop(pub PathBuf);
+
+impl Drop for KillTasksOnDrop {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.0.join("tasks")) else { return };
+        for entry in entries.flatten() {
+            for file in ["running.json", "executor.json"] {
+                if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
+                    if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
