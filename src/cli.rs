@@ -206,7 +206,9 @@ fn api_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> Api
                     let errors = d
                         .get("errors")
                         .and_then(Value::as_array)
-                        .map(|e| e.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect())
+                        .map(|e| {
+                            e.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect()
+                        })
                         .unwrap_or_default();
                     (path, errors)
                 })
@@ -250,7 +252,8 @@ impl Master {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: the master answered with invalid JSON"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{method} {path}: the master answered with invalid JSON"))
     }
 
     fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {
@@ -296,7 +299,8 @@ fn force_query(force: bool) -> &'static str {
 fn read_app_file(file: &str) -> anyhow::Result<Value> {
     let text = if file == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read the app definition from stdin")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the app definition from stdin")?;
         text
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
@@ -314,8 +318,15 @@ async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Res
             let app = read_app_file(&file)?;
             let created = master.call(Method::POST, "/v2/apps", Some(&app)).await?;
             let deployment = created.pointer("/deployments/0/id").and_then(Value::as_str).map(str::to_string);
-            report_change(&master, json_out, &created, &format!("created app {}", text(&created, "id")), deployment, &wait)
-                .await
+            report_change(
+                &master,
+                json_out,
+                &created,
+                &format!("created app {}", text(&created, "id")),
+                deployment,
+                &wait,
+            )
+            .await
         }
         AppCommand::List => {
             let body = master.call(Method::GET, "/v2/apps?embed=apps.counts", None).await?;
@@ -348,7 +359,13 @@ async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Res
 }
 
 /// For answers of the `{"version","deploymentId"}` shape.
-async fn report_deployment(master: &Master, json_out: bool, answer: &Value, summary: &str, wait: &WaitArgs) -> anyhow::Result<()> {
+async fn report_deployment(
+    master: &Master,
+    json_out: bool,
+    answer: &Value,
+    summary: &str,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
     let deployment = answer.get("deploymentId").and_then(Value::as_str).map(str::to_string);
     report_change(master, json_out, answer, summary, deployment, wait).await
 }
@@ -413,7 +430,10 @@ async fn run_logs(master: Master, task: &str, follow: bool, stderr: bool) -> any
     let mut out = std::io::stdout().lock();
     let mut offset: u64 = 0;
     loop {
-        let url = format!("{agent}/v1/tasks/{task}/logs?stream={stream}&offset={offset}{}", if follow { "&follow=true" } else { "" });
+        let url = format!(
+            "{agent}/v1/tasks/{task}/logs?stream={stream}&offset={offset}{}",
+            if follow { "&follow=true" } else { "" }
+        );
         let mut request = master.http.get(&url);
         if !follow {
             request = request.timeout(REQUEST_TIMEOUT);
@@ -425,11 +445,8 @@ async fn run_logs(master: Master, task: &str, follow: bool, stderr: bool) -> any
             return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
         }
         // Answers are capped in size; the header says where the next read starts.
-        let next = response
-            .headers()
-            .get(LOG_OFFSET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let next =
+            response.headers().get(LOG_OFFSET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let mut chunks = response.bytes_stream();
         let mut received = 0;
         while let Some(chunk) = chunks.next().await {
@@ -492,9 +509,8 @@ fn agent_url(slave: &Value) -> Option<String> {
             return Some(format!("http://{address}"));
         }
     }
-    let ip = ["advertise_ip", "address", "ip", "hostname"]
-        .iter()
-        .find_map(|key| slave.get(*key).and_then(Value::as_str))?;
+    let ip =
+        ["advertise_ip", "address", "ip", "hostname"].iter().find_map(|key| slave.get(*key).and_then(Value::as_str))?;
     let port = ["http_port", "port"].iter().find_map(|key| slave.get(*key).and_then(Value::as_u64));
     Some(format!("http://{ip}:{}", port.unwrap_or(u64::from(DEFAULT_AGENT_PORT))))
 }
@@ -614,14 +630,20 @@ fn show_app(body: &Value) -> String {
         ("id", text(app, "id")),
         ("command", app_command(app)),
         ("instances", format!("{} running of {}", number(app, "tasksRunning"), number(app, "instances"))),
-        ("resources", format!("cpus {} · mem {} MB · disk {} MB", text(app, "cpus"), text(app, "mem"), text(app, "disk"))),
+        (
+            "resources",
+            format!("cpus {} · mem {} MB · disk {} MB", text(app, "cpus"), text(app, "mem"), text(app, "disk")),
+        ),
         ("service ports", if ports.is_empty() { "-".to_string() } else { ports.join(",") }),
         ("constraints", text(app, "constraints")),
         ("version", text(app, "version")),
         ("deployments", if deployments.is_empty() { "-".to_string() } else { deployments.join(",") }),
     ];
     if let Some(failure) = app.get("lastTaskFailure").filter(|f| !f.is_null()) {
-        fields.push(("last failure", format!("{} {} {}", text(failure, "timestamp"), text(failure, "state"), text(failure, "message"))));
+        fields.push((
+            "last failure",
+            format!("{} {} {}", text(failure, "timestamp"), text(failure, "state"), text(failure, "message")),
+        ));
     }
     let mut out: String = fields.iter().map(|(k, v)| format!("{:<15}{v}\n", format!("{k}:"))).collect();
     if let Some(tasks) = app.get("tasks").filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
@@ -720,7 +742,8 @@ fn queue_table(body: &Value) -> String {
                 .pointer("/processedOffersSummary/processedOffersCount")
                 .map(display)
                 .unwrap_or_else(|| "-".to_string());
-            let delay = item.pointer("/delay/timeLeftSeconds").map(|d| format!("{}s", display(d))).unwrap_or("-".into());
+            let delay =
+                item.pointer("/delay/timeLeftSeconds").map(|d| format!("{}s", display(d))).unwrap_or("-".into());
             vec![app, text(item, "count"), offers, delay, decline_reasons(item)]
         })
         .collect();
@@ -733,7 +756,8 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let out = table(&["ID", "STATE"], &[vec!["/a".into(), "TASK_RUNNING".into()], vec!["/long-id".into(), "-".into()]]);
+        let out =
+            table(&["ID", "STATE"], &[vec!["/a".into(), "TASK_RUNNING".into()], vec!["/long-id".into(), "-".into()]]);
         assert_eq!(out, "ID        STATE\n/a        TASK_RUNNING\n/long-id  -\n");
     }
 
@@ -741,7 +765,10 @@ mod tests {
     fn api_errors_show_status_message_and_paths() {
         let body = br#"{"message":"Object is not valid","details":[{"path":"/cpus","errors":["must be > 0"]}]}"#;
         let err = api_error(Method::POST, "/v2/apps", StatusCode::UNPROCESSABLE_ENTITY, body).to_string();
-        assert_eq!(err, "POST /v2/apps failed with 422 Unprocessable Entity: Object is not valid\n  /cpus: must be > 0");
+        assert_eq!(
+            err,
+            "POST /v2/apps failed with 422 Unprocessable Entity: Object is not valid\n  /cpus: must be > 0"
+        );
         let err = api_error(Method::GET, "/x", StatusCode::BAD_GATEWAY, b"upstream down").to_string();
         assert!(err.ends_with("502 Bad Gateway: upstream down"), "{err}");
     }

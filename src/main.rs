@@ -307,8 +307,8 @@ mod tests {
 
     #[test]
     fn resource_typos_are_usage_errors_naming_the_typo() {
-        let err = Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"])
-            .unwrap_err();
+        let err =
+            Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
     }

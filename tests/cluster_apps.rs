@@ -31,7 +31,11 @@ fn hello_and_http_apps_run_are_reachable_and_show_logs() {
     assert!((31000..=31099).contains(&port), "host port {port} is outside the agent's range");
     let page = wait_until("the HTTP app to answer", secs(30), || {
         let reply = Http::new(format!("http://{ip}:{port}")).try_get("/")?;
-        if reply.status == 200 { Ok(reply) } else { Err(format!("status {}", reply.status)) }
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(format!("status {}", reply.status))
+        }
     });
     assert!(page.text.contains("Directory listing"), "unexpected page: {}", page.text);
 
@@ -87,7 +91,11 @@ fn scale_one_to_three_to_one() {
     cluster.wait_for_no_deployments(secs(60));
     holds_for("exactly one /scale task", secs(3), || {
         let tasks = cluster.tasks("/scale");
-        if tasks.len() == 1 { Ok(()) } else { Err(task_summary(&tasks)) }
+        if tasks.len() == 1 {
+            Ok(())
+        } else {
+            Err(task_summary(&tasks))
+        }
     });
     assert_eq!(api.get_json("/v2/apps/scale")["app"]["instances"], 1);
 }
@@ -107,7 +115,11 @@ fn new_command_replaces_tasks_with_the_new_version() {
         let all_new = running.len() == 2
             && running.iter().all(|t| t["version"] != old_version.as_str())
             && ids(&running).is_disjoint(&ids(&old));
-        if all_new { Ok(running) } else { Err(task_summary(&running)) }
+        if all_new {
+            Ok(running)
+        } else {
+            Err(task_summary(&running))
+        }
     });
     cluster.wait_for_no_deployments(secs(60));
 
@@ -117,7 +129,8 @@ fn new_command_replaces_tasks_with_the_new_version() {
     assert_ne!(new_version, old_version);
     assert!(new.iter().all(|t| t["version"] == new_version), "{}", task_summary(&new));
     let versions = api.get_json("/v2/apps/roll/versions");
-    let listed: Vec<&str> = versions["versions"].as_array().expect("versions").iter().filter_map(Value::as_str).collect();
+    let listed: Vec<&str> =
+        versions["versions"].as_array().expect("versions").iter().filter_map(Value::as_str).collect();
     assert!(listed.contains(&old_version.as_str()) && listed.contains(&new_version), "{versions}");
     // The old processes are gone from the agents.
     for agent in ["agent-1", "agent-2"] {
@@ -139,7 +152,11 @@ fn killed_tasks_are_replaced() {
     wait_until("the killed task to be replaced", secs(60), || {
         let running = cluster.running_tasks("/victim");
         let ids = ids(&running);
-        if running.len() == 2 && !ids.contains(&first) && ids.contains(&second) { Ok(()) } else { Err(task_summary(&running)) }
+        if running.len() == 2 && !ids.contains(&first) && ids.contains(&second) {
+            Ok(())
+        } else {
+            Err(task_summary(&running))
+        }
     });
     // ...and through the CLI.
     let output = cluster.cli(&["task", "kill", &second]);
@@ -147,12 +164,19 @@ fn killed_tasks_are_replaced() {
     wait_until("the second killed task to be replaced", secs(60), || {
         let running = cluster.running_tasks("/victim");
         let now = ids(&running);
-        if running.len() == 2 && !now.contains(&second) && now.len() == 2 { Ok(()) } else { Err(task_summary(&running)) }
+        if running.len() == 2 && !now.contains(&second) && now.len() == 2 {
+            Ok(())
+        } else {
+            Err(task_summary(&running))
+        }
     });
     assert_eq!(api.get_json("/v2/apps/victim")["app"]["instances"], 2, "a kill without scale keeps the target");
     for agent in ["agent-1", "agent-2"] {
         let pids = cluster.task_pids(agent);
-        assert!(!pids.contains_key(&first) && !pids.contains_key(&second), "killed task still runs on {agent}: {pids:?}");
+        assert!(
+            !pids.contains_key(&first) && !pids.contains_key(&second),
+            "killed task still runs on {agent}: {pids:?}"
+        );
     }
 }
 
@@ -175,9 +199,16 @@ fn restart_and_destroy_from_the_cli() {
     assert!(destroyed.status.success(), "plinth app destroy: {}", stderr(&destroyed));
     cluster.api().get("/v2/apps/svc").expect_status(404);
     wait_until("the destroyed app's processes to end", secs(30), || {
-        let left: Vec<String> =
-            ["agent-1", "agent-2"].iter().flat_map(|a| cluster.task_pids(a).into_keys()).filter(|id| id.starts_with("svc.")).collect();
-        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+        let left: Vec<String> = ["agent-1", "agent-2"]
+            .iter()
+            .flat_map(|a| cluster.task_pids(a).into_keys())
+            .filter(|id| id.starts_with("svc."))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
     });
     let shown = cluster.cli(&["app", "show", "/svc"]);
     assert!(!shown.status.success() && stderr(&shown).contains("404"), "{}", stderr(&shown));

@@ -27,7 +27,11 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
     let filtered = EventStream::open(&format!("{}/v2/events?event_type=deployment_success", cluster.master_url()));
     wait_until("the streams to attach", secs(10), || {
         let (all, only) = (stream.names(), filtered.names());
-        if !all.is_empty() && !only.is_empty() { Ok(()) } else { Err(format!("{all:?} / {only:?}")) }
+        if !all.is_empty() && !only.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{all:?} / {only:?}"))
+        }
     });
     assert_eq!(stream.names()[0], "event_stream_attached");
 
@@ -37,9 +41,14 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
     let names = wait_until("the SSE stream to carry the deployment's events", secs(30), || {
         let events = stream.snapshot();
         let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
-        let running = events.iter().any(|(name, data)| name == "status_update_event" && is_running_update(data, "/evented"));
+        let running =
+            events.iter().any(|(name, data)| name == "status_update_event" && is_running_update(data, "/evented"));
         let complete = ["api_post_event", "deployment_info", "deployment_success"].iter().all(|n| names.contains(n));
-        if running && complete { Ok(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()) } else { Err(format!("{names:?}")) }
+        if running && complete {
+            Ok(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        } else {
+            Err(format!("{names:?}"))
+        }
     });
     // Each SSE `event:` name matches the `eventType` inside its data.
     for (name, data) in stream.snapshot().iter().filter(|(name, _)| name != "event_stream_attached") {
@@ -61,7 +70,11 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
 
     wait_until("the filtered stream to see deployment_success", secs(30), || {
         let names = filtered.names();
-        if names.iter().any(|n| n == "deployment_success") { Ok(()) } else { Err(format!("{names:?}")) }
+        if names.iter().any(|n| n == "deployment_success") {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
     });
     let unexpected: Vec<String> =
         filtered.names().into_iter().filter(|n| n != "deployment_success" && n != "event_stream_attached").collect();
@@ -75,7 +88,11 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
     api.delete("/v2/apps/evented").expect_status(200);
     wait_until("the SSE stream to see the app terminated", secs(30), || {
         let names = stream.names();
-        if names.iter().any(|n| n == "app_terminated_event") { Ok(()) } else { Err(format!("{names:?}")) }
+        if names.iter().any(|n| n == "app_terminated_event") {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
     });
     std::thread::sleep(secs(2));
     let after: Vec<String> = callback.snapshot()[received..].iter().map(|b| event_type(b).to_string()).collect();

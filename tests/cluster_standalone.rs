@@ -16,7 +16,11 @@ fn standalone_runs_an_app_on_one_box() {
     wait_until("the embedded agent to register", secs(60), || {
         let slaves = api.get_json("/master/slaves");
         let active = slaves["slaves"].as_array().is_some_and(|s| s.iter().any(|a| a["active"] == true));
-        if active { Ok(()) } else { Err(slaves.to_string()) }
+        if active {
+            Ok(())
+        } else {
+            Err(slaves.to_string())
+        }
     });
     api.post("/v2/apps", &json!({"id": "/web", "cmd": "python3 -m http.server $PORT0", "cpus": 0.1, "mem": 64}))
         .expect_status(201);
@@ -30,6 +34,10 @@ fn standalone_runs_an_app_on_one_box() {
     let port = task["ports"][0].as_u64().unwrap_or_else(|| panic!("no host port in {task}"));
     wait_until("the app to answer on the box's address", secs(30), || {
         let reply = Http::new(format!("http://{ip}:{port}")).try_get("/")?;
-        if reply.status == 200 { Ok(()) } else { Err(format!("status {}", reply.status)) }
+        if reply.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("status {}", reply.status))
+        }
     });
 }

@@ -305,12 +305,7 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 
 /// Runs a command and ignores its failure (cleanup of things that may already be gone).
 fn sh_quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Runs the `plinth` binary as a client from the test process (outside any namespace).
@@ -522,11 +517,7 @@ fn task_cgroups(task_ids: &BTreeSet<String>) -> Vec<PathBuf> {
     if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
         roots.extend(entries.flatten().map(|e| e.path().join("plinth")));
     }
-    roots
-        .iter()
-        .flat_map(|root| task_ids.iter().map(move |id| root.join(id)))
-        .filter(|p| p.is_dir())
-        .collect()
+    roots.iter().flat_map(|root| task_ids.iter().map(move |id| root.join(id))).filter(|p| p.is_dir()).collect()
 }
 
 /// Removes a cgroup directory tree, deepest first (only empty cgroups can go).
