@@ -132,3 +132,22 @@ fn master_killed_mid_deployment_loses_nothing_and_adopts_running_tasks() {
         assert_eq!(pids_after.get(task), Some(pids), "task {task} keeps its processes");
     }
 }
+
+#[test]
+fn only_agents_with_the_join_token_join() {
+    let mut cluster = Cluster::new("faults-token");
+    cluster.start_master(&["--token", "s3cret"]);
+    cluster.start_agent("agent-1", &["--token", "s3cret"]);
+    cluster.start_agent("agent-2", &["--token", "guess"]);
+    cluster.start_agent("agent-3", &[]);
+    wait_until("the agent with the token to join", secs(60), || {
+        let active = cluster.active_agents()?;
+        if active == ["agent-1"] { Ok(()) } else { Err(format!("{active:?}")) }
+    });
+    holds_for("only agent-1 to be registered", secs(3), || {
+        let slaves = cluster.api().get_json("/master/slaves");
+        let names: Vec<&str> =
+            slaves["slaves"].as_array().into_iter().flatten().filter_map(|s| s["hostname"].as_str()).collect();
+        if names == ["agent-1"] { Ok(()) } else { Err(format!("{names:?}")) }
+    });
+}
