@@ -371,9 +371,17 @@ impl Core {
         for id in ids {
             if let Some(d) = self.deployments.remove(&id) {
                 self.changes.deployments.insert(id.clone());
-                self.emit("deployment_failed", now, json!({"id": id, "plan": d.to_marathon_json(), "reason": reason}));
+                self.emit_deployment_failed(&d, reason, now);
             }
         }
+    }
+
+    /// Marathon's pair of events for a deployment that ends without success.
+    fn emit_deployment_failed(&mut self, d: &DeploymentRecord, reason: &str, now: Timestamp) {
+        let plan = d.to_marathon_json();
+        let step = plan["steps"][d.current_step.saturating_sub(1)].clone();
+        self.emit("deployment_step_failure", now, json!({"plan": plan, "currentStep": step, "reason": reason}));
+        self.emit("deployment_failed", now, json!({"id": d.id, "plan": plan, "reason": reason}));
     }
 
     fn check_lock(&self, app: &AppId, force: bool) -> Result<(), CoreError> {
@@ -588,7 +596,7 @@ impl Core {
         let deployment = self.deployments.remove(id).ok_or_else(|| CoreError::DeploymentNotFound(id.clone()))?;
         self.changes.deployments.insert(id.clone());
         let reason = if force { "cancelled" } else { "cancelled: rolling back" };
-        self.emit("deployment_failed", now, json!({"id": id, "plan": deployment.to_marathon_json(), "reason": reason}));
+        self.emit_deployment_failed(&deployment, reason, now);
         if force {
             return Ok(None);
         }
@@ -1242,7 +1250,11 @@ impl Core {
                     self.emit("deployment_success", now, json!({"id": id, "plan": d.to_marathon_json()}));
                     break;
                 }
-                let blocked = self.offer_stats.get(&d.app_id).map(|(_, s)| summarize_declines(s));
+                let blocked = self
+                    .offer_stats
+                    .get(&d.app_id)
+                    .map(|(_, s)| summarize_declines(s))
+                    .or_else(|| self.readiness_gap(&d.app_id));
                 if blocked != d.blocked_reason {
                     if let Some(d) = self.deployments.get_mut(&id) {
                         d.blocked_reason = blocked;
@@ -1252,6 +1264,43 @@ impl Core {
                 break;
             }
         }
+    }
+
+    /// Why launched tasks of the current version do not count yet (not running, not
+    /// healthy, not ready), e.g. `waiting for 2 of 4 new tasks to become healthy (last
+    /// failure: HTTP 500)`.
+    fn readiness_gap(&self, app_id: &AppId) -> Option<String> {
+        let app = self.apps.get(app_id)?;
+        let needs = Readiness::of(&app.definition);
+        let target = app.definition.instances.max(0) as usize;
+        let new: Vec<&TaskRecord> = self
+            .app_tasks(app_id)
+            .into_iter()
+            .filter(|t| !t.kill_requested && t.version == app.config_version)
+            .collect();
+        if new.is_empty() {
+            return None;
+        }
+        let ready = new.iter().filter(|t| t.is_ready(needs)).count();
+        if ready >= target {
+            return None;
+        }
+        let running = new.iter().filter(|t| t.is_running()).count();
+        if running < new.len() {
+            return Some(format!("waiting for {} of {target} new tasks to start running", target - running.min(target)));
+        }
+        let what = if needs.health_checks { "healthy" } else { "ready" };
+        let cause = new
+            .iter()
+            .filter_map(|t| t.health.as_ref())
+            .flat_map(|h| failures_per_check(Some(h)))
+            .map(|(_, cause)| cause)
+            .find(|c| !c.is_empty());
+        let mut text = format!("waiting for {} of {target} new tasks to become {what}", target - ready);
+        if let Some(cause) = cause {
+            text.push_str(&format!(" (last failure: {cause})"));
+        }
+        Some(text)
     }
 
     /// All of the app's tasks run its current config, are ready, and number `instances`.

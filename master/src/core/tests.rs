@@ -619,3 +619,37 @@ fn disabled_unreachable_strategy_never_replaces() {
     assert_eq!(c.task(&task).unwrap().state, TaskState::TaskUnreachable);
     assert_eq!(c.app_tasks(&id).len(), 1);
 }
+
+#[test]
+fn a_deployment_that_never_gets_healthy_says_why_and_can_be_cancelled() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/never").unwrap();
+    c.create_app(app(json!({"id": "never", "cmd": "v1", "cpus": 0.1,
+        "healthChecks": [{"protocol": "HTTP", "maxConsecutiveFailures": 5}]})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/never", t(3));
+    let old = c.app_tasks(&id)[0].id.clone();
+    health_update(&mut c, &old, true, 0, t(4));
+    c.tick(t(5));
+    let mut def = c.app(&id).unwrap().definition.clone();
+    def.cmd = Some("v2".into());
+    c.put_app(def, t(6), false).unwrap();
+    c.tick(t(7));
+    run_all(&mut c, "/never", t(8));
+    let new_task = c.app_tasks(&id).into_iter().find(|x| x.id != old).unwrap().id.clone();
+    health_update(&mut c, &new_task, false, 1, t(9));
+    c.tick(t(10));
+    assert!(!c.task(&old).unwrap().kill_requested, "the old task keeps serving");
+    let reason = c.deployments().next().unwrap().blocked_reason.clone().unwrap();
+    assert_eq!(reason, "waiting for 1 of 1 new tasks to become healthy (last failure: HTTP 500)");
+    let d = c.deployments().next().unwrap().id.clone();
+    c.take_changes();
+    c.cancel_deployment(&d, false, t(11)).unwrap();
+    let events = event_types(&mut c);
+    assert!(events.contains(&"deployment_step_failure".to_string()));
+    assert!(events.contains(&"deployment_failed".to_string()));
+    c.tick(t(12));
+    assert!(c.task(&new_task).unwrap().kill_requested, "rollback kills the new version");
+    assert!(!c.task(&old).unwrap().kill_requested);
+}
