@@ -6,10 +6,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
-fn cmd_app(id: &str, cmd: &str, instances: u64) -> Value {
-    json!({"id": id, "cmd": cmd, "cpus": 0.1, "mem": 32, "instances": instances})
-}
-
 fn app_version(api: &Http, id: &str) -> String {
     str_field(&api.get_json(&format!("/v2/apps{id}"))["app"], "version").to_string()
 }
@@ -75,8 +71,7 @@ fn hello_and_http_apps_run_are_reachable_and_show_logs() {
 fn scale_one_to_three_to_one() {
     let cluster = Cluster::start("apps-scale", 2);
     let api = cluster.api();
-    api.post("/v2/apps", &cmd_app("/scale", "sleep 1000", 1)).expect_status(201);
-    cluster.wait_for_running("/scale", 1, secs(60));
+    cluster.deploy(&cmd_app("/scale", "sleep 1000", 1));
 
     let output = cluster.cli(&["app", "scale", "/scale", "3", "--wait", "--timeout", "90"]);
     assert!(output.status.success(), "plinth app scale: {}", stderr(&output));
@@ -104,8 +99,7 @@ fn scale_one_to_three_to_one() {
 fn new_command_replaces_tasks_with_the_new_version() {
     let cluster = Cluster::start("apps-update", 2);
     let api = cluster.api();
-    api.post("/v2/apps", &cmd_app("/roll", "echo v1; sleep 1000", 2)).expect_status(201);
-    let old = cluster.wait_for_running("/roll", 2, secs(60));
+    let old = cluster.deploy(&cmd_app("/roll", "echo v1; sleep 1000", 2));
     let old_version = app_version(&api, "/roll");
 
     let answer = api.put("/v2/apps/roll", &cmd_app("/roll", "echo v2; sleep 1000", 2)).expect_status(200);
@@ -143,8 +137,7 @@ fn new_command_replaces_tasks_with_the_new_version() {
 fn killed_tasks_are_replaced() {
     let cluster = Cluster::start("apps-kill", 2);
     let api = cluster.api();
-    api.post("/v2/apps", &cmd_app("/victim", "sleep 1000", 2)).expect_status(201);
-    let before = cluster.wait_for_running("/victim", 2, secs(60));
+    let before = cluster.deploy(&cmd_app("/victim", "sleep 1000", 2));
     let (first, second) = (str_field(&before[0], "id").to_string(), str_field(&before[1], "id").to_string());
 
     // Through the API...

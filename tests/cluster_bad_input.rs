@@ -44,8 +44,7 @@ fn assert_rejected(reply: Reply, status: u16, path: Option<&str>) {
 fn invalid_requests_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start("bad-input", 1);
     let api = cluster.api();
-    api.post("/v2/apps", &json!({"id": "/keep", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32})).expect_status(201);
-    cluster.wait_for_running("/keep", 1, secs(60));
+    cluster.deploy(&cmd_app("/keep", "sleep 1000", 1));
     cluster.wait_for_no_deployments(secs(60));
     let before = apps_state(&api);
 

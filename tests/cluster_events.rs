@@ -35,8 +35,7 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
     });
     assert_eq!(stream.names()[0], "event_stream_attached");
 
-    api.post("/v2/apps", &json!({"id": "/evented", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32})).expect_status(201);
-    cluster.wait_for_running("/evented", 1, secs(60));
+    cluster.deploy(&cmd_app("/evented", "sleep 1000", 1));
 
     let names = wait_until("the SSE stream to carry the deployment's events", secs(30), || {
         let events = stream.snapshot();
@@ -68,14 +67,7 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
         }
     });
 
-    wait_until("the filtered stream to see deployment_success", secs(30), || {
-        let names = filtered.names();
-        if names.iter().any(|n| n == "deployment_success") {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    });
+    filtered.wait_for("deployment_success", secs(30));
     let unexpected: Vec<String> =
         filtered.names().into_iter().filter(|n| n != "deployment_success" && n != "event_stream_attached").collect();
     assert!(unexpected.is_empty(), "event_type=deployment_success let through {unexpected:?}");
@@ -86,14 +78,7 @@ fn sse_stream_and_callback_subscriber_receive_the_events() {
     assert_eq!(api.get_json("/v2/eventSubscriptions")["callbackUrls"], json!([]));
     let received = callback.snapshot().len();
     api.delete("/v2/apps/evented").expect_status(200);
-    wait_until("the SSE stream to see the app terminated", secs(30), || {
-        let names = stream.names();
-        if names.iter().any(|n| n == "app_terminated_event") {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    });
+    stream.wait_for("app_terminated_event", secs(30));
     std::thread::sleep(secs(2));
     let after: Vec<String> = callback.snapshot()[received..].iter().map(|b| event_type(b).to_string()).collect();
     assert!(after.is_empty(), "an unsubscribed callback still received {after:?}");

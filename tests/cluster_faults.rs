@@ -23,10 +23,7 @@ fn running_processes(cluster: &Cluster, agents: &[&str], prefix: &str) -> BTreeM
 #[test]
 fn lost_agent_tasks_move_and_a_returning_agent_leaves_no_surplus() {
     let mut cluster = Cluster::start("faults-agent", 2);
-    let api = cluster.api();
-    api.post("/v2/apps", &json!({"id": "/spread", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 4}))
-        .expect_status(201);
-    let tasks = cluster.wait_for_running("/spread", 4, secs(60));
+    let tasks = cluster.deploy(&cmd_app("/spread", "sleep 1000", 4));
 
     // The agent with the most tasks "loses its network": its process dies, its tasks keep
     // running unseen, as on a partitioned machine.
@@ -85,9 +82,7 @@ fn lost_agent_tasks_move_and_a_returning_agent_leaves_no_surplus() {
 fn master_killed_mid_deployment_loses_nothing_and_adopts_running_tasks() {
     let mut cluster = Cluster::start("faults-master", 2);
     let api = cluster.api();
-    api.post("/v2/apps", &json!({"id": "/steady", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 2}))
-        .expect_status(201);
-    let steady = ids(&cluster.wait_for_running("/steady", 2, secs(60)));
+    let steady = ids(&cluster.deploy(&cmd_app("/steady", "sleep 1000", 2)));
 
     // Each agent offers mem 2048, so only two of these three fit: the deployment stays in
     // progress until a third agent joins.
@@ -142,12 +137,20 @@ fn only_agents_with_the_join_token_join() {
     cluster.start_agent("agent-3", &[]);
     wait_until("the agent with the token to join", secs(60), || {
         let active = cluster.active_agents()?;
-        if active == ["agent-1"] { Ok(()) } else { Err(format!("{active:?}")) }
+        if active == ["agent-1"] {
+            Ok(())
+        } else {
+            Err(format!("{active:?}"))
+        }
     });
     holds_for("only agent-1 to be registered", secs(3), || {
         let slaves = cluster.api().get_json("/master/slaves");
         let names: Vec<&str> =
             slaves["slaves"].as_array().into_iter().flatten().filter_map(|s| s["hostname"].as_str()).collect();
-        if names == ["agent-1"] { Ok(()) } else { Err(format!("{names:?}")) }
+        if names == ["agent-1"] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
     });
 }

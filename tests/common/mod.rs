@@ -211,6 +211,18 @@ impl EventStream {
     pub fn names(&self) -> Vec<String> {
         self.snapshot().into_iter().map(|(name, _)| name).collect()
     }
+
+    /// Waits until an event of this name has arrived.
+    pub fn wait_for(&self, name: &str, timeout: Duration) {
+        wait_until(&format!("a {name} event"), timeout, || {
+            let names = self.names();
+            if names.iter().any(|n| n == name) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        });
+    }
 }
 
 /// A tiny HTTP server (on the bridge address) that records every JSON body POSTed to it:
@@ -841,6 +853,13 @@ impl Cluster {
         })
     }
 
+    /// POSTs the app (expecting 201) and waits until its `instances` tasks run.
+    pub fn deploy(&self, app: &Value) -> Vec<Value> {
+        self.api().post("/v2/apps", app).expect_status(201);
+        let instances = app["instances"].as_u64().unwrap_or(1) as usize;
+        self.wait_for_running(str_field(app, "id"), instances, secs(60))
+    }
+
     /// Waits until the master reports no deployment in progress.
     pub fn wait_for_no_deployments(&self, timeout: Duration) {
         wait_until("all deployments to finish", timeout, || {
@@ -918,6 +937,11 @@ pub fn task_summary(tasks: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A command app small enough that many fit on a test agent.
+pub fn cmd_app(id: &str, cmd: &str, instances: u64) -> Value {
+    serde_json::json!({"id": id, "cmd": cmd, "cpus": 0.1, "mem": 32, "instances": instances})
 }
 
 pub fn ids(tasks: &[Value]) -> BTreeSet<String> {
