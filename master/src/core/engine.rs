@@ -918,7 +918,21 @@ impl Core {
         let state = self.agents.get_mut(agent).ok_or_else(|| CoreError::UnknownAgent(agent.clone()))?;
         state.record.draining = draining;
         self.changes.agents.insert(agent.clone());
+        let apps: Vec<AppId> = self
+            .tasks_by_agent
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.tasks.get(t).map(|t| t.app_id.clone()))
+            .collect();
+        self.needs_supervision.extend(apps);
         Ok(())
+    }
+
+    /// A draining agent with no task left (what `plinth node drain` waits for).
+    pub fn is_drained(&self, agent: &AgentId) -> bool {
+        self.agents.get(agent).is_some_and(|a| a.record.draining)
+            && self.tasks_by_agent.get(agent).is_none_or(|tasks| tasks.is_empty())
     }
 
     // ---- time
@@ -1040,8 +1054,12 @@ impl Core {
             self.app_tasks(app_id).into_iter().filter(|t| !self.is_inactive(t, &unreachable_strategy, now)).collect();
         let total = all.len();
         let any_unreachable = all.iter().any(|t| t.unreachable_since.is_some());
-        let mut new: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && t.version == config_version).collect();
-        let old: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && t.version != config_version).collect();
+        // Tasks on a draining agent are replaced like tasks of an old version: within the
+        // upgrade strategy, replacements ready before they stop.
+        let draining = |t: &TaskRecord| self.agents.get(&t.agent_id).is_some_and(|a| a.record.draining);
+        let current = |t: &TaskRecord| t.version == config_version && !draining(t);
+        let mut new: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && current(t)).collect();
+        let old: Vec<&TaskRecord> = all.iter().copied().filter(|t| !t.kill_requested && !current(t)).collect();
         let mut kills: Vec<(TaskId, &'static str)> = Vec::new();
         let launches;
         if old.is_empty() {

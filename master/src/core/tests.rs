@@ -653,3 +653,45 @@ fn a_deployment_that_never_gets_healthy_says_why_and_can_be_cancelled() {
     assert!(c.task(&new_task).unwrap().kill_requested, "rollback kills the new version");
     assert!(!c.task(&old).unwrap().kill_requested);
 }
+
+#[test]
+fn draining_an_agent_moves_its_tasks_without_a_gap() {
+    let mut c = core();
+    let a = register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let b = register(&mut c, "bb", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let id = AppId::parse("/d").unwrap();
+    c.create_app(app(json!({"id": "d", "cmd": "x", "cpus": 0.1, "instances": 2, "constraints": [["hostname", "IS", "a"]]})), t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/d", t(3));
+    c.tick(t(4));
+    let mut def = c.app(&id).unwrap().definition.clone();
+    def.constraints.clear();
+    c.put_app(def, t(5), false).unwrap();
+    c.tick(t(6));
+    run_all(&mut c, "/d", t(7));
+    c.tick(t(8));
+    kill_confirm(&mut c, t(9));
+    c.tick(t(10));
+    assert!(c.deployments().next().is_none());
+    // Put every task on a by draining b first, then drain a.
+    let on = |c: &Core, agent: &AgentId| c.app_tasks(&id).iter().filter(|t| &t.agent_id == agent && !t.kill_requested).count();
+    c.set_draining(&b, true).unwrap();
+    for step in 0..10 {
+        c.tick(t(20 + step));
+        run_all(&mut c, "/d", t(20 + step));
+        kill_confirm(&mut c, t(20 + step));
+    }
+    assert_eq!(on(&c, &a), 2);
+    assert!(c.is_drained(&b));
+    c.set_draining(&b, false).unwrap();
+    c.set_draining(&a, true).unwrap();
+    for step in 0..10 {
+        c.tick(t(40 + step * 2));
+        let running = c.app_tasks(&id).iter().filter(|t| t.is_running()).count();
+        assert!(running >= 2, "never fewer than 2 running while draining (step {step})");
+        run_all(&mut c, "/d", t(41 + step * 2));
+        kill_confirm(&mut c, t(41 + step * 2));
+    }
+    assert_eq!(on(&c, &b), 2, "tasks moved to b");
+    assert!(c.is_drained(&a));
+}
