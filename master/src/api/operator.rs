@@ -29,7 +29,7 @@ fn free(agent: &AgentState) -> Resources {
 }
 
 /// One agent as Mesos' `/master/slaves` shows it, plus `agent_url` for `plinth logs`.
-pub fn slave_json(agent: &AgentState) -> Value {
+pub fn slave_json(core: &Core, agent: &AgentState) -> Value {
     let r = &agent.record;
     json!({
         "id": r.id,
@@ -47,6 +47,8 @@ pub fn slave_json(agent: &AgentState) -> Value {
         "active": r.active,
         "deactivated": !r.active,
         "draining": r.draining,
+        // Draining and every task moved away: safe to power off.
+        "drained": core.is_drained(&r.id),
         "registered_time": r.registered_at.millis() as f64 / 1000.0,
         "last_seen_time": r.last_seen.millis() as f64 / 1000.0,
         "version": r.version,
@@ -78,12 +80,12 @@ fn mesos_task_json(task: &TaskRecord, framework_id: &str) -> Value {
 /// `GET /master/slaves`.
 pub async fn slaves(State(master): State<Arc<Master>>) -> Json<Value> {
     let guard = master.read().await;
-    let slaves: Vec<Value> = guard.core.agents().map(slave_json).collect();
+    let slaves: Vec<Value> = guard.core.agents().map(|a| slave_json(&guard.core, a)).collect();
     Json(json!({"slaves": slaves, "recovered_slaves": []}))
 }
 
 fn state_json(master: &Master, core: &Core) -> Value {
-    let slaves: Vec<Value> = core.agents().map(slave_json).collect();
+    let slaves: Vec<Value> = core.agents().map(|a| slave_json(core, a)).collect();
     let active = core.agents().filter(|a| a.record.active).count();
     let (tasks, completed): (Vec<&TaskRecord>, Vec<&TaskRecord>) = core.tasks().partition(|t| !t.state.is_terminal());
     let pid = format!("master@{}", master.leader);
@@ -126,7 +128,7 @@ async fn set_draining(master: &Master, id: String, draining: bool) -> Result<Res
     master.command(|core, _| core.set_draining(&agent, draining)).await?;
     tracing::info!(node_id = %agent, draining, "agent drain changed");
     let guard = master.read().await;
-    let body = guard.core.agent(&agent).map(slave_json).unwrap_or(Value::Null);
+    let body = guard.core.agent(&agent).map(|a| slave_json(&guard.core, a)).unwrap_or(Value::Null);
     Ok(Json(body).into_response())
 }
 
