@@ -52,6 +52,10 @@ fn hello_and_http_apps_run_are_reachable_and_show_logs() {
     let followed = cluster.cli_bounded(&["logs", "-f", &task_id], secs(60));
     assert!(followed.status.success(), "plinth logs -f: {}", stderr(&followed));
     assert!(stdout(&followed).lines().any(|l| l.trim() == "hello"), "{}", stdout(&followed));
+    // The finished task's log stays readable on its agent.
+    let finished = cluster.cli(&["logs", &task_id]);
+    assert!(finished.status.success(), "plinth logs of a finished task: {}", stderr(&finished));
+    assert!(stdout(&finished).contains("hello"), "{}", stdout(&finished));
 
     // The CLI's views agree with the API.
     let list = cluster.cli(&["app", "list"]);
