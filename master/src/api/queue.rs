@@ -84,38 +84,12 @@ pub fn entry_json(core: &Core, entry: &QueueEntry) -> Value {
     })
 }
 
-/// Apps short of tasks that the core has no offer statistics for yet (no agent has
-/// offered anything since they were created, e.g. none is registered): listed with empty
-/// statistics so `/v2/queue` still says why they wait.
-fn unoffered(core: &Core, listed: &[QueueEntry], now: Timestamp) -> Vec<QueueEntry> {
-    core.apps()
-        .filter(|app| !listed.iter().any(|e| e.app_id == app.id))
-        .filter_map(|app| {
-            let live = core
-                .app_tasks(&app.id)
-                .iter()
-                .filter(|t| !t.kill_requested && t.version == app.config_version)
-                .count();
-            let count = usize::try_from(app.definition.instances).unwrap_or(0).saturating_sub(live);
-            (count > 0).then(|| QueueEntry {
-                app_id: app.id.clone(),
-                count,
-                since: app.created_at,
-                delay_left_ms: (app.backoff.not_before.millis() - now.millis()).max(0),
-                stats: Default::default(),
-            })
-        })
-        .collect()
-}
-
 /// `GET /v2/queue`.
 pub async fn list(State(master): State<Arc<Master>>) -> Json<Value> {
     let guard = master.read().await;
     let core = &guard.core;
     let now = Timestamp::now();
-    let mut entries = core.queue(now);
-    let extra = unoffered(core, &entries, now);
-    entries.extend(extra);
+    let entries = core.queue(now);
     let queue: Vec<Value> = entries.iter().map(|e| entry_json(core, e)).collect();
     Json(json!({"queue": queue}))
 }

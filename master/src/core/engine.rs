@@ -1392,26 +1392,31 @@ impl Core {
     pub fn service_ports(&self, id: &AppId) -> Vec<u16> {
         self.apps.get(id).map(|a| service_ports_of(&a.definition)).unwrap_or_default()
     }
-    /// Apps waiting for launches, with offer statistics.
+    /// Apps short of tasks of their current config, with the offer statistics of the
+    /// last round (empty when no agent has offered anything to them yet).
     pub fn queue(&self, now: Timestamp) -> Vec<QueueEntry> {
-        let mut entries: Vec<QueueEntry> = self
-            .offer_stats
-            .iter()
-            .filter_map(|(app_id, (since, stats))| {
-                let app = self.apps.get(app_id)?;
-                let live = self.app_tasks(app_id).iter().filter(|t| !t.kill_requested && t.version == app.config_version).count();
+        self.apps
+            .values()
+            .filter_map(|app| {
+                let live = self
+                    .app_tasks(&app.id)
+                    .iter()
+                    .filter(|t| !t.kill_requested && t.version == app.config_version)
+                    .count();
                 let count = (app.definition.instances.max(0) as usize).saturating_sub(live);
+                let (since, stats) = self
+                    .offer_stats
+                    .get(&app.id)
+                    .map_or((app.created_at, OfferStats::default()), |(since, stats)| (*since, stats.clone()));
                 (count > 0).then(|| QueueEntry {
-                    app_id: app_id.clone(),
+                    app_id: app.id.clone(),
                     count,
-                    since: *since,
+                    since,
                     delay_left_ms: (app.backoff.not_before.millis() - now.millis()).max(0),
-                    stats: stats.clone(),
+                    stats,
                 })
             })
-            .collect();
-        entries.sort_by(|a, b| a.app_id.cmp(&b.app_id));
-        entries
+            .collect()
     }
     /// Number of non-terminal tasks (for metrics).
     pub fn task_count(&self) -> usize {
