@@ -65,6 +65,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         tasks: usize,
     },
+    /// Boot a standalone node image in QEMU and time it (ping, agent registered, first task).
+    Boot(os::BenchBootArgs),
 }
 
 /// Flags the master and the agent both take.
@@ -200,6 +202,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         // Synchronous commands run outside any runtime: they may start their own.
         Command::Image { cmd } => os::run_image(cmd),
         Command::Bench { cmd: BenchCommand::Scheduler { agents, tasks } } => run_scheduler_bench(agents, tasks),
+        // The report is printed (and written to --out) by the benchmark itself.
+        Command::Bench { cmd: BenchCommand::Boot(args) } => os::run_bench_boot(args).map(drop),
         Command::Executor { spec } => run_executor(&spec),
         Command::Master(cmd) => runtime()?.block_on(until_signal(run_master(cmd))),
         Command::Agent(cmd) => runtime()?.block_on(until_signal(run_agent(cmd))),
