@@ -250,11 +250,7 @@ fn parse_group(value: &Value, id: String, json_path: String, seen: &mut BTreeSet
     if let Some(deps) = body.get("dependencies") {
         spec.dependencies = Some(parse_dependencies(deps, &id, &under(&json_path, "/dependencies"), v));
     }
-    if let Some(apps) = body.get("apps") {
-        let Some(items) = apps.as_array() else {
-            v.push(Violation { path: under(&json_path, "/apps"), errors: vec!["must be an array of apps".into()] });
-            return spec;
-        };
+    if let Some(items) = array_field(body, "apps", &json_path, v) {
         let mut parsed = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = under(&json_path, &format!("/apps({i})"));
@@ -264,11 +260,7 @@ fn parse_group(value: &Value, id: String, json_path: String, seen: &mut BTreeSet
         }
         spec.apps = Some(parsed);
     }
-    if let Some(groups) = body.get("groups") {
-        let Some(items) = groups.as_array() else {
-            v.push(Violation { path: under(&json_path, "/groups"), errors: vec!["must be an array of groups".into()] });
-            return spec;
-        };
+    if let Some(items) = array_field(body, "groups", &json_path, v) {
         let mut parsed = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = under(&json_path, &format!("/groups({i})"));
@@ -294,6 +286,24 @@ fn parse_group(value: &Value, id: String, json_path: String, seen: &mut BTreeSet
         spec.groups = Some(parsed);
     }
     spec
+}
+
+/// The array under `key` when given; anything else there is a violation.
+fn array_field<'a>(
+    body: &'a serde_json::Map<String, Value>,
+    key: &str,
+    json_path: &str,
+    v: &mut Vec<Violation>,
+) -> Option<&'a Vec<Value>> {
+    let value = body.get(key)?;
+    if value.is_null() {
+        return None;
+    }
+    let items = value.as_array();
+    if items.is_none() {
+        v.push(Violation { path: under(json_path, &format!("/{key}")), errors: vec![format!("must be an array of {key}")] });
+    }
+    items
 }
 
 /// Dependencies of a group or app, resolved against `base` (the group holding them).
