@@ -156,9 +156,7 @@ fn refresh(node: &Node, tracked: &mut HashMap<TaskId, Tracked>, now: Timestamp) 
             .filter(|r| !r.spec.app.health_checks.is_empty() || !r.spec.app.readiness_checks.is_empty())
             .map(|r| Candidate {
                 task_id: r.spec.task_id.clone(),
-                tracked: (!tracked.contains_key(&r.spec.task_id)).then(|| {
-                    new_tracked(node, r, now)
-                }),
+                tracked: (!tracked.contains_key(&r.spec.task_id)).then(|| new_tracked(node, r, now)),
             })
             .collect()
     };
@@ -184,7 +182,11 @@ fn new_tracked(node: &Node, record: &crate::state::TaskRecord, now: Timestamp) -
     let port_names = app.port_names();
     let readiness = (!app.readiness_checks.is_empty()).then(|| ReadinessChecks {
         tracker: TaskReadiness::new(spec.task_id.clone(), &app.readiness_checks, now),
-        urls: app.readiness_checks.iter().map(|c| health::readiness_url(c, host, &spec.host_ports, &port_names)).collect(),
+        urls: app
+            .readiness_checks
+            .iter()
+            .map(|c| health::readiness_url(c, host, &spec.host_ports, &port_names))
+            .collect(),
         timeouts: app.readiness_checks.iter().map(|c| timeout_of(c.timeout_seconds)).collect(),
     });
     Tracked {
@@ -220,7 +222,8 @@ fn start_due(
         for index in checks.tracker.due(now) {
             let probe = checks.probes[index].clone();
             let timeout = checks.timeouts[index];
-            let (client, results, task_id, command) = (client.clone(), results.clone(), task_id.clone(), task.command.clone());
+            let (client, results, task_id, command) =
+                (client.clone(), results.clone(), task_id.clone(), task.command.clone());
             tokio::spawn(async move {
                 let outcome = run_probe(&probe, timeout, &client, &command).await;
                 let _ = results.send(ProbeResult { task_id, index, kind: Kind::Health(outcome) });
@@ -298,15 +301,18 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
     };
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Outcome::Healthy,
-        Ok(Ok(status)) => Outcome::Unhealthy(match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-            (Some(code), _) => format!("command exited with status {code}"),
-            (None, Some(signal)) => format!("command ended by signal {signal}"),
-            (None, None) => "command ended with an unknown status".to_string(),
-        }),
+        Ok(Ok(status)) => {
+            Outcome::Unhealthy(match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(code), _) => format!("command exited with status {code}"),
+                (None, Some(signal)) => format!("command ended by signal {signal}"),
+                (None, None) => "command ended with an unknown status".to_string(),
+            })
+        }
         Ok(Err(err)) => Outcome::Unhealthy(format!("cannot wait for the check command: {err}")),
         Err(_) => {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
             Outcome::Unhealthy(format!("command timed out after {} ms", timeout.as_millis()))

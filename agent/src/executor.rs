@@ -3,6 +3,9 @@
 //! for it and records how it ended in `exit.json` (a [`Termination`]). Because it outlives the agent, a
 //! restarted agent finds its tasks running and never loses an exit code.
 //!
+//! Before the task starts, the executor stages the app's `fetch` artifacts into the sandbox
+//! ([`crate::fetch`]); a failure is recorded in `exit.json` like any start failure.
+//!
 //! Files in the sandbox: `task.json` (this spec, written by the agent), `executor.json`
 //! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
 //! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
@@ -13,6 +16,7 @@ use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use plinth_protocol::agent::TaskSpec;
+use plinth_protocol::marathon::FetchUri;
 use plinth_protocol::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -24,6 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{self, DisplayChain};
+use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
 use crate::runtime::Termination;
@@ -59,6 +64,12 @@ pub struct ExecutorSpec {
     /// The task as the master sent it, for people reading the sandbox.
     #[serde(default)]
     pub task: Option<TaskSpec>,
+    /// Artifacts to stage into the sandbox before the task starts.
+    #[serde(default)]
+    pub fetch: Vec<FetchUri>,
+    /// The agent's fetch cache (for `cache: true`).
+    #[serde(default)]
+    pub fetch_cache: Option<PathBuf>,
 }
 
 /// `executor.json`: lets the agent find the executor even if it crashed before
@@ -108,6 +119,20 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         &ExecutorRecord { pid: me, start_time: proc_stat(me).map(|s| s.start_time) },
     )?;
 
+    if let Err((uri, err)) = fetch::fetch_all(&spec.fetch, &sandbox, &fetch_options(&spec), &termination_pending) {
+        eprintln!("plinth executor: fetch of {uri} failed: {}", DisplayChain(&err));
+        let record = Termination {
+            code: None,
+            signal: None,
+            oom: false,
+            killed: matches!(err, fetch::FetchError::Killed),
+            error: Some(format!("{}{uri} failed: {}", fetch::FETCH_FAILED_PREFIX, DisplayChain(&err))),
+            fetch_failed: true,
+            finished_at: Timestamp::now().to_iso(),
+        };
+        return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
+    }
+
     let child = match spawn_task(&spec) {
         Ok(child) => child,
         Err(err) => {
@@ -117,6 +142,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
                 oom: false,
                 killed: false,
                 error: Some(format!("{}", DisplayChain(&err))),
+                fetch_failed: false,
                 finished_at: Timestamp::now().to_iso(),
             };
             return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
@@ -178,9 +204,48 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         oom: cgroup::oom_killed(&spec.cgroup_dirs),
         killed,
         error: status.is_none().then(|| "the task's exit status was lost".to_string()),
+        fetch_failed: false,
         finished_at: Timestamp::now().to_iso(),
     };
     fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
+}
+
+fn fetch_options(spec: &ExecutorSpec) -> fetch::FetchOptions {
+    let mut options = fetch::FetchOptions { cache_dir: spec.fetch_cache.clone(), ..Default::default() };
+    // An app that asks for disk gets at most that much in artifacts.
+    if let Some(disk_mb) = spec.task.as_ref().map(|t| t.app.disk).filter(|d| *d > 0.0) {
+        options.max_bytes = (disk_mb * 1024.0 * 1024.0) as u64;
+    }
+    options
+}
+
+/// Whether a kill (SIGTERM/SIGINT, blocked until the supervision loop) is waiting.
+fn termination_pending() -> bool {
+    // SAFETY: an all-zero sigset_t is a valid (empty) set; sigpending only writes into
+    // it and sigismember only reads it.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending) == 0
+            && (libc::sigismember(&pending, libc::SIGTERM) == 1 || libc::sigismember(&pending, libc::SIGINT) == 1)
+    }
+}
+
+/// Hands what is in the sandbox (logs, fetched artifacts) to the task's user, except
+/// the executor's own files. Symlinks are changed themselves, never followed.
+fn chown_tree(dir: &Path, identity: Identity) -> std::io::Result<()> {
+    const EXECUTOR_FILES: [&str; 5] = [SPEC_FILE, EXECUTOR_FILE, RUNNING_FILE, EXIT_FILE, EXECUTOR_LOG];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if EXECUTOR_FILES.iter().any(|f| entry.file_name() == *f) {
+            continue;
+        }
+        let path = entry.path();
+        std::os::unix::fs::lchown(&path, Some(identity.uid), Some(identity.gid))?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, identity)?;
+        }
+    }
+    Ok(())
 }
 
 fn rotate_logs(sandbox: &Path, policy: LogPolicy) {
@@ -235,12 +300,13 @@ fn identity_for(spec: &ExecutorSpec) -> Result<Option<Identity>, AgentError> {
     if !euid.is_root() {
         return Err(error("the agent is not root, so it cannot switch users".into()));
     }
-    // The task must be able to write its sandbox and logs as that user.
-    for path in [spec.sandbox.clone(), spec.sandbox.join("stdout"), spec.sandbox.join("stderr")] {
-        nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
-            .map_err(|e| error(format!("cannot hand {} to the user: {e}", path.display())))?;
-    }
-    Ok(Some(Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
+    // The task must be able to write its sandbox, logs and artifacts as that user.
+    nix::unistd::chown(&spec.sandbox, Some(user.uid), Some(user.gid))
+        .map_err(|e| error(format!("cannot hand {} to the user: {e}", spec.sandbox.display())))?;
+    let identity = Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() };
+    chown_tree(&spec.sandbox, identity)
+        .map_err(|e| error(format!("cannot hand the files in {} to the user: {e}", spec.sandbox.display())))?;
+    Ok(Some(identity))
 }
 
 fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {

@@ -51,7 +51,10 @@ pub fn probe_for(check: &HealthCheck, host: IpAddr, host_ports: &[u16]) -> Probe
             Ok(port) => {
                 let path = check.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
                 let slash = if path.starts_with('/') { "" } else { "/" };
-                Probe::Http { url: format!("http://{}{slash}{path}", SocketAddr::new(host, port)), ignore_1xx: check.ignore_http1xx }
+                Probe::Http {
+                    url: format!("http://{}{slash}{path}", SocketAddr::new(host, port)),
+                    ignore_1xx: check.ignore_http1xx,
+                }
             }
             Err(cause) => Probe::Unusable { cause },
         },
@@ -192,7 +195,9 @@ impl TaskHealth {
                 check.first_success.get_or_insert(now);
                 check.last_success = Some(now);
             }
-            Outcome::Unhealthy(_) if check.first_success.is_none() && now < running_since.plus_millis(check.grace_ms) => {
+            Outcome::Unhealthy(_)
+                if check.first_success.is_none() && now < running_since.plus_millis(check.grace_ms) =>
+            {
                 // Marathon: failures in the grace period count only after a success.
             }
             Outcome::Unhealthy(cause) => {
@@ -235,11 +240,17 @@ impl TaskHealth {
 
 /// The URL a readiness check polls: the host port named `portName`, else the first.
 /// `Err` is the reason the check can never pass.
-pub fn readiness_url(check: &ReadinessCheck, host: IpAddr, host_ports: &[u16], port_names: &[Option<String>]) -> Result<String, String> {
+pub fn readiness_url(
+    check: &ReadinessCheck,
+    host: IpAddr,
+    host_ports: &[u16],
+    port_names: &[Option<String>],
+) -> Result<String, String> {
     if !check.protocol.eq_ignore_ascii_case("HTTP") {
         return Err(format!("readiness check protocol '{}' is not supported (only HTTP)", check.protocol));
     }
-    let named = port_names.iter().position(|n| n.as_deref() == Some(check.port_name.as_str()) && !check.port_name.is_empty());
+    let named =
+        port_names.iter().position(|n| n.as_deref() == Some(check.port_name.as_str()) && !check.port_name.is_empty());
     let port = named
         .and_then(|i| host_ports.get(i))
         .or_else(|| host_ports.first())
@@ -374,7 +385,10 @@ mod tests {
             Probe::Http { url: "http://127.0.0.1:31001/health".into(), ignore_1xx: false }
         );
         let mesos = check(json!({"protocol": "MESOS_HTTP", "port": 8080, "ignoreHttp1xx": true}));
-        assert_eq!(probe_for(&mesos, LOCAL, &[]), Probe::Http { url: "http://127.0.0.1:8080/".into(), ignore_1xx: true });
+        assert_eq!(
+            probe_for(&mesos, LOCAL, &[]),
+            Probe::Http { url: "http://127.0.0.1:8080/".into(), ignore_1xx: true }
+        );
         let tcp = check(json!({"protocol": "MESOS_TCP"}));
         assert_eq!(probe_for(&tcp, LOCAL, &[31005]), Probe::Tcp { addr: "127.0.0.1:31005".parse().unwrap() });
         let command = check(json!({"protocol": "COMMAND", "command": {"value": "test -f ready"}}));
@@ -476,19 +490,31 @@ mod tests {
         let first = h.record(0, Outcome::Healthy, ms(1)).expect("first result");
         assert!(!first.healthy, "the second check has no result yet");
         assert_eq!(first.results.len(), 2);
-        assert_eq!(first.results[1], CheckResult {
-            alive: false,
-            consecutive_failures: 0,
-            first_success: None,
-            last_success: None,
-            last_failure: None,
-            last_failure_cause: None,
-            task_id: TaskId::new("web.1"),
-            instance_id: TaskId::new("web.1"),
-        });
+        assert_eq!(
+            first.results[1],
+            CheckResult {
+                alive: false,
+                consecutive_failures: 0,
+                first_success: None,
+                last_success: None,
+                last_failure: None,
+                last_failure_cause: None,
+                task_id: TaskId::new("web.1"),
+                instance_id: TaskId::new("web.1"),
+            }
+        );
         assert!(h.record(1, Outcome::Healthy, ms(2)).expect("second alive").healthy);
         let json = serde_json::to_value(&h.report().results[0]).unwrap();
-        for key in ["alive", "consecutiveFailures", "firstSuccess", "lastSuccess", "lastFailure", "lastFailureCause", "taskId", "instanceId"] {
+        for key in [
+            "alive",
+            "consecutiveFailures",
+            "firstSuccess",
+            "lastSuccess",
+            "lastFailure",
+            "lastFailureCause",
+            "taskId",
+            "instanceId",
+        ] {
             assert!(json.get(key).is_some(), "{key} is in Marathon's shape");
         }
     }

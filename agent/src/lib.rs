@@ -5,17 +5,20 @@
 //! is the shell that feeds it (master protocol, checkpoint, runtime calls); [`runtime`]
 //! holds the `ContainerRuntime` trait with the process and fake runtimes; [`executor`]
 //! is the per-task supervisor process; `api` is the HTTP API on `:5051`. [`health`] is
-//! the pure health/readiness check state machine, `checks` the loop that probes tasks.
+//! the pure health/readiness check state machine, `checks` the loop that probes tasks;
+//! [`fetch`] stages artifacts into sandboxes (in the executor), [`archive`] extracts them.
 use plinth_protocol::{Attributes, Resources};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 mod api;
+pub mod archive;
 pub mod cgroup;
 mod checks;
 mod client;
 mod error;
 pub mod executor;
+pub mod fetch;
 mod fsutil;
 pub mod health;
 pub mod logs;

@@ -373,6 +373,7 @@ impl Node {
             spec: spec.clone(),
             sandbox: sandbox.clone(),
             logs: self.options.logs,
+            fetch_cache: Some(self.config.work_dir.join(crate::fetch::CACHE_DIR)),
         };
         // Checkpoint the intent first: if the agent dies during the launch, the restarted
         // agent finds the executor through the sandbox instead of launching it twice.

@@ -26,6 +26,8 @@ pub const REASON_COMMAND_FAILED: &str = "REASON_COMMAND_EXECUTOR_FAILED";
 pub const REASON_EXECUTOR_TERMINATED: &str = "REASON_EXECUTOR_TERMINATED";
 pub const REASON_KILLED: &str = "REASON_TASK_KILLED_DURING_LAUNCH";
 pub const REASON_INVALID: &str = "REASON_TASK_INVALID";
+/// Mesos' reason when the fetcher could not stage a task's artifacts.
+pub const REASON_FETCH_FAILED: &str = "REASON_CONTAINER_LAUNCH_FAILED";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -168,6 +170,13 @@ pub fn observe(record: &TaskRecord, observation: &Observation) -> Option<Transit
 }
 
 fn ended(record: &TaskRecord, t: &Termination, killing: bool) -> Transition {
+    if t.fetch_failed {
+        return Transition {
+            message: t.error.clone(),
+            reason: Some(REASON_FETCH_FAILED),
+            ..Transition::to(if killing { TaskState::TaskKilled } else { TaskState::TaskFailed })
+        };
+    }
     if let Some(error) = &t.error {
         if t.code.is_none() && t.signal.is_none() {
             let state = if killing { TaskState::TaskKilled } else { TaskState::TaskFailed };
@@ -362,7 +371,7 @@ mod tests {
     }
 
     fn exit(code: Option<i32>, signal: Option<i32>, oom: bool, killed: bool) -> Observation {
-        Observation::Exited(Termination { code, signal, oom, killed, error: None, finished_at: "t".into() })
+        Observation::Exited(Termination { code, signal, oom, killed, error: None, fetch_failed: false, finished_at: "t".into() })
     }
 
     #[test]

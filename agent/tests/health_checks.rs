@@ -68,7 +68,12 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
     assert!(health_updates(&m, "web.1").iter().all(|u| u.extra["healthCheckResults"][0]["consecutiveFailures"] == 0));
 
     let ready = wait_until("web.1 ready", Duration::from_secs(30), || {
-        m.lock().unwrap().statuses.iter().find(|u| u.task_id.as_str() == "web.1" && u.extra.get("ready") == Some(&json!(true))).cloned()
+        m.lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .find(|u| u.task_id.as_str() == "web.1" && u.extra.get("ready") == Some(&json!(true)))
+            .cloned()
     })
     .await;
     assert_eq!(ready.state, TaskState::TaskRunning);
@@ -89,14 +94,18 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
     assert_eq!(last.healthy, Some(false));
     assert_eq!(last.extra["healthCheckResults"][0]["alive"], false);
     assert_eq!(last.extra["healthCheckResults"][0]["lastFailureCause"], "command exited with status 1");
-    assert!(status_of(&m, "sick.1", TaskState::TaskRunning).is_some(), "still running: the agent never kills for health");
+    assert!(
+        status_of(&m, "sick.1", TaskState::TaskRunning).is_some(),
+        "still running: the agent never kills for health"
+    );
 
     // Stopping the web server's task stops its checks: no health update after the kill.
     m.lock().unwrap().desired = Some(DesiredState { generation: 2, tasks: vec![] });
     wait_until("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let statuses = m.lock().unwrap().statuses.clone();
-    let killed_at = statuses.iter().position(|u| u.task_id.as_str() == "web.1" && u.state == TaskState::TaskKilled).unwrap();
+    let killed_at =
+        statuses.iter().position(|u| u.task_id.as_str() == "web.1" && u.state == TaskState::TaskKilled).unwrap();
     assert!(
         statuses[killed_at..].iter().all(|u| u.task_id.as_str() != "web.1" || u.state == TaskState::TaskKilled),
         "no TASK_RUNNING update after the task was killed"

@@ -50,6 +50,7 @@ fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs
         spec: spec.clone(),
         sandbox,
         logs,
+        fetch_cache: None,
     };
     let handle = runtime.launch(&request).expect("launch");
     Launched { runtime, handle, spec, _dir: dir }

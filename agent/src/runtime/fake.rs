@@ -43,7 +43,7 @@ pub struct FakeRuntime {
 }
 
 fn ended(code: Option<i32>, signal: Option<i32>, oom: bool, killed: bool) -> Phase {
-    Phase::Exited(Termination { code, signal, oom, killed, error: None, finished_at: Timestamp::now().to_iso() })
+    Phase::Exited(Termination { code, signal, oom, killed, error: None, fetch_failed: false, finished_at: Timestamp::now().to_iso() })
 }
 
 impl FakeRuntime {
@@ -200,6 +200,7 @@ mod tests {
             sandbox: "/nowhere".into(),
             env: vec![],
             logs: Default::default(),
+            fetch_cache: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct LaunchRequest {
     /// The complete environment (see [`crate::taskenv::task_env`]).
     pub env: Vec<(String, String)>,
     pub logs: LogPolicy,
+    /// The agent's artifact cache for `fetch` URIs with `cache: true`.
+    pub fetch_cache: Option<PathBuf>,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.
@@ -71,6 +73,9 @@ pub struct Termination {
     /// Set when the task could not even be started.
     #[serde(default)]
     pub error: Option<String>,
+    /// Staging its artifacts failed (`error` says which and why); the command never ran.
+    #[serde(default)]
+    pub fetch_failed: bool,
     pub finished_at: String,
 }
 

@@ -129,6 +129,8 @@ impl ContainerRuntime for ProcessRuntime {
             logs: request.logs,
             user: spec.app.user.clone(),
             task: Some(spec.clone()),
+            fetch: spec.app.fetch.clone(),
+            fetch_cache: request.fetch_cache.clone(),
         };
         let spec_path = request.sandbox.join(executor::SPEC_FILE);
         let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)

@@ -91,7 +91,8 @@ pub struct Agent {
 }
 
 pub fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
-    let runtime = Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
+    let runtime =
+        Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
     start_agent_with(master, work_dir, port, runtime)
 }
 
@@ -106,7 +107,8 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         token: Some("sesame".into()),
     };
-    let options = AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
+    let options =
+        AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
     let handle = tokio::spawn(async move {
         if let Err(err) = run_with(config, runtime, options).await {
             panic!("agent failed: {err}");
@@ -144,11 +146,13 @@ impl Drop for KillTasksOnDrop {
             for file in ["running.json", "executor.json"] {
                 if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
                     if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
             }
         }
     }
 }
-
