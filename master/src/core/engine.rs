@@ -361,6 +361,7 @@ impl Core {
         self.emit("deployment_info", now, json!({"plan": json, "currentStep": json["steps"][0]}));
         self.deployments.insert(id.clone(), deployment);
         self.changes.deployments.insert(id.clone());
+        self.needs_supervision.insert(app_id.clone());
         id
     }
 
@@ -944,9 +945,9 @@ impl Core {
         self.expunge_unreachable(now);
         let mut todo: BTreeSet<AppId> = std::mem::take(&mut self.needs_supervision).into_iter().collect();
         todo.extend(self.offer_stats.keys().cloned());
-        todo.extend(self.deployments.values().map(|d| d.app_id.clone()));
         let mut offers = OfferRound::new(self);
         let mut budget = self.config.max_launches_per_tick;
+        let mut looked_at = HashSet::with_capacity(todo.len());
         for app_id in todo {
             if budget == 0 {
                 // Out of launch tokens this round: look again next tick.
@@ -954,8 +955,10 @@ impl Core {
                 continue;
             }
             self.supervise(&app_id, &mut offers, &mut budget, now);
+            looked_at.insert(app_id);
         }
-        self.progress_deployments(now);
+        // A deployment can only have moved if its app was looked at.
+        self.progress_deployments(&looked_at, now);
     }
 
     fn detect_lost_agents(&mut self, now: Timestamp) {
@@ -1238,8 +1241,9 @@ impl Core {
         spread
     }
 
-    fn progress_deployments(&mut self, now: Timestamp) {
-        let ids: Vec<DeploymentId> = self.deployments.keys().cloned().collect();
+    fn progress_deployments(&mut self, apps: &HashSet<AppId>, now: Timestamp) {
+        let ids: Vec<DeploymentId> =
+            self.deployments.values().filter(|d| apps.contains(&d.app_id)).map(|d| d.id.clone()).collect();
         for id in ids {
             // Finished steps cascade within one tick.
             loop {
@@ -1324,10 +1328,18 @@ impl Core {
     /// All of the app's tasks run its current config, are ready, and number `instances`.
     fn app_converged(&self, app_id: &AppId) -> bool {
         let Some(app) = self.apps.get(app_id) else { return true };
-        let has_checks = Readiness::of(&app.definition);
-        let tasks = self.app_tasks(app_id);
-        tasks.len() == app.definition.instances.max(0) as usize
-            && tasks.iter().all(|t| t.version == app.config_version && t.is_ready(has_checks))
+        let needs = Readiness::of(&app.definition);
+        let mut count = 0;
+        for task in self.tasks_by_app.get(app_id).into_iter().flatten().filter_map(|t| self.tasks.get(t)) {
+            if task.state.is_terminal() {
+                continue;
+            }
+            if task.version != app.config_version || !task.is_ready(needs) {
+                return false;
+            }
+            count += 1;
+        }
+        count == app.definition.instances.max(0) as usize
     }
 
     /// Drains what changed since the last call.

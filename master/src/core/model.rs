@@ -44,23 +44,27 @@ pub struct TaskRecord {
     pub resources: Resources,
     pub state: TaskState,
     pub staged_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     pub updated_at: Timestamp,
     /// The master asked the agent to kill it (shown as `TASK_KILLING`).
     pub kill_requested: bool,
     /// Why it was killed (scale down, upgrade, API, unhealthy...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_addresses: Vec<Value>,
     /// Readiness as the agent's readiness checks last reported it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
     /// When its agent was lost, for apps whose `unreachableStrategy` keeps such tasks.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<Timestamp>,
 }
 
