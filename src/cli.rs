@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod node;
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEPLOYMENT_POLL: Duration = Duration::from_millis(500);
 const DEFAULT_AGENT_PORT: u16 = 5051;
@@ -138,6 +140,28 @@ pub enum TaskCommand {
 pub enum NodeCommand {
     /// List agents with their resources.
     List,
+    /// Place no new tasks on a node and move its tasks elsewhere (within each app's upgrade strategy).
+    Drain {
+        /// Agent id or hostname.
+        node: String,
+        /// Return at once instead of waiting until the node is drained.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Shut a (drained) node down through its node API.
+    Poweroff {
+        node: String,
+        /// Also when tasks still run there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Machine profiles for PXE boot: role, hostname, attributes per MAC.
+    Profile {
+        #[command(subcommand)]
+        cmd: node::ProfileCommand,
+    },
 }
 
 impl ClientCommand {
@@ -152,6 +176,15 @@ impl ClientCommand {
                 let master = Master::new(&client)?;
                 let body = master.call(Method::GET, "/master/slaves", None).await?;
                 output(client.json, &body, node_table)
+            }
+            ClientCommand::Node { client, cmd: NodeCommand::Drain { node, no_wait, timeout_secs } } => {
+                node::drain(&Master::new(&client)?, client.json, &node, !no_wait, Duration::from_secs(timeout_secs)).await
+            }
+            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force } } => {
+                node::poweroff(&Master::new(&client)?, &node, force).await
+            }
+            ClientCommand::Node { client, cmd: NodeCommand::Profile { cmd } } => {
+                node::profile(&Master::new(&client)?, client.json, cmd).await
             }
             ClientCommand::Queue { client } => {
                 let master = Master::new(&client)?;

@@ -115,6 +115,34 @@ struct MasterCommand {
     master: MasterArgs,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    pxe: PxeArgs,
+}
+
+/// PXE provisioning: the master boots blank machines on this network as agents.
+#[derive(Debug, Args)]
+struct PxeArgs {
+    /// Serve DHCP (67, 4011) and TFTP (69) for PXE boot on this interface.
+    #[arg(long, env = "PLINTH_PXE_INTERFACE")]
+    pxe_interface: Option<String>,
+    /// Full DHCP: lease addresses FIRST-LAST (isolated networks without another DHCP server).
+    #[arg(long, env = "PLINTH_DHCP_RANGE", value_parser = plinth_provisioning::dhcp::AddressPool::parse_range, conflicts_with = "proxy_dhcp", requires = "pxe_interface")]
+    dhcp_range: Option<plinth_provisioning::dhcp::AddressPool>,
+    /// proxyDHCP beside an existing DHCP server: PXE options only (the default with --pxe-interface).
+    #[arg(long, env = "PLINTH_PROXY_DHCP", requires = "pxe_interface")]
+    proxy_dhcp: bool,
+    /// Directory with vmlinuz and initramfs.img (from `plinth image build`) served to booting machines.
+    #[arg(long, env = "PLINTH_BOOT_DIR")]
+    boot_dir: Option<PathBuf>,
+    /// Directory with iPXE for PXE firmware (undionly.kpxe, ipxe.efi).
+    #[arg(long, env = "PLINTH_TFTP_ROOT", default_value = "/usr/lib/ipxe")]
+    tftp_root: PathBuf,
+    /// What machines without a profile boot as: agent, or ignore (no answer).
+    #[arg(long, env = "PLINTH_PXE_UNKNOWN", default_value = "agent")]
+    pxe_unknown: plinth_provisioning::DefaultProfile,
+    /// The master URL booting machines use (default: http://PXE-INTERFACE-IP:PORT).
+    #[arg(long, env = "PLINTH_ADVERTISE_URL")]
+    advertise_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -269,7 +297,19 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
 async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
     let config = master_config(cmd.master, &cmd.node);
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting master");
-    plinth_master::run(config).await.context("master failed")
+    let pxe = cmd.pxe;
+    let boot = plinth_master::boot::BootConfig {
+        pxe_interface: pxe.pxe_interface,
+        dhcp: match pxe.dhcp_range {
+            Some(pool) => plinth_master::boot::PxeDhcp::Range(pool),
+            None => plinth_master::boot::PxeDhcp::Proxy,
+        },
+        boot_dir: pxe.boot_dir,
+        tftp_root: pxe.tftp_root,
+        default_profile: pxe.pxe_unknown,
+        advertise_url: pxe.advertise_url,
+    };
+    plinth_master::boot::run(config, boot).await.context("master failed")
 }
 
 async fn run_agent(cmd: AgentCommand) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 pub mod core;
 pub mod api;
 pub mod bench;
+pub mod boot;
 pub mod error;
 pub mod events;
 pub mod metrics;

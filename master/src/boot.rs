@@ -1,0 +1,343 @@
+//! Provisioning inside the master: the HTTP side of PXE boot (`/boot/ipxe` scripts per
+//! machine, `/boot/vmlinuz` and `/boot/initramfs.img` with range requests), machine
+//! profiles (`/v1/machines/{mac}`), the list of machines that booted with their state
+//! (booting, registered, lost), and [`run`], which serves the master together with the
+//! DHCP/TFTP boot server of `plinth-provisioning` on the PXE interface.
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use plinth_protocol::Violation;
+use plinth_provisioning::dhcp::{AddressPool, DhcpConfig, DhcpMode};
+use plinth_provisioning::profile::{ipxe_script, BootParams};
+use plinth_provisioning::serve::{self, PxeConfig, Provisioning, ServeError};
+use plinth_provisioning::{DefaultProfile, MacAddr, MachineProfile};
+
+use crate::api::Body;
+use crate::core::Core;
+use crate::error::{ApiError, MasterError};
+use crate::server::{Master, MasterConfig};
+
+/// How the PXE boot server answers DHCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PxeDhcp {
+    /// Beside an existing DHCP server: boot options only.
+    Proxy,
+    /// Addresses from this range (isolated networks).
+    Range(AddressPool),
+}
+
+/// Provisioning settings of `plinth master` (`--pxe-interface` etc.).
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// Interface DHCP/TFTP listen on; `None` serves only the HTTP side (profiles, files).
+    pub pxe_interface: Option<String>,
+    pub dhcp: PxeDhcp,
+    /// Holds `vmlinuz` and `initramfs.img` (from `plinth image build`).
+    pub boot_dir: Option<PathBuf>,
+    /// Where `undionly.kpxe` and `ipxe.efi` are (Debian's `ipxe`).
+    pub tftp_root: PathBuf,
+    pub default_profile: DefaultProfile,
+    /// The master's URL as booting machines reach it (default: the PXE interface's address).
+    pub advertise_url: Option<String>,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            pxe_interface: None,
+            dhcp: PxeDhcp::Proxy,
+            boot_dir: None,
+            tftp_root: PathBuf::from("/usr/lib/ipxe"),
+            default_profile: DefaultProfile::Agent,
+            advertise_url: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Master(#[from] MasterError),
+    #[error("PXE boot server")]
+    Provisioning(#[from] ServeError),
+}
+
+/// The HTTP side's state.
+pub struct BootService {
+    master: Arc<Master>,
+    provisioning: Arc<Provisioning>,
+    /// `None` until the master's reachable URL is known (no PXE interface, no --advertise-url):
+    /// then the script uses the Host the machine asked.
+    params: BootParams,
+    boot_dir: Option<PathBuf>,
+}
+
+/// Binds the API, opens the master and the provisioning store, starts DHCP/TFTP on the PXE
+/// interface (if any) and serves the API plus the boot routes until the server fails.
+pub async fn run(config: MasterConfig, boot: BootConfig) -> Result<(), BootError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
+    let data_dir = config.data_dir.clone();
+    let master = Master::open(config, port).await?;
+    master.spawn_ticker();
+    let provisioning = Provisioning::open(&data_dir, boot.default_profile)?;
+    let mut advertise = boot.advertise_url.clone();
+    if let Some(interface) = &boot.pxe_interface {
+        let server_ip = serve::interface_ipv4(interface)?;
+        let url = advertise.get_or_insert_with(|| format!("http://{server_ip}:{port}")).clone();
+        let mode = match &boot.dhcp {
+            PxeDhcp::Proxy => DhcpMode::Proxy,
+            PxeDhcp::Range(pool) => DhcpMode::Full(pool.clone()),
+        };
+        let dhcp = DhcpConfig { server_ip, mode, http_base: url, default_profile: boot.default_profile };
+        serve::spawn(provisioning.clone(), PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() })?;
+    }
+    let master_url = advertise.unwrap_or_else(|| format!("http://{}:{port}", master.config.hostname));
+    let params = BootParams::new(master_url, master.config.token.clone());
+    tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, "boot files and machine profiles served");
+    let service = Arc::new(BootService { master: master.clone(), provisioning, params, boot_dir: boot.boot_dir });
+    let app = crate::api::router(master.clone()).merge(router(service));
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .map_err(|e| BootError::Master(MasterError::Serve(e)))
+}
+
+pub fn router(service: Arc<BootService>) -> Router {
+    Router::new()
+        .route("/boot/ipxe", get(script))
+        .route("/boot/vmlinuz", get(|s, h| file(s, h, "vmlinuz")))
+        .route("/boot/initramfs.img", get(|s, h| file(s, h, "initramfs.img")))
+        .route("/v1/machines", get(list))
+        .route("/v1/machines/{mac}", get(get_one).put(put).delete(delete))
+        .with_state(service)
+}
+
+type Shared = State<Arc<BootService>>;
+
+fn parse_mac(raw: &str) -> Result<MacAddr, ApiError> {
+    raw.parse::<MacAddr>()
+        .map_err(|e| ApiError::Invalid(vec![Violation { path: "/mac".into(), errors: vec![e.to_string()] }]))
+}
+
+fn ipxe_text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// `GET /boot/ipxe?mac=...`: the iPXE script for one machine.
+async fn script(
+    State(boot): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(raw) = query.get("mac").filter(|m| !m.is_empty() && !m.contains('$')) else {
+        // A client that did not expand ${mac}: ask again with the MAC of its first NIC.
+        let base = &boot.params.master_url;
+        return ipxe_text(StatusCode::OK, format!("#!ipxe\nchain {base}/boot/ipxe?mac=${{net0/mac}}\n"));
+    };
+    let Ok(mac) = raw.parse::<MacAddr>() else {
+        return ipxe_text(StatusCode::BAD_REQUEST, format!("#!ipxe\necho plinth: {raw:?} is not a MAC address\nexit 1\n"));
+    };
+    let Some(profile) = boot.provisioning.boot_profile(mac) else {
+        boot.provisioning.log_once("unknown-machine", &mac.to_string(), &"no profile and unknown machines are ignored");
+        return ipxe_text(StatusCode::NOT_FOUND, format!("#!ipxe\necho plinth: machine {mac} has no profile\nexit 1\n"));
+    };
+    let ip = match peer.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    boot.provisioning.record_boot(mac, ip, "ipxe-script");
+    tracing::info!(mac = %mac, peer = %peer, role = profile.role.as_str(), "iPXE script served");
+    ipxe_text(StatusCode::OK, ipxe_script(mac, &profile, &boot.params))
+}
+
+/// A byte range request's answer for a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    Whole,
+    Part { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// One `bytes=` range (`a-b`, `a-`, `-n`); several ranges or other units get the whole file.
+fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return RangeAnswer::Whole };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return RangeAnswer::Whole };
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(start), Some(end)) if start <= end => Some((start, end.min(len.saturating_sub(1)))),
+        (Some(start), None) if b.is_empty() => Some((start, len.saturating_sub(1))),
+        (None, Some(suffix)) if a.is_empty() && suffix > 0 => Some((len.saturating_sub(suffix), len.saturating_sub(1))),
+        _ => return RangeAnswer::Whole,
+    };
+    match range {
+        Some((start, end)) if start < len && start <= end => RangeAnswer::Part { start, end },
+        _ => RangeAnswer::Unsatisfiable,
+    }
+}
+
+/// `GET /boot/vmlinuz`, `GET /boot/initramfs.img`, streamed, with single range requests.
+async fn file(State(boot): Shared, headers: HeaderMap, name: &'static str) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Some(dir) = &boot.boot_dir else {
+        return ApiError::NotFound(format!("no boot files: start the master with --boot-dir DIR (from plinth image build) to serve {name}")).into_response();
+    };
+    let path = dir.join(name);
+    let opened = async {
+        let f = tokio::fs::File::open(&path).await?;
+        let len = f.metadata().await?.len();
+        Ok::<_, std::io::Error>((f, len))
+    };
+    let (mut f, len) = match opened.await {
+        Ok(x) => x,
+        Err(e) => return ApiError::NotFound(format!("{}: {e}", path.display())).into_response(),
+    };
+    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len);
+    let (status, start, count) = match range {
+        RangeAnswer::Whole => (StatusCode::OK, 0, len),
+        RangeAnswer::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeAnswer::Unsatisfiable => {
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response()
+        }
+    };
+    if let Err(e) = f.seek(std::io::SeekFrom::Start(start)).await {
+        return ApiError::Internal(format!("{}: {e}", path.display())).into_response();
+    }
+    let stream = futures::stream::unfold((f.take(count), false), |(mut reader, done)| async move {
+        if done {
+            return None;
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), (reader, false)))
+            }
+            Err(e) => Some((Err(e), (reader, true))),
+        }
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    response
+}
+
+/// One machine: its profile, what booted, and what the cluster knows of it.
+fn machine_json(boot: &BootService, core: &Core, mac: MacAddr) -> Value {
+    let profile = boot.provisioning.profile(mac);
+    let seen = boot.provisioning.seen().get(&mac).cloned();
+    let lease_ip = boot.provisioning.leases().leases.get(&mac).filter(|l| l.bound).map(|l| l.ip);
+    let ip = lease_ip.or(seen.as_ref().and_then(|s| s.ip));
+    let hostname = profile.clone().unwrap_or_default().hostname_for(mac);
+    let agent = core.agents().find(|a| {
+        a.record.hostname == hostname || ip.is_some_and(|ip| a.record.advertise_ip == ip.to_string())
+    });
+    let state = match (agent, &seen) {
+        (Some(a), _) if a.record.active => "registered",
+        (Some(_), _) => "lost",
+        (None, Some(_)) => "booting",
+        (None, None) => "configured",
+    };
+    json!({
+        "mac": mac.to_string(),
+        "ip": ip.map(|ip| ip.to_string()).or_else(|| agent.map(|a| a.record.advertise_ip.clone())),
+        "hostname": hostname,
+        "state": state,
+        "agentId": agent.map(|a| a.record.id.to_string()),
+        "profile": profile,
+        "lastBoot": seen.as_ref().map(|s| s.last_boot_ms as f64 / 1000.0),
+        "bootedVia": seen.map(|s| s.via),
+    })
+}
+
+/// `GET /v1/machines`: every machine with a profile or that booted.
+async fn list(State(boot): Shared) -> Json<Value> {
+    let mut macs: std::collections::BTreeSet<MacAddr> = boot.provisioning.profiles().into_keys().collect();
+    macs.extend(boot.provisioning.seen().into_keys());
+    let guard = boot.master.read().await;
+    let machines: Vec<Value> = macs.into_iter().map(|mac| machine_json(&boot, &guard.core, mac)).collect();
+    Json(json!({"machines": machines, "defaultProfile": boot.provisioning.default_profile}))
+}
+
+async fn get_one(State(boot): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let mac = parse_mac(&raw)?;
+    if boot.provisioning.profile(mac).is_none() && !boot.provisioning.seen().contains_key(&mac) {
+        return Err(ApiError::NotFound(format!("machine {mac} has no profile and has not booted")));
+    }
+    let guard = boot.master.read().await;
+    Ok(Json(machine_json(&boot, &guard.core, mac)))
+}
+
+/// `PUT /v1/machines/{mac}`: create or replace a profile (validated; nothing changes on error).
+async fn put(State(boot): Shared, Path(raw): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let mac = parse_mac(&raw)?;
+    let profile: MachineProfile = body.json()?;
+    let existed = boot.provisioning.profile(mac).is_some();
+    boot.provisioning.set_profile(mac, profile.clone()).map_err(|e| match e {
+        ServeError::Invalid(errors) => ApiError::Invalid(
+            errors.into_iter().map(|e| Violation { path: e.path.to_string(), errors: vec![e.message] }).collect(),
+        ),
+        other => ApiError::Internal(format!("{:#}", anyhow_chain(&other))),
+    })?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({"mac": mac.to_string(), "profile": profile}))).into_response())
+}
+
+async fn delete(State(boot): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let mac = parse_mac(&raw)?;
+    match boot.provisioning.delete_profile(mac) {
+        Ok(true) => Ok(Json(json!({"mac": mac.to_string(), "deleted": true}))),
+        Ok(false) => Err(ApiError::NotFound(format!("machine {mac} has no profile"))),
+        Err(e) => Err(ApiError::Internal(anyhow_chain(&e))),
+    }
+}
+
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_requests() {
+        assert_eq!(parse_range(None, 100), RangeAnswer::Whole);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeAnswer::Part { start: 0, end: 9 });
+        assert_eq!(parse_range(Some("bytes=90-"), 100), RangeAnswer::Part { start: 90, end: 99 });
+        assert_eq!(parse_range(Some("bytes=-10"), 100), RangeAnswer::Part { start: 90, end: 99 });
+        assert_eq!(parse_range(Some("bytes=50-500"), 100), RangeAnswer::Part { start: 50, end: 99 });
+        assert_eq!(parse_range(Some("bytes=100-"), 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeAnswer::Whole);
+        assert_eq!(parse_range(Some("items=0-1"), 100), RangeAnswer::Whole);
+        assert_eq!(parse_range(Some("bytes=9-1"), 100), RangeAnswer::Whole);
+    }
+}

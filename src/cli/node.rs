@@ -1,0 +1,132 @@
+//! `plinth node drain|poweroff|profile ...`: decommissioning and machine profiles.
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+use super::{agent_url, output, table, text, Master};
+
+/// The node API init serves on every node (`POST /node/v1/poweroff`).
+const NODE_API_PORT: u16 = 5052;
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Set what the machine with this MAC boots as.
+    Set {
+        mac: String,
+        /// agent, master or standalone.
+        #[arg(long, default_value = "agent")]
+        role: String,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Attributes for constraints, e.g. 'rack:r2;zone:a'.
+        #[arg(long, default_value = "")]
+        attributes: String,
+        /// More kernel command line words.
+        #[arg(long, default_value = "")]
+        extra_cmdline: String,
+    },
+    /// Show one machine's profile and state.
+    Get { mac: String },
+    /// Remove a machine's profile (it then boots with the default profile).
+    Delete { mac: String },
+    /// List machines with their MAC, address and state (booting, registered, lost).
+    List,
+}
+
+/// The agent named `node` (id or hostname) in `/master/slaves`.
+async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
+    let body = master.call(Method::GET, "/master/slaves", None).await?;
+    let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
+    let matches: Vec<Value> = slaves.into_iter().filter(|s| text(s, "id") == node || text(s, "hostname") == node).collect();
+    match matches.len() {
+        0 => bail!("no node {node:?}: not an agent id or hostname the master knows (see plinth node list)"),
+        1 => Ok(matches.into_iter().next().expect("one match")),
+        n => bail!("{n} nodes are called {node:?}; use the agent id"),
+    }
+}
+
+pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+    let agent = find_agent(master, node).await?;
+    let id = text(&agent, "id");
+    let mut state = master.call(Method::POST, &format!("/master/slaves/{id}/drain"), None).await?;
+    if wait {
+        let started = Instant::now();
+        while !state.get("drained").and_then(Value::as_bool).unwrap_or(false) {
+            if started.elapsed() > timeout {
+                bail!("node {id} still has tasks after {timeout:?}; it stays draining (see plinth task list)");
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+            state = find_agent(master, &id).await?;
+        }
+    }
+    output(json_out, &state, |s| {
+        let drained = s.get("drained").and_then(Value::as_bool).unwrap_or(false);
+        format!("node {} ({}) {}\n", text(s, "id"), text(s, "hostname"), if drained { "drained" } else { "draining" })
+    })
+}
+
+pub async fn poweroff(master: &Master, node: &str, force: bool) -> anyhow::Result<()> {
+    let agent = find_agent(master, node).await?;
+    let id = text(&agent, "id");
+    let drained = agent.get("drained").and_then(Value::as_bool).unwrap_or(false);
+    if !drained && !force {
+        bail!("node {id} is not drained; run `plinth node drain {node}` first (or --force to cut its tasks off)");
+    }
+    let url = agent_url(&agent).context("the master shows no address for this node")?;
+    let host = url.trim_start_matches("http://").rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+    let target = format!("http://{host}:{NODE_API_PORT}/node/v1/poweroff");
+    let response = reqwest::Client::new()
+        .post(&target)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node API at {target} (only nodes booted from the Plinth image have one)"))?;
+    if !response.status().is_success() {
+        bail!("{target} answered {}: {}", response.status(), response.text().await.unwrap_or_default().trim());
+    }
+    println!("node {id} is powering off");
+    Ok(())
+}
+
+fn machines_table(body: &Value) -> String {
+    let machines = body.get("machines").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = machines
+        .iter()
+        .map(|m| {
+            let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+            let profile = m.get("profile").filter(|p| !p.is_null());
+            let role = profile.and_then(|p| p.get("role")).and_then(Value::as_str).unwrap_or("(default)").to_string();
+            let attributes = profile.and_then(|p| p.get("attributes")).and_then(Value::as_str).unwrap_or("-").to_string();
+            vec![field("mac"), field("hostname"), field("ip"), field("state"), role, attributes]
+        })
+        .collect();
+    table(&["MAC", "HOSTNAME", "IP", "STATE", "ROLE", "ATTRIBUTES"], &rows)
+}
+
+pub async fn profile(master: &Master, json_out: bool, cmd: ProfileCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProfileCommand::Set { mac, role, hostname, attributes, extra_cmdline } => {
+            let mut body = json!({"role": role, "attributes": attributes, "extraCmdline": extra_cmdline});
+            if let Some(h) = hostname {
+                body["hostname"] = json!(h);
+            }
+            let answer = master.call(Method::PUT, &format!("/v1/machines/{mac}"), Some(&body)).await?;
+            output(json_out, &answer, |a| format!("profile of {} set\n", text(a, "mac")))
+        }
+        ProfileCommand::Get { mac } => {
+            let answer = master.call(Method::GET, &format!("/v1/machines/{mac}"), None).await?;
+            output(json_out, &answer, |m| machines_table(&json!({"machines": [m]})))
+        }
+        ProfileCommand::Delete { mac } => {
+            let answer = master.call(Method::DELETE, &format!("/v1/machines/{mac}"), None).await?;
+            output(json_out, &answer, |a| format!("profile of {} deleted\n", text(a, "mac")))
+        }
+        ProfileCommand::List => {
+            let answer = master.call(Method::GET, "/v1/machines", None).await?;
+            output(json_out, &answer, machines_table)
+        }
+    }
+}
