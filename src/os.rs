@@ -236,7 +236,9 @@ async fn bench_one_boot(image: &std::path::Path, cmdline: &str, mem_mb: u32, wor
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let mut qemu = QemuGuard(child);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    // Short timeouts: before the guest listens, QEMU's user-net accepts the host side of a
+    // forwarded connection and leaves it hanging, so a long timeout would blur the timing.
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(700)).build()?;
     let base = format!("http://127.0.0.1:{api}");
     let deadline = t0 + Duration::from_secs(300);
     let until = |what: &'static str| {

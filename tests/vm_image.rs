@@ -26,7 +26,7 @@ fn two_builds_are_byte_identical() -> anyhow::Result<()> {
     let cmdline = std::fs::read_to_string(a.path().join("cmdline"))?;
     assert!(cmdline.contains("plinth.role=agent plinth.master=http://10.9.9.9:8080"), "{cmdline}");
     // The archive is a valid newc cpio that holds the init, its loader and the modules.
-    let listing = Command::new("sh").arg("-c").arg(format!("zcat {} | cpio -t --quiet", a.path().join("initramfs.img").display())).output()?;
+    let listing = Command::new("sh").arg("-c").arg(format!("zstdcat {} | cpio -t --quiet", a.path().join("initramfs.img").display())).output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
     for path in ["init", "lib64/ld-linux-x86-64.so.2", "bin/sh", "etc/ssl/certs/ca-certificates.crt", "dev/console"] {
         assert!(listing.lines().any(|l| l == path), "initramfs lacks {path}");

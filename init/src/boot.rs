@@ -96,22 +96,22 @@ impl<S: System> Boot<S> {
         self.index.as_ref().expect("set just above")
     }
 
-    /// Loads `names` and their dependencies; returns how many files were loaded.
+    /// Loads `names` and their dependencies, a wave of independent modules at a time;
+    /// returns how many files were loaded.
     pub fn load_modules(&mut self, names: &[String]) -> usize {
-        let (order, missing) = self.module_index().load_order(names);
+        let (waves, missing) = self.module_index().load_waves(names);
         for m in &missing {
             info!(module = %m, "module not in this image, skipped");
         }
         self.state.modules_missing.extend(missing);
         let mut loaded = 0;
-        for rel in order {
-            if !self.attempted.insert(rel.clone()) {
-                continue;
-            }
-            let path = self.modules_dir.join(&rel);
-            match self.sys.load_module(&path) {
-                Ok(()) => loaded += 1,
-                Err(e) => warn!(error = %error_chain(&e), "module load failed"),
+        for wave in waves {
+            let paths: Vec<PathBuf> = wave.into_iter().filter(|rel| self.attempted.insert(rel.clone())).map(|rel| self.modules_dir.join(rel)).collect();
+            for result in self.sys.load_modules_together(&paths) {
+                match result {
+                    Ok(()) => loaded += 1,
+                    Err(e) => warn!(error = %error_chain(&e), "module load failed"),
+                }
             }
         }
         self.state.modules_loaded += loaded;
@@ -181,6 +181,8 @@ impl<S: System> Boot<S> {
                 };
                 self.sys.set_hostname(&name)?;
                 let _ = self.sys.write_file(Path::new("/etc/hostname"), format!("{name}\n").as_bytes());
+                // Resolve our own name locally: a lookup must never wait on outside DNS.
+                let _ = self.sys.write_file(Path::new("/etc/hosts"), hosts_file(&name, &self.state.ifaces).as_bytes());
                 self.state.hostname = name;
                 Ok(())
             }
@@ -320,6 +322,15 @@ impl<S: System> Boot<S> {
             disk_mb,
         }
     }
+}
+
+/// `/etc/hosts`: localhost, and this node's name on each of its addresses.
+pub fn hosts_file(hostname: &str, ifaces: &[IfaceState]) -> String {
+    let mut out = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n");
+    for (addr, _) in ifaces.iter().filter_map(|i| i.address) {
+        out.push_str(&format!("{addr}\t{hostname}\n"));
+    }
+    out
 }
 
 fn apply_lease(link: &Link, lease: &Lease) -> Result<()> {
@@ -463,6 +474,16 @@ mod tests {
         let plan = crate::plan::plan(&crate::cmdline::KernelCmdline::parse("plinth.role=standalone")).expect("valid");
         let fatal: Vec<_> = plan.iter().filter(|p| severity(p) == Severity::Fatal).collect();
         assert_eq!(fatal.len(), 4, "/proc, /sys, /dev and the role: {fatal:?}");
+    }
+
+    #[test]
+    fn hostname_is_written_with_a_hosts_entry_per_address() {
+        let mut boot = Boot::new(fake(), "/lib/modules/6.1".into());
+        boot.state.ifaces.push(IfaceState { name: "eth0".into(), mac: None, address: Some(([10, 0, 2, 15].into(), 24)), gateway: None, via: "dhcp", lease: None });
+        boot.run_phase(&Phase::Hostname(HostnameSource::Explicit("n1".into()))).expect("ok");
+        let hosts = boot.sys.written.iter().find(|(p, _)| p == Path::new("/etc/hosts")).map(|(_, c)| c.clone()).expect("hosts written");
+        assert!(hosts.contains("127.0.1.1\tn1\n") && hosts.contains("10.0.2.15\tn1\n"), "{hosts}");
+        assert_eq!(boot.state.hostname, "n1");
     }
 
     #[test]

@@ -103,23 +103,49 @@ impl ModuleIndex {
         (order, missing)
     }
 
+    /// Everything `path` must wait for, in load order: resolved soft `pre:` dependencies,
+    /// then its hard dependencies.
+    fn prerequisites(&self, path: &str) -> Vec<String> {
+        let name = module_name(path);
+        let mut pre: Vec<String> = self
+            .softdeps
+            .get(&name)
+            .into_iter()
+            .flatten()
+            .flat_map(|soft| self.resolve(soft))
+            .filter_map(|m| self.deps.get(&m).map(|(p, _)| p.clone()))
+            .collect();
+        if let Some((_, deps)) = self.deps.get(&name) {
+            // depmod lists the deepest dependency last; modprobe loads from the end.
+            pre.extend(deps.iter().rev().cloned());
+        }
+        pre
+    }
+
+    /// [`Self::load_order`] cut into waves: every module's prerequisites are in earlier
+    /// waves, so the modules of one wave can load in parallel.
+    pub fn load_waves(&self, wanted: &[String]) -> (Vec<Vec<String>>, Vec<String>) {
+        let (order, missing) = self.load_order(wanted);
+        let mut wave_of: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut waves: Vec<Vec<String>> = Vec::new();
+        for path in &order {
+            // `order` has prerequisites first, so their waves are known already.
+            let wave = self.prerequisites(path).iter().filter_map(|p| wave_of.get(p.as_str())).map(|w| w + 1).max().unwrap_or(0);
+            wave_of.insert(path, wave);
+            if waves.len() <= wave {
+                waves.resize(wave + 1, Vec::new());
+            }
+            waves[wave].push(path.clone());
+        }
+        (waves, missing)
+    }
+
     fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
         if !seen.insert(path.to_string()) {
             return;
         }
-        let name = module_name(path);
-        for soft in self.softdeps.get(&name).into_iter().flatten() {
-            for provider in self.resolve(soft) {
-                if let Some((p, _)) = self.deps.get(&provider) {
-                    self.visit(p, seen, order);
-                }
-            }
-        }
-        if let Some((_, deps)) = self.deps.get(&name) {
-            // depmod lists the deepest dependency last; modprobe loads from the end.
-            for dep in deps.iter().rev() {
-                self.visit(dep, seen, order);
-            }
+        for pre in &self.prerequisites(path) {
+            self.visit(pre, seen, order);
         }
         order.push(path.to_string());
     }
@@ -243,6 +269,19 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
         let index = ModuleIndex::parse(dep, "", alias).with_softdeps("softdep libcrc32c pre: crc32c post: nothing\n");
         let (order, _) = index.load_order(&["libcrc32c".into()]);
         assert_eq!(order, ["kernel/arch/crc32c-intel.ko", "kernel/crypto/crc32c_generic.ko", "kernel/lib/libcrc32c.ko"]);
+    }
+
+    #[test]
+    fn waves_put_every_module_after_its_prerequisites() {
+        let (waves, _) = index().load_waves(&["virtio_net".into(), "virtio_pci".into(), "overlay".into()]);
+        assert_eq!(
+            waves,
+            vec![
+                vec!["kernel/net/core/failover.ko", "kernel/drivers/virtio/virtio_pci_modern_dev.ko", "kernel/fs/overlayfs/overlay.ko"],
+                vec!["kernel/drivers/net/net_failover.ko", "kernel/drivers/virtio/virtio_pci.ko"],
+                vec!["kernel/drivers/net/virtio_net.ko"],
+            ]
+        );
     }
 
     #[test]

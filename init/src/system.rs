@@ -18,6 +18,10 @@ pub trait System {
     fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()>;
     /// Loads one module file; a module that is already loaded counts as success.
     fn load_module(&mut self, path: &Path) -> Result<()>;
+    /// Loads modules that do not depend on each other; results in the order of `paths`.
+    fn load_modules_together(&mut self, paths: &[PathBuf]) -> Vec<Result<()>> {
+        paths.iter().map(|p| self.load_module(p)).collect()
+    }
     fn set_hostname(&mut self, name: &str) -> Result<()>;
     /// Names of the entries of a directory, sorted; empty when it does not exist.
     fn list_dir(&mut self, path: &Path) -> Vec<String>;
@@ -68,6 +72,28 @@ impl System for RealSystem {
             return Ok(());
         }
         Err(err(e))
+    }
+
+    /// One thread per CPU: module signature checks and relocation dominate boot time
+    /// under emulation, and they run in parallel in the kernel.
+    fn load_modules_together(&mut self, paths: &[PathBuf]) -> Vec<Result<()>> {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(paths.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Result<()>>>> = paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let r = RealSystem.load_module(path);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every index is taken by exactly one worker"))
+            .collect()
     }
 
     fn set_hostname(&mut self, name: &str) -> Result<()> {

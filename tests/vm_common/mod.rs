@@ -229,7 +229,9 @@ pub fn http() -> reqwest::blocking::Client {
 
 /// Polls `url` until it answers 2xx; returns the body and when it first answered.
 pub fn wait_http(vm: &mut Vm, url: &str, timeout: Duration) -> Result<(String, Duration)> {
-    let client = http();
+    // A short per-request timeout: QEMU's user-net accepts forwarded connections before the
+    // guest listens and leaves them hanging.
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let end = Instant::now() + timeout;
     loop {
         if let Ok(resp) = client.get(url).send() {
