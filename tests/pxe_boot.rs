@@ -1,0 +1,317 @@
+//! Real PXE: in a test network (a bridge and one namespace per host), the master serves
+//! DHCP/TFTP/HTTP on its interface; a QEMU VM (software emulation, NIC on a tap in the
+//! bridge, `-boot n`, Debian's iPXE ROM, no disk) boots from the network, comes up as an
+//! agent with its profile's attributes, and an app that waited for such a node starts on
+//! it. Plus bad input against the boot server (garbage DHCP, unknown MACs, TFTP path
+//! traversal, wrong join token): ignored or refused, and nothing changes.
+mod common;
+mod vm_common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "pxe-join-secret";
+/// Debian's ipxe-qemu: iPXE as the virtio NIC's option ROM.
+const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
+/// A tap device in the test bridge; deleted on drop (also when the test fails).
+struct Tap(String);
+
+impl Tap {
+    fn create(name: &str, bridge: &str) -> Tap {
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        sh("ip", &["tuntap", "add", "dev", name, "mode", "tap"]);
+        let tap = Tap(name.to_string());
+        sh("ip", &["link", "set", name, "master", bridge, "up"]);
+        tap
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// A diskless QEMU that boots from its NIC; killed by pid on drop.
+struct PxeVm {
+    child: Child,
+    console: PathBuf,
+}
+
+impl PxeVm {
+    fn start(dir: &Path, tap: &str, mac: &str) -> PxeVm {
+        let console = dir.join("pxe-vm-console.log");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024", "-display", "none", "-nodefaults", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            // SeaBIOS and iPXE print to the serial port too.
+            .args(["-fw_cfg", "name=etc/sercon-port,string=1016"])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile={IPXE_ROM}")])
+            .args(["-boot", "n"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64 (package qemu-system-x86)");
+        PxeVm { child, console }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for PxeVm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.console();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- PXE VM console (last 80 lines) ---\n{}", lines[lines.len().saturating_sub(80)..].join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn subnet_of(cluster: &Cluster) -> u8 {
+    cluster.gateway().octets()[2]
+}
+
+fn bridge_of(cluster: &Cluster) -> String {
+    format!("plt{}", subnet_of(cluster))
+}
+
+fn start_pxe_master(cluster: &mut Cluster, boot_dir: &Path, unknown: &str) {
+    let net = subnet_of(cluster);
+    let range = format!("10.77.{net}.100-10.77.{net}.120");
+    let boot_dir = boot_dir.display().to_string();
+    cluster.start_master(&[
+        "--pxe-interface", "eth0", "--dhcp-range", &range, "--boot-dir", &boot_dir, "--pxe-unknown", unknown, "--token", TOKEN,
+    ]);
+}
+
+fn machine(api: &Http, mac: &str) -> Value {
+    api.get("/v1/machines").json["machines"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["mac"] == mac).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
+    let _serial = vm_common::serial();
+    let image = vm_common::image();
+    let mut cluster = Cluster::new("pxe-boot");
+    start_pxe_master(&mut cluster, image, "ignore");
+    let api = cluster.api();
+    let net = subnet_of(&cluster);
+    let mac = format!("52:54:00:77:{net:02x}:01");
+
+    api.put(&format!("/v1/machines/{mac}"), &json!({"role": "agent", "hostname": "pxe-r2", "attributes": "rack:r2;zone:b"}))
+        .expect_status(201);
+    // An app that can only run in rack r2 waits: no such node exists yet.
+    let app = json!({"id": "/rack2-only", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "constraints": [["rack", "LIKE", "r2"]]});
+    api.post("/v2/apps", &app).expect_status(201);
+    std::thread::sleep(secs(1));
+    assert!(cluster.running_tasks("/rack2-only").is_empty());
+
+    let tap = Tap::create(&format!("plt{net}tap"), &bridge_of(&cluster));
+    let mut vm = PxeVm::start(cluster.dir(), &tap.0, &mac);
+
+    let agent = wait_until("the PXE-booted VM registered as agent pxe-r2", secs(300), || {
+        if vm.exited() {
+            return Err("QEMU exited".into());
+        }
+        let slaves = api.try_get("/master/slaves")?.json["slaves"].as_array().cloned().unwrap_or_default();
+        slaves.into_iter().find(|s| s["hostname"] == "pxe-r2" && s["active"] == true).ok_or_else(|| {
+            let console = vm.console();
+            console.lines().last().unwrap_or("").to_string()
+        })
+    });
+    assert_eq!(agent["attributes"]["rack"], "r2", "{agent}");
+    let console = vm.console();
+    assert!(console.contains("plinth.token=") || console.contains("iPXE"), "booted over the network: {console}");
+
+    let m = machine(&api, &mac);
+    assert_eq!(m["state"], "registered", "{m}");
+    let ip: Ipv4Addr = m["ip"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("machine has an address: {m}"));
+    assert!((100..=120).contains(&ip.octets()[3]) && ip.octets()[2] == net, "address from the range: {ip}");
+
+    // The waiting app starts on the new node without anyone touching it.
+    let tasks = cluster.wait_for_running("/rack2-only", 1, secs(120));
+    assert_eq!(tasks[0]["host"], ip.to_string(), "{}", task_summary(&tasks));
+
+    // Decommission: drain (its task has nowhere else to go, so only the flag is checked),
+    // then power it off through the node API.
+    let out = cluster.cli(&["node", "drain", "pxe-r2", "--no-wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = cluster.cli(&["node", "poweroff", "pxe-r2"]);
+    assert!(!refused.status.success(), "poweroff of an undrained node is refused");
+    assert!(stderr(&refused).contains("not drained"), "{}", stderr(&refused));
+    api.delete("/v2/apps/rack2-only").expect_status(200);
+    wait_until("the node drained", secs(60), || {
+        let slaves = api.try_get("/master/slaves")?.json["slaves"].clone();
+        let s = slaves.as_array().and_then(|a| a.iter().find(|s| s["hostname"] == "pxe-r2").cloned()).unwrap_or_default();
+        if s["drained"] == true { Ok(()) } else { Err(s.to_string()) }
+    });
+    let out = cluster.cli(&["node", "poweroff", "pxe-r2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the VM powered off", secs(120), || if vm.exited() { Ok(()) } else { Err(vm.console().lines().last().unwrap_or("").into()) });
+    wait_until("the machine listed as lost", secs(60), || {
+        let m = machine(&api, &mac);
+        if m["state"] == "lost" { Ok(()) } else { Err(m.to_string()) }
+    });
+    drop(vm);
+    drop(tap);
+}
+
+fn dhcp_discover(mac: [u8; 6], ipxe: bool) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, 1]); // DISCOVER
+    if ipxe {
+        p.extend_from_slice(&[77, 4, b'i', b'P', b'X', b'E']);
+    }
+    p.push(255);
+    p
+}
+
+fn tftp_rrq(name: &str) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    p.extend_from_slice(name.as_bytes());
+    p.push(0);
+    p.extend_from_slice(b"octet\0");
+    p
+}
+
+#[test]
+fn boot_server_ignores_garbage_unknown_machines_traversal_and_wrong_tokens() {
+    let boot_dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new("pxe-bad");
+    start_pxe_master(&mut cluster, boot_dir.path(), "ignore");
+    let api = cluster.api();
+    let master = cluster.master_ip();
+    let known = [0x52, 0x54, 0, 0x66, 0, 1];
+    api.put("/v1/machines/52:54:00:66:00:01", &json!({"attributes": "rack:r1"})).expect_status(201);
+    let before = api.get("/v1/machines").json;
+
+    // The test process sits on the bridge; the boot server answers on the master's eth0.
+    let udp = UdpSocket::bind((cluster.gateway(), 0)).expect("bind on the test bridge");
+    udp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let good = dhcp_discover(known, true);
+    for _ in 0..3 {
+        for bad in [vec![], vec![0xde, 0xad], vec![0u8; 700], good[..100].to_vec(), good[..241].to_vec()] {
+            udp.send_to(&bad, (master, 67)).expect("send garbage");
+        }
+        udp.send_to(&dhcp_discover([0x52, 0x54, 0, 0x66, 0, 9], true), (master, 67)).expect("send unknown");
+    }
+    std::thread::sleep(secs(1));
+    assert_eq!(api.get("/v1/machines").json, before, "bad DHCP input changed nothing");
+    let log = read(&cluster.dir().join("logs/master.log"));
+    assert_eq!(log.matches("malformed DHCP packet").count(), 1, "garbage from one source is logged once:\n{log}");
+    assert_eq!(log.matches("unknown machine 52:54:00:66:00:09").count(), 1, "unknown MAC logged once:\n{log}");
+
+    // The server does answer a known machine (so silence above was a decision).
+    udp.send_to(&good, (master, 67)).expect("send known");
+    wait_until("the known machine listed as booting", secs(10), || {
+        let m = machine(&api, "52:54:00:66:00:01");
+        if m["state"] == "booting" { Ok(()) } else { Err(m.to_string()) }
+    });
+    // Its iPXE script carries the join token; an unknown machine gets none.
+    let script = Http::new(cluster.master_url()).get("/boot/ipxe?mac=52:54:00:66:00:01");
+    assert!(script.text.contains(&format!("plinth.token={TOKEN}")) && script.text.contains("plinth.attributes=rack:r1"), "{}", script.text);
+    let unknown = Http::new(cluster.master_url()).get("/boot/ipxe?mac=52:54:00:66:00:09");
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+
+    // TFTP: traversal is an access violation; the iPXE binaries are served.
+    let mut buf = [0u8; 1600];
+    udp.send_to(&tftp_rrq("../etc/passwd"), (master, 69)).expect("send rrq");
+    let (n, _) = udp.recv_from(&mut buf).expect("TFTP error reply");
+    assert_eq!(&buf[..4], &[0, 5, 0, 2], "access violation: {}", String::from_utf8_lossy(&buf[..n]));
+    udp.send_to(&tftp_rrq("undionly.kpxe"), (master, 69)).expect("send rrq");
+    let (n, _) = udp.recv_from(&mut buf).expect("TFTP data");
+    assert_eq!(&buf[..4], &[0, 3, 0, 1], "first data block ({n} bytes)");
+
+    // Profiles: bad MACs and values are refused and change nothing.
+    assert_eq!(api.put("/v1/machines/not-a-mac", &json!({})).status, 422);
+    assert_eq!(api.put("/v1/machines/52:54:00:66:00:01", &json!({"hostname": "bad host"})).status, 422);
+    assert_eq!(api.put_raw("/v1/machines/52:54:00:66:00:01", "{\"role\":").status, 400);
+    assert_eq!(machine(&api, "52:54:00:66:00:01")["profile"]["attributes"], "rack:r1");
+
+    // An agent without the join token is refused; with it, it joins.
+    cluster.start_agent("no-token", &[]);
+    cluster.start_agent("wrong-token", &["--token", "guess"]);
+    cluster.start_agent("with-token", &["--token", TOKEN]);
+    wait_until("the agent with the token to join", secs(60), || {
+        let active = cluster.active_agents()?;
+        if active == ["with-token"] { Ok(()) } else { Err(format!("{active:?}")) }
+    });
+    std::thread::sleep(secs(2));
+    let names: Vec<String> = api.get("/master/slaves").json["slaves"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s["hostname"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["with-token"]);
+}
+
+#[test]
+fn drain_moves_tasks_to_another_agent_without_a_gap() {
+    // Both tasks land on agent-1 (the only agent), then agent-2 joins.
+    let mut cluster = Cluster::start("pxe-drain", 1);
+    cluster.deploy(&cmd_app("/drained", "sleep 1000", 2));
+    cluster.start_agent("agent-2", &[]);
+    cluster.wait_for_agents(2);
+    let before = cluster.running_tasks("/drained");
+    let (ip1, ip2) = (cluster.ip_of_host("agent-1").to_string(), cluster.ip_of_host("agent-2").to_string());
+    assert!(before.iter().all(|t| t["host"] == ip1.as_str()), "both run on agent-1: {}", task_summary(&before));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let api = cluster.api();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut min = usize::MAX;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = api.try_get("/v2/apps/drained/tasks") {
+                    let running = r.json["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == "TASK_RUNNING").count());
+                    min = min.min(running);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            min
+        })
+    };
+    let out = cluster.cli_bounded(&["node", "drain", "agent-1", "--timeout-secs", "90"], secs(120));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let min_running = watcher.join().expect("watcher");
+    assert!(out.status.success(), "drain failed: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("drained"), "{}", stdout(&out));
+    assert!(min_running >= 2, "running count dropped to {min_running} during the drain");
+    let after = cluster.running_tasks("/drained");
+    assert_eq!(after.len(), 2, "{}", task_summary(&after));
+    assert!(after.iter().all(|t| t["host"] == ip2.as_str()), "{}", task_summary(&after));
+    // A drained agent gets nothing new.
+    cluster.api().put("/v2/apps/drained", &json!({"instances": 3})).expect_status(200);
+    let three = cluster.wait_for_running("/drained", 3, secs(60));
+    assert!(three.iter().all(|t| t["host"] == ip2.as_str()), "{}", task_summary(&three));
+    // Poweroff of a plain process agent: no node API there, a clear error.
+    let out = cluster.cli(&["node", "poweroff", "agent-1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("node API"), "{}", stderr(&out));
+}
