@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "pxe-join-secret";
-/// Debian's ipxe-qemu: iPXE as the virtio NIC's option ROM.
+/// Debian's ipxe-qemu: iPXE as the virtio NIC's option ROM. Built for the modern virtio
+/// device id (1af4:1041), so the NIC is `disable-legacy=on`: SeaBIOS runs a ROM only when
+/// its ids match the device's.
 const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
 /// A tap device in the test bridge; deleted on drop (also when the test fails).
@@ -50,10 +52,8 @@ impl PxeVm {
             .args(["-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024", "-display", "none", "-nodefaults", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
-            // SeaBIOS and iPXE print to the serial port too.
-            .args(["-fw_cfg", "name=etc/sercon-port,string=1016"])
             .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile={IPXE_ROM}")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,romfile={IPXE_ROM}")])
             .args(["-boot", "n"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
