@@ -315,3 +315,86 @@ fn drain_moves_tasks_to_another_agent_without_a_gap() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("node API"), "{}", stderr(&out));
 }
+
+/// A DHCP server that is not ours (Debian's dnsmasq, DHCP only, PXE disabled) in its own
+/// namespace on the test bridge; killed by pid and removed on drop.
+struct Dnsmasq {
+    child: Child,
+    netns: String,
+    veth: String,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(cluster: &Cluster) -> Dnsmasq {
+        let net = subnet_of(cluster);
+        // The harness sweeps `plt<subnet>-*` namespaces of killed tests.
+        let netns = format!("plt{net}-dnsmasq");
+        let veth = format!("plt{net}hd");
+        let log = cluster.dir().join("logs/dnsmasq.log");
+        sh("ip", &["netns", "add", &netns]);
+        sh("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "dnsmasq0", "netns", &netns]);
+        sh("ip", &["link", "set", &veth, "master", &bridge_of(cluster), "up"]);
+        sh("ip", &["-n", &netns, "addr", "add", &format!("10.77.{net}.250/24"), "dev", "dnsmasq0"]);
+        sh("ip", &["-n", &netns, "link", "set", "dnsmasq0", "up"]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root"])
+            .arg("--interface=dnsmasq0")
+            .arg("--bind-interfaces")
+            .arg(format!("--dhcp-range=10.77.{net}.50,10.77.{net}.60,1h"))
+            .arg(format!("--dhcp-leasefile={}", cluster.dir().join("dnsmasq.leases").display()))
+            .arg("--pid-file=")
+            .arg("--log-dhcp")
+            .arg(format!("--log-facility={}", log.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (package dnsmasq-base)");
+        Dnsmasq { child, netns, veth, log }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- dnsmasq log ---\n{}", read(&self.log));
+        }
+        // `ip netns exec` execs dnsmasq in place, so the child's pid is dnsmasq's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+    }
+}
+
+#[test]
+fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
+    let _serial = vm_common::serial();
+    let image = vm_common::image();
+    let mut cluster = Cluster::new("pxe-proxy");
+    let boot_dir = image.display().to_string();
+    cluster.start_master(&["--pxe-interface", "eth0", "--proxy-dhcp", "--boot-dir", &boot_dir, "--token", TOKEN]);
+    let dnsmasq = Dnsmasq::start(&cluster);
+    let api = cluster.api();
+    let net = subnet_of(&cluster);
+    let mac = format!("52:54:00:78:{net:02x}:01");
+    let tap = Tap::create(&format!("plt{net}tap"), &bridge_of(&cluster));
+    let mut vm = PxeVm::start(cluster.dir(), &tap.0, &mac);
+    // No profile: the default profile boots it as an agent named after its MAC.
+    let hostname = format!("node-52540078{net:02x}01");
+    let agent = wait_until("the VM booted through proxyDHCP registered", secs(300), || {
+        if vm.exited() {
+            return Err("QEMU exited".into());
+        }
+        let slaves = api.try_get("/master/slaves")?.json["slaves"].as_array().cloned().unwrap_or_default();
+        slaves.into_iter().find(|s| s["hostname"] == hostname.as_str() && s["active"] == true).ok_or_else(|| vm.console().lines().last().unwrap_or("").to_string())
+    });
+    // Its address came from dnsmasq's range; ours leased nothing.
+    let m = machine(&api, &mac);
+    assert_eq!(m["state"], "registered", "{m}");
+    let ip: Ipv4Addr = m["ip"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("address: {m} {agent}"));
+    assert!((50..=60).contains(&ip.octets()[3]), "address from dnsmasq: {ip}");
+    assert!(read(&dnsmasq.log).contains(&mac), "dnsmasq served the VM");
+    drop(vm);
+    drop(tap);
+    drop(dnsmasq);
+}
