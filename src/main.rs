@@ -2,6 +2,7 @@
 //! otherwise the subcommand picks the role (`master`, `agent`, `standalone`), a client
 //! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
 //! building (`image`) or a benchmark (`bench`).
+mod bench_pxe;
 mod cli;
 mod os;
 
@@ -67,6 +68,8 @@ enum BenchCommand {
     },
     /// Boot a standalone node image in QEMU and time it (ping, agent registered, first task).
     Boot(os::BenchBootArgs),
+    /// PXE-boot a diskless QEMU from a master and time it (iPXE script, kernel, agent, first task).
+    Pxe(bench_pxe::BenchPxeArgs),
 }
 
 /// Flags the master and the agent both take.
@@ -232,6 +235,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench { cmd: BenchCommand::Scheduler { agents, tasks } } => run_scheduler_bench(agents, tasks),
         // The report is printed (and written to --out) by the benchmark itself.
         Command::Bench { cmd: BenchCommand::Boot(args) } => os::run_bench_boot(args).map(drop),
+        Command::Bench { cmd: BenchCommand::Pxe(args) } => bench_pxe::run(args).map(drop),
         Command::Executor { spec } => run_executor(&spec),
         Command::Master(cmd) => runtime()?.block_on(until_signal(run_master(cmd))),
         Command::Agent(cmd) => runtime()?.block_on(until_signal(run_agent(cmd))),
