@@ -74,8 +74,7 @@ pub enum BootError {
 pub struct BootService {
     master: Arc<Master>,
     provisioning: Arc<Provisioning>,
-    /// `None` until the master's reachable URL is known (no PXE interface, no --advertise-url):
-    /// then the script uses the Host the machine asked.
+    /// The master URL and join token every script carries.
     params: BootParams,
     boot_dir: Option<PathBuf>,
 }
@@ -243,11 +242,24 @@ async fn file(State(boot): Shared, headers: HeaderMap, name: &'static str) -> Re
     response
 }
 
+/// One consistent copy of the provisioning tables for a listing.
+struct MachinesView {
+    profiles: std::collections::BTreeMap<MacAddr, MachineProfile>,
+    seen: std::collections::BTreeMap<MacAddr, plinth_provisioning::store::SeenMachine>,
+    leases: plinth_provisioning::LeaseTable,
+}
+
+impl MachinesView {
+    fn of(p: &Provisioning) -> MachinesView {
+        MachinesView { profiles: p.profiles(), seen: p.seen(), leases: p.leases() }
+    }
+}
+
 /// One machine: its profile, what booted, and what the cluster knows of it.
-fn machine_json(boot: &BootService, core: &Core, mac: MacAddr) -> Value {
-    let profile = boot.provisioning.profile(mac);
-    let seen = boot.provisioning.seen().get(&mac).cloned();
-    let lease_ip = boot.provisioning.leases().leases.get(&mac).filter(|l| l.bound).map(|l| l.ip);
+fn machine_json(view: &MachinesView, core: &Core, mac: MacAddr) -> Value {
+    let profile = view.profiles.get(&mac).cloned();
+    let seen = view.seen.get(&mac).cloned();
+    let lease_ip = view.leases.leases.get(&mac).filter(|l| l.bound).map(|l| l.ip);
     let ip = lease_ip.or(seen.as_ref().and_then(|s| s.ip));
     let hostname = profile.clone().unwrap_or_default().hostname_for(mac);
     let agent = core.agents().find(|a| {
@@ -273,20 +285,21 @@ fn machine_json(boot: &BootService, core: &Core, mac: MacAddr) -> Value {
 
 /// `GET /v1/machines`: every machine with a profile or that booted.
 async fn list(State(boot): Shared) -> Json<Value> {
-    let mut macs: std::collections::BTreeSet<MacAddr> = boot.provisioning.profiles().into_keys().collect();
-    macs.extend(boot.provisioning.seen().into_keys());
+    let view = MachinesView::of(&boot.provisioning);
+    let macs: std::collections::BTreeSet<MacAddr> = view.profiles.keys().chain(view.seen.keys()).copied().collect();
     let guard = boot.master.read().await;
-    let machines: Vec<Value> = macs.into_iter().map(|mac| machine_json(&boot, &guard.core, mac)).collect();
+    let machines: Vec<Value> = macs.into_iter().map(|mac| machine_json(&view, &guard.core, mac)).collect();
     Json(json!({"machines": machines, "defaultProfile": boot.provisioning.default_profile}))
 }
 
 async fn get_one(State(boot): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let mac = parse_mac(&raw)?;
-    if boot.provisioning.profile(mac).is_none() && !boot.provisioning.seen().contains_key(&mac) {
+    let view = MachinesView::of(&boot.provisioning);
+    if !view.profiles.contains_key(&mac) && !view.seen.contains_key(&mac) {
         return Err(ApiError::NotFound(format!("machine {mac} has no profile and has not booted")));
     }
     let guard = boot.master.read().await;
-    Ok(Json(machine_json(&boot, &guard.core, mac)))
+    Ok(Json(machine_json(&view, &guard.core, mac)))
 }
 
 /// `PUT /v1/machines/{mac}`: create or replace a profile (validated; nothing changes on error).
