@@ -3,18 +3,23 @@
 # ${PLINTH_IMAGE:-image-out}, and master-initrd.img = the image's initramfs plus a second
 # cpio archive holding the boot files under /srv/plinth-boot, which the master VM serves to
 # the agents that PXE-boot from it (the kernel unpacks concatenated archives in order).
+# PLINTH_SKIP_BUILD=1 only adds master-initrd.img to an existing image directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${PLINTH_IMAGE:-image-out}"
 plinth="${PLINTH_BIN:-target/release/plinth}"
-if [ ! -x "$plinth" ]; then
-    cargo build --release -p plinth --bins
+if [ "${PLINTH_SKIP_BUILD:-}" != 1 ]; then
+    if [ ! -x "$plinth" ]; then
+        cargo build --release -p plinth --bins
+    fi
+    "$plinth" image build --out "$out"
 fi
-"$plinth" image build --out "$out"
 staging="$(mktemp -d)"
 trap 'rm -rf "$staging"' EXIT
 mkdir -p "$staging/srv/plinth-boot"
 cp "$out/vmlinuz" "$out/initramfs.img" "$staging/srv/plinth-boot/"
 (cd "$staging" && find srv | LC_ALL=C sort | cpio --quiet -o -H newc --reproducible) > "$staging/boot-files.cpio"
-cat "$out/initramfs.img" "$staging/boot-files.cpio" > "$out/master-initrd.img"
+# The kernel looks for the next archive only at a 4-byte boundary: pad with zeros (skipped).
+size=$(stat -c %s "$out/initramfs.img")
+{ cat "$out/initramfs.img"; head -c $(( (512 - size % 512) % 512 )) /dev/zero; cat "$staging/boot-files.cpio"; } > "$out/master-initrd.img"
 echo "vagrant-image.sh: $out/vmlinuz, $out/initramfs.img, $out/master-initrd.img ready; now: vagrant up"
