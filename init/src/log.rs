@@ -27,6 +27,12 @@ pub fn recent_lines() -> Vec<String> {
 
 /// Writes a line from the role's stdout/stderr: console and ring, not kmsg (too chatty).
 pub fn role_line(line: &str) {
+    static FIRST: std::sync::Once = std::sync::Once::new();
+    // How long the role takes to say anything is part of the boot time; note it once.
+    FIRST.call_once(|| {
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        init_line(&format!("plinth-init: first output of the role at uptime {}s", uptime.split_whitespace().next().unwrap_or("?")));
+    });
     let line = format!("[role] {line}");
     remember(&line);
     let _ = writeln!(io::stderr(), "{line}");
@@ -40,7 +46,8 @@ pub fn init_line(line: &str) {
     // <14> = facility user, level info: below the console level the image sets (loglevel=4),
     // so the console does not show each line twice.
     if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = kmsg.write_all(format!("<14>plinth-init: {line}\n").as_bytes());
+        let tagged = if line.starts_with("plinth-init:") { line.to_string() } else { format!("plinth-init: {line}") };
+        let _ = kmsg.write_all(format!("<14>{tagged}\n").as_bytes());
     }
 }
 
