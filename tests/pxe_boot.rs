@@ -46,14 +46,26 @@ struct PxeVm {
 }
 
 impl PxeVm {
+    /// On a tap device in the test bridge.
     fn start(dir: &Path, tap: &str, mac: &str) -> PxeVm {
+        PxeVm::start_with(
+            dir,
+            &[
+                "-netdev".into(),
+                format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,romfile={IPXE_ROM}"),
+            ],
+        )
+    }
+
+    fn start_with(dir: &Path, net: &[String]) -> PxeVm {
         let console = dir.join("pxe-vm-console.log");
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024", "-display", "none", "-nodefaults", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
-            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,romfile={IPXE_ROM}")])
+            .args(net)
             .args(["-boot", "n"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -397,4 +409,68 @@ fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
     drop(vm);
     drop(tap);
     drop(dnsmasq);
+}
+
+/// The Vagrant playground without libvirt: a master VM booted like the Vagrantfile boots it
+/// (direct kernel boot, `master-initrd.img` from scripts/vagrant-image.sh carrying the boot
+/// files, PXE flags on the kernel command line) serves DHCP and the boot files on a private
+/// link (a QEMU socket link), and a diskless agent VM PXE-boots from it and registers.
+#[test]
+fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
+    let _serial = vm_common::serial();
+    let image = vm_common::image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["vmlinuz", "initramfs.img"] {
+        std::fs::copy(image.join(f), dir.path().join(f)).expect("copy the image");
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/vagrant-image.sh");
+    let out = Command::new("bash").arg(&script).env("PLINTH_IMAGE", dir.path()).env("PLINTH_SKIP_BUILD", "1").output().expect("run vagrant-image.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Boot::Kernel takes initramfs.img from its dir: give it the master's initrd.
+    let master_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(dir.path().join("vmlinuz"), master_dir.path().join("vmlinuz")).expect("copy");
+    std::fs::copy(dir.path().join("master-initrd.img"), master_dir.path().join("initramfs.img")).expect("copy");
+
+    let (api, link) = (vm_common::free_port(), vm_common::free_port());
+    let mut master_args = vm_common::user_net(3, "52:54:00:00:03:01", &[(api, 8080)]);
+    master_args.extend(vm_common::socket_net(4, "52:54:00:00:04:01", link, true));
+    let mut master = vm_common::Vm::start(vm_common::VmConfig {
+        name: "pxe-master".into(),
+        boot: vm_common::Boot::Kernel {
+            dir: master_dir.path().to_path_buf(),
+            cmdline: vm_common::cmdline(&format!(
+                "plinth.role=master plinth.hostname=plinth-master plinth.token={TOKEN} ip=:::::eth0:dhcp \
+                 ip=192.168.77.2:::255.255.255.0::eth1:off plinth.pxe_interface=eth1 \
+                 plinth.dhcp_range=192.168.77.100-192.168.77.200 plinth.boot_dir=/srv/plinth-boot"
+            )),
+        },
+        mem_mb: 1024,
+        args: master_args,
+    })
+    .expect("start the master VM");
+    let base = format!("http://127.0.0.1:{api}");
+    vm_common::wait_http(&mut master, &format!("{base}/ping"), vm_common::BOOT_TIMEOUT).expect("master VM answers");
+    let api = Http::new(base);
+
+    let console = tempfile::tempdir().expect("tempdir");
+    let mut agent = PxeVm::start_with(
+        console.path(),
+        &[
+            "-netdev".into(),
+            format!("socket,id=n0,connect=127.0.0.1:{link}"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,disable-legacy=on,romfile={IPXE_ROM}"),
+        ],
+    );
+    let agent_node = wait_until("the agent VM PXE-booted from the master VM and registered", secs(400), || {
+        if agent.exited() {
+            return Err("agent QEMU exited".into());
+        }
+        let slaves = api.try_get("/master/slaves")?.json["slaves"].as_array().cloned().unwrap_or_default();
+        slaves.into_iter().find(|s| s["hostname"] == "node-525400770001").ok_or_else(|| agent.console().lines().last().unwrap_or("").to_string())
+    });
+    assert_eq!(agent_node["active"], true, "{agent_node}");
+    let m = machine(&api, "52:54:00:77:00:01");
+    assert_eq!(m["state"], "registered", "{m}");
+    assert!(m["ip"].as_str().is_some_and(|ip| ip.starts_with("192.168.77.1")), "leased from the range: {m}");
 }
