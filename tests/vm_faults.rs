@@ -91,7 +91,8 @@ fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() ->
         name: "crashloop".into(),
         boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master plinth.no_such_flag=1") },
         mem_mb: 1024,
-        args: user_net(3, "52:54:00:00:00:30", &[(node, 5052)]),
+        // The DHCP server names the node: no plinth.hostname on this command line.
+        args: user_net_with(3, "52:54:00:00:00:30", &[(node, 5052)], ",hostname=named-by-dhcp"),
     })?;
     let restarted_twice = |c: &str| c.matches("role stopped; restarting").count() >= 2;
     let console = eventually("the role is restarted twice", BOOT_TIMEOUT, || {
@@ -104,6 +105,7 @@ fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() ->
 
     let status: serde_json::Value = http().get(format!("http://127.0.0.1:{node}/node/v1/status")).send()?.json()?;
     assert_eq!(status["role"], "master");
+    assert_eq!(status["hostname"], "named-by-dhcp", "{status}");
     let logs = http().get(format!("http://127.0.0.1:{node}/node/v1/logs")).send()?.text()?;
     assert!(logs.contains("[role] error: unexpected argument '--no-such-flag'"), "{}", tail(&logs, 20));
     assert_eq!(http().post(format!("http://127.0.0.1:{node}/node/v1/poweroff")).send()?.status().as_u16(), 202);

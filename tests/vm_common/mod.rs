@@ -86,10 +86,15 @@ pub struct Vm {
 
 /// `-netdev user` with host ports forwarded to guest ports, on the NIC in PCI slot `slot`.
 pub fn user_net(slot: u8, mac: &str, forwards: &[(u16, u16)]) -> Vec<String> {
+    user_net_with(slot, mac, forwards, "")
+}
+
+/// [`user_net`] with extra `-netdev user` options, e.g. `,hostname=NAME` for DHCP option 12.
+pub fn user_net_with(slot: u8, mac: &str, forwards: &[(u16, u16)], options: &str) -> Vec<String> {
     let fwd: String = forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
     vec![
         "-netdev".into(),
-        format!("user,id=un{slot}{fwd}"),
+        format!("user,id=un{slot}{fwd}{options}"),
         "-device".into(),
         format!("virtio-net-pci,netdev=un{slot},mac={mac},addr={slot:#x},romfile="),
     ]
