@@ -89,7 +89,7 @@ fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() ->
     // `plinth.<flag>=` is passed through to the role: an unknown flag makes it exit at once.
     let mut vm = Vm::start(VmConfig {
         name: "crashloop".into(),
-        boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master plinth.no_such_flag=1") },
+        boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master plinth.no_such_flag=1 plinth.token=t0ken") },
         mem_mb: 1024,
         // The DHCP server names the node: no plinth.hostname on this command line.
         args: user_net_with(3, "52:54:00:00:00:30", &[(node, 5052)], ",hostname=named-by-dhcp"),
@@ -108,7 +108,9 @@ fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() ->
     assert_eq!(status["hostname"], "named-by-dhcp", "{status}");
     let logs = http().get(format!("http://127.0.0.1:{node}/node/v1/logs")).send()?.text()?;
     assert!(logs.contains("[role] error: unexpected argument '--no-such-flag'"), "{}", tail(&logs, 20));
-    assert_eq!(http().post(format!("http://127.0.0.1:{node}/node/v1/poweroff")).send()?.status().as_u16(), 202);
+    let poweroff = format!("http://127.0.0.1:{node}/node/v1/poweroff");
+    assert_eq!(http().post(&poweroff).send()?.status().as_u16(), 401, "plinth.token guards the power endpoints");
+    assert_eq!(http().post(&poweroff).bearer_auth("t0ken").send()?.status().as_u16(), 202);
     vm.wait_exit(Duration::from_secs(90))?;
     assert!(!vm.console_text().contains("Kernel panic"));
     Ok(())

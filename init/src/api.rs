@@ -11,6 +11,9 @@
 //! | `GET /node/v1/network` | JSON: `{"interfaces":[{"name","addresses"}],"routes":"..."}` |
 //! | `GET /node/v1/processes` | JSON: `[{"pid","ppid","state","rss_kb","cmdline"}]` |
 //! | `POST /node/v1/poweroff`, `POST /node/v1/reboot` | 202, then a graceful shutdown |
+//!
+//! When the node booted with `plinth.token=...`, the power endpoints require
+//! `Authorization: Bearer TOKEN` (401 otherwise); the read-only views stay open.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -61,11 +64,22 @@ pub trait NodeView {
     fn network(&self) -> Value;
     fn processes(&self) -> Value;
     fn power(&self, req: PowerRequest);
+    /// The cluster token from the command line, if any; it guards the power endpoints.
+    fn token(&self) -> Option<String> {
+        None
+    }
 }
 
-/// Maps method + path to an answer.
-pub fn route(view: &dyn NodeView, method: &str, path: &str) -> Reply {
+/// Maps method + path (+ the Authorization header) to an answer.
+pub fn route(view: &dyn NodeView, method: &str, path: &str, authorization: Option<&str>) -> Reply {
     let path = path.split('?').next().unwrap_or(path);
+    if method == "POST" && matches!(path, "/node/v1/poweroff" | "/node/v1/reboot") {
+        if let Some(token) = view.token() {
+            if authorization != Some(format!("Bearer {token}").as_str()) {
+                return Reply::error(401, &format!("POST {path} needs the header Authorization: Bearer <plinth.token>"));
+            }
+        }
+    }
     match (method, path) {
         ("GET", "/node/v1/status") => Reply::json(200, &view.status()),
         ("GET", "/node/v1/logs") => Reply::text(view.logs()),
@@ -126,21 +140,28 @@ fn handle(mut conn: TcpStream, view: &dyn NodeView) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?.take(64 * 1024));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
+    let mut authorization = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
+            }
+        }
     }
     let mut parts = request_line.split_whitespace();
     let reply = match (parts.next(), parts.next()) {
-        (Some(method), Some(path)) => route(view, method, path),
+        (Some(method), Some(path)) => route(view, method, path, authorization.as_deref()),
         _ => Reply::error(400, "malformed request line"),
     };
     let reason = match reply.status {
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Error",
@@ -165,6 +186,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         power: RefCell<Vec<PowerRequest>>,
+        token: Option<String>,
     }
     impl NodeView for Fake {
         fn status(&self) -> Value {
@@ -188,29 +210,45 @@ mod tests {
         fn power(&self, req: PowerRequest) {
             self.power.borrow_mut().push(req);
         }
+        fn token(&self) -> Option<String> {
+            self.token.clone()
+        }
+    }
+
+    #[test]
+    fn with_a_token_power_requests_need_it_and_reads_stay_open() {
+        let f = Fake { token: Some("s3cret".into()), ..Default::default() };
+        let r = route(&f, "POST", "/node/v1/poweroff", None);
+        assert_eq!(r.status, 401);
+        assert!(r.body.contains("Authorization: Bearer"), "{}", r.body);
+        assert_eq!(route(&f, "POST", "/node/v1/reboot", Some("Bearer wrong")).status, 401);
+        assert!(f.power.borrow().is_empty());
+        assert_eq!(route(&f, "GET", "/node/v1/status", None).status, 200);
+        assert_eq!(route(&f, "POST", "/node/v1/reboot", Some("Bearer s3cret")).status, 202);
+        assert_eq!(*f.power.borrow(), [PowerRequest::Reboot]);
     }
 
     #[test]
     fn routes_reads_and_power_requests() {
         let f = Fake::default();
-        assert_eq!(route(&f, "GET", "/node/v1/status").body, r#"{"role":"agent"}"#);
-        assert_eq!(route(&f, "GET", "/node/v1/logs?tail=1").body, "line1\n");
+        assert_eq!(route(&f, "GET", "/node/v1/status", None).body, r#"{"role":"agent"}"#);
+        assert_eq!(route(&f, "GET", "/node/v1/logs?tail=1", None).body, "line1\n");
         assert_eq!(
-            route(&f, "GET", "/node/v1/mounts").body,
+            route(&f, "GET", "/node/v1/mounts", None).body,
             r#"[{"fstype":"proc","options":"rw,nosuid","source":"proc","target":"/proc"}]"#
         );
         assert!(f.power.borrow().is_empty(), "reads never power off");
-        assert_eq!(route(&f, "POST", "/node/v1/poweroff").status, 202);
-        assert_eq!(route(&f, "POST", "/node/v1/reboot").status, 202);
+        assert_eq!(route(&f, "POST", "/node/v1/poweroff", None).status, 202);
+        assert_eq!(route(&f, "POST", "/node/v1/reboot", None).status, 202);
         assert_eq!(*f.power.borrow(), [PowerRequest::Poweroff, PowerRequest::Reboot]);
     }
 
     #[test]
     fn wrong_method_or_path_is_refused_without_side_effects() {
         let f = Fake::default();
-        assert_eq!(route(&f, "GET", "/node/v1/poweroff").status, 405);
-        assert_eq!(route(&f, "DELETE", "/node/v1/logs").status, 405);
-        let r = route(&f, "GET", "/nope");
+        assert_eq!(route(&f, "GET", "/node/v1/poweroff", None).status, 405);
+        assert_eq!(route(&f, "DELETE", "/node/v1/logs", None).status, 405);
+        let r = route(&f, "GET", "/nope", None);
         assert_eq!(r.status, 404);
         assert!(r.body.contains("no such endpoint: /nope"));
         assert!(f.power.borrow().is_empty());

@@ -118,7 +118,7 @@ pub fn run() -> ! {
             Phase::TrapCtrlAltDel => {
                 nix::sys::reboot::set_cad_enabled(false).map_err(|e| crate::error::InitError::Write { path: "reboot(CAD_OFF)".into(), source: e.into() })
             }
-            Phase::NodeApi { port } => api::serve(*port, Arc::new(LiveNode { status: status.clone() })),
+            Phase::NodeApi { port } => api::serve(*port, Arc::new(LiveNode { status: status.clone(), token: cmdline.get("plinth.token").map(str::to_string) })),
             Phase::StartRole(l) => {
                 launch = Some(l.clone());
                 Ok(())
@@ -186,6 +186,7 @@ pub fn status_block(doc: &Value) -> String {
 
 struct LiveNode {
     status: SharedStatus,
+    token: Option<String>,
 }
 
 impl NodeView for LiveNode {
@@ -240,6 +241,9 @@ impl NodeView for LiveNode {
         }
         list.sort_by_key(|p| p["pid"].as_u64());
         Value::Array(list)
+    }
+    fn token(&self) -> Option<String> {
+        self.token.clone()
     }
     fn power(&self, req: PowerRequest) {
         let sig = match req {
