@@ -156,6 +156,9 @@ pub enum NodeCommand {
         /// Also when tasks still run there.
         #[arg(long)]
         force: bool,
+        /// The cluster's join token (nodes booted with plinth.token= require it).
+        #[arg(long, env = "PLINTH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Machine profiles for PXE boot: role, hostname, attributes per MAC.
     Profile {
@@ -180,8 +183,8 @@ impl ClientCommand {
             ClientCommand::Node { client, cmd: NodeCommand::Drain { node, no_wait, timeout_secs } } => {
                 node::drain(&Master::new(&client)?, client.json, &node, !no_wait, Duration::from_secs(timeout_secs)).await
             }
-            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force } } => {
-                node::poweroff(&Master::new(&client)?, &node, force).await
+            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force, token } } => {
+                node::poweroff(&Master::new(&client)?, &node, force, token.as_deref()).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Profile { cmd } } => {
                 node::profile(&Master::new(&client)?, client.json, cmd).await

@@ -177,7 +177,11 @@ fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
         let s = slaves.as_array().and_then(|a| a.iter().find(|s| s["hostname"] == "pxe-r2").cloned()).unwrap_or_default();
         if s["drained"] == true { Ok(()) } else { Err(s.to_string()) }
     });
-    let out = cluster.cli(&["node", "poweroff", "pxe-r2"]);
+    // The node booted with the join token: its power endpoints need it.
+    let master_url = cluster.master_url();
+    let out = plinth(&["node", "poweroff", "pxe-r2"], &[("PLINTH_MASTER", &master_url)]);
+    assert!(!out.status.success() && stderr(&out).contains("401"), "poweroff without the token is refused: {}", stderr(&out));
+    let out = plinth(&["node", "poweroff", "pxe-r2"], &[("PLINTH_MASTER", &master_url), ("PLINTH_TOKEN", TOKEN)]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until("the VM powered off", secs(120), || if vm.exited() { Ok(()) } else { Err(vm.console().lines().last().unwrap_or("").into()) });
     wait_until("the machine listed as lost", secs(60), || {

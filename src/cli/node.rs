@@ -68,7 +68,7 @@ pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, time
     })
 }
 
-pub async fn poweroff(master: &Master, node: &str, force: bool) -> anyhow::Result<()> {
+pub async fn poweroff(master: &Master, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
     let drained = agent.get("drained").and_then(Value::as_bool).unwrap_or(false);
@@ -78,14 +78,18 @@ pub async fn poweroff(master: &Master, node: &str, force: bool) -> anyhow::Resul
     let url = agent_url(&agent).context("the master shows no address for this node")?;
     let host = url.trim_start_matches("http://").rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
     let target = format!("http://{host}:{NODE_API_PORT}/node/v1/poweroff");
-    let response = reqwest::Client::new()
-        .post(&target)
-        .timeout(Duration::from_secs(10))
+    let mut request = reqwest::Client::new().post(&target).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach the node API at {target} (only nodes booted from the Plinth image have one)"))?;
     if !response.status().is_success() {
-        bail!("{target} answered {}: {}", response.status(), response.text().await.unwrap_or_default().trim());
+        let status = response.status();
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (pass the cluster token: --token or PLINTH_TOKEN)" } else { "" };
+        bail!("{target} answered {status}{hint}: {}", response.text().await.unwrap_or_default().trim());
     }
     println!("node {id} is powering off");
     Ok(())
