@@ -17,8 +17,13 @@ fn build_fails(args: &[&str]) -> String {
 fn two_builds_are_byte_identical() -> anyhow::Result<()> {
     let a = tempfile::tempdir()?;
     let b = tempfile::tempdir()?;
-    build_image(a.path(), &["--role", "agent", "--cmdline", "plinth.master=http://10.9.9.9:8080"])?;
-    build_image(b.path(), &["--role", "agent", "--cmdline", "plinth.master=http://10.9.9.9:8080"])?;
+    // Same input binary for both builds: the one in target/ may be relinked meanwhile.
+    let bin_dir = tempfile::tempdir()?;
+    let binary = bin_dir.path().join("plinth");
+    std::fs::copy(plinth(), &binary)?;
+    let args = ["--role", "agent", "--cmdline", "plinth.master=http://10.9.9.9:8080", "--binary", binary.to_str().expect("utf-8 path")];
+    build_image(a.path(), &args)?;
+    build_image(b.path(), &args)?;
     for file in ["initramfs.img", "vmlinuz", "cmdline", "SHA256SUMS"] {
         let (x, y) = (std::fs::read(a.path().join(file))?, std::fs::read(b.path().join(file))?);
         assert!(x == y, "{file} differs between two builds");
