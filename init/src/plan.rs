@@ -284,15 +284,7 @@ fn validate_master_url(url: &str) -> Result<(), PlanError> {
 }
 
 fn validate_hostname(h: &str) -> Result<(), PlanError> {
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
+    if plinth_protocol::is_valid_hostname(h) {
         Ok(())
     } else {
         Err(PlanError::BadHostname(h.to_string()))

@@ -122,6 +122,25 @@ pub struct StatusUpdate {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl StatusUpdate {
+    /// An update of a task's state with nothing else to say (no message, exit code,
+    /// health); callers add those with struct update syntax.
+    pub fn new(update_id: uuid::Uuid, task_id: TaskId, app_id: AppId, state: TaskState, timestamp: String) -> Self {
+        StatusUpdate {
+            update_id,
+            task_id,
+            app_id,
+            state,
+            message: None,
+            exit_code: None,
+            reason: None,
+            timestamp,
+            healthy: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusBatch {
     pub agent_id: AgentId,

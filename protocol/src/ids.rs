@@ -84,6 +84,19 @@ impl fmt::Display for AppId {
     }
 }
 
+/// An RFC 1123 host name (dot-separated labels of letters, digits and `-`, no label
+/// starting with `-`): what nodes may call themselves and profiles may assign.
+pub fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -149,6 +162,14 @@ mod tests {
         assert_eq!(AppId::parse("/web").unwrap().parent(), "/");
         for bad in ["", "/", "Hello", "a b", "/a//b", "-a", "a-", "/../x", "a_b", "x!"] {
             assert!(AppId::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn host_names_follow_rfc_1123() {
+        assert!(is_valid_hostname("node-1.rack2"));
+        for bad in ["", "-node", "a..b", "under_score", "sp ace", &"x".repeat(64)] {
+            assert!(!is_valid_hostname(bad), "{bad:?}");
         }
     }
 

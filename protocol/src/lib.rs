@@ -6,7 +6,7 @@ pub mod marathon;
 pub mod resources;
 pub mod time;
 
-pub use ids::{AgentId, AppId, DeploymentId, OfferId, TaskId};
+pub use ids::{is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
 pub use marathon::{AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation};
 pub use resources::{parse_attributes, Attributes, PortRanges, Resources};
 pub use time::Timestamp;

@@ -79,7 +79,7 @@ impl MachineProfile {
     pub fn validate(&self) -> Vec<ProfileError> {
         let mut errors = Vec::new();
         if let Some(h) = &self.hostname {
-            if !valid_hostname(h) {
+            if !plinth_protocol::is_valid_hostname(h) {
                 errors.push(ProfileError {
                     path: "/hostname",
                     message: format!("{h:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)"),
@@ -126,16 +126,6 @@ fn attr_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
 
 /// What every boot script needs from the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
