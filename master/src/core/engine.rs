@@ -1034,6 +1034,17 @@ impl Core {
         }
     }
 
+    /// The first of an app's `dependencies` that is not settled: short of its instances
+    /// of ready tasks, or in a deployment. Unknown dependencies do not hold anything back.
+    fn unsettled_dependency(&self, app_id: &AppId) -> Option<AppId> {
+        let app = self.apps.get(app_id)?;
+        app.definition.dependencies.iter().filter_map(|d| AppId::parse(d).ok()).find(|dep| {
+            dep != app_id
+                && self.apps.contains_key(dep)
+                && (!self.app_converged(dep) || self.deployments.values().any(|d| &d.app_id == dep))
+        })
+    }
+
     /// An unreachable task past `inactiveAfterSeconds` no longer counts: it is replaced.
     fn is_inactive(&self, task: &TaskRecord, strategy: &UnreachableStrategy, now: Timestamp) -> bool {
         match (strategy, task.unreachable_since) {
@@ -1127,6 +1138,16 @@ impl Core {
         let backoff_until = self.apps.get(app_id).map_or(Timestamp(0), |a| a.backoff.not_before);
         let since = self.offer_stats.get(app_id).map_or(now, |(s, _)| *s);
         let mut stats = self.offer_stats.remove(app_id).map(|(_, s)| s).unwrap_or_default();
+        if let Some(dependency) = self.unsettled_dependency(app_id) {
+            // Dependencies order start and upgrade: launch only once they serve.
+            stats.last_round.clear();
+            stats.last_round.insert(
+                "Dependency".into(),
+                (0, format!("waiting for dependency {dependency} to be running and healthy")),
+            );
+            self.offer_stats.insert(app_id.clone(), (since, stats));
+            return;
+        }
         if now < backoff_until {
             stats.last_round.clear();
             stats.last_round.insert(
@@ -1489,7 +1510,7 @@ pub fn summarize_declines(stats: &OfferStats) -> String {
         .last_round
         .iter()
         .map(|(code, (count, message))| {
-            if code == "Backoff" {
+            if code == "Backoff" || code == "Dependency" {
                 message.clone()
             } else {
                 format!("{message} ({count} of {} offers)", stats.last_round_processed)

@@ -1154,3 +1154,31 @@ fn draining_an_agent_moves_its_tasks_without_a_gap() {
     assert_eq!(on(&c, &b), 2, "tasks moved to b");
     assert!(c.is_drained(&a));
 }
+
+#[test]
+fn dependents_launch_only_once_their_dependencies_serve() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:4;mem:4096;disk:0;ports:[31000-31010]", "", t(0));
+    let db = AppId::parse("/shop/db").unwrap();
+    let web = AppId::parse("/shop/web").unwrap();
+    c.create_app(app(json!({"id": "/shop/db", "cmd": "db", "cpus": 0.1,
+        "healthChecks": [{"protocol": "TCP"}]})), t(1)).unwrap();
+    c.create_app(app(json!({"id": "/shop/web", "cmd": "web", "cpus": 0.1, "dependencies": ["/shop/db"]})), t(1)).unwrap();
+    c.tick(t(2));
+    assert_eq!(c.app_tasks(&db).len(), 1);
+    assert!(c.app_tasks(&web).is_empty(), "web waits for db");
+    let queue = c.queue(t(2));
+    let entry = queue.iter().find(|q| q.app_id == web).unwrap();
+    assert_eq!(
+        entry.stats.last_round.get("Dependency").map(|(_, m)| m.as_str()),
+        Some("waiting for dependency /shop/db to be running and healthy")
+    );
+    run_all(&mut c, "/shop/db", t(3));
+    c.tick(t(4));
+    assert!(c.app_tasks(&web).is_empty(), "running but not yet healthy");
+    let db_task = c.app_tasks(&db)[0].id.clone();
+    health_update(&mut c, &db_task, true, 0, t(5));
+    c.tick(t(6));
+    c.tick(t(7));
+    assert_eq!(c.app_tasks(&web).len(), 1, "web starts once db serves");
+}
