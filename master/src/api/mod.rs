@@ -32,6 +32,8 @@ pub mod tasks;
 
 /// Largest request body accepted (a Marathon app JSON is a few KB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Bodies over the limit but under this are read and dropped before the 413 (see [`Body`]).
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 pub type Shared = State<Arc<Master>>;
 
@@ -91,17 +93,28 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-            return Err(ApiError::BodyTooLarge { limit: BODY_LIMIT });
-        }
+        let too_large = || ApiError::BodyTooLarge { limit: BODY_LIMIT };
         let mut stream = request.into_body().into_data_stream();
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+            // Far too large to read: refuse at once (the client may see the connection close).
+            return Err(too_large());
+        }
         let mut body = Vec::new();
+        let mut received = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
-            if body.len() + chunk.len() > BODY_LIMIT {
-                return Err(ApiError::BodyTooLarge { limit: BODY_LIMIT });
+            received += chunk.len();
+            if received > DRAIN_LIMIT {
+                return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            if received <= BODY_LIMIT {
+                body.extend_from_slice(&chunk);
+            }
+            // Past the limit the rest is read and dropped, so a client that sends the whole
+            // body (no `Expect: 100-continue`) reads the 413 instead of a reset connection.
+        }
+        if received > BODY_LIMIT || declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(too_large());
         }
         Ok(Body(Bytes::from(body)))
     }
