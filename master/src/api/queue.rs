@@ -48,17 +48,15 @@ pub fn entry_json(core: &Core, entry: &QueueEntry) -> Value {
             summary.push(json!({"reason": reason, "declined": declined, "processed": stats.last_round_processed}));
         }
     }
+    // The core says why (declines, backoff, dependencies); only an empty round needs words here.
     let mut reasons: Vec<String> = stats.last_round.values().map(|(_, message)| message.clone()).collect();
-    if stats.last_round_processed == 0 {
+    if stats.last_round.is_empty() {
         let active = core.agents().filter(|a| a.record.active && !a.record.draining).count();
         reasons.push(if active == 0 {
             "no active agents: nothing to offer".to_string()
         } else {
             "no offers processed yet".to_string()
         });
-    }
-    if entry.delay_left_ms > 0 {
-        reasons.push(format!("launch delayed {:.1} s by backoff after task failures", entry.delay_left_ms as f64 / 1000.0));
     }
     let app = core.app(&entry.app_id).map_or(Value::Null, |a| {
         app_json(core, a, Embed { counts: true, deployments: true, ..Default::default() })

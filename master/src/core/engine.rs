@@ -110,7 +110,6 @@ pub struct Core {
     processed_order: VecDeque<uuid::Uuid>,
     /// Rotates across agents between placements so tasks spread over the pool.
     offer_cursor: usize,
-    offer_counter: u64,
     /// Apps whose tasks or definition changed since they were last supervised; a tick
     /// looks only at these, queued apps and deploying apps, so idle apps cost nothing.
     needs_supervision: HashSet<AppId>,
@@ -183,7 +182,6 @@ impl Core {
             processed_updates: HashSet::new(),
             processed_order: VecDeque::new(),
             offer_cursor: 0,
-            offer_counter: 0,
             needs_supervision: HashSet::new(),
             unreachable: HashSet::new(),
             changes: Changes::default(),
@@ -1189,7 +1187,6 @@ impl Core {
                 tried_without_success += 1;
                 continue;
             };
-            self.offer_counter += 1;
             stats.processed += 1;
             stats.last_round_processed += 1;
             let decision = match_offer(agent, &need, &port_requests, &parsed_constraints, &spreads);
@@ -1283,7 +1280,8 @@ impl Core {
                     d.current_step += 1;
                     let json = d.to_marathon_json();
                     self.changes.deployments.insert(id.clone());
-                    let step = json["steps"][d_index(&json).saturating_sub(1)].clone();
+                    // The step that just completed is the one before the new current step.
+                    let step = json["steps"][d.current_step.saturating_sub(2)].clone();
                     self.emit("deployment_step_success", now, json!({"plan": json, "currentStep": step}));
                     continue;
                 }
@@ -1493,11 +1491,6 @@ fn status_event(task: &TaskRecord) -> Value {
         "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
         "version": task.version,
     })
-}
-
-/// Index of the current step in a deployment's JSON (for the step event).
-fn d_index(json: &Value) -> usize {
-    json["currentStep"].as_u64().map_or(0, |s| s.saturating_sub(1) as usize)
 }
 
 /// A readable summary of why offers were declined, e.g.
