@@ -70,6 +70,53 @@ pub struct ExecutorSpec {
     /// The agent's fetch cache (for `cache: true`).
     #[serde(default)]
     pub fetch_cache: Option<PathBuf>,
+    /// Set for Docker tasks: the executor pulls the image from the master's registry,
+    /// mounts it and runs the task as a container instead of a plain process.
+    #[serde(default)]
+    pub container: Option<ContainerTask>,
+}
+
+/// The agent-side facts a Docker task needs beyond its app definition (which is in
+/// `task`): where images come from and live, and how the task is networked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerTask {
+    /// `container.docker.image` as the app gave it.
+    pub image: String,
+    /// `forcePullImage`: ask the master to re-resolve the tag upstream.
+    #[serde(default)]
+    pub force_pull: bool,
+    /// The master's registry, e.g. `http://10.0.0.1:5000`.
+    pub registry: String,
+    /// The agent's image and layer store.
+    pub images_dir: PathBuf,
+    /// Decompressed bytes one layer may have before it is refused.
+    pub max_layer_bytes: u64,
+    pub network: ContainerNetwork,
+    /// `portMappings` resolved against the offer: host port for each container port.
+    #[serde(default)]
+    pub port_mappings: Vec<MappedPort>,
+    /// The agent's address (what `HOST` says), for `/etc/hosts`.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum ContainerNetwork {
+    /// The agent's own network namespace.
+    Host,
+    /// Its own namespace with a veth on the agent's bridge and an address from `subnet`;
+    /// `ipam_dir` holds the address leases shared by all executors.
+    Bridge { bridge: String, subnet: String, ipam_dir: PathBuf },
+    /// Its own namespace with only loopback.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedPort {
+    pub container_port: u16,
+    pub host_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
 }
 
 /// `executor.json`: lets the agent find the executor even if it crashed before

@@ -131,6 +131,7 @@ impl ContainerRuntime for ProcessRuntime {
             task: Some(spec.clone()),
             fetch: spec.app.fetch.clone(),
             fetch_cache: request.fetch_cache.clone(),
+            container: None,
         };
         let spec_path = request.sandbox.join(executor::SPEC_FILE);
         let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)

@@ -1,0 +1,10 @@
+//! Test helpers with real parts, shared by the crates' integration tests and the
+//! end-to-end tests: OCI images built here (from Debian's `busybox-static`, or layer by
+//! layer, hostile ones included) and Debian's `docker-registry` started on loopback
+//! (optionally inside a test's network namespace), with pushes over the registry API.
+pub mod image;
+pub mod netns;
+pub mod registry;
+
+pub use image::{busybox_hello, BuiltImage, Compression, Entry, ImageConfig, Layer};
+pub use registry::Registry;
