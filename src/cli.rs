@@ -134,6 +134,12 @@ pub enum TaskCommand {
         #[arg(long)]
         scale: bool,
     },
+    /// Everything about one task: container, image digest, pid, address, ports, cgroup.
+    Inspect { id: String },
+    /// The task's processes (everything in its cgroup).
+    Top { id: String },
+    /// CPU and memory use from the task's cgroup.
+    Stats { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,7 +461,110 @@ async fn run_task(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::R
             }
             Ok(())
         }
+        TaskCommand::Inspect { id } => {
+            let body = agent_call(&master, &id, "inspect").await?;
+            output(json_out, &body, inspect_text)
+        }
+        TaskCommand::Top { id } => {
+            let body = agent_call(&master, &id, "top").await?;
+            output(json_out, &body, top_table)
+        }
+        TaskCommand::Stats { id } => {
+            let body = agent_call(&master, &id, "stats").await?;
+            output(json_out, &body, stats_text)
+        }
     }
+}
+
+/// GETs `/v1/tasks/ID/WHAT` from the agent that runs the task.
+async fn agent_call(master: &Master, task: &str, what: &str) -> anyhow::Result<Value> {
+    let agent = locate_task(master, task).await?;
+    let url = format!("{agent}/v1/tasks/{task}/{what}");
+    let response = master
+        .http
+        .get(&url)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {agent}"))?;
+    let status = response.status();
+    let body = response.bytes().await.with_context(|| format!("cannot read the answer of {url}"))?;
+    if !status.is_success() {
+        return Err(api_error(Method::GET, &url, status, &body).into());
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))
+}
+
+fn inspect_text(body: &Value) -> String {
+    let task = body.get("task").unwrap_or(&Value::Null);
+    let container = body.get("container").unwrap_or(&Value::Null);
+    let field = |v: &Value, k: &str| match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let mut lines = vec![
+        format!("task:      {}", field(task, "id")),
+        format!("app:       {}", field(task, "app_id")),
+        format!("state:     {}", field(task, "state")),
+        format!("pid:       {}", container.get("pid").map_or_else(|| field(task, "pid"), |p| p.to_string())),
+        format!("sandbox:   {}", field(task, "sandbox")),
+    ];
+    if !container.is_null() {
+        lines.push(format!("image:     {} ({})", field(container, "image"), field(container, "image_digest")));
+        lines.push(format!("network:   {}", field(container, "network")));
+        lines.push(format!("ip:        {}", field(container, "ip")));
+        if let Some(ports) = container.get("ports").and_then(Value::as_array) {
+            for p in ports {
+                lines.push(format!(
+                    "port:      {}/{} -> host {}",
+                    field(p, "containerPort"),
+                    field(p, "protocol"),
+                    field(p, "hostPort")
+                ));
+            }
+        }
+        lines.push(format!("rootfs:    {}", field(container, "rootfs")));
+    }
+    if let Some(cgroup) = body.get("cgroup").filter(|c| !c.is_null()) {
+        lines.push(format!("cgroup:    {}", field(cgroup, "name")));
+    }
+    if let Some(stats) = body.get("stats").filter(|s| !s.is_null()) {
+        lines.push(stats_text(stats));
+    }
+    lines.join("\n")
+}
+
+fn top_table(body: &Value) -> String {
+    let mut out = format!("{:<8} {:<8} {:<6} {:>10}  {}\n", "PID", "PPID", "UID", "RSS(KiB)", "COMMAND");
+    for p in body.get("processes").and_then(Value::as_array).into_iter().flatten() {
+        let n = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(0);
+        out.push_str(&format!(
+            "{:<8} {:<8} {:<6} {:>10}  {}\n",
+            n("pid"),
+            n("ppid"),
+            n("uid"),
+            n("rss_kb"),
+            p.get("command").and_then(Value::as_str).unwrap_or("")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+fn stats_text(stats: &Value) -> String {
+    let mib = |k: &str| stats.get(k).and_then(Value::as_u64).map_or("-".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+    let cpu = stats
+        .get("cpu_usage_usec")
+        .and_then(Value::as_u64)
+        .map_or("-".to_string(), |u| format!("{:.2} s", u as f64 / 1e6));
+    format!(
+        "cpu:       {cpu}\nmemory:    {} of {} (peak {})\noom kills: {}\nprocesses: {}",
+        mib("memory_bytes"),
+        mib("memory_limit_bytes"),
+        mib("memory_peak_bytes"),
+        stats.get("oom_kills").and_then(Value::as_u64).unwrap_or(0),
+        stats.get("pids").and_then(Value::as_u64).unwrap_or(0)
+    )
 }
 
 /// Finds the agent that runs `task` and prints its log from that agent's HTTP API.

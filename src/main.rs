@@ -110,6 +110,18 @@ struct AgentArgs {
     /// Attributes for constraints, e.g. 'rack:r1;zone:a'.
     #[arg(long, env = "PLINTH_ATTRIBUTES", value_parser = parse_attributes, default_value = "")]
     attributes: Attributes,
+    /// Registry to pull Docker images from (default: the master's host, port 5000).
+    #[arg(long, env = "PLINTH_REGISTRY")]
+    registry: Option<String>,
+    /// Bridge for BRIDGE-networked containers.
+    #[arg(long, env = "PLINTH_CONTAINER_BRIDGE", default_value = plinth_agent::DEFAULT_BRIDGE)]
+    container_bridge: String,
+    /// Subnet for BRIDGE-networked containers (the bridge takes the first address).
+    #[arg(long, env = "PLINTH_CONTAINER_SUBNET", default_value = plinth_agent::DEFAULT_CONTAINER_SUBNET)]
+    container_subnet: String,
+    /// Largest decompressed size of one image layer, in MiB (bigger layers are refused).
+    #[arg(long, env = "PLINTH_MAX_LAYER_MB", default_value_t = plinth_agent::DEFAULT_MAX_LAYER_BYTES >> 20)]
+    max_layer_mb: u64,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +307,12 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
         attributes: args.attributes,
         listen,
         token: node.token.clone(),
+        containers: plinth_agent::ContainerSettings {
+            registry: args.registry,
+            bridge: args.container_bridge,
+            subnet: args.container_subnet,
+            max_layer_bytes: args.max_layer_mb.saturating_mul(1 << 20),
+        },
     }
 }
 

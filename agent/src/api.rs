@@ -1,6 +1,7 @@
 //! The agent's HTTP API (`:5051`): health, node state, tasks and their logs (also of
 //! finished tasks, while their sandboxes are kept). Errors map to HTTP in one place,
-//! [`ApiError`].
+//! [`ApiError`]. Task inspection (`inspect`, `top`, `stats`) and `/metrics` read the
+//! container record and the task's cgroup.
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::inspect;
 use crate::logs::{self, Stream};
 use crate::node::Node;
 use crate::state::TaskRecord;
@@ -33,6 +35,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(show_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/tasks/{id}/inspect", get(inspect_task))
+        .route("/v1/tasks/{id}/top", get(task_top))
+        .route("/v1/tasks/{id}/stats", get(task_stats))
+        .route("/metrics", get(metrics))
         .with_state(node)
 }
 
@@ -131,6 +137,94 @@ async fn list_tasks(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 async fn show_task(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<TaskInfo>, ApiError> {
     let state = node.lock();
     state.tasks.get(&TaskId::new(id.clone())).map(|r| Json(TaskInfo::from(r))).ok_or(ApiError::UnknownTask(id))
+}
+
+/// The task's record, sandbox and cgroup directories, looked up under the lock.
+fn task_parts(node: &Node, id: &str) -> Result<(TaskInfo, PathBuf, Vec<PathBuf>, Option<String>), ApiError> {
+    let state = node.lock();
+    let record = state.tasks.get(&TaskId::new(id)).ok_or_else(|| ApiError::UnknownTask(id.to_string()))?;
+    let cgroup = record.handle.as_ref().and_then(|h| h.cgroup.clone());
+    Ok((
+        TaskInfo::from(record),
+        record.sandbox.clone(),
+        cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
+        cgroup.map(|c| c.name),
+    ))
+}
+
+/// `docker inspect` for a task: its record, the container (image digest, pid, address,
+/// ports, rootfs) and its cgroup with current use.
+async fn inspect_task(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (info, sandbox, dirs, cgroup) = task_parts(&node, &id)?;
+    let container = inspect::container_record(&sandbox);
+    let app_container = {
+        let state = node.lock();
+        state.tasks.get(&TaskId::new(id.as_str())).and_then(|r| r.spec.app.container.clone())
+    };
+    let stats = if info.state.is_terminal() { None } else { Some(inspect::stats(&dirs)) };
+    Ok(Json(json!({
+        "task": info,
+        "container": container,
+        "spec": app_container,
+        "cgroup": cgroup.map(|name| json!({"name": name, "dirs": dirs})),
+        "stats": stats,
+    })))
+}
+
+/// `docker top`: the processes in the task's cgroup.
+async fn task_top(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (_, _, dirs, _) = task_parts(&node, &id)?;
+    Ok(Json(json!({ "processes": inspect::processes(&dirs) })))
+}
+
+/// `docker stats`: cpu and memory from the task's cgroup.
+async fn task_stats(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<inspect::Stats>, ApiError> {
+    let (_, _, dirs, _) = task_parts(&node, &id)?;
+    Ok(Json(inspect::stats(&dirs)))
+}
+
+/// Prometheus text: per-task cpu and memory of the live tasks.
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let tasks: Vec<(String, String, Vec<PathBuf>)> = {
+        let state = node.lock();
+        state
+            .tasks
+            .values()
+            .filter(|r| !r.is_terminal())
+            .map(|r| {
+                let dirs = r.handle.as_ref().and_then(|h| h.cgroup.as_ref()).map(|c| c.dirs.clone()).unwrap_or_default();
+                (r.spec.task_id.to_string(), r.spec.app_id.to_string(), dirs)
+            })
+            .collect()
+    };
+    let mut out = String::new();
+    out.push_str("# HELP plinth_agent_tasks Live tasks on this agent.\n# TYPE plinth_agent_tasks gauge\n");
+    out.push_str(&format!("plinth_agent_tasks {}\n", tasks.len()));
+    out.push_str("# HELP plinth_task_cpu_seconds_total CPU time used by the task.\n# TYPE plinth_task_cpu_seconds_total counter\n");
+    let stats: Vec<_> = tasks.iter().map(|(t, a, dirs)| (t, a, inspect::stats(dirs))).collect();
+    for (task, app, s) in &stats {
+        if let Some(usec) = s.cpu_usage_usec {
+            out.push_str(&format!(
+                "plinth_task_cpu_seconds_total{{task_id=\"{task}\",app_id=\"{app}\"}} {}\n",
+                usec as f64 / 1e6
+            ));
+        }
+    }
+    out.push_str("# HELP plinth_task_memory_bytes Memory used by the task.\n# TYPE plinth_task_memory_bytes gauge\n");
+    for (task, app, s) in &stats {
+        if let Some(bytes) = s.memory_bytes {
+            out.push_str(&format!("plinth_task_memory_bytes{{task_id=\"{task}\",app_id=\"{app}\"}} {bytes}\n"));
+        }
+    }
+    out.push_str("# HELP plinth_task_memory_limit_bytes The task's memory limit.\n# TYPE plinth_task_memory_limit_bytes gauge\n");
+    for (task, app, s) in &stats {
+        if let Some(bytes) = s.memory_limit_bytes {
+            out.push_str(&format!("plinth_task_memory_limit_bytes{{task_id=\"{task}\",app_id=\"{app}\"}} {bytes}\n"));
+        }
+    }
+    let mut response = out.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response
 }
 
 #[derive(Debug, Deserialize)]

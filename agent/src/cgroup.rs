@@ -140,8 +140,8 @@ fn oom_kills_in(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join("memory.failcnt")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
 }
 
-/// `name value` lines, as in memory.events and memory.oom_control.
-fn counter(text: &str, name: &str) -> Option<u64> {
+/// `name value` lines, as in memory.events, memory.oom_control and cpu.stat.
+pub(crate) fn counter(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (key, value) = line.split_once(' ')?;
         (key == name).then(|| value.trim().parse().ok()).flatten()

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 mod api;
 pub mod archive;
 pub mod cgroup;
+pub mod container;
 mod checks;
 mod client;
 mod error;
@@ -21,6 +22,8 @@ pub mod executor;
 pub mod fetch;
 mod fsutil;
 pub mod health;
+pub mod image;
+pub mod inspect;
 pub mod logs;
 mod node;
 pub mod reconciler;
@@ -56,6 +59,66 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Join token sent in the `x-plinth-token` header.
     pub token: Option<String>,
+    /// How Docker tasks get their images and network.
+    pub containers: ContainerSettings,
+}
+
+/// Docker tasks: where images come from and how containers are networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// The master's registry (`http://HOST:5000`); `None`: the master's host, port 5000.
+    pub registry: Option<String>,
+    /// The bridge BRIDGE-mode containers hang off.
+    pub bridge: String,
+    /// Container addresses for BRIDGE mode; the bridge holds the first one.
+    pub subnet: String,
+    /// Decompressed bytes a single image layer may have (decompression bombs stop here).
+    pub max_layer_bytes: u64,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        ContainerSettings {
+            registry: None,
+            bridge: DEFAULT_BRIDGE.to_string(),
+            subnet: DEFAULT_CONTAINER_SUBNET.to_string(),
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+        }
+    }
+}
+
+/// Default container bridge and subnet (BRIDGE networking).
+pub const DEFAULT_BRIDGE: &str = "plinth0";
+pub const DEFAULT_CONTAINER_SUBNET: &str = "172.31.0.0/24";
+/// Default cap on one layer's decompressed size: 8 GiB.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 8 << 30;
+/// The agent's image and layer store, under its work dir.
+pub const IMAGES_DIR: &str = "images";
+/// The master registry's port (DESIGN.md §3).
+pub const REGISTRY_PORT: u16 = 5000;
+
+impl AgentConfig {
+    /// The registry this agent pulls images from: the configured one, else the master's
+    /// host on the registry port.
+    pub fn registry_url(&self) -> String {
+        if let Some(registry) = &self.containers.registry {
+            return registry.trim_end_matches('/').to_string();
+        }
+        let host = self
+            .master
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.master)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        // Strip the port, keeping IPv6 brackets intact.
+        let host = match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => &host[..i],
+            _ => host,
+        };
+        format!("http://{host}:{REGISTRY_PORT}")
+    }
 }
 
 /// Runs the agent with command tasks (each under `plinth executor`) until the process

@@ -16,9 +16,11 @@ use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
 use crate::logs::LogPolicy;
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
+use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
-use crate::{fsutil, taskenv, AgentConfig, AgentError};
+use crate::{fsutil, taskenv, AgentConfig, AgentError, IMAGES_DIR};
+use plinth_protocol::marathon::NetworkMode;
 
 /// Sandboxes live in `work_dir/tasks/TASK_ID`.
 pub const TASKS_DIR: &str = "tasks";
@@ -374,6 +376,7 @@ impl Node {
             sandbox: sandbox.clone(),
             logs: self.options.logs,
             fetch_cache: Some(self.config.work_dir.join(crate::fetch::CACHE_DIR)),
+            container: self.container_task(&spec),
         };
         // Checkpoint the intent first: if the agent dies during the launch, the restarted
         // agent finds the executor through the sandbox instead of launching it twice.
@@ -404,6 +407,49 @@ impl Node {
                 }, now);
             }
         }
+    }
+
+    /// What the executor needs to run a Docker task beyond its app definition; `None`
+    /// for command tasks.
+    fn container_task(&self, spec: &TaskSpec) -> Option<ContainerTask> {
+        let docker = spec.app.container.as_ref()?.docker.as_ref().filter(|d| !d.image.trim().is_empty())?;
+        let settings = &self.config.containers;
+        let network = match spec.app.network_mode() {
+            NetworkMode::Host => ContainerNetwork::Host,
+            NetworkMode::Bridge => ContainerNetwork::Bridge {
+                bridge: settings.bridge.clone(),
+                subnet: settings.subnet.clone(),
+                ipam_dir: self.config.work_dir.join("ipam"),
+            },
+            NetworkMode::None => ContainerNetwork::None,
+        };
+        // The offer's host ports go, in order, to the mappings that asked for one.
+        let port_mappings = match spec.app.network_mode() {
+            NetworkMode::Bridge => spec
+                .app
+                .container_port_mappings()
+                .into_iter()
+                .flatten()
+                .filter(|m| m.host_port.is_some())
+                .zip(&spec.host_ports)
+                .map(|(m, host_port)| MappedPort {
+                    container_port: u16::try_from(m.container_port).unwrap_or(0),
+                    host_port: *host_port,
+                    protocol: m.protocol.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(ContainerTask {
+            image: docker.image.clone(),
+            force_pull: docker.force_pull_image,
+            registry: self.config.registry_url(),
+            images_dir: self.config.work_dir.join(IMAGES_DIR),
+            max_layer_bytes: settings.max_layer_bytes,
+            network,
+            port_mappings,
+            host: self.advertise_ip.to_string(),
+        })
     }
 
     /// Records a state change and queues its status update for the master.
@@ -444,6 +490,13 @@ impl Node {
             }
         };
         log(matches!(transition.state, TaskState::TaskFailed | TaskState::TaskError));
+        let mut extra = BTreeMap::new();
+        // A container on the bridge has its own address; Marathon shows it in ipAddresses.
+        if transition.state == TaskState::TaskRunning {
+            if let Some(ip) = crate::inspect::container_ip(&record.sandbox) {
+                extra.insert("ipAddresses".to_string(), serde_json::json!([{"ipAddress": ip, "protocol": "IPv4"}]));
+            }
+        }
         let update = StatusUpdate {
             update_id: uuid::Uuid::new_v4(),
             task_id: task_id.clone(),
@@ -454,7 +507,7 @@ impl Node {
             reason: transition.reason.map(str::to_string),
             timestamp: now.to_iso(),
             healthy: None,
-            extra: BTreeMap::new(),
+            extra,
         };
         state.outbox.push(update);
     }

@@ -51,6 +51,7 @@ fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs
         sandbox,
         logs,
         fetch_cache: None,
+        container: None,
     };
     let handle = runtime.launch(&request).expect("launch");
     Launched { runtime, handle, spec, _dir: dir }

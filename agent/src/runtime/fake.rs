@@ -201,6 +201,7 @@ mod tests {
             env: vec![],
             logs: Default::default(),
             fetch_cache: None,
+            container: None,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct LaunchRequest {
     pub logs: LogPolicy,
     /// The agent's artifact cache for `fetch` URIs with `cache: true`.
     pub fetch_cache: Option<PathBuf>,
+    /// Set for Docker tasks (see [`crate::executor::ContainerTask`]).
+    pub container: Option<crate::executor::ContainerTask>,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.

@@ -116,7 +116,12 @@ impl ContainerRuntime for ProcessRuntime {
 
     fn launch(&self, request: &LaunchRequest) -> Result<RuntimeHandle, AgentError> {
         let spec = &request.spec;
-        let command = TaskCommand::for_spec(spec)?;
+        // A container runs its image's command unless the app overrides it.
+        let command = match (&request.container, TaskCommand::for_spec(spec)) {
+            (_, Ok(command)) => command,
+            (Some(_), Err(_)) => TaskCommand::Exec(Vec::new()),
+            (None, Err(err)) => return Err(err),
+        };
         fsutil::create_dir_all(&request.sandbox)?;
         let cgroup = cgroup::create(spec.task_id.as_str(), spec.app.cpus, spec.app.mem);
         let executor_spec = ExecutorSpec {
@@ -131,7 +136,7 @@ impl ContainerRuntime for ProcessRuntime {
             task: Some(spec.clone()),
             fetch: spec.app.fetch.clone(),
             fetch_cache: request.fetch_cache.clone(),
-            container: None,
+            container: request.container.clone(),
         };
         let spec_path = request.sandbox.join(executor::SPEC_FILE);
         let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)

@@ -106,6 +106,7 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
         attributes: [("rack".to_string(), "r1".to_string())].into(),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         token: Some("sesame".into()),
+        containers: Default::default(),
     };
     let options =
         AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
