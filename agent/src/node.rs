@@ -449,6 +449,7 @@ impl Node {
             network,
             port_mappings,
             host: self.advertise_ip.to_string(),
+            local_image: None,
         })
     }
 
