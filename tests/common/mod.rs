@@ -532,6 +532,33 @@ fn task_cgroups(task_ids: &BTreeSet<String>) -> Vec<PathBuf> {
     roots.iter().flat_map(|root| task_ids.iter().map(move |id| root.join(id))).filter(|p| p.is_dir()).collect()
 }
 
+/// SIGKILLs every process in a cgroup tree.
+fn kill_cgroup_processes(dir: &Path) {
+    let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else { return };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on a process in a cgroup our agents created for their tasks.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            kill_cgroup_processes(&entry.path());
+        }
+    }
+}
+
+/// What a killed executor could not tear down for its container: the network
+/// namespace's bind mount and the runtime state (both named by task id).
+fn cleanup_containers(task_ids: &BTreeSet<String>) {
+    for id in task_ids {
+        let netns = Path::new("/run/plinth/netns").join(id);
+        if netns.exists() {
+            sh_quiet("umount", &["-l", &netns.display().to_string()]);
+            let _ = fs::remove_file(&netns);
+        }
+        let _ = fs::remove_dir_all(Path::new("/run/plinth/containers").join(id));
+    }
+}
+
 /// Removes a cgroup directory tree, deepest first (only empty cgroups can go).
 fn remove_cgroup(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
@@ -985,6 +1012,12 @@ impl Drop for Cluster {
         }
         if let Ok(seen) = self.seen_tasks.lock() {
             cgroups.extend(task_cgroups(&seen));
+            // Containers on a bridge live in their own network namespace, out of reach
+            // of the sweep above: their cgroup finds them.
+            for cgroup in &cgroups {
+                kill_cgroup_processes(cgroup);
+            }
+            cleanup_containers(&seen);
         }
         for cgroup in cgroups.iter().rev() {
             remove_cgroup(cgroup);
