@@ -28,6 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{self, DisplayChain};
+use crate::container;
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
@@ -97,6 +98,10 @@ pub struct ContainerTask {
     pub port_mappings: Vec<MappedPort>,
     /// The agent's address (what `HOST` says), for `/etc/hosts`.
     pub host: String,
+    /// A prepared root filesystem used instead of pulling `image` (tests, benchmarks;
+    /// never set from an app definition).
+    #[serde(default)]
+    pub local_image: Option<crate::container::LocalImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,24 +185,41 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
     }
 
-    let child = match spawn_task(&spec) {
-        Ok(child) => child,
-        Err(err) => {
-            let record = Termination {
-                code: None,
-                signal: None,
-                oom: false,
-                killed: false,
-                error: Some(format!("{}", DisplayChain(&err))),
-                fetch_failed: false,
-                finished_at: Timestamp::now().to_iso(),
-            };
-            return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
+    // A Docker task runs as a container; its init is the "task process" below.
+    let mut container: Option<container::Running> = None;
+    let pid = if let Some(task) = &spec.container {
+        let started = open_log(&sandbox, Stream::Stdout)
+            .and_then(|out| Ok((out, open_log(&sandbox, Stream::Stderr)?)))
+            .map_err(|err| format!("{}", DisplayChain(&err)))
+            .and_then(|(out, err)| {
+                container::start(&spec, task, out, err).map_err(|e| format!("starting the container failed: {e}"))
+            });
+        match started {
+            Ok(running) => {
+                let pid = Pid::from_raw(running.pid);
+                container = Some(running);
+                pid
+            }
+            Err(error) => {
+                eprintln!("plinth executor: {error}");
+                return write_start_failure(&sandbox, error);
+            }
         }
+    } else {
+        let child = match spawn_task(&spec) {
+            Ok(child) => child,
+            Err(err) => return write_start_failure(&sandbox, format!("{}", DisplayChain(&err))),
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        // The child handle is not waited on through std: waitpid below does it, with WNOHANG.
+        drop(child);
+        pid
     };
-    let pid = Pid::from_raw(child.id() as i32);
-    // The child handle is not waited on through std: waitpid below does it, with WNOHANG.
-    drop(child);
+    // A container's init leads no process group of ours; its pid namespace ends with it.
+    let is_container = container.is_some();
+    let signal_task = |signal: Signal| {
+        let _ = if is_container { nix::sys::signal::kill(pid, signal) } else { killpg(pid, signal) };
+    };
     fsutil::write_json_atomic(
         &sandbox.join(RUNNING_FILE),
         &RunningRecord { pid: pid.as_raw(), started_at: Timestamp::now().to_iso() },
@@ -216,7 +238,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         }
         if let Some(deadline) = kill_deadline {
             if Instant::now() >= deadline {
-                let _ = killpg(pid, Signal::SIGKILL);
+                signal_task(Signal::SIGKILL);
                 cgroup::kill_all(&spec.cgroup_dirs);
                 kill_deadline = Some(Instant::now() + TICK);
             }
@@ -229,7 +251,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         match wait_for_signal(&signals, timeout) {
             Some(Signal::SIGTERM | Signal::SIGINT) if !killed => {
                 killed = true;
-                let _ = killpg(pid, Signal::SIGTERM);
+                signal_task(Signal::SIGTERM);
                 kill_deadline = Some(Instant::now() + Duration::from_millis(spec.kill_grace_ms));
             }
             _ => {}
@@ -237,9 +259,14 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     };
 
     // Whatever the task left behind in its group or cgroup ends with it.
-    let _ = killpg(pid, Signal::SIGKILL);
+    signal_task(Signal::SIGKILL);
     cgroup::kill_all(&spec.cgroup_dirs);
     rotate_logs(&sandbox, spec.logs);
+    // Read before the container's teardown deletes the cgroup.
+    let oom = cgroup::oom_killed(&spec.cgroup_dirs);
+    if let Some(mut running) = container.take() {
+        running.teardown();
+    }
     let (code, signal) = match status {
         Some(WaitStatus::Exited(_, code)) => (Some(code), None),
         Some(WaitStatus::Signaled(_, signal, _)) => (None, Some(signal as i32)),
@@ -248,9 +275,23 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     let record = Termination {
         code,
         signal,
-        oom: cgroup::oom_killed(&spec.cgroup_dirs),
+        oom,
         killed,
         error: status.is_none().then(|| "the task's exit status was lost".to_string()),
+        fetch_failed: false,
+        finished_at: Timestamp::now().to_iso(),
+    };
+    fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
+}
+
+/// `exit.json` for a task that never started.
+fn write_start_failure(sandbox: &Path, error: String) -> Result<(), AgentError> {
+    let record = Termination {
+        code: None,
+        signal: None,
+        oom: false,
+        killed: false,
+        error: Some(error),
         fetch_failed: false,
         finished_at: Timestamp::now().to_iso(),
     };
@@ -305,10 +346,8 @@ fn rotate_logs(sandbox: &Path, policy: LogPolicy) {
 
 /// Waits up to `timeout` for one of the blocked signals.
 fn wait_for_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
-    let timespec = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    let timespec =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: the set and timespec are valid for the call; a null siginfo pointer is
     // allowed. The result is a signal number or -1 (timeout/EINTR), both handled.
     let signal = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timespec) };
@@ -319,11 +358,7 @@ fn open_log(sandbox: &Path, stream: Stream) -> Result<std::fs::File, AgentError>
     let path = sandbox.join(stream.file_name());
     // O_APPEND: the executor's rotation truncates the file under the task's feet; with
     // append the task's next write lands at the new end instead of leaving a hole.
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| AgentError::WriteFile { path, source })
+    OpenOptions::new().create(true).append(true).open(&path).map_err(|source| AgentError::WriteFile { path, source })
 }
 
 /// A uid/gid to switch to.

@@ -1,0 +1,377 @@
+//! Docker tasks as real containers, run by youki's `libcontainer` inside the per-task
+//! executor.
+//!
+//! [`start`] does everything between "the artifacts are fetched" and "the container's
+//! init runs": image → network (+ host ports) → `/etc` files → runtime spec → create and
+//! start. It returns a [`Running`] container whose [`Running::teardown`] (also run on
+//! drop, and on any start failure) deletes the container, closes the host ports,
+//! releases the image and removes the network pieces. [`cleanup_leftovers`] does the
+//! same for a task whose executor died.
+//!
+//! - [`spec`]: the OCI runtime spec from image config + app (pure).
+//! - [`network`]: bridge, IPAM, named network namespaces, veth pairs.
+//! - [`proxy`]: host port → container port forwarding (userland).
+//! - [`run`]: libcontainer create/start/delete.
+pub mod network;
+pub mod proxy;
+pub mod run;
+pub mod spec;
+
+use oci_spec::image::ImageConfiguration;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::executor::{ContainerNetwork, ContainerTask, ExecutorSpec, MappedPort};
+use crate::fsutil;
+
+/// `SANDBOX/container.json`: what the agent shows in `task inspect` and `ipAddresses`.
+pub const RECORD_FILE: &str = "container.json";
+/// The OCI bundle (`config.json`) in the sandbox.
+pub const BUNDLE_DIR: &str = "bundle";
+/// Generated `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
+pub const ETC_DIR: &str = "etc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("docker parameter `{key}`: {reason}")]
+    Parameter { key: String, reason: String },
+    #[error("volume {container_path}: {reason}")]
+    Volume { container_path: String, reason: String },
+    #[error("the image has no Entrypoint or Cmd, and the app sets neither cmd nor args")]
+    NoCommand,
+    #[error("image: {0}")]
+    Image(String),
+    #[error("user {user}: {reason}")]
+    User { user: String, reason: String },
+    #[error("invalid runtime spec: {0}")]
+    Spec(String),
+    #[error("{step}: {message}")]
+    Runtime { step: &'static str, message: String },
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("container subnet {subnet}: {reason}")]
+    Subnet { subnet: String, reason: String },
+    #[error("container addresses: {0}")]
+    Ipam(String),
+    #[error("network: {step}: {message}")]
+    Network { step: String, message: String },
+    #[error("host port {port}/{protocol}: {reason}")]
+    Port { port: u16, protocol: String, reason: String },
+    #[error("the executor spec has no task (app definition)")]
+    NoApp,
+}
+
+/// A port as `container.json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRecord {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub protocol: String,
+}
+
+/// `SANDBOX/container.json`, written once the container runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pid: i32,
+    pub ip: Option<Ipv4Addr>,
+    /// `host`, `bridge` or `none`.
+    pub network: String,
+    pub image: String,
+    pub image_digest: Option<String>,
+    pub rootfs: PathBuf,
+    /// The cgroup path (relative to the hierarchy roots), e.g. `/plinth/<task>`.
+    pub cgroup: String,
+    pub netns: Option<PathBuf>,
+    pub ports: Vec<PortRecord>,
+}
+
+/// A root filesystem prepared outside the image store (tests, benchmarks): used as is
+/// instead of pulling. The agent never sets it from an app definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalImage {
+    pub rootfs: PathBuf,
+    /// The image configuration (OCI `config.json` of the image).
+    pub config: PathBuf,
+}
+
+/// The image a container runs.
+struct PreparedImage {
+    rootfs: PathBuf,
+    config: ImageConfiguration,
+    digest: Option<String>,
+    /// Mounted by the image store (so unmounted at teardown).
+    mounted: bool,
+}
+
+/// Where the image comes from: the local rootfs, else the image store.
+fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedImage, ContainerError> {
+    if let Some(local) = &task.local_image {
+        let config = ImageConfiguration::from_file(&local.config)
+            .map_err(|e| ContainerError::Image(format!("cannot read {}: {e}", local.config.display())))?;
+        return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None, mounted: false });
+    }
+    // IMAGE STORE CALL SITE: pull `task.image` from `task.registry` into
+    // `task.images_dir` (honouring `force_pull` and `max_layer_bytes`), pin it and
+    // mount its rootfs under the sandbox; `release_image` below undoes it.
+    let _ = spec;
+    Err(ContainerError::Image(format!("{}: pulling images is not available in this build yet", task.image)))
+}
+
+/// Undoes [`prepare_image`] for a mounted image. Missing mounts are fine.
+fn release_image(sandbox: &Path) {
+    // IMAGE STORE CALL SITE: `image::unmount_rootfs(sandbox)` and unpin the image.
+    let _ = sandbox;
+}
+
+/// A started container. Drop tears it down.
+pub struct Running {
+    pub pid: i32,
+    pub record: ContainerRecord,
+    session: Session,
+}
+
+impl Running {
+    /// Deletes the container (killing anything left in it), closes its host ports,
+    /// releases its image and network. Idempotent.
+    pub fn teardown(&mut self) {
+        self.session.teardown();
+    }
+
+    /// The OOM check must read the cgroup before teardown deletes it.
+    pub fn cgroup_path(&self) -> &str {
+        &self.record.cgroup
+    }
+}
+
+/// What has been set up so far, undone in reverse by [`Session::teardown`].
+struct Session {
+    id: String,
+    sandbox: PathBuf,
+    state_root: PathBuf,
+    ipam_dir: Option<PathBuf>,
+    network: bool,
+    image_mounted: bool,
+    proxies: Option<proxy::Proxies>,
+    reserved: Option<proxy::Reserved>,
+    done: bool,
+}
+
+impl Session {
+    fn teardown(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Err(err) = run::delete(&self.id, &self.state_root) {
+            tracing::warn!(id = %self.id, %err, "cannot delete the container");
+        }
+        if let Some(mut proxies) = self.proxies.take() {
+            proxies.stop();
+        }
+        self.reserved = None;
+        if self.image_mounted {
+            release_image(&self.sandbox);
+        }
+        if self.network {
+            network::teardown(&self.id, self.ipam_dir.as_deref());
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// The cgroup path libcontainer uses: the one the agent created for the task.
+pub fn cgroups_path(task_id: &str) -> String {
+    format!("/{}/{task_id}", crate::cgroup::PARENT)
+}
+
+/// Starts the task's container. `stdout`/`stderr` are the sandbox's log files. Any
+/// failure undoes what was done and says which step failed.
+pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: File) -> Result<Running, ContainerError> {
+    let state_root = PathBuf::from(run::STATE_ROOT);
+    let id = run::container_id(&spec.task_id);
+    let app = &spec.task.as_ref().ok_or(ContainerError::NoApp)?.app;
+    // Refuse bad parameters before anything is set up.
+    let params = spec::docker_parameters(app)?;
+    // A container of a crashed executor with this id would make create fail.
+    run::delete(&id, &state_root)?;
+
+    let mut session = Session {
+        id: id.clone(),
+        sandbox: spec.sandbox.clone(),
+        state_root: state_root.clone(),
+        ipam_dir: None,
+        network: false,
+        image_mounted: false,
+        proxies: None,
+        reserved: None,
+        done: false,
+    };
+    let image = prepare_image(spec, task)?;
+    session.image_mounted = image.mounted;
+
+    // Host ports first: a clash fails the start before any network piece exists.
+    let (net, attached, network_name) = match &task.network {
+        ContainerNetwork::Host => (spec::NetNamespace::Host, None, "host"),
+        ContainerNetwork::Bridge { bridge, subnet, ipam_dir } => {
+            session.reserved = Some(proxy::reserve(&task.port_mappings)?);
+            session.ipam_dir = Some(ipam_dir.clone());
+            session.network = true;
+            let attached = network::setup_bridge(&id, bridge, subnet, ipam_dir)?;
+            (spec::NetNamespace::Path(attached.netns.clone()), Some(attached), "bridge")
+        }
+        ContainerNetwork::None => {
+            session.network = true;
+            let attached = network::setup_none(&id)?;
+            (spec::NetNamespace::Path(attached.netns.clone()), Some(attached), "none")
+        }
+    };
+    let ip = attached.as_ref().and_then(|a| a.ip);
+
+    let hostname = spec::hostname(&spec.task_id, &params);
+    let etc = write_etc_files(&spec.sandbox, &hostname, ip, &task.host)?;
+    let user = spec::resolve_user(&image.rootfs, spec::effective_user(&params, &image.config).as_deref())?;
+    let cgroup = cgroups_path(&spec.task_id);
+    let runtime_spec = spec::build_spec(&spec::SpecInput {
+        task_id: &spec.task_id,
+        app,
+        image: &image.config,
+        env: &spec.env,
+        rootfs: &image.rootfs,
+        sandbox: &spec.sandbox,
+        net,
+        cgroups_path: cgroup.clone(),
+        etc: Some(etc),
+        user,
+        nofile_hard: nofile_hard_limit(),
+    })?;
+    let bundle = spec.sandbox.join(BUNDLE_DIR);
+    run::write_bundle(&bundle, &runtime_spec)?;
+
+    // The container's init is a grandchild (libcontainer's intermediate process exits);
+    // as a subreaper the executor inherits it and can waitpid it.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(ContainerError::Runtime {
+            step: "becoming the container's subreaper",
+            message: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    let pid = run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?;
+
+    if let (Some(reserved), Some(ip)) = (session.reserved.take(), ip) {
+        session.proxies = Some(reserved.start(ip));
+    }
+    let ports = match &task.network {
+        ContainerNetwork::Bridge { .. } => task.port_mappings.iter().map(port_record).collect(),
+        _ => Vec::new(),
+    };
+    let record = ContainerRecord {
+        id,
+        pid,
+        ip,
+        network: network_name.to_string(),
+        image: task.image.clone(),
+        image_digest: image.digest.clone(),
+        rootfs: image.rootfs.clone(),
+        cgroup,
+        netns: attached.map(|a| a.netns),
+        ports,
+    };
+    fsutil::write_json_atomic(&spec.sandbox.join(RECORD_FILE), &record).map_err(|e| ContainerError::Io {
+        what: "writing",
+        path: spec.sandbox.join(RECORD_FILE),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Running { pid, record, session })
+}
+
+/// The executor's hard RLIMIT_NOFILE (what the container inherits).
+fn nofile_hard_limit() -> u64 {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard != libc::RLIM_INFINITY => hard,
+        _ => 1 << 20,
+    }
+}
+
+fn port_record(mapping: &MappedPort) -> PortRecord {
+    PortRecord {
+        container_port: mapping.container_port,
+        host_port: mapping.host_port,
+        protocol: mapping.protocol.clone(),
+    }
+}
+
+/// Writes the container's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` into the
+/// sandbox (bind-mounted by the spec).
+fn write_etc_files(
+    sandbox: &Path,
+    hostname: &str,
+    ip: Option<Ipv4Addr>,
+    host: &str,
+) -> Result<spec::EtcFiles, ContainerError> {
+    let dir = sandbox.join(ETC_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| ContainerError::Io {
+        what: "creating",
+        path: dir.clone(),
+        source,
+    })?;
+    // HOST networking: the agent's address names the container; an agent known only by
+    // name gets the Debian-style 127.0.1.1.
+    let own = match ip {
+        Some(ip) => ip.to_string(),
+        None => host.parse::<std::net::IpAddr>().map(|a| a.to_string()).unwrap_or_else(|_| "127.0.1.1".into()),
+    };
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
+    );
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let files = spec::EtcFiles {
+        hosts: dir.join("hosts"),
+        hostname: dir.join("hostname"),
+        resolv_conf: dir.join("resolv.conf"),
+    };
+    for (path, text) in
+        [(&files.hosts, hosts), (&files.hostname, format!("{hostname}\n")), (&files.resolv_conf, resolv)]
+    {
+        std::fs::write(path, text).map_err(|source| ContainerError::Io {
+            what: "writing",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(files)
+}
+
+/// Tears down what a dead executor left of its container: the container itself (and
+/// whatever still runs in it), host-side network pieces, the address lease and the
+/// image mount. Safe to call for any sandbox, also twice, also for a command task.
+pub fn cleanup_leftovers(sandbox: &Path) {
+    let spec: Option<ExecutorSpec> = fsutil::read_json(&sandbox.join(crate::executor::SPEC_FILE)).ok().flatten();
+    let Some(spec) = spec else { return };
+    let Some(task) = &spec.container else { return };
+    let mut session = Session {
+        id: run::container_id(&spec.task_id),
+        sandbox: sandbox.to_path_buf(),
+        state_root: PathBuf::from(run::STATE_ROOT),
+        ipam_dir: match &task.network {
+            ContainerNetwork::Bridge { ipam_dir, .. } => Some(ipam_dir.clone()),
+            _ => None,
+        },
+        network: !matches!(task.network, ContainerNetwork::Host),
+        image_mounted: task.local_image.is_none(),
+        proxies: None,
+        reserved: None,
+        done: false,
+    };
+    session.teardown();
+}
