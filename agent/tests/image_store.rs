@@ -393,6 +393,9 @@ fn gc_keeps_pinned_images_and_removes_the_rest() {
     let kept = setup.pull(&store, "demo/kept", false).unwrap();
     let dropped = setup.pull(&store, "demo/dropped", false).unwrap();
     store.pin("task-kept", &kept).unwrap();
+    // What a crash in the middle of an unpack leaves behind.
+    let leftover = setup.images().join("layers").join(format!(".tmp-{}-1-1", kept.diff_ids[0].hex()));
+    fs::create_dir_all(leftover.join("half")).unwrap();
 
     // Within the grace period nothing goes, whatever the age limit.
     let report =
@@ -404,6 +407,7 @@ fn gc_keeps_pinned_images_and_removes_the_rest() {
     assert_eq!((report.removed_layers, report.removed_blobs), (1, 2), "{report:?}");
     assert!(report.freed_bytes > 10_000);
     assert!(kept.layers[0].join("kept").is_file());
+    assert!(!leftover.exists(), "crash leftovers go");
     assert!(!dropped.layers[0].exists());
     assert!(!store.blobs().contains(&dropped.layer_blobs[0]) && !store.blobs().contains(&dropped.config_digest));
     assert!(store.blobs().contains(&kept.layer_blobs[0]));

@@ -716,6 +716,7 @@ impl ImageStore {
         candidates.sort_by_key(|(used, _, _)| *used);
 
         let mut report = GcReport::default();
+        self.remove_leftovers(policy.grace);
         for (used, size, item) in candidates {
             if age(used) < policy.max_age && total <= policy.high_water_bytes {
                 continue;
@@ -763,6 +764,33 @@ impl ImageStore {
                 Some((diff_id, tree_size(&entry.path()), used))
             })
             .collect()
+    }
+
+    /// Temp dirs of unpacks or removals a crash interrupted: gone unless their layer's
+    /// lock is held (an unpack in progress) or they are younger than `grace`.
+    fn remove_leftovers(&self, grace: Duration) {
+        let Ok(entries) = fs::read_dir(self.root.join("layers")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".gc-")) else { continue };
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() < grace)
+                .unwrap_or(true);
+            let Some(diff_id) = rest.get(..64).and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok()) else {
+                continue;
+            };
+            if young {
+                continue;
+            }
+            if let Ok(Some(_lock)) = self.lock_layer(&diff_id, false) {
+                match fs::remove_dir_all(entry.path()) {
+                    Ok(()) => debug!(path = %entry.path().display(), "leftover layer dir removed"),
+                    Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover layer dir"),
+                }
+            }
+        }
     }
 
     /// Removes a layer unless someone holds its lock; `false` when skipped.
