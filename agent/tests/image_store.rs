@@ -425,3 +425,59 @@ fn gc_keeps_pinned_images_and_removes_the_rest() {
     assert!(!kept.layers[0].exists());
     assert!(again.layers[0].join("dropped").is_file());
 }
+
+#[test]
+fn an_index_resolves_to_linux_amd64() {
+    let setup = Setup::new();
+    let one = |name: &str| {
+        image_of(vec![Layer::new(&[Entry::File { path: name.into(), mode: 0o644, data: vec![1] }], Compression::Gzip)])
+    };
+    let (arm, amd) = (one("arm64"), one("amd64"));
+    setup.registry.push("demo/multi", "arm", &arm).unwrap();
+    setup.registry.push("demo/multi", "amd", &amd).unwrap();
+    let entry = |image: &BuiltImage, arch: &str| {
+        serde_json::json!({"mediaType": image.manifest_media_type, "digest": image.manifest_digest,
+            "size": image.manifest.len(), "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&arm, "arm64"), entry(&amd, "amd64")]}))
+    .unwrap();
+    let reply = reqwest::blocking::Client::new()
+        .put(format!("{}/v2/demo/multi/manifests/latest", setup.registry.url()))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .unwrap();
+    assert!(reply.status().is_success(), "{}", reply.text().unwrap());
+
+    let store = setup.store(1 << 30);
+    let pulled = setup.pull(&store, "demo/multi", false).unwrap();
+    assert_eq!(pulled.manifest_digest, Digest::of(&index), "the index's digest is what the tag resolved to");
+    assert!(pulled.layers[0].join("amd64").is_file());
+    assert!(!pulled.layers[0].join("arm64").exists());
+}
+
+#[test]
+fn many_layers_mount_through_short_names() {
+    let setup = Setup::new();
+    let layers: Vec<Layer> = (0..60)
+        .map(|i| {
+            Layer::new(
+                &[Entry::File { path: format!("layer-{i}"), mode: 0o644, data: i.to_string().into_bytes() }],
+                Compression::Gzip,
+            )
+        })
+        .collect();
+    setup.push("demo/tall", &image_of(layers));
+    let store = setup.store(1 << 30);
+    let pulled = setup.pull(&store, "demo/tall", false).unwrap();
+    assert_eq!(pulled.layers.len(), 60);
+    let task_dir = setup.dir.path().join("task-tall");
+    let _guard = MountGuard(task_dir.clone());
+    let rootfs = store.mount_rootfs(&pulled, &task_dir, "task-tall").unwrap();
+    for i in [0, 30, 59] {
+        assert_eq!(fs::read_to_string(rootfs.join(format!("layer-{i}"))).unwrap(), i.to_string());
+    }
+    assert!(setup.images().join("l").read_dir().unwrap().count() >= 60, "short names were used");
+}
