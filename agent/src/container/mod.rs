@@ -23,8 +23,9 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use crate::cgroup::DisplayChain;
 use crate::executor::{ContainerNetwork, ContainerTask, ExecutorSpec, MappedPort};
-use crate::fsutil;
+use crate::{fsutil, image};
 
 /// `SANDBOX/container.json`: what the agent shows in `task inspect` and `ipAddresses`.
 pub const RECORD_FILE: &str = "container.json";
@@ -32,6 +33,8 @@ pub const RECORD_FILE: &str = "container.json";
 pub const BUNDLE_DIR: &str = "bundle";
 /// Generated `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
 pub const ETC_DIR: &str = "etc";
+/// The image's overlay for this task (see [`image_task_dir`]).
+pub const IMAGE_TASK_DIR: &str = "container-fs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -103,28 +106,49 @@ struct PreparedImage {
     rootfs: PathBuf,
     config: ImageConfiguration,
     digest: Option<String>,
-    /// Mounted by the image store (so unmounted at teardown).
-    mounted: bool,
 }
 
-/// Where the image comes from: the local rootfs, else the image store.
+/// The image store's per-task directory (overlay upper, work and merged rootfs) in the
+/// sandbox. The sandbox is bind-mounted into the container non-recursively, so the
+/// container never sees its own overlay mounted there.
+pub fn image_task_dir(sandbox: &Path) -> PathBuf {
+    sandbox.join(IMAGE_TASK_DIR)
+}
+
+/// Where the image comes from: the local rootfs, else the image store (pulled from the
+/// master's registry, pinned for the task, mounted as an overlay).
 fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedImage, ContainerError> {
     if let Some(local) = &task.local_image {
         let config = ImageConfiguration::from_file(&local.config)
             .map_err(|e| ContainerError::Image(format!("cannot read {}: {e}", local.config.display())))?;
-        return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None, mounted: false });
+        return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None });
     }
-    // IMAGE STORE CALL SITE: pull `task.image` from `task.registry` into
-    // `task.images_dir` (honouring `force_pull` and `max_layer_bytes`), pin it and
-    // mount its rootfs under the sandbox; `release_image` below undoes it.
-    let _ = spec;
-    Err(ContainerError::Image(format!("{}: pulling images is not available in this build yet", task.image)))
+    let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, DisplayChain(e)));
+    let reference = plinth_oci::ImageRef::parse(&task.image).map_err(|e| image_err(&e))?;
+    let store = open_store(task).map_err(|e| image_err(&e))?;
+    let source = image::RegistrySource::master(&task.registry, &reference);
+    let pulled = store.pull(&source, &reference, task.force_pull, &mut |_| {}).map_err(|e| image_err(&e))?;
+    let rootfs =
+        store.mount_rootfs(&pulled, &image_task_dir(&spec.sandbox), &spec.task_id).map_err(|e| image_err(&e))?;
+    Ok(PreparedImage { rootfs, config: pulled.config, digest: Some(pulled.manifest_digest.to_string()) })
 }
 
-/// Undoes [`prepare_image`] for a mounted image. Missing mounts are fine.
-fn release_image(sandbox: &Path) {
-    // IMAGE STORE CALL SITE: `image::unmount_rootfs(sandbox)` and unpin the image.
-    let _ = sandbox;
+fn open_store(task: &ContainerTask) -> Result<image::ImageStore, image::ImageError> {
+    let options = image::ImageStoreOptions { max_layer_bytes: task.max_layer_bytes, ..Default::default() };
+    image::ImageStore::open(&task.images_dir, options)
+}
+
+/// Undoes [`prepare_image`]: unmounts the rootfs and unpins the image. Missing mounts
+/// and pins are fine.
+fn release_image(sandbox: &Path, task_id: &str, task: &ContainerTask) {
+    if let Err(err) = image::unmount_rootfs(&image_task_dir(sandbox)) {
+        tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unmount the container's rootfs");
+    }
+    let _ = std::fs::remove_dir(image_task_dir(sandbox));
+    match open_store(task).and_then(|store| store.unpin(task_id)) {
+        Ok(()) => {}
+        Err(err) => tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unpin the container's image"),
+    }
 }
 
 /// A started container. Drop tears it down.
@@ -150,11 +174,13 @@ impl Running {
 /// What has been set up so far, undone in reverse by [`Session::teardown`].
 struct Session {
     id: String,
+    task_id: String,
     sandbox: PathBuf,
     state_root: PathBuf,
     ipam_dir: Option<PathBuf>,
     network: bool,
-    image_mounted: bool,
+    /// Set once the image store mounted (and pinned) the image.
+    image: Option<ContainerTask>,
     proxies: Option<proxy::Proxies>,
     reserved: Option<proxy::Reserved>,
     done: bool,
@@ -173,8 +199,8 @@ impl Session {
             proxies.stop();
         }
         self.reserved = None;
-        if self.image_mounted {
-            release_image(&self.sandbox);
+        if let Some(task) = &self.image {
+            release_image(&self.sandbox, &self.task_id, task);
         }
         if self.network {
             network::teardown(&self.id, self.ipam_dir.as_deref());
@@ -206,17 +232,21 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
 
     let mut session = Session {
         id: id.clone(),
+        task_id: spec.task_id.clone(),
         sandbox: spec.sandbox.clone(),
         state_root: state_root.clone(),
         ipam_dir: None,
         network: false,
-        image_mounted: false,
+        image: None,
         proxies: None,
         reserved: None,
         done: false,
     };
+    // Marked before the pull: a failed mount may have pinned the image already.
+    if task.local_image.is_none() {
+        session.image = Some(task.clone());
+    }
     let image = prepare_image(spec, task)?;
-    session.image_mounted = image.mounted;
 
     // Host ports first: a clash fails the start before any network piece exists.
     let (net, attached, network_name) = match &task.network {
@@ -361,6 +391,7 @@ pub fn cleanup_leftovers(sandbox: &Path) {
     let Some(task) = &spec.container else { return };
     let mut session = Session {
         id: run::container_id(&spec.task_id),
+        task_id: spec.task_id.clone(),
         sandbox: sandbox.to_path_buf(),
         state_root: PathBuf::from(run::STATE_ROOT),
         ipam_dir: match &task.network {
@@ -368,7 +399,7 @@ pub fn cleanup_leftovers(sandbox: &Path) {
             _ => None,
         },
         network: !matches!(task.network, ContainerNetwork::Host),
-        image_mounted: task.local_image.is_none(),
+        image: task.local_image.is_none().then(|| task.clone()),
         proxies: None,
         reserved: None,
         done: false,

@@ -417,8 +417,9 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
+        // Not `rbind`: the task's overlay rootfs is mounted inside the sandbox.
         json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
-               "options": ["rbind", "rprivate", "rw"]}),
+               "options": ["bind", "rprivate", "rw"]}),
     ];
     if let Some(etc) = &input.etc {
         for (destination, source) in
