@@ -26,6 +26,8 @@ use plinth_protocol::marathon::NetworkMode;
 pub const TASKS_DIR: &str = "tasks";
 /// Status updates sent per request.
 const OUTBOX_BATCH: usize = 100;
+/// How often unused images are looked for.
+const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Tunables with sensible defaults; tests shorten them.
 #[derive(Debug, Clone)]
@@ -37,6 +39,10 @@ pub struct AgentOptions {
     pub sync_wait: Duration,
     /// Terminal tasks' sandboxes are kept this long so their logs can still be read.
     pub sandbox_retention: Duration,
+    /// Image layers unused this long are collected.
+    pub image_max_age: Duration,
+    /// Above this many bytes, the oldest unused images go first.
+    pub image_high_water_bytes: u64,
     /// At most this many terminal tasks are kept, whatever their age.
     pub keep_terminal: usize,
     /// Longest pause between attempts to reach the master.
@@ -50,6 +56,8 @@ impl Default for AgentOptions {
             tick: Duration::from_millis(250),
             sync_wait: Duration::from_secs(5),
             sandbox_retention: Duration::from_secs(3600),
+            image_max_age: Duration::from_secs(24 * 3600),
+            image_high_water_bytes: 10 << 30,
             keep_terminal: 100,
             max_backoff: Duration::from_secs(5),
         }
@@ -75,6 +83,12 @@ impl AgentOptions {
         }
         if let Some(generations) = var::<u32>("PLINTH_TASK_LOG_GENERATIONS") {
             options.logs.generations = generations.min(100);
+        }
+        if let Some(mb) = var::<u64>("PLINTH_IMAGE_HIGH_WATER_MB") {
+            options.image_high_water_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(seconds) = var::<u64>("PLINTH_IMAGE_MAX_AGE_SECS") {
+            options.image_max_age = Duration::from_secs(seconds);
         }
         if let Some(seconds) = var::<u64>("PLINTH_SANDBOX_RETENTION_SECS") {
             options.sandbox_retention = Duration::from_secs(seconds);
@@ -149,6 +163,7 @@ pub async fn run_with(
         tokio::spawn(async move { ticker.tick_loop().await }),
         tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
         tokio::spawn(crate::checks::check_loop(node.clone())),
+        tokio::spawn(node.clone().image_gc_loop()),
     ]);
     tokio::select! {
         result = api => result.map_err(|source| AgentError::Serve { source }),
@@ -643,6 +658,37 @@ impl Node {
             interval.tick().await;
             let node = self.clone();
             blocking(move || node.tick(Timestamp::now())).await;
+        }
+    }
+
+    /// Collects unused image layers and blobs: those unused for a day, and the oldest
+    /// unpinned ones while the store is above its high-water mark.
+    async fn image_gc_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(IMAGE_GC_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let images_dir = self.config.work_dir.join(IMAGES_DIR);
+            if !images_dir.exists() {
+                continue;
+            }
+            let policy = crate::image::GcPolicy {
+                max_age: self.options.image_max_age,
+                high_water_bytes: self.options.image_high_water_bytes,
+                ..Default::default()
+            };
+            let result = blocking(move || {
+                crate::image::ImageStore::open(images_dir, Default::default()).and_then(|store| store.gc(policy))
+            })
+            .await;
+            match result {
+                Ok(report) if report.freed_bytes > 0 => info!(
+                    node_id = %self.node_id(), freed_bytes = report.freed_bytes, layers = report.removed_layers,
+                    blobs = report.removed_blobs, remaining_bytes = report.remaining_bytes, "collected unused images"
+                ),
+                Ok(_) => {}
+                Err(err) => warn!(node_id = %self.node_id(), error = %DisplayChain(&err), "image garbage collection failed"),
+            }
         }
     }
 
