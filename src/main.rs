@@ -94,6 +94,24 @@ struct MasterArgs {
     /// Seconds without heartbeats after which an agent is lost and its tasks replaced.
     #[arg(long, env = "PLINTH_AGENT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     agent_timeout_secs: u64,
+    /// Address the image registry (pull-through cache, push target) listens on.
+    #[arg(long, env = "PLINTH_REGISTRY_LISTEN", default_value = "0.0.0.0:5000")]
+    registry_listen: SocketAddr,
+    /// Upstream registry (HOST:PORT) spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", env = "PLINTH_INSECURE_REGISTRY", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Another name of this master's registry in image names (HOST:PORT); repeatable.
+    #[arg(long = "registry-alias", env = "PLINTH_REGISTRY_ALIAS", value_delimiter = ',')]
+    registry_aliases: Vec<String>,
+    /// Docker config.json with credentials for upstream registries (auths.<registry>.auth).
+    #[arg(long, env = "PLINTH_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// Registry blob store high-water mark in bytes; unused blobs above it are collected.
+    #[arg(long, env = "PLINTH_REGISTRY_MAX_BYTES", default_value_t = plinth_master::registry::DEFAULT_MAX_STORE_BYTES)]
+    registry_max_bytes: u64,
+    /// Largest blob a push may upload, in bytes.
+    #[arg(long, env = "PLINTH_REGISTRY_MAX_BLOB_BYTES", default_value_t = plinth_master::registry::DEFAULT_MAX_BLOB_BYTES)]
+    registry_max_blob_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +312,15 @@ fn master_config(args: MasterArgs, node: &NodeArgs) -> plinth_master::MasterConf
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
         token: node.token.clone(),
         hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
+        registry: plinth_master::registry::RegistryConfig {
+            listen: args.registry_listen,
+            insecure: args.insecure_registries,
+            docker_config: args.docker_config,
+            aliases: args.registry_aliases,
+            max_blob_bytes: args.registry_max_blob_bytes,
+            max_store_bytes: args.registry_max_bytes,
+            ..Default::default()
+        },
     }
 }
 

@@ -87,7 +87,9 @@ pub async fn run(config: MasterConfig, boot: BootConfig) -> Result<(), BootError
         .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
     let data_dir = config.data_dir.clone();
+    let registry_listener = crate::server::bind_registry(&config).await?;
     let master = Master::open(config, port).await?;
+    crate::server::spawn_registry_server(&master, registry_listener);
     master.spawn_ticker();
     let provisioning = Provisioning::open(&data_dir, boot.default_profile)?;
     let mut advertise = boot.advertise_url.clone();

@@ -20,6 +20,8 @@ pub enum MasterError {
     Serve(#[source] std::io::Error),
     #[error("benchmark failed: {0}")]
     Bench(String),
+    #[error("cannot open the image registry")]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in

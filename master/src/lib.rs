@@ -6,6 +6,7 @@ pub mod boot;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod store;
 

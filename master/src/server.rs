@@ -19,6 +19,7 @@ use crate::core::{Changes, Core, CoreConfig, CoreError, Event};
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
 use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryConfig};
 use crate::store::{Store, StoreError};
 
 /// How the master runs (`plinth master` flags).
@@ -32,6 +33,8 @@ pub struct MasterConfig {
     pub token: Option<String>,
     /// Name this master reports (leader, `/master/state`).
     pub hostname: String,
+    /// The image registry (pull-through cache and push target, `:5000`).
+    pub registry: RegistryConfig,
 }
 
 impl Default for MasterConfig {
@@ -42,9 +45,13 @@ impl Default for MasterConfig {
             agent_timeout: Duration::from_secs(10),
             token: None,
             hostname: "localhost".to_string(),
+            registry: RegistryConfig::default(),
         }
     }
 }
+
+/// How often unused registry blobs are collected.
+pub const REGISTRY_GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How often the core is ticked (offers, supervision, deployments, liveness).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(150);
@@ -71,6 +78,8 @@ pub struct Master {
     pub started_at: Timestamp,
     /// `host:port` clients reach this master at.
     pub leader: String,
+    /// The image registry; served by [`run`]/[`serve`] on its own listener.
+    pub registry: Arc<Registry>,
 }
 
 impl Master {
@@ -103,7 +112,9 @@ impl Master {
         let events = EventBus::new();
         callbacks.spawn_dispatcher(&events);
         let leader = format!("{}:{}", config.hostname, port);
-        Ok(Arc::new(Master {
+        let registry =
+            Registry::open(config.registry.clone(), config.data_dir.join("registry"), config.registry.listen)?;
+        let master = Arc::new(Master {
             config,
             state: Mutex::new(Guarded { core, store: store.clone() }),
             store,
@@ -115,7 +126,41 @@ impl Master {
             framework_id,
             started_at: Timestamp::now(),
             leader,
-        }))
+            registry,
+        });
+        master.spawn_registry_tasks();
+        Ok(master)
+    }
+
+    /// Forwards the registry's pull events to the bus and collects unused blobs
+    /// periodically, both for as long as the master lives.
+    fn spawn_registry_tasks(self: &Arc<Self>) {
+        let mut events = self.registry.subscribe();
+        let master = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => match master.upgrade() {
+                        Some(master) => master.publish(event),
+                        None => return,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "registry events skipped")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        crate::registry::spawn_gc(&self.registry, REGISTRY_GC_INTERVAL);
+    }
+
+    /// Starts pulling an app's image in the background (shared with any running pull),
+    /// so the layers are here before the first task asks.
+    pub fn prefetch_image(&self, definition: &plinth_protocol::marathon::AppDefinition) {
+        let docker = definition.container.as_ref().and_then(|c| c.docker.as_ref());
+        if let Some(docker) = docker {
+            self.registry.prefetch(&docker.image, docker.force_pull_image);
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -277,7 +322,9 @@ pub async fn run(config: MasterConfig) -> Result<(), MasterError> {
 /// Serves the master on an already bound listener (tests bind `127.0.0.1:0`).
 pub async fn serve(config: MasterConfig, listener: tokio::net::TcpListener) -> Result<(), MasterError> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
+    let registry_listener = bind_registry(&config).await?;
     let master = Master::open(config, port).await?;
+    spawn_registry_server(&master, registry_listener);
     master.spawn_ticker();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         framework_id = %master.framework_id, "master serving");
@@ -285,4 +332,20 @@ pub async fn serve(config: MasterConfig, listener: tokio::net::TcpListener) -> R
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(MasterError::Serve)
+}
+
+/// Binds the registry's listener (before the master opens, so a taken port fails early).
+pub async fn bind_registry(config: &MasterConfig) -> Result<tokio::net::TcpListener, MasterError> {
+    let addr = config.registry.listen;
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| MasterError::Bind { addr, source })
+}
+
+/// Serves the registry on its listener; a failure there is logged, the API keeps running.
+pub fn spawn_registry_server(master: &Arc<Master>, listener: tokio::net::TcpListener) {
+    let registry = master.registry.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::registry::run(registry, listener).await {
+            tracing::error!(error = %e, "the registry server failed");
+        }
+    });
 }

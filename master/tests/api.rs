@@ -35,6 +35,7 @@ async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Har
         agent_timeout: Duration::from_secs(10),
         token: token.map(String::from),
         hostname: "127.0.0.1".into(),
+        registry: Default::default(),
     };
     let master = Master::open(config, addr.port()).await?;
     if ticker {

@@ -712,6 +712,12 @@ impl AppDefinition {
             }
             match &container.docker {
                 Some(d) if d.image.trim().is_empty() => add("/container/docker/image", "must not be empty".into()),
+                // Refused here, not at pull time: a name no registry can serve never deploys.
+                Some(d) => {
+                    if let Err(e) = plinth_oci::ImageRef::parse(&d.image) {
+                        add("/container/docker/image", format!("is not a valid image name: {e}"))
+                    }
+                }
                 None if !has_cmd && !has_args => {
                     add("/container/docker", "a container without an image needs 'cmd' or 'args'".into())
                 }
@@ -948,5 +954,14 @@ mod tests {
         assert_eq!(a.network_mode(), NetworkMode::Bridge);
         assert_eq!(a.host_port_count(), 1);
         assert!(a.fixed_host_ports().is_empty());
+    }
+
+    #[test]
+    fn invalid_image_names_are_refused() {
+        for bad in ["UPPER/case", "a//b", "demo/app:bad tag", "x@sha256:zz"] {
+            let a = app(json!({"id":"x","container":{"type":"DOCKER","docker":{"image":bad}}}));
+            let errors = a.validate().expect_err(bad);
+            assert!(errors.iter().any(|v| v.path == "/container/docker/image"), "{bad}: {errors:?}");
+        }
     }
 }

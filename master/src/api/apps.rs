@@ -115,6 +115,7 @@ pub async fn create(
         .await?;
     let id = app["id"].as_str().unwrap_or_default().to_string();
     tracing::info!(app_id = %id, deployment_id = %deployment, "app created");
+    master.prefetch_image(&definition);
     master.publish(api_post_event(client.ip().as_deref(), uri.path(), json!(definition), plinth_protocol::Timestamp::now()));
     Ok(created(&format!("/v2/apps{id}"), app))
 }
@@ -243,6 +244,7 @@ async fn update(
         .await?;
     tracing::info!(app_id = %id, deployment_id = %outcome.deployment, version = %outcome.version,
         created = outcome.created, "app updated");
+    master.prefetch_image(&outcome.app.definition);
     master.publish(api_post_event(client.ip().as_deref(), uri, json!(outcome.app.definition), plinth_protocol::Timestamp::now()));
     let body = deployment_result(&outcome.deployment, &outcome.version);
     if outcome.created {
@@ -285,6 +287,7 @@ pub async fn update_many(
         .await?;
     for outcome in &outcomes {
         tracing::info!(app_id = %outcome.app.id, deployment_id = %outcome.deployment, "app updated (bulk)");
+        master.prefetch_image(&outcome.app.definition);
         master.publish(api_post_event(client.ip().as_deref(), uri.path(), json!(outcome.app.definition), plinth_protocol::Timestamp::now()));
     }
     let Some(first) = outcomes.first() else {

@@ -1024,6 +1024,12 @@ async fn change(master: &Master, request: Request, force: bool, dry_run: bool) -
         Request::Scale { id, .. } | Request::Delete { id } => id.clone(),
     };
     tracing::info!(group_id = %group, version = %plan.version, apps_changed = deployments.len(), "group changed");
+    {
+        let guard = master.read().await;
+        for app in guard.core.apps().filter(|a| is_within(a.id.as_str(), &group)) {
+            master.prefetch_image(&app.definition);
+        }
+    }
     master.publish(Event::new("group_change_success", Timestamp::now(), json!({"groupId": group, "version": plan.version})));
     // One id to follow, as Marathon answers; a change without app changes gets a fresh
     // id that is already finished.
@@ -1125,6 +1131,7 @@ mod api_tests {
             agent_timeout: Duration::from_secs(10),
             token: None,
             hostname: "127.0.0.1".into(),
+            registry: Default::default(),
         };
         Master::open(config, 8080).await.expect("master opens")
     }

@@ -17,7 +17,8 @@ pub async fn ping() -> Response {
 
 pub async fn metrics(State(master): State<Arc<Master>>) -> Response {
     let guard = master.read().await;
-    let text = master.metrics.render(&guard.core, master.events.published(), master.callbacks.stats());
+    let mut text = master.metrics.render(&guard.core, master.events.published(), master.callbacks.stats());
+    text.push_str(&master.registry.metrics.render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

@@ -82,13 +82,38 @@ pub fn entry_json(core: &Core, entry: &QueueEntry) -> Value {
     })
 }
 
+/// Adds `lastImagePull` for apps with a Docker image, and puts a failed pull first
+/// among the reasons: no offer can help an app whose image cannot be had.
+fn add_image_pull(master: &Master, core: &Core, entry: &QueueEntry, item: &mut Value) {
+    let image = core
+        .app(&entry.app_id)
+        .and_then(|a| a.definition.container.as_ref())
+        .and_then(|c| c.docker.as_ref())
+        .map(|d| d.image.clone());
+    let Some(status) = image.and_then(|image| master.registry.pull_status(&image)) else { return };
+    if status.state == "failed" {
+        let message = format!("image pull failed: {}", status.message.clone().unwrap_or_default());
+        if let Some(reasons) = item.get_mut("reasons").and_then(Value::as_array_mut) {
+            reasons.insert(0, json!(message));
+        }
+    }
+    item["lastImagePull"] = json!(status);
+}
+
 /// `GET /v2/queue`.
 pub async fn list(State(master): State<Arc<Master>>) -> Json<Value> {
     let guard = master.read().await;
     let core = &guard.core;
     let now = Timestamp::now();
     let entries = core.queue(now);
-    let queue: Vec<Value> = entries.iter().map(|e| entry_json(core, e)).collect();
+    let queue: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut item = entry_json(core, e);
+            add_image_pull(&master, core, e, &mut item);
+            item
+        })
+        .collect();
     Json(json!({"queue": queue}))
 }
 

@@ -1,0 +1,289 @@
+//! The master's image registry: a pull-through cache of upstream registries and a
+//! private push target, served to agents as an OCI distribution v2 registry (`:5000`).
+//!
+//! - [`store`]: blobs (layers, configs, manifests) by digest, tags, uploads on disk.
+//! - [`pull`]: upstream pulls with `oci-client`, every blob verified while it streams,
+//!   one download per image and per blob however many ask.
+//! - [`http`]: the v2 API (read, pull-through, push), errors in the registry's JSON.
+//! - [`gc`]: removes blobs no tag reaches, oldest first, above a high-water mark.
+//!
+//! How agents ask: `GET /v2/<registry>/<repository>/manifests/<tag>` (e.g.
+//! `/v2/docker.io/library/busybox/manifests/latest`) pulls through; a repository
+//! without a registry component (`demo/app`), or whose registry component is one of the
+//! master's own names, is a pushed one. `X-Plinth-Force-Pull: true` re-resolves the tag
+//! upstream. Blobs are served by digest for any repository name.
+pub mod gc;
+pub mod http;
+pub mod pull;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use plinth_oci::{ImageRef, OciError};
+
+use crate::core::Event;
+pub use gc::{gc, GcReport};
+pub use pull::{PullError, PullErrorKind, Pulled, Puller};
+pub use store::{RegistryStore, RepoName, TagRecord};
+
+/// Default cap on one pushed blob.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 10 << 30;
+/// Default high-water mark of the blob store for garbage collection.
+pub const DEFAULT_MAX_STORE_BYTES: u64 = 20 << 30;
+/// Manifests are small; anything bigger is refused.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Request header that makes a pull-through manifest GET re-resolve the tag upstream.
+pub const FORCE_PULL_HEADER: &str = "x-plinth-force-pull";
+
+/// How the registry runs (`plinth master --registry-*` flags).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    /// `HOST:PORT` of upstream registries spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// A Docker `config.json` with `auths.<registry>.auth` credentials for upstreams.
+    pub docker_config: Option<PathBuf>,
+    /// Extra names agents may use for this registry (first path component).
+    pub aliases: Vec<String>,
+    pub max_blob_bytes: u64,
+    pub max_store_bytes: u64,
+    /// Unreferenced blobs older than this are collected even below the high-water mark.
+    pub max_unused_age: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            insecure: Vec::new(),
+            docker_config: None,
+            aliases: Vec::new(),
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            max_unused_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid repository name {name:?}: {reason}")]
+    NameInvalid { name: String, reason: String },
+    #[error("invalid tag {tag:?}")]
+    TagInvalid { tag: String },
+    #[error("manifest unknown: {name}:{reference}")]
+    ManifestUnknown { name: String, reference: String },
+    #[error("blob unknown: {digest}")]
+    BlobUnknown { digest: String },
+    #[error("blob upload unknown: {upload}")]
+    UploadUnknown { upload: String },
+    #[error("invalid digest: {0}")]
+    DigestInvalid(String),
+    #[error("invalid manifest: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest references {digest}, which this registry does not have")]
+    ManifestBlobUnknown { digest: String },
+    #[error("content is larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("registry storage at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry storage")]
+    Oci(#[from] OciError),
+    #[error("reading the request body: {0}")]
+    Body(String),
+}
+
+/// The outcome of the last pull of one image (`/v2/queue` shows failures).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PullStatus {
+    /// `pulling`, `completed` or `failed`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub at: String,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RegistryMetrics {
+    pub pulls: AtomicU64,
+    pub pulls_failed: AtomicU64,
+    pub upstream_bytes: AtomicU64,
+    pub served_bytes: AtomicU64,
+    pub pushed_bytes: AtomicU64,
+}
+
+impl RegistryMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for these counters.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, counter) in [
+            ("plinth_registry_pulls_total", "Upstream image pulls started.", &self.pulls),
+            ("plinth_registry_pulls_failed_total", "Upstream image pulls that failed.", &self.pulls_failed),
+            (
+                "plinth_registry_upstream_bytes_total",
+                "Blob bytes downloaded from upstream registries.",
+                &self.upstream_bytes,
+            ),
+            ("plinth_registry_served_bytes_total", "Blob and manifest bytes served to clients.", &self.served_bytes),
+            ("plinth_registry_pushed_bytes_total", "Blob bytes received by pushes.", &self.pushed_bytes),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// The registry service: store, puller, names it answers to, events and statuses.
+pub struct Registry {
+    pub config: RegistryConfig,
+    pub store: RegistryStore,
+    pub puller: Puller,
+    pub metrics: Arc<RegistryMetrics>,
+    /// First path components that mean "this registry" (its own listen address etc.).
+    self_names: Vec<String>,
+    events: broadcast::Sender<Event>,
+    statuses: Arc<Mutex<HashMap<String, PullStatus>>>,
+}
+
+impl Registry {
+    /// Opens the store under `root` (normally `DATA_DIR/registry`). `listen` is the
+    /// address actually bound (tests bind port 0), for the names this registry answers to.
+    pub fn open(config: RegistryConfig, root: PathBuf, listen: SocketAddr) -> Result<Arc<Registry>, RegistryError> {
+        let store = RegistryStore::open(root)?;
+        let metrics = Arc::new(RegistryMetrics::default());
+        let (events, _) = broadcast::channel(1024);
+        let statuses = Arc::new(Mutex::new(HashMap::new()));
+        let credentials = match &config.docker_config {
+            Some(path) => pull::DockerCredentials::load(path)?,
+            None => pull::DockerCredentials::default(),
+        };
+        let puller = Puller::new(
+            store.clone(),
+            &config.insecure,
+            credentials,
+            config.max_blob_bytes,
+            metrics.clone(),
+            events.clone(),
+            statuses.clone(),
+        );
+        let self_names = self_names(listen, &config.aliases);
+        tracing::info!(root = %store.root().display(), names = ?self_names, insecure = ?config.insecure, "registry store opened");
+        Ok(Arc::new(Registry { config, store, puller, metrics, self_names, events, statuses }))
+    }
+
+    /// Events (`image_pull_*`) for the master's bus.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn is_self(&self, first_component: &str) -> bool {
+        self.self_names.iter().any(|n| n == first_component)
+    }
+
+    /// The last pull outcome of `image` as an app names it.
+    pub fn pull_status(&self, image: &str) -> Option<PullStatus> {
+        let key = ImageRef::parse(image).map(|r| r.to_string()).unwrap_or_else(|_| image.to_string());
+        self.statuses.lock().expect("status map is never poisoned").get(&key).cloned()
+    }
+
+    /// Starts a background pull of an app's image (shared with any pull already running).
+    /// Images that name this registry itself are pushed ones: nothing to fetch.
+    pub fn prefetch(self: &Arc<Self>, image: &str, force: bool) {
+        let Ok(reference) = ImageRef::parse(image) else { return };
+        if self.is_self(reference.registry()) {
+            return;
+        }
+        let registry = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = registry.puller.pull(&reference, force).await {
+                tracing::warn!(image = %reference, error = %e, "image prefetch failed");
+            }
+        });
+    }
+}
+
+/// reqwest is built without a default crypto provider and panics without one; ring is
+/// the one compiled in. Installing again is a harmless no-op.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `host:port` forms clients may use for this registry.
+fn self_names(listen: SocketAddr, aliases: &[String]) -> Vec<String> {
+    let port = listen.port();
+    let mut names = vec![listen.to_string()];
+    if listen.ip().is_unspecified() || listen.ip().is_loopback() {
+        names.push(format!("127.0.0.1:{port}"));
+        names.push(format!("localhost:{port}"));
+    }
+    if listen.ip().is_unspecified() {
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let host = host.trim();
+            if !host.is_empty() {
+                names.push(format!("{host}:{port}"));
+            }
+        }
+    }
+    names.extend(aliases.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Binds `config.listen` and serves the registry until the server fails.
+pub async fn run(registry: Arc<Registry>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
+    axum::serve(listener, http::router(registry)).await
+}
+
+/// Runs [`gc`] every `interval` while the registry lives.
+pub fn spawn_gc(registry: &Arc<Registry>, interval: Duration) {
+    let weak = Arc::downgrade(registry);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(registry) = weak.upgrade() else { return };
+            if registry.puller.busy() {
+                continue;
+            }
+            let (store, max, age) =
+                (registry.store.clone(), registry.config.max_store_bytes, registry.config.max_unused_age);
+            match tokio::task::spawn_blocking(move || gc(&store, max, age)).await {
+                Ok(report) if report.removed > 0 => {
+                    tracing::info!(removed = report.removed, freed = report.freed_bytes, "registry blobs collected")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "registry garbage collection panicked"),
+            }
+        }
+    });
+}

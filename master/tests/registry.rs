@@ -1,0 +1,382 @@
+//! The master's registry against Debian's `docker-registry` as the upstream: pull-through
+//! (tags, indexes, compressions, outages, tampering, single flight), pushes (skopeo and
+//! by hand) and bad input. Everything on loopback; the upstream dies with its handle.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use plinth_master::registry::{http, Registry, RegistryConfig};
+use plinth_testkit::image::{Compression, Entry, ImageConfig, Layer, DOCKER_MANIFEST};
+use plinth_testkit::{busybox_hello, BuiltImage};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn upstream() -> plinth_testkit::Registry {
+    plinth_master::registry::install_crypto_provider();
+    plinth_testkit::Registry::start(None, &format!("127.0.0.1:{}", free_port())).expect("docker-registry starts")
+}
+
+fn small_image(marker: &str, compression: Compression) -> BuiltImage {
+    let layer = Layer::new(
+        &[Entry::File { path: format!("{marker}.txt"), mode: 0o644, data: marker.repeat(1000).into_bytes() }],
+        compression,
+    );
+    BuiltImage::new(&ImageConfig { cmd: Some(vec![marker.into()]), ..Default::default() }, vec![layer])
+}
+
+struct Master {
+    registry: Arc<Registry>,
+    base: String,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn master(insecure: &[&str]) -> Master {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = RegistryConfig {
+        listen: addr,
+        insecure: insecure.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let registry = Registry::open(config, dir.path().join("registry"), addr).unwrap();
+    let app = http::router(registry.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Master { registry, base: format!("http://{addr}"), addr, client: reqwest::Client::new(), _dir: dir, server }
+}
+
+impl Master {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    /// GETs a manifest and checks the registry headers; returns (status, digest header, body).
+    async fn manifest(&self, name: &str, reference: &str) -> (u16, String, Vec<u8>) {
+        let reply = self.get(&format!("/v2/{name}/manifests/{reference}")).await;
+        let status = reply.status().as_u16();
+        let digest = reply.headers().get("docker-content-digest").map(|v| v.to_str().unwrap().to_string());
+        let body = reply.bytes().await.unwrap().to_vec();
+        (status, digest.unwrap_or_default(), body)
+    }
+
+    async fn blob_ok(&self, name: &str, digest: &str) {
+        let reply = self.get(&format!("/v2/{name}/blobs/{digest}")).await;
+        assert_eq!(reply.status(), 200, "blob {digest}");
+        let body = reply.bytes().await.unwrap();
+        assert_eq!(plinth_testkit::image::sha256(&body), digest);
+    }
+
+    fn has(&self, digest: &str) -> bool {
+        self.registry.store.blobs().contains(&digest.parse().unwrap())
+    }
+
+    fn upstream_bytes(&self) -> u64 {
+        self.registry.metrics.upstream_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn error_code(body: &[u8]) -> (String, Value) {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("registry error JSON: {}", String::from_utf8_lossy(body)));
+    (v["errors"][0]["code"].as_str().unwrap_or_default().to_string(), v["errors"][0].clone())
+}
+
+fn image_bytes(image: &BuiltImage) -> u64 {
+    (image.config.len() + image.layers.iter().map(|l| l.blob.len()).sum::<usize>()) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_caches_and_survives_an_upstream_outage() -> Result<()> {
+    let up = tokio::task::spawn_blocking(upstream).await?;
+    let hello = busybox_hello()?;
+    let other = small_image("other", Compression::Gzip);
+    let (h, o) = (hello.clone(), other.clone());
+    let up = tokio::task::spawn_blocking(move || {
+        up.push("demo/hello", "latest", &h).unwrap();
+        up.push("demo/other", "v1", &o).unwrap();
+        up
+    })
+    .await?;
+    let m = master(&[&up.addr]).await;
+    let mut events = m.registry.subscribe();
+    let name = format!("{}/demo/hello", up.addr);
+
+    let (status, digest, body) = m.manifest(&name, "latest").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(digest, hello.manifest_digest);
+    assert_eq!(body, hello.manifest);
+    let head = m.client.head(format!("{}/v2/{name}/manifests/latest", m.base)).send().await?;
+    assert_eq!(head.headers()["content-type"], hello.manifest_media_type.as_str());
+    assert_eq!(head.headers()["content-length"], hello.manifest.len().to_string().as_str());
+    m.blob_ok(&name, &hello.config_digest).await;
+    for layer in &hello.layers {
+        m.blob_ok(&name, &layer.digest).await;
+        // Blobs are served by digest whatever the repository name.
+        m.blob_ok("any/name", &layer.digest).await;
+    }
+    assert_eq!(m.upstream_bytes(), image_bytes(&hello));
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event.event_type.clone());
+    }
+    assert!(
+        seen.contains(&"image_pull_started".to_string()) && seen.contains(&"image_pull_completed".to_string()),
+        "{seen:?}"
+    );
+    let status = m.registry.pull_status(&format!("{name}:latest")).context("a pull status")?;
+    assert_eq!(status.state, "completed");
+
+    // Catalog and tags show the mirrored repository.
+    let tags: Value = m.get(&format!("/v2/{name}/tags/list")).await.json().await?;
+    assert_eq!(tags["tags"], json!(["latest"]));
+    let catalog: Value = m.get("/v2/_catalog").await.json().await?;
+    assert_eq!(catalog["repositories"], json!([name.clone()]));
+
+    // Upstream gone: the cached tag is still served, an uncached one fails clearly.
+    let mut up = up;
+    up.stop();
+    let (status, digest, _) = m.manifest(&name, "latest").await;
+    assert_eq!((status, digest.as_str()), (200, hello.manifest_digest.as_str()));
+    m.blob_ok(&name, &hello.layers[0].digest).await;
+    let (status, _, body) = m.manifest(&format!("{}/demo/other", up.addr), "v1").await;
+    assert_eq!(status, 404);
+    let (code, error) = error_code(&body);
+    assert_eq!(code, "MANIFEST_UNKNOWN");
+    assert!(!error["detail"]["upstream"].as_str().unwrap_or_default().is_empty(), "{error}");
+    let failed = m.registry.pull_status(&format!("{}/demo/other:v1", up.addr)).context("a status")?;
+    assert_eq!(failed.state, "failed");
+    // Forcing a re-resolution needs the upstream.
+    let forced = m
+        .client
+        .get(format!("{}/v2/{name}/manifests/latest", m.base))
+        .header("x-plinth-force-pull", "true")
+        .send()
+        .await?;
+    assert_eq!(forced.status(), 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_lists_zstd_uncompressed_and_docker_schema2() -> Result<()> {
+    let amd64 = small_image("amd", Compression::Zstd);
+    let arm64 = small_image("arm", Compression::Gzip);
+    let raw = small_image("raw", Compression::None);
+    let docker = BuiltImage::with_media_type(
+        &ImageConfig::default(),
+        vec![Layer::new(&[Entry::File { path: "d".into(), mode: 0o644, data: b"docker".to_vec() }], Compression::Gzip)],
+        DOCKER_MANIFEST,
+    );
+    let index =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": arm64.manifest_media_type, "digest": arm64.manifest_digest, "size": arm64.manifest.len(),
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": amd64.manifest_media_type, "digest": amd64.manifest_digest, "size": amd64.manifest.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ]}))?;
+    let index_digest = plinth_testkit::image::sha256(&index);
+    let (a, b, r, d, i) = (amd64.clone(), arm64.clone(), raw.clone(), docker.clone(), index.clone());
+    let up = tokio::task::spawn_blocking(move || {
+        let up = upstream();
+        up.push("demo/multi", "amd64", &a).unwrap();
+        up.push("demo/multi", "arm64", &b).unwrap();
+        up.push("demo/raw", "v1", &r).unwrap();
+        up.push("demo/docker", "v1", &d).unwrap();
+        let reply = reqwest::blocking::Client::new()
+            .put(format!("{}/v2/demo/multi/manifests/latest", up.url()))
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(i)
+            .send()
+            .unwrap();
+        assert!(reply.status().is_success(), "index push: {}", reply.text().unwrap_or_default());
+        up
+    })
+    .await?;
+    let m = master(&[&up.addr]).await;
+
+    let (status, digest, body) = m.manifest(&format!("{}/demo/multi", up.addr), "latest").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(digest, index_digest);
+    assert!(m.has(&amd64.manifest_digest) && m.has(&amd64.config_digest) && m.has(&amd64.layers[0].digest));
+    assert!(!m.has(&arm64.layers[0].digest) && !m.has(&arm64.manifest_digest), "only linux/amd64 is pulled");
+    // The child manifest is served by digest, with its media type.
+    let (status, digest, _) = m.manifest(&format!("{}/demo/multi", up.addr), &amd64.manifest_digest).await;
+    assert_eq!((status, digest.as_str()), (200, amd64.manifest_digest.as_str()));
+
+    for (repo, tag, image) in [("demo/raw", "v1", &raw), ("demo/docker", "v1", &docker)] {
+        let name = format!("{}/{repo}", up.addr);
+        let reply = m.get(&format!("/v2/{name}/manifests/{tag}")).await;
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.headers()["content-type"], image.manifest_media_type.as_str());
+        assert_eq!(reply.headers()["docker-content-digest"], image.manifest_digest.as_str());
+        m.blob_ok(&name, &image.layers[0].digest).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_blobs_never_land_and_concurrent_pulls_share_one_download() -> Result<()> {
+    let good = small_image("good", Compression::Gzip);
+    let evil = small_image("evil", Compression::Gzip);
+    let (g, e) = (good.clone(), evil.clone());
+    let up = tokio::task::spawn_blocking(move || {
+        let up = upstream();
+        up.push("demo/good", "v1", &g).unwrap();
+        up.push("demo/evil", "v1", &e).unwrap();
+        // Same length, other bytes: only the digest check can tell.
+        let path = up.blob_path(&e.layers[0].digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        up
+    })
+    .await?;
+    let m = master(&[&up.addr]).await;
+
+    let (status, _, body) = m.manifest(&format!("{}/demo/evil", up.addr), "v1").await;
+    assert_eq!(status, 404);
+    let (_, error) = error_code(&body);
+    assert!(error.to_string().to_lowercase().contains("digest"), "a digest mismatch: {error}");
+    assert!(!m.has(&evil.layers[0].digest), "the tampered blob must not land");
+    assert!(m.registry.store.tags(&format!("{}/demo/evil", up.addr).parse_repo()).is_empty());
+    let tmp = m.registry.store.blobs().root().join("tmp");
+    assert_eq!(std::fs::read_dir(tmp)?.count(), 0, "no temp file left");
+
+    // Five agents at once: one download.
+    let before = m.upstream_bytes();
+    let name = format!("{}/demo/good", up.addr);
+    let pulls = (0..5).map(|_| {
+        let (client, url) = (m.client.clone(), format!("{}/v2/{name}/manifests/v1", m.base));
+        tokio::spawn(async move { client.get(url).send().await.unwrap() })
+    });
+    for pull in futures::future::join_all(pulls).await {
+        let reply = pull?;
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.headers()["docker-content-digest"], good.manifest_digest.as_str());
+    }
+    assert_eq!(m.upstream_bytes() - before, image_bytes(&good), "every blob crossed the uplink once");
+    assert_eq!(
+        m.registry.metrics.pulls.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "one pull each for evil and good"
+    );
+    Ok(())
+}
+
+trait ParseRepo {
+    fn parse_repo(&self) -> plinth_master::registry::RepoName;
+}
+
+impl ParseRepo for String {
+    fn parse_repo(&self) -> plinth_master::registry::RepoName {
+        plinth_master::registry::RepoName::parse(self).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_and_bad_pushes_are_refused() -> Result<()> {
+    let m = master(&[]).await;
+    let image = small_image("pushed", Compression::Gzip);
+    let layout = tempfile::tempdir()?;
+    image.write_oci_layout(layout.path(), "v1")?;
+    let dest = format!("docker://{}/demo/app:v1", m.addr);
+    let output = tokio::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", &format!("oci:{}:v1", layout.path().display()), &dest])
+        .output()
+        .await?;
+    assert!(output.status.success(), "skopeo: {}", String::from_utf8_lossy(&output.stderr));
+    // Skopeo may rewrite the manifest (e.g. its media type); read what it stored.
+    let (status, digest, body) = m.manifest("demo/app", "v1").await;
+    assert_eq!(status, 200);
+    assert_eq!(digest, plinth_testkit::image::sha256(&body));
+    m.blob_ok("demo/app", &image.layers[0].digest).await;
+    // The master's own address as the registry component means the pushed repository.
+    let (status, same, _) = m.manifest(&format!("{}/demo/app", m.addr), "v1").await;
+    assert_eq!((status, same.as_str()), (200, digest.as_str()));
+    assert_eq!(m.upstream_bytes(), 0);
+
+    // Monolithic upload with a wrong digest.
+    let wrong = plinth_testkit::image::sha256(b"something else");
+    let reply = m
+        .client
+        .post(format!("{}/v2/demo/app/blobs/uploads/?digest={wrong}", m.base))
+        .body(b"content".to_vec())
+        .send()
+        .await?;
+    assert_eq!(reply.status(), 400);
+    assert_eq!(error_code(&reply.bytes().await?).0, "DIGEST_INVALID");
+    assert!(!m.has(&wrong));
+    // Chunked upload: POST, PATCH, PUT with the wrong digest, then the right one.
+    for (digest, expected) in [(wrong.clone(), 400), (plinth_testkit::image::sha256(b"chunk1chunk2"), 201)] {
+        let start = m.client.post(format!("{}/v2/demo/app/blobs/uploads/", m.base)).send().await?;
+        assert_eq!(start.status(), 202);
+        let location = start.headers()["location"].to_str()?.to_string();
+        let patch = m.client.patch(format!("{}{location}", m.base)).body(b"chunk1".to_vec()).send().await?;
+        assert_eq!((patch.status().as_u16(), patch.headers()["range"].to_str()?), (202, "0-5"));
+        let put = m.client.put(format!("{}{location}?digest={digest}", m.base)).body(b"chunk2".to_vec()).send().await?;
+        assert_eq!(put.status().as_u16(), expected);
+    }
+    assert_eq!(std::fs::read_dir(m.registry.store.uploads_dir())?.count(), 0, "uploads are cleaned up");
+
+    // A manifest naming a blob the registry lacks, and garbage.
+    let missing = small_image("missing", Compression::Gzip);
+    for (body, code) in
+        [(missing.manifest.clone(), "MANIFEST_BLOB_UNKNOWN"), (b"{not json".to_vec(), "MANIFEST_INVALID")]
+    {
+        let reply = m
+            .client
+            .put(format!("{}/v2/demo/app/manifests/v2", m.base))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(reply.status(), 400);
+        assert_eq!(error_code(&reply.bytes().await?).0, code);
+    }
+    assert!(m.registry.store.tag(&"demo/app".to_string().parse_repo(), "v2").is_none());
+
+    // Names that try to climb out of the store.
+    for path in [
+        "/v2/../../etc/manifests/latest",
+        "/v2/demo/%2e%2e/x/manifests/latest",
+        "/v2/demo/..%2f..%2fescape/blobs/uploads/",
+        "/v2/demo/app/manifests/..%2f..%2fescape",
+    ] {
+        let reply = m.client.put(format!("{}{path}", m.base)).body(missing.manifest.clone()).send().await?;
+        assert!(matches!(reply.status().as_u16(), 400 | 404 | 405), "{path}: {}", reply.status());
+        let reply = m.client.post(format!("{}{path}", m.base)).send().await?;
+        assert!(matches!(reply.status().as_u16(), 400 | 404 | 405), "{path}: {}", reply.status());
+    }
+    let root = m.registry.store.root().parent().context("data dir")?.to_path_buf();
+    let entries: Vec<_> = std::fs::read_dir(&root)?.flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("registry")], "nothing written beside the store");
+    assert!(!root.parent().context("tmp")?.join("escape").exists());
+
+    // Unknown images, local or not.
+    for path in ["/v2/demo/nothing/manifests/latest", "/v2/demo/app/manifests/nope"] {
+        let reply = m.get(path).await;
+        assert_eq!(reply.status(), 404);
+        assert_eq!(error_code(&reply.bytes().await?).0, "MANIFEST_UNKNOWN");
+    }
+    let reply = m.get(&format!("/v2/demo/app/blobs/{wrong}")).await;
+    assert_eq!((reply.status().as_u16(), error_code(&reply.bytes().await?).0.as_str()), (404, "BLOB_UNKNOWN"));
+    let base: Value = m.get("/v2/").await.json().await?;
+    assert_eq!(base, json!({}));
+    Ok(())
+}
