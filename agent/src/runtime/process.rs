@@ -232,6 +232,9 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     fn cleanup(&self, handle: &RuntimeHandle) -> Result<(), AgentError> {
+        // A container whose executor died (or was killed) left its mounts, network and
+        // runtime state behind; after a clean exit this finds nothing to do.
+        crate::container::cleanup_leftovers(&handle.sandbox);
         match &handle.cgroup {
             Some(cgroup) => cgroup::remove(cgroup),
             None => Ok(()),
