@@ -112,8 +112,10 @@ impl Master {
         let events = EventBus::new();
         callbacks.spawn_dispatcher(&events);
         let leader = format!("{}:{}", config.hostname, port);
-        let registry =
-            Registry::open(config.registry.clone(), config.data_dir.join("registry"), config.registry.listen)?;
+        // Image names may also use the name this master reports.
+        let mut registry_config = config.registry.clone();
+        registry_config.aliases.push(format!("{}:{}", config.hostname, config.registry.listen.port()));
+        let registry = Registry::open(registry_config, config.data_dir.join("registry"), config.registry.listen)?;
         let master = Arc::new(Master {
             config,
             state: Mutex::new(Guarded { core, store: store.clone() }),

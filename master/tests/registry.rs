@@ -380,3 +380,93 @@ async fn skopeo_pushes_and_bad_pushes_are_refused() -> Result<()> {
     assert_eq!(base, json!({}));
     Ok(())
 }
+
+/// Waits for an event of `event_type` about `image` on the master's bus.
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<Arc<plinth_master::core::Event>>,
+    event_type: &str,
+    image: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {event_type} for {image}"))
+            .expect("the bus stays open");
+        if event.event_type == event_type && event.payload["image"].as_str().is_some_and(|i| i.starts_with(image)) {
+            return event.payload.clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> Result<()> {
+    let hello = small_image("prefetched", Compression::Gzip);
+    let h = hello.clone();
+    let up = tokio::task::spawn_blocking(move || {
+        let up = upstream();
+        up.push("demo/hello", "latest", &h).unwrap();
+        up
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = api.local_addr()?;
+    let config = plinth_master::MasterConfig {
+        listen: addr,
+        data_dir: dir.path().to_path_buf(),
+        hostname: "127.0.0.1".into(),
+        registry: RegistryConfig {
+            listen: "127.0.0.1:0".parse()?,
+            insecure: vec![up.addr.clone()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let master = plinth_master::Master::open(config, addr.port()).await?;
+    let app = plinth_master::api::router(master.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(api, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let (client, url) = (client.clone(), format!("http://{addr}/v2/apps"));
+        async move { client.post(url).json(&body).send().await.unwrap() }
+    };
+    let mut events = master.events.subscribe();
+
+    let image = format!("{}/demo/hello", up.addr);
+    let reply = post(json!({"id": "/hello", "container": {"type": "DOCKER", "docker": {"image": image}}})).await;
+    assert_eq!(reply.status(), 201, "{}", reply.text().await?);
+    wait_event(&mut events, "image_pull_started", &image).await;
+    let done = wait_event(&mut events, "image_pull_completed", &image).await;
+    assert_eq!(done["digest"], hello.manifest_digest.as_str());
+    assert!(
+        master.registry.store.blobs().contains(&hello.layers[0].digest.parse()?),
+        "layers are here before any agent asks"
+    );
+
+    let missing = format!("{}/demo/missing:v9", up.addr);
+    let reply = post(json!({"id": "/missing", "container": {"type": "DOCKER", "docker": {"image": missing}}})).await;
+    assert_eq!(reply.status(), 201);
+    let failed = wait_event(&mut events, "image_pull_failed", &missing).await;
+    assert!(!failed["message"].as_str().unwrap_or_default().is_empty(), "{failed}");
+    let queue: Value = client.get(format!("http://{addr}/v2/queue")).send().await?.json().await?;
+    let item = queue["queue"]
+        .as_array()
+        .and_then(|q| q.iter().find(|i| i["app"]["id"] == "/missing"))
+        .unwrap_or_else(|| panic!("/missing queued: {queue}"))
+        .clone();
+    assert_eq!(item["lastImagePull"]["state"], "failed", "{item}");
+    assert!(item["reasons"][0].as_str().unwrap_or_default().starts_with("image pull failed"), "{item}");
+
+    let reply = post(json!({"id": "/bad", "container": {"type": "DOCKER", "docker": {"image": "UPPER/case"}}})).await;
+    assert_eq!(reply.status(), 422);
+    let body: Value = reply.json().await?;
+    assert_eq!(body["details"][0]["path"], "/container/docker/image", "{body}");
+    let metrics = client.get(format!("http://{addr}/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("plinth_registry_pulls_total 2"), "{metrics}");
+    assert!(metrics.contains("plinth_registry_pulls_failed_total 1"), "{metrics}");
+    server.abort();
+    Ok(())
+}

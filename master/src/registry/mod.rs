@@ -243,12 +243,10 @@ fn self_names(listen: SocketAddr, aliases: &[String]) -> Vec<String> {
         names.push(format!("127.0.0.1:{port}"));
         names.push(format!("localhost:{port}"));
     }
-    if listen.ip().is_unspecified() {
-        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            let host = host.trim();
-            if !host.is_empty() {
-                names.push(format!("{host}:{port}"));
-            }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(format!("{host}:{port}"));
         }
     }
     names.extend(aliases.iter().cloned());
