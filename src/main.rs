@@ -2,6 +2,7 @@
 //! otherwise the subcommand picks the role (`master`, `agent`, `standalone`), a client
 //! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
 //! building (`image`) or a benchmark (`bench`).
+mod bench_containers;
 mod bench_pxe;
 mod cli;
 mod os;
@@ -70,6 +71,8 @@ enum BenchCommand {
     Boot(os::BenchBootArgs),
     /// PXE-boot a diskless QEMU from a master and time it (iPXE script, kernel, agent, first task).
     Pxe(bench_pxe::BenchPxeArgs),
+    /// Docker images: POST → TASK_RUNNING (cached, cold) against podman, and create+start against crun/runc.
+    Containers(bench_containers::BenchContainersArgs),
 }
 
 /// Flags the master and the agent both take.
@@ -227,6 +230,8 @@ fn reason(error: ProtocolError) -> String {
 }
 
 fn main() {
+    // Every HTTP client (master, agent, executor, CLI) needs rustls' provider installed.
+    plinth_oci::tls::install_provider();
     // Must come first: as PID 1 nothing else (argument parsing included) applies.
     os::maybe_run_as_init();
     let cli = Cli::parse();
@@ -266,6 +271,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         // The report is printed (and written to --out) by the benchmark itself.
         Command::Bench { cmd: BenchCommand::Boot(args) } => os::run_bench_boot(args).map(drop),
         Command::Bench { cmd: BenchCommand::Pxe(args) } => bench_pxe::run(args).map(drop),
+        Command::Bench { cmd: BenchCommand::Containers(args) } => bench_containers::run(args).map(drop),
         Command::Executor { spec } => run_executor(&spec),
         Command::Master(cmd) => runtime()?.block_on(until_signal(run_master(cmd))),
         Command::Agent(cmd) => runtime()?.block_on(until_signal(run_agent(cmd))),

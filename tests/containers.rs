@@ -98,6 +98,7 @@ fn the_marathon_tutorial_app_runs_from_a_docker_image_on_a_bridge() {
     let agent_ns = cluster.node("agent-1").host.netns.clone();
     let (ip2, port2) = (ip.clone(), port);
     let local = netns::run_in(&agent_ns, move || {
+        plinth_oci::tls::install_provider();
         reqwest::blocking::get(format!("http://{ip2}:{port2}/greet/agent")).and_then(|r| r.text()).map_err(|e| e.to_string())
     });
     assert_eq!(local.as_deref(), Ok("Hello agent!"));

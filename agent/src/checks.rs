@@ -77,6 +77,7 @@ struct Candidate {
 /// Runs until the agent stops.
 pub(crate) async fn check_loop(node: Arc<Node>) {
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<ProbeResult>();
+    plinth_oci::tls::install_provider();
     let client = match reqwest::Client::builder()
         // A 3xx is a healthy answer (Marathon does not follow redirects), and checks
         // never go through a proxy: they are for the task next door.

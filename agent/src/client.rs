@@ -31,6 +31,7 @@ impl MasterClient {
         if url.host_str().is_none() {
             return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
         }
+        plinth_oci::tls::install_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()

@@ -159,6 +159,7 @@ pub fn fetch_all(
         .enable_all()
         .build()
         .map_err(|source| (uris[0].uri.clone(), FetchError::Runtime { source }))?;
+    plinth_oci::tls::install_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         .read_timeout(options.read_timeout)

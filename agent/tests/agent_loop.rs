@@ -46,6 +46,7 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     let web = get_json(&format!("{}/v1/tasks/web.1", agent.api)).await;
     assert_eq!(web["state"], "TASK_RUNNING");
     let pid = web["pid"].as_i64().expect("pid");
+    plinth_oci::tls::install_provider();
     let logs = reqwest::get(format!("{}/v1/tasks/web.1/logs", agent.api)).await.unwrap().text().await.unwrap();
     assert_eq!(logs, "serving on 31007\n");
     let finished_logs = reqwest::get(format!("{}/v1/tasks/job.1/logs?follow=true", agent.api)).await.unwrap();

@@ -91,6 +91,7 @@ async fn a_fetched_tarball_runs_and_a_missing_one_fails_the_task() {
     );
     assert_eq!(failed.reason.as_deref(), Some("REASON_CONTAINER_LAUNCH_FAILED"));
     assert!(status_of(&m, "missing.1", TaskState::TaskRunning).is_none(), "the command never ran");
+    plinth_oci::tls::install_provider();
     let out = reqwest::get(format!("{}/v1/tasks/missing.1/logs", agent.api)).await.unwrap().text().await.unwrap();
     assert!(!out.contains("should not run"));
     agent.handle.abort();
@@ -100,6 +101,7 @@ async fn a_fetched_tarball_runs_and_a_missing_one_fails_the_task() {
 async fn wait_until_async_text(url: &str, needle: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
+        plinth_oci::tls::install_provider();
         if let Ok(response) = reqwest::get(url).await {
             let text = response.text().await.unwrap_or_default();
             if text.contains(needle) {

@@ -26,7 +26,7 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         // The testkit's HTTP client needs a TLS provider even for plain HTTP.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        plinth_oci::tls::install_provider();
         let registry = Registry::start(None, &free_addr()).unwrap();
         Setup { registry, dir: tempfile::tempdir().unwrap() }
     }

@@ -90,7 +90,7 @@ impl Default for CallbackHub {
 
 impl CallbackHub {
     pub fn new() -> Self {
-        crate::registry::install_crypto_provider();
+        plinth_oci::tls::install_provider();
         let client = reqwest::Client::builder().timeout(CALLBACK_TIMEOUT).build().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot build the callback HTTP client with a timeout; using defaults");
             reqwest::Client::new()

@@ -45,6 +45,7 @@ async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Har
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
+    plinth_oci::tls::install_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
     Ok(Harness { master, base: format!("http://{addr}"), http, server })
 }

@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 }
 
 fn upstream() -> plinth_testkit::Registry {
-    plinth_master::registry::install_crypto_provider();
+    plinth_oci::tls::install_provider();
     plinth_testkit::Registry::start(None, &format!("127.0.0.1:{}", free_port())).expect("docker-registry starts")
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod manifest;
 pub mod reference;
 pub mod store;
+pub mod tls;
 
 pub use digest::{Digest, DigestVerifier};
 pub use error::OciError;

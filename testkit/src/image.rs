@@ -279,6 +279,12 @@ const APPLETS: [&str; 14] =
 /// `/app/greet.sh` behind `nc -ll -p ${PORT:-3000} -e`: `GET /greet/world` answers
 /// `Hello world!`. Exposes 3000/tcp; runs as root in `/app`.
 pub fn busybox_hello() -> Result<BuiltImage> {
+    busybox_hello_with(Vec::new())
+}
+
+/// [`busybox_hello`] with extra entries in its layer: e.g. a nonce file, which makes a
+/// different layer (digest) of the same app, for cold pulls in benchmarks.
+pub fn busybox_hello_with(extra: Vec<Entry>) -> Result<BuiltImage> {
     let busybox = std::fs::read("/bin/busybox")
         .map_err(|e| anyhow::anyhow!("/bin/busybox (apt-get install busybox-static): {e}"))?;
     let mut entries = vec![
@@ -302,6 +308,7 @@ pub fn busybox_hello() -> Result<BuiltImage> {
         data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
     });
     entries.push(Entry::File { path: "app/greet.sh".into(), mode: 0o755, data: GREET_SH.as_bytes().to_vec() });
+    entries.extend(extra);
     let config = ImageConfig {
         entrypoint: None,
         cmd: Some(vec!["/bin/sh".into(), "-c".into(), "exec nc -ll -p ${PORT:-3000} -e /app/greet.sh".into()]),

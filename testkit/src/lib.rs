@@ -6,5 +6,5 @@ pub mod image;
 pub mod netns;
 pub mod registry;
 
-pub use image::{busybox_hello, BuiltImage, Compression, Entry, ImageConfig, Layer};
+pub use image::{busybox_hello, busybox_hello_with, BuiltImage, Compression, Entry, ImageConfig, Layer};
 pub use registry::Registry;

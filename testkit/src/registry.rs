@@ -45,6 +45,7 @@ impl Registry {
         loop {
             let url = format!("{}/v2/", registry.url());
             let ok = registry.run(move || {
+                plinth_oci::tls::install_provider();
                 reqwest::blocking::Client::new().get(&url).send().map(|r| r.status().is_success()).unwrap_or(false)
             });
             if ok {
@@ -116,6 +117,7 @@ fn stop_child(child: &mut Child) {
 
 /// Pushes an image to any v2 registry with monolithic blob uploads, then the manifest.
 pub fn push(base: &str, name: &str, tag: &str, image: &BuiltImage) -> Result<()> {
+    plinth_oci::tls::install_provider();
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let mut blobs: Vec<(&str, &[u8])> = vec![(image.config_digest.as_str(), &image.config)];
     blobs.extend(image.layers.iter().map(|l| (l.digest.as_str(), l.blob.as_slice())));

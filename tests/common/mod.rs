@@ -93,6 +93,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(base: impl Into<String>) -> Self {
+        plinth_oci::tls::install_provider();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(3))
@@ -177,6 +178,7 @@ pub struct EventStream {
 impl EventStream {
     pub fn open(url: &str) -> Self {
         let events: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        plinth_oci::tls::install_provider();
         let client = reqwest::blocking::Client::builder().timeout(None).no_proxy().build().expect("HTTP client");
         let response = client
             .get(url)

@@ -229,6 +229,7 @@ pub fn tail(text: &str, lines: usize) -> String {
 }
 
 pub fn http() -> reqwest::blocking::Client {
+    plinth_oci::tls::install_provider();
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("building an HTTP client")
 }
 
@@ -236,6 +237,7 @@ pub fn http() -> reqwest::blocking::Client {
 pub fn wait_http(vm: &mut Vm, url: &str, timeout: Duration) -> Result<(String, Duration)> {
     // A short per-request timeout: QEMU's user-net accepts forwarded connections before the
     // guest listens and leaves them hanging.
+    plinth_oci::tls::install_provider();
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let end = Instant::now() + timeout;
     loop {

@@ -258,7 +258,7 @@ impl ImageStore {
         }
         let blobs = BlobStore::open(root.join("blobs")).map_err(ImageError::BlobStore)?;
         // reqwest is built without a default TLS provider; whoever comes first installs ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        plinth_oci::tls::install_provider();
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(options.connect_timeout)
             // Layers can be large and links slow: a body that keeps arriving may take as long as it takes.

@@ -134,6 +134,7 @@ pub fn status_of(m: &Shared, task: &str, state: TaskState) -> Option<StatusUpdat
 }
 
 pub async fn get_json(url: &str) -> Value {
+    plinth_oci::tls::install_provider();
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 

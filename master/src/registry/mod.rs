@@ -229,12 +229,6 @@ impl Registry {
     }
 }
 
-/// reqwest is built without a default crypto provider and panics without one; ring is
-/// the one compiled in. Installing again is a harmless no-op.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// `host:port` forms clients may use for this registry.
 fn self_names(listen: SocketAddr, aliases: &[String]) -> Vec<String> {
     let port = listen.port();

@@ -208,7 +208,7 @@ impl Puller {
         events: broadcast::Sender<Event>,
         statuses: Arc<Mutex<HashMap<String, PullStatus>>>,
     ) -> Self {
-        super::install_crypto_provider();
+        plinth_oci::tls::install_provider();
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
             connect_timeout: Some(Duration::from_secs(10)),
