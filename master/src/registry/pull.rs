@@ -171,6 +171,8 @@ fn normalise_registry(key: &str) -> String {
 }
 
 type SharedResult<T> = Shared<BoxFuture<'static, Result<T, PullError>>>;
+/// Running tasks by key, for single flight.
+type Flights<K, T> = Mutex<HashMap<K, SharedResult<T>>>;
 
 struct Inner {
     client: Client,
@@ -180,8 +182,8 @@ struct Inner {
     metrics: Arc<RegistryMetrics>,
     events: broadcast::Sender<Event>,
     statuses: Arc<Mutex<HashMap<String, PullStatus>>>,
-    images: Mutex<HashMap<String, SharedResult<Pulled>>>,
-    blobs: Mutex<HashMap<Digest, SharedResult<u64>>>,
+    images: Flights<String, Pulled>,
+    blobs: Flights<Digest, u64>,
 }
 
 /// Pulls images from upstream registries into the store.
@@ -536,7 +538,7 @@ impl Inner {
 /// Returns the shared result and whether this call started the work.
 fn single_flight<K, T>(
     inner: &Arc<Inner>,
-    map: fn(&Inner) -> &Mutex<HashMap<K, SharedResult<T>>>,
+    map: fn(&Inner) -> &Flights<K, T>,
     key: K,
     image: &str,
     work: impl FnOnce(Arc<Inner>) -> BoxFuture<'static, Result<T, PullError>>,
