@@ -44,14 +44,15 @@ impl Drop for Master {
 }
 
 async fn master(insecure: &[&str]) -> Master {
+    master_with(RegistryConfig { insecure: insecure.iter().map(|s| s.to_string()).collect(), ..Default::default() })
+        .await
+}
+
+async fn master_with(config: RegistryConfig) -> Master {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = RegistryConfig {
-        listen: addr,
-        insecure: insecure.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let config = RegistryConfig { listen: addr, ..config };
     let registry = Registry::open(config, dir.path().join("registry"), addr).unwrap();
     let app = http::router(registry.clone());
     let server = tokio::spawn(async move {
@@ -135,7 +136,9 @@ async fn pull_through_caches_and_survives_an_upstream_outage() -> Result<()> {
         seen.push(event.event_type.clone());
     }
     assert!(
-        seen.contains(&"image_pull_started".to_string()) && seen.contains(&"image_pull_completed".to_string()),
+        seen.contains(&"image_pull_started".to_string())
+            && seen.contains(&"image_pull_progress".to_string())
+            && seen.contains(&"image_pull_completed".to_string()),
         "{seen:?}"
     );
     let status = m.registry.pull_status(&format!("{name}:latest")).context("a pull status")?;
@@ -468,5 +471,24 @@ async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> R
     assert!(metrics.contains("plinth_registry_pulls_total 2"), "{metrics}");
     assert!(metrics.contains("plinth_registry_pulls_failed_total 1"), "{metrics}");
     server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_blobs_over_the_cap_are_refused_and_dropped() -> Result<()> {
+    let m = master_with(RegistryConfig { max_blob_bytes: 10, ..Default::default() }).await;
+    let start = m.client.post(format!("{}/v2/demo/big/blobs/uploads/", m.base)).send().await?;
+    let location = start.headers()["location"].to_str()?.to_string();
+    let patch = m.client.patch(format!("{}{location}", m.base)).body(vec![0u8; 11]).send().await?;
+    assert_eq!(patch.status(), 413);
+    assert_eq!(error_code(&patch.bytes().await?).0, "SIZE_INVALID");
+    assert_eq!(std::fs::read_dir(m.registry.store.uploads_dir())?.count(), 0, "the upload is dropped");
+    // Aborting an upload removes it too.
+    let start = m.client.post(format!("{}/v2/demo/big/blobs/uploads/", m.base)).send().await?;
+    let location = start.headers()["location"].to_str()?.to_string();
+    assert_eq!(m.client.delete(format!("{}{location}", m.base)).send().await?.status(), 204);
+    assert_eq!(std::fs::read_dir(m.registry.store.uploads_dir())?.count(), 0);
+    let gone = m.client.patch(format!("{}{location}", m.base)).body(vec![1u8]).send().await?;
+    assert_eq!(gone.status(), 404);
     Ok(())
 }
