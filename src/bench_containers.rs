@@ -86,7 +86,8 @@ pub fn run(args: BenchContainersArgs) -> anyhow::Result<Value> {
         "runs": runs,
         "series": results,
     });
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("{:<44} {:>12}  note", "contender", "median ms");
     for s in &results {
         let median = s.median_ms.map_or("-".to_string(), |m| format!("{m:.1}"));
@@ -100,7 +101,11 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!("{cpus} cpus, {model}, load {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -139,7 +144,14 @@ impl Standalone {
             http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?,
         };
         let started = Instant::now();
-        while standalone.http.get(format!("{}/master/slaves", standalone.api)).send().ok().and_then(|r| r.json::<Value>().ok()).is_none_or(|s| s["slaves"].as_array().is_none_or(Vec::is_empty)) {
+        while standalone
+            .http
+            .get(format!("{}/master/slaves", standalone.api))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .is_none_or(|s| s["slaves"].as_array().is_none_or(Vec::is_empty))
+        {
             if started.elapsed() > Duration::from_secs(60) {
                 bail!("plinth standalone did not come up; see {}", dir.join("standalone.log").display());
             }
@@ -210,15 +222,23 @@ fn plinth_end_to_end(standalone: &Standalone, upstream: &str, runs: usize) -> Ve
 fn podman(dir: &Path, upstream: &str, runs: usize) -> Vec<Series> {
     let root = dir.join("podman");
     let conf = dir.join("containers.conf");
-    if let Err(err) = std::fs::create_dir_all(&root)
-        .and_then(|()| std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n"))
-    {
+    if let Err(err) = std::fs::create_dir_all(&root).and_then(|()| {
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = []\n[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
+        )
+    }) {
         return vec![Series::failed("podman run -d", err.to_string())];
     }
     let podman = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new("podman")
             .env("CONTAINERS_CONF", &conf)
-            .args(["--root", &root.join("root").display().to_string(), "--runroot", &root.join("run").display().to_string()])
+            .args([
+                "--root",
+                &root.join("root").display().to_string(),
+                "--runroot",
+                &root.join("run").display().to_string(),
+            ])
             .args(["--runtime", "runc"])
             .args(args)
             .stdin(Stdio::null())
@@ -259,7 +279,10 @@ fn create_start(dir: &Path, image: &plinth_testkit::BuiltImage, runs: usize) -> 
     let bundle = dir.join("bundle");
     if let Err(err) = unpack_bundle(dir, image, &bundle) {
         let why = format!("{err:#}");
-        return ["plinth (libcontainer)", "crun", "runc"].iter().map(|n| Series::failed(&format!("create+start: {n}"), why.clone())).collect();
+        return ["plinth (libcontainer)", "crun", "runc"]
+            .iter()
+            .map(|n| Series::failed(&format!("create+start: {n}"), why.clone()))
+            .collect();
     }
     let state_root = dir.join("plinth-state");
     let mut plinth = Vec::new();
@@ -293,14 +316,20 @@ fn create_start(dir: &Path, image: &plinth_testkit::BuiltImage, runs: usize) -> 
         for i in 0..runs {
             let id = format!("{runtime}-bench-{}-{i}", std::process::id());
             let cmd = |args: &[&str]| -> anyhow::Result<()> {
-                let out = Command::new(runtime).args(&global).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {runtime}"))?;
+                let out = Command::new(runtime)
+                    .args(&global)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .with_context(|| format!("running {runtime}"))?;
                 if !out.status.success() {
                     bail!("{runtime} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
                 }
                 Ok(())
             };
             let started = Instant::now();
-            let timed = cmd(&["create", "--bundle", &bundle.display().to_string(), &id]).and_then(|()| cmd(&["start", &id]));
+            let timed =
+                cmd(&["create", "--bundle", &bundle.display().to_string(), &id]).and_then(|()| cmd(&["start", &id]));
             let elapsed = ms(started);
             let _ = cmd(&["delete", "-f", &id]);
             match timed {

@@ -272,11 +272,11 @@ printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nCon
 "#;
 
 /// Applets the test image links to busybox.
-const APPLETS: [&str; 14] =
-    ["sh", "nc", "cat", "echo", "sleep", "ls", "ps", "id", "hostname", "env", "head", "dd", "wc", "printf"];
+const APPLETS: [&str; 15] =
+    ["sh", "nc", "cat", "echo", "sleep", "ls", "ps", "id", "hostname", "env", "head", "tail", "dd", "wc", "printf"];
 
 /// The test app image: `/bin/busybox` from Debian's `busybox-static`, its applets, and
-/// `/app/greet.sh` behind `nc -ll -p ${PORT:-3000} -e`: `GET /greet/world` answers
+/// `/app/greet.sh` behind `nc -ll -p 3000 -e`: `GET /greet/world` answers
 /// `Hello world!`. Exposes 3000/tcp; runs as root in `/app`.
 pub fn busybox_hello() -> Result<BuiltImage> {
     busybox_hello_with(Vec::new())
@@ -311,7 +311,7 @@ pub fn busybox_hello_with(extra: Vec<Entry>) -> Result<BuiltImage> {
     entries.extend(extra);
     let config = ImageConfig {
         entrypoint: None,
-        cmd: Some(vec!["/bin/sh".into(), "-c".into(), "exec nc -ll -p ${PORT:-3000} -e /app/greet.sh".into()]),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), "exec nc -ll -p 3000 -e /app/greet.sh".into()]),
         env: vec!["PATH=/bin".into(), "GREETING=Hello".into()],
         working_dir: Some("/app".into()),
         user: None,

@@ -745,9 +745,14 @@ impl Cluster {
         let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
         assert!(node.child.is_none(), "{name} is still running");
         let log = OpenOptions::new().create(true).append(true).open(&node.log).expect("open the node log");
-        let mut command = Command::new("ip");
+        // nsenter joins only the network namespace. `ip netns exec` would also give the
+        // node a private mount namespace with a fresh /sys, hiding /sys/fs/cgroup from it
+        // (no task cgroups, no containers).
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &node.host.netns, PLINTH])
+            .arg(format!("--net=/run/netns/{}", node.host.netns))
+            .arg("--")
+            .arg(PLINTH)
             .args(&node.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
