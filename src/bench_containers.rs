@@ -178,9 +178,11 @@ impl Standalone {
                 let _ = self.http.delete(format!("{}/v2/apps/{id}?force=true", self.api)).send();
                 return Ok(elapsed);
             }
-            if started.elapsed() > Duration::from_secs(120) {
-                let app: Value = self.http.get(format!("{}/v2/apps/{id}", self.api)).send()?.json()?;
-                bail!("{id} not running after 120 s: {}", app["app"]["lastTaskFailure"]);
+            let app: Value = self.http.get(format!("{}/v2/apps/{id}", self.api)).send()?.json()?;
+            let failure = &app["app"]["lastTaskFailure"];
+            if !failure.is_null() || started.elapsed() > Duration::from_secs(120) {
+                let _ = self.http.delete(format!("{}/v2/apps/{id}?force=true", self.api)).send();
+                bail!("{id} did not start: {failure}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -316,14 +318,20 @@ fn create_start(dir: &Path, image: &plinth_testkit::BuiltImage, runs: usize) -> 
         for i in 0..runs {
             let id = format!("{runtime}-bench-{}-{i}", std::process::id());
             let cmd = |args: &[&str]| -> anyhow::Result<()> {
-                let out = Command::new(runtime)
+                // The container inherits the runtime's stdio: a pipe would stay open (and
+                // its reader wait) for as long as the container runs, so errors go to a file.
+                let err_path = dir.join(format!("{runtime}.err"));
+                let status = Command::new(runtime)
                     .args(&global)
                     .args(args)
                     .stdin(Stdio::null())
-                    .output()
+                    .stdout(Stdio::null())
+                    .stderr(File::create(&err_path)?)
+                    .status()
                     .with_context(|| format!("running {runtime}"))?;
-                if !out.status.success() {
-                    bail!("{runtime} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+                if !status.success() {
+                    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+                    bail!("{runtime} {}: {}", args.join(" "), err.trim());
                 }
                 Ok(())
             };

@@ -381,8 +381,11 @@ fn local_master_url(listen: SocketAddr) -> String {
 
 async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     let master_url = cmd.master_url.clone().unwrap_or_else(|| local_master_url(cmd.master.listen));
+    // The embedded agent pulls from the embedded registry, wherever it listens.
+    let local_registry = local_master_url(cmd.master.registry_listen);
     let master = master_config(cmd.master, &cmd.node);
-    let agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
+    let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
+    agent.containers.registry.get_or_insert(local_registry);
     tracing::info!(
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"
