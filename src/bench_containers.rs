@@ -191,6 +191,28 @@ impl Standalone {
 
 impl Drop for Standalone {
     fn drop(&mut self) {
+        // Tasks outlive their agent by design: remove the apps and wait for the kills
+        // before stopping it, so nothing is left running or mounted.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let tasks: Value = match self.http.get(format!("{}/v2/tasks", self.api)).send().and_then(|r| r.json()) {
+                Ok(tasks) => tasks,
+                Err(_) => break,
+            };
+            let ids: Vec<String> = tasks["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["appId"].as_str().map(str::to_string))
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                let _ = self.http.delete(format!("{}/v2/apps{id}?force=true", self.api)).send();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         // SAFETY: SIGTERM to our own child; its tasks are killed with the apps above.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();

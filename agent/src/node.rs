@@ -53,7 +53,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             logs: LogPolicy::default(),
-            tick: Duration::from_millis(250),
+            tick: Duration::from_millis(100),
             sync_wait: Duration::from_secs(5),
             sandbox_retention: Duration::from_secs(3600),
             image_max_age: Duration::from_secs(24 * 3600),
