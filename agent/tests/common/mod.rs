@@ -155,6 +155,31 @@ impl Drop for KillTasksOnDrop {
                     }
                 }
             }
+            // The task's cgroup (named by its sandbox) goes too, once its processes are gone.
+            if let Some(task_id) = entry.file_name().to_str() {
+                remove_task_cgroups(task_id);
+            }
+        }
+    }
+}
+
+/// Removes `plinth/<task_id>` from every cgroup hierarchy (v1 controllers or the v2 root).
+fn remove_task_cgroups(task_id: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let mut dirs: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join("plinth").join(task_id)).collect();
+    dirs.push(PathBuf::from("/sys/fs/cgroup/plinth").join(task_id));
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        // Children the task left (a `sleep` after `;`) are in the cgroup, not in running.json.
+        for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
