@@ -439,22 +439,17 @@ impl Node {
             NetworkMode::None => ContainerNetwork::None,
         };
         // The offer's host ports go, in order, to the mappings that asked for one.
-        let port_mappings = match spec.app.network_mode() {
-            NetworkMode::Bridge => spec
-                .app
-                .container_port_mappings()
-                .into_iter()
-                .flatten()
-                .filter(|m| m.host_port.is_some())
-                .zip(&spec.host_ports)
-                .map(|(m, host_port)| MappedPort {
-                    container_port: u16::try_from(m.container_port).unwrap_or(0),
-                    host_port: *host_port,
-                    protocol: m.protocol.clone(),
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let port_mappings = spec
+            .app
+            .host_port_mappings()
+            .into_iter()
+            .zip(&spec.host_ports)
+            .map(|(m, host_port)| MappedPort {
+                container_port: u16::try_from(m.container_port).unwrap_or(0),
+                host_port: *host_port,
+                protocol: m.protocol.clone(),
+            })
+            .collect();
         Some(ContainerTask {
             image: docker.image.clone(),
             force_pull: docker.force_pull_image,

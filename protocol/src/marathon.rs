@@ -560,6 +560,15 @@ impl AppDefinition {
         }
     }
 
+    /// In BRIDGE mode, the port mappings that take a host port (`hostPort` present, 0 =
+    /// any), in the order the task's host ports are assigned to them.
+    pub fn host_port_mappings(&self) -> Vec<&PortMapping> {
+        match (self.network_mode(), self.container_port_mappings()) {
+            (NetworkMode::Bridge, Some(mappings)) => mappings.iter().filter(|m| m.host_port.is_some()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Number of host ports each task needs.
     pub fn host_port_count(&self) -> usize {
         match self.network_mode() {
@@ -568,7 +577,7 @@ impl AppDefinition {
                 _ => self.port_definitions.as_ref().map_or(0, Vec::len),
             },
             NetworkMode::Bridge => {
-                self.container_port_mappings().map_or(0, |m| m.iter().filter(|p| p.host_port.is_some()).count())
+                self.host_port_mappings().len()
             }
             NetworkMode::None => 0,
         }
@@ -597,9 +606,7 @@ impl AppDefinition {
     /// Port names in order, for `PORT_<NAME>` variables.
     pub fn port_names(&self) -> Vec<Option<String>> {
         match (self.network_mode(), self.container_port_mappings()) {
-            (NetworkMode::Bridge, Some(m)) => {
-                m.iter().filter(|p| p.host_port.is_some()).map(|p| p.name.clone()).collect()
-            }
+            (NetworkMode::Bridge, Some(_)) => self.host_port_mappings().iter().map(|p| p.name.clone()).collect(),
             _ => self.port_definitions.iter().flatten().map(|d| d.name.clone()).collect(),
         }
     }

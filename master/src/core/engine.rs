@@ -1586,8 +1586,8 @@ fn port_requests(def: &AppDefinition) -> Vec<Option<u16>> {
     let count = def.host_port_count();
     let mut requests = Vec::with_capacity(count);
     match (def.network_mode(), def.container_port_mappings()) {
-        (NetworkMode::Bridge, Some(mappings)) => {
-            for m in mappings.iter().filter(|m| m.host_port.is_some()) {
+        (NetworkMode::Bridge, Some(_)) => {
+            for m in def.host_port_mappings() {
                 requests.push(m.host_port.filter(|p| *p > 0).map(|p| p as u16));
             }
         }
