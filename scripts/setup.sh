@@ -41,23 +41,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
             'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > "$backports_list"
     fi
     apt-get update -qq
-    # A missing package whose source has a backports version installed is taken at exactly
-    # that version (or from backports when the binary's version differs, as with binNMUs).
-    targets=()
+    # A missing package whose source has a backports version installed comes from backports
+    # with its dependencies (-t: apt does not take a dependency from backports otherwise,
+    # e.g. qemu-system-common and seabios for qemu-system-x86), in an install of its own so
+    # that nothing else is pulled from there.
+    from_backports=()
+    from_stable=()
     for pkg in "${missing[@]}"; do
         src=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | awk '/^Source:/ {print $2; exit}')
-        src=${src:-$pkg}
-        version=${bpo_version[$src]:-}
-        if [ -z "$version" ]; then
-            targets+=("$pkg")
-        elif apt-cache madison "$pkg" | awk -F'|' '{gsub(/ /, "", $2); print $2}' | grep -qxF "$version"; then
-            targets+=("$pkg=$version")
+        if [ -n "${bpo_version[${src:-$pkg}]:-}" ]; then
+            from_backports+=("$pkg")
         else
-            targets+=("$pkg/bookworm-backports")
+            from_stable+=("$pkg")
         fi
     done
-    echo "setup.sh: installing ${targets[*]}"
-    apt-get install -y --no-install-recommends "${targets[@]}"
+    if [ "${#from_backports[@]}" -gt 0 ]; then
+        echo "setup.sh: installing from bookworm-backports (siblings of installed packages): ${from_backports[*]}"
+        apt-get install -y --no-install-recommends -t bookworm-backports "${from_backports[@]}"
+    fi
+    if [ "${#from_stable[@]}" -gt 0 ]; then
+        echo "setup.sh: installing ${from_stable[*]}"
+        apt-get install -y --no-install-recommends "${from_stable[@]}"
+    fi
 else
     echo "setup.sh: all ${#wanted[@]} system packages present"
 fi
@@ -82,11 +87,13 @@ cargo build --release -p plinth --bins
 # 4. Every tool the tests use must run: one line per missing piece, then a failure.
 step 4 "checking the tools the tests use"
 failed=0
+trim() { local s="${1#"${1%%[![:space:]]*}"}"; echo "${s%"${s##*[![:space:]]}"}"; }
 while IFS='|' read -r what check; do
-    what=$(echo "$what" | xargs)
+    what=$(trim "$what")
     [ -n "$what" ] || continue
-    if ! bash -c "$check" >/dev/null 2>&1; then
-        echo "setup.sh: MISSING $what (\`$(echo "$check" | xargs)\` failed)" >&2
+    check=$(trim "$check")
+    if ! bash -c "$check" </dev/null >/dev/null 2>&1; then
+        echo "setup.sh: MISSING $what (\`$check\` failed)" >&2
         failed=1
     fi
 done < <(sed -e 's/^#.*//' scripts/tool-checks.txt)

@@ -83,6 +83,15 @@ pub enum AppCommand {
     List,
     /// Show one app and its tasks.
     Show { id: String },
+    /// Print `host:port` of every port of the app's running tasks, one per line.
+    Endpoints { id: String },
+    /// Wait until all of the app's instances run and no deployment holds it.
+    Wait {
+        id: String,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Set the number of instances.
     Scale {
         id: String,
@@ -140,6 +149,8 @@ pub enum TaskCommand {
     Top { id: String },
     /// CPU and memory use from the task's cgroup.
     Stats { id: String },
+    /// Print `host:port` of each of the task's ports, one per line (as `docker port`).
+    Port { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +165,12 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
         #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Wait until at least COUNT agents are registered and active (nodes that are booting).
+    Wait {
+        count: usize,
+        #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
     /// Shut a (drained) node down through its node API.
@@ -185,6 +202,26 @@ impl ClientCommand {
                 let master = Master::new(&client)?;
                 let body = master.call(Method::GET, "/master/slaves", None).await?;
                 output(client.json, &body, node_table)
+            }
+            ClientCommand::Node { client, cmd: NodeCommand::Wait { count, timeout_secs } } => {
+                let master = Master::new(&client)?;
+                let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+                loop {
+                    // The master itself may still be booting: an unreachable master is waited for too.
+                    let active = match master.call(Method::GET, "/master/slaves", None).await {
+                        Ok(body) => active_agents(&body),
+                        Err(_) if tokio::time::Instant::now() < end => 0,
+                        Err(e) => return Err(e),
+                    };
+                    if active >= count {
+                        println!("{active} agent(s) active");
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= end {
+                        bail!("{active} of {count} agent(s) active after {timeout_secs} s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
             ClientCommand::Node { client, cmd: NodeCommand::Drain { node, no_wait, timeout_secs } } => {
                 node::drain(&Master::new(&client)?, client.json, &node, !no_wait, Duration::from_secs(timeout_secs))
@@ -450,6 +487,33 @@ async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Res
             let body = master.call(Method::GET, &path, None).await?;
             output(json_out, &body, show_app)
         }
+        AppCommand::Endpoints { id } => {
+            let body = master.call(Method::GET, &format!("{}/tasks", app_path(&id)?), None).await?;
+            output(json_out, &body, |b| endpoints(b.get("tasks").unwrap_or(&Value::Null)))
+        }
+        AppCommand::Wait { id, timeout } => {
+            let path = app_path(&id)?;
+            let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                let body = master.call(Method::GET, &path, None).await?;
+                let app = body.get("app").unwrap_or(&Value::Null);
+                let (running, wanted) = (number(app, "tasksRunning"), number(app, "instances"));
+                let deploying = app.get("deployments").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+                if running >= wanted && !deploying {
+                    println!("{}: {} of {} instance(s) running", text(app, "id"), number_text(running), number_text(wanted));
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= end {
+                    anyhow::bail!(
+                        "{}: {} of {} instance(s) running after {timeout} s (see `plinth queue` for why)",
+                        text(app, "id"),
+                        number_text(running),
+                        number_text(wanted)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
         AppCommand::Scale { id, instances, change } => {
             let path = format!("{}{}", app_path(&id)?, force_query(change.force));
             let answer = master.call(Method::PUT, &path, Some(&json!({ "instances": instances }))).await?;
@@ -543,6 +607,14 @@ async fn run_task(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::R
         TaskCommand::Stats { id } => {
             let body = agent_call(&master, &id, "stats").await?;
             output(json_out, &body, stats_text)
+        }
+        TaskCommand::Port { id } => {
+            let body = master.call(Method::GET, "/v2/tasks", None).await?;
+            let tasks = body.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
+            let Some(task) = tasks.into_iter().find(|t| t.get("id").and_then(Value::as_str) == Some(id.as_str())) else {
+                anyhow::bail!("no such task: {id} (see `plinth task list`)");
+            };
+            output(json_out, &task, |t| endpoints(&Value::Array(vec![t.clone()])))
         }
     }
 }
@@ -893,6 +965,27 @@ fn task_table(tasks: &Value) -> String {
     table(&["ID", "APP", "STATE", "HOST", "PORTS", "STARTED", "VERSION"], &rows)
 }
 
+/// `host:port` lines for every port of the running tasks in `tasks`.
+fn endpoints(tasks: &Value) -> String {
+    let mut lines = String::new();
+    for task in tasks.as_array().into_iter().flatten() {
+        if task.get("state").and_then(Value::as_str).is_some_and(|s| s != "TASK_RUNNING") {
+            continue;
+        }
+        let host = text(task, "host");
+        for port in task.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            lines.push_str(&format!("{host}:{}\n", display(port)));
+        }
+    }
+    lines
+}
+
+/// Agents in a `/master/slaves` answer that are active.
+fn active_agents(body: &Value) -> usize {
+    let slaves = body.get("slaves").and_then(Value::as_array);
+    slaves.into_iter().flatten().filter(|s| s.get("active").and_then(Value::as_bool) == Some(true)).count()
+}
+
 fn used_of(slave: &Value, key: &str) -> String {
     let total = slave.pointer(&format!("/resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
     let used = slave.pointer(&format!("/used_resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
@@ -1006,6 +1099,16 @@ mod tests {
         assert_eq!(decline_reasons(&item), "InsufficientMemory (2/2)");
         let out = queue_table(&json!({"queue": [item]}));
         assert!(out.contains("/big") && out.contains("InsufficientMemory"), "{out}");
+    }
+
+    #[test]
+    fn endpoints_list_every_port_of_running_tasks_only() {
+        let tasks = json!([
+            {"id": "a", "state": "TASK_RUNNING", "host": "10.0.0.3", "ports": [31001, 31002]},
+            {"id": "b", "state": "TASK_STAGING", "host": "10.0.0.4", "ports": [31005]},
+            {"id": "c", "state": "TASK_RUNNING", "host": "10.0.0.5", "ports": []}
+        ]);
+        assert_eq!(endpoints(&tasks), "10.0.0.3:31001\n10.0.0.3:31002\n");
     }
 
     #[test]

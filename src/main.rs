@@ -390,10 +390,28 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"
     );
+    tokio::spawn(announce_when_ready(local_master_url(master.listen)));
     // Either half ending means the node is broken: stop the whole process so it is noticed.
     tokio::select! {
         result = plinth_master::run(master) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
         result = plinth_agent::run(agent) => result.context("agent failed").and_then(|()| anyhow::bail!("agent stopped")),
+    }
+}
+
+/// Tells a person who just started the one-box cluster where it answers and what to try,
+/// once the API answers (on stdout: logs go to stderr).
+async fn announce_when_ready(api: String) {
+    let client = reqwest::Client::new();
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "plinth".into());
+    for _ in 0..600 {
+        if client.get(format!("{api}/ping")).send().await.is_ok_and(|r| r.status().is_success()) {
+            println!(
+                "\nPlinth standalone is ready: Marathon API at {api}\n  try:  curl {api}/v2/apps\n        \
+                 {exe} node list --master {api}\n  stop: Ctrl-C (tasks keep running; the next start adopts them)\n"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -168,6 +168,8 @@ pub struct Registry {
     pub metrics: Arc<RegistryMetrics>,
     /// First path components that mean "this registry" (its own listen address etc.).
     self_names: Vec<String>,
+    /// The address bound: on an unspecified address, every local `ip:port` is also this registry.
+    listen: SocketAddr,
     events: broadcast::Sender<Event>,
     statuses: Arc<Mutex<HashMap<String, PullStatus>>>,
 }
@@ -195,7 +197,7 @@ impl Registry {
         );
         let self_names = self_names(listen, &config.aliases);
         tracing::info!(root = %store.root().display(), names = ?self_names, insecure = ?config.insecure, "registry store opened");
-        Ok(Arc::new(Registry { config, store, puller, metrics, self_names, events, statuses }))
+        Ok(Arc::new(Registry { config, store, puller, metrics, self_names, listen, events, statuses }))
     }
 
     /// Events (`image_pull_*`) for the master's bus.
@@ -203,8 +205,15 @@ impl Registry {
         self.events.subscribe()
     }
 
+    /// Whether an image name's registry part (`host:port`) means this registry: a name it
+    /// was given, or, when it listens on every address, any address of this machine at its
+    /// port. Interfaces are read at each call: addresses come and go (DHCP, init's network).
     pub fn is_self(&self, first_component: &str) -> bool {
-        self.self_names.iter().any(|n| n == first_component)
+        if self.self_names.iter().any(|n| n == first_component) {
+            return true;
+        }
+        let Ok(named) = first_component.parse::<SocketAddr>() else { return false };
+        self.listen.ip().is_unspecified() && named.port() == self.listen.port() && is_local_address(named.ip())
     }
 
     /// The last pull outcome of `image` as an app names it.
@@ -249,6 +258,15 @@ fn self_names(listen: SocketAddr, aliases: &[String]) -> Vec<String> {
     names
 }
 
+/// Whether `ip` is an address of one of this machine's interfaces.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else { return false };
+    addresses.filter_map(|interface| interface.address).any(|address| {
+        address.as_sockaddr_in().map(|a| std::net::IpAddr::V4(a.ip())) == Some(ip)
+            || address.as_sockaddr_in6().map(|a| std::net::IpAddr::V6(a.ip())) == Some(ip)
+    })
+}
+
 /// Binds `config.listen` and serves the registry until the server fails.
 pub async fn run(registry: Arc<Registry>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
@@ -278,4 +296,27 @@ pub fn spawn_gc(registry: &Arc<Registry>, interval: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_local_address_names_a_registry_listening_everywhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |listen: &str| {
+            Registry::open(RegistryConfig::default(), dir.path().join(listen), listen.parse().expect("address"))
+                .expect("open the registry")
+        };
+        let everywhere = open("0.0.0.0:5000");
+        assert!(everywhere.is_self("127.0.0.1:5000"));
+        assert!(everywhere.is_self("[::1]:5000") == is_local_address("::1".parse().expect("ip")));
+        assert!(!everywhere.is_self("127.0.0.1:5001"), "another port is another registry");
+        assert!(!everywhere.is_self("192.0.2.7:5000"), "an address of no interface here");
+        assert!(!everywhere.is_self("docker.io"));
+        let loopback_only = open("127.0.0.1:5000");
+        assert!(loopback_only.is_self("127.0.0.1:5000"));
+        assert!(!loopback_only.is_self("192.0.2.7:5000"));
+    }
 }
