@@ -9,6 +9,8 @@
 //!   (SIGTERM, then SIGKILL after its grace period). A kill that outlives grace plus a
 //!   margin is forced.
 //! - A task that ended is never started again: the master replaces it under a new id.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 use plinth_protocol::agent::{DesiredState, TaskSpec};
 use plinth_protocol::{TaskId, TaskState, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};

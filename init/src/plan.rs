@@ -3,6 +3,8 @@
 //! `plan` decides *what* happens at boot and in which order; `boot.rs` carries it out.
 //! Everything the plan cannot know yet (addresses from DHCP, memory size) is filled in at
 //! run time through [`role_args`], which is pure too.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::fmt;
 use std::net::Ipv4Addr;

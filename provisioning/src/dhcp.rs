@@ -8,6 +8,8 @@
 //! - **full DHCP** on an isolated network: leases from a range (renewals, release,
 //!   decline; an address is never offered while another machine's lease on it lives)
 //!   plus the same boot options for PXE/iPXE clients.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 

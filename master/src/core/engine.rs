@@ -13,6 +13,9 @@ use super::model::*;
 
 /// Random (version 4) ids from a generator seeded once, instead of a `getrandom`
 /// syscall per id: task ids are minted on the placement hot path.
+// why: the shell builds this generator and hands it to the core (`Core::restore`); the
+// core only calls the generator it is given.
+#[allow(clippy::disallowed_methods)]
 pub fn random_ids() -> Box<dyn FnMut() -> uuid::Uuid + Send + Sync> {
     let mut rng = fastrand::Rng::new();
     Box::new(move || uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid())
