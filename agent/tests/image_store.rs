@@ -1,6 +1,9 @@
 //! The agent's image store against a real registry (Debian's docker-registry) and real
 //! tar streams: pulls, unpacking, overlay rootfs, hostile layers, tampering, concurrency
 //! and gc. Runs as root (mounts, chown, trusted xattrs).
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
