@@ -213,8 +213,11 @@ impl Drop for Standalone {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+        #[allow(clippy::cast_possible_wrap)]
+        let pid = self.child.id() as i32;
         // SAFETY: SIGTERM to our own child; its tasks are killed with the apps above.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }

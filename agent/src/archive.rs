@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn archive_bombs_stop_at_the_limit() {
         let scene = Scene::new();
-        let big = "x".repeat(LIMIT as usize + 1);
+        let big = "x".repeat(usize::try_from(LIMIT).unwrap() + 1);
         let err =
             scene.extract("archive.tar.gz", &gzip(&tar_bytes(&[("big", tar::EntryType::Regular, &big)]))).unwrap_err();
         assert!(matches!(err, ArchiveError::TooLarge { .. }));

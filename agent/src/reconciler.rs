@@ -108,7 +108,7 @@ fn kill_actions(record: &TaskRecord, why: KillWhy, now: Timestamp) -> Option<Act
     }
     let task_id = record.spec.task_id.clone();
     match record.kill_requested_at {
-        None => Some(Action::Kill { task_id, grace: Duration::from_millis(record.kill_grace_ms() as u64), why }),
+        None => Some(Action::Kill { task_id, grace: Duration::from_millis(u64::try_from(record.kill_grace_ms()).unwrap_or(0)), why }),
         Some(at) if !record.force_killed && now >= at.plus_millis(record.kill_grace_ms() + FORCE_KILL_MARGIN_MS) => {
             Some(Action::ForceKill { task_id })
         }
@@ -259,7 +259,7 @@ pub fn collectable(
         .collect();
     finished.sort();
     let surplus = finished.len().saturating_sub(keep_at_most);
-    let cutoff = now.plus_millis(-(retention.as_millis() as i64));
+    let cutoff = now.plus_millis(-i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     finished
         .iter()
         .enumerate()

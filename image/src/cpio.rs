@@ -77,7 +77,11 @@ impl Archive {
                 Entry::CharDev { mode, major, minor } => (0o020000 | mode, &[], (*major, *minor)),
             };
             let nlink = if matches!(entry, Entry::Dir { .. }) { 2 } else { 1 };
-            write_header(out, ino, mode, nlink, mtime, data.len() as u32, rdev, path)?;
+            // newc sizes are 32-bit: a larger file cannot be archived.
+            let size = u32::try_from(data.len()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: larger than cpio newc's 4 GiB"))
+            })?;
+            write_header(out, ino, mode, nlink, mtime, size, rdev, path)?;
             out.write_all(data)?;
             pad4(out, data.len())?;
             ino += 1;

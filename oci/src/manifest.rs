@@ -120,7 +120,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (os, arch))| {
-                serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 10, "digest": Digest::of(&[i as u8]).to_string(),
+                serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 10, "digest": Digest::of(&[u8::try_from(i).unwrap()]).to_string(),
                     "platform": {"os": os, "architecture": arch}})
             })
             .collect();

@@ -583,20 +583,21 @@ impl AppDefinition {
         }
     }
 
-    /// Host ports requested explicitly (non-zero, with `requirePorts` or a mapping's hostPort).
+    /// Host ports requested explicitly (non-zero, with `requirePorts` or a mapping's hostPort);
+    /// one out of range (refused by `validate`) is left out.
     pub fn fixed_host_ports(&self) -> Vec<u16> {
         let mut fixed = Vec::new();
         if self.require_ports {
             for def in self.port_definitions.iter().flatten() {
-                if def.port > 0 {
-                    fixed.push(def.port as u16);
+                if let Some(port) = u16::try_from(def.port).ok().filter(|p| *p > 0) {
+                    fixed.push(port);
                 }
             }
         }
         if let Some(mappings) = self.container_port_mappings() {
             for m in mappings {
-                if let Some(port) = m.host_port.filter(|p| *p > 0) {
-                    fixed.push(port as u16);
+                if let Some(port) = m.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+                    fixed.push(port);
                 }
             }
         }
@@ -778,7 +779,7 @@ impl AppDefinition {
             } else {
                 match (hc.port_index, hc.port) {
                     (Some(_), Some(_)) => add(&path, "use either portIndex or port, not both".into()),
-                    (Some(index), None) if index < 0 || index as usize >= port_count => add(
+                    (Some(index), None) if !usize::try_from(index).is_ok_and(|i| i < port_count) => add(
                         &format!("{path}/portIndex"),
                         format!("portIndex {index} is beyond the app's {port_count} port(s)"),
                     ),

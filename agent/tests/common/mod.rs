@@ -150,9 +150,10 @@ impl Drop for KillTasksOnDrop {
         for entry in entries.flatten() {
             for file in ["running.json", "executor.json"] {
                 if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
-                    if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
+                    let pid = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64());
+                    if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
                         let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::Signal::SIGKILL,
                         );
                     }
