@@ -5,6 +5,7 @@
 //! - `podman run -d` of the same image, cached and cold;
 //! - create + start (+ delete) of one unpacked bundle through Plinth's libcontainer path,
 //!   `crun` and `runc`.
+//!
 //! Medians go to stdout and, with every sample, to `--out`.
 use anyhow::{bail, Context};
 use plinth_testkit::image::Entry;

@@ -16,6 +16,9 @@ pub const PLATFORM_OS: &str = "linux";
 pub const PLATFORM_ARCH: &str = "amd64";
 
 /// A parsed manifest document.
+// why: a parse result, matched right after parsing and never kept in bulk; boxing the
+// manifest would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Image(ImageManifest),

@@ -632,13 +632,13 @@ impl AppDefinition {
         if self.instances < 0 {
             add("/instances", "must be greater than or equal to 0".into());
         }
-        if !(self.cpus > 0.0) || !self.cpus.is_finite() {
+        if self.cpus <= 0.0 || !self.cpus.is_finite() {
             add("/cpus", "must be greater than 0".into());
         }
-        if !(self.mem >= 0.0) || !self.mem.is_finite() {
+        if self.mem < 0.0 || !self.mem.is_finite() {
             add("/mem", "must be greater than or equal to 0".into());
         }
-        if !(self.disk >= 0.0) || !self.disk.is_finite() {
+        if self.disk < 0.0 || !self.disk.is_finite() {
             add("/disk", "must be greater than or equal to 0".into());
         }
         if self.gpus != 0.0 {
@@ -657,16 +657,16 @@ impl AppDefinition {
                 add(&format!("/env/{name}"), "environment values must be strings (secrets are not supported)".into());
             }
         }
-        if !(self.backoff_seconds >= 0.0) {
+        if self.backoff_seconds.is_nan() || self.backoff_seconds < 0.0 {
             add("/backoffSeconds", "must be greater than or equal to 0".into());
         }
-        if !(self.backoff_factor >= 1.0) {
+        if self.backoff_factor.is_nan() || self.backoff_factor < 1.0 {
             add("/backoffFactor", "must be greater than or equal to 1".into());
         }
-        if !(self.max_launch_delay_seconds >= 0.0) {
+        if self.max_launch_delay_seconds.is_nan() || self.max_launch_delay_seconds < 0.0 {
             add("/maxLaunchDelaySeconds", "must be greater than or equal to 0".into());
         }
-        if !(self.task_kill_grace_period_seconds >= 0.0) {
+        if self.task_kill_grace_period_seconds.is_nan() || self.task_kill_grace_period_seconds < 0.0 {
             add("/taskKillGracePeriodSeconds", "must be greater than or equal to 0".into());
         }
         let us = &self.upgrade_strategy;

@@ -1117,14 +1117,12 @@ impl Core {
             ready_old_sorted.sort_by_key(|t| t.staged_at);
             // Never leave more old tasks than the new version still lacks.
             let excess_old = (ready_old + new.len()).saturating_sub(target);
-            let mut killed_ready = 0;
-            for t in &ready_old_sorted {
+            for (killed_ready, t) in ready_old_sorted.iter().enumerate() {
                 if killable == 0 || killed_ready >= excess_old.max(if new.len() >= target { ready_old } else { 0 }) {
                     break;
                 }
                 kills.push((t.id.clone(), "replaced by a new version"));
                 killable -= 1;
-                killed_ready += 1;
             }
             let transitional = all.iter().any(|t| t.kill_requested || !t.is_ready(has_checks));
             if launch == 0 && kills.is_empty() && !transitional && !ready_old_sorted.is_empty() {
@@ -1277,8 +1275,7 @@ impl Core {
             self.deployments.values().filter(|d| apps.contains(&d.app_id)).map(|d| d.id.clone()).collect();
         for id in ids {
             // Finished steps cascade within one tick.
-            loop {
-                let Some(d) = self.deployments.get(&id).cloned() else { break };
+            while let Some(d) = self.deployments.get(&id).cloned() {
                 let done = match d.current_actions().first() {
                     // Marathon's start step creates the app with no tasks: done at once.
                     Some(DeploymentAction::StartApplication) => true,
