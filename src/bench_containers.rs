@@ -5,6 +5,7 @@
 //! - `podman run -d` of the same image, cached and cold;
 //! - create + start (+ delete) of one unpacked bundle through Plinth's libcontainer path,
 //!   `crun` and `runc`.
+//!
 //! Medians go to stdout and, with every sample, to `--out`.
 use anyhow::{bail, Context};
 use plinth_testkit::image::Entry;
@@ -213,8 +214,11 @@ impl Drop for Standalone {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+        #[allow(clippy::cast_possible_wrap)]
+        let pid = self.child.id() as i32;
         // SAFETY: SIGTERM to our own child; its tasks are killed with the apps above.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }

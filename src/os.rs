@@ -245,7 +245,6 @@ async fn bench_one_boot(image: &std::path::Path, cmdline: &str, mem_mb: u32, wor
     let base = format!("http://127.0.0.1:{api}");
     let deadline = t0 + Duration::from_secs(300);
     let until = |what: &'static str| {
-        let deadline = deadline;
         move || -> anyhow::Result<()> {
             if Instant::now() > deadline {
                 anyhow::bail!("timed out waiting for {what}");

@@ -400,7 +400,8 @@ mod tests {
 
     #[test]
     fn hostile_tar_entries_are_refused_and_nothing_lands_outside() {
-        let cases: Vec<(&str, Vec<(&str, tar::EntryType, &str)>)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, tar::EntryType, &'a str)>);
+        let cases: Vec<Case> = vec![
             ("dot-dot", vec![("../evil", tar::EntryType::Regular, "x")]),
             ("nested dot-dot", vec![("a/../../evil", tar::EntryType::Regular, "x")]),
             ("absolute", vec![("/tmp/plinth-evil-absolute", tar::EntryType::Regular, "x")]),
@@ -445,7 +446,7 @@ mod tests {
     #[test]
     fn archive_bombs_stop_at_the_limit() {
         let scene = Scene::new();
-        let big = "x".repeat(LIMIT as usize + 1);
+        let big = "x".repeat(usize::try_from(LIMIT).unwrap() + 1);
         let err =
             scene.extract("archive.tar.gz", &gzip(&tar_bytes(&[("big", tar::EntryType::Regular, &big)]))).unwrap_err();
         assert!(matches!(err, ArchiveError::TooLarge { .. }));

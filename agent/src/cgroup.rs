@@ -55,6 +55,9 @@ fn warn_unavailable(reason: &str) {
     }
 }
 
+// why: float-to-int `as` saturates (NaN is 0); cpus and mem are validated finite and
+// non-negative, and their limits are far inside u64/i64.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn try_create(task_id: &str, cpus: f64, mem_mb: f64) -> Result<TaskCgroup, AgentError> {
     let name = format!("{PARENT}/{task_id}");
     let hierarchy = hierarchies::auto();

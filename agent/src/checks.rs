@@ -311,9 +311,8 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
         }
         Ok(Err(err)) => Outcome::Unhealthy(format!("cannot wait for the check command: {err}")),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                let _ =
-                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
             Outcome::Unhealthy(format!("command timed out after {} ms", timeout.as_millis()))

@@ -165,6 +165,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "spec file missing"),
     })?;
     let sandbox = spec.sandbox.clone();
+    // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+    #[allow(clippy::cast_possible_wrap)]
     let me = std::process::id() as i32;
     fsutil::write_json_atomic(
         &sandbox.join(EXECUTOR_FILE),
@@ -210,6 +212,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
             Ok(child) => child,
             Err(err) => return write_start_failure(&sandbox, format!("{}", DisplayChain(&err))),
         };
+        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+        #[allow(clippy::cast_possible_wrap)]
         let pid = Pid::from_raw(child.id() as i32);
         // The child handle is not waited on through std: waitpid below does it, with WNOHANG.
         drop(child);
@@ -302,7 +306,10 @@ fn fetch_options(spec: &ExecutorSpec) -> fetch::FetchOptions {
     let mut options = fetch::FetchOptions { cache_dir: spec.fetch_cache.clone(), ..Default::default() };
     // An app that asks for disk gets at most that much in artifacts.
     if let Some(disk_mb) = spec.task.as_ref().map(|t| t.app.disk).filter(|d| *d > 0.0) {
-        options.max_bytes = (disk_mb * 1024.0 * 1024.0) as u64;
+        // why: float-to-int `as` saturates; disk is validated finite and this is positive.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let max_bytes = (disk_mb * 1024.0 * 1024.0) as u64;
+        options.max_bytes = max_bytes;
     }
     options
 }
@@ -346,8 +353,10 @@ fn rotate_logs(sandbox: &Path, policy: LogPolicy) {
 
 /// Waits up to `timeout` for one of the blocked signals.
 fn wait_for_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
-    let timespec =
-        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let timespec = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
     // SAFETY: the set and timespec are valid for the call; a null siginfo pointer is
     // allowed. The result is a signal number or -1 (timeout/EINTR), both handled.
     let signal = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timespec) };

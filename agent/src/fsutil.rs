@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {
-        let me = std::process::id() as i32;
+        let me = i32::try_from(std::process::id()).unwrap();
         let stat = proc_stat(me).expect("own stat");
         assert!(process_alive(me, Some(stat.start_time)));
         assert!(!process_alive(me, Some(stat.start_time + 1)));

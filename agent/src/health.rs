@@ -7,6 +7,8 @@
 //! `delaySeconds`; failures are ignored during `gracePeriodSeconds` until the first
 //! success; a check is alive while its last counted result was a success. The agent only
 //! checks and reports: killing after `maxConsecutiveFailures` is the master's decision.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 use plinth_protocol::marathon::{HealthCheck, ReadinessCheck};
 use plinth_protocol::{TaskId, Timestamp};
 use serde::Serialize;

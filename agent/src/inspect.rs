@@ -65,8 +65,8 @@ fn parse_status(pid: i32, status: &str) -> ProcessInfo {
     };
     ProcessInfo {
         pid,
-        ppid: first_number("PPid") as i32,
-        uid: first_number("Uid") as u32,
+        ppid: i32::try_from(first_number("PPid")).unwrap_or(0),
+        uid: u32::try_from(first_number("Uid")).unwrap_or(0),
         state: field("State").unwrap_or_default(),
         rss_kb: first_number("VmRSS"),
         threads: first_number("Threads"),

@@ -81,7 +81,7 @@ pub fn read_from(path: &Path, offset: u64, max: usize) -> io::Result<(Vec<u8>, u
     let len = file.metadata()?.len();
     let start = if offset > len { 0 } else { offset };
     file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::with_capacity(max.min((len - start) as usize));
+    let mut buf = Vec::with_capacity(max.min(usize::try_from(len - start).unwrap_or(usize::MAX)));
     file.take(max as u64).read_to_end(&mut buf)?;
     let next = start + buf.len() as u64;
     Ok((buf, next))

@@ -176,6 +176,11 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.expect("agent work panicked")
 }
 
+/// Whole milliseconds of `d` (saturating: no `Duration` here comes near u64::MAX ms).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
     let path = work_dir.join(AGENT_ID_FILE);
     match std::fs::read_to_string(&path) {
@@ -347,7 +352,7 @@ impl Node {
                 record.kill_requested_at = Some(now);
                 info!(
                     node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id,
-                    grace_ms = grace.as_millis() as u64, requested = (why == KillWhy::Requested), "killing task"
+                    grace_ms = millis(grace), requested = (why == KillWhy::Requested), "killing task"
                 );
                 if let Some(handle) = &record.handle {
                     if let Err(err) = self.runtime.kill(handle, grace) {
@@ -584,7 +589,7 @@ impl Node {
                 Ok(registered) => registered,
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "cannot register with the master");
+                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), retry_ms = millis(delay), "cannot register with the master");
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -613,7 +618,7 @@ impl Node {
                     agent_id: agent_id.clone(),
                     generation: state.applied_generation,
                     tasks: state.live_reports(),
-                    wait_ms: wait.as_millis() as u64,
+                    wait_ms: millis(wait),
                 }
             };
             let started = Instant::now();
@@ -639,7 +644,7 @@ impl Node {
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "sync with the master failed; tasks keep running");
+                    warn!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -714,12 +719,12 @@ impl Node {
                 }
                 Ok(_) => {
                     let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, retry_ms = delay.as_millis() as u64, "the master acknowledged no status update");
+                    warn!(node_id = %agent_id, retry_ms = millis(delay), "the master acknowledged no status update");
                     tokio::time::sleep(delay).await;
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    debug!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = delay.as_millis() as u64, "cannot send status updates");
+                    debug!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "cannot send status updates");
                     tokio::time::sleep(delay).await;
                 }
             }

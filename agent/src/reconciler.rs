@@ -9,6 +9,8 @@
 //!   (SIGTERM, then SIGKILL after its grace period). A kill that outlives grace plus a
 //!   margin is forced.
 //! - A task that ended is never started again: the master replaces it under a new id.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 use plinth_protocol::agent::{DesiredState, TaskSpec};
 use plinth_protocol::{TaskId, TaskState, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,7 +108,7 @@ fn kill_actions(record: &TaskRecord, why: KillWhy, now: Timestamp) -> Option<Act
     }
     let task_id = record.spec.task_id.clone();
     match record.kill_requested_at {
-        None => Some(Action::Kill { task_id, grace: Duration::from_millis(record.kill_grace_ms() as u64), why }),
+        None => Some(Action::Kill { task_id, grace: Duration::from_millis(u64::try_from(record.kill_grace_ms()).unwrap_or(0)), why }),
         Some(at) if !record.force_killed && now >= at.plus_millis(record.kill_grace_ms() + FORCE_KILL_MARGIN_MS) => {
             Some(Action::ForceKill { task_id })
         }
@@ -257,7 +259,7 @@ pub fn collectable(
         .collect();
     finished.sort();
     let surplus = finished.len().saturating_sub(keep_at_most);
-    let cutoff = now.plus_millis(-(retention.as_millis() as i64));
+    let cutoff = now.plus_millis(-i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     finished
         .iter()
         .enumerate()

@@ -66,6 +66,8 @@ impl TaskRecord {
     }
 
     /// The app's `taskKillGracePeriodSeconds`.
+    // why: float-to-int `as` saturates (NaN is 0); the value is clamped non-negative.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn kill_grace_ms(&self) -> i64 {
         (self.spec.app.task_kill_grace_period_seconds.max(0.0) * 1000.0) as i64
     }

@@ -1,6 +1,9 @@
 //! Artifact staging by a real agent: a `.tar.gz` served over HTTP by the test (on
 //! loopback) is extracted into the sandbox before the command runs; a missing artifact
 //! fails the task with a clear message instead of hanging.
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use axum::routing::get;

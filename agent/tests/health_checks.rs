@@ -1,5 +1,8 @@
 //! Health and readiness checks run by a real agent next to real tasks, reported to the
 //! in-test master as `TASK_RUNNING` updates with `healthy` and `healthCheckResults`.
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::*;

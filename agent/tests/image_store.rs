@@ -1,6 +1,9 @@
 //! The agent's image store against a real registry (Debian's docker-registry) and real
 //! tar streams: pulls, unpacking, overlay rootfs, hostile layers, tampering, concurrency
 //! and gc. Runs as root (mounts, chown, trusted xattrs).
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -227,7 +230,7 @@ fn zeros_bomb(size: u64) -> Layer {
     let chunk = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap();
         out.write_all(&chunk[..n]).unwrap();
         left -= n as u64;
     }
@@ -346,10 +349,10 @@ fn unknown_images_and_unreachable_registries_fail_clearly() {
 #[test]
 fn concurrent_pulls_unpack_each_layer_once() {
     let setup = Setup::new();
-    let layers = (0..3)
+    let layers = (0..3u8)
         .map(|i| {
             let entries: Vec<Entry> = (0..200)
-                .map(|j| Entry::File { path: format!("l{i}/f{j}"), mode: 0o644, data: vec![i as u8; 4096] })
+                .map(|j| Entry::File { path: format!("l{i}/f{j}"), mode: 0o644, data: vec![i; 4096] })
                 .collect();
             Layer::new(&entries, Compression::Gzip)
         })

@@ -68,8 +68,7 @@ impl Archive {
 
     /// Writes the archive in newc format with every mtime set to `mtime`.
     pub fn write_newc<W: Write>(&self, out: &mut W, mtime: u32) -> io::Result<()> {
-        let mut ino = 1u32;
-        for (path, entry) in &self.entries {
+        for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match entry {
                 Entry::Dir { mode } => (0o040000 | mode, &[], (0, 0)),
                 Entry::File { mode, data } => (0o100000 | mode, data, (0, 0)),
@@ -77,10 +76,13 @@ impl Archive {
                 Entry::CharDev { mode, major, minor } => (0o020000 | mode, &[], (*major, *minor)),
             };
             let nlink = if matches!(entry, Entry::Dir { .. }) { 2 } else { 1 };
-            write_header(out, ino, mode, nlink, mtime, data.len() as u32, rdev, path)?;
+            // newc sizes are 32-bit: a larger file cannot be archived.
+            let size = u32::try_from(data.len()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: larger than cpio newc's 4 GiB"))
+            })?;
+            write_header(out, ino, mode, nlink, mtime, size, rdev, path)?;
             out.write_all(data)?;
             pad4(out, data.len())?;
-            ino += 1;
         }
         write_header(out, 0, 0, 1, 0, 0, (0, 0), "TRAILER!!!")
     }

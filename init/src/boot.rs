@@ -304,7 +304,7 @@ impl<S: System> Boot<S> {
 
     /// Node facts for the role's flags, read from /proc and the data dir.
     pub fn facts(&mut self, master_url: Option<&str>) -> NodeFacts {
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let cpus = std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1);
         let meminfo = String::from_utf8_lossy(&self.sys.read_file(Path::new("/proc/meminfo")).unwrap_or_default()).into_owned();
         let mem_kb: u64 = meminfo
             .lines()

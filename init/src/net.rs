@@ -218,20 +218,23 @@ pub fn parse_reply(payload: &[u8], xid: u32, mac: &[u8; 6]) -> Option<(MessageTy
 }
 
 /// IPv4 + UDP headers around a DHCP payload, from 0.0.0.0:68 to 255.255.255.255:67.
-pub fn udp_broadcast_packet(payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let total = 20 + udp_len;
-    let mut p = Vec::with_capacity(total);
-    p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 17, 0, 0]);
+/// Fails for a payload too large for one IPv4 packet.
+pub fn udp_broadcast_packet(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "DHCP payload too large for an IPv4 packet");
+    let udp_len = u16::try_from(8 + payload.len()).map_err(|_| too_large())?;
+    let total = udp_len.checked_add(20).ok_or_else(too_large)?;
+    let mut p = Vec::with_capacity(usize::from(total));
+    let [total_hi, total_lo] = total.to_be_bytes();
+    p.extend_from_slice(&[0x45, 0, total_hi, total_lo, 0, 0, 0, 0, 64, 17, 0, 0]);
     p.extend_from_slice(&[0, 0, 0, 0, 255, 255, 255, 255]);
     let csum = ipv4_checksum(&p[..20]);
     p[10..12].copy_from_slice(&csum.to_be_bytes());
     p.extend_from_slice(&CLIENT_PORT.to_be_bytes());
     p.extend_from_slice(&SERVER_PORT.to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&udp_len.to_be_bytes());
     p.extend_from_slice(&[0, 0]); // UDP checksum is optional over IPv4
     p.extend_from_slice(payload);
-    p
+    Ok(p)
 }
 
 fn ipv4_checksum(header: &[u8]) -> u16 {
@@ -239,7 +242,10 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // why: the loop above folded the sum into 16 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let sum = sum as u16;
+    !sum
 }
 
 /// The UDP payload of an IPv4 packet addressed to `port`, if it is one.
@@ -257,15 +263,28 @@ pub fn udp_payload_to(packet: &[u8], port: u16) -> Option<&[u8]> {
     Some(&udp[8..len])
 }
 
+/// `ETH_P_IP` in network byte order, as `socket(2)` and `sockaddr_ll` take it.
+// why: ETH_P_IP is 0x0800.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const ETH_P_IP_BE: u16 = (libc::ETH_P_IP as u16).to_be();
+// why: AF_PACKET is 17.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const AF_PACKET_FAMILY: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t;
+// why: a sockaddr_ll is 20 bytes.
+#[allow(clippy::cast_possible_truncation)]
+const SOCKADDR_LL_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+
 /// A packet socket bound to one interface, carrying IPv4 packets (link header added by the kernel).
 struct PacketSocket {
     fd: OwnedFd,
-    ifindex: u32,
+    ifindex: libc::c_int,
 }
 
 impl PacketSocket {
     fn open(ifindex: u32) -> io::Result<Self> {
-        let proto = (libc::ETH_P_IP as u16).to_be();
+        let ifindex = libc::c_int::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("interface index {ifindex} out of range")))?;
+        let proto = ETH_P_IP_BE;
         // SAFETY: plain socket(2) call; the returned fd is checked and owned right after.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto)) };
         if raw < 0 {
@@ -276,7 +295,7 @@ impl PacketSocket {
         let addr = Self::sockaddr(ifindex, proto, [0; 8], 0);
         // SAFETY: addr is a fully initialised sockaddr_ll and its size is passed alongside.
         let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), SOCKADDR_LL_LEN)
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
@@ -284,11 +303,11 @@ impl PacketSocket {
         Ok(PacketSocket { fd, ifindex })
     }
 
-    fn sockaddr(ifindex: u32, proto: u16, addr: [u8; 8], halen: u8) -> libc::sockaddr_ll {
+    fn sockaddr(ifindex: libc::c_int, proto: u16, addr: [u8; 8], halen: u8) -> libc::sockaddr_ll {
         libc::sockaddr_ll {
-            sll_family: libc::AF_PACKET as u16,
+            sll_family: AF_PACKET_FAMILY,
             sll_protocol: proto,
-            sll_ifindex: ifindex as i32,
+            sll_ifindex: ifindex,
             sll_hatype: 0,
             sll_pkttype: 0,
             sll_halen: halen,
@@ -297,7 +316,7 @@ impl PacketSocket {
     }
 
     fn send_broadcast(&self, packet: &[u8]) -> io::Result<()> {
-        let addr = Self::sockaddr(self.ifindex, (libc::ETH_P_IP as u16).to_be(), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], 6);
+        let addr = Self::sockaddr(self.ifindex, ETH_P_IP_BE, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], 6);
         // SAFETY: packet and addr are valid for the duration of the call; lengths match them.
         let rc = unsafe {
             libc::sendto(
@@ -306,7 +325,7 @@ impl PacketSocket {
                 packet.len(),
                 0,
                 (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                SOCKADDR_LL_LEN,
             )
         };
         if rc < 0 {
@@ -330,10 +349,9 @@ impl PacketSocket {
         }
         // SAFETY: buf is a valid writable buffer of buf.len() bytes.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Some(n as usize))
+        // Negative is -1: the error is in errno.
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        Ok(Some(n))
     }
 }
 
@@ -346,7 +364,7 @@ fn exchange(
     accept: &[MessageType],
     deadline: Instant,
 ) -> io::Result<Option<(MessageType, Lease)>> {
-    let framed = udp_broadcast_packet(packet);
+    let framed = udp_broadcast_packet(packet)?;
     // Short first wait: a local DHCP server answers in milliseconds; back off for slow ones.
     let mut wait = Duration::from_millis(500);
     let mut buf = vec![0u8; 2048];
@@ -491,7 +509,7 @@ mod tests {
 
     #[test]
     fn udp_framing_round_trips_and_checksum_is_valid() {
-        let pkt = udp_broadcast_packet(b"hello");
+        let pkt = udp_broadcast_packet(b"hello").unwrap();
         assert_eq!(ipv4_checksum(&pkt[..20]), 0, "a header with its checksum sums to zero");
         assert_eq!(udp_payload_to(&pkt, SERVER_PORT), Some(&b"hello"[..]));
         assert_eq!(udp_payload_to(&pkt, CLIENT_PORT), None);

@@ -45,7 +45,13 @@ fn handled_signals() -> SigSet {
 /// Waits up to `timeout` for one of the handled signals.
 fn wait_signal(timeout: Duration) -> Option<Signal> {
     let set = handled_signals();
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32) };
+    // why: subsec_nanos is below 10^9, so it fits in i32 (c_long is i32 on 32-bit targets).
+    #[allow(clippy::cast_possible_wrap)]
+    let nanos = timeout.subsec_nanos() as i32;
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(nanos),
+    };
     // SAFETY: set and ts are valid for the call; a null siginfo pointer is allowed.
     let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     if rc < 0 {
@@ -131,7 +137,7 @@ pub fn run() -> ! {
                 Severity::Degraded => warn!(error = %error_chain(&e), phase = %phase.name(), "boot step failed; continuing without it"),
             }
         }
-        timings.push(json!({ "phase": phase.name(), "ms": phase_started.elapsed().as_millis() as u64 }));
+        timings.push(json!({ "phase": phase.name(), "ms": u64::try_from(phase_started.elapsed().as_millis()).unwrap_or(u64::MAX) }));
     }
     let launch = launch.expect("every plan ends with StartRole");
     let facts = boot.facts(launch.master_url.as_deref());
@@ -334,7 +340,10 @@ fn supervise(launch: RoleLaunch, cmd: RoleCommand, status: &Value) -> ! {
         if child.is_none() && Instant::now() >= next_start {
             match spawn_role(&launch, &cmd) {
                 Ok(c) => {
-                    child = Some((Pid::from_raw(c.id() as i32), Instant::now()));
+                    // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+                    #[allow(clippy::cast_possible_wrap)]
+                    let pid = Pid::from_raw(c.id() as i32);
+                    child = Some((pid, Instant::now()));
                     if !printed_status {
                         for line in status_block(status).lines() {
                             crate::log::init_line(line);
@@ -387,7 +396,7 @@ pub fn fatal_wait(cmdline: &KernelCmdline) -> Option<u64> {
     }
     match cmdline.get("panic").and_then(|p| p.parse::<i64>().ok()) {
         Some(0) => None,
-        Some(n) if n > 0 => Some(n as u64),
+        Some(n) if n > 0 => Some(n.unsigned_abs()),
         _ => Some(10),
     }
 }

@@ -3,6 +3,8 @@
 //! `plan` decides *what* happens at boot and in which order; `boot.rs` carries it out.
 //! Everything the plan cannot know yet (addresses from DHCP, memory size) is filled in at
 //! run time through [`role_args`], which is pure too.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -341,7 +343,10 @@ fn parse_ip_entry(entry: &str) -> Result<NetConfig, PlanError> {
 pub fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
     let bits = u32::from(mask);
     let ones = bits.leading_ones();
-    (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
+    if bits.checked_shl(ones).unwrap_or(0) != 0 {
+        return None;
+    }
+    u8::try_from(ones).ok()
 }
 
 /// What the node found out at boot, needed for the role's flags.

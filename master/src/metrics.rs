@@ -30,7 +30,7 @@ impl Metrics {
     pub fn record_store_write(&self, records: usize, took: Duration) {
         self.store_commits.fetch_add(1, Ordering::Relaxed);
         self.store_records.fetch_add(records as u64, Ordering::Relaxed);
-        self.store_write_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.store_write_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Renders every metric.

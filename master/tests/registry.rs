@@ -1,6 +1,9 @@
 //! The master's registry against Debian's `docker-registry` as the upstream: pull-through
 //! (tags, indexes, compressions, outages, tampering, single flight), pushes (skopeo and
 //! by hand) and bad input. Everything on loopback; the upstream dies with its handle.
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -16,6 +16,9 @@ pub const PLATFORM_OS: &str = "linux";
 pub const PLATFORM_ARCH: &str = "amd64";
 
 /// A parsed manifest document.
+// why: a parse result, matched right after parsing and never kept in bulk; boxing the
+// manifest would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Image(ImageManifest),
@@ -120,7 +123,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (os, arch))| {
-                serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 10, "digest": Digest::of(&[i as u8]).to_string(),
+                serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 10, "digest": Digest::of(&[u8::try_from(i).unwrap()]).to_string(),
                     "platform": {"os": os, "architecture": arch}})
             })
             .collect();

@@ -583,20 +583,21 @@ impl AppDefinition {
         }
     }
 
-    /// Host ports requested explicitly (non-zero, with `requirePorts` or a mapping's hostPort).
+    /// Host ports requested explicitly (non-zero, with `requirePorts` or a mapping's hostPort);
+    /// one out of range (refused by `validate`) is left out.
     pub fn fixed_host_ports(&self) -> Vec<u16> {
         let mut fixed = Vec::new();
         if self.require_ports {
             for def in self.port_definitions.iter().flatten() {
-                if def.port > 0 {
-                    fixed.push(def.port as u16);
+                if let Some(port) = u16::try_from(def.port).ok().filter(|p| *p > 0) {
+                    fixed.push(port);
                 }
             }
         }
         if let Some(mappings) = self.container_port_mappings() {
             for m in mappings {
-                if let Some(port) = m.host_port.filter(|p| *p > 0) {
-                    fixed.push(port as u16);
+                if let Some(port) = m.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+                    fixed.push(port);
                 }
             }
         }
@@ -631,13 +632,13 @@ impl AppDefinition {
         if self.instances < 0 {
             add("/instances", "must be greater than or equal to 0".into());
         }
-        if !(self.cpus > 0.0) || !self.cpus.is_finite() {
+        if self.cpus <= 0.0 || !self.cpus.is_finite() {
             add("/cpus", "must be greater than 0".into());
         }
-        if !(self.mem >= 0.0) || !self.mem.is_finite() {
+        if self.mem < 0.0 || !self.mem.is_finite() {
             add("/mem", "must be greater than or equal to 0".into());
         }
-        if !(self.disk >= 0.0) || !self.disk.is_finite() {
+        if self.disk < 0.0 || !self.disk.is_finite() {
             add("/disk", "must be greater than or equal to 0".into());
         }
         if self.gpus != 0.0 {
@@ -656,16 +657,16 @@ impl AppDefinition {
                 add(&format!("/env/{name}"), "environment values must be strings (secrets are not supported)".into());
             }
         }
-        if !(self.backoff_seconds >= 0.0) {
+        if self.backoff_seconds.is_nan() || self.backoff_seconds < 0.0 {
             add("/backoffSeconds", "must be greater than or equal to 0".into());
         }
-        if !(self.backoff_factor >= 1.0) {
+        if self.backoff_factor.is_nan() || self.backoff_factor < 1.0 {
             add("/backoffFactor", "must be greater than or equal to 1".into());
         }
-        if !(self.max_launch_delay_seconds >= 0.0) {
+        if self.max_launch_delay_seconds.is_nan() || self.max_launch_delay_seconds < 0.0 {
             add("/maxLaunchDelaySeconds", "must be greater than or equal to 0".into());
         }
-        if !(self.task_kill_grace_period_seconds >= 0.0) {
+        if self.task_kill_grace_period_seconds.is_nan() || self.task_kill_grace_period_seconds < 0.0 {
             add("/taskKillGracePeriodSeconds", "must be greater than or equal to 0".into());
         }
         let us = &self.upgrade_strategy;
@@ -778,7 +779,7 @@ impl AppDefinition {
             } else {
                 match (hc.port_index, hc.port) {
                     (Some(_), Some(_)) => add(&path, "use either portIndex or port, not both".into()),
-                    (Some(index), None) if index < 0 || index as usize >= port_count => add(
+                    (Some(index), None) if !usize::try_from(index).is_ok_and(|i| i < port_count) => add(
                         &format!("{path}/portIndex"),
                         format!("portIndex {index} is beyond the app's {port_count} port(s)"),
                     ),

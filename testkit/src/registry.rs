@@ -109,8 +109,11 @@ impl Drop for Registry {
 fn stop_child(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         // `ip netns exec` execs the registry, so this pid is the registry itself.
+        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+        #[allow(clippy::cast_possible_wrap)]
+        let pid = child.id() as i32;
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = child.wait();
     }
 }

@@ -383,7 +383,7 @@ impl TestNet {
         sweep_leftovers();
         let seed = test_name.bytes().fold(std::process::id() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         for attempt in 0..254u64 {
-            let subnet = ((seed + attempt) % 254 + 1) as u8;
+            let subnet = u8::try_from((seed + attempt) % 254 + 1).expect("1..=254");
             let Some(lock) = lock_subnet(subnet) else { continue };
             remove_leftovers(subnet);
             let bridge = net_prefix(subnet);
@@ -405,7 +405,7 @@ impl TestNet {
     }
 
     fn add_host(&mut self, name: &str) -> Host {
-        let index = self.hosts.len() as u8 + 2;
+        let index = u8::try_from(self.hosts.len() + 2).expect("at most 253 hosts on a /24");
         let prefix = net_prefix(self.subnet);
         let host = Host {
             name: name.to_string(),
@@ -600,7 +600,7 @@ pub struct Node {
 
 impl Node {
     pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
+        self.child.as_ref().map(|c| i32::try_from(c.id()).expect("a pid fits in pid_t"))
     }
 }
 
@@ -777,8 +777,9 @@ impl Cluster {
     pub fn kill9(&mut self, name: &str) {
         let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
         let mut child = node.child.take().unwrap_or_else(|| panic!("{name} is not running"));
+        let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = child.wait();
     }
 
@@ -890,7 +891,7 @@ impl Cluster {
     /// POSTs the app (expecting 201) and waits until its `instances` tasks run.
     pub fn deploy(&self, app: &Value) -> Vec<Value> {
         self.api().post("/v2/apps", app).expect_status(201);
-        let instances = app["instances"].as_u64().unwrap_or(1) as usize;
+        let instances = usize::try_from(app["instances"].as_u64().unwrap_or(1)).expect("instances fit in usize");
         self.wait_for_running(str_field(app, "id"), instances, secs(60))
     }
 
@@ -1005,7 +1006,7 @@ impl Drop for Cluster {
         // our namespaces: tasks that were started by our agents.
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
-                let pid = child.id() as i32;
+                let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
                 // SAFETY: kill(2) on a child we spawned (and on the group it leads).
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);

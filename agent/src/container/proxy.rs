@@ -156,7 +156,7 @@ fn serve_udp(socket: UdpSocket, target: SocketAddr, stop: Arc<AtomicBool>) {
             Err(poisoned) => poisoned.into_inner(),
         };
         table.retain(|_, (_, last)| last.elapsed() < UDP_IDLE);
-        if !table.contains_key(&client) {
+        if let std::collections::hash_map::Entry::Vacant(flow) = table.entry(client) {
             let Ok(upstream) = UdpSocket::bind("0.0.0.0:0") else { continue };
             if upstream.connect(target).is_err() {
                 continue;
@@ -174,7 +174,7 @@ fn serve_udp(socket: UdpSocket, target: SocketAddr, stop: Arc<AtomicBool>) {
                     }
                 }
             });
-            table.insert(client, (upstream, std::time::Instant::now()));
+            flow.insert((upstream, std::time::Instant::now()));
         }
         if let Some((upstream, last)) = table.get_mut(&client) {
             let _ = upstream.send(&buffer[..n]);

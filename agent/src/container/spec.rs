@@ -445,14 +445,21 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> {
     let mut resources = json!({});
     let cpus = app.cpus.max(0.0);
     if cpus > 0.0 {
+        // why: float-to-int `as` saturates; cpus is validated finite and positive.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let (shares, quota) =
+            (((cpus * 1024.0).round() as u64).max(2), ((cpus * CFS_PERIOD_US as f64).round() as i64).max(MIN_CFS_QUOTA_US));
         resources["cpu"] = json!({
-            "shares": ((cpus * 1024.0).round() as u64).max(2),
-            "quota": ((cpus * CFS_PERIOD_US as f64).round() as i64).max(MIN_CFS_QUOTA_US),
+            "shares": shares,
+            "quota": quota,
             "period": CFS_PERIOD_US,
         });
     }
     if app.mem > 0.0 {
-        resources["memory"] = json!({"limit": (app.mem * 1024.0 * 1024.0) as i64});
+        // why: float-to-int `as` saturates; mem is validated finite.
+        #[allow(clippy::cast_possible_truncation)]
+        let limit = (app.mem * 1024.0 * 1024.0) as i64;
+        resources["memory"] = json!({"limit": limit});
     }
     resources["devices"] = if privileged {
         json!([{"allow": true, "access": "rwm"}])

@@ -72,7 +72,7 @@ pub fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
         return true;
     }
     // Depth of the link's directory below the root.
-    let mut depth = link.parent().map(|p| p.components().count()).unwrap_or(0) as i64;
+    let mut depth = i64::try_from(link.parent().map(|p| p.components().count()).unwrap_or(0)).unwrap_or(i64::MAX);
     for component in target.components() {
         match component {
             Component::Normal(_) => depth += 1,
@@ -471,7 +471,7 @@ fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) -> io::Result<
 /// Sets atime and mtime without following a symlink.
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
     let c = cstring(path)?;
-    let time = libc::timespec { tv_sec: mtime.min(i64::MAX as u64) as libc::time_t, tv_nsec: 0 };
+    let time = libc::timespec { tv_sec: libc::time_t::try_from(mtime).unwrap_or(libc::time_t::MAX), tv_nsec: 0 };
     let times = [time, time];
     // SAFETY: valid path and a two-element timespec array, as utimensat requires.
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };

@@ -102,6 +102,8 @@ impl ProcessRuntime {
             task_id,
             source,
         })?;
+        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
+        #[allow(clippy::cast_possible_wrap)]
         let pid = child.id() as i32;
         // Not waited on here: liveness comes from /proc, and zombies are reaped there.
         drop(child);
@@ -124,12 +126,15 @@ impl ContainerRuntime for ProcessRuntime {
         };
         fsutil::create_dir_all(&request.sandbox)?;
         let cgroup = cgroup::create(spec.task_id.as_str(), spec.app.cpus, spec.app.mem);
+        // why: float-to-int `as` saturates; the grace period is validated and clamped non-negative.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let kill_grace_ms = (spec.app.task_kill_grace_period_seconds.max(0.0) * 1000.0) as u64;
         let executor_spec = ExecutorSpec {
             task_id: spec.task_id.to_string(),
             sandbox: request.sandbox.clone(),
             command,
             env: request.env.clone(),
-            kill_grace_ms: (spec.app.task_kill_grace_period_seconds.max(0.0) * 1000.0) as u64,
+            kill_grace_ms,
             cgroup_dirs: cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
             logs: request.logs,
             user: spec.app.user.clone(),

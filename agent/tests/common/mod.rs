@@ -1,5 +1,8 @@
 //! An in-test master speaking the agent protocol, and helpers to run a real agent
 //! against it. Shared by the agent's integration tests (each uses part of it).
+// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
+// #[test] functions, not the helpers of an integration test.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 use axum::extract::State;
 use axum::routing::post;
@@ -147,9 +150,10 @@ impl Drop for KillTasksOnDrop {
         for entry in entries.flatten() {
             for file in ["running.json", "executor.json"] {
                 if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
-                    if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
+                    let pid = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64());
+                    if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
                         let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::Signal::SIGKILL,
                         );
                     }

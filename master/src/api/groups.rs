@@ -642,7 +642,10 @@ fn plan(core: &Core, meta: &GroupMeta, request: &Request, now: Timestamp) -> Res
             for (_, def) in target.iter_mut().filter(|(app, _)| is_within(app.as_str(), id)) {
                 // Marathon rounds up so a scaled group never loses an app entirely.
                 let scaled = (def.instances as f64 * factor).ceil();
-                def.instances = if scaled.is_finite() && scaled < i64::MAX as f64 { scaled as i64 } else { def.instances };
+                // why: cast only when finite and below i64::MAX.
+                #[allow(clippy::cast_possible_truncation)]
+                let instances = if scaled.is_finite() && scaled < i64::MAX as f64 { scaled as i64 } else { def.instances };
+                def.instances = instances;
             }
             touched_group = id.clone();
         }

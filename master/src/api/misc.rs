@@ -53,7 +53,7 @@ pub async fn info(State(master): State<Arc<Master>>) -> Json<Value> {
             "task_reservation_timeout": 20000,
             "reconciliation_initial_delay": 15000,
             "reconciliation_interval": 600000,
-            "agent_timeout_ms": master.config.agent_timeout.as_millis() as u64,
+            "agent_timeout_ms": u64::try_from(master.config.agent_timeout.as_millis()).unwrap_or(u64::MAX),
             "features": [],
             "webui_url": null,
             "mesos_leader_ui_url": format!("http://{}/", master.leader),

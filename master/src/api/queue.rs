@@ -61,10 +61,13 @@ pub fn entry_json(core: &Core, entry: &QueueEntry) -> Value {
     let app = core.app(&entry.app_id).map_or(Value::Null, |a| {
         app_json(core, a, Embed { counts: true, deployments: true, ..Default::default() })
     });
+    // why: a whole number of seconds from milliseconds, far inside i64.
+    #[allow(clippy::cast_possible_truncation)]
+    let time_left_seconds = (entry.delay_left_ms.max(0) as f64 / 1000.0).ceil() as i64;
     json!({
         "count": entry.count,
         "delay": {
-            "timeLeftSeconds": (entry.delay_left_ms.max(0) as f64 / 1000.0).ceil() as i64,
+            "timeLeftSeconds": time_left_seconds,
             "overdue": entry.delay_left_ms <= 0,
         },
         "since": entry.since.to_iso(),

@@ -13,6 +13,9 @@ use super::model::*;
 
 /// Random (version 4) ids from a generator seeded once, instead of a `getrandom`
 /// syscall per id: task ids are minted on the placement hot path.
+// why: the shell builds this generator and hands it to the core (`Core::restore`); the
+// core only calls the generator it is given.
+#[allow(clippy::disallowed_methods)]
 pub fn random_ids() -> Box<dyn FnMut() -> uuid::Uuid + Send + Sync> {
     let mut rng = fastrand::Rng::new();
     Box::new(move || uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid())
@@ -316,7 +319,7 @@ impl Core {
                     if m.service_port == 0 {
                         m.service_port = i64::from(next_free(i, &mut used)?);
                     } else {
-                        used.insert(m.service_port as u16);
+                        used.insert(port_u16(m.service_port, "servicePort")?);
                     }
                 }
             }
@@ -325,7 +328,7 @@ impl Core {
             if d.port == 0 {
                 d.port = i64::from(next_free(i, &mut used)?);
             } else {
-                used.insert(d.port as u16);
+                used.insert(port_u16(d.port, "port")?);
             }
         }
         Ok(())
@@ -576,7 +579,7 @@ impl Core {
             for (app_id, count) in per_app {
                 let Some(app) = self.apps.get(&app_id).cloned() else { continue };
                 let mut def = app.definition.clone();
-                def.instances = (def.instances - count as i64).max(0);
+                def.instances = def.instances.saturating_sub(i64::try_from(count).unwrap_or(i64::MAX)).max(0);
                 let outcome = self.put_app(def, now, true)?;
                 deployment = Some((outcome.deployment, outcome.version));
             }
@@ -900,9 +903,14 @@ impl Core {
         if let Some(app) = self.apps.get_mut(&task.app_id) {
             let def = &app.definition;
             app.backoff.failures += 1;
+            // why: at most 64.
+            #[allow(clippy::cast_possible_wrap)]
             let exponent = app.backoff.failures.saturating_sub(1).min(64) as i32;
             let delay = (def.backoff_seconds * def.backoff_factor.powi(exponent)).min(def.max_launch_delay_seconds);
-            app.backoff.not_before = now.plus_millis((delay * 1000.0) as i64);
+            // why: float-to-int `as` saturates (NaN is 0); the delay is validated non-negative.
+            #[allow(clippy::cast_possible_truncation)]
+            let delay_ms = (delay * 1000.0) as i64;
+            app.backoff.not_before = now.plus_millis(delay_ms);
             app.last_task_failure = Some(json!({
                 "appId": task.app_id, "host": task.host, "message": task.message.clone().unwrap_or_default(),
                 "state": state, "taskId": task.id, "timestamp": now.to_iso(), "version": task.version,
@@ -1056,7 +1064,7 @@ impl Core {
     /// Decides launches and kills for one app.
     fn supervise(&mut self, app_id: &AppId, offers: &mut OfferRound, budget: &mut usize, now: Timestamp) {
         let Some(app) = self.apps.get(app_id) else { return };
-        let target = app.definition.instances.max(0) as usize;
+        let target = instance_count(&app.definition);
         let config_version = app.config_version.clone();
         let has_checks = Readiness::of(&app.definition);
         let strategy = app.definition.upgrade_strategy.clone();
@@ -1089,8 +1097,12 @@ impl Core {
             launches = target.saturating_sub(new.len());
         } else {
             // Rolling replacement within upgradeStrategy.
+            // why: float-to-int `as` saturates (NaN is 0); both capacities are validated in 0..=1.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let max_total = ((target as f64) * (1.0 + strategy.maximum_over_capacity)).floor() as usize;
             let max_total = max_total.max(target);
+            // why: as above.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let min_ready = ((target as f64) * strategy.minimum_health_capacity).ceil() as usize;
             let ready_new = new.iter().filter(|t| t.is_ready(has_checks)).count();
             let ready_old = old.iter().filter(|t| t.is_ready(has_checks)).count();
@@ -1105,14 +1117,12 @@ impl Core {
             ready_old_sorted.sort_by_key(|t| t.staged_at);
             // Never leave more old tasks than the new version still lacks.
             let excess_old = (ready_old + new.len()).saturating_sub(target);
-            let mut killed_ready = 0;
-            for t in &ready_old_sorted {
+            for (killed_ready, t) in ready_old_sorted.iter().enumerate() {
                 if killable == 0 || killed_ready >= excess_old.max(if new.len() >= target { ready_old } else { 0 }) {
                     break;
                 }
                 kills.push((t.id.clone(), "replaced by a new version"));
                 killable -= 1;
-                killed_ready += 1;
             }
             let transitional = all.iter().any(|t| t.kill_requested || !t.is_ready(has_checks));
             if launch == 0 && kills.is_empty() && !transitional && !ready_old_sorted.is_empty() {
@@ -1171,7 +1181,8 @@ impl Core {
         let def = app.definition.clone();
         let config_version = app.config_version.clone();
         let need = Resources::scalars(def.cpus, def.mem, def.disk);
-        let port_requests = port_requests(&def);
+        // The API refuses ports out of range; an app that still has one is never placed.
+        let Some(port_requests) = port_requests(&def) else { return 0 };
         let parsed_constraints = def.parsed_constraints();
         let mut spreads: Vec<Spread> = parsed_constraints.iter().map(|c| self.spread(app_id, &c.field)).collect();
         stats.last_round.clear();
@@ -1264,8 +1275,7 @@ impl Core {
             self.deployments.values().filter(|d| apps.contains(&d.app_id)).map(|d| d.id.clone()).collect();
         for id in ids {
             // Finished steps cascade within one tick.
-            loop {
-                let Some(d) = self.deployments.get(&id).cloned() else { break };
+            while let Some(d) = self.deployments.get(&id).cloned() {
                 let done = match d.current_actions().first() {
                     // Marathon's start step creates the app with no tasks: done at once.
                     Some(DeploymentAction::StartApplication) => true,
@@ -1313,7 +1323,7 @@ impl Core {
     fn readiness_gap(&self, app_id: &AppId) -> Option<String> {
         let app = self.apps.get(app_id)?;
         let needs = Readiness::of(&app.definition);
-        let target = app.definition.instances.max(0) as usize;
+        let target = instance_count(&app.definition);
         let new: Vec<&TaskRecord> = self
             .app_tasks(app_id)
             .into_iter()
@@ -1358,7 +1368,7 @@ impl Core {
             }
             count += 1;
         }
-        count == app.definition.instances.max(0) as usize
+        count == instance_count(&app.definition)
     }
 
     /// Drains what changed since the last call.
@@ -1434,7 +1444,7 @@ impl Core {
                     .iter()
                     .filter(|t| !t.kill_requested && t.version == app.config_version)
                     .count();
-                let count = (app.definition.instances.max(0) as usize).saturating_sub(live);
+                let count = instance_count(&app.definition).saturating_sub(live);
                 let (since, stats) = self
                     .offer_stats
                     .get(&app.id)
@@ -1582,31 +1592,45 @@ fn round2(v: f64) -> f64 {
 }
 
 /// Host ports a task needs, in order: `Some(port)` fixed, `None` any from the offer.
-fn port_requests(def: &AppDefinition) -> Vec<Option<u16>> {
+/// `None` altogether when a fixed port is out of range.
+fn port_requests(def: &AppDefinition) -> Option<Vec<Option<u16>>> {
     let count = def.host_port_count();
     let mut requests = Vec::with_capacity(count);
     match (def.network_mode(), def.container_port_mappings()) {
         (NetworkMode::Bridge, Some(_)) => {
             for m in def.host_port_mappings() {
-                requests.push(m.host_port.filter(|p| *p > 0).map(|p| p as u16));
+                requests.push(m.host_port.filter(|p| *p > 0).map(u16::try_from).transpose().ok()?);
             }
         }
         (NetworkMode::Host, Some(mappings)) if def.port_definitions.as_ref().is_none_or(Vec::is_empty) => {
             for m in mappings {
-                requests.push(m.host_port.filter(|p| *p > 0).map(|p| p as u16));
+                requests.push(m.host_port.filter(|p| *p > 0).map(u16::try_from).transpose().ok()?);
             }
         }
         _ => {
             for d in def.port_definitions.iter().flatten() {
-                requests.push((def.require_ports && d.port > 0).then_some(d.port as u16));
+                requests.push((def.require_ports && d.port > 0).then_some(d.port).map(u16::try_from).transpose().ok()?);
             }
         }
     }
     requests.truncate(count);
-    requests
+    Some(requests)
+}
+
+/// A port field of a definition entering the core: the API validates ports, so one out of
+/// range makes the app invalid.
+fn port_u16(port: i64, field: &str) -> Result<u16, CoreError> {
+    u16::try_from(port).map_err(|_| CoreError::InvalidApp(format!("{field} {port} is not between 0 and 65535")))
+}
+
+/// `instances` as a count (negative, which the API refuses, counts as 0).
+fn instance_count(def: &AppDefinition) -> usize {
+    usize::try_from(def.instances.max(0)).unwrap_or(usize::MAX)
 }
 
 /// Service ports declared by a definition, in port order.
+// why: each port is clamped to 0..=65535 before the cast.
+#[allow(clippy::cast_sign_loss)]
 fn service_ports_of(def: &AppDefinition) -> Vec<u16> {
     match (def.network_mode(), def.container_port_mappings()) {
         (NetworkMode::Bridge, Some(m)) => m.iter().map(|p| p.service_port.clamp(0, 65535) as u16).collect(),

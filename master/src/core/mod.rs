@@ -7,6 +7,8 @@
 //!   declines them with a reason (shown in `/v2/queue`), and kills surplus tasks;
 //! - **deployments** move an app to a new version/size within its `upgradeStrategy`;
 //! - **agent liveness**: agents silent past the timeout are lost, their tasks `TASK_LOST`.
+// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod constraints;
 pub mod model;
 mod engine;
@@ -15,4 +17,6 @@ pub use engine::*;
 pub use model::*;
 
 #[cfg(test)]
+// why: the tests play the shell and mint update ids for the core.
+#[allow(clippy::disallowed_methods)]
 mod tests;

@@ -475,7 +475,7 @@ async fn put_manifest(
     if pinned.is_none() {
         validate_tag(reference)?;
     }
-    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES as usize)
+    let bytes = axum::body::to_bytes(body, usize::try_from(MAX_MANIFEST_BYTES).unwrap_or(usize::MAX))
         .await
         .map_err(|_| RegistryError::TooLarge { limit: MAX_MANIFEST_BYTES })?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
