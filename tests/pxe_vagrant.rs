@@ -140,8 +140,10 @@ impl Drop for Libvirt {
             self.virsh(&["net-undefine", &network]);
         }
         for child in self.daemons.iter_mut().rev() {
-            // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
             let end = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(100));
@@ -330,6 +332,7 @@ fn vagrant_up_brings_up_the_playground_and_the_readme_walk_through_works() {
 
     // 1. Image, `vagrant up`, agents registered. A second `vagrant up` while the first
     // runs is refused at once, and no VM is doubled.
+    let started = Instant::now();
     let mut first = playground.spawn_shell(&script(&blocks, 0));
     let end = Instant::now() + Duration::from_secs(900);
     let mut second = None;
@@ -342,7 +345,7 @@ fn vagrant_up_brings_up_the_playground_and_the_readme_walk_through_works() {
     }
     let out = first.wait_with_output().expect("first vagrant up");
     let output = text(&out);
-    eprintln!("--- walk-through block 0 ---\n{}\n{output}", blocks[0]);
+    eprintln!("--- walk-through block 0 ({:.0?}) ---\n{}\n{output}", started.elapsed(), blocks[0]);
     assert!(out.status.success(), "block 0 failed:\n{output}\n{}", playground.diagnostics());
     let second = second.expect("the first vagrant up created domains");
     assert!(!second.status.success(), "a second vagrant up during the first must be refused");
