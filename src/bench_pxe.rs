@@ -87,7 +87,9 @@ pub fn run(args: BenchPxeArgs) -> anyhow::Result<PxeReport> {
             out
         }
     };
-    let size = |name: &str| std::fs::metadata(image.join(name)).map(|m| m.len()).with_context(|| format!("{name} in {}", image.display()));
+    let size = |name: &str| {
+        std::fs::metadata(image.join(name)).map(|m| m.len()).with_context(|| format!("{name} in {}", image.display()))
+    };
     let (kernel_bytes, initramfs_bytes) = (size("vmlinuz")?, size("initramfs.img")?);
     let mut samples = Vec::new();
     for run in 1..=args.runs {
@@ -99,7 +101,8 @@ pub fn run(args: BenchPxeArgs) -> anyhow::Result<PxeReport> {
         samples.push(sample);
     }
     let report = PxeReport { accel: "tcg", transport: "iPXE over HTTP", kernel_bytes, initramfs_bytes, samples };
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(report)
 }
@@ -112,7 +115,8 @@ struct Http {
 
 impl Http {
     fn new() -> anyhow::Result<Http> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")?;
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")?;
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()?;
         Ok(Http { rt, client })
     }
@@ -136,7 +140,15 @@ fn one_boot(binary: &Path, image: &Path, mem_mb: u32, dir: &Path) -> anyhow::Res
     let log = std::fs::File::create(dir.join("master.log"))?;
     let _master = Reaped(
         Command::new(binary)
-            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--hostname", "bench-master", "--advertise-url", &guest_url])
+            .args([
+                "master",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--hostname",
+                "bench-master",
+                "--advertise-url",
+                &guest_url,
+            ])
             .arg("--data-dir")
             .arg(dir.join("master"))
             .arg("--boot-dir")
@@ -189,15 +201,20 @@ fn one_boot(binary: &Path, image: &Path, mem_mb: u32, dir: &Path) -> anyhow::Res
         Ok(t0.elapsed().as_secs_f64())
     };
     let ipxe_script_s = step("the iPXE script request", &mut || {
-        client.get_json(&format!("{base}/v1/machines"))
-            .is_some_and(|v| v["machines"].as_array().is_some_and(|m| m.iter().any(|m| m["bootedVia"] == "ipxe-script")))
+        client.get_json(&format!("{base}/v1/machines")).is_some_and(|v| {
+            v["machines"].as_array().is_some_and(|m| m.iter().any(|m| m["bootedVia"] == "ipxe-script"))
+        })
     })?;
-    let kernel_started_s = step("the kernel", &mut || std::fs::read_to_string(&console).is_ok_and(|c| c.contains("Linux version")))?;
+    let kernel_started_s =
+        step("the kernel", &mut || std::fs::read_to_string(&console).is_ok_and(|c| c.contains("Linux version")))?;
     let agent_registered_s = step("the agent to register", &mut || {
-        client.get_json(&format!("{base}/master/slaves")).is_some_and(|v| v["slaves"].as_array().is_some_and(|s| !s.is_empty()))
+        client
+            .get_json(&format!("{base}/master/slaves"))
+            .is_some_and(|v| v["slaves"].as_array().is_some_and(|s| !s.is_empty()))
     })?;
     let first_task_running_s = step("the first task to run", &mut || {
-        client.get_json(&format!("{base}/v2/apps/bench-pxe/tasks"))
+        client
+            .get_json(&format!("{base}/v2/apps/bench-pxe/tasks"))
             .is_some_and(|v| v["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["state"] == "TASK_RUNNING")))
     })?;
     Ok(PxeSample { ipxe_script_s, kernel_started_s, agent_registered_s, first_task_running_s })

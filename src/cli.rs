@@ -500,7 +500,12 @@ async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Res
                 let (running, wanted) = (number(app, "tasksRunning"), number(app, "instances"));
                 let deploying = app.get("deployments").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
                 if running >= wanted && !deploying {
-                    println!("{}: {} of {} instance(s) running", text(app, "id"), number_text(running), number_text(wanted));
+                    println!(
+                        "{}: {} of {} instance(s) running",
+                        text(app, "id"),
+                        number_text(running),
+                        number_text(wanted)
+                    );
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= end {
@@ -611,7 +616,8 @@ async fn run_task(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::R
         TaskCommand::Port { id } => {
             let body = master.call(Method::GET, "/v2/tasks", None).await?;
             let tasks = body.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
-            let Some(task) = tasks.into_iter().find(|t| t.get("id").and_then(Value::as_str) == Some(id.as_str())) else {
+            let Some(task) = tasks.into_iter().find(|t| t.get("id").and_then(Value::as_str) == Some(id.as_str()))
+            else {
                 anyhow::bail!("no such task: {id} (see `plinth task list`)");
             };
             output(json_out, &task, |t| endpoints(&Value::Array(vec![t.clone()])))

@@ -181,7 +181,8 @@ pub fn run_bench_boot(args: BenchBootArgs) -> anyhow::Result<BenchBootReport> {
         image_build_s,
         samples,
     };
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(report)
 }
@@ -215,14 +216,32 @@ impl Drop for QemuGuard {
     }
 }
 
-async fn bench_one_boot(image: &std::path::Path, cmdline: &str, mem_mb: u32, work: &std::path::Path) -> anyhow::Result<BootSample> {
+async fn bench_one_boot(
+    image: &std::path::Path,
+    cmdline: &str,
+    mem_mb: u32,
+    work: &std::path::Path,
+) -> anyhow::Result<BootSample> {
     use std::time::{Duration, Instant};
     let port = |()| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
     let (api, node) = (port(())?, port(())?);
     let console = work.join("console.log");
     let t0 = Instant::now();
     let child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-machine", "q35", "-smp", "2", "-display", "none", "-no-reboot", "-nodefaults", "-monitor", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-machine",
+            "q35",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nodefaults",
+            "-monitor",
+            "none",
+        ])
         .args(["-m", &mem_mb.to_string()])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
@@ -276,11 +295,16 @@ async fn bench_one_boot(image: &std::path::Path, cmdline: &str, mem_mb: u32, wor
     client.post(format!("{base}/v2/apps")).json(&app).send().await?.error_for_status()?;
     let check = until("the first task to run");
     loop {
-        let tasks: Option<serde_json::Value> = match client.get(format!("{base}/v2/apps/bench-boot/tasks")).send().await {
+        let tasks: Option<serde_json::Value> = match client.get(format!("{base}/v2/apps/bench-boot/tasks")).send().await
+        {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        if tasks.as_ref().and_then(|v| v["tasks"].as_array()).is_some_and(|t| t.iter().any(|t| t["state"] == "TASK_RUNNING")) {
+        if tasks
+            .as_ref()
+            .and_then(|v| v["tasks"].as_array())
+            .is_some_and(|t| t.iter().any(|t| t["state"] == "TASK_RUNNING"))
+        {
             break;
         }
         check()?;

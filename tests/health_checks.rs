@@ -62,7 +62,12 @@ fn wait_for_healthy(cluster: &Cluster, id: &str, count: usize, timeout: Duration
         if healthy.len() == count && tasks.len() == count && app["tasksHealthy"] == count && !deploying {
             Ok(healthy)
         } else {
-            Err(format!("tasksHealthy {}, deployments {}, tasks: {}", app["tasksHealthy"], app["deployments"], health_summary(&tasks)))
+            Err(format!(
+                "tasksHealthy {}, deployments {}, tasks: {}",
+                app["tasksHealthy"],
+                app["deployments"],
+                health_summary(&tasks)
+            ))
         }
     })
 }
@@ -70,7 +75,14 @@ fn wait_for_healthy(cluster: &Cluster, id: &str, count: usize, timeout: Duration
 fn health_summary(tasks: &[Value]) -> String {
     tasks
         .iter()
-        .map(|t| format!("{} {} health {}", t["id"].as_str().unwrap_or("?"), t["state"].as_str().unwrap_or("?"), t["healthCheckResults"]))
+        .map(|t| {
+            format!(
+                "{} {} health {}",
+                t["id"].as_str().unwrap_or("?"),
+                t["state"].as_str().unwrap_or("?"),
+                t["healthCheckResults"]
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -86,20 +98,26 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
     let events = EventStream::open(&format!("{}/v2/events", cluster.master_url()));
 
     // Marathon's healthcheck-demo, but for the command.
-    api.post("/v2/apps", &json!({
-        "id": "healthcheck-demo", "cmd": BREAKABLE_SERVER, "cpus": 0.1, "mem": 32, "instances": 2,
-        "healthChecks": [http_check()]
-    }))
+    api.post(
+        "/v2/apps",
+        &json!({
+            "id": "healthcheck-demo", "cmd": BREAKABLE_SERVER, "cpus": 0.1, "mem": 32, "instances": 2,
+            "healthChecks": [http_check()]
+        }),
+    )
     .expect_status(201);
     // The same with a COMMAND check that passes until the test drops a marker for a task.
     let markers = cluster.dir().join("markers");
     std::fs::create_dir_all(&markers).expect("marker dir");
     let check = format!("test ! -e {}/broken-$MESOS_TASK_ID", markers.display());
-    api.post("/v2/apps", &json!({
-        "id": "command-check-demo", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 2,
-        "healthChecks": [{"protocol": "COMMAND", "command": {"value": check}, "gracePeriodSeconds": 5,
-                          "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": 2}]
-    }))
+    api.post(
+        "/v2/apps",
+        &json!({
+            "id": "command-check-demo", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 2,
+            "healthChecks": [{"protocol": "COMMAND", "command": {"value": check}, "gracePeriodSeconds": 5,
+                              "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": 2}]
+        }),
+    )
     .expect_status(201);
 
     let healthy = wait_for_healthy(&cluster, "/healthcheck-demo", 2, secs(90));
@@ -130,7 +148,11 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
             Err(health_summary(&tasks))
         }
     });
-    assert!(ids(&replaced).contains(str_field(survivor, "id")), "the healthy task was killed too: {}", health_summary(&replaced));
+    assert!(
+        ids(&replaced).contains(str_field(survivor, "id")),
+        "the healthy task was killed too: {}",
+        health_summary(&replaced)
+    );
     wait_until("unhealthy_task_kill_event for the broken task", secs(20), || {
         let kills = events_of(&events, "unhealthy_task_kill_event");
         if kills.iter().any(|e| e["taskId"] == victim_id.as_str() && e["appId"] == "/healthcheck-demo") {
@@ -164,7 +186,11 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
     assert!(ids(&replaced).contains(&survivor_id), "{}", health_summary(&replaced));
     wait_until("unhealthy_task_kill_event for the command-checked task", secs(20), || {
         let kills = events_of(&events, "unhealthy_task_kill_event");
-        if kills.iter().any(|e| e["taskId"] == victim_id.as_str()) { Ok(()) } else { Err(format!("{kills:?}")) }
+        if kills.iter().any(|e| e["taskId"] == victim_id.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{kills:?}"))
+        }
     });
 }
 
@@ -204,7 +230,10 @@ impl Poller {
         }
         let samples = self.samples.lock().expect("samples");
         for (i, (healthy, total, tasks)) in samples.iter().enumerate() {
-            assert!(*healthy >= min_healthy, "sample {i}: only {healthy} healthy tasks (minimum {min_healthy}): {tasks}");
+            assert!(
+                *healthy >= min_healthy,
+                "sample {i}: only {healthy} healthy tasks (minimum {min_healthy}): {tasks}"
+            );
             assert!(*total <= max_tasks, "sample {i}: {total} tasks (maximum {max_tasks}): {tasks}");
         }
         samples.len()
@@ -252,7 +281,8 @@ fn rolling_update_keeps_half_healthy_and_a_never_healthy_version_rolls_back() {
     // the deployment stays listed and says why.
     let put = api.put("/v2/apps/rolling", &app("v3", "sleep 1000")).expect_status(200);
     let deployment_id = str_field(&put.json, "deploymentId").to_string();
-    let find = |list: &Value| list.as_array().and_then(|l| l.iter().find(|d| d["id"] == deployment_id.as_str()).cloned());
+    let find =
+        |list: &Value| list.as_array().and_then(|l| l.iter().find(|d| d["id"] == deployment_id.as_str()).cloned());
     holds_for("old tasks serving while the new version never becomes healthy", secs(20), || {
         let tasks = cluster.tasks("/rolling");
         let old_healthy = tasks.iter().filter(|t| v2_ids.contains(str_field(t, "id")) && task_healthy(t)).count();

@@ -44,10 +44,13 @@ fn running_hosts(cluster: &Cluster, expected: usize) -> BTreeSet<String> {
 fn constraint_demo_places_one_task_per_host_and_uses_a_new_agent() {
     let mut cluster = Cluster::start("health-constraint", 3);
     let api = cluster.api();
-    api.post("/v2/apps", &json!({
-        "id": "constraint-demo", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 6,
-        "constraints": [["hostname", "UNIQUE"]]
-    }))
+    api.post(
+        "/v2/apps",
+        &json!({
+            "id": "constraint-demo", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 6,
+            "constraints": [["hostname", "UNIQUE"]]
+        }),
+    )
     .expect_status(201);
 
     running_hosts(&cluster, 3);
@@ -63,7 +66,11 @@ fn constraint_demo_places_one_task_per_host_and_uses_a_new_agent() {
     assert_eq!(entry["count"], 3, "{entry}");
     holds_for("no second task on any host", secs(3), || {
         let counts = states(&cluster, "/constraint-demo");
-        if counts.values().sum::<usize>() == 3 { Ok(()) } else { Err(format!("{counts:?}")) }
+        if counts.values().sum::<usize>() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
     });
 
     // A fourth machine: one more task runs, two still wait.
@@ -104,7 +111,11 @@ impl FileServer {
                     *sink.lock().expect("hits").entry(path.clone()).or_default() += 1;
                     let answer = match files.get(&path) {
                         Some(body) => {
-                            let mut a = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+                            let mut a = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
                             a.extend_from_slice(body);
                             a
                         }
@@ -156,14 +167,17 @@ fn fetch_downloads_and_extracts_artifacts_before_the_command_runs() {
     ]);
     let server = FileServer::start(cluster.gateway(), files);
 
-    api.post("/v2/apps", &json!({
-        "id": "fetch-demo", "cpus": 0.1, "mem": 32,
-        "cmd": "./banner.sh > banner.txt && ./greet.sh",
-        "fetch": [
-            {"uri": format!("{}/artifacts/greeter.tar.gz", server.base), "extract": true},
-            {"uri": format!("{}/artifacts/banner.sh", server.base), "executable": true}
-        ]
-    }))
+    api.post(
+        "/v2/apps",
+        &json!({
+            "id": "fetch-demo", "cpus": 0.1, "mem": 32,
+            "cmd": "./banner.sh > banner.txt && ./greet.sh",
+            "fetch": [
+                {"uri": format!("{}/artifacts/greeter.tar.gz", server.base), "extract": true},
+                {"uri": format!("{}/artifacts/banner.sh", server.base), "executable": true}
+            ]
+        }),
+    )
     .expect_status(201);
     let task = cluster.wait_for_running("/fetch-demo", 1, secs(90)).remove(0);
     let ip = cluster.ip_of_host(str_field(&task, "host"));
@@ -171,7 +185,11 @@ fn fetch_downloads_and_extracts_artifacts_before_the_command_runs() {
     let app = Http::new(format!("http://{ip}:{port}"));
     let page = wait_until("the fetched script to serve the archive's page", secs(30), || {
         let reply = app.try_get("/index.html")?;
-        if reply.status == 200 { Ok(reply.text) } else { Err(format!("status {}", reply.status)) }
+        if reply.status == 200 {
+            Ok(reply.text)
+        } else {
+            Err(format!("status {}", reply.status))
+        }
     });
     assert_eq!(page, "hello from the archive\n");
     let banner = app.try_get("/banner.txt").expect("banner");
@@ -179,15 +197,22 @@ fn fetch_downloads_and_extracts_artifacts_before_the_command_runs() {
     assert_eq!(server.hits("/artifacts/greeter.tar.gz"), 1);
 
     // A URI that cannot be fetched: the task fails and says which URI.
-    api.post("/v2/apps", &json!({
-        "id": "fetch-missing", "cpus": 0.1, "mem": 16, "cmd": "sleep 1000",
-        "uris": [format!("{}/artifacts/missing.tar.gz", server.base)]
-    }))
+    api.post(
+        "/v2/apps",
+        &json!({
+            "id": "fetch-missing", "cpus": 0.1, "mem": 16, "cmd": "sleep 1000",
+            "uris": [format!("{}/artifacts/missing.tar.gz", server.base)]
+        }),
+    )
     .expect_status(201);
     let failure = wait_until("the fetch failure on the app", secs(60), || {
         let app = api.try_get("/v2/apps/fetch-missing?embed=app.lastTaskFailure")?.json;
         let failure = app["app"]["lastTaskFailure"].clone();
-        if failure.is_object() { Ok(failure) } else { Err(app.to_string()) }
+        if failure.is_object() {
+            Ok(failure)
+        } else {
+            Err(app.to_string())
+        }
     });
     assert!(failure["message"].as_str().is_some_and(|m| m.contains("missing.tar.gz")), "{failure}");
     assert!(matches!(failure["state"].as_str(), Some("TASK_FAILED" | "TASK_ERROR")), "{failure}");
@@ -237,7 +262,10 @@ fn bad_input_is_refused_with_a_path_and_groups_start_in_dependency_order() {
     // The same checks on an update of an existing app, and inside a group.
     refused(api.put("/v2/apps/keep/db", &json!({"constraints": [["hostname", "LIKE"]]})), "/constraints(0)");
     refused(
-        api.post("/v2/groups", &json!({"id": "/shop", "apps": [app(json!({"id": "web", "constraints": [["rack", "MAX_PER"]]}))]})),
+        api.post(
+            "/v2/groups",
+            &json!({"id": "/shop", "apps": [app(json!({"id": "web", "constraints": [["rack", "MAX_PER"]]}))]}),
+        ),
         "/apps(0)/constraints(0)",
     );
     // A cycle between groups' dependencies.
@@ -247,12 +275,22 @@ fn bad_input_is_refused_with_a_path_and_groups_start_in_dependency_order() {
     let reply = api.post("/v2/groups", &cycle);
     assert_eq!(reply.status, 422, "{}", reply.text);
     let detail = &reply.json["details"][0];
-    assert!(detail["path"].as_str().is_some_and(|p| p.starts_with("/groups(") && p.ends_with("/dependencies")), "{}", reply.text);
+    assert!(
+        detail["path"].as_str().is_some_and(|p| p.starts_with("/groups(") && p.ends_with("/dependencies")),
+        "{}",
+        reply.text
+    );
     let message = detail["errors"][0].as_str().unwrap_or_default();
-    assert!(message.contains("cycle") && message.contains("/shop/frontend") && message.contains("/shop/backend"), "{message}");
+    assert!(
+        message.contains("cycle") && message.contains("/shop/frontend") && message.contains("/shop/backend"),
+        "{message}"
+    );
     // Depending on something that does not exist.
     refused(
-        api.post("/v2/groups", &json!({"id": "/shop", "apps": [app(json!({"id": "web", "dependencies": ["/nowhere"]}))]})),
+        api.post(
+            "/v2/groups",
+            &json!({"id": "/shop", "apps": [app(json!({"id": "web", "dependencies": ["/nowhere"]}))]}),
+        ),
         "/apps(0)/dependencies",
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -280,9 +318,17 @@ fn bad_input_is_refused_with_a_path_and_groups_start_in_dependency_order() {
     wait_until("the group's tasks to end", secs(60), || {
         let left: Vec<Value> = ["/shop/backend/db", "/shop/frontend/web"]
             .iter()
-            .flat_map(|id| api.try_get(&format!("/v2/apps{id}/tasks")).map(|r| r.json["tasks"].as_array().cloned().unwrap_or_default()).unwrap_or_default())
+            .flat_map(|id| {
+                api.try_get(&format!("/v2/apps{id}/tasks"))
+                    .map(|r| r.json["tasks"].as_array().cloned().unwrap_or_default())
+                    .unwrap_or_default()
+            })
             .collect();
-        if left.is_empty() { Ok(()) } else { Err(task_summary(&left)) }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(task_summary(&left))
+        }
     });
     api.get("/v2/groups/shop").expect_status(404);
     assert_eq!(api.get_json("/v2/apps")["apps"].as_array().map(Vec::len), Some(1));

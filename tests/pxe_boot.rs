@@ -62,7 +62,20 @@ impl PxeVm {
     fn start_with(dir: &Path, net: &[String]) -> PxeVm {
         let console = dir.join("pxe-vm-console.log");
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024", "-display", "none", "-nodefaults", "-no-reboot"])
+            .args([
+                "-accel",
+                "tcg",
+                "-machine",
+                "q35",
+                "-smp",
+                "2",
+                "-m",
+                "1024",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-no-reboot",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(net)
@@ -109,7 +122,16 @@ fn start_pxe_master(cluster: &mut Cluster, boot_dir: &Path, unknown: &str) {
     let range = format!("10.77.{net}.100-10.77.{net}.120");
     let boot_dir = boot_dir.display().to_string();
     cluster.start_master(&[
-        "--pxe-interface", "eth0", "--dhcp-range", &range, "--boot-dir", &boot_dir, "--pxe-unknown", unknown, "--token", TOKEN,
+        "--pxe-interface",
+        "eth0",
+        "--dhcp-range",
+        &range,
+        "--boot-dir",
+        &boot_dir,
+        "--pxe-unknown",
+        unknown,
+        "--token",
+        TOKEN,
     ]);
 }
 
@@ -130,8 +152,11 @@ fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
     let net = subnet_of(&cluster);
     let mac = format!("52:54:00:77:{net:02x}:01");
 
-    api.put(&format!("/v1/machines/{mac}"), &json!({"role": "agent", "hostname": "pxe-r2", "attributes": "rack:r2;zone:b"}))
-        .expect_status(201);
+    api.put(
+        &format!("/v1/machines/{mac}"),
+        &json!({"role": "agent", "hostname": "pxe-r2", "attributes": "rack:r2;zone:b"}),
+    )
+    .expect_status(201);
     // An app that can only run in rack r2 waits: no such node exists yet.
     let app = json!({"id": "/rack2-only", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "constraints": [["rack", "LIKE", "r2"]]});
     api.post("/v2/apps", &app).expect_status(201);
@@ -157,7 +182,8 @@ fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
 
     let m = machine(&api, &mac);
     assert_eq!(m["state"], "registered", "{m}");
-    let ip: Ipv4Addr = m["ip"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("machine has an address: {m}"));
+    let ip: Ipv4Addr =
+        m["ip"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("machine has an address: {m}"));
     assert!((100..=120).contains(&ip.octets()[3]) && ip.octets()[2] == net, "address from the range: {ip}");
 
     // The waiting app starts on the new node without anyone touching it.
@@ -174,19 +200,38 @@ fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
     api.delete("/v2/apps/rack2-only").expect_status(200);
     wait_until("the node drained", secs(60), || {
         let slaves = api.try_get("/master/slaves")?.json["slaves"].clone();
-        let s = slaves.as_array().and_then(|a| a.iter().find(|s| s["hostname"] == "pxe-r2").cloned()).unwrap_or_default();
-        if s["drained"] == true { Ok(()) } else { Err(s.to_string()) }
+        let s =
+            slaves.as_array().and_then(|a| a.iter().find(|s| s["hostname"] == "pxe-r2").cloned()).unwrap_or_default();
+        if s["drained"] == true {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
     });
     // The node booted with the join token: its power endpoints need it.
     let master_url = cluster.master_url();
     let out = plinth(&["node", "poweroff", "pxe-r2"], &[("PLINTH_MASTER", &master_url)]);
-    assert!(!out.status.success() && stderr(&out).contains("401"), "poweroff without the token is refused: {}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("401"),
+        "poweroff without the token is refused: {}",
+        stderr(&out)
+    );
     let out = plinth(&["node", "poweroff", "pxe-r2"], &[("PLINTH_MASTER", &master_url), ("PLINTH_TOKEN", TOKEN)]);
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_until("the VM powered off", secs(120), || if vm.exited() { Ok(()) } else { Err(vm.console().lines().last().unwrap_or("").into()) });
+    wait_until("the VM powered off", secs(120), || {
+        if vm.exited() {
+            Ok(())
+        } else {
+            Err(vm.console().lines().last().unwrap_or("").into())
+        }
+    });
     wait_until("the machine listed as lost", secs(60), || {
         let m = machine(&api, &mac);
-        if m["state"] == "lost" { Ok(()) } else { Err(m.to_string()) }
+        if m["state"] == "lost" {
+            Ok(())
+        } else {
+            Err(m.to_string())
+        }
     });
     drop(vm);
     drop(tap);
@@ -247,11 +292,19 @@ fn boot_server_ignores_garbage_unknown_machines_traversal_and_wrong_tokens() {
     udp.send_to(&good, (master, 67)).expect("send known");
     wait_until("the known machine listed as booting", secs(10), || {
         let m = machine(&api, "52:54:00:66:00:01");
-        if m["state"] == "booting" { Ok(()) } else { Err(m.to_string()) }
+        if m["state"] == "booting" {
+            Ok(())
+        } else {
+            Err(m.to_string())
+        }
     });
     // Its iPXE script carries the join token; an unknown machine gets none.
     let script = Http::new(cluster.master_url()).get("/boot/ipxe?mac=52:54:00:66:00:01");
-    assert!(script.text.contains(&format!("plinth.token={TOKEN}")) && script.text.contains("plinth.attributes=rack:r1"), "{}", script.text);
+    assert!(
+        script.text.contains(&format!("plinth.token={TOKEN}")) && script.text.contains("plinth.attributes=rack:r1"),
+        "{}",
+        script.text
+    );
     let unknown = Http::new(cluster.master_url()).get("/boot/ipxe?mac=52:54:00:66:00:09");
     assert_eq!(unknown.status, 404, "{}", unknown.text);
 
@@ -276,7 +329,11 @@ fn boot_server_ignores_garbage_unknown_machines_traversal_and_wrong_tokens() {
     cluster.start_agent("with-token", &["--token", TOKEN]);
     wait_until("the agent with the token to join", secs(60), || {
         let active = cluster.active_agents()?;
-        if active == ["with-token"] { Ok(()) } else { Err(format!("{active:?}")) }
+        if active == ["with-token"] {
+            Ok(())
+        } else {
+            Err(format!("{active:?}"))
+        }
     });
     std::thread::sleep(secs(2));
     let names: Vec<String> = api.get("/master/slaves").json["slaves"]
@@ -305,7 +362,9 @@ fn drain_moves_tasks_to_another_agent_without_a_gap() {
             let mut min = usize::MAX;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(r) = api.try_get("/v2/apps/drained/tasks") {
-                    let running = r.json["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == "TASK_RUNNING").count());
+                    let running = r.json["tasks"]
+                        .as_array()
+                        .map_or(0, |t| t.iter().filter(|t| t["state"] == "TASK_RUNNING").count());
                     min = min.min(running);
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -354,7 +413,16 @@ impl Dnsmasq {
         sh("ip", &["-n", &netns, "addr", "add", &format!("10.77.{net}.250/24"), "dev", "dnsmasq0"]);
         sh("ip", &["-n", &netns, "link", "set", "dnsmasq0", "up"]);
         let child = Command::new("ip")
-            .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root"])
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+            ])
             .arg("--interface=dnsmasq0")
             .arg("--bind-interfaces")
             .arg(format!("--dhcp-range=10.77.{net}.50,10.77.{net}.60,1h"))
@@ -402,7 +470,10 @@ fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
             return Err("QEMU exited".into());
         }
         let slaves = api.try_get("/master/slaves")?.json["slaves"].as_array().cloned().unwrap_or_default();
-        slaves.into_iter().find(|s| s["hostname"] == hostname.as_str() && s["active"] == true).ok_or_else(|| vm.console().lines().last().unwrap_or("").to_string())
+        slaves
+            .into_iter()
+            .find(|s| s["hostname"] == hostname.as_str() && s["active"] == true)
+            .ok_or_else(|| vm.console().lines().last().unwrap_or("").to_string())
     });
     // Its address came from dnsmasq's range; ours leased nothing.
     let m = machine(&api, &mac);
@@ -428,7 +499,12 @@ fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
         std::fs::copy(image.join(f), dir.path().join(f)).expect("copy the image");
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/vagrant-image.sh");
-    let out = Command::new("bash").arg(&script).env("PLINTH_IMAGE", dir.path()).env("PLINTH_SKIP_BUILD", "1").output().expect("run vagrant-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("PLINTH_IMAGE", dir.path())
+        .env("PLINTH_SKIP_BUILD", "1")
+        .output()
+        .expect("run vagrant-image.sh");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Boot::Kernel takes initramfs.img from its dir: give it the master's initrd.
     let master_dir = tempfile::tempdir().expect("tempdir");
@@ -471,7 +547,10 @@ fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
             return Err("agent QEMU exited".into());
         }
         let slaves = api.try_get("/master/slaves")?.json["slaves"].as_array().cloned().unwrap_or_default();
-        slaves.into_iter().find(|s| s["hostname"] == "node-525400770001").ok_or_else(|| agent.console().lines().last().unwrap_or("").to_string())
+        slaves
+            .into_iter()
+            .find(|s| s["hostname"] == "node-525400770001")
+            .ok_or_else(|| agent.console().lines().last().unwrap_or("").to_string())
     });
     assert_eq!(agent_node["active"], true, "{agent_node}");
     let m = machine(&api, "52:54:00:77:00:01");

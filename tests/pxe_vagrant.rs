@@ -98,7 +98,11 @@ impl Libvirt {
             libvirt.daemons.push(child);
         }
         let end = Instant::now() + Duration::from_secs(60);
-        while !Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().is_ok_and(|o| o.status.success()) {
+        while !Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             assert!(Instant::now() < end, "libvirtd did not answer within 60 s:\n{}", libvirt.log("libvirtd"));
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -176,7 +180,10 @@ impl Playground {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
         let hello_layout = dir.path().join("hello-layout");
-        plinth_testkit::busybox_hello().expect("greeter image").write_oci_layout(&hello_layout, "latest").expect("layout");
+        plinth_testkit::busybox_hello()
+            .expect("greeter image")
+            .write_oci_layout(&hello_layout, "latest")
+            .expect("layout");
         let libvirt = Libvirt::start(&dir.path().join("logs"));
         Playground { libvirt, dir, hello_layout }
     }
@@ -231,7 +238,11 @@ impl Playground {
 
     /// GET on the master's API from inside the namespace.
     fn api(&self, path: &str) -> Value {
-        let out = self.libvirt.command("curl", &["-fsS", "--max-time", "10", &format!("{MASTER}{path}")]).output().expect("curl");
+        let out = self
+            .libvirt
+            .command("curl", &["-fsS", "--max-time", "10", &format!("{MASTER}{path}")])
+            .output()
+            .expect("curl");
         assert!(out.status.success(), "GET {path}: {}\n{}", text(&out), self.diagnostics());
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", text(&out)))
     }
@@ -241,7 +252,11 @@ impl Playground {
         for entry in std::fs::read_dir(self.path("consoles")).into_iter().flatten().flatten() {
             let log = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()).into_owned();
             let lines: Vec<&str> = log.lines().collect();
-            all.push_str(&format!("--- {} ---\n{}\n", entry.path().display(), lines[lines.len().saturating_sub(30)..].join("\n")));
+            all.push_str(&format!(
+                "--- {} ---\n{}\n",
+                entry.path().display(),
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            ));
         }
         all
     }
@@ -256,7 +271,12 @@ impl Playground {
         let out = self.shell(&script(blocks, n));
         let output = text(&out);
         eprintln!("--- walk-through block {n} ({:.0?}) ---\n{}\n{output}", started.elapsed(), blocks[n]);
-        assert!(out.status.success(), "walk-through block {n} failed:\n{}\n{output}\n{}", blocks[n], self.diagnostics());
+        assert!(
+            out.status.success(),
+            "walk-through block {n} failed:\n{}\n{output}\n{}",
+            blocks[n],
+            self.diagnostics()
+        );
         output
     }
 
@@ -282,8 +302,12 @@ impl Playground {
 
 /// Block `n` as the user's shell runs it: after the `export`s of the blocks before it.
 fn script(blocks: &[String], n: usize) -> String {
-    let exports: String =
-        blocks[..n].iter().flat_map(|b| b.lines()).filter(|l| l.starts_with("export ")).map(|l| format!("{l}\n")).collect();
+    let exports: String = blocks[..n]
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter(|l| l.starts_with("export "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     format!("{exports}{}", blocks[n])
 }
 
@@ -390,7 +414,10 @@ fn vagrant_up_brings_up_the_playground_and_the_readme_walk_through_works() {
     // 6. `vagrant destroy -f`: no domain, no network, no QEMU left.
     playground.step(&blocks, 5);
     assert_eq!(playground.libvirt.names(&["list", "--all", "--name"]), Vec::<String>::new(), "domains left");
-    assert!(!playground.libvirt.names(&["net-list", "--all", "--name"]).contains(&"plinth-pxe".to_string()), "network left");
+    assert!(
+        !playground.libvirt.names(&["net-list", "--all", "--name"]).contains(&"plinth-pxe".to_string()),
+        "network left"
+    );
     let end = Instant::now() + Duration::from_secs(30);
     while !playground.processes_left().is_empty() {
         assert!(Instant::now() < end, "processes left in the namespace: {:?}", playground.processes_left());

@@ -18,7 +18,9 @@ fn agent_vm_joins_master_vm_and_runs_a_task() -> anyhow::Result<()> {
         name: "master".into(),
         boot: Boot::Kernel {
             dir: image().to_path_buf(),
-            cmdline: cmdline("plinth.role=master plinth.hostname=m1 ip=:::::eth0:dhcp ip=192.168.76.1:::255.255.255.0::eth1:off"),
+            cmdline: cmdline(
+                "plinth.role=master plinth.hostname=m1 ip=:::::eth0:dhcp ip=192.168.76.1:::255.255.255.0::eth1:off",
+            ),
         },
         mem_mb: 1024,
         args: master_args,

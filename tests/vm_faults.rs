@@ -62,7 +62,10 @@ fn ctrl_alt_del_reboots_gracefully_and_the_data_disk_keeps_the_masters_state() -
     let mounts: serde_json::Value = http().get(format!("http://127.0.0.1:{node}/node/v1/mounts")).send()?.json()?;
     let data = mounts.as_array().and_then(|m| m.iter().find(|e| e["target"] == "/var/lib/plinth").cloned());
     assert_eq!(data.as_ref().map(|d| d["fstype"].clone()), Some(serde_json::json!("ext4")), "{mounts}");
-    let created = http().post(format!("{base}/v2/apps")).json(&serde_json::json!({"id": "/kept", "cmd": "sleep 1000", "instances": 0})).send()?;
+    let created = http()
+        .post(format!("{base}/v2/apps"))
+        .json(&serde_json::json!({"id": "/kept", "cmd": "sleep 1000", "instances": 0}))
+        .send()?;
     assert_eq!(created.status().as_u16(), 201, "{}", created.text()?);
 
     vm.monitor("sendkey ctrl-alt-delete")?;
@@ -89,7 +92,10 @@ fn a_crashing_role_is_restarted_with_backoff_and_the_node_api_still_answers() ->
     // `plinth.<flag>=` is passed through to the role: an unknown flag makes it exit at once.
     let mut vm = Vm::start(VmConfig {
         name: "crashloop".into(),
-        boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=master plinth.no_such_flag=1 plinth.token=t0ken") },
+        boot: Boot::Kernel {
+            dir: image().to_path_buf(),
+            cmdline: cmdline("plinth.role=master plinth.no_such_flag=1 plinth.token=t0ken"),
+        },
         mem_mb: 1024,
         // The DHCP server names the node: no plinth.hostname on this command line.
         args: user_net_with(3, "52:54:00:00:00:30", &[(node, 5052)], ",hostname=named-by-dhcp"),

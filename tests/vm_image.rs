@@ -8,7 +8,12 @@ use vm_common::*;
 
 fn build_fails(args: &[&str]) -> String {
     let out_dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(plinth()).args(["image", "build", "--out"]).arg(out_dir.path()).args(args).output().expect("run plinth");
+    let out = Command::new(plinth())
+        .args(["image", "build", "--out"])
+        .arg(out_dir.path())
+        .args(args)
+        .output()
+        .expect("run plinth");
     assert!(!out.status.success(), "build with {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -21,7 +26,14 @@ fn two_builds_are_byte_identical() -> anyhow::Result<()> {
     let bin_dir = tempfile::tempdir()?;
     let binary = bin_dir.path().join("plinth");
     std::fs::copy(plinth(), &binary)?;
-    let args = ["--role", "agent", "--cmdline", "plinth.master=http://10.9.9.9:8080", "--binary", binary.to_str().expect("utf-8 path")];
+    let args = [
+        "--role",
+        "agent",
+        "--cmdline",
+        "plinth.master=http://10.9.9.9:8080",
+        "--binary",
+        binary.to_str().expect("utf-8 path"),
+    ];
     build_image(a.path(), &args)?;
     build_image(b.path(), &args)?;
     for file in ["initramfs.img", "vmlinuz", "cmdline", "SHA256SUMS"] {
@@ -31,7 +43,10 @@ fn two_builds_are_byte_identical() -> anyhow::Result<()> {
     let cmdline = std::fs::read_to_string(a.path().join("cmdline"))?;
     assert!(cmdline.contains("plinth.role=agent plinth.master=http://10.9.9.9:8080"), "{cmdline}");
     // The archive is a valid newc cpio that holds the init, its loader and the modules.
-    let listing = Command::new("sh").arg("-c").arg(format!("zstdcat {} | cpio -t --quiet", a.path().join("initramfs.img").display())).output()?;
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstdcat {} | cpio -t --quiet", a.path().join("initramfs.img").display()))
+        .output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
     for path in ["init", "lib64/ld-linux-x86-64.so.2", "bin/sh", "etc/ssl/certs/ca-certificates.crt", "dev/console"] {
         assert!(listing.lines().any(|l| l == path), "initramfs lacks {path}");
@@ -74,9 +89,17 @@ fn iso_boots_on_bios_and_disk_boots_on_uefi() -> anyhow::Result<()> {
         assert!(listing.lines().any(|l| l == member), "box lacks {member}: {listing}");
     }
 
-    for (name, boot) in [("iso-bios", Boot::Cdrom(dir.path().join("plinth.iso"))), ("disk-uefi", Boot::UefiDisk(dir.path().join("disk.qcow2")))] {
+    for (name, boot) in [
+        ("iso-bios", Boot::Cdrom(dir.path().join("plinth.iso"))),
+        ("disk-uefi", Boot::UefiDisk(dir.path().join("disk.qcow2"))),
+    ] {
         let api = free_port();
-        let mut vm = Vm::start(VmConfig { name: name.into(), boot, mem_mb: 1024, args: user_net(3, "52:54:00:00:03:01", &[(api, 8080)]) })?;
+        let mut vm = Vm::start(VmConfig {
+            name: name.into(),
+            boot,
+            mem_mb: 1024,
+            args: user_net(3, "52:54:00:00:03:01", &[(api, 8080)]),
+        })?;
         let (_, t) = wait_http(&mut vm, &format!("http://127.0.0.1:{api}/ping"), BOOT_TIMEOUT)?;
         eprintln!("{name}: /ping answered {:.1}s after QEMU started", t.as_secs_f64());
         let console = vm.wait_console("role:       master", std::time::Duration::from_secs(30))?;

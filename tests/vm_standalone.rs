@@ -13,7 +13,10 @@ fn standalone_vm_runs_an_app_and_powers_off_through_the_node_api() -> anyhow::Re
     let (api, node) = (free_port(), free_port());
     let mut vm = Vm::start(VmConfig {
         name: "standalone".into(),
-        boot: Boot::Kernel { dir: image().to_path_buf(), cmdline: cmdline("plinth.role=standalone plinth.hostname=solo") },
+        boot: Boot::Kernel {
+            dir: image().to_path_buf(),
+            cmdline: cmdline("plinth.role=standalone plinth.hostname=solo"),
+        },
         mem_mb: 2048,
         args: user_net(3, "52:54:00:00:00:10", &[(api, 8080), (node, 5052)]),
     })?;
@@ -23,7 +26,13 @@ fn standalone_vm_runs_an_app_and_powers_off_through_the_node_api() -> anyhow::Re
     assert_eq!(pong.trim(), "pong");
 
     let console = vm.wait_console("=====================================================", Duration::from_secs(30))?;
-    for line in ["PLINTH NODE", "role:       standalone", "hostname:   solo", "addresses:  eth0 10.0.2.15/24 (dhcp)", "node API:   http://10.0.2.15:5052/node/v1/"] {
+    for line in [
+        "PLINTH NODE",
+        "role:       standalone",
+        "hostname:   solo",
+        "addresses:  eth0 10.0.2.15/24 (dhcp)",
+        "node API:   http://10.0.2.15:5052/node/v1/",
+    ] {
         assert!(console.contains(line), "status block lacks {line:?}:\n{}", tail(&console, 40));
     }
 
@@ -44,7 +53,9 @@ fn standalone_vm_runs_an_app_and_powers_off_through_the_node_api() -> anyhow::Re
     assert_eq!(status["role"], "standalone");
     assert_eq!(status["hostname"], "solo");
     let mounts: serde_json::Value = client.get(format!("{node_api}/mounts")).send()?.json()?;
-    let has_mount = |target: &str, fstype: &str| mounts.as_array().is_some_and(|m| m.iter().any(|e| e["target"] == target && e["fstype"] == fstype));
+    let has_mount = |target: &str, fstype: &str| {
+        mounts.as_array().is_some_and(|m| m.iter().any(|e| e["target"] == target && e["fstype"] == fstype))
+    };
     assert!(has_mount("/sys/fs/cgroup", "cgroup2"), "{mounts}");
     assert!(has_mount("/var/lib/plinth", "tmpfs"), "{mounts}");
     assert!(has_mount("/", "tmpfs"), "root left the initramfs for a tmpfs: {mounts}");

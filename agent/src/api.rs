@@ -154,7 +154,10 @@ fn task_parts(node: &Node, id: &str) -> Result<(TaskInfo, PathBuf, Vec<PathBuf>,
 
 /// `docker inspect` for a task: its record, the container (image digest, pid, address,
 /// ports, rootfs) and its cgroup with current use.
-async fn inspect_task(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn inspect_task(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let (info, sandbox, dirs, cgroup) = task_parts(&node, &id)?;
     let container = inspect::container_record(&sandbox);
     let app_container = {
@@ -192,7 +195,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             .values()
             .filter(|r| !r.is_terminal())
             .map(|r| {
-                let dirs = r.handle.as_ref().and_then(|h| h.cgroup.as_ref()).map(|c| c.dirs.clone()).unwrap_or_default();
+                let dirs =
+                    r.handle.as_ref().and_then(|h| h.cgroup.as_ref()).map(|c| c.dirs.clone()).unwrap_or_default();
                 (r.spec.task_id.to_string(), r.spec.app_id.to_string(), dirs)
             })
             .collect()
@@ -216,7 +220,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             out.push_str(&format!("plinth_task_memory_bytes{{task_id=\"{task}\",app_id=\"{app}\"}} {bytes}\n"));
         }
     }
-    out.push_str("# HELP plinth_task_memory_limit_bytes The task's memory limit.\n# TYPE plinth_task_memory_limit_bytes gauge\n");
+    out.push_str(
+        "# HELP plinth_task_memory_limit_bytes The task's memory limit.\n# TYPE plinth_task_memory_limit_bytes gauge\n",
+    );
     for (task, app, s) in &stats {
         if let Some(bytes) = s.memory_limit_bytes {
             out.push_str(&format!("plinth_task_memory_limit_bytes{{task_id=\"{task}\",app_id=\"{app}\"}} {bytes}\n"));
@@ -258,10 +264,11 @@ async fn task_logs(
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
     if !query.follow {
         let read_path = path.clone();
-        let (bytes, next) = tokio::task::spawn_blocking(move || logs::read_from(&read_path, query.offset, LOG_MAX_ANSWER))
-            .await
-            .expect("log read panicked")
-            .map_err(|error| ApiError::ReadLog { task_id: id, error })?;
+        let (bytes, next) =
+            tokio::task::spawn_blocking(move || logs::read_from(&read_path, query.offset, LOG_MAX_ANSWER))
+                .await
+                .expect("log read panicked")
+                .map_err(|error| ApiError::ReadLog { task_id: id, error })?;
         let mut response = bytes.into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, text);
         response.headers_mut().insert(OFFSET_HEADER, HeaderValue::from(next));

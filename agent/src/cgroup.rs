@@ -77,9 +77,7 @@ fn try_create(task_id: &str, cpus: f64, mem_mb: f64) -> Result<TaskCgroup, Agent
         let bytes = (mem_mb * 1024.0 * 1024.0) as i64;
         builder = builder.memory().memory_hard_limit(bytes).done();
     }
-    let cgroup = builder
-        .build(hierarchy)
-        .map_err(|source| AgentError::CgroupCreate { name: name.clone(), source })?;
+    let cgroup = builder.build(hierarchy).map_err(|source| AgentError::CgroupCreate { name: name.clone(), source })?;
     let dirs = cgroup.subsystems().iter().map(|s| s.to_controller().path().to_path_buf()).collect();
     Ok(TaskCgroup { name, dirs })
 }

@@ -86,9 +86,8 @@ impl MasterClient {
         let port = url.port_or_known_default().unwrap_or(80);
         let Ok(mut addrs) = tokio::net::lookup_host((host.as_str(), port)).await else { return fallback };
         let Some(target): Option<SocketAddr> = addrs.next() else { return fallback };
-        let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .expect("literal socket address");
+        let bind: SocketAddr =
+            if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal socket address");
         UdpSocket::bind(bind)
             .and_then(|socket| socket.connect(target).and_then(|()| socket.local_addr()))
             .map(|addr| addr.ip())

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 mod api;
 pub mod archive;
 pub mod cgroup;
-pub mod container;
 mod checks;
 mod client;
+pub mod container;
 mod error;
 pub mod executor;
 pub mod fetch;
@@ -104,14 +104,7 @@ impl AgentConfig {
         if let Some(registry) = &self.containers.registry {
             return registry.trim_end_matches('/').to_string();
         }
-        let host = self
-            .master
-            .split("://")
-            .nth(1)
-            .unwrap_or(&self.master)
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        let host = self.master.split("://").nth(1).unwrap_or(&self.master).split('/').next().unwrap_or_default();
         // Strip the port, keeping IPv6 brackets intact.
         let host = match host.rfind(':') {
             Some(i) if !host[i..].contains(']') => &host[..i],

@@ -14,9 +14,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
+use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::logs::LogPolicy;
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
-use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
 use crate::{fsutil, taskenv, AgentConfig, AgentError, IMAGES_DIR};
@@ -309,7 +309,8 @@ impl Node {
     pub fn tick(&self, now: Timestamp) {
         let mut state = self.lock();
         let mut changed = false;
-        let live: Vec<TaskId> = state.tasks.values().filter(|r| !r.is_terminal()).map(|r| r.spec.task_id.clone()).collect();
+        let live: Vec<TaskId> =
+            state.tasks.values().filter(|r| !r.is_terminal()).map(|r| r.spec.task_id.clone()).collect();
         for task_id in live {
             let Some(record) = state.tasks.get(&task_id) else { continue };
             let observation = match &record.handle {
@@ -376,8 +377,13 @@ impl Node {
                 let mut record = TaskRecord::new(spec, PathBuf::new(), now);
                 record.finished_at = Some(now);
                 state.tasks.insert(task_id.clone(), record);
-                let transition =
-                    Transition { state: task_state, message: Some(message), reason: Some(reason), exit_code: None, pid: None };
+                let transition = Transition {
+                    state: task_state,
+                    message: Some(message),
+                    reason: Some(reason),
+                    exit_code: None,
+                    pid: None,
+                };
                 self.transition(state, &task_id, transition, now);
             }
         }
@@ -407,24 +413,34 @@ impl Node {
                 if let Some(record) = state.tasks.get_mut(&task_id) {
                     record.handle = Some(handle);
                 }
-                self.transition(state, &task_id, Transition {
-                    state: TaskState::TaskStarting,
-                    message: None,
-                    reason: None,
-                    exit_code: None,
-                    pid: None,
-                }, now);
+                self.transition(
+                    state,
+                    &task_id,
+                    Transition {
+                        state: TaskState::TaskStarting,
+                        message: None,
+                        reason: None,
+                        exit_code: None,
+                        pid: None,
+                    },
+                    now,
+                );
             }
             Err(err) => {
                 let message = format!("{}", DisplayChain(&err));
                 warn!(node_id = %self.node_id(), task_id = %task_id, error = %message, "launch failed");
-                self.transition(state, &task_id, Transition {
-                    state: TaskState::TaskFailed,
-                    message: Some(format!("Launch failed: {message}")),
-                    reason: Some(reconciler::REASON_COMMAND_FAILED),
-                    exit_code: None,
-                    pid: None,
-                }, now);
+                self.transition(
+                    state,
+                    &task_id,
+                    Transition {
+                        state: TaskState::TaskFailed,
+                        message: Some(format!("Launch failed: {message}")),
+                        reason: Some(reconciler::REASON_COMMAND_FAILED),
+                        exit_code: None,
+                        pid: None,
+                    },
+                    now,
+                );
             }
         }
     }
@@ -531,7 +547,12 @@ impl Node {
     /// Queues a `TASK_RUNNING` update carrying health or readiness results, unless the
     /// task stopped running (or is being killed) while its check ran: an update about a
     /// task that already ended would read as if it were running again.
-    pub(crate) fn queue_check_update(&self, task_id: &TaskId, healthy: Option<bool>, extra: BTreeMap<String, serde_json::Value>) {
+    pub(crate) fn queue_check_update(
+        &self,
+        task_id: &TaskId,
+        healthy: Option<bool>,
+        extra: BTreeMap<String, serde_json::Value>,
+    ) {
         let mut state = self.lock();
         let Some(record) = state.tasks.get(task_id) else { return };
         if record.state != TaskState::TaskRunning || record.kill_requested_at.is_some() {
@@ -607,7 +628,13 @@ impl Node {
     }
 
     /// Returns when the agent must register again.
-    async fn sync_loop(self: &Arc<Self>, client: &MasterClient, agent_id: &AgentId, heartbeat: Duration, backoff: &mut Backoff) {
+    async fn sync_loop(
+        self: &Arc<Self>,
+        client: &MasterClient,
+        agent_id: &AgentId,
+        heartbeat: Duration,
+        backoff: &mut Backoff,
+    ) {
         let wait = self.options.sync_wait.min(heartbeat);
         // A master that answers at once must not be hammered: at most one sync per this.
         let min_interval = heartbeat.min(Duration::from_secs(1));
@@ -637,7 +664,9 @@ impl Node {
                         None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
                     }
                 }
-                Err(AgentError::MasterStatus { status, .. }) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                Err(AgentError::MasterStatus { status, .. })
+                    if (400..500).contains(&status) && status != 408 && status != 429 =>
+                {
                     warn!(node_id = %agent_id, status, "the master rejected sync; registering again");
                     tokio::time::sleep(backoff.next_delay()).await;
                     return;
@@ -687,7 +716,9 @@ impl Node {
                     blobs = report.removed_blobs, remaining_bytes = report.remaining_bytes, "collected unused images"
                 ),
                 Ok(_) => {}
-                Err(err) => warn!(node_id = %self.node_id(), error = %DisplayChain(&err), "image garbage collection failed"),
+                Err(err) => {
+                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), "image garbage collection failed")
+                }
             }
         }
     }

@@ -34,10 +34,21 @@ pub const REASON_FETCH_FAILED: &str = "REASON_CONTAINER_LAUNCH_FAILED";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Launch(TaskSpec),
-    Kill { task_id: TaskId, grace: Duration, why: KillWhy },
-    ForceKill { task_id: TaskId },
+    Kill {
+        task_id: TaskId,
+        grace: Duration,
+        why: KillWhy,
+    },
+    ForceKill {
+        task_id: TaskId,
+    },
     /// The task is not launched; the master gets a terminal status for it at once.
-    Refuse { spec: TaskSpec, state: TaskState, reason: &'static str, message: String },
+    Refuse {
+        spec: TaskSpec,
+        state: TaskState,
+        reason: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +68,12 @@ pub enum Plan {
 }
 
 /// Decides what to do with a desired state just received from the master.
-pub fn plan(applied_generation: u64, desired: &DesiredState, tasks: &BTreeMap<TaskId, TaskRecord>, now: Timestamp) -> Plan {
+pub fn plan(
+    applied_generation: u64,
+    desired: &DesiredState,
+    tasks: &BTreeMap<TaskId, TaskRecord>,
+    now: Timestamp,
+) -> Plan {
     if desired.generation <= applied_generation {
         return Plan::Ignore { generation: desired.generation, applied: applied_generation };
     }
@@ -108,7 +124,11 @@ fn kill_actions(record: &TaskRecord, why: KillWhy, now: Timestamp) -> Option<Act
     }
     let task_id = record.spec.task_id.clone();
     match record.kill_requested_at {
-        None => Some(Action::Kill { task_id, grace: Duration::from_millis(u64::try_from(record.kill_grace_ms()).unwrap_or(0)), why }),
+        None => Some(Action::Kill {
+            task_id,
+            grace: Duration::from_millis(u64::try_from(record.kill_grace_ms()).unwrap_or(0)),
+            why,
+        }),
         Some(at) if !record.force_killed && now >= at.plus_millis(record.kill_grace_ms() + FORCE_KILL_MARGIN_MS) => {
             Some(Action::ForceKill { task_id })
         }
@@ -153,7 +173,9 @@ pub fn observe(record: &TaskRecord, observation: &Observation) -> Option<Transit
     }
     let killing = record.kill_requested_at.is_some();
     match observation {
-        Observation::Starting if record.state == TaskState::TaskStaging => Some(Transition::to(TaskState::TaskStarting)),
+        Observation::Starting if record.state == TaskState::TaskStaging => {
+            Some(Transition::to(TaskState::TaskStarting))
+        }
         Observation::Starting => None,
         Observation::Running { pid } if record.state != TaskState::TaskRunning => {
             Some(Transition { pid: *pid, ..Transition::to(TaskState::TaskRunning) })
@@ -203,10 +225,7 @@ fn ended(record: &TaskRecord, t: &Termination, killing: bool) -> Transition {
     }
     if t.oom {
         return Transition {
-            message: Some(format!(
-                "Task was OOM-killed: it exceeded its memory limit of {} MB",
-                record.spec.app.mem
-            )),
+            message: Some(format!("Task was OOM-killed: it exceeded its memory limit of {} MB", record.spec.app.mem)),
             reason: Some(REASON_MEMORY),
             exit_code: t.code,
             ..Transition::to(TaskState::TaskFailed)
@@ -373,7 +392,15 @@ mod tests {
     }
 
     fn exit(code: Option<i32>, signal: Option<i32>, oom: bool, killed: bool) -> Observation {
-        Observation::Exited(Termination { code, signal, oom, killed, error: None, fetch_failed: false, finished_at: "t".into() })
+        Observation::Exited(Termination {
+            code,
+            signal,
+            oom,
+            killed,
+            error: None,
+            fetch_failed: false,
+            finished_at: "t".into(),
+        })
     }
 
     #[test]
@@ -405,10 +432,15 @@ mod tests {
     fn anything_ending_after_a_kill_request_is_killed() {
         let mut r = record("a.1", TaskState::TaskRunning);
         r.kill_requested_at = Some(Timestamp(1));
-        for observation in [exit(Some(0), None, false, false), exit(None, Some(15), false, true), exit(None, Some(9), true, false)] {
+        for observation in
+            [exit(Some(0), None, false, false), exit(None, Some(15), false, true), exit(None, Some(9), true, false)]
+        {
             assert_eq!(observe(&r, &observation).map(|t| t.state), Some(TaskState::TaskKilled));
         }
-        assert_eq!(observe(&r, &Observation::Gone { message: "x".into() }).map(|t| t.state), Some(TaskState::TaskKilled));
+        assert_eq!(
+            observe(&r, &Observation::Gone { message: "x".into() }).map(|t| t.state),
+            Some(TaskState::TaskKilled)
+        );
         let done = record("a.1", TaskState::TaskKilled);
         assert_eq!(observe(&done, &exit(Some(0), None, false, false)), None, "terminal stays terminal");
     }

@@ -20,12 +20,7 @@ pub fn detect_resources(work_dir: &Path) -> Resources {
 pub fn resources_from_totals(cpus: usize, mem_total_mb: f64, disk_total_mb: f64) -> Resources {
     let mem = if mem_total_mb >= 2048.0 { mem_total_mb - 1024.0 } else { mem_total_mb / 2.0 };
     let disk = if disk_total_mb >= 10240.0 { disk_total_mb - 5120.0 } else { disk_total_mb / 2.0 };
-    Resources {
-        cpus: cpus as f64,
-        mem: mem.floor(),
-        disk: disk.floor(),
-        ports: PortRanges::new([DEFAULT_PORTS]),
-    }
+    Resources { cpus: cpus as f64, mem: mem.floor(), disk: disk.floor(), ports: PortRanges::new([DEFAULT_PORTS]) }
 }
 
 fn total_memory_mb() -> Option<f64> {

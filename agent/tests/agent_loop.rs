@@ -19,7 +19,8 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     let port = free_port();
     let agent = start_agent(&master, dir.path().to_path_buf(), port);
 
-    let first = wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+    let first =
+        wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
     assert_eq!(first.agent_id, None);
     assert_eq!(first.hostname, "test-node");
     assert_eq!(first.http_port, port);
@@ -33,10 +34,12 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
             spec("job.1", json!({"id": "/job", "cmd": "echo working; exit 3", "mem": 64})),
         ],
     });
-    let running = wait_until("web.1 running", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskRunning)).await;
+    let running =
+        wait_until("web.1 running", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskRunning)).await;
     assert_eq!(running.app_id.as_str(), "/web");
     assert!(status_of(&m, "web.1", TaskState::TaskStarting).is_some(), "STARTING comes first");
-    let failed = wait_until("job.1 failed", Duration::from_secs(15), || status_of(&m, "job.1", TaskState::TaskFailed)).await;
+    let failed =
+        wait_until("job.1 failed", Duration::from_secs(15), || status_of(&m, "job.1", TaskState::TaskFailed)).await;
     assert_eq!(failed.exit_code, Some(3));
     assert_eq!(failed.message.as_deref(), Some("Command exited with status 3"));
 
@@ -75,16 +78,25 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     let web = get_json(&format!("{}/v1/tasks/web.1", agent.api)).await;
     assert_eq!(web["state"], "TASK_RUNNING");
     assert_eq!(web["pid"].as_i64(), Some(pid), "same process, not a new launch");
-    let running_updates = m.lock().unwrap().statuses.iter().filter(|u| u.task_id.as_str() == "web.1" && u.state == TaskState::TaskRunning).count();
+    let running_updates = m
+        .lock()
+        .unwrap()
+        .statuses
+        .iter()
+        .filter(|u| u.task_id.as_str() == "web.1" && u.state == TaskState::TaskRunning)
+        .count();
     assert_eq!(running_updates, 1, "no duplicate launch");
 
     // A newer generation without the task kills it.
     m.lock().unwrap().desired = Some(DesiredState { generation: 2, tasks: vec![] });
-    let killed = wait_until("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
+    let killed =
+        wait_until("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
     assert!(killed.message.unwrap().contains("killed"));
-    assert!(!std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
-    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
+        }
+    );
     agent.handle.abort();
 }
 
@@ -111,11 +123,15 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
             TaskSpec { kill: true, ..spec("never.1", json!({"id": "/never", "cmd": "x"})) },
         ],
     });
-    let failed = wait_until("launch failure", Duration::from_secs(10), || status_of(&m, "bad.1", TaskState::TaskFailed)).await;
+    let failed =
+        wait_until("launch failure", Duration::from_secs(10), || status_of(&m, "bad.1", TaskState::TaskFailed)).await;
     assert!(failed.message.unwrap().contains("injected launch failure"));
-    let refused = wait_until("bad id refused", Duration::from_secs(10), || status_of(&m, "../escape", TaskState::TaskError)).await;
+    let refused =
+        wait_until("bad id refused", Duration::from_secs(10), || status_of(&m, "../escape", TaskState::TaskError))
+            .await;
     assert!(refused.message.unwrap().contains("not usable"));
-    wait_until("kill of an unknown task", Duration::from_secs(10), || status_of(&m, "never.1", TaskState::TaskKilled)).await;
+    wait_until("kill of an unknown task", Duration::from_secs(10), || status_of(&m, "never.1", TaskState::TaskKilled))
+        .await;
     wait_until("ok.1 running", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskRunning)).await;
     assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")]);
     assert!(!dir.path().join("escape").exists() && !dir.path().join("tasks/..").join("escape").exists());
@@ -123,7 +139,9 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
     // The master forgets the agent: it registers again, reporting its running task.
     let before = m.lock().unwrap().registrations.len();
     m.lock().unwrap().reregister_next = true;
-    let again = wait_until("re-registration", Duration::from_secs(10), || m.lock().unwrap().registrations.get(before).cloned()).await;
+    let again =
+        wait_until("re-registration", Duration::from_secs(10), || m.lock().unwrap().registrations.get(before).cloned())
+            .await;
     assert_eq!(again.last_generation, 5);
     assert_eq!(again.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), vec!["ok.1"]);
 
@@ -132,7 +150,8 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")], "generation 4 < 5 is ignored");
     fake.exit(&TaskId::new("ok.1"), 0);
-    let finished = wait_until("ok.1 finished", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskFinished)).await;
+    let finished =
+        wait_until("ok.1 finished", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskFinished)).await;
     assert_eq!(finished.exit_code, Some(0));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.launch_count(), 1, "a finished task is not relaunched");

@@ -323,8 +323,11 @@ fn sigterm_to_the_executor_stops_the_container_within_the_grace() {
     let record = task.wait_running();
     assert!(Path::new(&format!("/proc/{}", record.pid)).exists());
     let started = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(task.child.id()).unwrap()), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(task.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
     let termination = task.wait_exit(Duration::from_secs(10));
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(termination.killed, "{termination:?}");
@@ -461,8 +464,11 @@ fn bridge_containers_get_addresses_and_host_ports() {
     // Killing the first tears its pieces down and gives its address back.
     let first_id = first.id.clone();
     let mut first = first;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(first.child.id()).unwrap()), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(first.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
     first.wait_exit(Duration::from_secs(10));
     let _ = first.child.wait();
     first.assert_no_leftovers();

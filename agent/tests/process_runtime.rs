@@ -3,11 +3,13 @@
 //! Run as root for cgroup limits; every test removes the processes and cgroups it made,
 //! also when it fails.
 use plinth_agent::reconciler::{self, REASON_MEMORY};
-use plinth_agent::runtime::{ContainerRuntime, ExecutorCommand, LaunchRequest, Observation, ProcessRuntime, RuntimeHandle};
+use plinth_agent::runtime::{
+    ContainerRuntime, ExecutorCommand, LaunchRequest, Observation, ProcessRuntime, RuntimeHandle,
+};
 use plinth_agent::state::TaskRecord;
 use plinth_agent::taskenv::task_env;
-use plinth_protocol::agent::TaskSpec;
 use plinth_agent::testing::task_spec;
+use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::{TaskState, Timestamp};
 use serde_json::json;
 use std::path::Path;
@@ -202,7 +204,9 @@ fn limits_are_applied_and_the_cgroup_is_removed_afterwards() {
     let executor = launched.handle.pid.expect("executor pid");
     assert!(!procs.contains(&executor), "the executor stays outside the task's limits");
     let limit = cgroup.dirs.iter().find_map(|d| {
-        std::fs::read_to_string(d.join("memory.limit_in_bytes")).or_else(|_| std::fs::read_to_string(d.join("memory.max"))).ok()
+        std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+            .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+            .ok()
     });
     assert_eq!(limit.as_deref().map(str::trim), Some("50331648"));
     launched.runtime.kill(&launched.handle, Duration::from_secs(3)).expect("kill");
@@ -234,7 +238,8 @@ fn an_executor_killed_outright_is_reported_gone_and_takes_its_task_along() {
     let launched = launch("gone", json!({"id": "/gone", "cmd": "sleep 100"}));
     let pid = wait_running(&launched);
     let executor = launched.handle.pid.expect("executor pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(executor), nix::sys::signal::Signal::SIGKILL).expect("kill executor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(executor), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill executor");
     let observation = wait_for_exit(&launched, Duration::from_secs(10));
     assert!(matches!(observation, Observation::Gone { .. }), "{observation:?}");
     assert_eq!(reported(&launched, &observation, false).state, TaskState::TaskFailed);

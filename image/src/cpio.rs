@@ -89,7 +89,16 @@ impl Archive {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_header<W: Write>(out: &mut W, ino: u32, mode: u32, nlink: u32, mtime: u32, filesize: u32, rdev: (u32, u32), name: &str) -> io::Result<()> {
+fn write_header<W: Write>(
+    out: &mut W,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u32,
+    filesize: u32,
+    rdev: (u32, u32),
+    name: &str,
+) -> io::Result<()> {
     let namesize = name.len() + 1;
     let header = format!(
         "070701{ino:08X}{mode:08X}{uid:08X}{gid:08X}{nlink:08X}{mtime:08X}{filesize:08X}{devmajor:08X}{devminor:08X}{rdevmajor:08X}{rdevminor:08X}{namesize:08X}{check:08X}",

@@ -30,11 +30,23 @@ pub enum ImageError {
     #[error("manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("running {tool} (is the package that provides it installed? see scripts/packages-os.txt)")]
-    Tool { tool: String, #[source] source: std::io::Error },
+    Tool {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{tool} failed: {stderr}")]
     ToolFailed { tool: String, stderr: String },
     #[error("invalid option: {0}")]
@@ -75,8 +87,15 @@ pub struct BuildReport {
 
 /// Modules the image carries by default: the init's lists plus a few useful extras.
 pub fn default_modules() -> Vec<String> {
-    let mut m: Vec<String> = plinth_init::plan::BASE_MODULES.iter().chain(plinth_init::plan::CONTAINER_MODULES).map(|s| s.to_string()).collect();
-    m.extend(["virtio_input", "virtio_balloon", "crc32c_generic", "nls_cp437", "nls_ascii", "squashfs", "loop"].map(String::from));
+    let mut m: Vec<String> = plinth_init::plan::BASE_MODULES
+        .iter()
+        .chain(plinth_init::plan::CONTAINER_MODULES)
+        .map(|s| s.to_string())
+        .collect();
+    m.extend(
+        ["virtio_input", "virtio_balloon", "crc32c_generic", "nls_cp437", "nls_ascii", "squashfs", "loop"]
+            .map(String::from),
+    );
     m
 }
 
@@ -103,7 +122,8 @@ pub fn find_kernel(explicit: Option<&Path>, boot_dir: &Path) -> Result<(PathBuf,
         if !k.is_file() {
             return Err(ImageError::NoKernel { reason: format!("{} does not exist", k.display()) });
         }
-        let release = k.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string);
+        let release =
+            k.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string);
         return Ok((k.to_path_buf(), release));
     }
     let mut kernels: Vec<(PathBuf, String)> = std::fs::read_dir(boot_dir)
@@ -115,7 +135,9 @@ pub fn find_kernel(explicit: Option<&Path>, boot_dir: &Path) -> Result<(PathBuf,
         })
         .collect();
     kernels.sort_by(|a, b| version_cmp(&a.1, &b.1));
-    let (path, release) = kernels.pop().ok_or_else(|| ImageError::NoKernel { reason: format!("no vmlinuz-* in {}", boot_dir.display()) })?;
+    let (path, release) = kernels
+        .pop()
+        .ok_or_else(|| ImageError::NoKernel { reason: format!("no vmlinuz-* in {}", boot_dir.display()) })?;
     Ok((path, Some(release)))
 }
 
@@ -129,13 +151,19 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Shared libraries and loader the binary needs, from `ldd` (empty for a static binary).
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output().map_err(|source| ImageError::Tool { tool: "ldd".into(), source })?;
+    let out =
+        Command::new("ldd").arg(binary).output().map_err(|source| ImageError::Tool { tool: "ldd".into(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable")
+        {
             return Ok(Vec::new());
         }
-        return Err(ImageError::ToolFailed { tool: "ldd".into(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() });
+        return Err(ImageError::ToolFailed {
+            tool: "ldd".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(parse_ldd(&text))
 }
@@ -177,15 +205,37 @@ fn init_binary(binary: &Path, strip: bool, progress: &mut dyn FnMut(&str)) -> Re
 
 fn minimal_etc(archive: &mut Archive, cmdline: &str) {
     let file = |data: &str| Entry::File { mode: 0o644, data: data.as_bytes().to_vec() };
-    archive.add("/etc/passwd", file("root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"));
+    archive.add(
+        "/etc/passwd",
+        file("root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+    );
     archive.add("/etc/group", file("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"));
     archive.add("/etc/hosts", file("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"));
     archive.add("/etc/nsswitch.conf", file("passwd: files\ngroup: files\nhosts: files dns\n"));
     archive.add("/etc/resolv.conf", file(""));
     archive.add("/etc/hostname", file("plinth\n"));
-    archive.add("/etc/os-release", file(&format!("NAME=Plinth\nID=plinth\nPRETTY_NAME=\"Plinth node OS {}\"\nVERSION_ID={}\n", env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_VERSION"))));
+    archive.add(
+        "/etc/os-release",
+        file(&format!(
+            "NAME=Plinth\nID=plinth\nPRETTY_NAME=\"Plinth node OS {}\"\nVERSION_ID={}\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_VERSION")
+        )),
+    );
     archive.add("/etc/plinth/default-cmdline", file(&format!("{cmdline}\n")));
-    for dir in ["/dev", "/proc", "/sys", "/run", "/tmp", "/root", "/var/lib/plinth", "/var/log", "/usr/bin", "/usr/sbin", "/mnt"] {
+    for dir in [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/tmp",
+        "/root",
+        "/var/lib/plinth",
+        "/var/log",
+        "/usr/bin",
+        "/usr/sbin",
+        "/mnt",
+    ] {
         archive.add(dir, Entry::Dir { mode: 0o755 });
     }
     archive.add("/tmp", Entry::Dir { mode: 0o1777 });
@@ -197,13 +247,21 @@ fn minimal_etc(archive: &mut Archive, cmdline: &str) {
 
 /// Adds the selected modules (and dependencies) with filtered depmod files. Returns the
 /// module names included.
-fn add_modules(archive: &mut Archive, dir: &Path, release: &str, wanted_required: &[String], wanted_optional: &[String], progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+fn add_modules(
+    archive: &mut Archive,
+    dir: &Path,
+    release: &str,
+    wanted_required: &[String],
+    wanted_optional: &[String],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<String>> {
     let dep_path = dir.join("modules.dep");
     if !dep_path.is_file() {
         return Err(ImageError::NoModules { path: dir.to_path_buf() });
     }
     let text = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    let (dep, builtin, alias, softdep) = (text("modules.dep"), text("modules.builtin"), text("modules.alias"), text("modules.softdep"));
+    let (dep, builtin, alias, softdep) =
+        (text("modules.dep"), text("modules.builtin"), text("modules.alias"), text("modules.softdep"));
     let index = plinth_init::modules::ModuleIndex::parse(&dep, &builtin, &alias).with_softdeps(&softdep);
     let (_, missing_required) = index.load_order(wanted_required);
     if let Some(name) = missing_required.into_iter().next() {
@@ -226,7 +284,8 @@ fn add_modules(archive: &mut Archive, dir: &Path, release: &str, wanted_required
         .filter(|l| l.split_once(':').is_some_and(|(p, _)| included.contains(p.trim())))
         .map(|l| format!("{l}\n"))
         .collect();
-    let names: std::collections::BTreeSet<String> = files.iter().map(|f| plinth_init::modules::module_name(f)).collect();
+    let names: std::collections::BTreeSet<String> =
+        files.iter().map(|f| plinth_init::modules::module_name(f)).collect();
     let alias_filtered: String = alias
         .lines()
         .filter(|l| l.split_whitespace().nth(2).is_some_and(|m| names.contains(&m.replace('-', "_"))))
@@ -247,9 +306,17 @@ fn add_busybox(archive: &mut Archive, busybox: &Path, progress: &mut dyn FnMut(&
         progress(&format!("  {} not found; image has no /bin/sh (install busybox-static)", busybox.display()));
         return Ok(());
     };
-    let out = Command::new(busybox).arg("--list").output().map_err(|source| ImageError::Tool { tool: "busybox --list".into(), source })?;
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|source| ImageError::Tool { tool: "busybox --list".into(), source })?;
     archive.add("/bin/busybox", Entry::File { mode: 0o755, data });
-    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
     applets.sort();
     for applet in applets {
         // Never shadow the init, and keep plinth reachable as `plinth`.
@@ -294,7 +361,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let modules_dir = match (&opts.modules, &release) {
         (Some(d), _) => d.clone(),
         (None, Some(r)) => Path::new("/lib/modules").join(r),
-        (None, None) => return Err(ImageError::Invalid(format!("cannot tell the release of {}; pass --modules DIR", kernel.display()))),
+        (None, None) => {
+            return Err(ImageError::Invalid(format!(
+                "cannot tell the release of {}; pass --modules DIR",
+                kernel.display()
+            )))
+        }
     };
     let release = match &release {
         Some(r) => r.clone(),
@@ -339,7 +411,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     }
     let without_modules = {
         let mut b = Vec::new();
-        archive.write_newc(&mut b, opts.source_date_epoch).map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
+        archive
+            .write_newc(&mut b, opts.source_date_epoch)
+            .map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
         match m.compression.unwrap_or_default() {
             manifest::Compression::Zstd => zstd_compress(&b)?.len() as u64,
             manifest::Compression::Gzip => gzip(&b).len() as u64,
@@ -354,7 +428,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let compression = m.compression.unwrap_or_default();
     progress(&format!("[4/5] initramfs.img (newc cpio, {compression:?})"));
     let mut raw = Vec::new();
-    archive.write_newc(&mut raw, opts.source_date_epoch).map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
+    archive
+        .write_newc(&mut raw, opts.source_date_epoch)
+        .map_err(|source| ImageError::Write { path: "initramfs".into(), source })?;
     let compressed = match compression {
         manifest::Compression::Zstd => zstd_compress(&raw)?,
         manifest::Compression::Gzip => gzip(&raw),
@@ -365,20 +441,34 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let kernel_bytes = read(&kernel)?;
     write(&vmlinuz, &kernel_bytes)?;
     write(&opts.out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
-    progress(&format!("  {} entries, {} KiB raw, {} KiB compressed", archive.len(), raw.len() / 1024, compressed.len() / 1024));
+    progress(&format!(
+        "  {} entries, {} KiB raw, {} KiB compressed",
+        archive.len(),
+        raw.len() / 1024,
+        compressed.len() / 1024
+    ));
 
     let mut outputs = vec![vmlinuz.clone(), initramfs.clone(), opts.out.join("cmdline")];
     let mut formats = opts.formats.clone();
     formats.extend(m.formats.iter().copied());
     formats.sort();
     formats.dedup();
-    progress(&format!("[5/5] outputs: {}", if formats.is_empty() { "kernel + initramfs only".to_string() } else { format!("{formats:?}") }));
+    progress(&format!(
+        "[5/5] outputs: {}",
+        if formats.is_empty() { "kernel + initramfs only".to_string() } else { format!("{formats:?}") }
+    ));
     outputs.extend(outputs::build_formats(&opts.out, &formats, &cmdline, opts.source_date_epoch, progress)?);
 
     let sums: String = outputs
         .iter()
         .filter(|p| p.is_file())
-        .map(|p| Ok(format!("{}  {}\n", sha256_hex(&read(p)?), p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())))
+        .map(|p| {
+            Ok(format!(
+                "{}  {}\n",
+                sha256_hex(&read(p)?),
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ))
+        })
         .collect::<Result<_>>()?;
     write(&opts.out.join("SHA256SUMS"), sums.as_bytes())?;
     Ok(BuildReport {
@@ -401,7 +491,11 @@ mod tests {
         let text = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
         assert_eq!(
             parse_ldd(text),
-            [PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
     }
 
@@ -417,7 +511,8 @@ mod tests {
         let empty = tempfile::tempdir().expect("tempdir");
         let err = find_kernel(None, empty.path()).expect_err("no kernel");
         assert!(err.to_string().contains("no vmlinuz-* in"), "{err}");
-        let err = find_kernel(Some(Path::new("/nonexistent/vmlinuz")), empty.path()).expect_err("missing explicit kernel");
+        let err =
+            find_kernel(Some(Path::new("/nonexistent/vmlinuz")), empty.path()).expect_err("missing explicit kernel");
         assert!(err.to_string().contains("/nonexistent/vmlinuz does not exist"), "{err}");
     }
 
@@ -428,20 +523,30 @@ mod tests {
         for f in ["virtio_net.ko", "failover.ko", "other.ko"] {
             std::fs::write(dir.path().join("kernel/n").join(f), f).expect("write");
         }
-        std::fs::write(dir.path().join("modules.dep"), "kernel/n/virtio_net.ko: kernel/n/failover.ko\nkernel/n/failover.ko:\nkernel/n/other.ko:\n").expect("write");
-        std::fs::write(dir.path().join("modules.alias"), "alias virtio:d00000001v* virtio_net\nalias pci:v1* other\n").expect("write");
+        std::fs::write(
+            dir.path().join("modules.dep"),
+            "kernel/n/virtio_net.ko: kernel/n/failover.ko\nkernel/n/failover.ko:\nkernel/n/other.ko:\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("modules.alias"), "alias virtio:d00000001v* virtio_net\nalias pci:v1* other\n")
+            .expect("write");
         let mut a = Archive::default();
-        let names = add_modules(&mut a, dir.path(), "6.1", &["virtio_net".into()], &["nope".into()], &mut |_| {}).expect("ok");
+        let names =
+            add_modules(&mut a, dir.path(), "6.1", &["virtio_net".into()], &["nope".into()], &mut |_| {}).expect("ok");
         assert_eq!(names, ["failover", "virtio_net"]);
         assert!(a.contains("/lib/modules/6.1/kernel/n/failover.ko"));
         assert!(!a.contains("/lib/modules/6.1/kernel/n/other.ko"));
         match a.get("/lib/modules/6.1/modules.alias") {
-            Some(Entry::File { data, .. }) => assert_eq!(String::from_utf8_lossy(data), "alias virtio:d00000001v* virtio_net\n"),
+            Some(Entry::File { data, .. }) => {
+                assert_eq!(String::from_utf8_lossy(data), "alias virtio:d00000001v* virtio_net\n")
+            }
             other => panic!("alias file missing: {other:?}"),
         }
-        let err = add_modules(&mut Archive::default(), dir.path(), "6.1", &["wireguard".into()], &[], &mut |_| {}).expect_err("missing");
+        let err = add_modules(&mut Archive::default(), dir.path(), "6.1", &["wireguard".into()], &[], &mut |_| {})
+            .expect_err("missing");
         assert!(err.to_string().contains("\"wireguard\" is not in"), "{err}");
-        let err = add_modules(&mut Archive::default(), Path::new("/nonexistent"), "6.1", &[], &[], &mut |_| {}).expect_err("no dir");
+        let err = add_modules(&mut Archive::default(), Path::new("/nonexistent"), "6.1", &[], &[], &mut |_| {})
+            .expect_err("no dir");
         assert!(err.to_string().contains("/nonexistent is missing or has no modules.dep"), "{err}");
     }
 }

@@ -88,25 +88,36 @@ impl ExtraFile {
     pub fn mode_bits(&self) -> Result<u32, ImageError> {
         match &self.mode {
             None => Ok(0o644),
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|b| *b <= 0o7777)
-                .ok_or_else(|| ImageError::Manifest { path: PathBuf::from(&self.dest), reason: format!("mode {m:?} is not an octal permission like \"0644\"") }),
+            Some(m) => {
+                u32::from_str_radix(m.trim_start_matches("0o"), 8).ok().filter(|b| *b <= 0o7777).ok_or_else(|| {
+                    ImageError::Manifest {
+                        path: PathBuf::from(&self.dest),
+                        reason: format!("mode {m:?} is not an octal permission like \"0644\""),
+                    }
+                })
+            }
         }
     }
 }
 
 impl Manifest {
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ImageError> {
-        let m: Manifest = toml::from_str(text).map_err(|e| ImageError::Manifest { path: path.to_path_buf(), reason: e.to_string() })?;
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| ImageError::Manifest { path: path.to_path_buf(), reason: e.to_string() })?;
         if let Some(role) = &m.role {
             if !matches!(role.as_str(), "master" | "agent" | "standalone") {
-                return Err(ImageError::Manifest { path: path.to_path_buf(), reason: format!("role {role:?} is not master, agent or standalone") });
+                return Err(ImageError::Manifest {
+                    path: path.to_path_buf(),
+                    reason: format!("role {role:?} is not master, agent or standalone"),
+                });
             }
         }
         for f in &m.files {
             if !f.dest.starts_with('/') {
-                return Err(ImageError::Manifest { path: path.to_path_buf(), reason: format!("files.dest {:?} must be an absolute path", f.dest) });
+                return Err(ImageError::Manifest {
+                    path: path.to_path_buf(),
+                    reason: format!("files.dest {:?} must be an absolute path", f.dest),
+                });
             }
             f.mode_bits()?;
         }
@@ -114,7 +125,8 @@ impl Manifest {
     }
 
     pub fn load(path: &Path) -> Result<Manifest, ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ImageError::Read { path: path.to_path_buf(), source })?;
         let mut m = Manifest::parse(&text, path)?;
         // Extra files are relative to the manifest's directory.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -149,9 +161,11 @@ mod tests {
         assert!(err.to_string().contains("unknown field `module`"), "{err}");
         let err = Manifest::parse("role = \"boss\"\n", Path::new("m.toml")).expect_err("bad role");
         assert!(err.to_string().contains("\"boss\" is not master, agent or standalone"), "{err}");
-        let err = Manifest::parse("[[files]]\nsource = \"a\"\ndest = \"etc/a\"\n", Path::new("m.toml")).expect_err("relative");
+        let err = Manifest::parse("[[files]]\nsource = \"a\"\ndest = \"etc/a\"\n", Path::new("m.toml"))
+            .expect_err("relative");
         assert!(err.to_string().contains("must be an absolute path"), "{err}");
-        let err = Manifest::parse("[[files]]\nsource = \"a\"\ndest = \"/a\"\nmode = \"rw\"\n", Path::new("m.toml")).expect_err("mode");
+        let err = Manifest::parse("[[files]]\nsource = \"a\"\ndest = \"/a\"\nmode = \"rw\"\n", Path::new("m.toml"))
+            .expect_err("mode");
         assert!(err.to_string().contains("not an octal permission"), "{err}");
         let err = Manifest::parse("formats = [\"floppy\"]\n", Path::new("m.toml")).expect_err("format");
         assert!(err.to_string().contains("floppy"), "{err}");

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{ImageError, Result};
 use crate::manifest::Format;
+use crate::{ImageError, Result};
 
 fn run(cmd: &mut Command, tool: &str) -> Result<()> {
     let out = cmd.output().map_err(|source| ImageError::Tool { tool: tool.to_string(), source })?;
@@ -27,7 +27,13 @@ pub fn grub_cfg(cmdline: &str) -> String {
     )
 }
 
-pub fn build_formats(out: &Path, formats: &[Format], cmdline: &str, epoch: u32, progress: &mut dyn FnMut(&str)) -> Result<Vec<PathBuf>> {
+pub fn build_formats(
+    out: &Path,
+    formats: &[Format],
+    cmdline: &str,
+    epoch: u32,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<PathBuf>> {
     let mut made = Vec::new();
     let wants = |f| formats.contains(&f);
     if !(wants(Format::Iso) || wants(Format::Disk) || wants(Format::Box)) {
@@ -36,12 +42,15 @@ pub fn build_formats(out: &Path, formats: &[Format], cmdline: &str, epoch: u32, 
     let iso = out.join("plinth.iso");
     let staging = out.join(".iso-root");
     let _ = std::fs::remove_dir_all(&staging);
-    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|source| ImageError::Write { path: p.to_path_buf(), source });
+    let mk =
+        |p: &Path| std::fs::create_dir_all(p).map_err(|source| ImageError::Write { path: p.to_path_buf(), source });
     mk(&staging.join("boot/grub"))?;
     for (src, dst) in [("vmlinuz", "boot/vmlinuz"), ("initramfs.img", "boot/initramfs.img")] {
-        std::fs::copy(out.join(src), staging.join(dst)).map_err(|source| ImageError::Write { path: staging.join(dst), source })?;
+        std::fs::copy(out.join(src), staging.join(dst))
+            .map_err(|source| ImageError::Write { path: staging.join(dst), source })?;
     }
-    std::fs::write(staging.join("boot/grub/grub.cfg"), grub_cfg(cmdline)).map_err(|source| ImageError::Write { path: staging.join("boot/grub/grub.cfg"), source })?;
+    std::fs::write(staging.join("boot/grub/grub.cfg"), grub_cfg(cmdline))
+        .map_err(|source| ImageError::Write { path: staging.join("boot/grub/grub.cfg"), source })?;
     progress("  plinth.iso (grub-mkrescue: BIOS + UEFI hybrid)");
     run(
         Command::new("grub-mkrescue")
@@ -70,7 +79,10 @@ pub fn build_formats(out: &Path, formats: &[Format], cmdline: &str, epoch: u32, 
             .map_err(|source| ImageError::Write { path: raw.clone(), source })?;
         let qcow2 = out.join("disk.qcow2");
         progress("  disk.raw, disk.qcow2");
-        run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2), "qemu-img")?;
+        run(
+            Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2),
+            "qemu-img",
+        )?;
         if wants(Format::Disk) {
             made.push(raw.clone());
             made.push(qcow2.clone());
@@ -90,11 +102,19 @@ pub fn build_formats(out: &Path, formats: &[Format], cmdline: &str, epoch: u32, 
 }
 
 /// Vagrant libvirt box: a gzip'd tar of metadata.json, box.img (qcow2) and a Vagrantfile.
-fn vagrant_box(out: &Path, qcow2: &Path, virtual_size: u64, epoch: u32, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+fn vagrant_box(
+    out: &Path,
+    qcow2: &Path,
+    virtual_size: u64,
+    epoch: u32,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     let dir = out.join(".box");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| ImageError::Write { path: dir.clone(), source })?;
-    let w = |name: &str, data: String| std::fs::write(dir.join(name), data).map_err(|source| ImageError::Write { path: dir.join(name), source });
+    let w = |name: &str, data: String| {
+        std::fs::write(dir.join(name), data).map_err(|source| ImageError::Write { path: dir.join(name), source })
+    };
     w(
         "metadata.json",
         serde_json::json!({ "provider": "libvirt", "format": "qcow2", "virtual_size": virtual_size.div_ceil(1 << 30).max(1) }).to_string(),
@@ -104,7 +124,8 @@ fn vagrant_box(out: &Path, qcow2: &Path, virtual_size: u64, epoch: u32, progress
         "# Plinth nodes boot straight into PID 1: there is no SSH, manage them over the API.\nVagrant.configure(\"2\") do |config|\n  config.vm.synced_folder \".\", \"/vagrant\", disabled: true\n  config.ssh.insert_key = false\n  config.vm.provider :libvirt do |lv|\n    lv.driver = \"qemu\"\n    lv.memory = 2048\n    lv.cpus = 2\n    lv.disk_bus = \"virtio\"\n  end\nend\n"
             .to_string(),
     )?;
-    std::fs::copy(qcow2, dir.join("box.img")).map_err(|source| ImageError::Write { path: dir.join("box.img"), source })?;
+    std::fs::copy(qcow2, dir.join("box.img"))
+        .map_err(|source| ImageError::Write { path: dir.join("box.img"), source })?;
     let boxfile = out.join("plinth.box");
     progress("  plinth.box (Vagrant libvirt)");
     run(

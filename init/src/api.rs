@@ -76,7 +76,10 @@ pub fn route(view: &dyn NodeView, method: &str, path: &str, authorization: Optio
     if method == "POST" && matches!(path, "/node/v1/poweroff" | "/node/v1/reboot") {
         if let Some(token) = view.token() {
             if authorization != Some(format!("Bearer {token}").as_str()) {
-                return Reply::error(401, &format!("POST {path} needs the header Authorization: Bearer <plinth.token>"));
+                return Reply::error(
+                    401,
+                    &format!("POST {path} needs the header Authorization: Bearer <plinth.token>"),
+                );
             }
         }
     }

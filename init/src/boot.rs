@@ -89,8 +89,12 @@ impl<S: System> Boot<S> {
 
     fn module_index(&mut self) -> &ModuleIndex {
         if self.index.is_none() {
-            let mut read = |name: &str| String::from_utf8_lossy(&self.sys.read_file(&self.modules_dir.join(name)).unwrap_or_default()).into_owned();
-            let index = ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"), &read("modules.alias")).with_softdeps(&read("modules.softdep"));
+            let mut read = |name: &str| {
+                String::from_utf8_lossy(&self.sys.read_file(&self.modules_dir.join(name)).unwrap_or_default())
+                    .into_owned()
+            };
+            let index = ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"), &read("modules.alias"))
+                .with_softdeps(&read("modules.softdep"));
             self.index = Some(index);
         }
         self.index.as_ref().expect("set just above")
@@ -106,7 +110,11 @@ impl<S: System> Boot<S> {
         self.state.modules_missing.extend(missing);
         let mut loaded = 0;
         for wave in waves {
-            let paths: Vec<PathBuf> = wave.into_iter().filter(|rel| self.attempted.insert(rel.clone())).map(|rel| self.modules_dir.join(rel)).collect();
+            let paths: Vec<PathBuf> = wave
+                .into_iter()
+                .filter(|rel| self.attempted.insert(rel.clone()))
+                .map(|rel| self.modules_dir.join(rel))
+                .collect();
             for result in self.sys.load_modules_together(&paths) {
                 match result {
                     Ok(()) => loaded += 1,
@@ -137,7 +145,8 @@ impl<S: System> Boot<S> {
     pub fn enable_cgroup_controllers(&mut self) -> Result<()> {
         let root = Path::new("/sys/fs/cgroup");
         let available = self.sys.read_file(&root.join("cgroup.controllers"))?;
-        let wanted: Vec<String> = String::from_utf8_lossy(&available).split_whitespace().map(|c| format!("+{c}")).collect();
+        let wanted: Vec<String> =
+            String::from_utf8_lossy(&available).split_whitespace().map(|c| format!("+{c}")).collect();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -195,7 +204,13 @@ impl<S: System> Boot<S> {
                 match found {
                     Some(dev) => {
                         let dev_s = dev.to_string_lossy().into_owned();
-                        match self.sys.mount(&dev_s, target, "ext4", MountFlags { nosuid: true, nodev: true, noexec: false }, None) {
+                        match self.sys.mount(
+                            &dev_s,
+                            target,
+                            "ext4",
+                            MountFlags { nosuid: true, nodev: true, noexec: false },
+                            None,
+                        ) {
                             Ok(()) => {
                                 self.state.data_dir_source = format!("{dev_s} (ext4, label {label})");
                                 return Ok(());
@@ -246,7 +261,10 @@ impl<S: System> Boot<S> {
                 let e = InitError::Net {
                     op: "finding interface".into(),
                     iface: want.unwrap_or_else(|| "(first NIC)".into()),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("found only {:?}", links.iter().map(|l| &l.name).collect::<Vec<_>>())),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("found only {:?}", links.iter().map(|l| &l.name).collect::<Vec<_>>()),
+                    ),
                 };
                 warn!(error = %error_chain(&e), "network interface missing");
                 first_error.get_or_insert(e);
@@ -266,7 +284,14 @@ impl<S: System> Boot<S> {
 
     fn configure_link(&mut self, link: &Link, config: &NetConfig) -> Result<()> {
         net::link_up(link)?;
-        let mut state = IfaceState { name: link.name.clone(), mac: link.mac, address: None, gateway: None, via: "static", lease: None };
+        let mut state = IfaceState {
+            name: link.name.clone(),
+            mac: link.mac,
+            address: None,
+            gateway: None,
+            via: "static",
+            lease: None,
+        };
         let result = match config {
             NetConfig::Static(s) => {
                 net::add_address(link, s.address, s.prefix_len)?;
@@ -304,8 +329,10 @@ impl<S: System> Boot<S> {
 
     /// Node facts for the role's flags, read from /proc and the data dir.
     pub fn facts(&mut self, master_url: Option<&str>) -> NodeFacts {
-        let cpus = std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1);
-        let meminfo = String::from_utf8_lossy(&self.sys.read_file(Path::new("/proc/meminfo")).unwrap_or_default()).into_owned();
+        let cpus =
+            std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1);
+        let meminfo =
+            String::from_utf8_lossy(&self.sys.read_file(Path::new("/proc/meminfo")).unwrap_or_default()).into_owned();
         let mem_kb: u64 = meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -414,7 +441,10 @@ mod tests {
         }
         fn load_module(&mut self, path: &Path) -> Result<()> {
             if self.fail_module.is_some_and(|f| path.ends_with(f)) {
-                return Err(InitError::LoadModule { path: path.to_path_buf(), source: std::io::Error::from_raw_os_error(libc::ENOEXEC) });
+                return Err(InitError::LoadModule {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOEXEC),
+                });
             }
             self.loaded.push(path.to_path_buf());
             Ok(())
@@ -426,7 +456,9 @@ mod tests {
             let mut names: Vec<String> = self
                 .files
                 .keys()
-                .filter_map(|k| k.strip_prefix(path).ok()?.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()))
+                .filter_map(|k| {
+                    k.strip_prefix(path).ok()?.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+                })
                 .collect();
             names.dedup();
             names
@@ -446,9 +478,11 @@ mod tests {
     #[test]
     fn listed_then_hardware_modules_load_in_dependency_order() {
         let mut boot = Boot::new(fake(), "/lib/modules/6.1".into());
-        boot.run_phase(&Phase::LoadModules(vec!["virtio_pci".into(), "not_here".into()])).expect("degrades, never fails");
+        boot.run_phase(&Phase::LoadModules(vec!["virtio_pci".into(), "not_here".into()]))
+            .expect("degrades, never fails");
         boot.run_phase(&Phase::LoadHardwareModules).expect("ok");
-        let names: Vec<_> = boot.sys.loaded.iter().map(|p| p.file_name().expect("file").to_string_lossy().into_owned()).collect();
+        let names: Vec<_> =
+            boot.sys.loaded.iter().map(|p| p.file_name().expect("file").to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["virtio_pci_modern_dev.ko", "virtio_pci.ko", "failover.ko", "virtio_net.ko"]);
         assert_eq!(boot.state.modules_missing, ["not_here"]);
     }
@@ -466,7 +500,10 @@ mod tests {
     fn cgroup_controllers_are_all_enabled_for_children() {
         let mut boot = Boot::new(fake(), "/lib/modules/6.1".into());
         boot.run_phase(&Phase::EnableCgroupControllers).expect("ok");
-        assert_eq!(boot.sys.written, [(PathBuf::from("/sys/fs/cgroup/cgroup.subtree_control"), "+cpuset +cpu +io +memory +pids".to_string())]);
+        assert_eq!(
+            boot.sys.written,
+            [(PathBuf::from("/sys/fs/cgroup/cgroup.subtree_control"), "+cpuset +cpu +io +memory +pids".to_string())]
+        );
     }
 
     #[test]
@@ -479,16 +516,36 @@ mod tests {
     #[test]
     fn hostname_is_written_with_a_hosts_entry_per_address() {
         let mut boot = Boot::new(fake(), "/lib/modules/6.1".into());
-        boot.state.ifaces.push(IfaceState { name: "eth0".into(), mac: None, address: Some(([10, 0, 2, 15].into(), 24)), gateway: None, via: "dhcp", lease: None });
+        boot.state.ifaces.push(IfaceState {
+            name: "eth0".into(),
+            mac: None,
+            address: Some(([10, 0, 2, 15].into(), 24)),
+            gateway: None,
+            via: "dhcp",
+            lease: None,
+        });
         boot.run_phase(&Phase::Hostname(HostnameSource::Explicit("n1".into()))).expect("ok");
-        let hosts = boot.sys.written.iter().find(|(p, _)| p == Path::new("/etc/hosts")).map(|(_, c)| c.clone()).expect("hosts written");
+        let hosts = boot
+            .sys
+            .written
+            .iter()
+            .find(|(p, _)| p == Path::new("/etc/hosts"))
+            .map(|(_, c)| c.clone())
+            .expect("hosts written");
         assert!(hosts.contains("127.0.1.1\tn1\n") && hosts.contains("10.0.2.15\tn1\n"), "{hosts}");
         assert_eq!(boot.state.hostname, "n1");
     }
 
     #[test]
     fn advertise_ip_prefers_the_masters_subnet() {
-        let iface = |ip: [u8; 4]| IfaceState { name: "e".into(), mac: None, address: Some((ip.into(), 24)), gateway: None, via: "static", lease: None };
+        let iface = |ip: [u8; 4]| IfaceState {
+            name: "e".into(),
+            mac: None,
+            address: Some((ip.into(), 24)),
+            gateway: None,
+            via: "static",
+            lease: None,
+        };
         let state = BootState { ifaces: vec![iface([10, 0, 2, 15]), iface([192, 168, 76, 2])], ..Default::default() };
         assert_eq!(state.advertise_ip(Some("http://192.168.76.1:8080")), Some(Ipv4Addr::new(192, 168, 76, 2)));
         assert_eq!(state.advertise_ip(None), Some(Ipv4Addr::new(10, 0, 2, 15)));

@@ -71,9 +71,7 @@ impl KernelCmdline {
 
     /// All `key=value` pairs whose key starts with `prefix`, prefix stripped, in order.
     pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
-        self.params
-            .iter()
-            .filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v.as_deref())))
+        self.params.iter().filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v.as_deref())))
     }
 
     /// Words after `--`.

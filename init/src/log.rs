@@ -31,7 +31,10 @@ pub fn role_line(line: &str) {
     // How long the role takes to say anything is part of the boot time; note it once.
     FIRST.call_once(|| {
         let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-        init_line(&format!("plinth-init: first output of the role at uptime {}s", uptime.split_whitespace().next().unwrap_or("?")));
+        init_line(&format!(
+            "plinth-init: first output of the role at uptime {}s",
+            uptime.split_whitespace().next().unwrap_or("?")
+        ));
     });
     let line = format!("[role] {line}");
     remember(&line);

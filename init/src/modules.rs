@@ -130,7 +130,13 @@ impl ModuleIndex {
         let mut waves: Vec<Vec<String>> = Vec::new();
         for path in &order {
             // `order` has prerequisites first, so their waves are known already.
-            let wave = self.prerequisites(path).iter().filter_map(|p| wave_of.get(p.as_str())).map(|w| w + 1).max().unwrap_or(0);
+            let wave = self
+                .prerequisites(path)
+                .iter()
+                .filter_map(|p| wave_of.get(p.as_str()))
+                .map(|w| w + 1)
+                .max()
+                .unwrap_or(0);
             wave_of.insert(path, wave);
             if waves.len() <= wave {
                 waves.resize(wave + 1, Vec::new());
@@ -236,7 +242,8 @@ fn match_class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
 mod tests {
     use super::*;
 
-    const DEP: &str = "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
+    const DEP: &str =
+        "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
 kernel/net/core/failover.ko:\n\
 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko\n\
@@ -254,7 +261,8 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
 
     #[test]
     fn dependencies_load_first_and_once() {
-        let (order, missing) = index().load_order(&["virtio_net".into(), "net-failover".into(), "virtio".into(), "ext4".into()]);
+        let (order, missing) =
+            index().load_order(&["virtio_net".into(), "net-failover".into(), "virtio".into(), "ext4".into()]);
         assert_eq!(
             order,
             ["kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko"]
@@ -268,7 +276,10 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
         let alias = "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias crypto-crc32c crc32c_generic\n";
         let index = ModuleIndex::parse(dep, "", alias).with_softdeps("softdep libcrc32c pre: crc32c post: nothing\n");
         let (order, _) = index.load_order(&["libcrc32c".into()]);
-        assert_eq!(order, ["kernel/arch/crc32c-intel.ko", "kernel/crypto/crc32c_generic.ko", "kernel/lib/libcrc32c.ko"]);
+        assert_eq!(
+            order,
+            ["kernel/arch/crc32c-intel.ko", "kernel/crypto/crc32c_generic.ko", "kernel/lib/libcrc32c.ko"]
+        );
     }
 
     #[test]
@@ -277,7 +288,11 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n";
         assert_eq!(
             waves,
             vec![
-                vec!["kernel/net/core/failover.ko", "kernel/drivers/virtio/virtio_pci_modern_dev.ko", "kernel/fs/overlayfs/overlay.ko"],
+                vec![
+                    "kernel/net/core/failover.ko",
+                    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                    "kernel/fs/overlayfs/overlay.ko"
+                ],
                 vec!["kernel/drivers/net/net_failover.ko", "kernel/drivers/virtio/virtio_pci.ko"],
                 vec!["kernel/drivers/net/virtio_net.ko"],
             ]

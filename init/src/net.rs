@@ -92,10 +92,8 @@ pub fn add_address(link: &Link, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
 
 pub fn add_default_route(link: &Link, gateway: Ipv4Addr) -> Result<()> {
     with_netlink("adding default route", &link.name, async |handle| {
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(link.index)
-            .build();
+        let route =
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(link.index).build();
         handle.route().add(route).replace().execute().await
     })
 }
@@ -133,7 +131,8 @@ const CLIENT_PORT: u16 = 68;
 const SERVER_PORT: u16 = 67;
 
 fn base_message(mac: &[u8; 6], xid: u32, ciaddr: Ipv4Addr, kind: MessageType) -> v4::Message {
-    let mut msg = v4::Message::new_with_id(xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, mac);
+    let mut msg =
+        v4::Message::new_with_id(xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, mac);
     // Ask for broadcast replies: we cannot receive unicast before the address is configured.
     msg.set_flags(v4::Flags::default().set_broadcast());
     let opts = msg.opts_mut();
@@ -214,7 +213,10 @@ pub fn parse_reply(payload: &[u8], xid: u32, mac: &[u8; 6]) -> Option<(MessageTy
         Some(DhcpOption::Renewal(t)) => *t,
         _ => lease_secs / 2,
     };
-    Some((kind, Lease { address: msg.yiaddr(), prefix_len, router, dns, hostname, domain, server, lease_secs, renew_secs }))
+    Some((
+        kind,
+        Lease { address: msg.yiaddr(), prefix_len, router, dns, hostname, domain, server, lease_secs, renew_secs },
+    ))
 }
 
 /// IPv4 + UDP headers around a DHCP payload, from 0.0.0.0:68 to 255.255.255.255:67.
@@ -282,8 +284,9 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(ifindex: u32) -> io::Result<Self> {
-        let ifindex = libc::c_int::try_from(ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("interface index {ifindex} out of range")))?;
+        let ifindex = libc::c_int::try_from(ifindex).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("interface index {ifindex} out of range"))
+        })?;
         let proto = ETH_P_IP_BE;
         // SAFETY: plain socket(2) call; the returned fd is checked and owned right after.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto)) };
@@ -294,9 +297,7 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let addr = Self::sockaddr(ifindex, proto, [0; 8], 0);
         // SAFETY: addr is a fully initialised sockaddr_ll and its size is passed alongside.
-        let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), SOCKADDR_LL_LEN)
-        };
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), SOCKADDR_LL_LEN) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -456,7 +457,14 @@ mod tests {
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
     fn server_reply(xid: u32, kind: MessageType, mac: &[u8]) -> Vec<u8> {
-        let mut msg = v4::Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::UNSPECIFIED, mac);
+        let mut msg = v4::Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 2, 15),
+            Ipv4Addr::new(10, 0, 2, 2),
+            Ipv4Addr::UNSPECIFIED,
+            mac,
+        );
         msg.set_opcode(v4::Opcode::BootReply);
         let o = msg.opts_mut();
         o.insert(DhcpOption::MessageType(kind));

@@ -93,7 +93,9 @@ pub fn run() -> ! {
     crate::log::install();
     let mut sys = RealSystem;
     let proc_mount = &plan::early_mounts()[0];
-    if let Err(e) = sys.mount(proc_mount.source, proc_mount.target, proc_mount.fstype, proc_mount.flags, proc_mount.data) {
+    if let Err(e) =
+        sys.mount(proc_mount.source, proc_mount.target, proc_mount.fstype, proc_mount.flags, proc_mount.data)
+    {
         warn!(error = %error_chain(&e), "mounting /proc");
     }
     let cmdline = KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
@@ -121,10 +123,12 @@ pub fn run() -> ! {
                     Ok(())
                 }
             }
-            Phase::TrapCtrlAltDel => {
-                nix::sys::reboot::set_cad_enabled(false).map_err(|e| crate::error::InitError::Write { path: "reboot(CAD_OFF)".into(), source: e.into() })
-            }
-            Phase::NodeApi { port } => api::serve(*port, Arc::new(LiveNode { status: status.clone(), token: cmdline.get("plinth.token").map(str::to_string) })),
+            Phase::TrapCtrlAltDel => nix::sys::reboot::set_cad_enabled(false)
+                .map_err(|e| crate::error::InitError::Write { path: "reboot(CAD_OFF)".into(), source: e.into() }),
+            Phase::NodeApi { port } => api::serve(
+                *port,
+                Arc::new(LiveNode { status: status.clone(), token: cmdline.get("plinth.token").map(str::to_string) }),
+            ),
             Phase::StartRole(l) => {
                 launch = Some(l.clone());
                 Ok(())
@@ -134,7 +138,9 @@ pub fn run() -> ! {
         if let Err(e) = result {
             match severity(phase) {
                 Severity::Fatal => fatal(&cmdline, &e),
-                Severity::Degraded => warn!(error = %error_chain(&e), phase = %phase.name(), "boot step failed; continuing without it"),
+                Severity::Degraded => {
+                    warn!(error = %error_chain(&e), phase = %phase.name(), "boot step failed; continuing without it")
+                }
             }
         }
         timings.push(json!({ "phase": phase.name(), "ms": u64::try_from(phase_started.elapsed().as_millis()).unwrap_or(u64::MAX) }));
@@ -172,11 +178,24 @@ pub fn run() -> ! {
 
 /// Prints the status block operators look for on the console.
 pub fn status_block(doc: &Value) -> String {
-    let s = |k: &str| doc.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+    let s = |k: &str| {
+        doc.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
+    };
     let addrs: Vec<String> = doc
         .get("interfaces")
         .and_then(Value::as_array)
-        .map(|l| l.iter().map(|i| format!("{} {} ({})", i["name"].as_str().unwrap_or("?"), i["address"].as_str().unwrap_or("no address"), i["via"].as_str().unwrap_or("?"))).collect())
+        .map(|l| {
+            l.iter()
+                .map(|i| {
+                    format!(
+                        "{} {} ({})",
+                        i["name"].as_str().unwrap_or("?"),
+                        i["address"].as_str().unwrap_or("no address"),
+                        i["via"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = String::from("==================== PLINTH NODE ====================\n");
     out.push_str(&format!("  role:       {}\n", s("role")));
@@ -214,12 +233,18 @@ impl NodeView for LiveNode {
             for a in addrs {
                 let entry = ifaces.entry(a.interface_name.clone()).or_default();
                 if let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-                    let prefix = a.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map(|m| m.ip().to_bits().leading_ones()).unwrap_or(32);
+                    let prefix = a
+                        .netmask
+                        .as_ref()
+                        .and_then(|m| m.as_sockaddr_in())
+                        .map(|m| m.ip().to_bits().leading_ones())
+                        .unwrap_or(32);
                     entry.push(format!("{}/{}", ip.ip(), prefix));
                 }
             }
         }
-        let list: Vec<Value> = ifaces.into_iter().map(|(name, addresses)| json!({ "name": name, "addresses": addresses })).collect();
+        let list: Vec<Value> =
+            ifaces.into_iter().map(|(name, addresses)| json!({ "name": name, "addresses": addresses })).collect();
         json!({
             "interfaces": list,
             "routes": std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
@@ -318,7 +343,10 @@ fn spawn_role(launch: &RoleLaunch, cmd: &RoleCommand) -> std::io::Result<Child> 
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()?;
-    for (name, pipe) in [("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)), ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))] {
+    for (name, pipe) in [
+        ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+        ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+    ] {
         if let Some(pipe) = pipe {
             let _ = std::thread::Builder::new().name(format!("role-{name}")).spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -353,17 +381,26 @@ fn supervise(launch: RoleLaunch, cmd: RoleCommand, status: &Value) -> ! {
                 }
                 Err(e) => {
                     if failures == 0 {
-                        fatal_from_supervisor(&crate::error::InitError::SpawnRole { role: launch.role.to_string(), source: e });
+                        fatal_from_supervisor(&crate::error::InitError::SpawnRole {
+                            role: launch.role.to_string(),
+                            source: e,
+                        });
                     }
                     failures += 1;
                     next_start = Instant::now() + restart_delay(failures);
                 }
             }
         }
-        let timeout = next_start.checked_duration_since(Instant::now()).filter(|_| child.is_none()).unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(50));
+        let timeout = next_start
+            .checked_duration_since(Instant::now())
+            .filter(|_| child.is_none())
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(50));
         match wait_signal(timeout) {
             Some(Signal::SIGCHLD) | None => {}
-            Some(Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR) => shutdown(child.map(|c| c.0), PowerRequest::Poweroff),
+            Some(Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR) => {
+                shutdown(child.map(|c| c.0), PowerRequest::Poweroff)
+            }
             Some(Signal::SIGINT) => shutdown(child.map(|c| c.0), PowerRequest::Reboot),
             Some(other) => info!(signal = %other, "signal ignored"),
         }
@@ -410,7 +447,9 @@ pub fn fatal(cmdline: &KernelCmdline, e: &dyn std::error::Error) -> ! {
     crate::log::init_line(bar);
     match fatal_wait(cmdline) {
         None => {
-            crate::log::init_line("plinth-init: waiting (panic=0); power the machine off or fix the kernel command line");
+            crate::log::init_line(
+                "plinth-init: waiting (panic=0); power the machine off or fix the kernel command line",
+            );
             loop {
                 let _ = wait_signal(Duration::from_secs(60));
                 reap_all();

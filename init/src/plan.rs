@@ -23,13 +23,37 @@ pub const MASTER_PORT: u16 = 8080;
 /// Modules every node loads when the image has them: disks, NICs and entropy for a VM or a
 /// common server. Hardware-specific ones also come from modalias matching.
 pub const BASE_MODULES: &[&str] = &[
-    "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_rng", "virtio_console",
-    "e1000", "e1000e", "ata_piix", "ahci", "sd_mod", "sr_mod", "isofs", "ext4", "vfat",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_rng",
+    "virtio_console",
+    "e1000",
+    "e1000e",
+    "ata_piix",
+    "ahci",
+    "sd_mod",
+    "sr_mod",
+    "isofs",
+    "ext4",
+    "vfat",
 ];
 /// Modules that containers need on an agent: overlayfs layers, veth + bridge networking, NAT.
 pub const CONTAINER_MODULES: &[&str] = &[
-    "overlay", "veth", "bridge", "br_netfilter", "nf_conntrack", "nf_nat", "xt_MASQUERADE",
-    "iptable_nat", "iptable_filter", "nf_tables", "nft_chain_nat", "nft_masq", "tun",
+    "overlay",
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "nf_conntrack",
+    "nf_nat",
+    "xt_MASQUERADE",
+    "iptable_nat",
+    "iptable_filter",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "tun",
 ];
 
 /// The node's role, from `plinth.role=`.
@@ -83,7 +107,9 @@ pub enum PlanError {
     BadMasterUrl(String),
     #[error("ip={entry:?} is not valid: {reason} (form: ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF[:DNS0[:DNS1]] or ip=dhcp)")]
     BadIp { entry: String, reason: String },
-    #[error("plinth.hostname={0:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)")]
+    #[error(
+        "plinth.hostname={0:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)"
+    )]
     BadHostname(String),
 }
 
@@ -109,7 +135,9 @@ pub struct MountFlags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetConfig {
     /// DHCP on the named interface, or the first Ethernet NIC found.
-    Dhcp { iface: Option<String> },
+    Dhcp {
+        iface: Option<String>,
+    },
     Static(StaticAddr),
 }
 
@@ -162,8 +190,13 @@ pub enum Phase {
     Network(Vec<NetConfig>),
     Hostname(HostnameSource),
     /// Mount the disk labelled `label` at `target`, else a tmpfs.
-    DataDisk { label: &'static str, target: &'static str },
-    NodeApi { port: u16 },
+    DataDisk {
+        label: &'static str,
+        target: &'static str,
+    },
+    NodeApi {
+        port: u16,
+    },
     StartRole(RoleLaunch),
 }
 
@@ -196,7 +229,13 @@ pub fn early_mounts() -> Vec<MountSpec> {
         m("proc", "/proc", "proc", BASIC, None),
         m("sysfs", "/sys", "sysfs", BASIC, None),
         m("devtmpfs", "/dev", "devtmpfs", MountFlags { nosuid: true, ..Default::default() }, Some("mode=0755")),
-        m("devpts", "/dev/pts", "devpts", MountFlags { nosuid: true, noexec: true, nodev: false }, Some("gid=5,mode=0620,ptmxmode=0666")),
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MountFlags { nosuid: true, noexec: true, nodev: false },
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
         m("shm", "/dev/shm", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=1777")),
         m("run", "/run", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=0755")),
         m("tmp", "/tmp", "tmpfs", MountFlags { nosuid: true, nodev: true, noexec: false }, Some("mode=1777")),
@@ -326,13 +365,20 @@ fn parse_ip_entry(entry: &str) -> Result<NetConfig, PlanError> {
         "off" | "none" | "static" => {}
         other => return Err(bad(&format!("autoconf {other:?} is not dhcp, on, off or none"))),
     }
-    let ip = |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{what} {s:?} is not an IPv4 address")));
+    let ip =
+        |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{what} {s:?} is not an IPv4 address")));
     let address = ip(field(0).ok_or_else(|| bad("static addressing needs the client address"))?, "client address")?;
     let gateway = field(2).map(|g| ip(g, "gateway")).transpose()?;
     let prefix_len = match field(3) {
         None => 24,
-        Some(m) if m.contains('.') => netmask_to_prefix(ip(m, "netmask")?).ok_or_else(|| bad("netmask is not contiguous"))?,
-        Some(m) => m.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| bad("netmask is neither dotted nor a prefix length 0-32"))?,
+        Some(m) if m.contains('.') => {
+            netmask_to_prefix(ip(m, "netmask")?).ok_or_else(|| bad("netmask is not contiguous"))?
+        }
+        Some(m) => m
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| bad("netmask is neither dotted nor a prefix length 0-32"))?,
     };
     let hostname = field(4).map(|h| validate_hostname(h).map(|_| h.to_string())).transpose()?;
     let dns = [field(7), field(8)].into_iter().flatten().map(|d| ip(d, "dns server")).collect::<Result<_, _>>()?;
@@ -441,7 +487,13 @@ mod tests {
     }
 
     fn facts() -> NodeFacts {
-        NodeFacts { hostname: "node-a".into(), advertise_ip: Some(Ipv4Addr::new(10, 0, 2, 15)), cpus: 2, mem_mb: 2048, disk_mb: 1000 }
+        NodeFacts {
+            hostname: "node-a".into(),
+            advertise_ip: Some(Ipv4Addr::new(10, 0, 2, 15)),
+            cpus: 2,
+            mem_mb: 2048,
+            disk_mb: 1000,
+        }
     }
 
     #[test]
@@ -458,11 +510,17 @@ mod tests {
             .collect();
         assert_eq!(targets, ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"]);
         let pos = |want: fn(&Phase) -> bool| phases.iter().position(want).expect("phase present");
-        assert!(pos(|p| matches!(p, Phase::EnableCgroupControllers)) > pos(|p| matches!(p, Phase::Mount(m) if m.target == "/sys/fs/cgroup")));
+        assert!(
+            pos(|p| matches!(p, Phase::EnableCgroupControllers))
+                > pos(|p| matches!(p, Phase::Mount(m) if m.target == "/sys/fs/cgroup"))
+        );
         assert!(pos(|p| matches!(p, Phase::LoadModules(_))) < pos(|p| matches!(p, Phase::Network(_))));
         assert!(pos(|p| matches!(p, Phase::Network(_))) < pos(|p| matches!(p, Phase::Hostname(_))));
         assert!(pos(|p| matches!(p, Phase::DataDisk { .. })) < pos(|p| matches!(p, Phase::StartRole(_))));
-        assert_eq!(phases.iter().find(|p| matches!(p, Phase::Network(_))), Some(&Phase::Network(vec![NetConfig::Dhcp { iface: None }])));
+        assert_eq!(
+            phases.iter().find(|p| matches!(p, Phase::Network(_))),
+            Some(&Phase::Network(vec![NetConfig::Dhcp { iface: None }]))
+        );
         assert!(modules(&phases).contains(&"overlay".to_string()), "standalone runs containers");
         let l = launch(&phases);
         assert_eq!(l.role, Role::Standalone);
@@ -470,8 +528,19 @@ mod tests {
         assert_eq!(
             cmd.args,
             [
-                "standalone", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/plinth/master", "--work-dir", "/var/lib/plinth/agent",
-                "--hostname", "node-a", "--advertise-ip", "10.0.2.15", "--resources", "cpus:2;mem:1536;disk:900;ports:[31000-32000]"
+                "standalone",
+                "--listen",
+                "0.0.0.0:8080",
+                "--data-dir",
+                "/var/lib/plinth/master",
+                "--work-dir",
+                "/var/lib/plinth/agent",
+                "--hostname",
+                "node-a",
+                "--advertise-ip",
+                "10.0.2.15",
+                "--resources",
+                "cpus:2;mem:1536;disk:900;ports:[31000-32000]"
             ]
         );
     }
@@ -497,8 +566,19 @@ mod tests {
         assert_eq!(
             cmd.args,
             [
-                "agent", "--master", "http://192.168.76.1:8080", "--work-dir", "/var/lib/plinth/agent", "--hostname", "node-a",
-                "--advertise-ip", "10.0.2.15", "--attributes", "rack:r1", "--resources", "cpus:1;mem:256"
+                "agent",
+                "--master",
+                "http://192.168.76.1:8080",
+                "--work-dir",
+                "/var/lib/plinth/agent",
+                "--hostname",
+                "node-a",
+                "--advertise-ip",
+                "10.0.2.15",
+                "--attributes",
+                "rack:r1",
+                "--resources",
+                "cpus:1;mem:256"
             ]
         );
         assert_eq!(cmd.env, [("PLINTH_TOKEN".to_string(), "s3cret".to_string())]);
@@ -511,7 +591,10 @@ mod tests {
         assert_eq!(err, PlanError::UnknownRole("nonsense".into()));
         assert!(err.to_string().contains("\"nonsense\" is not a role; use master, agent or standalone"));
         assert_eq!(plan_of("plinth.role=agent"), Err(PlanError::AgentWithoutMaster));
-        assert_eq!(plan_of("plinth.role=agent plinth.master=10.0.0.1:8080"), Err(PlanError::BadMasterUrl("10.0.0.1:8080".into())));
+        assert_eq!(
+            plan_of("plinth.role=agent plinth.master=10.0.0.1:8080"),
+            Err(PlanError::BadMasterUrl("10.0.0.1:8080".into()))
+        );
         assert_eq!(plan_of("plinth.role=master plinth.hostname=-bad"), Err(PlanError::BadHostname("-bad".into())));
         assert!(matches!(plan_of("plinth.role=master ip=10.0.0.300::::::off"), Err(PlanError::BadIp { .. })));
         assert!(matches!(plan_of("plinth.role=master ip=::::::off"), Err(PlanError::BadIp { .. })));
@@ -539,7 +622,10 @@ mod tests {
                 }),
             ])
         );
-        assert!(phases.contains(&Phase::Hostname(HostnameSource::Explicit("m1".into()))), "static ip= hostname is used");
+        assert!(
+            phases.contains(&Phase::Hostname(HostnameSource::Explicit("m1".into()))),
+            "static ip= hostname is used"
+        );
         let off = plan_of("plinth.role=master ip=off plinth.noswitchroot").expect("valid");
         assert!(!off.iter().any(|p| matches!(p, Phase::Network(_))));
         assert!(!off.contains(&Phase::LeaveInitramfs));

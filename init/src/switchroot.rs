@@ -49,11 +49,16 @@ pub fn switch_to_tmpfs() -> Result<()> {
     for entry in std::fs::read_dir("/").map_err(step("listing /"))?.flatten() {
         if entry.file_name() != "newroot" {
             let p = entry.path();
-            let _ = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
     std::env::set_current_dir(NEW_ROOT).map_err(step("entering /newroot"))?;
-    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| step("moving /newroot to /")(e.into()))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| step("moving /newroot to /")(e.into()))?;
     nix::unistd::chroot(".").map_err(|e| step("chroot")(e.into()))?;
     std::env::set_current_dir("/").map_err(step("entering /"))?;
     let args: Vec<std::ffi::CString> = std::env::args_os()
@@ -105,7 +110,8 @@ mod tests {
         let dst = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(src.path().join("etc")).expect("mkdir");
         std::fs::write(src.path().join("etc/hostname"), "x\n").expect("write");
-        std::fs::set_permissions(src.path().join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(src.path().join("etc/hostname"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
         std::os::unix::fs::symlink("etc/hostname", src.path().join("link")).expect("symlink");
         let out = dst.path().join("root");
         copy_tree(src.path(), &out).expect("copy");

@@ -79,7 +79,8 @@ impl System for RealSystem {
     fn load_modules_together(&mut self, paths: &[PathBuf]) -> Vec<Result<()>> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(paths.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<std::sync::Mutex<Option<Result<()>>>> = paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let results: Vec<std::sync::Mutex<Option<Result<()>>>> =
+            paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
@@ -92,7 +93,9 @@ impl System for RealSystem {
         });
         results
             .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every index is taken by exactly one worker"))
+            .map(|m| {
+                m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every index is taken by exactly one worker")
+            })
             .collect()
     }
 

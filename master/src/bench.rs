@@ -40,13 +40,9 @@ impl BenchReport {
 
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let per_task = (self.peak_rss_kib.saturating_sub(self.rss_before_kib) as f64 * 1024.0)
-            / self.placed.max(1) as f64;
-        writeln!(
-            f,
-            "scheduler bench: {} agents, {} apps, {} tasks",
-            self.agents, self.apps, self.tasks
-        )?;
+        let per_task =
+            (self.peak_rss_kib.saturating_sub(self.rss_before_kib) as f64 * 1024.0) / self.placed.max(1) as f64;
+        writeln!(f, "scheduler bench: {} agents, {} apps, {} tasks", self.agents, self.apps, self.tasks)?;
         writeln!(
             f,
             "  placed and running:   {} in {:.2} s over {} rounds",
@@ -54,16 +50,8 @@ impl fmt::Display for BenchReport {
             self.elapsed.as_secs_f64(),
             self.rounds
         )?;
-        writeln!(
-            f,
-            "  placements/s:         {:.0}",
-            self.placements_per_second()
-        )?;
-        writeln!(
-            f,
-            "  core time:            {:.2} s",
-            self.core_time.as_secs_f64()
-        )?;
+        writeln!(f, "  placements/s:         {:.0}", self.placements_per_second())?;
+        writeln!(f, "  core time:            {:.2} s", self.core_time.as_secs_f64())?;
         writeln!(
             f,
             "  store commit time:    {:.2} s ({} MiB on disk)",
@@ -105,11 +93,7 @@ pub fn run_scheduler_bench(agents: usize, tasks: usize) -> Result<BenchReport, M
 fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchReport, MasterError> {
     let store = Store::open(dir)?;
     let rss_before_kib = proc_status_kib("VmRSS:");
-    let config = CoreConfig {
-        agent_timeout_ms: i64::MAX / 4,
-        max_launches_per_tick: 20_000,
-        ..CoreConfig::default()
-    };
+    let config = CoreConfig { agent_timeout_ms: i64::MAX / 4, max_launches_per_tick: 20_000, ..CoreConfig::default() };
     let mut core = Core::new(config, crate::core::random_ids());
     // Room for every task with headroom: tasks take 0.1 cpu, 32 MB and one port.
     let per_agent = tasks.div_ceil(agents) + 1;
@@ -151,8 +135,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
         }))
         .map_err(|e| MasterError::Bench(format!("{e:?}")))?;
         def.normalize();
-        core.create_app(def, clock)
-            .map_err(|e| MasterError::Bench(e.to_string()))?;
+        core.create_app(def, clock).map_err(|e| MasterError::Bench(e.to_string()))?;
     }
     let mut rounds = 0;
     let mut running = 0usize;
@@ -167,10 +150,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
         for id in &changes.tasks {
             let Some(task) = core.task(id) else { continue };
             if task.state == TaskState::TaskStaging {
-                per_agent
-                    .entry(task.agent_id.clone())
-                    .or_default()
-                    .push(running_update(id, task, clock));
+                per_agent.entry(task.agent_id.clone()).or_default().push(running_update(id, task, clock));
             }
         }
         let launched: usize = per_agent.values().map(Vec::len).sum();
@@ -192,15 +172,11 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
             break;
         }
         if rounds > 100_000 {
-            return Err(MasterError::Bench(
-                "the scheduler stopped making progress".into(),
-            ));
+            return Err(MasterError::Bench("the scheduler stopped making progress".into()));
         }
     }
     let elapsed = start.elapsed();
-    let store_bytes = std::fs::metadata(store.path())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let store_bytes = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
     Ok(BenchReport {
         agents,
         tasks,
@@ -219,11 +195,5 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
 fn running_update(id: &TaskId, task: &crate::core::TaskRecord, now: Timestamp) -> StatusUpdate {
     // Unique per update, like an agent's; cheap so the agents' side is not measured.
     let update_id = uuid::Uuid::from_u128(fastrand::u128(..));
-    StatusUpdate::new(
-        update_id,
-        id.clone(),
-        task.app_id.clone(),
-        TaskState::TaskRunning,
-        now.to_iso(),
-    )
+    StatusUpdate::new(update_id, id.clone(), task.app_id.clone(), TaskState::TaskRunning, now.to_iso())
 }

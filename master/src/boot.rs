@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use plinth_protocol::Violation;
 use plinth_provisioning::dhcp::{AddressPool, DhcpConfig, DhcpMode};
 use plinth_provisioning::profile::{ipxe_script, BootParams};
-use plinth_provisioning::serve::{self, PxeConfig, Provisioning, ServeError};
+use plinth_provisioning::serve::{self, Provisioning, PxeConfig, ServeError};
 use plinth_provisioning::{DefaultProfile, MacAddr, MachineProfile};
 
 use crate::api::Body;
@@ -101,7 +101,10 @@ pub async fn run(config: MasterConfig, boot: BootConfig) -> Result<(), BootError
             PxeDhcp::Range(pool) => DhcpMode::Full(pool.clone()),
         };
         let dhcp = DhcpConfig { server_ip, mode, http_base: url, default_profile: boot.default_profile };
-        serve::spawn(provisioning.clone(), PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() })?;
+        serve::spawn(
+            provisioning.clone(),
+            PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() },
+        )?;
     }
     let master_url = advertise.unwrap_or_else(|| format!("http://{}:{port}", master.config.hostname));
     let params = BootParams::new(master_url, master.config.token.clone());
@@ -146,11 +149,17 @@ async fn script(
         return ipxe_text(StatusCode::OK, format!("#!ipxe\nchain {base}/boot/ipxe?mac=${{net0/mac}}\n"));
     };
     let Ok(mac) = raw.parse::<MacAddr>() else {
-        return ipxe_text(StatusCode::BAD_REQUEST, format!("#!ipxe\necho plinth: {raw:?} is not a MAC address\nexit 1\n"));
+        return ipxe_text(
+            StatusCode::BAD_REQUEST,
+            format!("#!ipxe\necho plinth: {raw:?} is not a MAC address\nexit 1\n"),
+        );
     };
     let Some(profile) = boot.provisioning.boot_profile(mac) else {
         boot.provisioning.log_once("unknown-machine", &mac.to_string(), &"no profile and unknown machines are ignored");
-        return ipxe_text(StatusCode::NOT_FOUND, format!("#!ipxe\necho plinth: machine {mac} has no profile\nexit 1\n"));
+        return ipxe_text(
+            StatusCode::NOT_FOUND,
+            format!("#!ipxe\necho plinth: machine {mac} has no profile\nexit 1\n"),
+        );
     };
     let ip = match peer.ip() {
         IpAddr::V4(ip) => Some(ip),
@@ -193,7 +202,10 @@ fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
 async fn file(State(boot): Shared, headers: HeaderMap, name: &'static str) -> Response {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let Some(dir) = &boot.boot_dir else {
-        return ApiError::NotFound(format!("no boot files: start the master with --boot-dir DIR (from plinth image build) to serve {name}")).into_response();
+        return ApiError::NotFound(format!(
+            "no boot files: start the master with --boot-dir DIR (from plinth image build) to serve {name}"
+        ))
+        .into_response();
     };
     let path = dir.join(name);
     let opened = async {
@@ -210,7 +222,8 @@ async fn file(State(boot): Shared, headers: HeaderMap, name: &'static str) -> Re
         RangeAnswer::Whole => (StatusCode::OK, 0, len),
         RangeAnswer::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         RangeAnswer::Unsatisfiable => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response()
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
+                .into_response()
         }
     };
     if let Err(e) = f.seek(std::io::SeekFrom::Start(start)).await {
@@ -264,9 +277,9 @@ fn machine_json(view: &MachinesView, core: &Core, mac: MacAddr) -> Value {
     let lease_ip = view.leases.leases.get(&mac).filter(|l| l.bound).map(|l| l.ip);
     let ip = lease_ip.or(seen.as_ref().and_then(|s| s.ip));
     let hostname = profile.clone().unwrap_or_default().hostname_for(mac);
-    let agent = core.agents().find(|a| {
-        a.record.hostname == hostname || ip.is_some_and(|ip| a.record.advertise_ip == ip.to_string())
-    });
+    let agent = core
+        .agents()
+        .find(|a| a.record.hostname == hostname || ip.is_some_and(|ip| a.record.advertise_ip == ip.to_string()));
     let state = match (agent, &seen) {
         (Some(a), _) if a.record.active => "registered",
         (Some(_), _) => "lost",

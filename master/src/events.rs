@@ -225,7 +225,12 @@ async fn deliver(client: reqwest::Client, url: String, worker: Arc<Worker>) {
 }
 
 /// `subscribe_event` / `unsubscribe_event` payloads.
-pub fn subscription_event(event_type: &str, callback_url: &str, client_ip: Option<&str>, now: plinth_protocol::Timestamp) -> Event {
+pub fn subscription_event(
+    event_type: &str,
+    callback_url: &str,
+    client_ip: Option<&str>,
+    now: plinth_protocol::Timestamp,
+) -> Event {
     Event::new(event_type, now, json!({"callbackUrl": callback_url, "clientIp": client_ip}))
 }
 

@@ -1,8 +1,8 @@
 //! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints, and the image registry (pull-through cache and push target on `:5000`).
-pub mod core;
 pub mod api;
 pub mod bench;
 pub mod boot;
+pub mod core;
 pub mod error;
 pub mod events;
 pub mod metrics;

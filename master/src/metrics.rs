@@ -45,7 +45,12 @@ impl Metrics {
         };
         metric("plinth_apps", "gauge", "Apps defined.", vec![(String::new(), core.apps().count() as f64)]);
         let instances: i64 = core.apps().map(|a| a.definition.instances).sum();
-        metric("plinth_app_instances_desired", "gauge", "Sum of the apps' instances.", vec![(String::new(), instances as f64)]);
+        metric(
+            "plinth_app_instances_desired",
+            "gauge",
+            "Sum of the apps' instances.",
+            vec![(String::new(), instances as f64)],
+        );
 
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
         for state in [TaskState::TaskStaging, TaskState::TaskStarting, TaskState::TaskRunning, TaskState::TaskKilling] {
@@ -110,10 +115,30 @@ impl Metrics {
                 ("{resource=\"disk\"}".into(), used_disk),
             ],
         );
-        metric("plinth_deployments", "gauge", "Deployments in progress.", vec![(String::new(), core.deployments().count() as f64)]);
-        metric("plinth_queue_apps", "gauge", "Apps waiting for launches.", vec![(String::new(), core.queue(plinth_protocol::Timestamp::now()).len() as f64)]);
-        metric("plinth_events_published_total", "counter", "Events published.", vec![(String::new(), events_published as f64)]);
-        metric("plinth_event_subscribers", "gauge", "HTTP callback subscribers.", vec![(String::new(), callbacks.subscribers as f64)]);
+        metric(
+            "plinth_deployments",
+            "gauge",
+            "Deployments in progress.",
+            vec![(String::new(), core.deployments().count() as f64)],
+        );
+        metric(
+            "plinth_queue_apps",
+            "gauge",
+            "Apps waiting for launches.",
+            vec![(String::new(), core.queue(plinth_protocol::Timestamp::now()).len() as f64)],
+        );
+        metric(
+            "plinth_events_published_total",
+            "counter",
+            "Events published.",
+            vec![(String::new(), events_published as f64)],
+        );
+        metric(
+            "plinth_event_subscribers",
+            "gauge",
+            "HTTP callback subscribers.",
+            vec![(String::new(), callbacks.subscribers as f64)],
+        );
         metric(
             "plinth_callback_events_total",
             "counter",
@@ -124,8 +149,18 @@ impl Metrics {
                 ("{outcome=\"dropped\"}".into(), callbacks.dropped as f64),
             ],
         );
-        metric("plinth_store_commits_total", "counter", "Store write transactions.", vec![(String::new(), self.store_commits.load(Ordering::Relaxed) as f64)]);
-        metric("plinth_store_records_written_total", "counter", "Records written or deleted.", vec![(String::new(), self.store_records.load(Ordering::Relaxed) as f64)]);
+        metric(
+            "plinth_store_commits_total",
+            "counter",
+            "Store write transactions.",
+            vec![(String::new(), self.store_commits.load(Ordering::Relaxed) as f64)],
+        );
+        metric(
+            "plinth_store_records_written_total",
+            "counter",
+            "Records written or deleted.",
+            vec![(String::new(), self.store_records.load(Ordering::Relaxed) as f64)],
+        );
         metric(
             "plinth_store_write_seconds_total",
             "counter",

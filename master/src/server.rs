@@ -331,9 +331,7 @@ pub async fn serve(config: MasterConfig, listener: tokio::net::TcpListener) -> R
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         framework_id = %master.framework_id, "master serving");
     let app = crate::api::router(master.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .map_err(MasterError::Serve)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.map_err(MasterError::Serve)
 }
 
 /// Binds the registry's listener (before the master opens, so a taken port fails early).

@@ -183,7 +183,10 @@ impl Store {
         for (k, v) in read_all("app_versions")? {
             let def: AppDefinition = decode("app_versions", &k, &v)?;
             let Some((app, version)) = k.split_once('\0') else {
-                return Err(StoreError::Schema { found: format!("app_versions key {k:?}"), expected: "app\\0version".into() });
+                return Err(StoreError::Schema {
+                    found: format!("app_versions key {k:?}"),
+                    expected: "app\\0version".into(),
+                });
             };
             let app = plinth_protocol::AppId::parse(app).map_err(|e| StoreError::Decode {
                 table: "app_versions",
@@ -341,7 +344,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let sub = Subscription { callback_url: "http://127.0.0.1:9/cb".into(), client_ip: None, created_at: "x".into() };
+            let sub =
+                Subscription { callback_url: "http://127.0.0.1:9/cb".into(), client_ip: None, created_at: "x".into() };
             store.put_subscription(&sub).unwrap();
             store.put_subscription(&sub).unwrap();
         }

@@ -63,7 +63,8 @@ impl Harness {
         let response = request.send().await?;
         let status = response.status().as_u16();
         let text = response.text().await?;
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok((status, value))
     }
     async fn get(&self, path: &str) -> Result<(u16, Value)> {
@@ -91,7 +92,12 @@ impl Harness {
     }
     async fn app_ids(&self) -> Result<Vec<String>> {
         let (_, apps) = self.get("/v2/apps").await?;
-        Ok(apps["apps"].as_array().context("apps array")?.iter().map(|a| a["id"].as_str().unwrap_or("").to_string()).collect())
+        Ok(apps["apps"]
+            .as_array()
+            .context("apps array")?
+            .iter()
+            .map(|a| a["id"].as_str().unwrap_or("").to_string())
+            .collect())
     }
 }
 
@@ -104,7 +110,12 @@ async fn app_lifecycle_create_list_get_put_scale_delete() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let h = start(dir.path()).await?;
 
-    let (status, app) = h.post("/v2/apps", json!({"id": "/prod/hello", "cmd": "echo hi", "labels": {"env": "prod"}, "someFutureField": 1})).await?;
+    let (status, app) = h
+        .post(
+            "/v2/apps",
+            json!({"id": "/prod/hello", "cmd": "echo hi", "labels": {"env": "prod"}, "someFutureField": 1}),
+        )
+        .await?;
     assert_eq!(status, 201, "{app}");
     assert_eq!(app["id"], "/prod/hello");
     assert_eq!(app["instances"], 1);
@@ -159,7 +170,8 @@ async fn app_lifecycle_create_list_get_put_scale_delete() -> Result<()> {
     assert!(body["deployments"][0]["id"].is_string(), "{body}");
 
     // PATCH merges too.
-    let (status, body) = h.call(reqwest::Method::PATCH, "/v2/apps/prod/hello?force=true", Some(json!({"cmd": "echo patched"}))).await?;
+    let (status, body) =
+        h.call(reqwest::Method::PATCH, "/v2/apps/prod/hello?force=true", Some(json!({"cmd": "echo patched"}))).await?;
     assert_eq!(status, 200, "{body}");
     let (_, got) = h.get("/v2/apps/prod/hello").await?;
     assert_eq!(got["app"]["cmd"], "echo patched");
@@ -391,7 +403,10 @@ async fn callback_subscribers_receive_events() -> Result<()> {
     h.post("/v2/apps", hello("called-back")).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let event = tokio::time::timeout_at(deadline, received.recv()).await.context("no api_post_event callback")?.context("closed")?;
+        let event = tokio::time::timeout_at(deadline, received.recv())
+            .await
+            .context("no api_post_event callback")?
+            .context("closed")?;
         if event["eventType"] == "api_post_event" {
             assert_eq!(event["appDefinition"]["id"], "/called-back");
             break;
@@ -441,8 +456,12 @@ fn registration(hostname: &str, resources: &str) -> Registration {
 async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let h = start(dir.path()).await?;
-    let (status, registered) =
-        h.post("/agent/v1/register", serde_json::to_value(registration("node-1", "cpus:2;mem:1024;disk:1000;ports:[31000-31010]"))?).await?;
+    let (status, registered) = h
+        .post(
+            "/agent/v1/register",
+            serde_json::to_value(registration("node-1", "cpus:2;mem:1024;disk:1000;ports:[31000-31010]"))?,
+        )
+        .await?;
     assert_eq!(status, 200, "{registered}");
     let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
 
@@ -514,7 +533,11 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
 async fn queue_explains_why_an_app_waits() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let h = start(dir.path()).await?;
-    h.post("/agent/v1/register", serde_json::to_value(registration("small", "cpus:2;mem:1024;disk:1000;ports:[31000-31010]"))?).await?;
+    h.post(
+        "/agent/v1/register",
+        serde_json::to_value(registration("small", "cpus:2;mem:1024;disk:1000;ports:[31000-31010]"))?,
+    )
+    .await?;
     h.post("/v2/apps", json!({"id": "huge", "cmd": "sleep 1000", "mem": 100000})).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -549,7 +572,8 @@ async fn agents_without_the_token_are_refused() -> Result<()> {
     assert!(answer["message"].as_str().unwrap().contains("token"), "{answer}");
     let (_, slaves) = h.get("/master/slaves").await?;
     assert_eq!(slaves["slaves"], json!([]));
-    let response = h.http.post(format!("{}/agent/v1/register", h.base)).header(TOKEN_HEADER, "s3cret").json(&body).send().await?;
+    let response =
+        h.http.post(format!("{}/agent/v1/register", h.base)).header(TOKEN_HEADER, "s3cret").json(&body).send().await?;
     assert_eq!(response.status().as_u16(), 200);
     Ok(())
 }
@@ -575,12 +599,24 @@ async fn info_leader_ping() -> Result<()> {
 
 /// Registers a fake agent, deploys `app`, and reports its first task running.
 async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protocol::agent::TaskSpec, u64)> {
-    let (_, registered) =
-        h.post("/agent/v1/register", serde_json::to_value(registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]"))?).await?;
+    let (_, registered) = h
+        .post(
+            "/agent/v1/register",
+            serde_json::to_value(registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]"))?,
+        )
+        .await?;
     let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
     // Learn the current generation, then long-poll: creating the app must wake us early.
     let (_, first) = h
-        .post("/agent/v1/sync", serde_json::to_value(SyncRequest { agent_id: agent_id.as_str().into(), generation: 0, tasks: vec![], wait_ms: 0 })?)
+        .post(
+            "/agent/v1/sync",
+            serde_json::to_value(SyncRequest {
+                agent_id: agent_id.as_str().into(),
+                generation: 0,
+                tasks: vec![],
+                wait_ms: 0,
+            })?,
+        )
         .await?;
     let mut generation = first["desired"]["generation"].as_u64().unwrap_or(0);
     let poll = {
@@ -641,7 +677,15 @@ async fn a_restarted_master_keeps_tasks_and_adopts_them_when_the_agent_returns()
 
     // The agent's next heartbeat is told to re-register; it does, reporting its task.
     let (_, body) = h
-        .post("/agent/v1/sync", serde_json::to_value(SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 0 })?)
+        .post(
+            "/agent/v1/sync",
+            serde_json::to_value(SyncRequest {
+                agent_id: agent_id.as_str().into(),
+                generation,
+                tasks: vec![],
+                wait_ms: 0,
+            })?,
+        )
         .await?;
     assert_eq!(body["reregister"], true, "{body}");
     let mut again = registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]");
@@ -714,10 +758,12 @@ async fn bulk_put_applies_all_or_nothing() -> Result<()> {
     assert_eq!(h.app_ids().await?.len(), 2);
     let before = h.get("/v2/apps").await?.1;
     // The second item is invalid: the first must not change either.
-    let (status, body) = h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 5}, {"id": "two", "cpus": -1}])).await?;
+    let (status, body) =
+        h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 5}, {"id": "two", "cpus": -1}])).await?;
     assert_eq!(status, 422, "{body}");
     assert_eq!(h.get("/v2/apps").await?.1, before);
-    let (status, body) = h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 2}, {"id": "two", "instances": 3}])).await?;
+    let (status, body) =
+        h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 2}, {"id": "two", "instances": 3}])).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(h.get("/v2/apps/two").await?.1["app"]["instances"], 3);
     Ok(())

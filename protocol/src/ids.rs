@@ -55,9 +55,7 @@ fn check_segment(segment: &str) -> Result<(), String> {
         return Err("path segments '.' and '..' are not allowed".into());
     }
     if !segment.chars().all(ok_char) {
-        return Err(format!(
-            "segment '{segment}' may contain only lower-case letters, digits, '-' and '.'"
-        ));
+        return Err(format!("segment '{segment}' may contain only lower-case letters, digits, '-' and '.'"));
     }
     let first = segment.chars().next().expect("segment is not empty");
     let last = segment.chars().last().expect("segment is not empty");

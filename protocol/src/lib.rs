@@ -7,7 +7,9 @@ pub mod resources;
 pub mod time;
 
 pub use ids::{is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
-pub use marathon::{AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation};
+pub use marathon::{
+    AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation,
+};
 pub use resources::{parse_attributes, Attributes, PortRanges, Resources};
 pub use time::Timestamp;
 

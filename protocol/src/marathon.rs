@@ -538,10 +538,7 @@ impl AppDefinition {
     /// The port mappings of a container app, in either the old or the new place.
     pub fn container_port_mappings(&self) -> Option<&Vec<PortMapping>> {
         let container = self.container.as_ref()?;
-        container
-            .port_mappings
-            .as_ref()
-            .or_else(|| container.docker.as_ref().and_then(|d| d.port_mappings.as_ref()))
+        container.port_mappings.as_ref().or_else(|| container.docker.as_ref().and_then(|d| d.port_mappings.as_ref()))
     }
 
     /// HOST unless the app asks for a bridge (old `docker.network` or new `networks`).
@@ -576,9 +573,7 @@ impl AppDefinition {
                 Some(mappings) if self.port_definitions.as_ref().is_none_or(Vec::is_empty) => mappings.len(),
                 _ => self.port_definitions.as_ref().map_or(0, Vec::len),
             },
-            NetworkMode::Bridge => {
-                self.host_port_mappings().len()
-            }
+            NetworkMode::Bridge => self.host_port_mappings().len(),
             NetworkMode::None => 0,
         }
     }
@@ -684,7 +679,9 @@ impl AppDefinition {
                 add("/unreachableStrategy", "must be an object or \"disabled\"".into());
             }
         }
-        if let UnreachableStrategy::Enabled { inactive_after_seconds, expunge_after_seconds } = &self.unreachable_strategy {
+        if let UnreachableStrategy::Enabled { inactive_after_seconds, expunge_after_seconds } =
+            &self.unreachable_strategy
+        {
             if *inactive_after_seconds < 0.0 || *expunge_after_seconds < 0.0 {
                 add("/unreachableStrategy", "seconds must be non-negative".into());
             }
@@ -758,18 +755,13 @@ impl AppDefinition {
                 add(&format!("/networks({i})/mode"), "must be host, container/bridge or container".into());
             }
         }
-        let port_count = self.port_definitions.as_ref().map_or_else(
-            || self.ports.as_ref().map_or(1, Vec::len),
-            Vec::len,
-        );
+        let port_count =
+            self.port_definitions.as_ref().map_or_else(|| self.ports.as_ref().map_or(1, Vec::len), Vec::len);
         let port_count = port_count.max(self.container_port_mappings().map_or(0, Vec::len));
         for (i, hc) in self.health_checks.iter().enumerate() {
             let path = format!("/healthChecks({i})");
             let protocol = hc.protocol.as_str();
-            if !matches!(
-                protocol,
-                "HTTP" | "HTTPS" | "TCP" | "COMMAND" | "MESOS_HTTP" | "MESOS_HTTPS" | "MESOS_TCP"
-            ) {
+            if !matches!(protocol, "HTTP" | "HTTPS" | "TCP" | "COMMAND" | "MESOS_HTTP" | "MESOS_HTTPS" | "MESOS_TCP") {
                 add(&format!("{path}/protocol"), format!("unknown health check protocol '{protocol}'"));
             }
             if protocol == "COMMAND" {

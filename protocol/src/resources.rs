@@ -130,9 +130,8 @@ impl Resources {
         let mut seen = Vec::new();
         for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let invalid = |reason: String| ProtocolError::InvalidResources { input: text.to_string(), reason };
-            let (raw_name, value) = item
-                .split_once(':')
-                .ok_or_else(|| invalid(format!("'{item}' is not of the form name:value")))?;
+            let (raw_name, value) =
+                item.split_once(':').ok_or_else(|| invalid(format!("'{item}' is not of the form name:value")))?;
             // Mesos allows a role suffix such as `cpus(*)`; only the default role exists here.
             let name = raw_name.trim().trim_end_matches("(*)");
             if seen.contains(&name.to_string()) {
@@ -152,11 +151,7 @@ impl Resources {
                 "mem" => resources.mem = scalar(value)?,
                 "disk" => resources.disk = scalar(value)?,
                 "ports" => resources.ports = parse_ranges(value).map_err(invalid)?,
-                other => {
-                    return Err(invalid(format!(
-                        "unknown resource '{other}' (known: cpus, mem, disk, ports)"
-                    )))
-                }
+                other => return Err(invalid(format!("unknown resource '{other}' (known: cpus, mem, disk, ports)"))),
             }
         }
         Ok(resources)
@@ -215,9 +210,8 @@ pub fn parse_attributes(text: &str) -> Result<Attributes, ProtocolError> {
     let mut attributes = Attributes::new();
     for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let invalid = |reason: String| ProtocolError::InvalidAttributes { input: text.to_string(), reason };
-        let (name, value) = item
-            .split_once(':')
-            .ok_or_else(|| invalid(format!("'{item}' is not of the form name:value")))?;
+        let (name, value) =
+            item.split_once(':').ok_or_else(|| invalid(format!("'{item}' is not of the form name:value")))?;
         let (name, value) = (name.trim(), value.trim());
         if name.is_empty() || value.is_empty() {
             return Err(invalid(format!("'{item}' needs a name and a value")));

@@ -51,7 +51,9 @@ pub struct AddressPool {
 impl AddressPool {
     /// Parses `A-B` (e.g. `10.0.0.100-10.0.0.200`); /24 mask, no router, 1 h leases.
     pub fn parse_range(s: &str) -> Result<AddressPool, String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a range; write FIRST-LAST, e.g. 10.0.0.100-10.0.0.200"))?;
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a range; write FIRST-LAST, e.g. 10.0.0.100-10.0.0.200"))?;
         let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
         let last: Ipv4Addr = b.trim().parse().map_err(|_| format!("{b:?} is not an IPv4 address"))?;
         if u32::from(first) > u32::from(last) {
@@ -233,7 +235,11 @@ pub enum Decision {
     Reply(Reply),
     /// No answer. `mac` when the packet named one; `leases_changed` when the table
     /// changed anyway (release, decline, a withdrawn offer).
-    Ignore { reason: IgnoreReason, mac: Option<MacAddr>, leases_changed: bool },
+    Ignore {
+        reason: IgnoreReason,
+        mac: Option<MacAddr>,
+        leases_changed: bool,
+    },
 }
 
 impl Decision {
@@ -431,7 +437,15 @@ fn full(
                 }
             }
             let packet = build(msg, MessageType::Offer, ip, client, boot.as_deref(), config, Some(pool));
-            Decision::Reply(Reply { packet, to: Destination::Broadcast, mac, kind: MessageType::Offer, client, address: Some(ip), bootfile: boot })
+            Decision::Reply(Reply {
+                packet,
+                to: Destination::Broadcast,
+                mac,
+                kind: MessageType::Offer,
+                client,
+                address: Some(ip),
+                bootfile: boot,
+            })
         }
         MessageType::Request => {
             if let Some(server) = server_id(msg) {
@@ -441,13 +455,25 @@ fn full(
                     if withdrawn {
                         leases.leases.remove(&mac);
                     }
-                    return Decision::Ignore { reason: IgnoreReason::OtherServer, mac: Some(mac), leases_changed: withdrawn };
+                    return Decision::Ignore {
+                        reason: IgnoreReason::OtherServer,
+                        mac: Some(mac),
+                        leases_changed: withdrawn,
+                    };
                 }
             }
             let renewing = !msg.ciaddr().is_unspecified();
             let nak = |msg: &v4::Message| {
                 let packet = build(msg, MessageType::Nak, Ipv4Addr::UNSPECIFIED, ClientKind::Plain, None, config, None);
-                Decision::Reply(Reply { packet, to: Destination::Broadcast, mac, kind: MessageType::Nak, client, address: None, bootfile: None })
+                Decision::Reply(Reply {
+                    packet,
+                    to: Destination::Broadcast,
+                    mac,
+                    kind: MessageType::Nak,
+                    client,
+                    address: None,
+                    bootfile: None,
+                })
             };
             let Some(ip) = requested_ip(msg) else { return nak(msg) };
             let ours = leases.leases.get(&mac).is_some_and(|l| l.ip == ip);
@@ -458,7 +484,15 @@ fn full(
             leases.leases.insert(mac, Lease { ip, expires: now + u64::from(pool.lease_secs), bound: true });
             let packet = build(msg, MessageType::Ack, ip, client, boot.as_deref(), config, Some(pool));
             let to = if renewing { Destination::Unicast(msg.ciaddr()) } else { Destination::Broadcast };
-            Decision::Reply(Reply { packet, to, mac, kind: MessageType::Ack, client, address: Some(ip), bootfile: boot })
+            Decision::Reply(Reply {
+                packet,
+                to,
+                mac,
+                kind: MessageType::Ack,
+                client,
+                address: Some(ip),
+                bootfile: boot,
+            })
         }
         MessageType::Release => {
             let released = leases.leases.get(&mac).is_some_and(|l| l.ip == msg.ciaddr());
@@ -490,7 +524,8 @@ fn build(
     pool: Option<&AddressPool>,
 ) -> Vec<u8> {
     let siaddr = if boot.is_some() { config.server_ip } else { Ipv4Addr::UNSPECIFIED };
-    let mut msg = v4::Message::new_with_id(req.xid(), Ipv4Addr::UNSPECIFIED, yiaddr, siaddr, Ipv4Addr::UNSPECIFIED, req.chaddr());
+    let mut msg =
+        v4::Message::new_with_id(req.xid(), Ipv4Addr::UNSPECIFIED, yiaddr, siaddr, Ipv4Addr::UNSPECIFIED, req.chaddr());
     msg.set_opcode(v4::Opcode::BootReply);
     msg.set_flags(req.flags());
     if !req.ciaddr().is_unspecified() && kind != MessageType::Nak {
@@ -568,7 +603,14 @@ mod tests {
     }
 
     fn request(m: MacAddr, kind: MessageType, who: Who, extra: Vec<DhcpOption>, ciaddr: Ipv4Addr) -> Vec<u8> {
-        let mut msg = v4::Message::new_with_id(0x1234, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &m.0);
+        let mut msg = v4::Message::new_with_id(
+            0x1234,
+            ciaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &m.0,
+        );
         let opts = msg.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         match who {
@@ -595,7 +637,13 @@ mod tests {
     }
 
     fn select(m: MacAddr, ip: Ipv4Addr, server: Ipv4Addr) -> Vec<u8> {
-        request(m, MessageType::Request, Who::Plain, vec![DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier(server)], Ipv4Addr::UNSPECIFIED)
+        request(
+            m,
+            MessageType::Request,
+            Who::Plain,
+            vec![DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier(server)],
+            Ipv4Addr::UNSPECIFIED,
+        )
     }
 
     fn reply(d: Decision) -> (Reply, v4::Message) {
@@ -617,7 +665,9 @@ mod tests {
 
     fn opt_bytes(msg: &v4::Message, code: OptionCode) -> Option<Vec<u8>> {
         match msg.opts().get(code)? {
-            DhcpOption::BootfileName(b) | DhcpOption::ClassIdentifier(b) | DhcpOption::VendorExtensions(b) => Some(b.clone()),
+            DhcpOption::BootfileName(b) | DhcpOption::ClassIdentifier(b) | DhcpOption::VendorExtensions(b) => {
+                Some(b.clone())
+            }
             _ => None,
         }
     }
@@ -629,14 +679,24 @@ mod tests {
     #[test]
     fn ipxe_client_gets_the_http_script_url_and_an_address() {
         let mut leases = LeaseTable::default();
-        let (r, msg) = reply(decide(&discover(mac(1), Who::Ipxe), Port::Dhcp, &full_config(DefaultProfile::Ignore), &machines(), &mut leases, NOW));
+        let (r, msg) = reply(decide(
+            &discover(mac(1), Who::Ipxe),
+            Port::Dhcp,
+            &full_config(DefaultProfile::Ignore),
+            &machines(),
+            &mut leases,
+            NOW,
+        ));
         assert_eq!(r.kind, MessageType::Offer);
         assert_eq!(r.client, ClientKind::Ipxe);
         assert_eq!(msg.opcode(), v4::Opcode::BootReply);
         assert_eq!(msg.xid(), 0x1234);
         assert_eq!(msg.yiaddr(), Ipv4Addr::new(10, 0, 0, 3), "the server's own .2 is skipped");
         assert_eq!(msg.siaddr(), SERVER);
-        assert_eq!(opt_bytes(&msg, OptionCode::BootfileName).as_deref(), Some(&b"http://10.0.0.2:8080/boot/ipxe?mac=${mac}"[..]));
+        assert_eq!(
+            opt_bytes(&msg, OptionCode::BootfileName).as_deref(),
+            Some(&b"http://10.0.0.2:8080/boot/ipxe?mac=${mac}"[..])
+        );
         assert!(r.packet.len() >= 300);
         assert_eq!(r.to, Destination::Broadcast);
     }
@@ -645,32 +705,67 @@ mod tests {
     fn option_175_alone_marks_ipxe() {
         let extra = vec![DhcpOption::Unknown(v4::UnknownOption::new(OptionCode::Unknown(175), vec![1, 1, 1]))];
         let pkt = request(mac(1), MessageType::Discover, Who::Plain, extra, Ipv4Addr::UNSPECIFIED);
-        let (r, _) = reply(decide(&pkt, Port::Dhcp, &full_config(DefaultProfile::Agent), &machines(), &mut LeaseTable::default(), NOW));
+        let (r, _) = reply(decide(
+            &pkt,
+            Port::Dhcp,
+            &full_config(DefaultProfile::Agent),
+            &machines(),
+            &mut LeaseTable::default(),
+            NOW,
+        ));
         assert_eq!(r.client, ClientKind::Ipxe);
     }
 
     #[test]
     fn firmware_pxe_gets_tftp_ipxe_by_architecture() {
         for (arch, file) in [(0u16, "undionly.kpxe"), (7, "ipxe.efi"), (9, "ipxe.efi")] {
-            let (r, msg) = reply(decide(&discover(mac(1), Who::Pxe(arch)), Port::Dhcp, &full_config(DefaultProfile::Agent), &machines(), &mut LeaseTable::default(), NOW));
+            let (r, msg) = reply(decide(
+                &discover(mac(1), Who::Pxe(arch)),
+                Port::Dhcp,
+                &full_config(DefaultProfile::Agent),
+                &machines(),
+                &mut LeaseTable::default(),
+                NOW,
+            ));
             assert_eq!(r.bootfile.as_deref(), Some(file), "arch {arch}");
             assert_eq!(opt_bytes(&msg, OptionCode::ClassIdentifier).as_deref(), Some(&b"PXEClient"[..]));
             assert_eq!(opt_bytes(&msg, OptionCode::VendorExtensions).as_deref(), Some(&[6u8, 1, 8, 255][..]));
             assert_eq!(msg.fname_str().and_then(Result::ok).map(|f| f.trim_end_matches('\0')), Some(file));
         }
-        let reason = ignored(decide(&discover(mac(1), Who::Pxe(11)), Port::Dhcp, &full_config(DefaultProfile::Agent), &machines(), &mut LeaseTable::default(), NOW));
+        let reason = ignored(decide(
+            &discover(mac(1), Who::Pxe(11)),
+            Port::Dhcp,
+            &full_config(DefaultProfile::Agent),
+            &machines(),
+            &mut LeaseTable::default(),
+            NOW,
+        ));
         assert_eq!(reason, IgnoreReason::UnsupportedArch(11));
     }
 
     #[test]
     fn unknown_machine_is_ignored_when_the_default_profile_says_so_and_nothing_changes() {
         let mut leases = LeaseTable::default();
-        let d = decide(&discover(mac(9), Who::Ipxe), Port::Dhcp, &full_config(DefaultProfile::Ignore), &machines(), &mut leases, NOW);
+        let d = decide(
+            &discover(mac(9), Who::Ipxe),
+            Port::Dhcp,
+            &full_config(DefaultProfile::Ignore),
+            &machines(),
+            &mut leases,
+            NOW,
+        );
         assert!(!d.leases_changed());
         assert_eq!(ignored(d), IgnoreReason::UnknownMachine(mac(9)));
         assert_eq!(leases, LeaseTable::default());
         // With the agent default it boots.
-        reply(decide(&discover(mac(9), Who::Ipxe), Port::Dhcp, &full_config(DefaultProfile::Agent), &machines(), &mut leases, NOW));
+        reply(decide(
+            &discover(mac(9), Who::Ipxe),
+            Port::Dhcp,
+            &full_config(DefaultProfile::Agent),
+            &machines(),
+            &mut leases,
+            NOW,
+        ));
     }
 
     #[test]
@@ -708,7 +803,8 @@ mod tests {
     fn full_dhcp_offer_request_ack_then_renewal_keeps_the_address() {
         let config = full_config(DefaultProfile::Agent);
         let mut leases = LeaseTable::default();
-        let (offer, _) = reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
+        let (offer, _) =
+            reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         let ip = offer.address.expect("address");
         assert!(offer.bootfile.is_none(), "a plain client gets no boot file");
         let (ack, msg) = reply(decide(&select(mac(1), ip, SERVER), Port::Dhcp, &config, &machines(), &mut leases, NOW));
@@ -722,7 +818,8 @@ mod tests {
         assert_eq!(ack2.to, Destination::Unicast(ip));
         assert_eq!(leases.leases[&mac(1)].expires, NOW + 1800 + 3600);
         // Rediscovery after a reboot gives the same address.
-        let (again, _) = reply(decide(&discover(mac(1), Who::Ipxe), Port::Dhcp, &config, &machines(), &mut leases, NOW + 1900));
+        let (again, _) =
+            reply(decide(&discover(mac(1), Who::Ipxe), Port::Dhcp, &config, &machines(), &mut leases, NOW + 1900));
         assert_eq!(again.address, Some(ip));
     }
 
@@ -734,12 +831,29 @@ mod tests {
         let (b, _) = reply(decide(&discover(mac(2), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         assert_ne!(a.address, b.address);
         // The range .2-.4 minus the server leaves two.
-        assert_eq!(ignored(decide(&discover(mac(3), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW)), IgnoreReason::PoolExhausted);
+        assert_eq!(
+            ignored(decide(&discover(mac(3), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW)),
+            IgnoreReason::PoolExhausted
+        );
         // Someone asking for another machine's address is refused.
-        let (nak, _) = reply(decide(&select(mac(3), a.address.expect("ip"), SERVER), Port::Dhcp, &config, &machines(), &mut leases, NOW));
+        let (nak, _) = reply(decide(
+            &select(mac(3), a.address.expect("ip"), SERVER),
+            Port::Dhcp,
+            &config,
+            &machines(),
+            &mut leases,
+            NOW,
+        ));
         assert_eq!(nak.kind, MessageType::Nak);
         // After the offer hold expires unrequested, the address is free again.
-        let (c, _) = reply(decide(&discover(mac(3), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW + OFFER_HOLD_SECS + 1));
+        let (c, _) = reply(decide(
+            &discover(mac(3), Who::Plain),
+            Port::Dhcp,
+            &config,
+            &machines(),
+            &mut leases,
+            NOW + OFFER_HOLD_SECS + 1,
+        ));
         assert!(c.address.is_some());
     }
 
@@ -747,24 +861,45 @@ mod tests {
     fn choosing_another_server_withdraws_the_offer_and_decline_skips_the_address() {
         let config = full_config(DefaultProfile::Agent);
         let mut leases = LeaseTable::default();
-        let (offer, _) = reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
+        let (offer, _) =
+            reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         let ip = offer.address.expect("ip");
-        let d = decide(&select(mac(1), ip, Ipv4Addr::new(10, 0, 0, 99)), Port::Dhcp, &config, &machines(), &mut leases, NOW);
+        let d = decide(
+            &select(mac(1), ip, Ipv4Addr::new(10, 0, 0, 99)),
+            Port::Dhcp,
+            &config,
+            &machines(),
+            &mut leases,
+            NOW,
+        );
         assert!(d.leases_changed());
         assert_eq!(ignored(d), IgnoreReason::OtherServer);
         assert!(leases.leases.is_empty());
         // Bind, then decline: that address is not offered again for a while.
         reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         reply(decide(&select(mac(1), ip, SERVER), Port::Dhcp, &config, &machines(), &mut leases, NOW));
-        let decline = request(mac(1), MessageType::Decline, Who::Plain, vec![DhcpOption::RequestedIpAddress(ip)], Ipv4Addr::UNSPECIFIED);
-        assert_eq!(ignored(decide(&decline, Port::Dhcp, &config, &machines(), &mut leases, NOW)), IgnoreReason::Declined(ip));
-        let (next, _) = reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW + 1));
+        let decline = request(
+            mac(1),
+            MessageType::Decline,
+            Who::Plain,
+            vec![DhcpOption::RequestedIpAddress(ip)],
+            Ipv4Addr::UNSPECIFIED,
+        );
+        assert_eq!(
+            ignored(decide(&decline, Port::Dhcp, &config, &machines(), &mut leases, NOW)),
+            IgnoreReason::Declined(ip)
+        );
+        let (next, _) =
+            reply(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW + 1));
         assert_ne!(next.address, Some(ip));
         // Release frees it.
         let bound = next.address.expect("ip");
         reply(decide(&select(mac(1), bound, SERVER), Port::Dhcp, &config, &machines(), &mut leases, NOW + 1));
         let release = request(mac(1), MessageType::Release, Who::Plain, vec![], bound);
-        assert_eq!(ignored(decide(&release, Port::Dhcp, &config, &machines(), &mut leases, NOW + 2)), IgnoreReason::Released);
+        assert_eq!(
+            ignored(decide(&release, Port::Dhcp, &config, &machines(), &mut leases, NOW + 2)),
+            IgnoreReason::Released
+        );
         assert!(leases.leases.is_empty());
     }
 
@@ -772,7 +907,8 @@ mod tests {
     fn proxy_dhcp_answers_pxe_clients_without_an_address_and_port_4011_requests() {
         let config = proxy_config();
         let mut leases = LeaseTable::default();
-        let (offer, msg) = reply(decide(&discover(mac(1), Who::Pxe(0)), Port::Dhcp, &config, &machines(), &mut leases, NOW));
+        let (offer, msg) =
+            reply(decide(&discover(mac(1), Who::Pxe(0)), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         assert_eq!(offer.kind, MessageType::Offer);
         assert_eq!(msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(offer.bootfile.as_deref(), Some("undionly.kpxe"));
@@ -781,14 +917,23 @@ mod tests {
         // UEFI firmware asks the boot server on 4011.
         let req = request(mac(1), MessageType::Request, Who::Pxe(7), vec![], Ipv4Addr::new(10, 0, 0, 50));
         let (ack, _) = reply(decide(&req, Port::PxeBoot, &config, &machines(), &mut leases, NOW));
-        assert_eq!((ack.kind, ack.to, ack.bootfile.as_deref()), (MessageType::Ack, Destination::Source, Some("ipxe.efi")));
+        assert_eq!(
+            (ack.kind, ack.to, ack.bootfile.as_deref()),
+            (MessageType::Ack, Destination::Source, Some("ipxe.efi"))
+        );
         // iPXE (after chainloading) gets the script URL.
         let (ipxe, _) = reply(decide(&discover(mac(1), Who::Ipxe), Port::Dhcp, &config, &machines(), &mut leases, NOW));
         assert!(ipxe.bootfile.expect("file").starts_with("http://10.0.0.2:8080/boot/ipxe"));
         // Plain clients and REQUESTs on 67 belong to the real DHCP server.
-        assert_eq!(ignored(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW)), IgnoreReason::NotPxe);
+        assert_eq!(
+            ignored(decide(&discover(mac(1), Who::Plain), Port::Dhcp, &config, &machines(), &mut leases, NOW)),
+            IgnoreReason::NotPxe
+        );
         let req67 = request(mac(1), MessageType::Request, Who::Ipxe, vec![], Ipv4Addr::UNSPECIFIED);
-        assert!(matches!(ignored(decide(&req67, Port::Dhcp, &config, &machines(), &mut leases, NOW)), IgnoreReason::Unhandled(_)));
+        assert!(matches!(
+            ignored(decide(&req67, Port::Dhcp, &config, &machines(), &mut leases, NOW)),
+            IgnoreReason::Unhandled(_)
+        ));
         assert_eq!(leases, LeaseTable::default(), "proxy mode never leases");
     }
 

@@ -10,7 +10,7 @@ pub mod serve;
 pub mod store;
 pub mod tftp;
 
-pub use dhcp::{DhcpConfig, DhcpMode, Decision, IgnoreReason, LeaseTable};
+pub use dhcp::{Decision, DhcpConfig, DhcpMode, IgnoreReason, LeaseTable};
 pub use mac::MacAddr;
 pub use profile::{BootParams, DefaultProfile, MachineProfile, ProfileError, Role};
 pub use store::{ProvisioningStore, StoreError};

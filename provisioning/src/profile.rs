@@ -82,7 +82,9 @@ impl MachineProfile {
             if !plinth_protocol::is_valid_hostname(h) {
                 errors.push(ProfileError {
                     path: "/hostname",
-                    message: format!("{h:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)"),
+                    message: format!(
+                        "{h:?} is not a valid hostname (letters, digits, '-', '.', at most 63 characters per label)"
+                    ),
                 });
             }
         }
@@ -92,7 +94,9 @@ impl MachineProfile {
                 if !ok {
                     errors.push(ProfileError {
                         path: "/attributes",
-                        message: format!("{pair:?} is not key:value (letters, digits, '_', '-', '.'); write e.g. rack:r2;zone:a"),
+                        message: format!(
+                            "{pair:?} is not key:value (letters, digits, '_', '-', '.'); write e.g. rack:r2;zone:a"
+                        ),
                     });
                     break;
                 }
@@ -106,7 +110,10 @@ impl MachineProfile {
                 message: "only printable ASCII without quotes or backslashes (one kernel command line)".into(),
             });
         } else if self.extra_cmdline.split_whitespace().any(|w| w.starts_with("plinth.token=")) {
-            errors.push(ProfileError { path: "/extraCmdline", message: "plinth.token comes from the master's join token".into() });
+            errors.push(ProfileError {
+                path: "/extraCmdline",
+                message: "plinth.token comes from the master's join token".into(),
+            });
         }
         errors
     }
@@ -125,7 +132,6 @@ pub fn default_hostname(mac: MacAddr) -> String {
 fn attr_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
-
 
 /// What every boot script needs from the master.
 #[derive(Debug, Clone, PartialEq, Eq)]

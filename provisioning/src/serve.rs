@@ -211,7 +211,12 @@ pub fn spawn(provisioning: Arc<Provisioning>, config: PxeConfig) -> Result<(), S
     Ok(())
 }
 
-async fn dhcp_loop(socket: &UdpSocket, port: Port, provisioning: &Provisioning, config: &PxeConfig) -> std::io::Result<()> {
+async fn dhcp_loop(
+    socket: &UdpSocket,
+    port: Port,
+    provisioning: &Provisioning,
+    config: &PxeConfig,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1500];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await?;

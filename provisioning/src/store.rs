@@ -61,7 +61,10 @@ impl ProvisioningStore {
     pub fn open(dir: &Path) -> Result<ProvisioningStore, StoreError> {
         let path = dir.join(DB_FILE);
         if let Err(source) = std::fs::create_dir_all(dir) {
-            return Err(StoreError::Open { path, source: redb::DatabaseError::Storage(redb::StorageError::Io(source)) });
+            return Err(StoreError::Open {
+                path,
+                source: redb::DatabaseError::Storage(redb::StorageError::Io(source)),
+            });
         }
         let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let write = try_db!("creating tables", db.begin_write())?;
@@ -78,14 +81,18 @@ impl ProvisioningStore {
         &self.path
     }
 
-    fn all<T: serde::de::DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<MacAddr, T>, StoreError> {
+    fn all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<BTreeMap<MacAddr, T>, StoreError> {
         let read = try_db!("reading", self.db.begin_read())?;
         let table = try_db!("reading", read.open_table(table))?;
         let mut out = BTreeMap::new();
         for row in try_db!("reading", table.iter())? {
             let (key, value) = try_db!("reading", row)?;
             let Ok(mac) = key.value().parse::<MacAddr>() else { continue };
-            let record = serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt { key: key.value().to_string(), source })?;
+            let record = serde_json::from_slice(value.value())
+                .map_err(|source| StoreError::Corrupt { key: key.value().to_string(), source })?;
             out.insert(mac, record);
         }
         Ok(out)
@@ -134,7 +141,8 @@ impl ProvisioningStore {
         let read = try_db!("reading leases", self.db.begin_read())?;
         let table = try_db!("reading leases", read.open_table(STATE))?;
         match try_db!("reading leases", table.get(LEASES_KEY))? {
-            Some(v) => serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt { key: LEASES_KEY.into(), source }),
+            Some(v) => serde_json::from_slice(v.value())
+                .map_err(|source| StoreError::Corrupt { key: LEASES_KEY.into(), source }),
             None => Ok(LeaseTable::default()),
         }
     }

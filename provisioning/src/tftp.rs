@@ -70,7 +70,8 @@ pub fn parse_request(packet: &[u8]) -> Result<ReadRequest, Refusal> {
     if body.last() != Some(&0) {
         return Err(Refusal::Malformed);
     }
-    let mut fields = body[..body.len() - 1].split(|b| *b == 0).map(|f| std::str::from_utf8(f).map_err(|_| Refusal::Malformed));
+    let mut fields =
+        body[..body.len() - 1].split(|b| *b == 0).map(|f| std::str::from_utf8(f).map_err(|_| Refusal::Malformed));
     let filename = fields.next().ok_or(Refusal::Malformed)??.to_string();
     let mode = fields.next().ok_or(Refusal::Malformed)??.to_ascii_lowercase();
     if filename.is_empty() {
@@ -199,7 +200,12 @@ pub fn bind_udp(addr: SocketAddr, interface: Option<&str>, broadcast: bool) -> s
     UdpSocket::from_std(socket)
 }
 
-async fn transfer(peer: SocketAddr, request: &ReadRequest, path: &Path, interface: Option<&str>) -> std::io::Result<()> {
+async fn transfer(
+    peer: SocketAddr,
+    request: &ReadRequest,
+    path: &Path,
+    interface: Option<&str>,
+) -> std::io::Result<()> {
     let size = tokio::fs::metadata(path).await?.len();
     if size > MAX_FILE {
         return Err(std::io::Error::other(format!("{} is larger than {MAX_FILE} bytes", path.display())));

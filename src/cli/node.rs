@@ -40,7 +40,8 @@ pub enum ProfileCommand {
 async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
     let body = master.call(Method::GET, "/master/slaves", None).await?;
     let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
-    let matches: Vec<Value> = slaves.into_iter().filter(|s| text(s, "id") == node || text(s, "hostname") == node).collect();
+    let matches: Vec<Value> =
+        slaves.into_iter().filter(|s| text(s, "id") == node || text(s, "hostname") == node).collect();
     match matches.len() {
         0 => bail!("no node {node:?}: not an agent id or hostname the master knows (see plinth node list)"),
         1 => Ok(matches.into_iter().next().expect("one match")),
@@ -82,13 +83,16 @@ pub async fn poweroff(master: &Master, node: &str, force: bool, token: Option<&s
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node API at {target} (only nodes booted from the Plinth image have one)"))?;
+    let response = request.send().await.with_context(|| {
+        format!("cannot reach the node API at {target} (only nodes booted from the Plinth image have one)")
+    })?;
     if !response.status().is_success() {
         let status = response.status();
-        let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (pass the cluster token: --token or PLINTH_TOKEN)" } else { "" };
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            " (pass the cluster token: --token or PLINTH_TOKEN)"
+        } else {
+            ""
+        };
         bail!("{target} answered {status}{hint}: {}", response.text().await.unwrap_or_default().trim());
     }
     println!("node {id} is powering off");
@@ -103,7 +107,8 @@ fn machines_table(body: &Value) -> String {
             let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
             let profile = m.get("profile").filter(|p| !p.is_null());
             let role = profile.and_then(|p| p.get("role")).and_then(Value::as_str).unwrap_or("(default)").to_string();
-            let attributes = profile.and_then(|p| p.get("attributes")).and_then(Value::as_str).unwrap_or("-").to_string();
+            let attributes =
+                profile.and_then(|p| p.get("attributes")).and_then(Value::as_str).unwrap_or("-").to_string();
             vec![field("mac"), field("hostname"), field("ip"), field("state"), role, attributes]
         })
         .collect();

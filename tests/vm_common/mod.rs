@@ -36,7 +36,11 @@ pub fn build_image(dir: &Path, args: &[&str]) -> Result<PathBuf> {
         .output()
         .context("running plinth image build")?;
     if !out.status.success() {
-        bail!("plinth image build failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "plinth image build failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(dir.to_path_buf())
 }
@@ -53,7 +57,10 @@ pub fn image() -> &'static Path {
 
 /// A free TCP port on 127.0.0.1 (bind to 0, read it, release it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding an ephemeral port on loopback")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on loopback")
 }
 
 /// What to boot.
@@ -123,7 +130,11 @@ impl Vm {
             .args(["-monitor", &format!("unix:{},server,nowait", monitor.display())]);
         match &cfg.boot {
             Boot::Kernel { dir, cmdline } => {
-                cmd.arg("-kernel").arg(dir.join("vmlinuz")).arg("-initrd").arg(dir.join("initramfs.img")).args(["-append", cmdline]);
+                cmd.arg("-kernel")
+                    .arg(dir.join("vmlinuz"))
+                    .arg("-initrd")
+                    .arg(dir.join("initramfs.img"))
+                    .args(["-append", cmdline]);
             }
             Boot::Cdrom(iso) => {
                 cmd.arg("-cdrom").arg(iso).args(["-boot", "d"]);
@@ -175,7 +186,11 @@ impl Vm {
                 return Ok(text);
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("{}: QEMU exited ({status}) before the console showed {needle:?}:\n{}", self.name, tail(&text, 60));
+                bail!(
+                    "{}: QEMU exited ({status}) before the console showed {needle:?}:\n{}",
+                    self.name,
+                    tail(&text, 60)
+                );
             }
             if Instant::now() > end {
                 bail!("{}: console did not show {needle:?} within {timeout:?}:\n{}", self.name, tail(&text, 60));
@@ -192,7 +207,11 @@ impl Vm {
                 return Ok(status);
             }
             if Instant::now() > end {
-                bail!("{}: QEMU still running after {timeout:?}; console:\n{}", self.name, tail(&self.console_text(), 40));
+                bail!(
+                    "{}: QEMU still running after {timeout:?}; console:\n{}",
+                    self.name,
+                    tail(&self.console_text(), 40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -447,8 +447,10 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> {
     if cpus > 0.0 {
         // why: float-to-int `as` saturates; cpus is validated finite and positive.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let (shares, quota) =
-            (((cpus * 1024.0).round() as u64).max(2), ((cpus * CFS_PERIOD_US as f64).round() as i64).max(MIN_CFS_QUOTA_US));
+        let (shares, quota) = (
+            ((cpus * 1024.0).round() as u64).max(2),
+            ((cpus * CFS_PERIOD_US as f64).round() as i64).max(MIN_CFS_QUOTA_US),
+        );
         resources["cpu"] = json!({
             "shares": shares,
             "quota": quota,

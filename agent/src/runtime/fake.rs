@@ -43,7 +43,15 @@ pub struct FakeRuntime {
 }
 
 fn ended(code: Option<i32>, signal: Option<i32>, oom: bool, killed: bool) -> Phase {
-    Phase::Exited(Termination { code, signal, oom, killed, error: None, fetch_failed: false, finished_at: Timestamp::now().to_iso() })
+    Phase::Exited(Termination {
+        code,
+        signal,
+        oom,
+        killed,
+        error: None,
+        fetch_failed: false,
+        finished_at: Timestamp::now().to_iso(),
+    })
 }
 
 impl FakeRuntime {
@@ -140,7 +148,13 @@ impl ContainerRuntime for FakeRuntime {
         state.launches += 1;
         let pid = 10_000 + state.next_pid;
         state.tasks.insert(task_id.clone(), FakeTask { pid, phase: Phase::Starting, ignores_sigterm: false });
-        Ok(RuntimeHandle { task_id, sandbox: request.sandbox.clone(), pid: Some(pid), pid_start_time: Some(1), cgroup: None })
+        Ok(RuntimeHandle {
+            task_id,
+            sandbox: request.sandbox.clone(),
+            pid: Some(pid),
+            pid_start_time: Some(1),
+            cgroup: None,
+        })
     }
 
     fn kill(&self, handle: &RuntimeHandle, _grace: Duration) -> Result<(), AgentError> {

@@ -86,10 +86,14 @@ pub struct Termination {
 pub enum Observation {
     /// Launched; the task's own process is not there yet.
     Starting,
-    Running { pid: Option<i32> },
+    Running {
+        pid: Option<i32>,
+    },
     Exited(Termination),
     /// The runtime lost the task without learning how it ended (its supervisor died).
-    Gone { message: String },
+    Gone {
+        message: String,
+    },
 }
 
 pub trait ContainerRuntime: Send + Sync {

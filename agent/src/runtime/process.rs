@@ -58,7 +58,13 @@ fn read_exit(sandbox: &Path) -> Option<Termination> {
     fsutil::read_json(&sandbox.join(executor::EXIT_FILE)).ok().flatten()
 }
 
-fn signal_error(signal: Signal, target: &'static str, pid: i32, task_id: &str, source: nix::errno::Errno) -> AgentError {
+fn signal_error(
+    signal: Signal,
+    target: &'static str,
+    pid: i32,
+    task_id: &str,
+    source: nix::errno::Errno,
+) -> AgentError {
     AgentError::Signal { signal: signal.as_str(), target, pid, task_id: task_id.to_string(), source }
 }
 
@@ -188,7 +194,9 @@ impl ContainerRuntime for ProcessRuntime {
             let pid = handle.pid.expect("alive implies a pid");
             match kill(Pid::from_raw(pid), Signal::SIGKILL) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(source) => return Err(signal_error(Signal::SIGKILL, "executor", pid, handle.task_id.as_str(), source)),
+                Err(source) => {
+                    return Err(signal_error(Signal::SIGKILL, "executor", pid, handle.task_id.as_str(), source))
+                }
             }
         }
         Ok(())
@@ -219,18 +227,18 @@ impl ContainerRuntime for ProcessRuntime {
     fn recover(&self, handle: &RuntimeHandle) -> RuntimeHandle {
         let mut recovered = handle.clone();
         if recovered.pid.is_none() {
-            if let Ok(Some(record)) = fsutil::read_json::<ExecutorRecord>(&handle.sandbox.join(executor::EXECUTOR_FILE)) {
+            if let Ok(Some(record)) = fsutil::read_json::<ExecutorRecord>(&handle.sandbox.join(executor::EXECUTOR_FILE))
+            {
                 recovered.pid = Some(record.pid);
                 recovered.pid_start_time = record.start_time;
             }
         }
         if recovered.cgroup.is_none() {
-            let spec: Option<ExecutorSpec> = fsutil::read_json(&handle.sandbox.join(executor::SPEC_FILE)).ok().flatten();
+            let spec: Option<ExecutorSpec> =
+                fsutil::read_json(&handle.sandbox.join(executor::SPEC_FILE)).ok().flatten();
             if let Some(spec) = spec.filter(|s| !s.cgroup_dirs.is_empty()) {
-                recovered.cgroup = Some(TaskCgroup {
-                    name: format!("{}/{}", cgroup::PARENT, handle.task_id),
-                    dirs: spec.cgroup_dirs,
-                });
+                recovered.cgroup =
+                    Some(TaskCgroup { name: format!("{}/{}", cgroup::PARENT, handle.task_id), dirs: spec.cgroup_dirs });
             }
         }
         recovered

@@ -152,10 +152,8 @@ impl Drop for KillTasksOnDrop {
                 if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
                     let pid = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64());
                     if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                     }
                 }
             }

@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 
-use plinth_protocol::agent::{Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER};
+use plinth_protocol::agent::{
+    Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER,
+};
 
 use super::{Body, ClientAddr};
 use crate::error::ApiError;
@@ -27,7 +29,8 @@ fn check_token(master: &Master, headers: &HeaderMap, client: ClientAddr, who: &s
     }
     let reason = if given.is_none() { "no join token" } else { "a wrong join token" };
     let address = client.ip().unwrap_or_else(|| "unknown".into());
-    let first = master.token_warned.lock().expect("token warning set is never poisoned").insert(format!("{address}/{who}"));
+    let first =
+        master.token_warned.lock().expect("token warning set is never poisoned").insert(format!("{address}/{who}"));
     if first {
         tracing::warn!(remote_address = %address, node = %who, "agent refused: it presented {reason}");
     }

@@ -116,7 +116,12 @@ pub async fn create(
     let id = app["id"].as_str().unwrap_or_default().to_string();
     tracing::info!(app_id = %id, deployment_id = %deployment, "app created");
     master.prefetch_image(&definition);
-    master.publish(api_post_event(client.ip().as_deref(), uri.path(), json!(definition), plinth_protocol::Timestamp::now()));
+    master.publish(api_post_event(
+        client.ip().as_deref(),
+        uri.path(),
+        json!(definition),
+        plinth_protocol::Timestamp::now(),
+    ));
     Ok(created(&format!("/v2/apps{id}"), app))
 }
 
@@ -174,7 +179,10 @@ async fn show(master: &Master, raw_id: &str, params: &Params) -> Result<Response
 /// version (`{"version": "..."}`).
 fn merged_definition(core: &Core, id: &AppId, body: Value, partial: bool) -> Result<AppDefinition, ApiError> {
     let Value::Object(body) = body else {
-        return Err(ApiError::Invalid(vec![Violation { path: "/".into(), errors: vec!["an app definition must be a JSON object".into()] }]));
+        return Err(ApiError::Invalid(vec![Violation {
+            path: "/".into(),
+            errors: vec!["an app definition must be a JSON object".into()],
+        }]));
     };
     let current = core.app(id);
     if let (Some(version), Some(_)) = (body.get("version").and_then(Value::as_str), current) {
@@ -227,9 +235,8 @@ async fn update(
     body: Body,
     patch: bool,
 ) -> Result<Response, ApiError> {
-    let id = AppId::parse(raw_id).map_err(|e| {
-        ApiError::Invalid(vec![Violation { path: "/id".into(), errors: vec![e.to_string()] }])
-    })?;
+    let id = AppId::parse(raw_id)
+        .map_err(|e| ApiError::Invalid(vec![Violation { path: "/id".into(), errors: vec![e.to_string()] }]))?;
     let value = body.value()?;
     let force = params.flag("force")?;
     let partial = patch || params.get("partialUpdate") != Some("false");
@@ -245,7 +252,12 @@ async fn update(
     tracing::info!(app_id = %id, deployment_id = %outcome.deployment, version = %outcome.version,
         created = outcome.created, "app updated");
     master.prefetch_image(&outcome.app.definition);
-    master.publish(api_post_event(client.ip().as_deref(), uri, json!(outcome.app.definition), plinth_protocol::Timestamp::now()));
+    master.publish(api_post_event(
+        client.ip().as_deref(),
+        uri,
+        json!(outcome.app.definition),
+        plinth_protocol::Timestamp::now(),
+    ));
     let body = deployment_result(&outcome.deployment, &outcome.version);
     if outcome.created {
         Ok(created(&format!("/v2/apps{id}"), body))
@@ -264,7 +276,10 @@ pub async fn update_many(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Value::Array(items) = body.value()? else {
-        return Err(ApiError::Invalid(vec![Violation { path: "/".into(), errors: vec!["expected an array of app definitions".into()] }]));
+        return Err(ApiError::Invalid(vec![Violation {
+            path: "/".into(),
+            errors: vec!["expected an array of app definitions".into()],
+        }]));
     };
     let force = params.flag("force")?;
     let partial = params.get("partialUpdate") != Some("false");
@@ -282,13 +297,20 @@ pub async fn update_many(
                 }
                 defs.push(merged_definition(core, &id, item, partial)?);
             }
-            defs.into_iter().map(|def| core.put_app(def, now, force).map_err(ApiError::from)).collect::<Result<Vec<_>, _>>()
+            defs.into_iter()
+                .map(|def| core.put_app(def, now, force).map_err(ApiError::from))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     for outcome in &outcomes {
         tracing::info!(app_id = %outcome.app.id, deployment_id = %outcome.deployment, "app updated (bulk)");
         master.prefetch_image(&outcome.app.definition);
-        master.publish(api_post_event(client.ip().as_deref(), uri.path(), json!(outcome.app.definition), plinth_protocol::Timestamp::now()));
+        master.publish(api_post_event(
+            client.ip().as_deref(),
+            uri.path(),
+            json!(outcome.app.definition),
+            plinth_protocol::Timestamp::now(),
+        ));
     }
     let Some(first) = outcomes.first() else {
         return Ok(Json(json!({"version": Value::Null, "deploymentId": Value::Null})).into_response());
@@ -400,7 +422,10 @@ mod tests {
         assert_eq!(parse_target("a/tasks/a.123"), Target::Task("a".into(), "a.123".into()));
         assert_eq!(parse_target("a/restart"), Target::Restart("a".into()));
         assert_eq!(parse_target("g/a/versions"), Target::Versions("g/a".into()));
-        assert_eq!(parse_target("a/versions/2015-01-01T00:00:00.000Z"), Target::Version("a".into(), "2015-01-01T00:00:00.000Z".into()));
+        assert_eq!(
+            parse_target("a/versions/2015-01-01T00:00:00.000Z"),
+            Target::Version("a".into(), "2015-01-01T00:00:00.000Z".into())
+        );
         assert_eq!(parse_target("prod/*"), Target::Group("prod".into()));
     }
 

@@ -60,7 +60,9 @@ fn callback_url(params: &Params) -> Result<String, ApiError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ApiError::BadRequest(format!("callbackUrl '{url}' is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ApiError::BadRequest(format!("callbackUrl '{url}' must be an http:// or https:// URL with a host")));
+        return Err(ApiError::BadRequest(format!(
+            "callbackUrl '{url}' must be an http:// or https:// URL with a host"
+        )));
     }
     Ok(url.to_string())
 }

@@ -113,7 +113,8 @@ async fn load_meta(dir: &Path) -> Result<GroupMeta, GroupError> {
 /// Writes the metadata durably: a temp file, fsync, rename over the old one, fsync the dir.
 async fn save_meta(dir: &Path, meta: &GroupMeta) -> Result<(), GroupError> {
     let path = meta_path(dir);
-    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| ApiError::Internal(format!("cannot encode groups: {e}")))?;
+    let bytes =
+        serde_json::to_vec_pretty(meta).map_err(|e| ApiError::Internal(format!("cannot encode groups: {e}")))?;
     let dir = dir.to_path_buf();
     let target = path.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -237,9 +238,16 @@ impl GroupSpec {
 }
 
 /// Parses a group body whose id is already known (`id`), collecting every violation.
-fn parse_group(value: &Value, id: String, json_path: String, seen: &mut BTreeSet<String>, v: &mut Vec<Violation>) -> GroupSpec {
+fn parse_group(
+    value: &Value,
+    id: String,
+    json_path: String,
+    seen: &mut BTreeSet<String>,
+    v: &mut Vec<Violation>,
+) -> GroupSpec {
     let mut add = |path: String, error: String| v.push(Violation { path, errors: vec![error] });
-    let mut spec = GroupSpec { id: id.clone(), json_path: json_path.clone(), apps: None, groups: None, dependencies: None };
+    let mut spec =
+        GroupSpec { id: id.clone(), json_path: json_path.clone(), apps: None, groups: None, dependencies: None };
     let Some(body) = value.as_object() else {
         add(under(&json_path, "/"), "a group must be a JSON object".into());
         return spec;
@@ -271,7 +279,10 @@ fn parse_group(value: &Value, id: String, json_path: String, seen: &mut BTreeSet
             match resolve(&id, raw) {
                 Ok(child) if parent(&child) == id && child != "/" => {
                     if !seen.insert(child.clone()) {
-                        v.push(Violation { path: format!("{path}/id"), errors: vec![format!("'{child}' is given twice")] });
+                        v.push(Violation {
+                            path: format!("{path}/id"),
+                            errors: vec![format!("'{child}' is given twice")],
+                        });
                         continue;
                     }
                     parsed.push(parse_group(item, child, path, seen, v));
@@ -301,7 +312,10 @@ fn array_field<'a>(
     }
     let items = value.as_array();
     if items.is_none() {
-        v.push(Violation { path: under(json_path, &format!("/{key}")), errors: vec![format!("must be an array of {key}")] });
+        v.push(Violation {
+            path: under(json_path, &format!("/{key}")),
+            errors: vec![format!("must be an array of {key}")],
+        });
     }
     items
 }
@@ -329,7 +343,13 @@ fn parse_dependencies(value: &Value, base: &str, path: &str, v: &mut Vec<Violati
 
 /// An app of a group body: its id and dependencies made absolute, then parsed,
 /// validated and normalised as `POST /v2/apps` does, violations under `path`.
-fn parse_app(value: &Value, group: &str, path: &str, seen: &mut BTreeSet<String>, v: &mut Vec<Violation>) -> Option<AppSpec> {
+fn parse_app(
+    value: &Value,
+    group: &str,
+    path: &str,
+    seen: &mut BTreeSet<String>,
+    v: &mut Vec<Violation>,
+) -> Option<AppSpec> {
     let Some(body) = value.as_object() else {
         v.push(Violation { path: path.into(), errors: vec!["an app definition must be a JSON object".into()] });
         return None;
@@ -410,7 +430,10 @@ enum Action {
     Stop(AppId),
     Start(AppDefinition),
     /// A new definition; `restart` when more than `instances` changed.
-    Update { def: AppDefinition, restart: bool },
+    Update {
+        def: AppDefinition,
+        restart: bool,
+    },
 }
 
 impl Action {
@@ -644,7 +667,8 @@ fn plan(core: &Core, meta: &GroupMeta, request: &Request, now: Timestamp) -> Res
                 let scaled = (def.instances as f64 * factor).ceil();
                 // why: cast only when finite and below i64::MAX.
                 #[allow(clippy::cast_possible_truncation)]
-                let instances = if scaled.is_finite() && scaled < i64::MAX as f64 { scaled as i64 } else { def.instances };
+                let instances =
+                    if scaled.is_finite() && scaled < i64::MAX as f64 { scaled as i64 } else { def.instances };
                 def.instances = instances;
             }
             touched_group = id.clone();
@@ -690,7 +714,8 @@ fn plan(core: &Core, meta: &GroupMeta, request: &Request, now: Timestamp) -> Res
     for (node, dep) in &graph.unknown {
         // Only what this request declares is its fault; older dangling ids are ignored.
         if let Some(path) = path_of(node, &origin) {
-            violations.push(Violation { path, errors: vec![format!("dependency '{dep}' is neither an app nor a group")] });
+            violations
+                .push(Violation { path, errors: vec![format!("dependency '{dep}' is neither an app nor a group")] });
         }
     }
     if !violations.is_empty() {
@@ -728,7 +753,8 @@ fn plan(core: &Core, meta: &GroupMeta, request: &Request, now: Timestamp) -> Res
             Some(old) if unchanged(old, def) => {}
             Some(old) => {
                 if !force {
-                    let deployments: Vec<DeploymentId> = core.app_deployments(id).iter().map(|d| d.id.clone()).collect();
+                    let deployments: Vec<DeploymentId> =
+                        core.app_deployments(id).iter().map(|d| d.id.clone()).collect();
                     if !deployments.is_empty() {
                         return Err(CoreError::AppLocked { app: id.clone(), deployments }.into());
                     }
@@ -936,7 +962,8 @@ async fn list_versions(master: &Master, id: &str) -> Result<Response, GroupError
     if !groups.contains(id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")).into());
     }
-    let mut versions: BTreeSet<String> = meta.groups.get(id).map(|r| r.versions.iter().cloned().collect()).unwrap_or_default();
+    let mut versions: BTreeSet<String> =
+        meta.groups.get(id).map(|r| r.versions.iter().cloned().collect()).unwrap_or_default();
     for app in core.apps().filter(|a| is_within(a.id.as_str(), id)) {
         versions.extend(core.app_versions(&app.id).unwrap_or_default());
     }
@@ -968,14 +995,20 @@ async fn update(master: &Master, id: &str, params: &Params, body: Body) -> Resul
     let dry_run = params.flag("dryRun")?;
     let has_content = ["apps", "groups", "dependencies"].iter().any(|k| value.get(k).is_some());
     let request = if let Some(factor) = value.get("scaleBy") {
-        let factor = factor.as_f64().filter(|f| f.is_finite() && *f > 0.0).ok_or_else(|| invalid("/scaleBy", "must be a number greater than 0"))?;
+        let factor = factor
+            .as_f64()
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .ok_or_else(|| invalid("/scaleBy", "must be a number greater than 0"))?;
         if has_content {
             return Err(invalid("/scaleBy", "cannot be combined with apps, groups or dependencies"));
         }
         Request::Scale { id: id.to_string(), factor, force }
     } else {
         if let (Some(version), false) = (value.get("version").and_then(Value::as_str), has_content) {
-            return Err(invalid("/version", format!("rolling a group back to version '{version}' is not supported; PUT the definitions instead")));
+            return Err(invalid(
+                "/version",
+                format!("rolling a group back to version '{version}' is not supported; PUT the definitions instead"),
+            ));
         }
         Request::Update { spec: parse_body(&value, id.to_string())?, force }
     };
@@ -1001,7 +1034,12 @@ fn parse_body(value: &Value, id: String) -> Result<GroupSpec, GroupError> {
 
 /// Plans a request and, unless `dry_run`, applies it: the app changes in one command
 /// (one store transaction), then the group metadata.
-async fn change(master: &Master, request: Request, force: bool, dry_run: bool) -> Result<(StatusCode, Value), GroupError> {
+async fn change(
+    master: &Master,
+    request: Request,
+    force: bool,
+    dry_run: bool,
+) -> Result<(StatusCode, Value), GroupError> {
     let _serialised = META_LOCK.lock().await;
     let dir = master.config.data_dir.clone();
     let meta = load_meta(&dir).await?;
@@ -1033,10 +1071,15 @@ async fn change(master: &Master, request: Request, force: bool, dry_run: bool) -
             master.prefetch_image(&app.definition);
         }
     }
-    master.publish(Event::new("group_change_success", Timestamp::now(), json!({"groupId": group, "version": plan.version})));
+    master.publish(Event::new(
+        "group_change_success",
+        Timestamp::now(),
+        json!({"groupId": group, "version": plan.version}),
+    ));
     // One id to follow, as Marathon answers; a change without app changes gets a fresh
     // id that is already finished.
-    let deployment = deployments.first().cloned().unwrap_or_else(|| DeploymentId::new(uuid::Uuid::new_v4().to_string()));
+    let deployment =
+        deployments.first().cloned().unwrap_or_else(|| DeploymentId::new(uuid::Uuid::new_v4().to_string()));
     Ok((StatusCode::OK, json!({"version": plan.version, "deploymentId": deployment, "deploymentIds": deployments})))
 }
 
@@ -1061,14 +1104,20 @@ mod tests {
         let apps: BTreeMap<AppId, AppDefinition> = apps
             .iter()
             .map(|(id, deps)| {
-                let def = AppDefinition::from_value(json!({"id": id, "cmd": "x", "dependencies": deps})).expect("valid");
+                let def =
+                    AppDefinition::from_value(json!({"id": id, "cmd": "x", "dependencies": deps})).expect("valid");
                 (AppId::parse(id).expect("id"), def)
             })
             .collect();
         let meta = GroupMeta {
             groups: group_deps
                 .iter()
-                .map(|(g, d)| (g.to_string(), GroupRecord { dependencies: d.iter().map(|s| s.to_string()).collect(), versions: vec![] }))
+                .map(|(g, d)| {
+                    (
+                        g.to_string(),
+                        GroupRecord { dependencies: d.iter().map(|s| s.to_string()).collect(), versions: vec![] },
+                    )
+                })
                 .collect(),
         };
         let groups = group_paths(apps.keys().map(AppId::as_str), &meta);
@@ -1094,7 +1143,8 @@ mod tests {
     #[test]
     fn long_chains_do_not_overflow() {
         let ids: Vec<String> = (0..20_000).map(|i| format!("/c{i}")).collect();
-        let deps: Vec<Vec<String>> = (0..20_000).map(|i| if i == 0 { vec![] } else { vec![format!("/c{}", i - 1)] }).collect();
+        let deps: Vec<Vec<String>> =
+            (0..20_000).map(|i| if i == 0 { vec![] } else { vec![format!("/c{}", i - 1)] }).collect();
         let pairs: Vec<(&str, Vec<&str>)> =
             ids.iter().zip(&deps).map(|(id, d)| (id.as_str(), d.iter().map(String::as_str).collect())).collect();
         let borrowed: Vec<(&str, &[&str])> = pairs.iter().map(|(id, d)| (*id, d.as_slice())).collect();
@@ -1108,9 +1158,12 @@ mod tests {
             "groups": [{"id": "web", "apps": [{"id": "a", "cmd": "x", "constraints": [["hostname", "SOMETIMES"]]},
                                                {"id": "/prod/web/a", "cmd": "x"}]},
                        {"id": "/elsewhere"}]});
-        let Err(GroupError::Api(ApiError::Invalid(v))) = parse_body(&body, "/prod".into()) else { panic!("expected 422") };
+        let Err(GroupError::Api(ApiError::Invalid(v))) = parse_body(&body, "/prod".into()) else {
+            panic!("expected 422")
+        };
         let paths: Vec<&str> = v.iter().map(|x| x.path.as_str()).collect();
-        for expected in ["/apps(0)/cpus", "/groups(0)/apps(0)/constraints(0)", "/groups(0)/apps(1)/id", "/groups(1)/id"] {
+        for expected in ["/apps(0)/cpus", "/groups(0)/apps(0)/constraints(0)", "/groups(0)/apps(1)/id", "/groups(1)/id"]
+        {
             assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
         }
     }
@@ -1157,8 +1210,12 @@ mod api_tests {
     }
 
     fn app_ids(group: &Value) -> Vec<String> {
-        let mut ids: Vec<String> =
-            group["apps"].as_array().into_iter().flatten().map(|a| a["id"].as_str().unwrap_or("").to_string()).collect();
+        let mut ids: Vec<String> = group["apps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["id"].as_str().unwrap_or("").to_string())
+            .collect();
         for g in group["groups"].as_array().into_iter().flatten() {
             ids.extend(app_ids(g));
         }
@@ -1181,7 +1238,14 @@ mod api_tests {
             .as_array()
             .expect("steps")
             .iter()
-            .map(|s| s["actions"].as_array().expect("actions").iter().map(|a| a["app"].as_str().unwrap_or("").to_string()).collect())
+            .map(|s| {
+                s["actions"]
+                    .as_array()
+                    .expect("actions")
+                    .iter()
+                    .map(|a| a["app"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
             .collect();
         let step_of = |app: &str| steps.iter().position(|s| s.iter().any(|a| a == app)).expect(app);
         assert!(step_of("/product/database/mongo") < step_of("/product/service/rails-app"), "{steps:?}");
@@ -1201,8 +1265,17 @@ mod api_tests {
         assert_eq!(status, 200, "{service}");
         assert_eq!(service["dependencies"], json!(["/product/database"]));
         assert_eq!(app_ids(&service), vec!["/product/service/play-app", "/product/service/rails-app"]);
-        let play = service["apps"].as_array().expect("apps").iter().find(|a| a["id"] == "/product/service/play-app").expect("play");
-        assert_eq!(play["dependencies"], json!(["/product/service/rails-app"]), "relative dependencies are stored absolute");
+        let play = service["apps"]
+            .as_array()
+            .expect("apps")
+            .iter()
+            .find(|a| a["id"] == "/product/service/play-app")
+            .expect("play");
+        assert_eq!(
+            play["dependencies"],
+            json!(["/product/service/rails-app"]),
+            "relative dependencies are stored absolute"
+        );
         assert_eq!(call(&m, "GET", "/v2/groups/nothing", None).await.0, 404);
 
         // scaleBy doubles every app of the group (nested too).
@@ -1239,8 +1312,16 @@ mod api_tests {
         let (status, body) = call(&m, "POST", "/v2/groups", Some(cycle)).await;
         assert_eq!(status, 422, "{body}");
         let detail = &body["details"][0];
-        assert!(detail["path"].as_str().is_some_and(|p| p.starts_with("/groups(") && p.ends_with("/dependencies")), "{body}");
-        assert!(detail["errors"][0].as_str().is_some_and(|e| e.contains("cycle") && e.contains("/loop/a") && e.contains("/loop/b")), "{body}");
+        assert!(
+            detail["path"].as_str().is_some_and(|p| p.starts_with("/groups(") && p.ends_with("/dependencies")),
+            "{body}"
+        );
+        assert!(
+            detail["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("cycle") && e.contains("/loop/a") && e.contains("/loop/b")),
+            "{body}"
+        );
 
         // A cycle through an existing app: /shop/db is changed to depend on the new /shop/web.
         let through = json!({"apps": [app("db", &["web"]), app("web", &["db"])]});
@@ -1274,7 +1355,12 @@ mod api_tests {
         assert_eq!(call(&m, "POST", "/v2/groups", Some(group)).await.0, 201);
         let (status, plan) = call(&m, "DELETE", "/v2/groups/g", None).await;
         assert_eq!(status, 200, "{plan}");
-        assert_eq!(call(&m, "POST", "/v2/groups", Some(json!({"id": "/g", "apps": [app("db", &[]), app("api", &["db"])]}))).await.0, 201);
+        assert_eq!(
+            call(&m, "POST", "/v2/groups", Some(json!({"id": "/g", "apps": [app("db", &[]), app("api", &["db"])]})))
+                .await
+                .0,
+            201
+        );
 
         // Without `web`... and with `api` gone: a dry run shows stop then start/update.
         let update = json!({"apps": [app("db", &[]), app("cache", &["db"])]});
@@ -1289,11 +1375,20 @@ mod api_tests {
             .collect();
         assert_eq!(
             actions,
-            vec![("StopApplication".to_string(), "/g/api".to_string()), ("StartApplication".to_string(), "/g/cache".to_string())],
+            vec![
+                ("StopApplication".to_string(), "/g/api".to_string()),
+                ("StartApplication".to_string(), "/g/cache".to_string())
+            ],
             "unchanged /g/db is left alone"
         );
         // A deployment runs for /g/db: changing it needs force.
-        let (status, _) = call(&m, "PUT", "/v2/groups/g", Some(json!({"apps": [{"id": "db", "cmd": "sleep 5", "cpus": 0.1, "mem": 16}]}))).await;
+        let (status, _) = call(
+            &m,
+            "PUT",
+            "/v2/groups/g",
+            Some(json!({"apps": [{"id": "db", "cmd": "sleep 5", "cpus": 0.1, "mem": 16}]})),
+        )
+        .await;
         assert_eq!(status, 409);
         let (status, body) = call(&m, "PUT", "/v2/groups/g?force=true", Some(update)).await;
         assert_eq!(status, 200, "{body}");

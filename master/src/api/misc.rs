@@ -73,11 +73,13 @@ fn escape(text: &str) -> String {
 pub async fn landing(State(master): State<Arc<Master>>) -> Html<String> {
     let guard = master.read().await;
     let core = &guard.core;
-    let mut page = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>Plinth</title></head><body>");
+    let mut page =
+        String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>Plinth</title></head><body>");
     let _ = write!(page, "<h1>Plinth master {}</h1>", escape(&master.leader));
     let agents = core.agents().count();
     let active = core.agents().filter(|a| a.record.active).count();
-    let _ = write!(page, "<p>{active} of {agents} agents active, {} deployments running.</p>", core.deployments().count());
+    let _ =
+        write!(page, "<p>{active} of {agents} agents active, {} deployments running.</p>", core.deployments().count());
     page.push_str("<table border=\"1\" cellpadding=\"4\"><tr><th>app</th><th>instances</th><th>running</th><th>cmd / image</th></tr>");
     for app in core.apps() {
         let running = core.app_tasks(&app.id).iter().filter(|t| t.is_running()).count();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
-use axum::http::request::Parts;
 use axum::http::header::CONTENT_LENGTH;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{any, delete, get, post};
@@ -88,11 +88,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let too_large = || ApiError::BodyTooLarge { limit: BODY_LIMIT };
         let mut stream = request.into_body().into_data_stream();
         if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
@@ -184,7 +181,9 @@ impl Params {
         self.0
             .iter()
             .filter(|(k, _)| k == name)
-            .flat_map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+            .flat_map(|(_, v)| {
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -195,7 +194,9 @@ impl Params {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" | "" => Ok(true),
                 "false" | "0" => Ok(false),
-                other => Err(ApiError::BadRequest(format!("query parameter '{name}' must be true or false, got '{other}'"))),
+                other => {
+                    Err(ApiError::BadRequest(format!("query parameter '{name}' must be true or false, got '{other}'")))
+                }
             },
         }
     }

@@ -58,9 +58,9 @@ pub fn entry_json(core: &Core, entry: &QueueEntry) -> Value {
             "no offers processed yet".to_string()
         });
     }
-    let app = core.app(&entry.app_id).map_or(Value::Null, |a| {
-        app_json(core, a, Embed { counts: true, deployments: true, ..Default::default() })
-    });
+    let app = core
+        .app(&entry.app_id)
+        .map_or(Value::Null, |a| app_json(core, a, Embed { counts: true, deployments: true, ..Default::default() }));
     // why: a whole number of seconds from milliseconds, far inside i64.
     #[allow(clippy::cast_possible_truncation)]
     let time_left_seconds = (entry.delay_left_ms.max(0) as f64 / 1000.0).ceil() as i64;

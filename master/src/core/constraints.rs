@@ -33,9 +33,8 @@ pub fn allows(constraint: &Constraint, value: Option<&str>, spread: &Spread) -> 
         Err(text)
     };
     let count_of = |v: &str| spread.counts.get(v).copied().unwrap_or(0);
-    let full_match = |pattern: &str, v: &str| {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map(|r| r.is_match(v)).unwrap_or(false)
-    };
+    let full_match =
+        |pattern: &str, v: &str| regex::Regex::new(&format!("^(?:{pattern})$")).map(|r| r.is_match(v)).unwrap_or(false);
     let ok = match constraint.operator {
         ConstraintOperator::Unique => value.is_some_and(|v| count_of(v) == 0),
         ConstraintOperator::Cluster => match (&constraint.value, value) {

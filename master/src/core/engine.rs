@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 
 use plinth_protocol::agent::{DesiredState, Registration, StatusUpdate, SyncRequest, SyncResponse, TaskSpec};
 use plinth_protocol::marathon::{NetworkMode, UnreachableStrategy, VersionInfo};
-use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, TaskState, Timestamp};
+use plinth_protocol::{
+    AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, TaskState, Timestamp,
+};
 
 use super::constraints::{self, Spread};
 
@@ -307,8 +309,8 @@ impl Core {
             used.insert(port);
             Ok(port)
         };
-        let uses_mappings = def.network_mode() == NetworkMode::Bridge
-            || def.port_definitions.as_ref().is_none_or(Vec::is_empty);
+        let uses_mappings =
+            def.network_mode() == NetworkMode::Bridge || def.port_definitions.as_ref().is_none_or(Vec::is_empty);
         if uses_mappings {
             if let Some(container) = def.container.as_mut() {
                 let mappings = match container.port_mappings.as_mut() {
@@ -397,7 +399,14 @@ impl Core {
     }
 
     /// Stores a new current definition and version of an app.
-    fn store_version(&mut self, id: &AppId, mut def: AppDefinition, version: &str, config_changed: bool, now: Timestamp) {
+    fn store_version(
+        &mut self,
+        id: &AppId,
+        mut def: AppDefinition,
+        version: &str,
+        config_changed: bool,
+        now: Timestamp,
+    ) {
         let last_config_change = match (config_changed, self.apps.get(id)) {
             (false, Some(app)) => app
                 .definition
@@ -440,7 +449,11 @@ impl Core {
     // ---- API commands. `def` has been parsed, validated and normalised by the caller.
 
     /// `POST /v2/apps`: 409 if it exists. Returns the stored app and its deployment.
-    pub fn create_app(&mut self, mut def: AppDefinition, now: Timestamp) -> Result<(AppRecord, DeploymentId), CoreError> {
+    pub fn create_app(
+        &mut self,
+        mut def: AppDefinition,
+        now: Timestamp,
+    ) -> Result<(AppRecord, DeploymentId), CoreError> {
         let id = AppId::parse(&def.id).map_err(|e| CoreError::InvalidApp(e.to_string()))?;
         if self.apps.contains_key(&id) {
             return Err(CoreError::AppExists(id));
@@ -498,13 +511,19 @@ impl Core {
             }
         }
         let previous = Some((app.definition.clone(), app.config_version.clone()));
-        let deployment = self.new_deployment(id, &version, vec![vec![DeploymentAction::StopApplication]], previous, now);
+        let deployment =
+            self.new_deployment(id, &version, vec![vec![DeploymentAction::StopApplication]], previous, now);
         self.emit("app_terminated_event", now, json!({"appId": id}));
         Ok((deployment, version))
     }
 
     /// `POST /v2/apps/{id}/restart`: new version, same config, rolling replacement.
-    pub fn restart_app(&mut self, id: &AppId, now: Timestamp, force: bool) -> Result<(DeploymentId, String), CoreError> {
+    pub fn restart_app(
+        &mut self,
+        id: &AppId,
+        now: Timestamp,
+        force: bool,
+    ) -> Result<(DeploymentId, String), CoreError> {
         let current = self.apps.get(id).cloned().ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
         self.check_lock(id, force)?;
         self.supersede_deployments(id, "superseded by a forced restart", now);
@@ -531,7 +550,13 @@ impl Core {
     }
 
     /// Kill tasks; with `scale` the app's `instances` drops by the number killed.
-    pub fn kill_tasks(&mut self, target: KillTarget, scale: bool, now: Timestamp, force: bool) -> Result<Killed, CoreError> {
+    pub fn kill_tasks(
+        &mut self,
+        target: KillTarget,
+        scale: bool,
+        now: Timestamp,
+        force: bool,
+    ) -> Result<Killed, CoreError> {
         let selected: Vec<TaskId> = match target {
             KillTarget::Tasks(ids) => {
                 for id in &ids {
@@ -548,7 +573,9 @@ impl Core {
                 let mut ids: Vec<TaskId> = self
                     .app_tasks(&app)
                     .into_iter()
-                    .filter(|t| !t.kill_requested && host.as_deref().is_none_or(|h| t.host == h || t.agent_id.as_str() == h))
+                    .filter(|t| {
+                        !t.kill_requested && host.as_deref().is_none_or(|h| t.host == h || t.agent_id.as_str() == h)
+                    })
                     .map(|t| t.id.clone())
                     .collect();
                 ids.sort();
@@ -617,7 +644,8 @@ impl Core {
                     app.config_version = previous_config;
                 }
                 def.version = Some(version.clone());
-                let action = if existed { DeploymentAction::RestartApplication } else { DeploymentAction::StartApplication };
+                let action =
+                    if existed { DeploymentAction::RestartApplication } else { DeploymentAction::StartApplication };
                 let d = self.new_deployment(&app_id, &version, vec![vec![action]], None, now);
                 Ok(Some((d, version)))
             }
@@ -685,7 +713,8 @@ impl Core {
                             t.unreachable_since = None;
                             t.state = report.state;
                             if report.state == TaskState::TaskRunning && t.started_at.is_none() {
-                                t.started_at = report.started_at.as_deref().and_then(Timestamp::parse_iso).or(Some(now));
+                                t.started_at =
+                                    report.started_at.as_deref().and_then(Timestamp::parse_iso).or(Some(now));
                             }
                             t.updated_at = now;
                         }
@@ -698,7 +727,12 @@ impl Core {
                 None => {
                     // The agent no longer has it (e.g. the machine rebooted): lost.
                     let state = if task.kill_requested { TaskState::TaskKilled } else { TaskState::TaskLost };
-                    self.finish_task(&task_id, state, Some("task not known to the agent on re-registration".into()), now);
+                    self.finish_task(
+                        &task_id,
+                        state,
+                        Some("task not known to the agent on re-registration".into()),
+                        now,
+                    );
                 }
             }
         }
@@ -752,15 +786,17 @@ impl Core {
 
     /// The definition a task runs: its version's, else the app's current one.
     fn version_definition(&self, app: &AppId, version: &str) -> Option<&AppDefinition> {
-        self.versions
-            .get(app)
-            .and_then(|v| v.get(version))
-            .or_else(|| self.apps.get(app).map(|a| &a.definition))
+        self.versions.get(app).and_then(|v| v.get(version)).or_else(|| self.apps.get(app).map(|a| &a.definition))
     }
 
     /// Applies status updates; returns the ids to acknowledge (duplicates included, so
     /// a resent update is acked without being applied twice).
-    pub fn apply_status_updates(&mut self, agent: &AgentId, updates: Vec<StatusUpdate>, now: Timestamp) -> Vec<uuid::Uuid> {
+    pub fn apply_status_updates(
+        &mut self,
+        agent: &AgentId,
+        updates: Vec<StatusUpdate>,
+        now: Timestamp,
+    ) -> Vec<uuid::Uuid> {
         let mut acked = Vec::with_capacity(updates.len());
         if let Some(a) = self.agents.get_mut(agent) {
             a.record.last_seen = now;
@@ -832,11 +868,11 @@ impl Core {
     fn judge_health(&mut self, task_id: &TaskId, before: &[(u64, String)], after: &[(u64, String)], now: Timestamp) {
         let Some(task) = self.tasks.get(task_id) else { return };
         let Some(app) = self.apps.get(&task.app_id) else { return };
-        let checks = self.version_definition(&task.app_id, &task.version).map_or_else(
-            || app.definition.health_checks.clone(),
-            |d| d.health_checks.clone(),
-        );
-        let (app_id, version, host, agent) = (task.app_id.clone(), task.version.clone(), task.host.clone(), task.agent_id.clone());
+        let checks = self
+            .version_definition(&task.app_id, &task.version)
+            .map_or_else(|| app.definition.health_checks.clone(), |d| d.health_checks.clone());
+        let (app_id, version, host, agent) =
+            (task.app_id.clone(), task.version.clone(), task.host.clone(), task.agent_id.clone());
         let mut kill_cause = None;
         for (index, check) in checks.iter().enumerate() {
             let (failures, cause) = after.get(index).cloned().unwrap_or_default();
@@ -982,11 +1018,15 @@ impl Core {
                 state.seen_since_start = false;
             }
             self.changes.agents.insert(agent.clone());
-            let tasks: Vec<TaskId> = self.tasks_by_agent.get(&agent).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            let tasks: Vec<TaskId> =
+                self.tasks_by_agent.get(&agent).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             for task in tasks {
                 let Some(record) = self.tasks.get(&task) else { continue };
                 let keep = !record.kill_requested
-                    && self.apps.get(&record.app_id).is_some_and(|a| keeps_unreachable(&a.definition.unreachable_strategy));
+                    && self
+                        .apps
+                        .get(&record.app_id)
+                        .is_some_and(|a| keeps_unreachable(&a.definition.unreachable_strategy));
                 if keep {
                     // Kept until inactiveAfterSeconds / expungeAfterSeconds, or forever when disabled.
                     let t = self.tasks.get_mut(&task).expect("present above");
@@ -1007,7 +1047,12 @@ impl Core {
                     // Losing a machine is not the app's fault: no backoff for it.
                     t.kill_requested = true;
                 }
-                self.finish_task(&task, state, Some(format!("agent {agent} lost (no heartbeat for {} ms)", timeout)), now);
+                self.finish_task(
+                    &task,
+                    state,
+                    Some(format!("agent {agent} lost (no heartbeat for {} ms)", timeout)),
+                    now,
+                );
             }
             self.emit("agent_lost_event", now, json!({"agentId": agent}));
         }
@@ -1087,7 +1132,11 @@ impl Core {
                 // Scale down: not-yet-running tasks first, then by killSelection.
                 new.sort_by(|a, b| {
                     a.is_running().cmp(&b.is_running()).then_with(|| {
-                        if oldest_first { a.staged_at.cmp(&b.staged_at) } else { b.staged_at.cmp(&a.staged_at) }
+                        if oldest_first {
+                            a.staged_at.cmp(&b.staged_at)
+                        } else {
+                            b.staged_at.cmp(&a.staged_at)
+                        }
                     })
                 });
                 for t in new.iter().take(new.len() - target) {
@@ -1160,7 +1209,13 @@ impl Core {
             stats.last_round.clear();
             stats.last_round.insert(
                 "Backoff".into(),
-                (0, format!("launch delayed by backoff for {:.1}s after task failures", backoff_until.seconds_since(now))),
+                (
+                    0,
+                    format!(
+                        "launch delayed by backoff for {:.1}s after task failures",
+                        backoff_until.seconds_since(now)
+                    ),
+                ),
             );
             self.offer_stats.insert(app_id.clone(), (since, stats));
             return;
@@ -1176,7 +1231,14 @@ impl Core {
     }
 
     /// Offers the pool to an app for `count` launches; records declines in `stats`.
-    fn place(&mut self, app_id: &AppId, count: usize, offers: &mut OfferRound, stats: &mut OfferStats, now: Timestamp) -> usize {
+    fn place(
+        &mut self,
+        app_id: &AppId,
+        count: usize,
+        offers: &mut OfferRound,
+        stats: &mut OfferStats,
+        now: Timestamp,
+    ) -> usize {
         let Some(app) = self.apps.get(app_id) else { return 0 };
         let def = app.definition.clone();
         let config_version = app.config_version.clone();
@@ -1212,7 +1274,9 @@ impl Core {
                 Ok(ports) => {
                     let host = agent.record.advertise_ip.clone();
                     for (spread, c) in spreads.iter_mut().zip(&parsed_constraints) {
-                        if let Some(v) = constraints::field_value(&c.field, &agent.record.hostname, &agent.record.attributes) {
+                        if let Some(v) =
+                            constraints::field_value(&c.field, &agent.record.hostname, &agent.record.attributes)
+                        {
                             *spread.counts.entry(v.to_string()).or_default() += 1;
                         }
                     }
@@ -1338,7 +1402,10 @@ impl Core {
         }
         let running = new.iter().filter(|t| t.is_running()).count();
         if running < new.len() {
-            return Some(format!("waiting for {} of {target} new tasks to start running", target - running.min(target)));
+            return Some(format!(
+                "waiting for {} of {target} new tasks to start running",
+                target - running.min(target)
+            ));
         }
         let what = if needs.health_checks { "healthy" } else { "ready" };
         let cause = new
@@ -1558,13 +1625,22 @@ fn match_offer(
     let free = agent.free();
     let eps = 1e-9;
     if free.cpus + eps < need.cpus {
-        return Err(("InsufficientCpus", format!("insufficient cpus: needs {}, agent has {} free", need.cpus, round2(free.cpus))));
+        return Err((
+            "InsufficientCpus",
+            format!("insufficient cpus: needs {}, agent has {} free", need.cpus, round2(free.cpus)),
+        ));
     }
     if free.mem + eps < need.mem {
-        return Err(("InsufficientMemory", format!("insufficient mem: needs {} MB, agent has {} MB free", need.mem, round2(free.mem))));
+        return Err((
+            "InsufficientMemory",
+            format!("insufficient mem: needs {} MB, agent has {} MB free", need.mem, round2(free.mem)),
+        ));
     }
     if free.disk + eps < need.disk {
-        return Err(("InsufficientDisk", format!("insufficient disk: needs {} MB, agent has {} MB free", need.disk, round2(free.disk))));
+        return Err((
+            "InsufficientDisk",
+            format!("insufficient disk: needs {} MB, agent has {} MB free", need.disk, round2(free.disk)),
+        ));
     }
     let mut ports_left = free.ports;
     let mut ports = Vec::with_capacity(port_requests.len());
@@ -1575,7 +1651,10 @@ fn match_offer(
     }
     let dynamic = port_requests.iter().filter(|r| r.is_none()).count();
     let Some(mut picked) = ports_left.take_lowest(dynamic) else {
-        return Err(("InsufficientPorts", format!("insufficient ports: needs {dynamic}, agent has {} free", ports_left.len())));
+        return Err((
+            "InsufficientPorts",
+            format!("insufficient ports: needs {dynamic}, agent has {} free", ports_left.len()),
+        ));
     };
     picked.reverse();
     for request in port_requests {

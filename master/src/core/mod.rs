@@ -10,8 +10,8 @@
 // Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod constraints;
-pub mod model;
 mod engine;
+pub mod model;
 
 pub use engine::*;
 pub use model::*;

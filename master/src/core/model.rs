@@ -3,7 +3,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 
-use plinth_protocol::{AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp};
+use plinth_protocol::{
+    AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
+};
 
 /// An app as the supervisor keeps it: its current definition (normalised, with
 /// `version` and `versionInfo` set) and its launch backoff.
