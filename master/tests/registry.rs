@@ -14,9 +14,7 @@ use plinth_master::registry::{http, Registry, RegistryConfig};
 use plinth_testkit::image::{Compression, Entry, ImageConfig, Layer, DOCKER_MANIFEST};
 use plinth_testkit::{busybox_hello, BuiltImage};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use plinth_testkit::free_port;
 
 fn upstream() -> plinth_testkit::Registry {
     plinth_oci::tls::install_provider();

@@ -1,10 +1,13 @@
 //! Test helpers with real parts, shared by the crates' integration tests and the
 //! end-to-end tests: OCI images built here (from Debian's `busybox-static`, or layer by
 //! layer, hostile ones included) and Debian's `docker-registry` started on loopback
-//! (optionally inside a test's network namespace), with pushes over the registry API.
+//! (optionally inside a test's network namespace), with pushes over the registry API; and
+//! the harnesses' common waiting and port helpers.
 pub mod image;
 pub mod netns;
 pub mod registry;
+pub mod wait;
 
 pub use image::{busybox_hello, busybox_hello_with, BuiltImage, Compression, Entry, ImageConfig, Layer};
 pub use registry::Registry;
+pub use wait::{free_port, wait_until};

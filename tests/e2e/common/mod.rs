@@ -35,20 +35,7 @@ const POLL: Duration = Duration::from_millis(250);
 // ---------------------------------------------------------------------------------------
 // Waiting
 
-/// Polls `check` until it returns `Ok`, or panics after `timeout` with what was waited
-/// for and the last observation (the `Err` text).
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if started.elapsed() >= timeout => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
+pub use plinth_testkit::wait_until;
 
 /// Asserts `check` holds on every poll for the whole `period` (e.g. "never above target").
 pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> Result<(), String>) {

@@ -1,10 +1,9 @@
 //! `plinth image build`: reproducible bytes, clear errors for bad input, and the ISO and
 //! disk outputs boot (ISO on BIOS firmware, the disk on UEFI firmware).
-mod vm_common;
 
 use std::process::Command;
 
-use vm_common::*;
+use crate::vm_common::*;
 
 fn build_fails(args: &[&str]) -> String {
     let out_dir = tempfile::tempdir().expect("tempdir");

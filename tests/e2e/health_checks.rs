@@ -1,9 +1,8 @@
 //! Health on a real cluster: agent-side HTTP and COMMAND checks replace unhealthy tasks,
 //! and rolling updates keep enough healthy tasks serving (Marathon's `healthcheck-demo`
 //! and `upgradeStrategy`), including a version that never becomes healthy.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,6 @@
 //! The event bus as users consume it: the SSE stream and HTTP callback subscribers.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn event_type(value: &Value) -> &str {

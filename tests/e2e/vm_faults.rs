@@ -1,10 +1,9 @@
 //! Boot failures and console power events: a bad command line explains itself and
 //! reboots instead of panicking the kernel; ctrl-alt-del reboots gracefully.
-mod vm_common;
 
 use std::time::Duration;
 
-use vm_common::*;
+use crate::vm_common::*;
 
 #[test]
 fn nonsense_role_prints_why_and_reboots_without_a_kernel_panic() -> anyhow::Result<()> {

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -55,13 +54,7 @@ pub fn image() -> &'static Path {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bind to 0, read it, release it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on loopback")
-}
+pub use plinth_testkit::free_port;
 
 /// What to boot.
 pub enum Boot {

@@ -1,11 +1,10 @@
 //! Two VMs on a private QEMU network (a point-to-point socket link over loopback): one boots
 //! as master, one as agent pointed at it by the kernel command line. The agent registers
 //! with the VM's own resources and runs a task the master places on it.
-mod vm_common;
 
 use std::time::Duration;
 
-use vm_common::*;
+use crate::vm_common::*;
 
 #[test]
 fn agent_vm_joins_master_vm_and_runs_a_task() -> anyhow::Result<()> {

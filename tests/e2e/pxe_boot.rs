@@ -4,10 +4,8 @@
 //! agent with its profile's attributes, and an app that waited for such a node starts on
 //! it. Plus bad input against the boot server (garbage DHCP, unknown MACs, TFTP path
 //! traversal, wrong join token): ignored or refused, and nothing changes.
-mod common;
-mod vm_common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -144,8 +142,8 @@ fn machine(api: &Http, mac: &str) -> Value {
 
 #[test]
 fn blank_vm_pxe_boots_joins_as_agent_and_runs_the_app_waiting_for_its_rack() {
-    let _serial = vm_common::serial();
-    let image = vm_common::image();
+    let _serial = crate::vm_common::serial();
+    let image = crate::vm_common::image();
     let mut cluster = Cluster::new("pxe-boot");
     start_pxe_master(&mut cluster, image, "ignore");
     let api = cluster.api();
@@ -452,8 +450,8 @@ impl Drop for Dnsmasq {
 
 #[test]
 fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
-    let _serial = vm_common::serial();
-    let image = vm_common::image();
+    let _serial = crate::vm_common::serial();
+    let image = crate::vm_common::image();
     let mut cluster = Cluster::new("pxe-proxy");
     let boot_dir = image.display().to_string();
     cluster.start_master(&["--pxe-interface", "eth0", "--proxy-dhcp", "--boot-dir", &boot_dir, "--token", TOKEN]);
@@ -492,8 +490,8 @@ fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
 /// link (a QEMU socket link), and a diskless agent VM PXE-boots from it and registers.
 #[test]
 fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
-    let _serial = vm_common::serial();
-    let image = vm_common::image();
+    let _serial = crate::vm_common::serial();
+    let image = crate::vm_common::image();
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["vmlinuz", "initramfs.img"] {
         std::fs::copy(image.join(f), dir.path().join(f)).expect("copy the image");
@@ -511,14 +509,14 @@ fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
     std::fs::copy(dir.path().join("vmlinuz"), master_dir.path().join("vmlinuz")).expect("copy");
     std::fs::copy(dir.path().join("master-initrd.img"), master_dir.path().join("initramfs.img")).expect("copy");
 
-    let (api, link) = (vm_common::free_port(), vm_common::free_port());
-    let mut master_args = vm_common::user_net(3, "52:54:00:00:03:01", &[(api, 8080)]);
-    master_args.extend(vm_common::socket_net(4, "52:54:00:00:04:01", link, true));
-    let mut master = vm_common::Vm::start(vm_common::VmConfig {
+    let (api, link) = (crate::vm_common::free_port(), crate::vm_common::free_port());
+    let mut master_args = crate::vm_common::user_net(3, "52:54:00:00:03:01", &[(api, 8080)]);
+    master_args.extend(crate::vm_common::socket_net(4, "52:54:00:00:04:01", link, true));
+    let mut master = crate::vm_common::Vm::start(crate::vm_common::VmConfig {
         name: "pxe-master".into(),
-        boot: vm_common::Boot::Kernel {
+        boot: crate::vm_common::Boot::Kernel {
             dir: master_dir.path().to_path_buf(),
-            cmdline: vm_common::cmdline(&format!(
+            cmdline: crate::vm_common::cmdline(&format!(
                 "plinth.role=master plinth.hostname=plinth-master plinth.token={TOKEN} ip=:::::eth0:dhcp \
                  ip=192.168.77.2:::255.255.255.0::eth1:off plinth.pxe_interface=eth1 \
                  plinth.dhcp_range=192.168.77.100-192.168.77.200 plinth.boot_dir=/srv/plinth-boot"
@@ -529,7 +527,8 @@ fn master_vm_booted_like_the_vagrantfile_pxe_boots_an_agent_vm() {
     })
     .expect("start the master VM");
     let base = format!("http://127.0.0.1:{api}");
-    vm_common::wait_http(&mut master, &format!("{base}/ping"), vm_common::BOOT_TIMEOUT).expect("master VM answers");
+    crate::vm_common::wait_http(&mut master, &format!("{base}/ping"), crate::vm_common::BOOT_TIMEOUT)
+        .expect("master VM answers");
     let api = Http::new(base);
 
     let console = tempfile::tempdir().expect("tempdir");

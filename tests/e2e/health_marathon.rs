@@ -1,9 +1,8 @@
 //! Marathon behaviours on a real cluster beyond health: placement constraints
 //! (`constraint-demo`), artifact `fetch`, groups with dependencies, and bad input that is
 //! refused with a path and changes nothing.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -1,7 +1,6 @@
 //! `plinth standalone`: master and agent in one process, one command.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]

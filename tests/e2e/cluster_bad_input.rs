@@ -1,7 +1,6 @@
 //! Bad input gets a clear 4xx (or CLI error) and changes nothing.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// What a user sees of the apps: ids, versions, instances and commands.

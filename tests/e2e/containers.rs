@@ -2,9 +2,8 @@
 //! master's loopback holds images the test built from `busybox-static`; the master
 //! pulls through its registry on `:5000`, agents pull only from the master, unpack the
 //! layers and run real containers (libcontainer) with BRIDGE or HOST networking.
-mod common;
 
-use common::*;
+use crate::common::*;
 use plinth_testkit::image::{BuiltImage, Compression, Entry, ImageConfig, Layer};
 use plinth_testkit::{busybox_hello, netns, Registry};
 use serde_json::{json, Value};

@@ -1,8 +1,7 @@
 //! Faults on a real cluster: a lost agent, an agent that comes back, a master killed in
 //! the middle of a deployment.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 

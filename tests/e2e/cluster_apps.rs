@@ -1,8 +1,7 @@
 //! Apps on a real cluster (a master and two agents, each in its own network namespace):
 //! deploy, reach, read logs, scale, update, kill.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 

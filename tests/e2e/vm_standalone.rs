@@ -1,11 +1,10 @@
 //! A VM booted from the image with `plinth.role=standalone` is a whole cluster: the host
 //! reaches its API through a forwarded port, a command app reaches TASK_RUNNING, the node
 //! API answers diagnostics, and `POST /node/v1/poweroff` turns the VM off cleanly.
-mod vm_common;
 
 use std::time::Duration;
 
-use vm_common::*;
+use crate::vm_common::*;
 
 #[test]
 fn standalone_vm_runs_an_app_and_powers_off_through_the_node_api() -> anyhow::Result<()> {

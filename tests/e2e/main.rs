@@ -1,0 +1,23 @@
+//! Plinth's end-to-end tests, one binary: real `plinth` processes (masters and agents, each
+//! in a network namespace of its own on a private bridge), real containers and registries,
+//! VMs booting the built image under QEMU, PXE, and the Vagrant playground. One module per
+//! area; `common` is the cluster harness, `vm_common` the VM harness. Run one area with
+//! `cargo nextest run -p plinth --test e2e -E 'test(/^cluster_faults::/)'`.
+
+mod common;
+mod vm_common;
+
+mod cluster_apps;
+mod cluster_bad_input;
+mod cluster_events;
+mod cluster_faults;
+mod cluster_standalone;
+mod containers;
+mod health_checks;
+mod health_marathon;
+mod pxe_boot;
+mod pxe_vagrant;
+mod vm_cluster;
+mod vm_faults;
+mod vm_image;
+mod vm_standalone;
