@@ -2,8 +2,6 @@
 //! otherwise the subcommand picks the role (`master`, `agent`, `standalone`), a client
 //! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
 //! building (`image`) or a benchmark (`bench`).
-mod bench_containers;
-mod bench_pxe;
 mod cli;
 mod os;
 
@@ -45,10 +43,17 @@ enum Command {
         #[command(subcommand)]
         cmd: os::ImageCommand,
     },
-    /// Benchmarks.
+    /// Benchmarks, side by side with the alternatives (BENCHMARKS.md).
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
-        cmd: BenchCommand,
+        cmd: plinth_bench::BenchCommand,
+    },
+    /// Benchmarks: not in this build (`cargo build --release --features bench`).
+    #[cfg(not(feature = "bench"))]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
     /// Internal: supervises one task on an agent (started by the agent itself).
     #[command(hide = true)]
@@ -56,23 +61,6 @@ enum Command {
         #[arg(long)]
         spec: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// The real scheduler core against in-process fake agents: placements/s, peak memory.
-    Scheduler {
-        #[arg(long, default_value_t = 10_000)]
-        agents: usize,
-        #[arg(long, default_value_t = 1_000_000)]
-        tasks: usize,
-    },
-    /// Boot a standalone node image in QEMU and time it (ping, agent registered, first task).
-    Boot(os::BenchBootArgs),
-    /// PXE-boot a diskless QEMU from a master and time it (iPXE script, kernel, agent, first task).
-    Pxe(bench_pxe::BenchPxeArgs),
-    /// Docker images: POST → TASK_RUNNING (cached, cold) against podman, and create+start against crun/runc.
-    Containers(bench_containers::BenchContainersArgs),
 }
 
 /// Flags the master and the agent both take.
@@ -267,24 +255,20 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         // Synchronous commands run outside any runtime: they may start their own.
         Command::Image { cmd } => os::run_image(cmd),
-        Command::Bench { cmd: BenchCommand::Scheduler { agents, tasks } } => run_scheduler_bench(agents, tasks),
-        // The report is printed (and written to --out) by the benchmark itself.
-        Command::Bench { cmd: BenchCommand::Boot(args) } => os::run_bench_boot(args).map(drop),
-        Command::Bench { cmd: BenchCommand::Pxe(args) } => bench_pxe::run(args).map(drop),
-        Command::Bench { cmd: BenchCommand::Containers(args) } => bench_containers::run(args).map(drop),
+        #[cfg(feature = "bench")]
+        Command::Bench { cmd } => plinth_bench::run(cmd),
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => {
+            anyhow::bail!(
+                "this plinth was built without the benchmarks: build it with `cargo build --release --features bench`"
+            )
+        }
         Command::Executor { spec } => run_executor(&spec),
         Command::Master(cmd) => runtime()?.block_on(until_signal(run_master(cmd))),
         Command::Agent(cmd) => runtime()?.block_on(until_signal(run_agent(cmd))),
         Command::Standalone(cmd) => runtime()?.block_on(until_signal(run_standalone(cmd))),
         Command::Client(cmd) => runtime()?.block_on(cmd.run()),
     }
-}
-
-/// The real master core and store with in-process fake agents; prints placements/s and peak memory.
-fn run_scheduler_bench(agents: usize, tasks: usize) -> anyhow::Result<()> {
-    let report = plinth_master::bench::run_scheduler_bench(agents, tasks).context("scheduler benchmark")?;
-    println!("{report}");
-    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,46 @@
+//! `plinth bench ...`: the benchmarks, side by side with what a user would run instead,
+//! results printed and written as JSON (summarised in BENCHMARKS.md). A crate of its own so
+//! that the product binary links neither the benchmarks nor the test kit they build images
+//! with: the root package compiles them in only with its `bench` feature.
+//!
+//! - `scheduler`: the real scheduler core and store against in-process fake agents;
+//! - `boot`: the node image booted in QEMU (software emulation), timed;
+//! - `pxe`: a diskless QEMU PXE-booting from a real master, timed;
+//! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc.
+pub mod boot;
+pub mod containers;
+pub mod pxe;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The real scheduler core against in-process fake agents: placements/s, peak memory.
+    Scheduler {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+    },
+    /// Boot a standalone node image in QEMU and time it (ping, agent registered, first task).
+    Boot(boot::BenchBootArgs),
+    /// PXE-boot a diskless QEMU from a master and time it (iPXE script, kernel, agent, first task).
+    Pxe(pxe::BenchPxeArgs),
+    /// Docker images: POST → TASK_RUNNING (cached, cold) against podman, and create+start against crun/runc.
+    Containers(containers::BenchContainersArgs),
+}
+
+/// Runs one benchmark; each prints its own report (and writes `--out` where it has one).
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Scheduler { agents, tasks } => {
+            let report = plinth_master::bench::run_scheduler_bench(agents, tasks).context("scheduler benchmark")?;
+            println!("{report}");
+            Ok(())
+        }
+        BenchCommand::Boot(args) => boot::run_bench_boot(args).map(drop),
+        BenchCommand::Pxe(args) => pxe::run(args).map(drop),
+        BenchCommand::Containers(args) => containers::run(args).map(drop),
+    }
+}
