@@ -138,8 +138,10 @@ pub enum TaskCommand {
     List { app: Option<String> },
     /// Kill tasks; they are replaced unless `--scale` lowers the app's instances.
     Kill {
+        /// Task ids (as `plinth task list` shows them).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Lower the app's instances by the killed tasks instead of replacing them.
         #[arg(long)]
         scale: bool,
     },
@@ -191,6 +193,23 @@ pub enum NodeCommand {
 }
 
 impl ClientCommand {
+    /// Applies `--master` and `--json` given before the command (`plinth --master URL app
+    /// list`); they win over the environment as the flags after the command do.
+    pub fn with_globals(mut self, master: Option<String>, json: bool) -> Self {
+        let client = match &mut self {
+            ClientCommand::App { client, .. }
+            | ClientCommand::Task { client, .. }
+            | ClientCommand::Logs { client, .. }
+            | ClientCommand::Node { client, .. }
+            | ClientCommand::Queue { client } => client,
+        };
+        if let Some(master) = master {
+            client.master = master;
+        }
+        client.json |= json;
+        self
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             ClientCommand::App { client, cmd } => run_app(Master::new(&client)?, client.json, cmd).await,
@@ -520,6 +539,14 @@ async fn run_app(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Res
             }
         }
         AppCommand::Scale { id, instances, change } => {
+            // A PUT of a missing app would try to create it (Marathon's semantics) and fail
+            // validation with a 422 about fields the user never wrote: say what is wrong.
+            if let Err(e) = master.call(Method::GET, &app_path(&id)?, None).await {
+                if e.downcast_ref::<ApiError>().is_some_and(|a| a.status == StatusCode::NOT_FOUND) {
+                    bail!("no such app: {} (see `plinth app list`)", AppId::parse(&id)?);
+                }
+                return Err(e);
+            }
             let path = format!("{}{}", app_path(&id)?, force_query(change.force));
             let answer = master.call(Method::PUT, &path, Some(&json!({ "instances": instances }))).await?;
             let summary = format!("scaling {} to {instances} instance(s)", AppId::parse(&id)?);
@@ -821,7 +848,13 @@ fn output(json_out: bool, body: &Value, render: impl Fn(&Value) -> String) -> an
     if json_out {
         print_json(body)
     } else {
-        print!("{}", render(body));
+        // Every view ends its last line, whatever its renderer did.
+        let text = render(body);
+        if text.is_empty() || text.ends_with('\n') {
+            print!("{text}");
+        } else {
+            println!("{text}");
+        }
         Ok(())
     }
 }
@@ -844,8 +877,15 @@ fn display(value: &Value) -> String {
 }
 
 /// `32.0` → `32`, `0.1` → `0.1`: Marathon sends whole numbers as floats.
+/// For people: at most two decimals, no trailing zeros (`7.049999999999999` → `7.05`).
 fn number_text(n: f64) -> String {
-    format!("{n}")
+    let text = format!("{n:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 fn number(value: &Value, key: &str) -> f64 {
@@ -995,7 +1035,7 @@ fn active_agents(body: &Value) -> usize {
 fn used_of(slave: &Value, key: &str) -> String {
     let total = slave.pointer(&format!("/resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
     let used = slave.pointer(&format!("/used_resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
-    format!("{used}/{total}")
+    format!("{}/{}", number_text(used), number_text(total))
 }
 
 fn node_table(body: &Value) -> String {
@@ -1119,6 +1159,13 @@ mod tests {
 
     #[test]
     fn whole_numbers_show_without_a_fraction() {
+        assert_eq!(number_text(7.049999999999999), "7.05");
+        assert_eq!(number_text(8.0), "8");
+        assert_eq!(number_text(0.001), "0");
+        assert_eq!(
+            used_of(&json!({"resources": {"cpus": 8.0}, "used_resources": {"cpus": 7.049999999999999}}), "cpus"),
+            "7.05/8"
+        );
         assert_eq!(text(&json!({"mem": 32.0, "cpus": 0.1}), "mem"), "32");
         assert_eq!(text(&json!({"mem": 32.0, "cpus": 0.1}), "cpus"), "0.1");
         assert_eq!(text(&json!({}), "mem"), "-");

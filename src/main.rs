@@ -18,6 +18,12 @@ struct Cli {
     /// Log output format (the filter comes from RUST_LOG, e.g. `info,plinth_master=debug`).
     #[arg(long, global = true, env = "PLINTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The master's URL, for the client commands (also accepted after the command).
+    #[arg(long = "master", value_name = "URL")]
+    master: Option<String>,
+    /// Print the API's JSON instead of a table (client commands; also after the command).
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -222,7 +228,7 @@ fn main() {
     plinth_oci::tls::install_provider();
     // Must come first: as PID 1 nothing else (argument parsing included) applies.
     os::maybe_run_as_init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
 
     // The executor is forked per task; it runs its own small loop without tokio.
     if let Command::Executor { spec } = &cli.command {
@@ -231,6 +237,22 @@ fn main() {
 
     let client_command = matches!(cli.command, Command::Client(_));
     init_logging(cli.log_format, if client_command { "warn" } else { "info" });
+    if client_command {
+        // A closed pipe (`plinth app list | head`) ends a client quietly, as it ends `ls`:
+        // Rust ignores SIGPIPE and would panic on the failed write instead.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let cli = match (cli.master.take(), cli.json, cli.command) {
+        (master, json, Command::Client(client)) => {
+            Cli { command: Command::Client(client.with_globals(master, json)), ..cli }
+        }
+        (None, false, command) => Cli { command, ..cli },
+        (_, _, _) => {
+            eprintln!("error: --master and --json before the command are for the client commands; put them after it");
+            std::process::exit(2);
+        }
+    };
 
     if let Err(err) = run(cli.command) {
         eprintln!("error: {err:#}");

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
+use std::process::{Command, Stdio};
 
 /// What a user sees of the apps: ids, versions, instances and commands.
 fn apps_state(api: &Http) -> Vec<(String, String, Value, Value)> {
@@ -155,4 +156,48 @@ fn cli_reports_an_unreachable_master() {
     let output = plinth(&["app", "list"], &[("PLINTH_MASTER", "http://127.0.0.1:1")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("cannot reach the master at http://127.0.0.1:1"), "{}", stderr(&output));
+}
+
+#[test]
+fn cli_takes_global_flags_anywhere_rounds_numbers_ends_quietly_on_a_closed_pipe_and_names_missing_apps() {
+    let cluster = Cluster::start("cli-finish", 1);
+    let master = cluster.master_url();
+    for (id, cpus) in [("/tenth", 0.1), ("/fifth", 0.2)] {
+        cluster.deploy(&json!({"id": id, "cmd": "sleep 1000", "cpus": cpus, "mem": 16}));
+    }
+
+    // --master and --json before the command work as after it.
+    let output = plinth(&["--master", &master, "--json", "app", "list"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let apps: Value = serde_json::from_str(&stdout(&output)).expect("JSON with --json before the command");
+    assert_eq!(apps["apps"].as_array().map(Vec::len), Some(2), "{apps}");
+    let output = plinth(&["--master", &master, "agent", "--master", &master], &[]);
+    assert_eq!(output.status.code(), Some(2), "--master before a role command is a usage error");
+    assert!(stderr(&output).contains("put them after it"), "{}", stderr(&output));
+
+    // 0.1 + 0.2 cpus used: shown as people write it, and every view ends its last line.
+    let output = cluster.cli(&["node", "list"]);
+    let table = stdout(&output);
+    assert!(table.contains("0.3/4") && !table.contains("0.30000"), "{table}");
+    assert!(table.ends_with('\n'), "{table:?}");
+
+    // A reader that goes away (`| head`) ends the client quietly, not with a panic.
+    let mut child = Command::new(PLINTH)
+        .args(["app", "list"])
+        .env("PLINTH_MASTER", &master)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plinth");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("reap plinth");
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    assert_ne!(output.status.code(), Some(101), "no panic exit on a closed pipe");
+
+    // Scaling an app that does not exist names the problem, not a validation error.
+    let output = cluster.cli(&["app", "scale", "/nope", "3"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no such app: /nope"), "{}", stderr(&output));
+    assert_eq!(cluster.api().get("/v2/apps/nope").status, 404, "nothing was created");
 }
