@@ -103,6 +103,25 @@ fn image_bytes(image: &BuiltImage) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_registry_not_named_insecure_gets_a_message_naming_the_flag() -> Result<()> {
+    let up = tokio::task::spawn_blocking(upstream).await?;
+    let hello = busybox_hello()?;
+    let h = hello.clone();
+    let up = tokio::task::spawn_blocking(move || {
+        up.push("demo/hello", "latest", &h).unwrap();
+        up
+    })
+    .await?;
+    let m = master(&[]).await;
+    let (status, _, body) = m.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("plain HTTP") && body.contains(&format!("--insecure-registry {}", up.addr)), "{body}");
+    assert_eq!(m.upstream_bytes(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_through_caches_and_survives_an_upstream_outage() -> Result<()> {
     let up = tokio::task::spawn_blocking(upstream).await?;
     let hello = busybox_hello()?;

@@ -86,6 +86,17 @@ impl PullError {
             E::DigestError(_) | E::ManifestParsingError(_) | E::UnsupportedMediaTypeError(_) => PullErrorKind::Invalid,
             _ => PullErrorKind::Unreachable,
         };
+        if answered_in_plain_http(&error) {
+            let registry = image.registry();
+            return PullError::new(
+                image,
+                PullErrorKind::Unreachable,
+                format!(
+                    "{registry} answered in plain HTTP, not HTTPS; if it is a plain-HTTP registry you trust, \
+                     start the master with --insecure-registry {registry}"
+                ),
+            );
+        }
         PullError::new(image, kind, error_chain(&error))
     }
 
@@ -96,6 +107,31 @@ impl PullError {
         };
         PullError::new(image, kind, error_chain(&error))
     }
+}
+
+/// Whether a TLS handshake failed because the server answered in plain HTTP (rustls sees
+/// an HTTP response where a TLS record should be: `InvalidContentType`).
+fn answered_in_plain_http(error: &(dyn std::error::Error + 'static)) -> bool {
+    let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+    // The HTTP stack wraps the TLS error in its own boxes: when no layer hands out the
+    // rustls value itself, its message (rustls' own rendering) identifies it.
+    let plain_text = plain.to_string();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.to_string() == plain_text {
+            return true;
+        }
+        let tls = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| e.downcast_ref::<rustls::Error>());
+        if tls == Some(&plain) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
