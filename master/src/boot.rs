@@ -21,9 +21,9 @@ use plinth_provisioning::serve::{self, Provisioning, PxeConfig, ServeError};
 use plinth_provisioning::{DefaultProfile, MacAddr, MachineProfile};
 
 use crate::api::Body;
-use crate::core::Core;
 use crate::error::{ApiError, MasterError};
 use crate::server::{Master, MasterConfig};
+use plinth_scheduler::Core;
 
 /// How the PXE boot server answers DHCP.
 #[derive(Debug, Clone, PartialEq, Eq)]

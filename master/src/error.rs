@@ -6,8 +6,8 @@ use serde_json::json;
 
 use plinth_protocol::{ErrorBody, Violation};
 
-use crate::core::CoreError;
 use crate::store::StoreError;
+use plinth_scheduler::CoreError;
 
 /// Why the master could not start or keep serving.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,10 @@
-//! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints, and the image registry (pull-through cache and push target on `:5000`).
+//! The master: the shell around the scheduler core (`plinth-scheduler`): the durable store, Marathon v2 API and agent protocol endpoints, and the image registry (pull-through cache and push target on `:5000`).
 pub mod api;
 pub mod bench;
 pub mod boot;
-pub mod core;
 pub mod error;
 pub mod events;
+pub mod ids;
 pub mod metrics;
 pub mod registry;
 pub mod server;

@@ -15,12 +15,12 @@ use tokio::sync::{watch, Mutex};
 
 use plinth_protocol::{AgentId, Timestamp};
 
-use crate::core::{Changes, Core, CoreConfig, CoreError, Event};
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryConfig};
 use crate::store::{Store, StoreError};
+use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
 
 /// How the master runs (`plinth master` flags).
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ impl Master {
             agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
             ..CoreConfig::default()
         };
-        let core = Core::restore(core_config, crate::core::random_ids(), snapshot, Timestamp::now());
+        let core = Core::restore(core_config, crate::ids::random_ids(), snapshot, Timestamp::now());
         let callbacks = Arc::new(CallbackHub::new());
         for sub in &subscriptions {
             callbacks.add(&sub.callback_url);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use plinth_protocol::AppDefinition;
 
-use crate::core::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, Snapshot, TaskRecord};
+use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, Snapshot, TaskRecord};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "plinth.redb";
@@ -366,8 +366,8 @@ mod tests {
 
     #[test]
     fn changes_are_written_and_deletes_remove_versions() {
-        use crate::core::CoreConfig;
         use plinth_protocol::{AppDefinition, AppId, Timestamp};
+        use plinth_scheduler::CoreConfig;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut core = Core::new(CoreConfig::default(), counter_ids());

@@ -389,7 +389,7 @@ async fn skopeo_pushes_and_bad_pushes_are_refused() -> Result<()> {
 
 /// Waits for an event of `event_type` about `image` on the master's bus.
 async fn wait_event(
-    events: &mut tokio::sync::broadcast::Receiver<Arc<plinth_master::core::Event>>,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<plinth_scheduler::Event>>,
     event_type: &str,
     image: &str,
 ) -> Value {

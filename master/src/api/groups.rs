@@ -22,9 +22,9 @@ use serde_json::{json, Value};
 use plinth_protocol::{AppDefinition, AppId, BodyError, DeploymentId, Timestamp, Violation};
 
 use super::{app_json, Body, Embed, Params};
-use crate::core::{AppRecord, Core, CoreError, Event};
 use crate::error::ApiError;
 use crate::server::Master;
+use plinth_scheduler::{AppRecord, Core, CoreError, Event};
 
 /// File in the data dir with what groups add to apps.
 const META_FILE: &str = "groups.json";

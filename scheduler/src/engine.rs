@@ -13,15 +13,9 @@ use super::constraints::{self, Spread};
 
 use super::model::*;
 
-/// Random (version 4) ids from a generator seeded once, instead of a `getrandom`
-/// syscall per id: task ids are minted on the placement hot path.
-// why: the shell builds this generator and hands it to the core (`Core::restore`); the
-// core only calls the generator it is given.
-#[allow(clippy::disallowed_methods)]
-pub fn random_ids() -> Box<dyn FnMut() -> uuid::Uuid + Send + Sync> {
-    let mut rng = fastrand::Rng::new();
-    Box::new(move || uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid())
-}
+/// Where the core's ids (tasks, deployments, agents) come from: random in production
+/// (the shell's generator), a counter in tests. The core never makes entropy itself.
+pub type IdSource = Box<dyn FnMut() -> uuid::Uuid + Send + Sync>;
 
 /// Tunables of the core.
 #[derive(Debug, Clone)]
@@ -102,7 +96,7 @@ pub struct QueueEntry {
 /// The scheduler core.
 pub struct Core {
     config: CoreConfig,
-    next_uuid: Box<dyn FnMut() -> uuid::Uuid + Send + Sync>,
+    next_uuid: IdSource,
     apps: BTreeMap<AppId, AppRecord>,
     versions: BTreeMap<AppId, BTreeMap<String, AppDefinition>>,
     tasks: HashMap<TaskId, TaskRecord>,
@@ -172,7 +166,7 @@ impl AgentState {
 impl Core {
     /// An empty core. `next_uuid` supplies task/deployment ids (random in production,
     /// a counter in tests).
-    pub fn new(config: CoreConfig, next_uuid: Box<dyn FnMut() -> uuid::Uuid + Send + Sync>) -> Self {
+    pub fn new(config: CoreConfig, next_uuid: IdSource) -> Self {
         Core {
             config,
             next_uuid,
@@ -195,12 +189,7 @@ impl Core {
 
     /// Rebuilds the core from the store after a restart. Agents get a fresh timeout
     /// window (`now`) to come back before they are declared lost.
-    pub fn restore(
-        config: CoreConfig,
-        next_uuid: Box<dyn FnMut() -> uuid::Uuid + Send + Sync>,
-        snapshot: Snapshot,
-        now: Timestamp,
-    ) -> Self {
+    pub fn restore(config: CoreConfig, next_uuid: IdSource, snapshot: Snapshot, now: Timestamp) -> Self {
         let mut core = Core::new(config, next_uuid);
         for mut agent in snapshot.agents {
             agent.last_seen = now;

@@ -1,6 +1,9 @@
-//! The scheduler core: a pure state machine. API commands, agent messages and clock
-//! ticks go in (time and ids are inputs); decisions come out as changed records,
-//! events and agents to wake. No sockets, files or clocks in here.
+//! `plinth-scheduler`: the master's scheduler core, a pure state machine. API commands,
+//! agent messages and clock ticks go in (time and ids are inputs: a `Timestamp` per call
+//! and an [`IdSource`] handed in by the shell); decisions come out as changed records,
+//! events and agents to wake ([`Changes`]). No sockets, files, clocks or async runtime in
+//! here: the crate depends on the protocol types, serde, thiserror, tracing and regex only,
+//! so Cargo enforces what the lints below check.
 //!
 //! - the **allocator** turns each active agent's free resources into offers every tick;
 //! - the **app supervisor** accepts offers for apps short of instances (launch) or
