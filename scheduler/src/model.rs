@@ -1,7 +1,7 @@
 //! The records the scheduler core keeps, and which the store persists as JSON.
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use plinth_protocol::{
     AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
@@ -225,32 +225,6 @@ impl Event {
         payload["eventType"] = json!(event_type);
         payload["timestamp"] = json!(now.to_iso());
         Event { event_type: event_type.to_string(), payload }
-    }
-}
-
-/// What changed since the last [`super::Core::take_changes`]: the shell persists these
-/// records (reading them back from the core), then publishes events and wakes agents.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub apps: HashSet<AppId>,
-    pub app_versions: Vec<(AppId, String)>,
-    pub tasks: HashSet<TaskId>,
-    pub agents: HashSet<AgentId>,
-    pub deployments: HashSet<DeploymentId>,
-    pub events: Vec<Event>,
-    /// Agents whose desired state changed (wake their long-polls).
-    pub notify_agents: HashSet<AgentId>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.apps.is_empty()
-            && self.app_versions.is_empty()
-            && self.tasks.is_empty()
-            && self.agents.is_empty()
-            && self.deployments.is_empty()
-            && self.events.is_empty()
-            && self.notify_agents.is_empty()
     }
 }
 
