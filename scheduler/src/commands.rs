@@ -107,7 +107,8 @@ impl Core {
         self.changes.app_versions.push((id.clone(), version.to_string()));
     }
 
-    /// `POST /v2/apps`: 409 if it exists. Returns the stored app and its deployment.
+    /// `POST /v2/apps`: 409 if it exists. Returns the stored app and its deployment. A
+    /// deployment left by a deleted app of the same id is superseded.
     pub fn create_app(
         &mut self,
         mut def: AppDefinition,
@@ -118,6 +119,9 @@ impl Core {
             return Err(CoreError::AppExists(id));
         }
         self.assign_service_ports(&mut def, None)?;
+        // A deleted app's stop deployment may still wait for its tasks to end: the new app
+        // ends it, so it neither locks the new app nor rolls back to the old definition.
+        self.supersede_deployments(&id, "superseded: the app was created again", now);
         let version = self.fresh_version(&id, now);
         self.store_version(&id, def, &version, true, now);
         let steps = vec![vec![DeploymentAction::StartApplication], vec![DeploymentAction::ScaleApplication]];

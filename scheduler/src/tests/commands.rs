@@ -49,3 +49,28 @@ fn kill_with_scale_lowers_instances_and_plain_kill_is_replaced() {
         Err(CoreError::TaskNotFound(_))
     ));
 }
+
+#[test]
+fn re_creating_a_deleted_app_supersedes_its_stop_deployment() {
+    let (mut c, id) = running(json!({"id": "again", "cmd": "old", "cpus": 0.1}));
+    c.tick(t(4));
+    let old_task = c.app_tasks(&id)[0].id.clone();
+    let (stop, _) = c.delete_app(&id, t(5)).unwrap();
+    c.take_changes();
+    // The old task is still being killed, so the stop deployment has not finished.
+    let (record, start) = c.create_app(app(json!({"id": "again", "cmd": "new", "cpus": 0.1})), t(6)).unwrap();
+    assert!(c.deployment(&stop).is_none(), "the old app's stop deployment is superseded");
+    let deployments: Vec<_> = c.app_deployments(&id).iter().map(|d| d.id.clone()).collect();
+    assert_eq!(deployments, vec![start.clone()]);
+    assert_eq!(
+        event_types(&mut c),
+        vec!["deployment_step_failure", "deployment_failed", "deployment_info"],
+        "the stop deployment fails as superseded, then the new one starts"
+    );
+    assert_eq!(c.app_versions(&id).unwrap(), vec![record.version.clone()], "no version of the old app is kept");
+    // The new app is not locked by the old deployment, and cancelling the new start removes
+    // the app instead of rolling back to the deleted definition.
+    c.cancel_deployment(&start, false, t(7)).unwrap();
+    assert!(c.app(&id).is_none());
+    assert!(c.task(&old_task).is_some_and(|t| t.kill_requested), "the old task is still killed");
+}
