@@ -16,6 +16,8 @@ pub struct Changes {
     pub tasks: HashSet<TaskId>,
     pub agents: HashSet<AgentId>,
     pub deployments: HashSet<DeploymentId>,
+    /// Group records (by path) written or, when the core no longer has them, deleted.
+    pub groups: HashSet<String>,
     pub events: Vec<Event>,
     /// Agents whose desired state changed (wake their long-polls).
     pub notify_agents: HashSet<AgentId>,
@@ -28,6 +30,7 @@ impl Changes {
             && self.tasks.is_empty()
             && self.agents.is_empty()
             && self.deployments.is_empty()
+            && self.groups.is_empty()
             && self.events.is_empty()
             && self.notify_agents.is_empty()
     }

@@ -13,7 +13,8 @@
 //! - `supervision.rs`: each tick, per app, what to kill and how many to launch (backoff,
 //!   dependencies); `placement.rs`: offers of the agents' free resources, accepted or
 //!   declined with a reason (`constraints.rs`: placement constraints);
-//! - `deployments.rs`: plans, steps and their progress; `queries.rs`: read views;
+//! - `deployments.rs`: plans, steps and their progress; `groups.rs`: groups and
+//!   dependencies (planning group requests, dependency cycles); `queries.rs`: read views;
 //! - `changes.rs`: what each call changed; `model.rs`: the records the store persists.
 // Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -23,6 +24,7 @@ mod commands;
 pub mod constraints;
 mod deployments;
 mod error;
+pub mod groups;
 mod health;
 mod liveness;
 pub mod model;
@@ -35,6 +37,7 @@ mod supervision;
 pub use changes::Changes;
 pub use commands::{KillTarget, Killed, PutOutcome};
 pub use error::CoreError;
+pub use groups::{AppSpec, GroupChange, GroupError, GroupPlan, GroupRecord, GroupRecords, GroupRequest, GroupSpec};
 pub use model::*;
 pub use placement::summarize_declines;
 pub use queries::QueueEntry;

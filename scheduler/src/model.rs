@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+use crate::groups::GroupRecord;
 use plinth_protocol::{
     AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
 };
@@ -236,6 +237,8 @@ pub struct Snapshot {
     pub tasks: Vec<TaskRecord>,
     pub agents: Vec<AgentRecord>,
     pub deployments: Vec<DeploymentRecord>,
+    /// Group records by path.
+    pub groups: Vec<(String, GroupRecord)>,
 }
 
 /// Per waiting app: what the last offers said (`GET /v2/queue`).

@@ -10,6 +10,7 @@ use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, R
 
 use crate::agents::status_event;
 use crate::changes::Changes;
+use crate::groups::GroupRecords;
 use crate::model::{AgentRecord, AppRecord, DeploymentRecord, Event, OfferStats, Snapshot, TaskRecord};
 
 /// Where the core's ids (tasks, deployments, agents) come from: random in production
@@ -62,6 +63,8 @@ pub struct Core {
     pub(crate) needs_supervision: HashSet<AppId>,
     /// Tasks kept as `TASK_UNREACHABLE` on lost agents (see `unreachableStrategy`).
     pub(crate) unreachable: HashSet<TaskId>,
+    /// Explicit groups, group dependencies and versions (`/v2/groups`).
+    pub(crate) groups: GroupRecords,
     pub(crate) changes: Changes,
 }
 
@@ -131,6 +134,7 @@ impl Core {
             offer_cursor: 0,
             needs_supervision: HashSet::new(),
             unreachable: HashSet::new(),
+            groups: GroupRecords::new(),
             changes: Changes::default(),
         }
     }
@@ -156,6 +160,7 @@ impl Core {
             }
             core.index_task(task);
         }
+        core.groups = snapshot.groups.into_iter().collect();
         for deployment in snapshot.deployments {
             core.deployments.insert(deployment.id.clone(), deployment);
         }

@@ -25,6 +25,7 @@ fn a_restarted_master_adopts_running_tasks() {
         tasks: c.tasks().cloned().collect(),
         agents: c.agents().map(|x| x.record.clone()).collect(),
         deployments: c.deployments().cloned().collect(),
+        groups: Vec::new(),
     };
     let mut restored = Core::restore(CoreConfig::default(), Box::new(uuid::Uuid::new_v4), snapshot, t(100));
     let resp =

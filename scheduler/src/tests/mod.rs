@@ -10,6 +10,7 @@ use crate::*;
 mod agents;
 mod commands;
 mod deployments;
+mod groups;
 mod health;
 mod liveness;
 mod placement;
