@@ -768,3 +768,24 @@ async fn bulk_put_applies_all_or_nothing() -> Result<()> {
     assert_eq!(h.get("/v2/apps/two").await?.1["app"]["instances"], 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn post_apps_refuses_dependency_cycles_as_groups_do() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start_with(dir.path(), None, false).await?;
+    let app =
+        |id: &str, deps: &[&str]| json!({"id": id, "cmd": "sleep 100", "cpus": 0.1, "mem": 16, "dependencies": deps});
+    assert_eq!(h.post("/v2/apps", app("/shop/web", &["/shop/db"])).await?.0, 201, "an unknown dependency is fine");
+    let (status, body) = h.post("/v2/apps", app("/shop/db", &["/shop/web"])).await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["details"][0]["path"], "/dependencies", "{body}");
+    let error = body["details"][0]["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("dependency cycle: ") && error.contains("/shop/db") && error.contains("/shop/web"),
+        "{body}"
+    );
+    let (status, body) = h.post("/v2/apps", app("/self", &["/self"])).await?;
+    assert_eq!(status, 422, "an app depending on itself is a cycle too: {body}");
+    assert_eq!(h.app_ids().await?, vec!["/shop/web".to_string()], "refused apps are not created");
+    Ok(())
+}

@@ -107,7 +107,14 @@ pub async fn create(
     let value = body.value()?;
     let def = definition_from_value(value)?;
     let (app, definition, deployment) = master
-        .command(|core, now| {
+        .command_with(|core, now| {
+            // As `/v2/groups` does: an app may not close a dependency cycle.
+            if let Some(cycle) = core.dependency_cycle(&def) {
+                return Err(ApiError::Invalid(vec![Violation {
+                    path: "/dependencies".into(),
+                    errors: vec![format!("dependency cycle: {}", cycle.join(" -> "))],
+                }]));
+            }
             let (record, deployment) = core.create_app(def, now)?;
             let embed = Embed { counts: true, deployments: true, ..Default::default() };
             Ok((app_json(core, &record, embed), record.definition, deployment))
