@@ -8,7 +8,7 @@ use plinth_protocol::agent::{DesiredState, Registration, StatusUpdate, SyncReque
 use plinth_protocol::{AgentId, TaskId, TaskState, Timestamp};
 
 use crate::health::failures_per_check;
-use crate::model::{AgentRecord, TaskRecord};
+use crate::model::{status_event, AgentRecord};
 use crate::state::{AgentState, Core};
 
 impl Core {
@@ -204,14 +204,4 @@ impl Core {
         }
         acked
     }
-}
-
-/// Marathon's `status_update_event` body for a task.
-pub(crate) fn status_event(task: &TaskRecord) -> Value {
-    json!({
-        "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
-        "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
-        "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
-        "version": task.version,
-    })
 }

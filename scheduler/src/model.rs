@@ -3,7 +3,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use crate::groups::GroupRecord;
 use plinth_protocol::{
     AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
 };
@@ -229,6 +228,21 @@ impl Event {
     }
 }
 
+/// What the core knows about one group beyond its apps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRecord {
+    /// Absolute paths (apps or groups) every app in this group depends on.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Versions (ISO timestamps) at which the group changed, oldest first.
+    #[serde(default)]
+    pub versions: Vec<String>,
+}
+
+/// Group records by absolute path.
+pub type GroupRecords = BTreeMap<String, GroupRecord>;
+
 /// Everything the store holds, loaded at start-up.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -252,4 +266,14 @@ pub struct OfferStats {
     /// last round, and a readable example message.
     pub last_round: BTreeMap<String, (u64, String)>,
     pub last_round_processed: u64,
+}
+
+/// Marathon's `status_update_event` body for a task.
+pub(crate) fn status_event(task: &TaskRecord) -> Value {
+    json!({
+        "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
+        "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
+        "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
+        "version": task.version,
+    })
 }

@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, Timestamp};
 
-use crate::agents::status_event;
 use crate::changes::Changes;
-use crate::groups::GroupRecords;
-use crate::model::{AgentRecord, AppRecord, DeploymentRecord, Event, OfferStats, Snapshot, TaskRecord};
+
+use crate::model::{
+    status_event, AgentRecord, AppRecord, DeploymentRecord, Event, GroupRecords, OfferStats, Snapshot, TaskRecord,
+};
 
 /// Where the core's ids (tasks, deployments, agents) come from: random in production
 /// (the shell's generator), a counter in tests. The core never makes entropy itself.

@@ -9,12 +9,12 @@
 //! apps start after what they depend on, and stop before it.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use plinth_protocol::{AppDefinition, AppId, DeploymentId, Timestamp, Violation};
 
 use crate::error::CoreError;
+pub use crate::model::{GroupRecord, GroupRecords};
 
 mod paths;
 use crate::state::Core;
@@ -22,21 +22,6 @@ pub use paths::{ancestors, is_within, parent, resolve, under};
 
 /// Group versions remembered per group (oldest dropped first).
 const MAX_GROUP_VERSIONS: usize = 50;
-
-/// What the core knows about one group beyond its apps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupRecord {
-    /// Absolute paths (apps or groups) every app in this group depends on.
-    #[serde(default)]
-    pub dependencies: Vec<String>,
-    /// Versions (ISO timestamps) at which the group changed, oldest first.
-    #[serde(default)]
-    pub versions: Vec<String>,
-}
-
-/// Group records by absolute path.
-pub type GroupRecords = BTreeMap<String, GroupRecord>;
 
 /// A group request refused as a whole; nothing changed.
 #[derive(Debug, thiserror::Error)]
