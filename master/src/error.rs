@@ -22,6 +22,8 @@ pub enum MasterError {
     Bench(String),
     #[error("cannot open the image registry")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("PXE boot server")]
+    Provisioning(#[from] plinth_provisioning::serve::ServeError),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in

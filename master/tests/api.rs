@@ -37,11 +37,11 @@ async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Har
         hostname: "127.0.0.1".into(),
         registry: Default::default(),
     };
-    let master = Master::open(config, addr.port()).await?;
+    // The same composition as `plinth master`/`standalone` (start.rs), without PXE.
+    let (master, app) = plinth_master::build(config, addr.port(), None).await?;
     if ticker {
         master.spawn_ticker();
     }
-    let app = plinth_master::api::router(master.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });

@@ -429,8 +429,7 @@ async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> R
         },
         ..Default::default()
     };
-    let master = plinth_master::Master::open(config, addr.port()).await?;
-    let app = plinth_master::api::router(master.clone());
+    let (master, app) = plinth_master::build(config, addr.port(), None).await?;
     let server = tokio::spawn(async move {
         let _ = axum::serve(api, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });

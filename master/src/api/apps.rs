@@ -14,7 +14,7 @@ use plinth_protocol::{AppDefinition, AppId, BodyError, TaskId, Violation};
 use super::{app_json, deployment_result, parse_app_id, Body, ClientAddr, Embed, Params};
 use crate::error::ApiError;
 use crate::events::api_post_event;
-use crate::server::Master;
+use crate::shell::Master;
 use plinth_scheduler::{Core, CoreError, KillTarget};
 
 /// What an `/v2/apps/{*rest}` path addresses.

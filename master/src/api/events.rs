@@ -17,7 +17,7 @@ use plinth_protocol::Timestamp;
 use super::{ClientAddr, Params};
 use crate::error::ApiError;
 use crate::events::subscription_event;
-use crate::server::Master;
+use crate::shell::Master;
 use crate::store::Subscription;
 use plinth_scheduler::Event;
 

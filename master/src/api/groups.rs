@@ -17,7 +17,7 @@ use plinth_scheduler::{AppRecord, AppSpec, Core, GroupRequest, GroupSpec};
 
 use super::{app_json, Body, Embed, Params};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 
 fn invalid(path: impl Into<String>, error: impl Into<String>) -> ApiError {
     ApiError::Invalid(vec![Violation { path: path.into(), errors: vec![error.into()] }])
@@ -457,9 +457,11 @@ mod api_tests {
     use serde_json::{json, Value};
     use tower::ServiceExt;
 
-    use crate::server::{Master, MasterConfig};
+    use crate::shell::MasterConfig;
 
-    async fn master(dir: &std::path::Path) -> std::sync::Arc<Master> {
+    /// The master's router as `start::build` composes it (it holds the master: dropping it
+    /// closes the store).
+    async fn master(dir: &std::path::Path) -> axum::Router {
         let config = MasterConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.to_path_buf(),
@@ -468,17 +470,17 @@ mod api_tests {
             hostname: "127.0.0.1".into(),
             registry: Default::default(),
         };
-        Master::open(config, 8080).await.expect("master opens")
+        crate::start::build(config, 8080, None).await.expect("master opens").1
     }
 
-    async fn call(master: &std::sync::Arc<Master>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let request = HttpRequest::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json")
             .body(body.map_or_else(HttpBody::empty, |b| HttpBody::from(b.to_string())))
             .expect("request");
-        let response = crate::api::router(master.clone()).oneshot(request).await.expect("response");
+        let response = router.clone().oneshot(request).await.expect("response");
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))

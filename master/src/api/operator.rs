@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use plinth_protocol::{AgentId, Resources};
 
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 use plinth_scheduler::{AgentState, Core, TaskRecord};
 
 fn resources_json(r: &Resources) -> Value {

@@ -11,7 +11,7 @@ use plinth_protocol::Timestamp;
 
 use super::{app_json, parse_app_id, Embed};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 use plinth_scheduler::{Core, QueueEntry};
 
 /// Marathon's decline reasons, always listed so clients see zeros too.

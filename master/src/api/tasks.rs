@@ -14,7 +14,7 @@ use plinth_protocol::{TaskId, TaskState};
 
 use super::{deployment_result, Body, Params};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 use plinth_scheduler::{AppRecord, Core, KillTarget, Killed};
 
 /// True when the client asks for the text form (`Accept: text/plain` without JSON).
