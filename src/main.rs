@@ -359,18 +359,18 @@ async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
     let config = master_config(cmd.master, &cmd.node);
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting master");
     let pxe = cmd.pxe;
-    let boot = plinth_master::boot::BootConfig {
+    let boot = plinth_master::pxe::BootConfig {
         pxe_interface: pxe.pxe_interface,
         dhcp: match pxe.dhcp_range {
-            Some(pool) => plinth_master::boot::PxeDhcp::Range(pool),
-            None => plinth_master::boot::PxeDhcp::Proxy,
+            Some(pool) => plinth_master::pxe::PxeDhcp::Range(pool),
+            None => plinth_master::pxe::PxeDhcp::Proxy,
         },
         boot_dir: pxe.boot_dir,
         tftp_root: pxe.tftp_root,
         default_profile: pxe.pxe_unknown,
         advertise_url: pxe.advertise_url,
     };
-    plinth_master::boot::run(config, boot).await.context("master failed")
+    plinth_master::start::run(config, Some(boot)).await.context("master failed")
 }
 
 async fn run_agent(cmd: AgentCommand) -> anyhow::Result<()> {
@@ -399,7 +399,7 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     tokio::spawn(announce_when_ready(local_master_url(master.listen)));
     // Either half ending means the node is broken: stop the whole process so it is noticed.
     tokio::select! {
-        result = plinth_master::run(master) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
+        result = plinth_master::start::run(master, None) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
         result = plinth_agent::run(agent) => result.context("agent failed").and_then(|()| anyhow::bail!("agent stopped")),
     }
 }

@@ -11,9 +11,9 @@ use serde_json::json;
 use plinth_protocol::agent::{Registration, StatusUpdate};
 use plinth_protocol::{AgentId, AppDefinition, Resources, TaskId, TaskState, Timestamp};
 
-use crate::core::{Core, CoreConfig};
 use crate::store::Store;
 use crate::MasterError;
+use plinth_scheduler::{Core, CoreConfig};
 
 /// What one run measured.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
     let store = Store::open(dir)?;
     let rss_before_kib = proc_status_kib("VmRSS:");
     let config = CoreConfig { agent_timeout_ms: i64::MAX / 4, max_launches_per_tick: 20_000, ..CoreConfig::default() };
-    let mut core = Core::new(config, crate::core::random_ids());
+    let mut core = Core::new(config, crate::ids::random_ids());
     // Room for every task with headroom: tasks take 0.1 cpu, 32 MB and one port.
     let per_agent = tasks.div_ceil(agents) + 1;
     let resources = Resources::parse(&format!(
@@ -192,7 +192,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
     })
 }
 
-fn running_update(id: &TaskId, task: &crate::core::TaskRecord, now: Timestamp) -> StatusUpdate {
+fn running_update(id: &TaskId, task: &plinth_scheduler::TaskRecord, now: Timestamp) -> StatusUpdate {
     // Unique per update, like an agent's; cheap so the agents' side is not measured.
     let update_id = uuid::Uuid::from_u128(fastrand::u128(..));
     StatusUpdate::new(update_id, id.clone(), task.app_id.clone(), TaskState::TaskRunning, now.to_iso())

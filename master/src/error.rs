@@ -6,8 +6,8 @@ use serde_json::json;
 
 use plinth_protocol::{ErrorBody, Violation};
 
-use crate::core::CoreError;
 use crate::store::StoreError;
+use plinth_scheduler::{CoreError, GroupError};
 
 /// Why the master could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub enum MasterError {
     Bench(String),
     #[error("cannot open the image registry")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("PXE boot server")]
+    Provisioning(#[from] plinth_provisioning::serve::ServeError),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in
@@ -42,6 +44,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// Something with that id exists already (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -66,9 +71,21 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<GroupError> for ApiError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Conflict(message) => ApiError::Conflict(message),
+            GroupError::NotFound(message) => ApiError::NotFound(message),
+            GroupError::Invalid(violations) => ApiError::Invalid(violations),
+            GroupError::Core(e) => ApiError::Core(e),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 
-use crate::core::Event;
+use plinth_scheduler::Event;
 
 /// How many events a lagging SSE client may fall behind before it skips.
 const BUS_CAPACITY: usize = 4096;

@@ -1,15 +1,21 @@
-//! The master: scheduler core (allocator, offers, app supervisor, deployments), durable store, Marathon v2 API and agent protocol endpoints, and the image registry (pull-through cache and push target on `:5000`).
+//! The master: the shell around the scheduler core (`plinth-scheduler`). It owns the shared
+//! state of a running master and the ticker (`shell.rs`), the durable store (`store.rs`),
+//! the Marathon v2 API, agent protocol and operator endpoints (`api/`), events, metrics,
+//! the image registry (pull-through cache and push target on `:5000`), the HTTP side of
+//! PXE provisioning (`pxe.rs`) and the one way to start it all (`start.rs`).
 pub mod api;
 pub mod bench;
-pub mod boot;
-pub mod core;
 pub mod error;
 pub mod events;
+pub mod ids;
 pub mod metrics;
+pub mod pxe;
 pub mod registry;
-pub mod server;
+pub mod shell;
+pub mod start;
 pub mod store;
 
 pub use error::{ApiError, MasterError};
-pub use server::{run, serve, Master, MasterConfig};
+pub use shell::{Master, MasterConfig};
+pub use start::{build, run, serve};
 pub use store::{Store, StoreError};

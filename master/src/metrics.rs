@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use plinth_protocol::TaskState;
 
-use crate::core::Core;
 use crate::events::CallbackStats;
+use plinth_scheduler::Core;
 
 /// Counters updated by the shell.
 #[derive(Default)]

@@ -1,6 +1,9 @@
 //! The durable store: an embedded transactional database (`redb`) in the data dir holding
 //! the core's records as JSON. Every batch of changes is written in one transaction with
 //! immediate durability, so a 2xx answer given after [`Store::commit`] survives `kill -9`.
+//! Group records (explicit groups, group dependencies and versions) are records like the
+//! others, written in the same transaction as the apps a group request changes.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use plinth_protocol::AppDefinition;
 
-use crate::core::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, Snapshot, TaskRecord};
+use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, GroupRecord, Snapshot, TaskRecord};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "plinth.redb";
@@ -20,12 +23,18 @@ const APP_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_ver
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Key: the group's absolute path.
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("event_subscriptions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const SCHEMA_KEY: &str = "schema_version";
 const SCHEMA_VERSION: &[u8] = b"1";
 const FRAMEWORK_ID_KEY: &str = "framework_id";
+
+/// Where `/v2/groups` kept group records beside the store before they moved into it;
+/// imported once at open, then renamed to `groups.json.imported`.
+pub const OLD_GROUPS_FILE: &str = "groups.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +48,8 @@ pub enum StoreError {
     Encode { table: &'static str, key: String, source: serde_json::Error },
     #[error("cannot decode {table} record '{key}' (the store is damaged or from a newer version)")]
     Decode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("cannot import {path}")]
+    Import { path: PathBuf, source: std::io::Error },
     #[error("the store schema version is {found}, this master understands {expected}")]
     Schema { found: String, expected: String },
 }
@@ -114,6 +125,7 @@ impl Store {
         let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let store = Store { db: Arc::new(db), path };
         store.init()?;
+        store.import_groups_file(dir)?;
         Ok(store)
     }
 
@@ -125,7 +137,7 @@ impl Store {
         const OP: &str = "creating the tables";
         let txn = tx!(OP, self.db.begin_write())?;
         {
-            for table in [APPS, APP_VERSIONS, TASKS, AGENTS, DEPLOYMENTS, SUBSCRIPTIONS] {
+            for table in [APPS, APP_VERSIONS, TASKS, AGENTS, DEPLOYMENTS, GROUPS, SUBSCRIPTIONS] {
                 tx!(OP, txn.open_table(table))?;
             }
             let mut meta = tx!(OP, txn.open_table(META))?;
@@ -149,6 +161,43 @@ impl Store {
             }
         }
         tx!(OP, txn.commit())
+    }
+
+    /// Imports the group records of an older master's `groups.json` (written beside the
+    /// store, outside its transactions) in one transaction, then renames the file so the
+    /// import happens once. A crash before the rename imports the same records again.
+    fn import_groups_file(&self, dir: &Path) -> Result<(), StoreError> {
+        const OP: &str = "importing groups.json";
+        #[derive(Deserialize)]
+        struct OldGroups {
+            #[serde(default)]
+            groups: BTreeMap<String, GroupRecord>,
+        }
+        let path = dir.join(OLD_GROUPS_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Import { path, source }),
+        };
+        let old: OldGroups = serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+            table: OLD_GROUPS_FILE,
+            key: path.display().to_string(),
+            source,
+        })?;
+        let mut txn = tx!(OP, self.db.begin_write())?;
+        tx!(OP, txn.set_durability(Durability::Immediate))?;
+        {
+            let mut table = tx!(OP, txn.open_table(GROUPS))?;
+            for (group, record) in &old.groups {
+                let bytes = encode("groups", group, record)?;
+                tx!(OP, table.insert(group.as_str(), bytes.as_slice()))?;
+            }
+        }
+        tx!(OP, txn.commit())?;
+        let imported = dir.join(format!("{OLD_GROUPS_FILE}.imported"));
+        std::fs::rename(&path, &imported).map_err(|source| StoreError::Import { path: path.clone(), source })?;
+        tracing::info!(groups = old.groups.len(), from = %path.display(), "group records imported into the store");
+        Ok(())
     }
 
     /// The cluster's framework id (created with the store).
@@ -204,6 +253,10 @@ impl Store {
         for (k, v) in read_all("deployments")? {
             snapshot.deployments.push(decode::<DeploymentRecord>("deployments", &k, &v)?);
         }
+        for (k, v) in read_all("groups")? {
+            let record = decode::<GroupRecord>("groups", &k, &v)?;
+            snapshot.groups.push((k, record));
+        }
         Ok(snapshot)
     }
 
@@ -242,6 +295,10 @@ impl Store {
             let key = id.as_str().to_string();
             let bytes = core.deployment(id).map(|d| encode("deployments", &key, d)).transpose()?;
             batch.puts.push(("deployments", key, bytes));
+        }
+        for path in &changes.groups {
+            let bytes = core.group_records().get(path).map(|g| encode("groups", path, g)).transpose()?;
+            batch.puts.push(("groups", path.clone(), bytes));
         }
         Ok(batch)
     }
@@ -366,8 +423,8 @@ mod tests {
 
     #[test]
     fn changes_are_written_and_deletes_remove_versions() {
-        use crate::core::CoreConfig;
         use plinth_protocol::{AppDefinition, AppId, Timestamp};
+        use plinth_scheduler::CoreConfig;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut core = Core::new(CoreConfig::default(), counter_ids());
@@ -399,6 +456,78 @@ mod tests {
         let restored = Core::restore(CoreConfig::default(), counter_ids(), loaded, now);
         assert_eq!(restored.apps().count(), 1);
         assert_eq!(restored.app_versions(&AppId::parse("/g/ab").unwrap()).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn a_group_change_and_its_apps_land_in_one_transaction() {
+        use plinth_protocol::{AppDefinition, AppId, Timestamp};
+        use plinth_scheduler::{AppSpec, CoreConfig, GroupRequest, GroupSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let mut def = AppDefinition::from_value(serde_json::json!({"id": "/shop/db", "cmd": "sleep 1"})).unwrap();
+        def.normalize();
+        let empty = GroupSpec {
+            id: "/shop/empty".into(),
+            json_path: "/groups(0)".into(),
+            apps: None,
+            groups: None,
+            dependencies: Some(vec!["/shop/db".into()]),
+        };
+        let spec = GroupSpec {
+            id: "/shop".into(),
+            json_path: String::new(),
+            apps: Some(vec![AppSpec { id: AppId::parse("/shop/db").unwrap(), json_path: "/apps(0)".into(), def }]),
+            groups: Some(vec![empty]),
+            dependencies: None,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut core = Core::new(CoreConfig::default(), counter_ids());
+            let change =
+                core.change_groups(&GroupRequest::Create(spec), false, Timestamp::from_millis(1_000_000)).unwrap();
+            let changes = core.take_changes();
+            assert!(!changes.apps.is_empty() && !changes.groups.is_empty(), "{changes:?}");
+            assert!(changes.events.iter().any(|e| e.event_type == "group_change_success"));
+            // One batch, committed once: one transaction.
+            let batch = Store::batch(&core, &changes).unwrap();
+            store.commit(&batch).unwrap();
+            assert_eq!(change.deployments.len(), 1);
+        }
+        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.apps.len(), 1);
+        let groups: BTreeMap<String, GroupRecord> = loaded.groups.iter().cloned().collect();
+        assert_eq!(groups["/shop/empty"].dependencies, vec!["/shop/db".to_string()]);
+        assert!(groups.contains_key("/shop") && groups.contains_key("/"), "{groups:?}");
+        let restored = Core::restore(CoreConfig::default(), counter_ids(), loaded, Timestamp::from_millis(2_000_000));
+        assert!(restored.group_paths().contains("/shop/empty"), "the empty group survives a restart");
+    }
+
+    #[test]
+    fn an_old_groups_json_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({"groups": {"/prod": {"dependencies": ["/db"], "versions": ["2024-01-01T00:00:00.000Z"]}}});
+        std::fs::write(dir.path().join(OLD_GROUPS_FILE), old.to_string()).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let loaded = store.load().unwrap();
+            assert_eq!(loaded.groups.len(), 1);
+            assert_eq!(loaded.groups[0].0, "/prod");
+            assert_eq!(loaded.groups[0].1.dependencies, vec!["/db".to_string()]);
+            assert!(!dir.path().join(OLD_GROUPS_FILE).exists());
+            assert!(dir.path().join("groups.json.imported").exists());
+            // The group is removed afterwards: a reopen must not bring it back.
+            let mut core = Core::restore(
+                plinth_scheduler::CoreConfig::default(),
+                counter_ids(),
+                loaded,
+                plinth_protocol::Timestamp::from_millis(1),
+            );
+            let spec = plinth_scheduler::GroupRequest::Delete { id: "/prod".into() };
+            core.change_groups(&spec, true, plinth_protocol::Timestamp::from_millis(2)).unwrap();
+            let changes = core.take_changes();
+            store.apply(&core, &changes).unwrap();
+        }
+        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        assert!(loaded.groups.iter().all(|(path, _)| path != "/prod"), "{:?}", loaded.groups);
     }
 
     #[test]

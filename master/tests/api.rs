@@ -37,11 +37,11 @@ async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Har
         hostname: "127.0.0.1".into(),
         registry: Default::default(),
     };
-    let master = Master::open(config, addr.port()).await?;
+    // The same composition as `plinth master`/`standalone` (start.rs), without PXE.
+    let (master, app) = plinth_master::build(config, addr.port(), None).await?;
     if ticker {
         master.spawn_ticker();
     }
-    let app = plinth_master::api::router(master.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
@@ -766,5 +766,26 @@ async fn bulk_put_applies_all_or_nothing() -> Result<()> {
         h.put("/v2/apps?force=true", json!([{"id": "one", "instances": 2}, {"id": "two", "instances": 3}])).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(h.get("/v2/apps/two").await?.1["app"]["instances"], 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn post_apps_refuses_dependency_cycles_as_groups_do() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start_with(dir.path(), None, false).await?;
+    let app =
+        |id: &str, deps: &[&str]| json!({"id": id, "cmd": "sleep 100", "cpus": 0.1, "mem": 16, "dependencies": deps});
+    assert_eq!(h.post("/v2/apps", app("/shop/web", &["/shop/db"])).await?.0, 201, "an unknown dependency is fine");
+    let (status, body) = h.post("/v2/apps", app("/shop/db", &["/shop/web"])).await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["details"][0]["path"], "/dependencies", "{body}");
+    let error = body["details"][0]["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("dependency cycle: ") && error.contains("/shop/db") && error.contains("/shop/web"),
+        "{body}"
+    );
+    let (status, body) = h.post("/v2/apps", app("/self", &["/self"])).await?;
+    assert_eq!(status, 422, "an app depending on itself is a cycle too: {body}");
+    assert_eq!(h.app_ids().await?, vec!["/shop/web".to_string()], "refused apps are not created");
     Ok(())
 }

@@ -406,7 +406,7 @@ async fn skopeo_pushes_and_bad_pushes_are_refused() -> Result<()> {
 
 /// Waits for an event of `event_type` about `image` on the master's bus.
 async fn wait_event(
-    events: &mut tokio::sync::broadcast::Receiver<Arc<plinth_master::core::Event>>,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<plinth_scheduler::Event>>,
     event_type: &str,
     image: &str,
 ) -> Value {
@@ -446,8 +446,7 @@ async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> R
         },
         ..Default::default()
     };
-    let master = plinth_master::Master::open(config, addr.port()).await?;
-    let app = plinth_master::api::router(master.clone());
+    let (master, app) = plinth_master::build(config, addr.port(), None).await?;
     let server = tokio::spawn(async move {
         let _ = axum::serve(api, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });

@@ -14,7 +14,7 @@ use plinth_protocol::agent::{
 
 use super::{Body, ClientAddr};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 
 /// Upper bound of a long-poll, whatever the agent asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);

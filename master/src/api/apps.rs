@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use plinth_protocol::{AppDefinition, AppId, BodyError, TaskId, Violation};
 
 use super::{app_json, deployment_result, parse_app_id, Body, ClientAddr, Embed, Params};
-use crate::core::{Core, CoreError, KillTarget};
 use crate::error::ApiError;
 use crate::events::api_post_event;
-use crate::server::Master;
+use crate::shell::Master;
+use plinth_scheduler::{Core, CoreError, KillTarget};
 
 /// What an `/v2/apps/{*rest}` path addresses.
 #[derive(Debug, PartialEq)]
@@ -107,7 +107,14 @@ pub async fn create(
     let value = body.value()?;
     let def = definition_from_value(value)?;
     let (app, definition, deployment) = master
-        .command(|core, now| {
+        .command_with(|core, now| {
+            // As `/v2/groups` does: an app may not close a dependency cycle.
+            if let Some(cycle) = core.dependency_cycle(&def) {
+                return Err(ApiError::Invalid(vec![Violation {
+                    path: "/dependencies".into(),
+                    errors: vec![format!("dependency cycle: {}", cycle.join(" -> "))],
+                }]));
+            }
             let (record, deployment) = core.create_app(def, now)?;
             let embed = Embed { counts: true, deployments: true, ..Default::default() };
             Ok((app_json(core, &record, embed), record.definition, deployment))

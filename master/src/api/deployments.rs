@@ -11,7 +11,7 @@ use plinth_protocol::DeploymentId;
 
 use super::{deployment_result, Params};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
 
 /// `GET /v2/deployments`.
 pub async fn list(State(master): State<Arc<Master>>) -> Json<Vec<Value>> {

@@ -15,11 +15,11 @@ use tokio_stream::wrappers::BroadcastStream;
 use plinth_protocol::Timestamp;
 
 use super::{ClientAddr, Params};
-use crate::core::Event;
 use crate::error::ApiError;
 use crate::events::subscription_event;
-use crate::server::Master;
+use crate::shell::Master;
 use crate::store::Subscription;
+use plinth_scheduler::Event;
 
 fn sse(event: &Event) -> SseEvent {
     SseEvent::default().event(event.event_type.clone()).data(event.payload.to_string())

@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 
 use plinth_protocol::AppId;
 
-use crate::core::{AppRecord, Core};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
+use plinth_scheduler::{AppRecord, Core};
 
 pub mod agents;
 pub mod apps;

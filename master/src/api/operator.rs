@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 
 use plinth_protocol::{AgentId, Resources};
 
-use crate::core::{AgentState, Core, TaskRecord};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
+use plinth_scheduler::{AgentState, Core, TaskRecord};
 
 fn resources_json(r: &Resources) -> Value {
     json!({"cpus": r.cpus, "mem": r.mem, "disk": r.disk, "gpus": 0.0, "ports": r.ports.to_string()})

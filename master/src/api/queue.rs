@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use plinth_protocol::Timestamp;
 
 use super::{app_json, parse_app_id, Embed};
-use crate::core::{Core, QueueEntry};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
+use plinth_scheduler::{Core, QueueEntry};
 
 /// Marathon's decline reasons, always listed so clients see zeros too.
 const REASONS: [&str; 10] = [

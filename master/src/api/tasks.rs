@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use plinth_protocol::{TaskId, TaskState};
 
 use super::{deployment_result, Body, Params};
-use crate::core::{AppRecord, Core, KillTarget, Killed};
 use crate::error::ApiError;
-use crate::server::Master;
+use crate::shell::Master;
+use plinth_scheduler::{AppRecord, Core, KillTarget, Killed};
 
 /// True when the client asks for the text form (`Accept: text/plain` without JSON).
 pub fn wants_text(headers: &HeaderMap) -> bool {

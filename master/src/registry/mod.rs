@@ -29,8 +29,8 @@ use tokio::sync::broadcast;
 
 use plinth_oci::{ImageRef, OciError};
 
-use crate::core::Event;
 pub use gc::{gc, GcReport};
+use plinth_scheduler::Event;
 pub use pull::{PullError, PullErrorKind, Pulled, Puller};
 pub use store::{RegistryStore, RepoName, TagRecord};
 

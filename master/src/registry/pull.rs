@@ -28,7 +28,7 @@ use plinth_protocol::Timestamp;
 
 use super::store::{RegistryStore, RepoName};
 use super::{PullStatus, RegistryMetrics, MAX_MANIFEST_BYTES};
-use crate::core::Event;
+use plinth_scheduler::Event;
 
 /// Progress events per image at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

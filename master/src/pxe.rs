@@ -1,8 +1,9 @@
 //! Provisioning inside the master: the HTTP side of PXE boot (`/boot/ipxe` scripts per
 //! machine, `/boot/vmlinuz` and `/boot/initramfs.img` with range requests), machine
 //! profiles (`/v1/machines/{mac}`), the list of machines that booted with their state
-//! (booting, registered, lost), and [`run`], which serves the master together with the
-//! DHCP/TFTP boot server of `plinth-provisioning` on the PXE interface.
+//! (booting, registered, lost), and [`start`], which starts the DHCP/TFTP boot server of
+//! `plinth-provisioning` on the PXE interface and returns these routes (`start.rs` serves
+//! them with the API).
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use plinth_provisioning::serve::{self, Provisioning, PxeConfig, ServeError};
 use plinth_provisioning::{DefaultProfile, MacAddr, MachineProfile};
 
 use crate::api::Body;
-use crate::core::Core;
 use crate::error::{ApiError, MasterError};
-use crate::server::{Master, MasterConfig};
+use crate::shell::Master;
+use plinth_scheduler::Core;
 
 /// How the PXE boot server answers DHCP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +63,6 @@ impl Default for BootConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BootError {
-    #[error(transparent)]
-    Master(#[from] MasterError),
-    #[error("PXE boot server")]
-    Provisioning(#[from] ServeError),
-}
-
 /// The HTTP side's state.
 pub struct BootService {
     master: Arc<Master>,
@@ -79,19 +72,10 @@ pub struct BootService {
     boot_dir: Option<PathBuf>,
 }
 
-/// Binds the API, opens the master and the provisioning store, starts DHCP/TFTP on the PXE
-/// interface (if any) and serves the API plus the boot routes until the server fails.
-pub async fn run(config: MasterConfig, boot: BootConfig) -> Result<(), BootError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
-    let data_dir = config.data_dir.clone();
-    let registry_listener = crate::server::bind_registry(&config).await?;
-    let master = Master::open(config, port).await?;
-    crate::server::spawn_registry_server(&master, registry_listener);
-    master.spawn_ticker();
-    let provisioning = Provisioning::open(&data_dir, boot.default_profile)?;
+/// Opens the provisioning store, starts DHCP/TFTP on the PXE interface (if any) and
+/// returns the boot routes over `master` (`port`: the API's port as machines reach it).
+pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Router, MasterError> {
+    let provisioning = Provisioning::open(&master.config.data_dir, boot.default_profile)?;
     let mut advertise = boot.advertise_url.clone();
     if let Some(interface) = &boot.pxe_interface {
         let server_ip = serve::interface_ipv4(interface)?;
@@ -109,11 +93,9 @@ pub async fn run(config: MasterConfig, boot: BootConfig) -> Result<(), BootError
     let master_url = advertise.unwrap_or_else(|| format!("http://{}:{port}", master.config.hostname));
     let params = BootParams::new(master_url, master.config.token.clone());
     tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, "boot files and machine profiles served");
-    let service = Arc::new(BootService { master: master.clone(), provisioning, params, boot_dir: boot.boot_dir });
-    let app = crate::api::router(master.clone()).merge(router(service));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .map_err(|e| BootError::Master(MasterError::Serve(e)))
+    let service =
+        Arc::new(BootService { master: master.clone(), provisioning, params, boot_dir: boot.boot_dir.clone() });
+    Ok(router(service))
 }
 
 pub fn router(service: Arc<BootService>) -> Router {

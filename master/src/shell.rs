@@ -1,5 +1,7 @@
-//! The master process: store + core behind one lock, the ticker that drives the core,
-//! and the HTTP server.
+//! The master's shell around the scheduler core: the shared state of a running master
+//! ([`Master`]: store + core behind one lock, events, metrics, agent wake-ups, the
+//! registry) and the ticker that drives the core. The HTTP side takes this state; it is
+//! put together and served in `start.rs`.
 //!
 //! Every change follows the same path ([`Master::command`]): lock, run the core command,
 //! take its changes, write them in one durable transaction, and only then answer,
@@ -15,12 +17,12 @@ use tokio::sync::{watch, Mutex};
 
 use plinth_protocol::{AgentId, Timestamp};
 
-use crate::core::{Changes, Core, CoreConfig, CoreError, Event};
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryConfig};
 use crate::store::{Store, StoreError};
+use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
 
 /// How the master runs (`plinth master` flags).
 #[derive(Debug, Clone)]
@@ -78,7 +80,7 @@ pub struct Master {
     pub started_at: Timestamp,
     /// `host:port` clients reach this master at.
     pub leader: String,
-    /// The image registry; served by [`run`]/[`serve`] on its own listener.
+    /// The image registry; served on its own listener (`start.rs`).
     pub registry: Arc<Registry>,
 }
 
@@ -104,7 +106,7 @@ impl Master {
             agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
             ..CoreConfig::default()
         };
-        let core = Core::restore(core_config, crate::core::random_ids(), snapshot, Timestamp::now());
+        let core = Core::restore(core_config, crate::ids::random_ids(), snapshot, Timestamp::now());
         let callbacks = Arc::new(CallbackHub::new());
         for sub in &subscriptions {
             callbacks.add(&sub.callback_url);
@@ -311,41 +313,4 @@ fn crash(operation: &str, error: &dyn std::error::Error) -> ! {
     tracing::error!(error = %chain, "{operation} failed; exiting so a restart recovers from the store");
     eprintln!("plinth master: {operation} failed: {chain}; exiting");
     std::process::exit(70);
-}
-
-/// Binds `config.listen` and serves until the server fails.
-pub async fn run(config: MasterConfig) -> Result<(), MasterError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
-    serve(config, listener).await
-}
-
-/// Serves the master on an already bound listener (tests bind `127.0.0.1:0`).
-pub async fn serve(config: MasterConfig, listener: tokio::net::TcpListener) -> Result<(), MasterError> {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
-    let registry_listener = bind_registry(&config).await?;
-    let master = Master::open(config, port).await?;
-    spawn_registry_server(&master, registry_listener);
-    master.spawn_ticker();
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        framework_id = %master.framework_id, "master serving");
-    let app = crate::api::router(master.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.map_err(MasterError::Serve)
-}
-
-/// Binds the registry's listener (before the master opens, so a taken port fails early).
-pub async fn bind_registry(config: &MasterConfig) -> Result<tokio::net::TcpListener, MasterError> {
-    let addr = config.registry.listen;
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| MasterError::Bind { addr, source })
-}
-
-/// Serves the registry on its listener; a failure there is logged, the API keeps running.
-pub fn spawn_registry_server(master: &Arc<Master>, listener: tokio::net::TcpListener) {
-    let registry = master.registry.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::registry::run(registry, listener).await {
-            tracing::error!(error = %e, "the registry server failed");
-        }
-    });
 }

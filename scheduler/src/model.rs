@@ -1,7 +1,7 @@
 //! The records the scheduler core keeps, and which the store persists as JSON.
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use plinth_protocol::{
     AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
@@ -228,31 +228,20 @@ impl Event {
     }
 }
 
-/// What changed since the last [`super::Core::take_changes`]: the shell persists these
-/// records (reading them back from the core), then publishes events and wakes agents.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub apps: HashSet<AppId>,
-    pub app_versions: Vec<(AppId, String)>,
-    pub tasks: HashSet<TaskId>,
-    pub agents: HashSet<AgentId>,
-    pub deployments: HashSet<DeploymentId>,
-    pub events: Vec<Event>,
-    /// Agents whose desired state changed (wake their long-polls).
-    pub notify_agents: HashSet<AgentId>,
+/// What the core knows about one group beyond its apps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRecord {
+    /// Absolute paths (apps or groups) every app in this group depends on.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Versions (ISO timestamps) at which the group changed, oldest first.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.apps.is_empty()
-            && self.app_versions.is_empty()
-            && self.tasks.is_empty()
-            && self.agents.is_empty()
-            && self.deployments.is_empty()
-            && self.events.is_empty()
-            && self.notify_agents.is_empty()
-    }
-}
+/// Group records by absolute path.
+pub type GroupRecords = BTreeMap<String, GroupRecord>;
 
 /// Everything the store holds, loaded at start-up.
 #[derive(Debug, Default)]
@@ -262,6 +251,8 @@ pub struct Snapshot {
     pub tasks: Vec<TaskRecord>,
     pub agents: Vec<AgentRecord>,
     pub deployments: Vec<DeploymentRecord>,
+    /// Group records by path.
+    pub groups: Vec<(String, GroupRecord)>,
 }
 
 /// Per waiting app: what the last offers said (`GET /v2/queue`).
@@ -275,4 +266,14 @@ pub struct OfferStats {
     /// last round, and a readable example message.
     pub last_round: BTreeMap<String, (u64, String)>,
     pub last_round_processed: u64,
+}
+
+/// Marathon's `status_update_event` body for a task.
+pub(crate) fn status_event(task: &TaskRecord) -> Value {
+    json!({
+        "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
+        "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
+        "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
+        "version": task.version,
+    })
 }

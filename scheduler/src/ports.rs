@@ -1,0 +1,113 @@
+//! Ports of app definitions: cluster-unique service ports for `port: 0` /
+//! `servicePort: 0`, and the host ports a task asks of an offer.
+use std::collections::HashSet;
+
+use plinth_protocol::marathon::NetworkMode;
+use plinth_protocol::{AppDefinition, AppId};
+
+use crate::error::CoreError;
+use crate::state::Core;
+
+impl Core {
+    /// Service ports used by every app except `except`.
+    pub(crate) fn used_service_ports(&self, except: &AppId) -> HashSet<u16> {
+        self.apps
+            .values()
+            .filter(|a| &a.id != except)
+            .flat_map(|a| service_ports_of(&a.definition))
+            .filter(|p| *p > 0)
+            .collect()
+    }
+
+    /// Gives `port: 0` / `servicePort: 0` a cluster-unique service port, keeping the
+    /// ones the previous definition had at the same index.
+    pub(crate) fn assign_service_ports(
+        &self,
+        def: &mut AppDefinition,
+        previous: Option<&AppDefinition>,
+    ) -> Result<(), CoreError> {
+        let id = AppId::parse(&def.id).map_err(|e| CoreError::InvalidApp(e.to_string()))?;
+        let mut used = self.used_service_ports(&id);
+        let old: Vec<u16> = previous.map(service_ports_of).unwrap_or_default();
+        let (low, high) = self.config.service_ports;
+        let next_free = |index: usize, used: &mut HashSet<u16>| -> Result<u16, CoreError> {
+            if let Some(p) = old.get(index).copied().filter(|p| *p > 0 && !used.contains(p)) {
+                used.insert(p);
+                return Ok(p);
+            }
+            let port = (low..=high).find(|p| !used.contains(p)).ok_or(CoreError::ServicePortsExhausted(low, high))?;
+            used.insert(port);
+            Ok(port)
+        };
+        let uses_mappings =
+            def.network_mode() == NetworkMode::Bridge || def.port_definitions.as_ref().is_none_or(Vec::is_empty);
+        if uses_mappings {
+            if let Some(container) = def.container.as_mut() {
+                let mappings = match container.port_mappings.as_mut() {
+                    Some(m) => Some(m),
+                    None => container.docker.as_mut().and_then(|d| d.port_mappings.as_mut()),
+                };
+                for (i, m) in mappings.into_iter().flatten().enumerate() {
+                    if m.service_port == 0 {
+                        m.service_port = i64::from(next_free(i, &mut used)?);
+                    } else {
+                        used.insert(port_u16(m.service_port, "servicePort")?);
+                    }
+                }
+            }
+        }
+        for (i, d) in def.port_definitions.iter_mut().flatten().enumerate() {
+            if d.port == 0 {
+                d.port = i64::from(next_free(i, &mut used)?);
+            } else {
+                used.insert(port_u16(d.port, "port")?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Host ports a task needs, in order: `Some(port)` fixed, `None` any from the offer.
+/// `None` altogether when a fixed port is out of range.
+pub(crate) fn port_requests(def: &AppDefinition) -> Option<Vec<Option<u16>>> {
+    let count = def.host_port_count();
+    let mut requests = Vec::with_capacity(count);
+    match (def.network_mode(), def.container_port_mappings()) {
+        (NetworkMode::Bridge, Some(_)) => {
+            for m in def.host_port_mappings() {
+                requests.push(m.host_port.filter(|p| *p > 0).map(u16::try_from).transpose().ok()?);
+            }
+        }
+        (NetworkMode::Host, Some(mappings)) if def.port_definitions.as_ref().is_none_or(Vec::is_empty) => {
+            for m in mappings {
+                requests.push(m.host_port.filter(|p| *p > 0).map(u16::try_from).transpose().ok()?);
+            }
+        }
+        _ => {
+            for d in def.port_definitions.iter().flatten() {
+                requests.push((def.require_ports && d.port > 0).then_some(d.port).map(u16::try_from).transpose().ok()?);
+            }
+        }
+    }
+    requests.truncate(count);
+    Some(requests)
+}
+
+/// A port field of a definition entering the core: the API validates ports, so one out of
+/// range makes the app invalid.
+pub(crate) fn port_u16(port: i64, field: &str) -> Result<u16, CoreError> {
+    u16::try_from(port).map_err(|_| CoreError::InvalidApp(format!("{field} {port} is not between 0 and 65535")))
+}
+
+/// Service ports declared by a definition, in port order.
+// why: each port is clamped to 0..=65535 before the cast.
+#[allow(clippy::cast_sign_loss)]
+pub(crate) fn service_ports_of(def: &AppDefinition) -> Vec<u16> {
+    match (def.network_mode(), def.container_port_mappings()) {
+        (NetworkMode::Bridge, Some(m)) => m.iter().map(|p| p.service_port.clamp(0, 65535) as u16).collect(),
+        (_, Some(m)) if def.port_definitions.as_ref().is_none_or(Vec::is_empty) => {
+            m.iter().map(|p| p.service_port.clamp(0, 65535) as u16).collect()
+        }
+        _ => def.port_definitions.iter().flatten().map(|d| d.port.clamp(0, 65535) as u16).collect(),
+    }
+}
