@@ -1,6 +1,8 @@
-//! The agent's shell: feeds the reconciler with what the master wants and what the
-//! runtime sees, carries out its decisions, checkpoints after every change and talks to
-//! the master (register, long-poll sync, acknowledged status updates).
+//! The agent's shell: the node state ([`Node`]) that the loops, the API and the checks
+//! share. It feeds the reconciler with what the master wants and what the runtime sees,
+//! carries out its decisions, checkpoints after every change and talks to the master
+//! (register, long-poll sync, acknowledged status updates). [`crate::start`] builds it
+//! and runs its loops.
 use plinth_protocol::agent::{DesiredState, Registration, StatusBatch, StatusUpdate, SyncRequest, TaskSpec};
 use plinth_protocol::{AgentId, Resources, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
@@ -9,17 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
+use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
 use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
-use crate::logs::LogPolicy;
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
 use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
-use crate::{fsutil, taskenv, AgentConfig, AgentError, IMAGES_DIR};
+use crate::{fsutil, taskenv, AgentError};
 use plinth_protocol::marathon::NetworkMode;
 
 /// Sandboxes live in `work_dir/tasks/TASK_ID`.
@@ -28,74 +29,6 @@ pub const TASKS_DIR: &str = "tasks";
 const OUTBOX_BATCH: usize = 100;
 /// How often unused images are looked for.
 const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(600);
-
-/// Tunables with sensible defaults; tests shorten them.
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    pub logs: LogPolicy,
-    /// How often tasks are polled.
-    pub tick: Duration,
-    /// Longest long-poll wait asked of the master (capped by its heartbeat interval).
-    pub sync_wait: Duration,
-    /// Terminal tasks' sandboxes are kept this long so their logs can still be read.
-    pub sandbox_retention: Duration,
-    /// Image layers unused this long are collected.
-    pub image_max_age: Duration,
-    /// Above this many bytes, the oldest unused images go first.
-    pub image_high_water_bytes: u64,
-    /// At most this many terminal tasks are kept, whatever their age.
-    pub keep_terminal: usize,
-    /// Longest pause between attempts to reach the master.
-    pub max_backoff: Duration,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        AgentOptions {
-            logs: LogPolicy::default(),
-            tick: Duration::from_millis(100),
-            sync_wait: Duration::from_secs(5),
-            sandbox_retention: Duration::from_secs(3600),
-            image_max_age: Duration::from_secs(24 * 3600),
-            image_high_water_bytes: 10 << 30,
-            keep_terminal: 100,
-            max_backoff: Duration::from_secs(5),
-        }
-    }
-}
-
-impl AgentOptions {
-    /// Defaults, with `PLINTH_TASK_LOG_MAX_BYTES`, `PLINTH_TASK_LOG_GENERATIONS` and
-    /// `PLINTH_SANDBOX_RETENTION_SECS` applied when set. An unparsable value is
-    /// ignored with a warning rather than stopping the node.
-    pub fn from_env() -> Self {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            let raw = std::env::var(name).ok()?;
-            let parsed = raw.trim().parse().ok();
-            if parsed.is_none() {
-                warn!(variable = name, value = %raw, "ignoring an unparsable setting");
-            }
-            parsed
-        }
-        let mut options = AgentOptions::default();
-        if let Some(bytes) = var::<u64>("PLINTH_TASK_LOG_MAX_BYTES") {
-            options.logs.max_bytes = bytes.max(1024);
-        }
-        if let Some(generations) = var::<u32>("PLINTH_TASK_LOG_GENERATIONS") {
-            options.logs.generations = generations.min(100);
-        }
-        if let Some(mb) = var::<u64>("PLINTH_IMAGE_HIGH_WATER_MB") {
-            options.image_high_water_bytes = mb.saturating_mul(1 << 20);
-        }
-        if let Some(seconds) = var::<u64>("PLINTH_IMAGE_MAX_AGE_SECS") {
-            options.image_max_age = Duration::from_secs(seconds);
-        }
-        if let Some(seconds) = var::<u64>("PLINTH_SANDBOX_RETENTION_SECS") {
-            options.sandbox_retention = Duration::from_secs(seconds);
-        }
-        options
-    }
-}
 
 pub(crate) struct Node {
     pub config: AgentConfig,
@@ -108,71 +41,31 @@ pub(crate) struct Node {
     outbox_ready: Notify,
 }
 
-/// Background tasks that end with the agent (when `run_with` returns or is dropped).
-struct AbortOnDrop(Vec<JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for handle in &self.0 {
-            handle.abort();
+impl Node {
+    pub fn new(
+        config: AgentConfig,
+        options: AgentOptions,
+        resources: Resources,
+        advertise_ip: IpAddr,
+        runtime: Arc<dyn ContainerRuntime>,
+        state: NodeState,
+        agent_id: Option<AgentId>,
+    ) -> Self {
+        Node {
+            config,
+            options,
+            resources,
+            advertise_ip,
+            runtime,
+            state: Mutex::new(state),
+            agent_id: Mutex::new(agent_id),
+            outbox_ready: Notify::new(),
         }
     }
 }
 
-/// Runs the agent with the given runtime until the process is stopped or the API server
-/// fails. Dropping the future stops the agent but not its tasks.
-pub async fn run_with(
-    config: AgentConfig,
-    runtime: Arc<dyn ContainerRuntime>,
-    options: AgentOptions,
-) -> Result<(), AgentError> {
-    fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
-    let state = NodeState::load(&config.work_dir)?;
-    let agent_id = read_agent_id(&config.work_dir)?;
-    let client = MasterClient::new(&config.master, config.token.clone())?;
-    let resources = config.resources.clone().unwrap_or_else(|| crate::detect_resources(&config.work_dir));
-    let advertise_ip = match config.advertise_ip {
-        Some(ip) => ip,
-        None => client.local_address_towards_master().await,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
-    let node = Arc::new(Node {
-        config,
-        options,
-        resources,
-        advertise_ip,
-        runtime,
-        state: Mutex::new(state),
-        agent_id: Mutex::new(agent_id),
-        outbox_ready: Notify::new(),
-    });
-    info!(
-        node_id = %node.node_id(), runtime = node.runtime.name(), resources = %node.resources,
-        advertise_ip = %node.advertise_ip, "agent starting"
-    );
-    let recovering = node.clone();
-    blocking(move || recovering.recover()).await;
-
-    let api = axum::serve(listener, crate::api::router(node.clone()));
-    let ticker = node.clone();
-    let sender = node.clone();
-    let sender_client = client.clone();
-    let _background = AbortOnDrop(vec![
-        tokio::spawn(async move { ticker.tick_loop().await }),
-        tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
-        tokio::spawn(crate::checks::check_loop(node.clone())),
-        tokio::spawn(node.clone().image_gc_loop()),
-    ]);
-    tokio::select! {
-        result = api => result.map_err(|source| AgentError::Serve { source }),
-        () = node.master_loop(client) => Ok(()),
-    }
-}
-
 /// Runs blocking work (file I/O, process spawning, fsync) off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.expect("agent work panicked")
 }
 
@@ -181,7 +74,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
+/// The agent id the master gave this agent before, if any.
+pub(crate) fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
     let path = work_dir.join(AGENT_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text.trim()).filter(|t| !t.is_empty()).map(AgentId::new)),
@@ -260,7 +154,7 @@ impl Node {
 
     /// Re-attaches to every task in the checkpoint. Nothing is started or killed here:
     /// the next tick sees what became of each task while the agent was away.
-    fn recover(&self) {
+    pub fn recover(&self) {
         let mut state = self.lock();
         let mut adopted = 0;
         for record in state.tasks.values_mut().filter(|r| !r.is_terminal()) {
@@ -602,7 +496,7 @@ impl Node {
 
     /// Register, then long-poll `sync` forever; register again when the master asks or
     /// forgets us. Tasks keep running whatever happens to the master.
-    async fn master_loop(self: &Arc<Self>, client: MasterClient) {
+    pub async fn master_loop(self: &Arc<Self>, client: MasterClient) {
         let mut backoff = Backoff::new(self.options.max_backoff);
         loop {
             let registration = self.registration();
@@ -680,7 +574,7 @@ impl Node {
         }
     }
 
-    async fn tick_loop(self: Arc<Self>) {
+    pub async fn tick_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -692,7 +586,7 @@ impl Node {
 
     /// Collects unused image layers and blobs: those unused for a day, and the oldest
     /// unpinned ones while the store is above its high-water mark.
-    async fn image_gc_loop(self: Arc<Self>) {
+    pub async fn image_gc_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(IMAGE_GC_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -724,7 +618,7 @@ impl Node {
     }
 
     /// Sends queued status updates, oldest first, until the master acknowledges them.
-    async fn outbox_loop(self: Arc<Self>, client: MasterClient) {
+    pub async fn outbox_loop(self: Arc<Self>, client: MasterClient) {
         let mut backoff = Backoff::new(self.options.max_backoff.max(Duration::from_secs(1)));
         loop {
             let pending = {

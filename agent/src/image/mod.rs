@@ -126,7 +126,7 @@ pub struct ImageStoreOptions {
 impl Default for ImageStoreOptions {
     fn default() -> Self {
         ImageStoreOptions {
-            max_layer_bytes: crate::DEFAULT_MAX_LAYER_BYTES,
+            max_layer_bytes: crate::config::DEFAULT_MAX_LAYER_BYTES,
             max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
             connect_timeout: Duration::from_secs(10),
         }
