@@ -17,6 +17,7 @@ pub mod config;
 pub mod container;
 mod error;
 pub mod executor;
+pub mod executor_contract;
 pub mod fetch;
 mod fsutil;
 pub mod health;

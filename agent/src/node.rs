@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
-use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
+use crate::executor_contract::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
 use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};

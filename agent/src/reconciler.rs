@@ -16,7 +16,8 @@ use plinth_protocol::{TaskId, TaskState, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::runtime::{Observation, Termination};
+use crate::executor_contract::Termination;
+use crate::runtime::Observation;
 use crate::state::TaskRecord;
 
 /// Time past the grace period after which the agent stops trusting the executor to

@@ -18,17 +18,16 @@ pub mod run;
 pub mod spec;
 
 use oci_spec::image::ImageConfiguration;
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::DisplayChain;
-use crate::executor::{ContainerNetwork, ContainerTask, ExecutorSpec, MappedPort};
+use crate::executor_contract::{
+    ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
+};
 use crate::{fsutil, image};
 
-/// `SANDBOX/container.json`: what the agent shows in `task inspect` and `ipAddresses`.
-pub const RECORD_FILE: &str = "container.json";
 /// The OCI bundle (`config.json`) in the sandbox.
 pub const BUNDLE_DIR: &str = "bundle";
 /// Generated `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
@@ -64,41 +63,6 @@ pub enum ContainerError {
     Port { port: u16, protocol: String, reason: String },
     #[error("the executor spec has no task (app definition)")]
     NoApp,
-}
-
-/// A port as `container.json` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortRecord {
-    pub container_port: u16,
-    pub host_port: u16,
-    pub protocol: String,
-}
-
-/// `SANDBOX/container.json`, written once the container runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub pid: i32,
-    pub ip: Option<Ipv4Addr>,
-    /// `host`, `bridge` or `none`.
-    pub network: String,
-    pub image: String,
-    pub image_digest: Option<String>,
-    pub rootfs: PathBuf,
-    /// The cgroup path (relative to the hierarchy roots), e.g. `/plinth/<task>`.
-    pub cgroup: String,
-    pub netns: Option<PathBuf>,
-    pub ports: Vec<PortRecord>,
-}
-
-/// A root filesystem prepared outside the image store (tests, benchmarks): used as is
-/// instead of pulling. The agent never sets it from an app definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalImage {
-    pub rootfs: PathBuf,
-    /// The image configuration (OCI `config.json` of the image).
-    pub config: PathBuf,
 }
 
 /// The image a container runs.
@@ -316,9 +280,9 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         netns: attached.map(|a| a.netns),
         ports,
     };
-    fsutil::write_json_atomic(&spec.sandbox.join(RECORD_FILE), &record).map_err(|e| ContainerError::Io {
+    fsutil::write_json_atomic(&spec.sandbox.join(CONTAINER_FILE), &record).map_err(|e| ContainerError::Io {
         what: "writing",
-        path: spec.sandbox.join(RECORD_FILE),
+        path: spec.sandbox.join(CONTAINER_FILE),
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(Running { pid, record, session })
@@ -386,7 +350,7 @@ fn write_etc_files(
 /// whatever still runs in it), host-side network pieces, the address lease and the
 /// image mount. Safe to call for any sandbox, also twice, also for a command task.
 pub fn cleanup_leftovers(sandbox: &Path) {
-    let spec: Option<ExecutorSpec> = fsutil::read_json(&sandbox.join(crate::executor::SPEC_FILE)).ok().flatten();
+    let spec: Option<ExecutorSpec> = fsutil::read_json(&sandbox.join(SPEC_FILE)).ok().flatten();
     let Some(spec) = spec else { return };
     let Some(task) = &spec.container else { return };
     let mut session = Session {

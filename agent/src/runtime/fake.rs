@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle, Termination};
+use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle};
+use crate::executor_contract::Termination;
 use crate::AgentError;
 
 const SIGKILL: i32 = 9;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
+use crate::executor_contract::{ContainerTask, Termination};
 use crate::logs::LogPolicy;
 use crate::AgentError;
 
@@ -33,8 +34,8 @@ pub struct LaunchRequest {
     pub logs: LogPolicy,
     /// The agent's artifact cache for `fetch` URIs with `cache: true`.
     pub fetch_cache: Option<PathBuf>,
-    /// Set for Docker tasks (see [`crate::executor::ContainerTask`]).
-    pub container: Option<crate::executor::ContainerTask>,
+    /// Set for Docker tasks.
+    pub container: Option<ContainerTask>,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.
@@ -58,27 +59,6 @@ impl RuntimeHandle {
     pub fn unresolved(task_id: TaskId, sandbox: PathBuf) -> Self {
         RuntimeHandle { task_id, sandbox, pid: None, pid_start_time: None, cgroup: None }
     }
-}
-
-/// How a task ended, as the runtime saw it (the executor's `exit.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Termination {
-    /// Exit status when the task exited by itself.
-    pub code: Option<i32>,
-    /// Signal number when a signal ended it.
-    pub signal: Option<i32>,
-    /// The memory limit's OOM killer struck.
-    pub oom: bool,
-    /// The task was killed on request.
-    #[serde(default)]
-    pub killed: bool,
-    /// Set when the task could not even be started.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Staging its artifacts failed (`error` says which and why); the command never ran.
-    #[serde(default)]
-    pub fetch_failed: bool,
-    pub finished_at: String,
 }
 
 /// One look at a task.
