@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::AgentError;
+use crate::error::AgentError;
 
 /// Parent of every task cgroup, so an operator sees Plinth's tasks in one place.
 pub const PARENT: &str = "plinth";

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{self, DisplayChain};
 use crate::container;
+use crate::error::AgentError;
 use crate::executor_contract::{
     ExecutorRecord, ExecutorSpec, RunningRecord, Termination, EXECUTOR_FILE, EXECUTOR_LOG, EXIT_FILE, RUNNING_FILE,
     SPEC_FILE,
@@ -33,7 +34,6 @@ use crate::executor_contract::{
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
-use crate::AgentError;
 
 /// How often logs are checked for rotation while nothing else happens.
 const TICK: Duration = Duration::from_secs(1);

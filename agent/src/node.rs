@@ -16,11 +16,12 @@ use tracing::{debug, error, info, warn};
 use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
+use crate::error::AgentError;
 use crate::executor_contract::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
 use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
-use crate::{fsutil, taskenv, AgentError};
+use crate::{fsutil, taskenv};
 use plinth_protocol::marathon::NetworkMode;
 
 /// Sandboxes live in `work_dir/tasks/TASK_ID`.

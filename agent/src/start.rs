@@ -8,11 +8,12 @@ use tracing::info;
 
 use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions};
+use crate::error::AgentError;
 use crate::node::{self, blocking, Node, TASKS_DIR};
 use crate::resources::detect_resources;
 use crate::runtime::{self, ContainerRuntime};
 use crate::state::NodeState;
-use crate::{api, checks, fsutil, AgentError};
+use crate::{api, checks, fsutil};
 
 /// Runs the agent with command tasks (each under `plinth executor`) until the process
 /// is stopped. Tunables come from the environment (see [`AgentOptions::from_env`]).

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle};
+use crate::error::AgentError;
 use crate::executor_contract::Termination;
-use crate::AgentError;
 
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;

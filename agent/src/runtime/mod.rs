@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
+use crate::error::AgentError;
 use crate::executor_contract::{ContainerTask, Termination};
 use crate::logs::LogPolicy;
-use crate::AgentError;
 
 mod fake;
 mod process;

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle};
 use crate::cgroup::{self, TaskCgroup};
+use crate::error::AgentError;
 use crate::executor_contract::{self as contract, ExecutorRecord, ExecutorSpec, RunningRecord, Termination};
 use crate::fsutil::{self, proc_stat, process_alive};
 use crate::taskenv::TaskCommand;
-use crate::AgentError;
 
 /// How to start an executor: `program args… --spec SANDBOX/task.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
