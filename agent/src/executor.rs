@@ -1,12 +1,14 @@
 //! The per-task supervisor (`plinth executor --spec SANDBOX/task.json`), as a Mesos
 //! executor: a small synchronous process in its own session that starts the task, waits
-//! for it and records how it ended in `exit.json` (a [`Termination`]). Because it outlives the agent, a
-//! restarted agent finds its tasks running and never loses an exit code.
+//! for it and records how it ended in `exit.json` (a [`Termination`]). Because it
+//! outlives the agent, a restarted agent finds its tasks running and never loses an exit
+//! code. A Docker task runs as a container ([`crate::container`]) started by the executor.
 //!
 //! Before the task starts, the executor stages the app's `fetch` artifacts into the sandbox
 //! ([`crate::fetch`]); a failure is recorded in `exit.json` like any start failure.
 //!
-//! Files in the sandbox: `task.json` (this spec, written by the agent), `executor.json`
+//! Files in the sandbox ([`crate::executor_contract`]): `task.json` (the
+//! [`ExecutorSpec`], written by the agent), `executor.json`
 //! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
 //! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
 //!

@@ -1,13 +1,20 @@
-//! The agent: registers with the master, reconciles its desired task set against running
-//! tasks, runs them through a ContainerRuntime, serves logs.
+//! The agent: registers with the master, reconciles its desired task set against the
+//! tasks it runs, runs each under its own executor process (a Docker task as a container
+//! inside it), serves their state and logs.
 //!
-//! Layout: [`reconciler`] is the pure core (desired vs observed → actions); `node`
-//! is the shell that feeds it (master protocol, checkpoint, runtime calls); [`runtime`]
-//! holds the `ContainerRuntime` trait with the process and fake runtimes; [`executor`]
-//! is the per-task supervisor process; `api` is the HTTP API on `:5051`. [`health`] is
-//! the pure health/readiness check state machine, `checks` the loop that probes tasks;
-//! [`fetch`] stages artifacts into sandboxes (in the executor), [`archive`] extracts them.
-//! `start` is the start-up ([`run`], [`run_with`]), [`config`] what it is configured with.
+//! Layout:
+//! - start-up and configuration: `start` ([`run`], [`run_with`]: builds the node, spawns
+//!   the loops, serves the API) and [`config`];
+//! - the shell: `node` (the node state that the loops, the API and the checks share; it
+//!   talks to the master through `client` and checkpoints into [`state`]), `api` (the HTTP
+//!   API on `:5051`), `checks` (the loop that probes tasks);
+//! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
+//!   health and readiness check state machine);
+//! - running tasks: [`runtime`] (the `TaskRuntime` trait with the process and fake
+//!   runtimes), [`executor_contract`] (the sandbox files agent and executor exchange),
+//!   [`executor`] (the per-task supervisor process), [`container`] (Docker tasks as youki
+//!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
+//!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`].
 mod api;
 pub mod archive;
 pub mod cgroup;

@@ -19,7 +19,7 @@ use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
 use crate::error::AgentError;
 use crate::executor_contract::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
-use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
+use crate::runtime::{LaunchRequest, RuntimeHandle, TaskRuntime};
 use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
 use crate::{fsutil, taskenv};
 use plinth_protocol::marathon::NetworkMode;
@@ -36,7 +36,7 @@ pub(crate) struct Node {
     pub options: AgentOptions,
     pub resources: Resources,
     pub advertise_ip: IpAddr,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn TaskRuntime>,
     state: Mutex<NodeState>,
     agent_id: Mutex<Option<AgentId>>,
     outbox_ready: Notify,
@@ -48,7 +48,7 @@ impl Node {
         options: AgentOptions,
         resources: Resources,
         advertise_ip: IpAddr,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtime: Arc<dyn TaskRuntime>,
         state: NodeState,
         agent_id: Option<AgentId>,
     ) -> Self {

@@ -1,6 +1,6 @@
 //! The agent's pure core: desired state and observed tasks in, decisions out. No
 //! clocks, files or processes here; time comes in as `now`. The shell (`node.rs`)
-//! carries the decisions out through a [`crate::runtime::ContainerRuntime`].
+//! carries the decisions out through a [`crate::runtime::TaskRuntime`].
 //!
 //! Rules:
 //! - A desired state with a generation at or below the applied one is ignored.

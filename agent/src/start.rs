@@ -11,7 +11,7 @@ use crate::config::{AgentConfig, AgentOptions};
 use crate::error::AgentError;
 use crate::node::{self, blocking, Node, TASKS_DIR};
 use crate::resources::detect_resources;
-use crate::runtime::{self, ContainerRuntime};
+use crate::runtime::{self, TaskRuntime};
 use crate::state::NodeState;
 use crate::{api, checks, fsutil};
 
@@ -28,7 +28,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 /// fails. Dropping the future stops the agent but not its tasks.
 pub async fn run_with(
     config: AgentConfig,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn TaskRuntime>,
     options: AgentOptions,
 ) -> Result<(), AgentError> {
     fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;

@@ -1,10 +1,11 @@
-//! How tasks are run, behind one trait: [`ProcessRuntime`] runs command tasks through a
-//! per-task executor process, [`FakeRuntime`] is an in-memory state machine with failure
-//! injection for fast tests and the master's simulator. The container runtime
-//! (libcontainer) comes in behind the same trait.
+//! How the agent starts and supervises task processes, behind one trait, [`TaskRuntime`]:
+//! [`ProcessRuntime`] runs every task (command or Docker) under its own executor process
+//! (`plinth executor`, which runs a Docker task's container itself, see
+//! [`crate::container`]); [`FakeRuntime`] is an in-memory state machine with failure
+//! injection for fast tests.
 //!
 //! Every method returns promptly: slow work (an image pull, say) belongs in the
-//! background and shows up through [`ContainerRuntime::poll`]. That keeps the trait
+//! background and shows up through [`TaskRuntime::poll`]. That keeps the trait
 //! object-safe and lets the agent drive any number of tasks from one loop.
 use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::TaskId;
@@ -76,8 +77,10 @@ pub enum Observation {
     },
 }
 
-pub trait ContainerRuntime: Send + Sync {
-    /// Short name for logs and errors (`process`, `fake`, `container`).
+/// Starts, watches, stops and re-adopts the agent's tasks; the agent's shell
+/// (`node.rs`) is its only caller.
+pub trait TaskRuntime: Send + Sync {
+    /// Short name for logs and errors (`process`, `fake`).
     fn name(&self) -> &'static str;
     /// Starts a task and returns what must be checkpointed to find it again.
     fn launch(&self, request: &LaunchRequest) -> Result<RuntimeHandle, AgentError>;

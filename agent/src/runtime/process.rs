@@ -1,6 +1,7 @@
-//! Command tasks, each under its own executor process (see [`crate::executor`]). The
-//! runtime keeps no state of its own: everything it needs is in the handle and in the
-//! sandbox files the executor writes, which is what makes re-adoption trivial.
+//! The [`TaskRuntime`] of real tasks: every task, a command or a Docker container, runs
+//! under its own executor process (see [`crate::executor`]). The runtime keeps no state
+//! of its own: everything it needs is in the handle and in the sandbox files the executor
+//! writes ([`crate::executor_contract`]), which is what makes re-adoption trivial.
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle};
+use super::{LaunchRequest, Observation, RuntimeHandle, TaskRuntime};
 use crate::cgroup::{self, TaskCgroup};
 use crate::error::AgentError;
 use crate::executor_contract::{self as contract, ExecutorRecord, ExecutorSpec, RunningRecord, Termination};
@@ -40,6 +41,7 @@ impl ExecutorCommand {
     }
 }
 
+/// Runs each task under its own `plinth executor` process.
 pub struct ProcessRuntime {
     executor: ExecutorCommand,
 }
@@ -117,7 +119,7 @@ impl ProcessRuntime {
     }
 }
 
-impl ContainerRuntime for ProcessRuntime {
+impl TaskRuntime for ProcessRuntime {
     fn name(&self) -> &'static str {
         "process"
     }
