@@ -15,6 +15,9 @@
 //!   [`executor`] (the per-task supervisor process), [`container`] (Docker tasks as youki
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`].
+//!
+//! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
+//! with the `testing` feature, which the product binary does not enable.
 mod api;
 pub mod archive;
 pub mod cgroup;
@@ -38,6 +41,7 @@ pub mod runtime;
 mod start;
 pub mod state;
 pub mod taskenv;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::{

@@ -1,8 +1,8 @@
 //! How the agent starts and supervises task processes, behind one trait, [`TaskRuntime`]:
 //! [`ProcessRuntime`] runs every task (command or Docker) under its own executor process
 //! (`plinth executor`, which runs a Docker task's container itself, see
-//! [`crate::container`]); [`FakeRuntime`] is an in-memory state machine with failure
-//! injection for fast tests.
+//! [`crate::container`]); `FakeRuntime` (tests and the `testing` feature only) is an
+//! in-memory state machine with failure injection for fast tests.
 //!
 //! Every method returns promptly: slow work (an image pull, say) belongs in the
 //! background and shows up through [`TaskRuntime::poll`]. That keeps the trait
@@ -18,9 +18,11 @@ use crate::error::AgentError;
 use crate::executor_contract::{ContainerTask, Termination};
 use crate::logs::LogPolicy;
 
+#[cfg(any(test, feature = "testing"))]
 mod fake;
 mod process;
 
+#[cfg(any(test, feature = "testing"))]
 pub use fake::FakeRuntime;
 pub use process::{ExecutorCommand, ProcessRuntime};
 
