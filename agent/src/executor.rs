@@ -17,7 +17,7 @@
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use plinth_protocol::Timestamp;
+use plinth_protocol::{error_chain, Timestamp};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{self, DisplayChain};
+use crate::cgroup;
 use crate::container;
 use crate::error::AgentError;
 use crate::executor_contract::{
@@ -46,7 +46,7 @@ pub fn run(spec_path: &Path) -> i32 {
     match supervise(spec_path) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("plinth executor: {}", DisplayChain(&err));
+            eprintln!("plinth executor: {}", error_chain(&err));
             1
         }
     }
@@ -75,13 +75,13 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     )?;
 
     if let Err((uri, err)) = fetch::fetch_all(&spec.fetch, &sandbox, &fetch_options(&spec), &termination_pending) {
-        eprintln!("plinth executor: fetch of {uri} failed: {}", DisplayChain(&err));
+        eprintln!("plinth executor: fetch of {uri} failed: {}", error_chain(&err));
         let record = Termination {
             code: None,
             signal: None,
             oom: false,
             killed: matches!(err, fetch::FetchError::Killed),
-            error: Some(format!("{}{uri} failed: {}", fetch::FETCH_FAILED_PREFIX, DisplayChain(&err))),
+            error: Some(format!("{}{uri} failed: {}", fetch::FETCH_FAILED_PREFIX, error_chain(&err))),
             fetch_failed: true,
             finished_at: Timestamp::now().to_iso(),
         };
@@ -93,9 +93,10 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     let pid = if let Some(task) = &spec.container {
         let started = open_log(&sandbox, Stream::Stdout)
             .and_then(|out| Ok((out, open_log(&sandbox, Stream::Stderr)?)))
-            .map_err(|err| format!("{}", DisplayChain(&err)))
+            .map_err(|err| error_chain(&err).to_string())
             .and_then(|(out, err)| {
-                container::start(&spec, task, out, err).map_err(|e| format!("starting the container failed: {e}"))
+                container::start(&spec, task, out, err)
+                    .map_err(|e| format!("starting the container failed: {}", error_chain(&e)))
             });
         match started {
             Ok(running) => {
@@ -111,7 +112,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     } else {
         let child = match spawn_task(&spec) {
             Ok(child) => child,
-            Err(err) => return write_start_failure(&sandbox, format!("{}", DisplayChain(&err))),
+            Err(err) => return write_start_failure(&sandbox, error_chain(&err).to_string()),
         };
         // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
         #[allow(clippy::cast_possible_wrap)]

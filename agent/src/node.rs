@@ -4,7 +4,7 @@
 //! (register, long-poll sync, acknowledged status updates). [`crate::start`] builds it
 //! and runs its loops.
 use plinth_protocol::agent::{DesiredState, Registration, StatusBatch, StatusUpdate, SyncRequest, TaskSpec};
-use plinth_protocol::{AgentId, Resources, TaskId, TaskState, Timestamp};
+use plinth_protocol::{error_chain, AgentId, Resources, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::cgroup::DisplayChain;
 use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
 use crate::error::AgentError;
@@ -141,7 +140,7 @@ impl Node {
         debug!(node_id = %self.node_id(), task_id = %record.spec.task_id, "removing the sandbox of a finished task");
         if let Err(err) = std::fs::remove_dir_all(&record.sandbox) {
             if err.kind() != std::io::ErrorKind::NotFound {
-                warn!(task_id = %record.spec.task_id, error = %err, "cannot remove sandbox {}", record.sandbox.display());
+                warn!(task_id = %record.spec.task_id, error = %error_chain(&err), "cannot remove sandbox {}", record.sandbox.display());
             }
         }
     }
@@ -149,7 +148,7 @@ impl Node {
     fn save(&self, state: &NodeState) {
         if let Err(err) = state.save(&self.config.work_dir) {
             // The agent keeps running; the next change retries the write.
-            error!(node_id = %self.node_id(), error = %DisplayChain(&err), "cannot write the checkpoint");
+            error!(node_id = %self.node_id(), error = %error_chain(&err), "cannot write the checkpoint");
         }
     }
 
@@ -252,7 +251,7 @@ impl Node {
                 );
                 if let Some(handle) = &record.handle {
                     if let Err(err) = self.runtime.kill(handle, grace) {
-                        warn!(task_id = %task_id, error = %DisplayChain(&err), "kill failed; it will be forced after the grace period");
+                        warn!(task_id = %task_id, error = %error_chain(&err), "kill failed; it will be forced after the grace period");
                     }
                 }
             }
@@ -262,7 +261,7 @@ impl Node {
                 warn!(node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id, "task outlived its kill grace period; forcing it");
                 if let Some(handle) = &record.handle {
                     if let Err(err) = self.runtime.force_kill(handle) {
-                        error!(task_id = %task_id, error = %DisplayChain(&err), "cannot force-kill task");
+                        error!(task_id = %task_id, error = %error_chain(&err), "cannot force-kill task");
                     }
                 }
             }
@@ -322,7 +321,7 @@ impl Node {
                 );
             }
             Err(err) => {
-                let message = format!("{}", DisplayChain(&err));
+                let message = error_chain(&err).to_string();
                 warn!(node_id = %self.node_id(), task_id = %task_id, error = %message, "launch failed");
                 self.transition(
                     state,
@@ -399,7 +398,7 @@ impl Node {
             record.finished_at = Some(now);
             if let Some(handle) = &record.handle {
                 if let Err(err) = self.runtime.cleanup(handle) {
-                    warn!(task_id = %task_id, error = %DisplayChain(&err), "cannot clean up after task");
+                    warn!(task_id = %task_id, error = %error_chain(&err), "cannot clean up after task");
                 }
             }
         }
@@ -489,7 +488,7 @@ impl Node {
         let path = self.config.work_dir.join(AGENT_ID_FILE);
         if self.agent_id().as_ref() != Some(agent_id) {
             if let Err(err) = fsutil::write_atomic(&path, agent_id.as_str().as_bytes()) {
-                error!(node_id = %agent_id, error = %DisplayChain(&err), "cannot persist the agent id");
+                error!(node_id = %agent_id, error = %error_chain(&err), "cannot persist the agent id");
             }
         }
         *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id.clone());
@@ -505,7 +504,7 @@ impl Node {
                 Ok(registered) => registered,
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), retry_ms = millis(delay), "cannot register with the master");
+                    warn!(node_id = %self.node_id(), error = %error_chain(&err), retry_ms = millis(delay), "cannot register with the master");
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -568,7 +567,7 @@ impl Node {
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
+                    warn!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -612,7 +611,7 @@ impl Node {
                 ),
                 Ok(_) => {}
                 Err(err) => {
-                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), "image garbage collection failed")
+                    warn!(node_id = %self.node_id(), error = %error_chain(&err), "image garbage collection failed")
                 }
             }
         }
@@ -650,7 +649,7 @@ impl Node {
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    debug!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "cannot send status updates");
+                    debug!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "cannot send status updates");
                     tokio::time::sleep(delay).await;
                 }
             }

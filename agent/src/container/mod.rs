@@ -18,11 +18,11 @@ pub mod run;
 pub mod spec;
 
 use oci_spec::image::ImageConfiguration;
+use plinth_protocol::error_chain;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::DisplayChain;
 use crate::executor_contract::{
     ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
 };
@@ -51,7 +51,7 @@ pub enum ContainerError {
     Spec(String),
     #[error("{step}: {message}")]
     Runtime { step: &'static str, message: String },
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}", path.display())]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("container subnet {subnet}: {reason}")]
     Subnet { subnet: String, reason: String },
@@ -87,7 +87,7 @@ fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedIm
             .map_err(|e| ContainerError::Image(format!("cannot read {}: {e}", local.config.display())))?;
         return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None });
     }
-    let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, DisplayChain(e)));
+    let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, error_chain(e)));
     let reference = plinth_oci::ImageRef::parse(&task.image).map_err(|e| image_err(&e))?;
     let store = open_store(task).map_err(|e| image_err(&e))?;
     let source = image::RegistrySource::master(&task.registry, &reference);
@@ -106,12 +106,12 @@ fn open_store(task: &ContainerTask) -> Result<image::ImageStore, image::ImageErr
 /// and pins are fine.
 fn release_image(sandbox: &Path, task_id: &str, task: &ContainerTask) {
     if let Err(err) = image::unmount_rootfs(&image_task_dir(sandbox)) {
-        tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unmount the container's rootfs");
+        tracing::warn!(task_id, err = %error_chain(&err), "cannot unmount the container's rootfs");
     }
     let _ = std::fs::remove_dir(image_task_dir(sandbox));
     match open_store(task).and_then(|store| store.unpin(task_id)) {
         Ok(()) => {}
-        Err(err) => tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unpin the container's image"),
+        Err(err) => tracing::warn!(task_id, err = %error_chain(&err), "cannot unpin the container's image"),
     }
 }
 
@@ -157,7 +157,7 @@ impl Session {
         }
         self.done = true;
         if let Err(err) = run::delete(&self.id, &self.state_root) {
-            tracing::warn!(id = %self.id, %err, "cannot delete the container");
+            tracing::warn!(id = %self.id, err = %error_chain(&err), "cannot delete the container");
         }
         if let Some(mut proxies) = self.proxies.take() {
             proxies.stop();
@@ -283,7 +283,7 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     fsutil::write_json_atomic(&spec.sandbox.join(CONTAINER_FILE), &record).map_err(|e| ContainerError::Io {
         what: "writing",
         path: spec.sandbox.join(CONTAINER_FILE),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(error_chain(&e).to_string()),
     })?;
     Ok(Running { pid, record, session })
 }
