@@ -6,8 +6,9 @@
 //! - start-up and configuration: `start` ([`run`], [`run_with`]: builds the node, spawns
 //!   the loops, serves the API) and [`config`];
 //! - the shell: `node` (the node state that the loops, the API and the checks share; it
-//!   talks to the master through `client` and checkpoints into [`state`]), `api` (the HTTP
-//!   API on `:5051`), `checks` (the loop that probes tasks);
+//!   carries out the reconciler's decisions and checkpoints into [`state`]),
+//!   `master_link` (register, sync and the status outbox, through `client`), `api` (the
+//!   HTTP API on `:5051`), `checks` (the loop that probes tasks);
 //! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
 //!   health and readiness check state machine);
 //! - running tasks: [`runtime`] (the `TaskRuntime` trait with the process and fake
@@ -34,6 +35,7 @@ pub mod health;
 pub mod image;
 pub mod inspect;
 pub mod logs;
+mod master_link;
 mod node;
 pub mod reconciler;
 mod resources;

@@ -1,32 +1,28 @@
 //! The agent's shell: the node state ([`Node`]) that the loops, the API and the checks
-//! share. It feeds the reconciler with what the master wants and what the runtime sees,
-//! carries out its decisions, checkpoints after every change and talks to the master
-//! (register, long-poll sync, acknowledged status updates). [`crate::start`] builds it
-//! and runs its loops.
-use plinth_protocol::agent::{DesiredState, Registration, StatusBatch, StatusUpdate, SyncRequest, TaskSpec};
+//! share. It feeds the reconciler with what the master wants (handed in by
+//! [`crate::master_link`]) and what the runtime sees, carries out its decisions,
+//! checkpoints after every change and queues status updates for the master.
+//! [`crate::start`] builds it and runs its loops.
+use plinth_protocol::agent::{DesiredState, StatusUpdate, TaskSpec};
 use plinth_protocol::{error_chain, AgentId, Resources, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
-use crate::error::AgentError;
 use crate::executor_contract::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
 use crate::runtime::{LaunchRequest, RuntimeHandle, TaskRuntime};
-use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
-use crate::{fsutil, taskenv};
+use crate::state::{NodeState, TaskRecord};
+use crate::taskenv;
 use plinth_protocol::marathon::NetworkMode;
 
 /// Sandboxes live in `work_dir/tasks/TASK_ID`.
 pub const TASKS_DIR: &str = "tasks";
-/// Status updates sent per request.
-const OUTBOX_BATCH: usize = 100;
 /// How often unused images are looked for.
 const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -70,40 +66,8 @@ pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send 
 }
 
 /// Whole milliseconds of `d` (saturating: no `Duration` here comes near u64::MAX ms).
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The agent id the master gave this agent before, if any.
-pub(crate) fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
-    let path = work_dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text.trim()).filter(|t| !t.is_empty()).map(AgentId::new)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(AgentError::ReadFile { path, source }),
-    }
-}
-
-/// Exponential backoff between attempts to reach the master.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-
-    fn new(max: Duration) -> Self {
-        Backoff { next: Self::FIRST, max }
-    }
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
 }
 
 impl Node {
@@ -115,6 +79,21 @@ impl Node {
 
     pub fn agent_id(&self) -> Option<AgentId> {
         self.agent_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The id the master gave this agent (see [`crate::master_link`]).
+    pub fn set_agent_id(&self, agent_id: AgentId) {
+        *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id);
+    }
+
+    /// Wakes the status outbox: there is something to send, or someone to send it to.
+    pub fn wake_outbox(&self) {
+        self.outbox_ready.notify_one();
+    }
+
+    /// Returns once the outbox is woken (see [`Node::wake_outbox`]).
+    pub async fn outbox_woken(&self) {
+        self.outbox_ready.notified().await;
     }
 
     /// The agent id once known, else the hostname: what logs call this node.
@@ -145,7 +124,7 @@ impl Node {
         }
     }
 
-    fn save(&self, state: &NodeState) {
+    pub fn save(&self, state: &NodeState) {
         if let Err(err) = state.save(&self.config.work_dir) {
             // The agent keeps running; the next change retries the write.
             error!(node_id = %self.node_id(), error = %error_chain(&err), "cannot write the checkpoint");
@@ -193,7 +172,7 @@ impl Node {
                     self.execute(&mut state, action, now);
                 }
                 self.save(&state);
-                self.outbox_ready.notify_one();
+                self.wake_outbox();
             }
         }
     }
@@ -235,7 +214,7 @@ impl Node {
         }
         if changed {
             self.save(&state);
-            self.outbox_ready.notify_one();
+            self.wake_outbox();
         }
     }
 
@@ -466,112 +445,7 @@ impl Node {
         };
         state.outbox.push(update);
         self.save(&state);
-        self.outbox_ready.notify_one();
-    }
-
-    fn registration(&self) -> Registration {
-        let state = self.lock();
-        Registration {
-            agent_id: self.agent_id(),
-            hostname: self.config.hostname.clone(),
-            advertise_ip: self.advertise_ip.to_string(),
-            http_port: self.config.listen.port(),
-            resources: self.resources.clone(),
-            attributes: self.config.attributes.clone(),
-            last_generation: state.applied_generation,
-            tasks: state.live_reports(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-
-    fn remember_agent_id(&self, agent_id: &AgentId) {
-        let path = self.config.work_dir.join(AGENT_ID_FILE);
-        if self.agent_id().as_ref() != Some(agent_id) {
-            if let Err(err) = fsutil::write_atomic(&path, agent_id.as_str().as_bytes()) {
-                error!(node_id = %agent_id, error = %error_chain(&err), "cannot persist the agent id");
-            }
-        }
-        *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id.clone());
-    }
-
-    /// Register, then long-poll `sync` forever; register again when the master asks or
-    /// forgets us. Tasks keep running whatever happens to the master.
-    pub async fn master_loop(self: &Arc<Self>, client: MasterClient) {
-        let mut backoff = Backoff::new(self.options.max_backoff);
-        loop {
-            let registration = self.registration();
-            let registered = match client.register(&registration).await {
-                Ok(registered) => registered,
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %self.node_id(), error = %error_chain(&err), retry_ms = millis(delay), "cannot register with the master");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            };
-            backoff.reset();
-            self.remember_agent_id(&registered.agent_id);
-            self.outbox_ready.notify_one();
-            info!(
-                node_id = %registered.agent_id, tasks = registration.tasks.len(),
-                generation = registration.last_generation, "registered with the master"
-            );
-            let heartbeat = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
-            self.sync_loop(&client, &registered.agent_id, heartbeat, &mut backoff).await;
-        }
-    }
-
-    /// Returns when the agent must register again.
-    async fn sync_loop(
-        self: &Arc<Self>,
-        client: &MasterClient,
-        agent_id: &AgentId,
-        heartbeat: Duration,
-        backoff: &mut Backoff,
-    ) {
-        let wait = self.options.sync_wait.min(heartbeat);
-        // A master that answers at once must not be hammered: at most one sync per this.
-        let min_interval = heartbeat.min(Duration::from_secs(1));
-        loop {
-            let request = {
-                let state = self.lock();
-                SyncRequest {
-                    agent_id: agent_id.clone(),
-                    generation: state.applied_generation,
-                    tasks: state.live_reports(),
-                    wait_ms: millis(wait),
-                }
-            };
-            let started = Instant::now();
-            match client.sync(&request).await {
-                Ok(response) if response.reregister => {
-                    info!(node_id = %agent_id, "the master asks this agent to register again");
-                    return;
-                }
-                Ok(response) => {
-                    backoff.reset();
-                    match response.desired {
-                        Some(desired) => {
-                            let node = self.clone();
-                            blocking(move || node.apply(desired, Timestamp::now())).await;
-                        }
-                        None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
-                    }
-                }
-                Err(AgentError::MasterStatus { status, .. })
-                    if (400..500).contains(&status) && status != 408 && status != 429 =>
-                {
-                    warn!(node_id = %agent_id, status, "the master rejected sync; registering again");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    return;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        self.wake_outbox();
     }
 
     pub async fn tick_loop(self: Arc<Self>) {
@@ -612,45 +486,6 @@ impl Node {
                 Ok(_) => {}
                 Err(err) => {
                     warn!(node_id = %self.node_id(), error = %error_chain(&err), "image garbage collection failed")
-                }
-            }
-        }
-    }
-
-    /// Sends queued status updates, oldest first, until the master acknowledges them.
-    pub async fn outbox_loop(self: Arc<Self>, client: MasterClient) {
-        let mut backoff = Backoff::new(self.options.max_backoff.max(Duration::from_secs(1)));
-        loop {
-            let pending = {
-                let state = self.lock();
-                state.outbox.iter().take(OUTBOX_BATCH).cloned().collect::<Vec<_>>()
-            };
-            let Some(agent_id) = self.agent_id().filter(|_| !pending.is_empty()) else {
-                // Woken by new updates or registration; the timeout is a safety net.
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox_ready.notified()).await;
-                continue;
-            };
-            let batch = StatusBatch { agent_id: agent_id.clone(), updates: pending };
-            match client.status(&batch).await {
-                Ok(ack) if !ack.acknowledged.is_empty() => {
-                    backoff.reset();
-                    let node = self.clone();
-                    blocking(move || {
-                        let mut state = node.lock();
-                        state.outbox.retain(|u| !ack.acknowledged.contains(&u.update_id));
-                        node.save(&state);
-                    })
-                    .await;
-                }
-                Ok(_) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, retry_ms = millis(delay), "the master acknowledged no status update");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    debug!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "cannot send status updates");
-                    tokio::time::sleep(delay).await;
                 }
             }
         }

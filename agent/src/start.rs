@@ -9,7 +9,8 @@ use tracing::info;
 use crate::client::MasterClient;
 use crate::config::{AgentConfig, AgentOptions};
 use crate::error::AgentError;
-use crate::node::{self, blocking, Node, TASKS_DIR};
+use crate::master_link::{self, read_agent_id};
+use crate::node::{blocking, Node, TASKS_DIR};
 use crate::resources::detect_resources;
 use crate::runtime::{self, TaskRuntime};
 use crate::state::NodeState;
@@ -33,7 +34,7 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
     let state = NodeState::load(&config.work_dir)?;
-    let agent_id = node::read_agent_id(&config.work_dir)?;
+    let agent_id = read_agent_id(&config.work_dir)?;
     let client = MasterClient::new(&config.master, config.token.clone())?;
     let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
     let advertise_ip = match config.advertise_ip {
@@ -54,17 +55,15 @@ pub async fn run_with(
 
     let api = axum::serve(listener, api::router(node.clone()));
     let ticker = node.clone();
-    let sender = node.clone();
-    let sender_client = client.clone();
     let _background = AbortOnDrop(vec![
         tokio::spawn(async move { ticker.tick_loop().await }),
-        tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
+        tokio::spawn(master_link::outbox_loop(node.clone(), client.clone())),
         tokio::spawn(checks::check_loop(node.clone())),
         tokio::spawn(node.clone().image_gc_loop()),
     ]);
     tokio::select! {
         result = api => result.map_err(|source| AgentError::Serve { source }),
-        () = node.master_loop(client) => Ok(()),
+        () = master_link::master_loop(node.clone(), client) => Ok(()),
     }
 }
 
