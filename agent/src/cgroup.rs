@@ -3,11 +3,12 @@
 //! directories it returns (to join, to read OOM counters, to kill leftovers).
 use cgroups_rs::fs::cgroup_builder::CgroupBuilder;
 use cgroups_rs::fs::{hierarchies, Cgroup};
+use plinth_protocol::error_chain;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::AgentError;
+use crate::error::AgentError;
 
 /// Parent of every task cgroup, so an operator sees Plinth's tasks in one place.
 pub const PARENT: &str = "plinth";
@@ -43,7 +44,7 @@ pub fn create(task_id: &str, cpus: f64, mem_mb: f64) -> Option<TaskCgroup> {
     match try_create(task_id, cpus, mem_mb) {
         Ok(cgroup) => Some(cgroup),
         Err(err) => {
-            warn_unavailable(&format!("{:#}", DisplayChain(&err)));
+            warn_unavailable(&error_chain(&err).to_string());
             None
         }
     }
@@ -147,21 +148,6 @@ pub(crate) fn counter(text: &str, name: &str) -> Option<u64> {
         let (key, value) = line.split_once(' ')?;
         (key == name).then(|| value.trim().parse().ok()).flatten()
     })
-}
-
-/// Formats an error with its causes (`a: b: c`), for one-line warnings.
-pub(crate) struct DisplayChain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

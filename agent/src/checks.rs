@@ -5,7 +5,7 @@
 //!
 //! Check state lives only in this loop, not in the checkpoint: after an agent restart the
 //! re-adopted tasks are checked afresh from `delaySeconds` on.
-use plinth_protocol::{AppId, TaskId, TaskState, Timestamp};
+use plinth_protocol::{error_chain, AppId, TaskId, TaskState, Timestamp};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -87,7 +87,7 @@ pub(crate) async fn check_loop(node: Arc<Node>) {
     {
         Ok(client) => client,
         Err(err) => {
-            tracing::error!(node_id = %node.node_id(), error = %err, "cannot build the health check HTTP client; no checks run");
+            tracing::error!(node_id = %node.node_id(), error = %error_chain(&err), "cannot build the health check HTTP client; no checks run");
             return;
         }
     };
@@ -251,7 +251,7 @@ async fn http_status(client: &reqwest::Client, url: &str, timeout: Duration) -> 
     match client.get(url).timeout(timeout).send().await {
         Ok(response) => Ok(response.status().as_u16()),
         Err(err) if err.is_timeout() => Err(format!("no answer from {url} within {} ms", timeout.as_millis())),
-        Err(err) => Err(format!("GET {url} failed: {}", crate::cgroup::DisplayChain(&err))),
+        Err(err) => Err(format!("GET {url} failed: {}", error_chain(&err))),
     }
 }
 

@@ -6,7 +6,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use crate::AgentError;
+use crate::error::AgentError;
 
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);

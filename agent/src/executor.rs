@@ -1,12 +1,14 @@
 //! The per-task supervisor (`plinth executor --spec SANDBOX/task.json`), as a Mesos
 //! executor: a small synchronous process in its own session that starts the task, waits
-//! for it and records how it ended in `exit.json` (a [`Termination`]). Because it outlives the agent, a
-//! restarted agent finds its tasks running and never loses an exit code.
+//! for it and records how it ended in `exit.json` (a [`Termination`]). Because it
+//! outlives the agent, a restarted agent finds its tasks running and never loses an exit
+//! code. A Docker task runs as a container ([`crate::container`]) started by the executor.
 //!
 //! Before the task starts, the executor stages the app's `fetch` artifacts into the sandbox
 //! ([`crate::fetch`]); a failure is recorded in `exit.json` like any start failure.
 //!
-//! Files in the sandbox: `task.json` (this spec, written by the agent), `executor.json`
+//! Files in the sandbox ([`crate::executor_contract`]): `task.json` (the
+//! [`ExecutorSpec`], written by the agent), `executor.json`
 //! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
 //! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
 //!
@@ -15,10 +17,7 @@
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use plinth_protocol::agent::TaskSpec;
-use plinth_protocol::marathon::FetchUri;
-use plinth_protocol::Timestamp;
-use serde::{Deserialize, Serialize};
+use plinth_protocol::{error_chain, Timestamp};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
@@ -27,117 +26,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{self, DisplayChain};
+use crate::cgroup;
 use crate::container;
+use crate::error::AgentError;
+use crate::executor_contract::{
+    ExecutorRecord, ExecutorSpec, RunningRecord, Termination, EXECUTOR_FILE, EXECUTOR_LOG, EXIT_FILE, RUNNING_FILE,
+    SPEC_FILE,
+};
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
-use crate::runtime::Termination;
-use crate::taskenv::TaskCommand;
-use crate::AgentError;
-
-pub const SPEC_FILE: &str = "task.json";
-pub const EXECUTOR_FILE: &str = "executor.json";
-pub const RUNNING_FILE: &str = "running.json";
-pub const EXIT_FILE: &str = "exit.json";
-pub const EXECUTOR_LOG: &str = "executor.log";
 
 /// How often logs are checked for rotation while nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
-
-/// Everything the executor needs, self-contained so it never asks the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecutorSpec {
-    pub task_id: String,
-    pub sandbox: PathBuf,
-    pub command: TaskCommand,
-    pub env: Vec<(String, String)>,
-    /// SIGTERM → SIGKILL delay (`taskKillGracePeriodSeconds`).
-    pub kill_grace_ms: u64,
-    /// The task's cgroup directories (empty: run without limits).
-    #[serde(default)]
-    pub cgroup_dirs: Vec<PathBuf>,
-    #[serde(default)]
-    pub logs: LogPolicy,
-    /// The app's `user`: the task runs as this user (the executor must be root then).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The task as the master sent it, for people reading the sandbox.
-    #[serde(default)]
-    pub task: Option<TaskSpec>,
-    /// Artifacts to stage into the sandbox before the task starts.
-    #[serde(default)]
-    pub fetch: Vec<FetchUri>,
-    /// The agent's fetch cache (for `cache: true`).
-    #[serde(default)]
-    pub fetch_cache: Option<PathBuf>,
-    /// Set for Docker tasks: the executor pulls the image from the master's registry,
-    /// mounts it and runs the task as a container instead of a plain process.
-    #[serde(default)]
-    pub container: Option<ContainerTask>,
-}
-
-/// The agent-side facts a Docker task needs beyond its app definition (which is in
-/// `task`): where images come from and live, and how the task is networked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerTask {
-    /// `container.docker.image` as the app gave it.
-    pub image: String,
-    /// `forcePullImage`: ask the master to re-resolve the tag upstream.
-    #[serde(default)]
-    pub force_pull: bool,
-    /// The master's registry, e.g. `http://10.0.0.1:5000`.
-    pub registry: String,
-    /// The agent's image and layer store.
-    pub images_dir: PathBuf,
-    /// Decompressed bytes one layer may have before it is refused.
-    pub max_layer_bytes: u64,
-    pub network: ContainerNetwork,
-    /// `portMappings` resolved against the offer: host port for each container port.
-    #[serde(default)]
-    pub port_mappings: Vec<MappedPort>,
-    /// The agent's address (what `HOST` says), for `/etc/hosts`.
-    pub host: String,
-    /// A prepared root filesystem used instead of pulling `image` (tests, benchmarks;
-    /// never set from an app definition).
-    #[serde(default)]
-    pub local_image: Option<crate::container::LocalImage>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum ContainerNetwork {
-    /// The agent's own network namespace.
-    Host,
-    /// Its own namespace with a veth on the agent's bridge and an address from `subnet`;
-    /// `ipam_dir` holds the address leases shared by all executors.
-    Bridge { bridge: String, subnet: String, ipam_dir: PathBuf },
-    /// Its own namespace with only loopback.
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MappedPort {
-    pub container_port: u16,
-    pub host_port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-}
-
-/// `executor.json`: lets the agent find the executor even if it crashed before
-/// checkpointing the pid it spawned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecutorRecord {
-    pub pid: i32,
-    pub start_time: Option<u64>,
-}
-
-/// `running.json`: the task process started.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunningRecord {
-    pub pid: i32,
-    pub started_at: String,
-}
 
 /// Runs the executor; the return value is the process exit code (0 once `exit.json` is
 /// written, whatever the task did).
@@ -145,7 +46,7 @@ pub fn run(spec_path: &Path) -> i32 {
     match supervise(spec_path) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("plinth executor: {}", DisplayChain(&err));
+            eprintln!("plinth executor: {}", error_chain(&err));
             1
         }
     }
@@ -174,13 +75,13 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     )?;
 
     if let Err((uri, err)) = fetch::fetch_all(&spec.fetch, &sandbox, &fetch_options(&spec), &termination_pending) {
-        eprintln!("plinth executor: fetch of {uri} failed: {}", DisplayChain(&err));
+        eprintln!("plinth executor: fetch of {uri} failed: {}", error_chain(&err));
         let record = Termination {
             code: None,
             signal: None,
             oom: false,
             killed: matches!(err, fetch::FetchError::Killed),
-            error: Some(format!("{}{uri} failed: {}", fetch::FETCH_FAILED_PREFIX, DisplayChain(&err))),
+            error: Some(format!("{}{uri} failed: {}", fetch::FETCH_FAILED_PREFIX, error_chain(&err))),
             fetch_failed: true,
             finished_at: Timestamp::now().to_iso(),
         };
@@ -192,9 +93,10 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     let pid = if let Some(task) = &spec.container {
         let started = open_log(&sandbox, Stream::Stdout)
             .and_then(|out| Ok((out, open_log(&sandbox, Stream::Stderr)?)))
-            .map_err(|err| format!("{}", DisplayChain(&err)))
+            .map_err(|err| error_chain(&err).to_string())
             .and_then(|(out, err)| {
-                container::start(&spec, task, out, err).map_err(|e| format!("starting the container failed: {e}"))
+                container::start(&spec, task, out, err)
+                    .map_err(|e| format!("starting the container failed: {}", error_chain(&e)))
             });
         match started {
             Ok(running) => {
@@ -210,7 +112,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     } else {
         let child = match spawn_task(&spec) {
             Ok(child) => child,
-            Err(err) => return write_start_failure(&sandbox, format!("{}", DisplayChain(&err))),
+            Err(err) => return write_start_failure(&sandbox, error_chain(&err).to_string()),
         };
         // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
         #[allow(clippy::cast_possible_wrap)]

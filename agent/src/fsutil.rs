@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::AgentError;
+use crate::error::AgentError;
 
 /// Writes JSON so that readers see the old or the new content, never a torn file: a
 /// checkpoint or an exit record cut in half by a crash would lose a task.

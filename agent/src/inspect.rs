@@ -5,9 +5,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::counter;
-
-/// The executor's record of a running container (`SANDBOX/container.json`).
-pub const CONTAINER_FILE: &str = "container.json";
+use crate::executor_contract::CONTAINER_FILE;
 
 /// The container record as written by the executor; `Null` for command tasks.
 pub fn container_record(sandbox: &Path) -> serde_json::Value {

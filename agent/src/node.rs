@@ -1,215 +1,73 @@
-//! The agent's shell: feeds the reconciler with what the master wants and what the
-//! runtime sees, carries out its decisions, checkpoints after every change and talks to
-//! the master (register, long-poll sync, acknowledged status updates).
-use plinth_protocol::agent::{DesiredState, Registration, StatusBatch, StatusUpdate, SyncRequest, TaskSpec};
-use plinth_protocol::{AgentId, Resources, TaskId, TaskState, Timestamp};
+//! The agent's shell: the node state ([`Node`]) that the loops, the API and the checks
+//! share. It feeds the reconciler with what the master wants (handed in by
+//! [`crate::master_link`]) and what the runtime sees, carries out its decisions,
+//! checkpoints after every change and queues status updates for the master.
+//! [`crate::start`] builds it and runs its loops.
+use plinth_protocol::agent::{DesiredState, StatusUpdate, TaskSpec};
+use plinth_protocol::{error_chain, AgentId, Resources, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::cgroup::DisplayChain;
-use crate::client::MasterClient;
-use crate::executor::{ContainerNetwork, ContainerTask, MappedPort};
-use crate::logs::LogPolicy;
+use crate::config::{AgentConfig, AgentOptions, IMAGES_DIR};
+use crate::executor_contract::{ContainerNetwork, ContainerTask, MappedPort};
 use crate::reconciler::{self, Action, KillWhy, Plan, Transition};
-use crate::runtime::{ContainerRuntime, LaunchRequest, RuntimeHandle};
-use crate::state::{NodeState, TaskRecord, AGENT_ID_FILE};
-use crate::{fsutil, taskenv, AgentConfig, AgentError, IMAGES_DIR};
+use crate::runtime::{LaunchRequest, RuntimeHandle, TaskRuntime};
+use crate::state::{NodeState, TaskRecord};
+use crate::taskenv;
 use plinth_protocol::marathon::NetworkMode;
 
 /// Sandboxes live in `work_dir/tasks/TASK_ID`.
 pub const TASKS_DIR: &str = "tasks";
-/// Status updates sent per request.
-const OUTBOX_BATCH: usize = 100;
 /// How often unused images are looked for.
 const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(600);
-
-/// Tunables with sensible defaults; tests shorten them.
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    pub logs: LogPolicy,
-    /// How often tasks are polled.
-    pub tick: Duration,
-    /// Longest long-poll wait asked of the master (capped by its heartbeat interval).
-    pub sync_wait: Duration,
-    /// Terminal tasks' sandboxes are kept this long so their logs can still be read.
-    pub sandbox_retention: Duration,
-    /// Image layers unused this long are collected.
-    pub image_max_age: Duration,
-    /// Above this many bytes, the oldest unused images go first.
-    pub image_high_water_bytes: u64,
-    /// At most this many terminal tasks are kept, whatever their age.
-    pub keep_terminal: usize,
-    /// Longest pause between attempts to reach the master.
-    pub max_backoff: Duration,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        AgentOptions {
-            logs: LogPolicy::default(),
-            tick: Duration::from_millis(100),
-            sync_wait: Duration::from_secs(5),
-            sandbox_retention: Duration::from_secs(3600),
-            image_max_age: Duration::from_secs(24 * 3600),
-            image_high_water_bytes: 10 << 30,
-            keep_terminal: 100,
-            max_backoff: Duration::from_secs(5),
-        }
-    }
-}
-
-impl AgentOptions {
-    /// Defaults, with `PLINTH_TASK_LOG_MAX_BYTES`, `PLINTH_TASK_LOG_GENERATIONS` and
-    /// `PLINTH_SANDBOX_RETENTION_SECS` applied when set. An unparsable value is
-    /// ignored with a warning rather than stopping the node.
-    pub fn from_env() -> Self {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            let raw = std::env::var(name).ok()?;
-            let parsed = raw.trim().parse().ok();
-            if parsed.is_none() {
-                warn!(variable = name, value = %raw, "ignoring an unparsable setting");
-            }
-            parsed
-        }
-        let mut options = AgentOptions::default();
-        if let Some(bytes) = var::<u64>("PLINTH_TASK_LOG_MAX_BYTES") {
-            options.logs.max_bytes = bytes.max(1024);
-        }
-        if let Some(generations) = var::<u32>("PLINTH_TASK_LOG_GENERATIONS") {
-            options.logs.generations = generations.min(100);
-        }
-        if let Some(mb) = var::<u64>("PLINTH_IMAGE_HIGH_WATER_MB") {
-            options.image_high_water_bytes = mb.saturating_mul(1 << 20);
-        }
-        if let Some(seconds) = var::<u64>("PLINTH_IMAGE_MAX_AGE_SECS") {
-            options.image_max_age = Duration::from_secs(seconds);
-        }
-        if let Some(seconds) = var::<u64>("PLINTH_SANDBOX_RETENTION_SECS") {
-            options.sandbox_retention = Duration::from_secs(seconds);
-        }
-        options
-    }
-}
 
 pub(crate) struct Node {
     pub config: AgentConfig,
     pub options: AgentOptions,
     pub resources: Resources,
     pub advertise_ip: IpAddr,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn TaskRuntime>,
     state: Mutex<NodeState>,
     agent_id: Mutex<Option<AgentId>>,
     outbox_ready: Notify,
 }
 
-/// Background tasks that end with the agent (when `run_with` returns or is dropped).
-struct AbortOnDrop(Vec<JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for handle in &self.0 {
-            handle.abort();
+impl Node {
+    pub fn new(
+        config: AgentConfig,
+        options: AgentOptions,
+        resources: Resources,
+        advertise_ip: IpAddr,
+        runtime: Arc<dyn TaskRuntime>,
+        state: NodeState,
+        agent_id: Option<AgentId>,
+    ) -> Self {
+        Node {
+            config,
+            options,
+            resources,
+            advertise_ip,
+            runtime,
+            state: Mutex::new(state),
+            agent_id: Mutex::new(agent_id),
+            outbox_ready: Notify::new(),
         }
     }
 }
 
-/// Runs the agent with the given runtime until the process is stopped or the API server
-/// fails. Dropping the future stops the agent but not its tasks.
-pub async fn run_with(
-    config: AgentConfig,
-    runtime: Arc<dyn ContainerRuntime>,
-    options: AgentOptions,
-) -> Result<(), AgentError> {
-    fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
-    let state = NodeState::load(&config.work_dir)?;
-    let agent_id = read_agent_id(&config.work_dir)?;
-    let client = MasterClient::new(&config.master, config.token.clone())?;
-    let resources = config.resources.clone().unwrap_or_else(|| crate::detect_resources(&config.work_dir));
-    let advertise_ip = match config.advertise_ip {
-        Some(ip) => ip,
-        None => client.local_address_towards_master().await,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
-    let node = Arc::new(Node {
-        config,
-        options,
-        resources,
-        advertise_ip,
-        runtime,
-        state: Mutex::new(state),
-        agent_id: Mutex::new(agent_id),
-        outbox_ready: Notify::new(),
-    });
-    info!(
-        node_id = %node.node_id(), runtime = node.runtime.name(), resources = %node.resources,
-        advertise_ip = %node.advertise_ip, "agent starting"
-    );
-    let recovering = node.clone();
-    blocking(move || recovering.recover()).await;
-
-    let api = axum::serve(listener, crate::api::router(node.clone()));
-    let ticker = node.clone();
-    let sender = node.clone();
-    let sender_client = client.clone();
-    let _background = AbortOnDrop(vec![
-        tokio::spawn(async move { ticker.tick_loop().await }),
-        tokio::spawn(async move { sender.outbox_loop(sender_client).await }),
-        tokio::spawn(crate::checks::check_loop(node.clone())),
-        tokio::spawn(node.clone().image_gc_loop()),
-    ]);
-    tokio::select! {
-        result = api => result.map_err(|source| AgentError::Serve { source }),
-        () = node.master_loop(client) => Ok(()),
-    }
-}
-
 /// Runs blocking work (file I/O, process spawning, fsync) off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.expect("agent work panicked")
 }
 
 /// Whole milliseconds of `d` (saturating: no `Duration` here comes near u64::MAX ms).
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
-    let path = work_dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text.trim()).filter(|t| !t.is_empty()).map(AgentId::new)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(AgentError::ReadFile { path, source }),
-    }
-}
-
-/// Exponential backoff between attempts to reach the master.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-
-    fn new(max: Duration) -> Self {
-        Backoff { next: Self::FIRST, max }
-    }
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
 }
 
 impl Node {
@@ -221,6 +79,21 @@ impl Node {
 
     pub fn agent_id(&self) -> Option<AgentId> {
         self.agent_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The id the master gave this agent (see [`crate::master_link`]).
+    pub fn set_agent_id(&self, agent_id: AgentId) {
+        *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id);
+    }
+
+    /// Wakes the status outbox: there is something to send, or someone to send it to.
+    pub fn wake_outbox(&self) {
+        self.outbox_ready.notify_one();
+    }
+
+    /// Returns once the outbox is woken (see [`Node::wake_outbox`]).
+    pub async fn outbox_woken(&self) {
+        self.outbox_ready.notified().await;
     }
 
     /// The agent id once known, else the hostname: what logs call this node.
@@ -246,21 +119,21 @@ impl Node {
         debug!(node_id = %self.node_id(), task_id = %record.spec.task_id, "removing the sandbox of a finished task");
         if let Err(err) = std::fs::remove_dir_all(&record.sandbox) {
             if err.kind() != std::io::ErrorKind::NotFound {
-                warn!(task_id = %record.spec.task_id, error = %err, "cannot remove sandbox {}", record.sandbox.display());
+                warn!(task_id = %record.spec.task_id, error = %error_chain(&err), "cannot remove sandbox {}", record.sandbox.display());
             }
         }
     }
 
-    fn save(&self, state: &NodeState) {
+    pub fn save(&self, state: &NodeState) {
         if let Err(err) = state.save(&self.config.work_dir) {
             // The agent keeps running; the next change retries the write.
-            error!(node_id = %self.node_id(), error = %DisplayChain(&err), "cannot write the checkpoint");
+            error!(node_id = %self.node_id(), error = %error_chain(&err), "cannot write the checkpoint");
         }
     }
 
     /// Re-attaches to every task in the checkpoint. Nothing is started or killed here:
     /// the next tick sees what became of each task while the agent was away.
-    fn recover(&self) {
+    pub fn recover(&self) {
         let mut state = self.lock();
         let mut adopted = 0;
         for record in state.tasks.values_mut().filter(|r| !r.is_terminal()) {
@@ -299,7 +172,7 @@ impl Node {
                     self.execute(&mut state, action, now);
                 }
                 self.save(&state);
-                self.outbox_ready.notify_one();
+                self.wake_outbox();
             }
         }
     }
@@ -341,7 +214,7 @@ impl Node {
         }
         if changed {
             self.save(&state);
-            self.outbox_ready.notify_one();
+            self.wake_outbox();
         }
     }
 
@@ -357,7 +230,7 @@ impl Node {
                 );
                 if let Some(handle) = &record.handle {
                     if let Err(err) = self.runtime.kill(handle, grace) {
-                        warn!(task_id = %task_id, error = %DisplayChain(&err), "kill failed; it will be forced after the grace period");
+                        warn!(task_id = %task_id, error = %error_chain(&err), "kill failed; it will be forced after the grace period");
                     }
                 }
             }
@@ -367,7 +240,7 @@ impl Node {
                 warn!(node_id = %self.node_id(), task_id = %task_id, app_id = %record.spec.app_id, "task outlived its kill grace period; forcing it");
                 if let Some(handle) = &record.handle {
                     if let Err(err) = self.runtime.force_kill(handle) {
-                        error!(task_id = %task_id, error = %DisplayChain(&err), "cannot force-kill task");
+                        error!(task_id = %task_id, error = %error_chain(&err), "cannot force-kill task");
                     }
                 }
             }
@@ -427,7 +300,7 @@ impl Node {
                 );
             }
             Err(err) => {
-                let message = format!("{}", DisplayChain(&err));
+                let message = error_chain(&err).to_string();
                 warn!(node_id = %self.node_id(), task_id = %task_id, error = %message, "launch failed");
                 self.transition(
                     state,
@@ -504,7 +377,7 @@ impl Node {
             record.finished_at = Some(now);
             if let Some(handle) = &record.handle {
                 if let Err(err) = self.runtime.cleanup(handle) {
-                    warn!(task_id = %task_id, error = %DisplayChain(&err), "cannot clean up after task");
+                    warn!(task_id = %task_id, error = %error_chain(&err), "cannot clean up after task");
                 }
             }
         }
@@ -572,115 +445,10 @@ impl Node {
         };
         state.outbox.push(update);
         self.save(&state);
-        self.outbox_ready.notify_one();
+        self.wake_outbox();
     }
 
-    fn registration(&self) -> Registration {
-        let state = self.lock();
-        Registration {
-            agent_id: self.agent_id(),
-            hostname: self.config.hostname.clone(),
-            advertise_ip: self.advertise_ip.to_string(),
-            http_port: self.config.listen.port(),
-            resources: self.resources.clone(),
-            attributes: self.config.attributes.clone(),
-            last_generation: state.applied_generation,
-            tasks: state.live_reports(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-
-    fn remember_agent_id(&self, agent_id: &AgentId) {
-        let path = self.config.work_dir.join(AGENT_ID_FILE);
-        if self.agent_id().as_ref() != Some(agent_id) {
-            if let Err(err) = fsutil::write_atomic(&path, agent_id.as_str().as_bytes()) {
-                error!(node_id = %agent_id, error = %DisplayChain(&err), "cannot persist the agent id");
-            }
-        }
-        *self.agent_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent_id.clone());
-    }
-
-    /// Register, then long-poll `sync` forever; register again when the master asks or
-    /// forgets us. Tasks keep running whatever happens to the master.
-    async fn master_loop(self: &Arc<Self>, client: MasterClient) {
-        let mut backoff = Backoff::new(self.options.max_backoff);
-        loop {
-            let registration = self.registration();
-            let registered = match client.register(&registration).await {
-                Ok(registered) => registered,
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), retry_ms = millis(delay), "cannot register with the master");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            };
-            backoff.reset();
-            self.remember_agent_id(&registered.agent_id);
-            self.outbox_ready.notify_one();
-            info!(
-                node_id = %registered.agent_id, tasks = registration.tasks.len(),
-                generation = registration.last_generation, "registered with the master"
-            );
-            let heartbeat = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
-            self.sync_loop(&client, &registered.agent_id, heartbeat, &mut backoff).await;
-        }
-    }
-
-    /// Returns when the agent must register again.
-    async fn sync_loop(
-        self: &Arc<Self>,
-        client: &MasterClient,
-        agent_id: &AgentId,
-        heartbeat: Duration,
-        backoff: &mut Backoff,
-    ) {
-        let wait = self.options.sync_wait.min(heartbeat);
-        // A master that answers at once must not be hammered: at most one sync per this.
-        let min_interval = heartbeat.min(Duration::from_secs(1));
-        loop {
-            let request = {
-                let state = self.lock();
-                SyncRequest {
-                    agent_id: agent_id.clone(),
-                    generation: state.applied_generation,
-                    tasks: state.live_reports(),
-                    wait_ms: millis(wait),
-                }
-            };
-            let started = Instant::now();
-            match client.sync(&request).await {
-                Ok(response) if response.reregister => {
-                    info!(node_id = %agent_id, "the master asks this agent to register again");
-                    return;
-                }
-                Ok(response) => {
-                    backoff.reset();
-                    match response.desired {
-                        Some(desired) => {
-                            let node = self.clone();
-                            blocking(move || node.apply(desired, Timestamp::now())).await;
-                        }
-                        None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
-                    }
-                }
-                Err(AgentError::MasterStatus { status, .. })
-                    if (400..500).contains(&status) && status != 408 && status != 429 =>
-                {
-                    warn!(node_id = %agent_id, status, "the master rejected sync; registering again");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    return;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    async fn tick_loop(self: Arc<Self>) {
+    pub async fn tick_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -692,7 +460,7 @@ impl Node {
 
     /// Collects unused image layers and blobs: those unused for a day, and the oldest
     /// unpinned ones while the store is above its high-water mark.
-    async fn image_gc_loop(self: Arc<Self>) {
+    pub async fn image_gc_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(IMAGE_GC_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -717,46 +485,7 @@ impl Node {
                 ),
                 Ok(_) => {}
                 Err(err) => {
-                    warn!(node_id = %self.node_id(), error = %DisplayChain(&err), "image garbage collection failed")
-                }
-            }
-        }
-    }
-
-    /// Sends queued status updates, oldest first, until the master acknowledges them.
-    async fn outbox_loop(self: Arc<Self>, client: MasterClient) {
-        let mut backoff = Backoff::new(self.options.max_backoff.max(Duration::from_secs(1)));
-        loop {
-            let pending = {
-                let state = self.lock();
-                state.outbox.iter().take(OUTBOX_BATCH).cloned().collect::<Vec<_>>()
-            };
-            let Some(agent_id) = self.agent_id().filter(|_| !pending.is_empty()) else {
-                // Woken by new updates or registration; the timeout is a safety net.
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox_ready.notified()).await;
-                continue;
-            };
-            let batch = StatusBatch { agent_id: agent_id.clone(), updates: pending };
-            match client.status(&batch).await {
-                Ok(ack) if !ack.acknowledged.is_empty() => {
-                    backoff.reset();
-                    let node = self.clone();
-                    blocking(move || {
-                        let mut state = node.lock();
-                        state.outbox.retain(|u| !ack.acknowledged.contains(&u.update_id));
-                        node.save(&state);
-                    })
-                    .await;
-                }
-                Ok(_) => {
-                    let delay = backoff.next_delay();
-                    warn!(node_id = %agent_id, retry_ms = millis(delay), "the master acknowledged no status update");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    debug!(node_id = %agent_id, error = %DisplayChain(&err), retry_ms = millis(delay), "cannot send status updates");
-                    tokio::time::sleep(delay).await;
+                    warn!(node_id = %self.node_id(), error = %error_chain(&err), "image garbage collection failed")
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! The agent's pure core: desired state and observed tasks in, decisions out. No
 //! clocks, files or processes here; time comes in as `now`. The shell (`node.rs`)
-//! carries the decisions out through a [`crate::runtime::ContainerRuntime`].
+//! carries the decisions out through a [`crate::runtime::TaskRuntime`].
 //!
 //! Rules:
 //! - A desired state with a generation at or below the applied one is ignored.
@@ -16,7 +16,8 @@ use plinth_protocol::{TaskId, TaskState, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::runtime::{Observation, Termination};
+use crate::executor_contract::Termination;
+use crate::runtime::Observation;
 use crate::state::TaskRecord;
 
 /// Time past the grace period after which the agent stops trusting the executor to

@@ -4,7 +4,7 @@ use plinth_protocol::{PortRanges, Resources};
 use std::path::Path;
 
 const MB: f64 = 1024.0 * 1024.0;
-/// Default host-port range for tasks (DESIGN.md §3).
+/// Default host-port range for tasks (the Mesos agent's).
 pub const DEFAULT_PORTS: (u16, u16) = (31000, 32000);
 
 /// Detects cpus, mem, disk (of the work dir's filesystem) and the default port range.

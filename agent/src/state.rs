@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::AgentError;
 use crate::fsutil;
 use crate::runtime::RuntimeHandle;
-use crate::AgentError;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 pub const AGENT_ID_FILE: &str = "agent_id";

@@ -4,7 +4,7 @@ use plinth_protocol::agent::TaskSpec;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::AgentError;
+use crate::error::AgentError;
 
 /// PATH for tasks: the agent's own environment is not passed on (it may hold tokens).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

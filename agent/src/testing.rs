@@ -1,4 +1,4 @@
-//! Helpers for tests and simulators that need task specs without a master.
+//! Helpers for tests and benchmarks that need task specs without a master.
 use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::{AppDefinition, AppId, TaskId};
 

@@ -3,9 +3,7 @@
 //! Run as root for cgroup limits; every test removes the processes and cgroups it made,
 //! also when it fails.
 use plinth_agent::reconciler::{self, REASON_MEMORY};
-use plinth_agent::runtime::{
-    ContainerRuntime, ExecutorCommand, LaunchRequest, Observation, ProcessRuntime, RuntimeHandle,
-};
+use plinth_agent::runtime::{ExecutorCommand, LaunchRequest, Observation, ProcessRuntime, RuntimeHandle, TaskRuntime};
 use plinth_agent::state::TaskRecord;
 use plinth_agent::taskenv::task_env;
 use plinth_agent::testing::task_spec;

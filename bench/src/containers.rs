@@ -328,7 +328,7 @@ fn create_start(dir: &Path, image: &plinth_testkit::BuiltImage, runs: usize) -> 
                 let _ = plinth_agent::container::run::delete(&id, &state_root);
             }
             Err(e) => {
-                plinth_error = Some(e.to_string());
+                plinth_error = Some(plinth_protocol::error_chain(&e).to_string());
                 break;
             }
         }

@@ -20,6 +20,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plinth_protocol::error_chain;
 use serde_json::{json, Value};
 use tracing::warn;
 
@@ -129,7 +130,7 @@ pub fn serve(port: u16, view: Arc<dyn NodeView + Send + Sync>) -> Result<()> {
                 let view = view.clone();
                 let _ = std::thread::Builder::new().name("node-api-conn".into()).spawn(move || {
                     if let Err(e) = handle(conn, view.as_ref()) {
-                        warn!(error = %e, "node API connection failed");
+                        warn!(error = %error_chain(&e), "node API connection failed");
                     }
                 });
             }

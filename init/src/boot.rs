@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use plinth_protocol::error_chain;
 use tracing::{info, warn};
 
 use crate::error::{InitError, Result};
@@ -390,20 +391,8 @@ fn spawn_renewal(link: Link, mut lease: Lease) {
         }
     });
     if let Err(e) = spawned {
-        warn!(error = %e, "cannot start DHCP renewal thread");
+        warn!(error = %error_chain(&e), "cannot start DHCP renewal thread");
     }
-}
-
-/// `a: b: c` for an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use plinth_protocol::error_chain;
 use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
 use crate::api::{self, NodeView, PowerRequest, SharedStatus};
-use crate::boot::{error_chain, severity, Boot, Severity};
+use crate::boot::{severity, Boot, Severity};
 use crate::cmdline::KernelCmdline;
 use crate::plan::{self, role_args, Phase, RoleCommand, RoleLaunch, MASTER_PORT};
 use crate::system::{RealSystem, System};

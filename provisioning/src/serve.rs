@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use plinth_protocol::error_chain;
 use tokio::net::UdpSocket;
 
 use crate::dhcp::{self, Decision, Destination, DhcpConfig, LeaseTable, Port};
@@ -114,7 +115,7 @@ impl Provisioning {
         let ip = ip.or_else(|| seen.get(&mac).and_then(|s| s.ip));
         let record = SeenMachine { ip, last_boot_ms: now_ms(), via: via.to_string() };
         if let Err(e) = self.store.put_seen(mac, &record) {
-            tracing::warn!(mac = %mac, error = %e, "cannot record the boot");
+            tracing::warn!(mac = %mac, error = %error_chain(&e), "cannot record the boot");
         }
         seen.insert(mac, record);
     }
@@ -137,7 +138,7 @@ impl Provisioning {
         let decision = dhcp::decide(packet, port, config, &profiles, &mut leases, now_secs());
         if decision.leases_changed() {
             if let Err(e) = self.store.put_leases(&leases) {
-                tracing::error!(error = %e, "cannot persist DHCP leases");
+                tracing::error!(error = %error_chain(&e), "cannot persist DHCP leases");
             }
         }
         drop(leases);
@@ -197,7 +198,7 @@ pub fn spawn(provisioning: Arc<Provisioning>, config: PxeConfig) -> Result<(), S
         let config = config.clone();
         tokio::spawn(async move {
             if let Err(e) = dhcp_loop(&socket, port, &provisioning, &config).await {
-                tracing::error!(error = %e, port = ?port, "DHCP socket failed; PXE boot stopped");
+                tracing::error!(error = %error_chain(&e), port = ?port, "DHCP socket failed; PXE boot stopped");
             }
         });
     }
@@ -205,7 +206,7 @@ pub fn spawn(provisioning: Arc<Provisioning>, config: PxeConfig) -> Result<(), S
     let interface = config.interface.clone();
     tokio::spawn(async move {
         if let Err(e) = tftp::serve(tftp_socket, root, Some(interface)).await {
-            tracing::error!(error = %e, "TFTP socket failed");
+            tracing::error!(error = %error_chain(&e), "TFTP socket failed");
         }
     });
     Ok(())
@@ -227,7 +228,7 @@ async fn dhcp_loop(
             Destination::Source => source,
         };
         if let Err(e) = socket.send_to(&reply.packet, to).await {
-            tracing::warn!(mac = %reply.mac, to = %to, error = %e, "cannot send the DHCP reply");
+            tracing::warn!(mac = %reply.mac, to = %to, error = %error_chain(&e), "cannot send the DHCP reply");
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plinth_protocol::error_chain;
 use tokio::net::UdpSocket;
 
 const OP_RRQ: u16 = 1;
@@ -171,7 +172,7 @@ pub async fn serve(socket: UdpSocket, root: PathBuf, interface: Option<String>) 
                 let interface = interface.clone();
                 tokio::spawn(async move {
                     if let Err(e) = transfer(peer, &request, &path, interface.as_deref()).await {
-                        tracing::warn!(peer = %peer, file = %request.filename, error = %e, "TFTP transfer failed");
+                        tracing::warn!(peer = %peer, file = %request.filename, error = %error_chain(&e), "TFTP transfer failed");
                     }
                 });
             }

@@ -18,17 +18,16 @@ pub mod run;
 pub mod spec;
 
 use oci_spec::image::ImageConfiguration;
-use serde::{Deserialize, Serialize};
+use plinth_protocol::error_chain;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::DisplayChain;
-use crate::executor::{ContainerNetwork, ContainerTask, ExecutorSpec, MappedPort};
+use crate::executor_contract::{
+    ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
+};
 use crate::{fsutil, image};
 
-/// `SANDBOX/container.json`: what the agent shows in `task inspect` and `ipAddresses`.
-pub const RECORD_FILE: &str = "container.json";
 /// The OCI bundle (`config.json`) in the sandbox.
 pub const BUNDLE_DIR: &str = "bundle";
 /// Generated `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
@@ -52,7 +51,7 @@ pub enum ContainerError {
     Spec(String),
     #[error("{step}: {message}")]
     Runtime { step: &'static str, message: String },
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}", path.display())]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("container subnet {subnet}: {reason}")]
     Subnet { subnet: String, reason: String },
@@ -64,41 +63,6 @@ pub enum ContainerError {
     Port { port: u16, protocol: String, reason: String },
     #[error("the executor spec has no task (app definition)")]
     NoApp,
-}
-
-/// A port as `container.json` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortRecord {
-    pub container_port: u16,
-    pub host_port: u16,
-    pub protocol: String,
-}
-
-/// `SANDBOX/container.json`, written once the container runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub pid: i32,
-    pub ip: Option<Ipv4Addr>,
-    /// `host`, `bridge` or `none`.
-    pub network: String,
-    pub image: String,
-    pub image_digest: Option<String>,
-    pub rootfs: PathBuf,
-    /// The cgroup path (relative to the hierarchy roots), e.g. `/plinth/<task>`.
-    pub cgroup: String,
-    pub netns: Option<PathBuf>,
-    pub ports: Vec<PortRecord>,
-}
-
-/// A root filesystem prepared outside the image store (tests, benchmarks): used as is
-/// instead of pulling. The agent never sets it from an app definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalImage {
-    pub rootfs: PathBuf,
-    /// The image configuration (OCI `config.json` of the image).
-    pub config: PathBuf,
 }
 
 /// The image a container runs.
@@ -123,7 +87,7 @@ fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedIm
             .map_err(|e| ContainerError::Image(format!("cannot read {}: {e}", local.config.display())))?;
         return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None });
     }
-    let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, DisplayChain(e)));
+    let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, error_chain(e)));
     let reference = plinth_oci::ImageRef::parse(&task.image).map_err(|e| image_err(&e))?;
     let store = open_store(task).map_err(|e| image_err(&e))?;
     let source = image::RegistrySource::master(&task.registry, &reference);
@@ -142,12 +106,12 @@ fn open_store(task: &ContainerTask) -> Result<image::ImageStore, image::ImageErr
 /// and pins are fine.
 fn release_image(sandbox: &Path, task_id: &str, task: &ContainerTask) {
     if let Err(err) = image::unmount_rootfs(&image_task_dir(sandbox)) {
-        tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unmount the container's rootfs");
+        tracing::warn!(task_id, err = %error_chain(&err), "cannot unmount the container's rootfs");
     }
     let _ = std::fs::remove_dir(image_task_dir(sandbox));
     match open_store(task).and_then(|store| store.unpin(task_id)) {
         Ok(()) => {}
-        Err(err) => tracing::warn!(task_id, err = %DisplayChain(&err), "cannot unpin the container's image"),
+        Err(err) => tracing::warn!(task_id, err = %error_chain(&err), "cannot unpin the container's image"),
     }
 }
 
@@ -193,7 +157,7 @@ impl Session {
         }
         self.done = true;
         if let Err(err) = run::delete(&self.id, &self.state_root) {
-            tracing::warn!(id = %self.id, %err, "cannot delete the container");
+            tracing::warn!(id = %self.id, err = %error_chain(&err), "cannot delete the container");
         }
         if let Some(mut proxies) = self.proxies.take() {
             proxies.stop();
@@ -316,10 +280,10 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         netns: attached.map(|a| a.netns),
         ports,
     };
-    fsutil::write_json_atomic(&spec.sandbox.join(RECORD_FILE), &record).map_err(|e| ContainerError::Io {
+    fsutil::write_json_atomic(&spec.sandbox.join(CONTAINER_FILE), &record).map_err(|e| ContainerError::Io {
         what: "writing",
-        path: spec.sandbox.join(RECORD_FILE),
-        source: std::io::Error::other(e.to_string()),
+        path: spec.sandbox.join(CONTAINER_FILE),
+        source: std::io::Error::other(error_chain(&e).to_string()),
     })?;
     Ok(Running { pid, record, session })
 }
@@ -386,7 +350,7 @@ fn write_etc_files(
 /// whatever still runs in it), host-side network pieces, the address lease and the
 /// image mount. Safe to call for any sandbox, also twice, also for a command task.
 pub fn cleanup_leftovers(sandbox: &Path) {
-    let spec: Option<ExecutorSpec> = fsutil::read_json(&sandbox.join(crate::executor::SPEC_FILE)).ok().flatten();
+    let spec: Option<ExecutorSpec> = fsutil::read_json(&sandbox.join(SPEC_FILE)).ok().flatten();
     let Some(spec) = spec else { return };
     let Some(task) = &spec.container else { return };
     let mut session = Session {

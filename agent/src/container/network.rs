@@ -8,6 +8,7 @@
 //! leaves the agent's namespace. Teardown is idempotent and tolerates missing pieces:
 //! it also runs for tasks whose executor died.
 use futures::TryStreamExt;
+use plinth_protocol::error_chain;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
@@ -253,7 +254,7 @@ pub fn ensure_bridge(bridge: &str, subnet: Subnet) -> Result<(), ContainerError>
             }
         }
         Err(err) => {
-            tracing::warn!(%err, "iptables is not available: containers on the bridge cannot reach other hosts");
+            tracing::warn!(err = %error_chain(&err), "iptables is not available: containers on the bridge cannot reach other hosts");
         }
     }
     Ok(())
@@ -406,19 +407,19 @@ pub fn teardown(id: &str, ipam_dir: Option<&Path>) {
         Ok(())
     });
     if let Err(err) = deleted {
-        tracing::warn!(id, %err, "cannot delete the container's veth");
+        tracing::warn!(id, err = %error_chain(&err), "cannot delete the container's veth");
     }
     let netns = netns_path(id);
     if netns.exists() {
         // MNT_DETACH: a process still holding it (a dying container) must not block us.
         let _ = nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH);
         if let Err(err) = std::fs::remove_file(&netns) {
-            tracing::warn!(id, %err, "cannot remove the network namespace file");
+            tracing::warn!(id, err = %error_chain(&err), "cannot remove the network namespace file");
         }
     }
     if let Some(dir) = ipam_dir {
         if let Err(err) = release(dir, id) {
-            tracing::warn!(id, %err, "cannot release the container's address");
+            tracing::warn!(id, err = %error_chain(&err), "cannot release the container's address");
         }
     }
 }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::ContainerError;
-use crate::executor::MappedPort;
+use crate::executor_contract::MappedPort;
 
 /// How long an idle UDP "connection" keeps its upstream socket.
 const UDP_IDLE: Duration = Duration::from_secs(60);

@@ -10,11 +10,11 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
+use plinth_protocol::error_chain;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::ContainerError;
-use crate::cgroup::DisplayChain;
 
 /// Where libcontainer keeps container state (one directory per container).
 pub const STATE_ROOT: &str = "/run/plinth/containers";
@@ -87,7 +87,7 @@ pub fn create_and_start(
     })?;
     let runtime = |e: libcontainer::error::LibcontainerError| ContainerError::Runtime {
         step: "creating the container",
-        message: DisplayChain(&e).to_string(),
+        message: error_chain(&e).to_string(),
     };
     let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(UnblockingExecutor)
@@ -107,7 +107,7 @@ pub fn create_and_start(
     })?;
     container.start().map_err(|e| ContainerError::Runtime {
         step: "starting the container",
-        message: DisplayChain(&e).to_string(),
+        message: error_chain(&e).to_string(),
     })?;
     Ok(pid)
 }
@@ -122,7 +122,7 @@ pub fn delete(id: &str, state_root: &Path) -> Result<(), ContainerError> {
     match Container::load(dir.clone()) {
         Ok(mut container) => container.delete(true).map_err(|e| ContainerError::Runtime {
             step: "deleting the container",
-            message: DisplayChain(&e).to_string(),
+            message: error_chain(&e).to_string(),
         }),
         // Half-written state (a crash during create): nothing to ask libcontainer, just
         // forget it.

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use oci_spec::image::{Descriptor, ImageConfiguration};
 use plinth_oci::manifest::{self, Compression, Parsed};
 use plinth_oci::{BlobStore, Digest, ImageRef, OciError};
+use plinth_protocol::error_chain;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
@@ -126,7 +127,7 @@ pub struct ImageStoreOptions {
 impl Default for ImageStoreOptions {
     fn default() -> Self {
         ImageStoreOptions {
-            max_layer_bytes: crate::DEFAULT_MAX_LAYER_BYTES,
+            max_layer_bytes: crate::config::DEFAULT_MAX_LAYER_BYTES,
             max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
             connect_timeout: Duration::from_secs(10),
         }
@@ -580,7 +581,7 @@ impl ImageStore {
         if let Err(err) = result {
             // Nothing of a refused or broken layer stays.
             if let Err(e) = fs::remove_dir_all(&tmp) {
-                warn!(path = %tmp.display(), error = %e, "cannot remove a partial layer");
+                warn!(path = %tmp.display(), error = %error_chain(&e), "cannot remove a partial layer");
             }
             return Err(err);
         }
@@ -787,7 +788,9 @@ impl ImageStore {
             if let Ok(Some(_lock)) = self.lock_layer(&diff_id, false) {
                 match fs::remove_dir_all(entry.path()) {
                     Ok(()) => debug!(path = %entry.path().display(), "leftover layer dir removed"),
-                    Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover layer dir"),
+                    Err(e) => {
+                        warn!(path = %entry.path().display(), error = %error_chain(&e), "cannot remove a leftover layer dir")
+                    }
                 }
             }
         }

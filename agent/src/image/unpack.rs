@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use plinth_protocol::error_chain;
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
@@ -362,7 +363,7 @@ impl Writer<'_> {
             if let Err(e) = xattr::set(path, name, value) {
                 if name.starts_with("security.") || name.starts_with("trusted.") {
                     // Labels this host cannot set (no LSM, unprivileged) are not the image's content.
-                    debug!(layer = self.layer, path = %path.display(), xattr = %name, error = %e, "xattr skipped");
+                    debug!(layer = self.layer, path = %path.display(), xattr = %name, error = %error_chain(&e), "xattr skipped");
                 } else {
                     return Err(self.write_error(path, e));
                 }

@@ -1,5 +1,5 @@
-//! An in-memory runtime: tasks are entries in a map that move Starting → Running on the
-//! next poll and end when a test (or the simulator) says so. Failures are injected on
+//! An in-memory [`TaskRuntime`]: tasks are entries in a map that move Starting → Running
+//! on the next poll and end when a test says so. Failures are injected on
 //! purpose: launches that fail, tasks that ignore SIGTERM, exits, OOM kills, and
 //! supervisors that vanish.
 use plinth_protocol::{TaskId, Timestamp};
@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle, Termination};
-use crate::AgentError;
+use super::{LaunchRequest, Observation, RuntimeHandle, TaskRuntime};
+use crate::error::AgentError;
+use crate::executor_contract::Termination;
 
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -37,6 +38,7 @@ struct FakeState {
     kills: usize,
 }
 
+/// A [`TaskRuntime`] in memory, for tests.
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
     state: Mutex<FakeState>,
@@ -128,7 +130,7 @@ impl FakeRuntime {
     }
 }
 
-impl ContainerRuntime for FakeRuntime {
+impl TaskRuntime for FakeRuntime {
     fn name(&self) -> &'static str {
         "fake"
     }

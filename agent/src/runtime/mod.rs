@@ -1,10 +1,11 @@
-//! How tasks are run, behind one trait: [`ProcessRuntime`] runs command tasks through a
-//! per-task executor process, [`FakeRuntime`] is an in-memory state machine with failure
-//! injection for fast tests and the master's simulator. The container runtime
-//! (libcontainer) comes in behind the same trait.
+//! How the agent starts and supervises task processes, behind one trait, [`TaskRuntime`]:
+//! [`ProcessRuntime`] runs every task (command or Docker) under its own executor process
+//! (`plinth executor`, which runs a Docker task's container itself, see
+//! [`crate::container`]); `FakeRuntime` (tests and the `testing` feature only) is an
+//! in-memory state machine with failure injection for fast tests.
 //!
 //! Every method returns promptly: slow work (an image pull, say) belongs in the
-//! background and shows up through [`ContainerRuntime::poll`]. That keeps the trait
+//! background and shows up through [`TaskRuntime::poll`]. That keeps the trait
 //! object-safe and lets the agent drive any number of tasks from one loop.
 use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::TaskId;
@@ -13,12 +14,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
+use crate::error::AgentError;
+use crate::executor_contract::{ContainerTask, Termination};
 use crate::logs::LogPolicy;
-use crate::AgentError;
 
+#[cfg(any(test, feature = "testing"))]
 mod fake;
 mod process;
 
+#[cfg(any(test, feature = "testing"))]
 pub use fake::FakeRuntime;
 pub use process::{ExecutorCommand, ProcessRuntime};
 
@@ -33,8 +37,8 @@ pub struct LaunchRequest {
     pub logs: LogPolicy,
     /// The agent's artifact cache for `fetch` URIs with `cache: true`.
     pub fetch_cache: Option<PathBuf>,
-    /// Set for Docker tasks (see [`crate::executor::ContainerTask`]).
-    pub container: Option<crate::executor::ContainerTask>,
+    /// Set for Docker tasks.
+    pub container: Option<ContainerTask>,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.
@@ -60,27 +64,6 @@ impl RuntimeHandle {
     }
 }
 
-/// How a task ended, as the runtime saw it (the executor's `exit.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Termination {
-    /// Exit status when the task exited by itself.
-    pub code: Option<i32>,
-    /// Signal number when a signal ended it.
-    pub signal: Option<i32>,
-    /// The memory limit's OOM killer struck.
-    pub oom: bool,
-    /// The task was killed on request.
-    #[serde(default)]
-    pub killed: bool,
-    /// Set when the task could not even be started.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Staging its artifacts failed (`error` says which and why); the command never ran.
-    #[serde(default)]
-    pub fetch_failed: bool,
-    pub finished_at: String,
-}
-
 /// One look at a task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
@@ -96,8 +79,10 @@ pub enum Observation {
     },
 }
 
-pub trait ContainerRuntime: Send + Sync {
-    /// Short name for logs and errors (`process`, `fake`, `container`).
+/// Starts, watches, stops and re-adopts the agent's tasks; the agent's shell
+/// (`node.rs`) is its only caller.
+pub trait TaskRuntime: Send + Sync {
+    /// Short name for logs and errors (`process`, `fake`).
     fn name(&self) -> &'static str;
     /// Starts a task and returns what must be checkpointed to find it again.
     fn launch(&self, request: &LaunchRequest) -> Result<RuntimeHandle, AgentError>;

@@ -1,6 +1,7 @@
-//! Command tasks, each under its own executor process (see [`crate::executor`]). The
-//! runtime keeps no state of its own: everything it needs is in the handle and in the
-//! sandbox files the executor writes, which is what makes re-adoption trivial.
+//! The [`TaskRuntime`] of real tasks: every task, a command or a Docker container, runs
+//! under its own executor process (see [`crate::executor`]). The runtime keeps no state
+//! of its own: everything it needs is in the handle and in the sandbox files the executor
+//! writes ([`crate::executor_contract`]), which is what makes re-adoption trivial.
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -10,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{ContainerRuntime, LaunchRequest, Observation, RuntimeHandle, Termination};
+use super::{LaunchRequest, Observation, RuntimeHandle, TaskRuntime};
 use crate::cgroup::{self, TaskCgroup};
-use crate::executor::{self, ExecutorRecord, ExecutorSpec, RunningRecord};
+use crate::error::AgentError;
+use crate::executor_contract::{self as contract, ExecutorRecord, ExecutorSpec, RunningRecord, Termination};
 use crate::fsutil::{self, proc_stat, process_alive};
 use crate::taskenv::TaskCommand;
-use crate::AgentError;
 
 /// How to start an executor: `program args… --spec SANDBOX/task.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,7 @@ impl ExecutorCommand {
     }
 }
 
+/// Runs each task under its own `plinth executor` process.
 pub struct ProcessRuntime {
     executor: ExecutorCommand,
 }
@@ -51,11 +53,11 @@ impl ProcessRuntime {
 }
 
 fn read_running(sandbox: &Path) -> Option<RunningRecord> {
-    fsutil::read_json(&sandbox.join(executor::RUNNING_FILE)).ok().flatten()
+    fsutil::read_json(&sandbox.join(contract::RUNNING_FILE)).ok().flatten()
 }
 
 fn read_exit(sandbox: &Path) -> Option<Termination> {
-    fsutil::read_json(&sandbox.join(executor::EXIT_FILE)).ok().flatten()
+    fsutil::read_json(&sandbox.join(contract::EXIT_FILE)).ok().flatten()
 }
 
 fn signal_error(
@@ -75,7 +77,7 @@ impl ProcessRuntime {
 
     fn spawn_executor(&self, request: &LaunchRequest, spec_path: &Path) -> Result<(i32, Option<u64>), AgentError> {
         let task_id = request.spec.task_id.to_string();
-        let log_path = request.sandbox.join(executor::EXECUTOR_LOG);
+        let log_path = request.sandbox.join(contract::EXECUTOR_LOG);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -117,7 +119,7 @@ impl ProcessRuntime {
     }
 }
 
-impl ContainerRuntime for ProcessRuntime {
+impl TaskRuntime for ProcessRuntime {
     fn name(&self) -> &'static str {
         "process"
     }
@@ -149,7 +151,7 @@ impl ContainerRuntime for ProcessRuntime {
             fetch_cache: request.fetch_cache.clone(),
             container: request.container.clone(),
         };
-        let spec_path = request.sandbox.join(executor::SPEC_FILE);
+        let spec_path = request.sandbox.join(contract::SPEC_FILE);
         let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)
             .and_then(|()| self.spawn_executor(request, &spec_path));
         match spawned {
@@ -227,7 +229,7 @@ impl ContainerRuntime for ProcessRuntime {
     fn recover(&self, handle: &RuntimeHandle) -> RuntimeHandle {
         let mut recovered = handle.clone();
         if recovered.pid.is_none() {
-            if let Ok(Some(record)) = fsutil::read_json::<ExecutorRecord>(&handle.sandbox.join(executor::EXECUTOR_FILE))
+            if let Ok(Some(record)) = fsutil::read_json::<ExecutorRecord>(&handle.sandbox.join(contract::EXECUTOR_FILE))
             {
                 recovered.pid = Some(record.pid);
                 recovered.pid_start_time = record.start_time;
@@ -235,7 +237,7 @@ impl ContainerRuntime for ProcessRuntime {
         }
         if recovered.cgroup.is_none() {
             let spec: Option<ExecutorSpec> =
-                fsutil::read_json(&handle.sandbox.join(executor::SPEC_FILE)).ok().flatten();
+                fsutil::read_json(&handle.sandbox.join(contract::SPEC_FILE)).ok().flatten();
             if let Some(spec) = spec.filter(|s| !s.cgroup_dirs.is_empty()) {
                 recovered.cgroup =
                     Some(TaskCgroup { name: format!("{}/{}", cgroup::PARENT, handle.task_id), dirs: spec.cgroup_dirs });

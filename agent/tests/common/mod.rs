@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use plinth_agent::runtime::{ContainerRuntime, ExecutorCommand, ProcessRuntime};
+use plinth_agent::runtime::{ExecutorCommand, ProcessRuntime, TaskRuntime};
 use plinth_agent::testing::task_spec;
 use plinth_agent::{run_with, AgentConfig, AgentOptions};
 use plinth_protocol::agent::{
@@ -99,7 +99,7 @@ pub fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
     start_agent_with(master, work_dir, port, runtime)
 }
 
-pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn ContainerRuntime>) -> Agent {
+pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn TaskRuntime>) -> Agent {
     let config = AgentConfig {
         master: master.to_string(),
         work_dir,

@@ -5,9 +5,11 @@
 //! Every test removes what it made (executors, containers, cgroups, namespaces), also
 //! when it fails.
 use plinth_agent::cgroup::{self, TaskCgroup};
-use plinth_agent::container::{self, network, run, ContainerRecord, LocalImage};
-use plinth_agent::executor::{ContainerNetwork, ContainerTask, ExecutorSpec, MappedPort, EXIT_FILE, SPEC_FILE};
-use plinth_agent::runtime::Termination;
+use plinth_agent::container::{self, network, run};
+use plinth_agent::executor_contract::{
+    ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, LocalImage, MappedPort, Termination,
+    CONTAINER_FILE, EXIT_FILE, SPEC_FILE,
+};
 use plinth_agent::taskenv::{task_env, TaskCommand};
 use plinth_agent::testing::task_spec;
 use serde_json::json;
@@ -181,7 +183,7 @@ impl Task {
     fn wait_running(&self) -> ContainerRecord {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(bytes) = std::fs::read(self.sandbox.join(container::RECORD_FILE)) {
+            if let Ok(bytes) = std::fs::read(self.sandbox.join(CONTAINER_FILE)) {
                 return serde_json::from_slice(&bytes).expect("container.json");
             }
             if self.sandbox.join(EXIT_FILE).exists() {
@@ -251,7 +253,7 @@ fn a_cmd_runs_as_pid_1_in_its_own_namespaces() {
     assert!(stdout.contains("/bin/sh -c echo hello"), "pid 1 is the shell: {stdout}");
     assert_eq!(stdout.lines().last(), Some("1"), "the shell is pid 1: {stdout}");
     let record: ContainerRecord =
-        serde_json::from_str(&task.read(container::RECORD_FILE)).expect("container.json while it ran");
+        serde_json::from_str(&task.read(CONTAINER_FILE)).expect("container.json while it ran");
     assert_eq!(record.network, "host");
     assert_eq!(record.cgroup, format!("/plinth/{}", task.id));
     task.assert_no_leftovers();

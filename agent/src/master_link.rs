@@ -1,0 +1,195 @@
+//! The agent's link to the master: register (again whenever the master asks or forgets
+//! this agent), long-poll `sync` and hand each newer desired state to the [`Node`], and
+//! send the status outbox until the master acknowledges each update. Tasks keep running
+//! whatever happens to the master.
+use plinth_protocol::agent::{Registration, StatusBatch, SyncRequest};
+use plinth_protocol::{error_chain, AgentId, Timestamp};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::client::MasterClient;
+use crate::error::AgentError;
+use crate::fsutil;
+use crate::node::{blocking, millis, Node};
+use crate::state::AGENT_ID_FILE;
+
+/// Status updates sent per request.
+const OUTBOX_BATCH: usize = 100;
+
+/// The agent id the master gave this agent before, if any.
+pub(crate) fn read_agent_id(work_dir: &Path) -> Result<Option<AgentId>, AgentError> {
+    let path = work_dir.join(AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim()).filter(|t| !t.is_empty()).map(AgentId::new)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AgentError::ReadFile { path, source }),
+    }
+}
+
+/// Exponential backoff between attempts to reach the master.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+
+    fn new(max: Duration) -> Self {
+        Backoff { next: Self::FIRST, max }
+    }
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+fn registration(node: &Node) -> Registration {
+    let state = node.lock();
+    Registration {
+        agent_id: node.agent_id(),
+        hostname: node.config.hostname.clone(),
+        advertise_ip: node.advertise_ip.to_string(),
+        http_port: node.config.listen.port(),
+        resources: node.resources.clone(),
+        attributes: node.config.attributes.clone(),
+        last_generation: state.applied_generation,
+        tasks: state.live_reports(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn remember_agent_id(node: &Node, agent_id: &AgentId) {
+    let path = node.config.work_dir.join(AGENT_ID_FILE);
+    if node.agent_id().as_ref() != Some(agent_id) {
+        if let Err(err) = fsutil::write_atomic(&path, agent_id.as_str().as_bytes()) {
+            error!(node_id = %agent_id, error = %error_chain(&err), "cannot persist the agent id");
+        }
+    }
+    node.set_agent_id(agent_id.clone());
+}
+
+/// Register, then long-poll `sync` forever; register again when the master asks or
+/// forgets us. Tasks keep running whatever happens to the master.
+pub(crate) async fn master_loop(node: Arc<Node>, client: MasterClient) {
+    let mut backoff = Backoff::new(node.options.max_backoff);
+    loop {
+        let registration = registration(&node);
+        let registered = match client.register(&registration).await {
+            Ok(registered) => registered,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(node_id = %node.node_id(), error = %error_chain(&err), retry_ms = millis(delay), "cannot register with the master");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        remember_agent_id(&node, &registered.agent_id);
+        node.wake_outbox();
+        info!(
+            node_id = %registered.agent_id, tasks = registration.tasks.len(),
+            generation = registration.last_generation, "registered with the master"
+        );
+        let heartbeat = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
+        sync_loop(&node, &client, &registered.agent_id, heartbeat, &mut backoff).await;
+    }
+}
+
+/// Returns when the agent must register again.
+async fn sync_loop(
+    node: &Arc<Node>,
+    client: &MasterClient,
+    agent_id: &AgentId,
+    heartbeat: Duration,
+    backoff: &mut Backoff,
+) {
+    let wait = node.options.sync_wait.min(heartbeat);
+    // A master that answers at once must not be hammered: at most one sync per this.
+    let min_interval = heartbeat.min(Duration::from_secs(1));
+    loop {
+        let request = {
+            let state = node.lock();
+            SyncRequest {
+                agent_id: agent_id.clone(),
+                generation: state.applied_generation,
+                tasks: state.live_reports(),
+                wait_ms: millis(wait),
+            }
+        };
+        let started = Instant::now();
+        match client.sync(&request).await {
+            Ok(response) if response.reregister => {
+                info!(node_id = %agent_id, "the master asks this agent to register again");
+                return;
+            }
+            Ok(response) => {
+                backoff.reset();
+                match response.desired {
+                    Some(desired) => {
+                        let node = node.clone();
+                        blocking(move || node.apply(desired, Timestamp::now())).await;
+                    }
+                    None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
+                }
+            }
+            Err(AgentError::MasterStatus { status, .. })
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                warn!(node_id = %agent_id, status, "the master rejected sync; registering again");
+                tokio::time::sleep(backoff.next_delay()).await;
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "sync with the master failed; tasks keep running");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Sends queued status updates, oldest first, until the master acknowledges them.
+pub(crate) async fn outbox_loop(node: Arc<Node>, client: MasterClient) {
+    let mut backoff = Backoff::new(node.options.max_backoff.max(Duration::from_secs(1)));
+    loop {
+        let pending = {
+            let state = node.lock();
+            state.outbox.iter().take(OUTBOX_BATCH).cloned().collect::<Vec<_>>()
+        };
+        let Some(agent_id) = node.agent_id().filter(|_| !pending.is_empty()) else {
+            // Woken by new updates or registration; the timeout is a safety net.
+            let _ = tokio::time::timeout(Duration::from_secs(1), node.outbox_woken()).await;
+            continue;
+        };
+        let batch = StatusBatch { agent_id: agent_id.clone(), updates: pending };
+        match client.status(&batch).await {
+            Ok(ack) if !ack.acknowledged.is_empty() => {
+                backoff.reset();
+                let node = node.clone();
+                blocking(move || {
+                    let mut state = node.lock();
+                    state.outbox.retain(|u| !ack.acknowledged.contains(&u.update_id));
+                    node.save(&state);
+                })
+                .await;
+            }
+            Ok(_) => {
+                let delay = backoff.next_delay();
+                warn!(node_id = %agent_id, retry_ms = millis(delay), "the master acknowledged no status update");
+                tokio::time::sleep(delay).await;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                debug!(node_id = %agent_id, error = %error_chain(&err), retry_ms = millis(delay), "cannot send status updates");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The agent's start-up (its composition root): loads the checkpoint and the agent id,
+//! builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
+//! status outbox, health checks, image collection), serves the API and talks to the
+//! master until the process stops.
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::client::MasterClient;
+use crate::config::{AgentConfig, AgentOptions};
+use crate::error::AgentError;
+use crate::master_link::{self, read_agent_id};
+use crate::node::{blocking, Node, TASKS_DIR};
+use crate::resources::detect_resources;
+use crate::runtime::{self, TaskRuntime};
+use crate::state::NodeState;
+use crate::{api, checks, fsutil};
+
+/// Runs the agent with command tasks (each under `plinth executor`) until the process
+/// is stopped. Tunables come from the environment (see [`AgentOptions::from_env`]).
+/// Stopping the agent never stops its tasks: a restarted agent re-adopts them from the
+/// checkpoint.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let runtime = Arc::new(runtime::ProcessRuntime::new(runtime::ExecutorCommand::plinth_binary()));
+    run_with(config, runtime, AgentOptions::from_env()).await
+}
+
+/// Runs the agent with the given runtime until the process is stopped or the API server
+/// fails. Dropping the future stops the agent but not its tasks.
+pub async fn run_with(
+    config: AgentConfig,
+    runtime: Arc<dyn TaskRuntime>,
+    options: AgentOptions,
+) -> Result<(), AgentError> {
+    fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
+    let state = NodeState::load(&config.work_dir)?;
+    let agent_id = read_agent_id(&config.work_dir)?;
+    let client = MasterClient::new(&config.master, config.token.clone())?;
+    let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
+    let advertise_ip = match config.advertise_ip {
+        Some(ip) => ip,
+        None => client.local_address_towards_master().await,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
+    let runtime_name = runtime.name();
+    let node = Arc::new(Node::new(config, options, resources, advertise_ip, runtime, state, agent_id));
+    info!(
+        node_id = %node.node_id(), runtime = runtime_name, resources = %node.resources,
+        advertise_ip = %node.advertise_ip, "agent starting"
+    );
+    let recovering = node.clone();
+    blocking(move || recovering.recover()).await;
+
+    let api = axum::serve(listener, api::router(node.clone()));
+    let ticker = node.clone();
+    let _background = AbortOnDrop(vec![
+        tokio::spawn(async move { ticker.tick_loop().await }),
+        tokio::spawn(master_link::outbox_loop(node.clone(), client.clone())),
+        tokio::spawn(checks::check_loop(node.clone())),
+        tokio::spawn(node.clone().image_gc_loop()),
+    ]);
+    tokio::select! {
+        result = api => result.map_err(|source| AgentError::Serve { source }),
+        () = master_link::master_loop(node.clone(), client) => Ok(()),
+    }
+}
+
+/// Background tasks that end with the agent (when `run_with` returns or is dropped).
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
