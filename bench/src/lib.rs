@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod containers;
 pub mod pxe;
+pub mod scheduler;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -35,7 +36,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Scheduler { agents, tasks } => {
-            let report = plinth_master::bench::run_scheduler_bench(agents, tasks).context("scheduler benchmark")?;
+            let report = scheduler::run_scheduler_bench(agents, tasks).context("scheduler benchmark")?;
             println!("{report}");
             Ok(())
         }

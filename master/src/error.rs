@@ -18,8 +18,6 @@ pub enum MasterError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
-    #[error("benchmark failed: {0}")]
-    Bench(String),
     #[error("cannot open the image registry")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("PXE boot server")]

@@ -11,8 +11,8 @@ use serde_json::json;
 use plinth_protocol::agent::{Registration, StatusUpdate};
 use plinth_protocol::{AgentId, AppDefinition, Resources, TaskId, TaskState, Timestamp};
 
-use crate::store::Store;
-use crate::MasterError;
+use anyhow::bail;
+use plinth_master::store::Store;
 use plinth_scheduler::{Core, CoreConfig};
 
 /// What one run measured.
@@ -83,18 +83,18 @@ fn proc_status_kib(field: &str) -> u64 {
 
 /// Runs the benchmark with `agents` fake agents and `tasks` tasks spread over apps of
 /// up to 1,000 instances each. The store lives in a temporary directory.
-pub fn run_scheduler_bench(agents: usize, tasks: usize) -> Result<BenchReport, MasterError> {
+pub fn run_scheduler_bench(agents: usize, tasks: usize) -> anyhow::Result<BenchReport> {
     let dir = std::env::temp_dir().join(format!("plinth-bench-{}", std::process::id()));
     let result = run_in(&dir, agents.max(1), tasks);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchReport, MasterError> {
+fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> anyhow::Result<BenchReport> {
     let store = Store::open(dir)?;
     let rss_before_kib = proc_status_kib("VmRSS:");
     let config = CoreConfig { agent_timeout_ms: i64::MAX / 4, max_launches_per_tick: 20_000, ..CoreConfig::default() };
-    let mut core = Core::new(config, crate::ids::random_ids());
+    let mut core = Core::new(config, plinth_master::ids::random_ids());
     // Room for every task with headroom: tasks take 0.1 cpu, 32 MB and one port.
     let per_agent = tasks.div_ceil(agents) + 1;
     let resources = Resources::parse(&format!(
@@ -103,7 +103,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
         per_agent * 32 + 64,
         20000 + per_agent.min(40000) + 10
     ))
-    .map_err(|e| MasterError::Bench(e.to_string()))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut clock = Timestamp::now();
     for i in 0..agents {
         core.register_agent(
@@ -133,9 +133,9 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
         let mut def = AppDefinition::from_value(json!({
             "id": format!("/bench/app-{a}"), "cmd": "sleep 1000", "instances": instances, "cpus": 0.1, "mem": 32,
         }))
-        .map_err(|e| MasterError::Bench(format!("{e:?}")))?;
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         def.normalize();
-        core.create_app(def, clock).map_err(|e| MasterError::Bench(e.to_string()))?;
+        core.create_app(def, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut rounds = 0;
     let mut running = 0usize;
@@ -172,7 +172,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> Result<BenchRep
             break;
         }
         if rounds > 100_000 {
-            return Err(MasterError::Bench("the scheduler stopped making progress".into()));
+            bail!("the scheduler stopped making progress");
         }
     }
     let elapsed = start.elapsed();
