@@ -45,6 +45,27 @@ impl AppId {
     }
 }
 
+/// The longest app or group id a client may create. Task ids, sandbox directories and
+/// cgroup names are built from it (`prefix.uuid`), and file names end at 255 bytes.
+pub const MAX_APP_ID_LEN: usize = 200;
+/// The deepest group nesting a client may create: group trees are walked and rendered per
+/// level, so depth is bounded where ids come in.
+pub const MAX_APP_ID_DEPTH: usize = 16;
+
+/// The bounds on ids that clients create (app definitions, group paths). Applied where ids
+/// come in, not to ids read back from the store, which were accepted earlier.
+pub fn check_id_bounds(id: &str) -> Result<(), String> {
+    let trimmed = id.trim_matches('/');
+    if trimmed.len() + 1 > MAX_APP_ID_LEN {
+        return Err(format!("id is {} characters long; at most {MAX_APP_ID_LEN} are allowed", trimmed.len() + 1));
+    }
+    let depth = trimmed.split('/').count();
+    if depth > MAX_APP_ID_DEPTH {
+        return Err(format!("id has {depth} path segments; at most {MAX_APP_ID_DEPTH} are allowed"));
+    }
+    Ok(())
+}
+
 fn check_segment(segment: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -161,6 +182,19 @@ mod tests {
         for bad in ["", "/", "Hello", "a b", "/a//b", "-a", "a-", "/../x", "a_b", "x!"] {
             assert!(AppId::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn created_ids_are_bounded_in_length_and_depth() {
+        assert!(check_id_bounds("/prod/web").is_ok());
+        let deepest = format!("/{}", vec!["g"; MAX_APP_ID_DEPTH].join("/"));
+        assert!(check_id_bounds(&deepest).is_ok());
+        let too_deep = format!("/{}", vec!["g"; MAX_APP_ID_DEPTH + 1].join("/"));
+        assert!(check_id_bounds(&too_deep).unwrap_err().contains("at most 16"));
+        let thousands = format!("/{}", vec!["a"; 3_700].join("/"));
+        assert!(check_id_bounds(&thousands).is_err());
+        assert!(check_id_bounds(&format!("/{}", "a".repeat(MAX_APP_ID_LEN - 1))).is_ok());
+        assert!(check_id_bounds(&format!("/{}", "a".repeat(MAX_APP_ID_LEN))).unwrap_err().contains("at most 200"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod resources;
 pub mod time;
 
 pub use error_chain::{error_chain, ErrorChain};
-pub use ids::{is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
+pub use ids::{check_id_bounds, is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
 pub use marathon::{
     AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation,
 };

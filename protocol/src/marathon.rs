@@ -623,6 +623,8 @@ impl AppDefinition {
         };
         if let Err(e) = AppId::parse(&self.id) {
             add("/id", e.to_string());
+        } else if let Err(e) = crate::check_id_bounds(&self.id) {
+            add("/id", e);
         }
         if self.instances < 0 {
             add("/instances", "must be greater than or equal to 0".into());

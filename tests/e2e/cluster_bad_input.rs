@@ -201,3 +201,29 @@ fn cli_takes_global_flags_anywhere_rounds_numbers_ends_quietly_on_a_closed_pipe_
     assert!(stderr(&output).contains("no such app: /nope"), "{}", stderr(&output));
     assert_eq!(cluster.api().get("/v2/apps/nope").status, 404, "nothing was created");
 }
+
+#[test]
+fn ids_are_bounded_so_no_id_can_make_group_reads_crash_or_grow_quadratically() {
+    let cluster = Cluster::start("id-bounds", 1);
+    let api = cluster.api();
+    // The id that overflowed the stack of every GET /v2/groups (under 8 KB, once accepted).
+    let thousands = format!("/{}", vec!["a"; 4_000].join("/"));
+    assert_rejected(api.post("/v2/apps", &cmd_app(&thousands, "sleep 1", 0)), 422, Some("/id"));
+    let too_deep = format!("/{}/app", vec!["g"; 16].join("/"));
+    assert_rejected(api.post("/v2/apps", &cmd_app(&too_deep, "sleep 1", 0)), 422, Some("/id"));
+    let too_long = format!("/{}", "a".repeat(250));
+    assert_rejected(api.post("/v2/apps", &cmd_app(&too_long, "sleep 1", 0)), 422, Some("/id"));
+    assert_eq!(api.get("/v2/apps").json["apps"].as_array().map(Vec::len), Some(0), "nothing was created");
+
+    // The deepest allowed tree: group reads answer, in a size linear in the tree.
+    let deepest = format!("/{}/app", vec!["g"; 15].join("/"));
+    api.post("/v2/apps", &cmd_app(&deepest, "sleep 1000", 0)).expect_status(201);
+    let groups = api.get("/v2/groups");
+    assert_eq!(groups.status, 200, "{}", groups.text);
+    assert!(groups.text.contains(&deepest), "{}", groups.text);
+    assert!(groups.text.len() < 64 * 1024, "{} bytes for one app 16 levels deep", groups.text.len());
+    // Groups take the same bounds as apps.
+    let deep_group = format!("/{}", vec!["h"; 17].join("/"));
+    let reply = api.post("/v2/groups", &json!({"id": deep_group}));
+    assert_eq!(reply.status, 422, "{}", reply.text);
+}

@@ -53,6 +53,7 @@ pub fn resolve(base: &str, raw: &str) -> Result<String, String> {
     }
     let path = format!("/{}", segments.join("/"));
     AppId::parse(&path).map_err(|e| e.to_string())?;
+    plinth_protocol::check_id_bounds(&path)?;
     Ok(path)
 }
 
