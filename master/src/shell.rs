@@ -91,7 +91,7 @@ impl Master {
         let dir = config.data_dir.clone();
         let (store, snapshot, subscriptions, framework_id) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&dir)?;
-            let snapshot = store.load()?;
+            let snapshot = store.load_checked()?;
             let subscriptions = store.subscriptions()?;
             let framework_id = store.framework_id()?;
             Ok::<_, StoreError>((store, snapshot, subscriptions, framework_id))

@@ -16,6 +16,9 @@ use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, 
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "plinth.redb";
+/// Written beside the store when a cluster is created: a data dir that has it but no store
+/// lost its store (a new cluster would make every agent kill its tasks), so start-up refuses.
+pub const CLUSTER_MARKER: &str = "plinth.cluster";
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 /// Key: `"{app id}\0{version}"`.
@@ -52,6 +55,29 @@ pub enum StoreError {
     Import { path: PathBuf, source: std::io::Error },
     #[error("the store schema version is {found}, this master understands {expected}")]
     Schema { found: String, expected: String },
+    #[error(
+        "the store {path} is empty (0 bytes): it is damaged, not a new cluster; restore it from a backup \
+         (or remove it and {marker} to start a new, empty cluster)"
+    )]
+    Empty { path: PathBuf, marker: PathBuf },
+    #[error(
+        "the store {path} is missing but {marker} says this data dir held a cluster: restore the store \
+         from a backup (or remove {marker} to start a new, empty cluster)"
+    )]
+    Lost { path: PathBuf, marker: PathBuf },
+    #[error("the store {path} is damaged ({reason}): restore it from a backup")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("cannot write the cluster marker {path}")]
+    Marker { path: PathBuf, source: std::io::Error },
+}
+
+/// What a caught panic said, for an error message.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic inside the storage engine".to_string())
 }
 
 fn txn_err(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
@@ -119,14 +145,33 @@ fn table_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
 
 impl Store {
     /// Opens (or creates) `{dir}/plinth.redb` and makes sure every table exists.
+    /// Opens the store in `dir`, creating a new cluster only where there never was one: an
+    /// empty store file, or a missing one beside the cluster marker, is refused, and a
+    /// damaged one is an error naming it (redb panics on some damaged pages: caught here).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let store = Store { db: Arc::new(db), path };
-        store.init()?;
-        store.import_groups_file(dir)?;
-        Ok(store)
+        let marker = dir.join(CLUSTER_MARKER);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() == 0 => return Err(StoreError::Empty { path, marker }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && marker.exists() => {
+                return Err(StoreError::Lost { path, marker })
+            }
+            _ => {}
+        }
+        let opened = std::panic::catch_unwind(|| -> Result<Store, StoreError> {
+            let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+            let store = Store { db: Arc::new(db), path: path.clone() };
+            store.init()?;
+            store.import_groups_file(dir)?;
+            Ok(store)
+        })
+        .map_err(|panic| StoreError::Damaged { path: path.clone(), reason: panic_text(&*panic) })??;
+        if !marker.exists() {
+            let id = opened.framework_id()?;
+            std::fs::write(&marker, format!("{id}\n")).map_err(|source| StoreError::Marker { path: marker, source })?;
+        }
+        Ok(opened)
     }
 
     pub fn path(&self) -> &Path {
@@ -207,6 +252,13 @@ impl Store {
         let meta = tx!(OP, txn.open_table(META))?;
         let value = tx!(OP, meta.get(FRAMEWORK_ID_KEY))?;
         Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()).unwrap_or_default())
+    }
+
+    /// [`Store::load`], with a panic of the storage engine on a damaged page turned into
+    /// [`StoreError::Damaged`].
+    pub fn load_checked(&self) -> Result<Snapshot, StoreError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load()))
+            .map_err(|panic| StoreError::Damaged { path: self.path.clone(), reason: panic_text(&*panic) })?
     }
 
     /// Everything the core needs to restore itself.
@@ -395,6 +447,52 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_or_lost_store_is_refused_and_a_damaged_one_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Enough records for several pages of tables.
+            for n in 0..300 {
+                let url = format!("http://127.0.0.1:9/cb/{n}/{}", "x".repeat(100));
+                store
+                    .put_subscription(&Subscription { callback_url: url, client_ip: None, created_at: "x".into() })
+                    .unwrap();
+            }
+        }
+        assert!(dir.path().join(CLUSTER_MARKER).exists(), "a new cluster leaves its marker");
+        let db = dir.path().join(DB_FILE);
+        let good = std::fs::read(&db).unwrap();
+
+        std::fs::write(&db, b"").unwrap();
+        let err = Store::open(dir.path()).err().expect("a 0-byte store is refused");
+        assert!(matches!(err, StoreError::Empty { .. }) && err.to_string().contains("0 bytes"), "{err}");
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the refusal writes nothing");
+
+        std::fs::remove_file(&db).unwrap();
+        let err = Store::open(dir.path()).err().expect("a lost store is refused");
+        assert!(matches!(err, StoreError::Lost { .. }), "{err}");
+        assert!(!db.exists(), "no new, empty store is created");
+
+        // Every page zeroed in turn: a clear error or a good open, never a panic.
+        let page = 4096;
+        for start in (0..good.len()).step_by(page) {
+            let mut damaged = good.clone();
+            let end = (start + page).min(damaged.len());
+            damaged[start..end].fill(0);
+            std::fs::write(&db, &damaged).unwrap();
+            let opened = std::panic::catch_unwind(|| {
+                Store::open(dir.path()).and_then(|s| s.load_checked().and_then(|_| s.subscriptions()).map(drop))
+            });
+            assert!(opened.is_ok(), "page at {start}: opening or loading the store panicked");
+        }
+
+        // Removing both is the explicit way to start over.
+        std::fs::remove_file(&db).unwrap();
+        std::fs::remove_file(dir.path().join(CLUSTER_MARKER)).unwrap();
+        assert!(Store::open(dir.path()).is_ok());
+    }
 
     #[test]
     fn subscriptions_survive_reopen() {

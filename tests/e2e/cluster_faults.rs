@@ -153,3 +153,33 @@ fn only_agents_with_the_join_token_join() {
         }
     });
 }
+
+#[test]
+fn a_master_on_an_empty_or_lost_store_refuses_to_start_and_no_task_is_killed() {
+    let mut cluster = Cluster::start("faults-store", 1);
+    let steady = ids(&cluster.deploy(&cmd_app("/steady", "sleep 1000", 2)));
+    let pids_before = running_processes(&cluster, &["agent-1"], "");
+    let store = cluster.dir().join("master").join("plinth.redb");
+
+    // A 0-byte store (a disk that lost the file's content) is not a new, empty cluster.
+    cluster.kill9("master");
+    std::fs::write(&store, b"").expect("truncate the store");
+    cluster.respawn("master");
+    let (status, log) = cluster.wait_exit("master", secs(30));
+    assert!(!status.success(), "the master refuses to start: {log}");
+    assert!(log.contains("is empty (0 bytes)") && log.contains("restore it from a backup"), "{log}");
+
+    // A missing store beside the data dir's cluster marker: refused the same way.
+    std::fs::remove_file(&store).expect("remove the store");
+    cluster.respawn("master");
+    let (status, log) = cluster.wait_exit("master", secs(30));
+    assert!(!status.success());
+    assert!(log.contains("is missing but") && log.contains("held a cluster"), "{log}");
+    assert!(!store.exists(), "no new, empty store was created");
+
+    // The agent was never told to kill anything: its tasks run on, same processes.
+    std::thread::sleep(secs(2));
+    let pids_after = running_processes(&cluster, &["agent-1"], "");
+    assert_eq!(pids_after.keys().cloned().collect::<BTreeSet<_>>(), steady, "both tasks still run");
+    assert_eq!(pids_after, pids_before, "same processes");
+}

@@ -760,6 +760,25 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Waits for the node's process to end by itself; its exit status and its log so far.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
+        let mut child = node.child.take().unwrap_or_else(|| panic!("{name} is not running"));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll the node") {
+                break status;
+            }
+            if started.elapsed() >= timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} still running after {timeout:?}; it should have ended by itself");
+            }
+            std::thread::sleep(POLL);
+        };
+        (status, fs::read_to_string(&node.log).unwrap_or_default())
+    }
+
     /// `kill -9` of the node's plinth process only (its tasks, if any, keep running).
     pub fn kill9(&mut self, name: &str) {
         let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
