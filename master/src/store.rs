@@ -466,12 +466,12 @@ mod tests {
         let good = std::fs::read(&db).unwrap();
 
         std::fs::write(&db, b"").unwrap();
-        let err = Store::open(dir.path()).err().expect("a 0-byte store is refused");
+        let Err(err) = Store::open(dir.path()) else { panic!("a 0-byte store is refused") };
         assert!(matches!(err, StoreError::Empty { .. }) && err.to_string().contains("0 bytes"), "{err}");
         assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the refusal writes nothing");
 
         std::fs::remove_file(&db).unwrap();
-        let err = Store::open(dir.path()).err().expect("a lost store is refused");
+        let Err(err) = Store::open(dir.path()) else { panic!("a lost store is refused") };
         assert!(matches!(err, StoreError::Lost { .. }), "{err}");
         assert!(!db.exists(), "no new, empty store is created");
 
