@@ -13,10 +13,15 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Age
     write_atomic(path, &bytes)
 }
 
+/// [`write_json_atomic`] for bytes. State files are the agent's and the executor's alone
+/// (they hold apps' env secrets): created 0600, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = tmp_path(path);
     let write = || -> io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // A temp file a crash left behind keeps its old mode: set it either way.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -117,5 +122,7 @@ mod tests {
         write_json_atomic(&path, &vec![1u32, 2]).unwrap();
         assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), Some(vec![1, 2]));
         assert!(!tmp_path(&path).exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "state files are private");
     }
 }

@@ -67,8 +67,16 @@ pub enum StoreError {
     Lost { path: PathBuf, marker: PathBuf },
     #[error("the store {path} is damaged ({reason}): restore it from a backup")]
     Damaged { path: PathBuf, reason: String },
+    #[error("cannot make {path} private to the master")]
+    Permissions { path: PathBuf, source: std::io::Error },
     #[error("cannot write the cluster marker {path}")]
     Marker { path: PathBuf, source: std::io::Error },
+}
+
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| StoreError::Permissions { path: path.to_path_buf(), source })
 }
 
 /// What a caught panic said, for an error message.
@@ -149,7 +157,12 @@ impl Store {
     /// empty store file, or a missing one beside the cluster marker, is refused, and a
     /// damaged one is an error naming it (redb panics on some damaged pages: caught here).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let new_dir = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
+        if new_dir {
+            // Made here: the master's alone. A dir the operator chose keeps its mode.
+            restrict(dir, 0o700)?;
+        }
         let path = dir.join(DB_FILE);
         let marker = dir.join(CLUSTER_MARKER);
         match std::fs::metadata(&path) {
@@ -167,6 +180,8 @@ impl Store {
             Ok(store)
         })
         .map_err(|panic| StoreError::Damaged { path: path.clone(), reason: panic_text(&*panic) })??;
+        // Apps' env secrets live here: the master's alone, whatever the umask.
+        restrict(&path, 0o600)?;
         if !marker.exists() {
             let id = opened.framework_id()?;
             std::fs::write(&marker, format!("{id}\n")).map_err(|source| StoreError::Marker { path: marker, source })?;
@@ -450,7 +465,9 @@ mod tests {
 
     #[test]
     fn an_empty_or_lost_store_is_refused_and_a_damaged_one_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = tempfile::TempDir::new_in(parent.path()).unwrap();
+        std::fs::remove_dir(dir.path()).unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
             // Enough records for several pages of tables.
@@ -462,6 +479,10 @@ mod tests {
             }
         }
         assert!(dir.path().join(CLUSTER_MARKER).exists(), "a new cluster leaves its marker");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(DB_FILE)), 0o600, "the store is the master's alone");
+        assert_eq!(mode(dir.path()), 0o700);
         let db = dir.path().join(DB_FILE);
         let good = std::fs::read(&db).unwrap();
 
