@@ -4,12 +4,12 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::master::{api_error, Master, REQUEST_TIMEOUT};
+use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
 
 const DEFAULT_AGENT_PORT: u16 = 5051;
 
 /// GETs `/v1/tasks/ID/WHAT` from the agent that runs the task.
-pub(super) async fn agent_call(master: &Master, task: &str, what: &str) -> anyhow::Result<Value> {
+pub(super) async fn agent_call(master: &MasterClient, task: &str, what: &str) -> anyhow::Result<Value> {
     let agent = locate_task(master, task).await?;
     let url = format!("{agent}/v1/tasks/{task}/{what}");
     let response = master
@@ -28,7 +28,7 @@ pub(super) async fn agent_call(master: &Master, task: &str, what: &str) -> anyho
 }
 
 /// The base URL of the agent that runs (or ran) `task`.
-pub(super) async fn locate_task(master: &Master, task: &str) -> anyhow::Result<String> {
+pub(super) async fn locate_task(master: &MasterClient, task: &str) -> anyhow::Result<String> {
     let slaves = master.call(Method::GET, "/master/slaves", None).await?;
     let slaves = slaves.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
     let tasks = master.call(Method::GET, "/v2/tasks", None).await?;

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use super::master::{ApiError, Master};
+use super::master::{ApiError, MasterClient};
 use super::render::{display, number, number_text, output, print_json, table, text, truncate};
 use super::task::task_table;
 use super::{AppCommand, WaitArgs};
@@ -40,7 +40,7 @@ fn read_app_file(file: &str) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-pub(super) async fn run(master: Master, json_out: bool, cmd: AppCommand) -> anyhow::Result<()> {
+pub(super) async fn run(master: MasterClient, json_out: bool, cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
         AppCommand::Deploy { file, wait } => {
             let app = read_app_file(&file)?;
@@ -128,7 +128,7 @@ pub(super) async fn run(master: Master, json_out: bool, cmd: AppCommand) -> anyh
 
 /// For answers of the `{"version","deploymentId"}` shape.
 async fn report_deployment(
-    master: &Master,
+    master: &MasterClient,
     json_out: bool,
     answer: &Value,
     summary: &str,
@@ -139,7 +139,7 @@ async fn report_deployment(
 }
 
 async fn report_change(
-    master: &Master,
+    master: &MasterClient,
     json_out: bool,
     answer: &Value,
     summary: &str,

@@ -5,13 +5,13 @@ use reqwest::Method;
 use std::io::Write;
 
 use super::agent::locate_task;
-use super::master::{api_error, Master, REQUEST_TIMEOUT};
+use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
 
 /// Where the agent's log answers say the next read starts.
 const LOG_OFFSET_HEADER: &str = "x-plinth-log-offset";
 
 /// Finds the agent that runs `task` and prints its log from that agent's HTTP API.
-pub(super) async fn run(master: Master, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
+pub(super) async fn run(master: MasterClient, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
     let agent = locate_task(&master, task).await?;
     let stream = if stderr { "stderr" } else { "stdout" };
     let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context(format!("cannot reach the agent at {agent}"));

@@ -69,13 +69,13 @@ pub(super) fn api_error(method: Method, path: &str, status: StatusCode, body: &[
     ApiError { method, path: path.to_string(), status, message, details }
 }
 
-/// The master's API.
-pub(super) struct Master {
+/// The client of the master's API (not the master itself: that is `plinth_master::Master`).
+pub(super) struct MasterClient {
     base: String,
     pub(super) http: reqwest::Client,
 }
 
-impl Master {
+impl MasterClient {
     pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Self> {
         let base = args.master.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
@@ -85,7 +85,7 @@ impl Master {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("cannot create the HTTP client")?;
-        Ok(Master { base, http })
+        Ok(MasterClient { base, http })
     }
 
     /// One API call; the answer's JSON (`null` for an empty body) or a readable error.

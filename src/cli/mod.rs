@@ -18,7 +18,7 @@ mod queue;
 mod render;
 mod task;
 
-use master::Master;
+use master::MasterClient;
 
 /// Options every client command takes.
 #[derive(Debug, Args)]
@@ -215,28 +215,34 @@ impl ClientCommand {
 
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
-            ClientCommand::App { client, cmd } => app::run(Master::new(&client)?, client.json, cmd).await,
-            ClientCommand::Task { client, cmd } => task::run(Master::new(&client)?, client.json, cmd).await,
+            ClientCommand::App { client, cmd } => app::run(MasterClient::new(&client)?, client.json, cmd).await,
+            ClientCommand::Task { client, cmd } => task::run(MasterClient::new(&client)?, client.json, cmd).await,
             ClientCommand::Logs { client, task, follow, stderr } => {
-                logs::run(Master::new(&client)?, &task, follow, stderr).await
+                logs::run(MasterClient::new(&client)?, &task, follow, stderr).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::List } => {
-                node::list(&Master::new(&client)?, client.json).await
+                node::list(&MasterClient::new(&client)?, client.json).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Wait { count, timeout_secs } } => {
-                node::wait(&Master::new(&client)?, count, timeout_secs).await
+                node::wait(&MasterClient::new(&client)?, count, timeout_secs).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Drain { node, no_wait, timeout_secs } } => {
-                node::drain(&Master::new(&client)?, client.json, &node, !no_wait, Duration::from_secs(timeout_secs))
-                    .await
+                node::drain(
+                    &MasterClient::new(&client)?,
+                    client.json,
+                    &node,
+                    !no_wait,
+                    Duration::from_secs(timeout_secs),
+                )
+                .await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force, token } } => {
-                node::poweroff(&Master::new(&client)?, &node, force, token.as_deref()).await
+                node::poweroff(&MasterClient::new(&client)?, &node, force, token.as_deref()).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Profile { cmd } } => {
-                node::profile(&Master::new(&client)?, client.json, cmd).await
+                node::profile(&MasterClient::new(&client)?, client.json, cmd).await
             }
-            ClientCommand::Queue { client } => queue::show(&Master::new(&client)?, client.json).await,
+            ClientCommand::Queue { client } => queue::show(&MasterClient::new(&client)?, client.json).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 use super::agent::agent_url;
-use super::master::Master;
+use super::master::MasterClient;
 use super::render::{display, output, table, text, used_of};
 
 /// The node API init serves on every node (`POST /node/v1/poweroff`).
@@ -40,13 +40,13 @@ pub enum ProfileCommand {
 }
 
 /// `plinth node list`.
-pub async fn list(master: &Master, json_out: bool) -> anyhow::Result<()> {
+pub async fn list(master: &MasterClient, json_out: bool) -> anyhow::Result<()> {
     let body = master.call(Method::GET, "/master/slaves", None).await?;
     output(json_out, &body, node_table)
 }
 
 /// `plinth node wait COUNT`: until COUNT agents are active.
-pub async fn wait(master: &Master, count: usize, timeout_secs: u64) -> anyhow::Result<()> {
+pub async fn wait(master: &MasterClient, count: usize, timeout_secs: u64) -> anyhow::Result<()> {
     let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
     loop {
         // The master itself may still be booting: an unreachable master is waited for too.
@@ -100,7 +100,7 @@ fn node_table(body: &Value) -> String {
 }
 
 /// The agent named `node` (id or hostname) in `/master/slaves`.
-async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
+async fn find_agent(master: &MasterClient, node: &str) -> anyhow::Result<Value> {
     let body = master.call(Method::GET, "/master/slaves", None).await?;
     let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
     let matches: Vec<Value> =
@@ -112,7 +112,13 @@ async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
     }
 }
 
-pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+pub async fn drain(
+    master: &MasterClient,
+    json_out: bool,
+    node: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
     let mut state = master.call(Method::POST, &format!("/master/slaves/{id}/drain"), None).await?;
@@ -132,7 +138,7 @@ pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, time
     })
 }
 
-pub async fn poweroff(master: &Master, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
+pub async fn poweroff(master: &MasterClient, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
     let drained = agent.get("drained").and_then(Value::as_bool).unwrap_or(false);
@@ -178,7 +184,7 @@ fn machines_table(body: &Value) -> String {
     table(&["MAC", "HOSTNAME", "IP", "STATE", "ROLE", "ATTRIBUTES"], &rows)
 }
 
-pub async fn profile(master: &Master, json_out: bool, cmd: ProfileCommand) -> anyhow::Result<()> {
+pub async fn profile(master: &MasterClient, json_out: bool, cmd: ProfileCommand) -> anyhow::Result<()> {
     match cmd {
         ProfileCommand::Set { mac, role, hostname, attributes, extra_cmdline } => {
             let mut body = json!({"role": role, "attributes": attributes, "extraCmdline": extra_cmdline});

@@ -2,10 +2,10 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::master::Master;
+use super::master::MasterClient;
 use super::render::{display, number, output, table, text};
 
-pub async fn show(master: &Master, json_out: bool) -> anyhow::Result<()> {
+pub async fn show(master: &MasterClient, json_out: bool) -> anyhow::Result<()> {
     let body = master.call(Method::GET, "/v2/queue", None).await?;
     output(json_out, &body, queue_table)
 }

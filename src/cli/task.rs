@@ -5,11 +5,11 @@ use serde_json::{json, Value};
 
 use super::agent::agent_call;
 use super::app::{app_path, endpoints};
-use super::master::Master;
+use super::master::MasterClient;
 use super::render::{output, print_json, table, text};
 use super::TaskCommand;
 
-pub(super) async fn run(master: Master, json_out: bool, cmd: TaskCommand) -> anyhow::Result<()> {
+pub(super) async fn run(master: MasterClient, json_out: bool, cmd: TaskCommand) -> anyhow::Result<()> {
     match cmd {
         TaskCommand::List { app } => {
             let path = match app {
