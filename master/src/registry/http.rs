@@ -20,7 +20,7 @@ use plinth_oci::manifest::{self, Parsed};
 use plinth_oci::reference::names_registry;
 use plinth_oci::{Digest, ImageRef};
 
-use super::pull::PullErrorKind;
+use super::pull_error::PullErrorKind;
 use super::store::{validate_tag, RepoName};
 use super::{Registry, RegistryError, RegistryMetrics, FORCE_PULL_HEADER, MAX_MANIFEST_BYTES};
 

@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: blobs (layers, configs, manifests) by digest, tags, uploads on disk.
 //! - [`pull`]: upstream pulls with `oci-client`, every blob verified while it streams,
-//!   one download per image and per blob however many ask.
+//!   one download per image and per blob however many ask; [`pull_error`] why one
+//!   failed, [`credentials`] the logins from a Docker `config.json`.
 //! - [`http`]: the v2 API (read, pull-through, push), errors in the registry's JSON.
 //! - [`gc`]: removes blobs no tag reaches, oldest first, above a high-water mark.
 //!
@@ -12,9 +13,11 @@
 //! without a registry component (`demo/app`), or whose registry component is one of the
 //! master's own names, is a pushed one. `X-Plinth-Force-Pull: true` re-resolves the tag
 //! upstream. Blobs are served by digest for any repository name.
+pub mod credentials;
 pub mod gc;
 pub mod http;
 pub mod pull;
+pub mod pull_error;
 pub mod store;
 
 use std::collections::HashMap;
@@ -31,7 +34,8 @@ use plinth_oci::{ImageRef, OciError};
 
 pub use gc::{gc, GcReport};
 use plinth_scheduler::Event;
-pub use pull::{PullError, PullErrorKind, Pulled, Puller};
+pub use pull::{Pulled, Puller};
+pub use pull_error::{PullError, PullErrorKind};
 pub use store::{RegistryStore, RepoName, TagRecord};
 
 /// Default cap on one pushed blob.
@@ -183,8 +187,8 @@ impl Registry {
         let (events, _) = broadcast::channel(1024);
         let statuses = Arc::new(Mutex::new(HashMap::new()));
         let credentials = match &config.docker_config {
-            Some(path) => pull::DockerCredentials::load(path)?,
-            None => pull::DockerCredentials::default(),
+            Some(path) => credentials::DockerCredentials::load(path)?,
+            None => credentials::DockerCredentials::default(),
         };
         let puller = Puller::new(
             store.clone(),
