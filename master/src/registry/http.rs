@@ -67,13 +67,7 @@ impl RegistryError {
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(&self);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
+        let message = plinth_protocol::error_chain(&self).to_string();
         let detail = match &self {
             RegistryError::Pull(e) => json!({"image": e.image, "upstream": e.message}),
             _ => serde_json::Value::Null,

@@ -21,10 +21,10 @@ use tokio::sync::broadcast;
 
 use plinth_oci::manifest::{self, Parsed};
 use plinth_oci::{Digest, ImageRef};
-use plinth_protocol::Timestamp;
+use plinth_protocol::{error_chain, Timestamp};
 
 use super::credentials::DockerCredentials;
-use super::pull_error::{error_chain, PullError, PullErrorKind};
+use super::pull_error::{upstream_chain, PullError, PullErrorKind};
 use super::store::{RegistryStore, RepoName};
 use super::{PullStatus, RegistryMetrics, MAX_MANIFEST_BYTES};
 use plinth_scheduler::Event;
@@ -242,7 +242,7 @@ impl Inner {
         if let (None, Some(tag)) = (image.digest(), image.tag()) {
             self.store
                 .set_tag(&repo, tag, &digest, &media_type)
-                .map_err(|e| PullError::new(image, PullErrorKind::Storage, e.to_string()))?;
+                .map_err(|e| PullError::new(image, PullErrorKind::Storage, error_chain(&e).to_string()))?;
         }
         Ok(Pulled { digest, media_type, downloaded })
     }
@@ -387,7 +387,7 @@ impl Inner {
                 } else {
                     PullErrorKind::Unreachable
                 };
-                PullError::new(image, kind, format!("downloading blob {digest}: {}", error_chain(&e)))
+                PullError::new(image, kind, format!("downloading blob {digest}: {}", upstream_chain(&e)))
             })?;
             RegistryMetrics::add(&self.metrics.upstream_bytes, chunk.len() as u64);
             // Small chunks onto the local disk: cheap enough for the async worker.

@@ -2,6 +2,7 @@
 //! registry's HTTP status) and a message that carries the whole cause.
 use oci_client::errors::OciDistributionError;
 use plinth_oci::{ImageRef, OciError};
+use plinth_protocol::error_chain;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullErrorKind {
@@ -58,7 +59,7 @@ impl PullError {
                 ),
             );
         }
-        PullError::new(image, kind, error_chain(&error))
+        PullError::new(image, kind, upstream_chain(&error))
     }
 
     pub(super) fn content(image: &ImageRef, error: OciError) -> Self {
@@ -66,7 +67,7 @@ impl PullError {
             OciError::Write { .. } | OciError::Read { .. } => PullErrorKind::Storage,
             _ => PullErrorKind::Invalid,
         };
-        PullError::new(image, kind, error_chain(&error))
+        PullError::new(image, kind, error_chain(&error).to_string())
     }
 }
 
@@ -95,7 +96,14 @@ fn answered_in_plain_http(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+/// An upstream error with its causes, for a [`PullError`]'s message: like
+/// [`plinth_protocol::error_chain`] (`outer: inner: root`), but a cause whose text the
+/// message already holds is left out. `oci-client`'s errors put their source into their
+/// own message as well as returning it from `source()` (`Digest error: {0}` over a
+/// `#[from]` source, for one), so the plain chain would print such a cause twice. Our
+/// own errors (`OciError`, `RegistryError`) leave their causes to `source()` and use the
+/// plain adapter; this one stays for as long as `oci-client` embeds its sources.
+pub(super) fn upstream_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
