@@ -31,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use plinth_oci::{ImageRef, OciError};
+use plinth_protocol::error_chain;
 
 pub use gc::{gc, GcReport};
 use plinth_scheduler::Event;
@@ -236,7 +237,7 @@ impl Registry {
         let registry = self.clone();
         tokio::spawn(async move {
             if let Err(e) = registry.puller.pull(&reference, force).await {
-                tracing::warn!(image = %reference, error = %e, "image prefetch failed");
+                tracing::warn!(image = %reference, error = %error_chain(&e), "image prefetch failed");
             }
         });
     }
@@ -296,7 +297,7 @@ pub fn spawn_gc(registry: &Arc<Registry>, interval: Duration) {
                     tracing::info!(removed = report.removed, freed = report.freed_bytes, "registry blobs collected")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "registry garbage collection panicked"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "registry garbage collection panicked"),
             }
         }
     });
