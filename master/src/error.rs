@@ -115,7 +115,7 @@ impl IntoResponse for ApiError {
             _ => json!({"message": self.to_string()}),
         };
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %plinth_protocol::error_chain(&self), "request failed");
         }
         (status, Json(body)).into_response()
     }

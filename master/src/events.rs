@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 
+use plinth_protocol::error_chain;
 use plinth_scheduler::Event;
 
 /// How many events a lagging SSE client may fall behind before it skips.
@@ -92,7 +93,7 @@ impl CallbackHub {
     pub fn new() -> Self {
         plinth_oci::tls::install_provider();
         let client = reqwest::Client::builder().timeout(CALLBACK_TIMEOUT).build().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot build the callback HTTP client with a timeout; using defaults");
+            tracing::warn!(error = %error_chain(&e), "cannot build the callback HTTP client with a timeout; using defaults");
             reqwest::Client::new()
         });
         CallbackHub { workers: Mutex::new(HashMap::new()), client }
@@ -208,7 +209,7 @@ async fn deliver(client: reqwest::Client, url: String, worker: Arc<Worker>) {
                 outcome => {
                     let why = match outcome {
                         Ok(response) => format!("HTTP {}", response.status()),
-                        Err(e) => e.to_string(),
+                        Err(e) => error_chain(&e).to_string(),
                     };
                     if attempt >= RETRY_DELAYS.len() || worker.stop.load(Ordering::Relaxed) {
                         worker.failed.fetch_add(1, Ordering::Relaxed);

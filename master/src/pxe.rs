@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use plinth_protocol::Violation;
+use plinth_protocol::{error_chain, Violation};
 use plinth_provisioning::dhcp::{AddressPool, DhcpConfig, DhcpMode};
 use plinth_provisioning::profile::{ipxe_script, BootParams};
 use plinth_provisioning::serve::{self, Provisioning, PxeConfig, ServeError};
@@ -308,7 +308,7 @@ async fn put(State(boot): Shared, Path(raw): Path<String>, body: Body) -> Result
         ServeError::Invalid(errors) => ApiError::Invalid(
             errors.into_iter().map(|e| Violation { path: e.path.to_string(), errors: vec![e.message] }).collect(),
         ),
-        other => ApiError::Internal(format!("{:#}", anyhow_chain(&other))),
+        other => ApiError::Internal(error_chain(&other).to_string()),
     })?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({"mac": mac.to_string(), "profile": profile}))).into_response())
@@ -319,19 +319,8 @@ async fn delete(State(boot): Shared, Path(raw): Path<String>) -> Result<Json<Val
     match boot.provisioning.delete_profile(mac) {
         Ok(true) => Ok(Json(json!({"mac": mac.to_string(), "deleted": true}))),
         Ok(false) => Err(ApiError::NotFound(format!("machine {mac} has no profile"))),
-        Err(e) => Err(ApiError::Internal(anyhow_chain(&e))),
+        Err(e) => Err(ApiError::Internal(error_chain(&e).to_string())),
     }
-}
-
-fn anyhow_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -303,13 +303,7 @@ fn log_event(event: &Event) {
 /// Crash-only: the in-memory core is now ahead of the disk; only a restart from the
 /// disk is consistent again.
 fn crash(operation: &str, error: &dyn std::error::Error) -> ! {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
+    let chain = plinth_protocol::error_chain(error);
     tracing::error!(error = %chain, "{operation} failed; exiting so a restart recovers from the store");
     eprintln!("plinth master: {operation} failed: {chain}; exiting");
     std::process::exit(70);

@@ -62,7 +62,7 @@ fn spawn_registry_server(master: &Arc<Master>, listener: tokio::net::TcpListener
     let registry = master.registry.clone();
     tokio::spawn(async move {
         if let Err(e) = crate::registry::run(registry, listener).await {
-            tracing::error!(error = %e, "the registry server failed");
+            tracing::error!(error = %plinth_protocol::error_chain(&e), "the registry server failed");
         }
     });
 }

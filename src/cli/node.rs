@@ -1,11 +1,14 @@
-//! `plinth node drain|poweroff|profile ...`: decommissioning and machine profiles.
+//! `plinth node list|wait|drain|poweroff|profile ...`: the agents the master knows, decommissioning
+//! and machine profiles.
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-use super::{agent_url, output, table, text, Master};
+use super::agent::agent_url;
+use super::master::MasterClient;
+use super::render::{display, output, table, text, used_of};
 
 /// The node API init serves on every node (`POST /node/v1/poweroff`).
 const NODE_API_PORT: u16 = 5052;
@@ -36,8 +39,68 @@ pub enum ProfileCommand {
     List,
 }
 
+/// `plinth node list`.
+pub async fn list(master: &MasterClient, json_out: bool) -> anyhow::Result<()> {
+    let body = master.call(Method::GET, "/master/slaves", None).await?;
+    output(json_out, &body, node_table)
+}
+
+/// `plinth node wait COUNT`: until COUNT agents are active.
+pub async fn wait(master: &MasterClient, count: usize, timeout_secs: u64) -> anyhow::Result<()> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        // The master itself may still be booting: an unreachable master is waited for too.
+        let active = match master.call(Method::GET, "/master/slaves", None).await {
+            Ok(body) => active_agents(&body),
+            Err(_) if tokio::time::Instant::now() < end => 0,
+            Err(e) => return Err(e),
+        };
+        if active >= count {
+            println!("{active} agent(s) active");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("{active} of {count} agent(s) active after {timeout_secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Agents in a `/master/slaves` answer that are active.
+fn active_agents(body: &Value) -> usize {
+    let slaves = body.get("slaves").and_then(Value::as_array);
+    slaves.into_iter().flatten().filter(|s| s.get("active").and_then(Value::as_bool) == Some(true)).count()
+}
+
+fn node_table(body: &Value) -> String {
+    let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = slaves
+        .iter()
+        .map(|s| {
+            let attributes = s
+                .get("attributes")
+                .and_then(Value::as_object)
+                .map(|a| a.iter().map(|(k, v)| format!("{k}:{}", display(v))).collect::<Vec<_>>().join(";"))
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "-".to_string());
+            let active = s.get("active").and_then(Value::as_bool).map_or("-", |a| if a { "yes" } else { "no (lost)" });
+            vec![
+                text(s, "id"),
+                text(s, "hostname"),
+                agent_url(s).unwrap_or_else(|| "-".to_string()),
+                active.to_string(),
+                used_of(s, "cpus"),
+                used_of(s, "mem"),
+                used_of(s, "disk"),
+                attributes,
+            ]
+        })
+        .collect();
+    table(&["ID", "HOSTNAME", "ADDRESS", "ACTIVE", "CPUS", "MEM", "DISK", "ATTRIBUTES"], &rows)
+}
+
 /// The agent named `node` (id or hostname) in `/master/slaves`.
-async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
+async fn find_agent(master: &MasterClient, node: &str) -> anyhow::Result<Value> {
     let body = master.call(Method::GET, "/master/slaves", None).await?;
     let slaves = body.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
     let matches: Vec<Value> =
@@ -49,7 +112,13 @@ async fn find_agent(master: &Master, node: &str) -> anyhow::Result<Value> {
     }
 }
 
-pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+pub async fn drain(
+    master: &MasterClient,
+    json_out: bool,
+    node: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
     let mut state = master.call(Method::POST, &format!("/master/slaves/{id}/drain"), None).await?;
@@ -69,7 +138,7 @@ pub async fn drain(master: &Master, json_out: bool, node: &str, wait: bool, time
     })
 }
 
-pub async fn poweroff(master: &Master, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
+pub async fn poweroff(master: &MasterClient, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
     let drained = agent.get("drained").and_then(Value::as_bool).unwrap_or(false);
@@ -115,7 +184,7 @@ fn machines_table(body: &Value) -> String {
     table(&["MAC", "HOSTNAME", "IP", "STATE", "ROLE", "ATTRIBUTES"], &rows)
 }
 
-pub async fn profile(master: &Master, json_out: bool, cmd: ProfileCommand) -> anyhow::Result<()> {
+pub async fn profile(master: &MasterClient, json_out: bool, cmd: ProfileCommand) -> anyhow::Result<()> {
     match cmd {
         ProfileCommand::Set { mac, role, hostname, attributes, extra_cmdline } => {
             let mut body = json!({"role": role, "attributes": attributes, "extraCmdline": extra_cmdline});

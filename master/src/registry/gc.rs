@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use plinth_oci::manifest::{self, Parsed};
 use plinth_oci::Digest;
+use plinth_protocol::error_chain;
 
 use super::store::RegistryStore;
 
@@ -82,7 +83,7 @@ pub fn gc_at(
                 report.freed_bytes += blob.size;
                 tracing::debug!(digest = %blob.digest, bytes = blob.size, "registry blob collected");
             }
-            Err(e) => tracing::warn!(digest = %blob.digest, error = %e, "cannot remove registry blob"),
+            Err(e) => tracing::warn!(digest = %blob.digest, error = %error_chain(&e), "cannot remove registry blob"),
         }
     }
     if let Ok(entries) = std::fs::read_dir(store.uploads_dir()) {

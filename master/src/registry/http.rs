@@ -20,7 +20,7 @@ use plinth_oci::manifest::{self, Parsed};
 use plinth_oci::reference::names_registry;
 use plinth_oci::{Digest, ImageRef};
 
-use super::pull::PullErrorKind;
+use super::pull_error::PullErrorKind;
 use super::store::{validate_tag, RepoName};
 use super::{Registry, RegistryError, RegistryMetrics, FORCE_PULL_HEADER, MAX_MANIFEST_BYTES};
 
@@ -67,13 +67,7 @@ impl RegistryError {
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(&self);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
+        let message = plinth_protocol::error_chain(&self).to_string();
         let detail = match &self {
             RegistryError::Pull(e) => json!({"image": e.image, "upstream": e.message}),
             _ => serde_json::Value::Null,

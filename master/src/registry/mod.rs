@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: blobs (layers, configs, manifests) by digest, tags, uploads on disk.
 //! - [`pull`]: upstream pulls with `oci-client`, every blob verified while it streams,
-//!   one download per image and per blob however many ask.
+//!   one download per image and per blob however many ask; [`pull_error`] why one
+//!   failed, [`credentials`] the logins from a Docker `config.json`.
 //! - [`http`]: the v2 API (read, pull-through, push), errors in the registry's JSON.
 //! - [`gc`]: removes blobs no tag reaches, oldest first, above a high-water mark.
 //!
@@ -12,9 +13,11 @@
 //! without a registry component (`demo/app`), or whose registry component is one of the
 //! master's own names, is a pushed one. `X-Plinth-Force-Pull: true` re-resolves the tag
 //! upstream. Blobs are served by digest for any repository name.
+pub mod credentials;
 pub mod gc;
 pub mod http;
 pub mod pull;
+pub mod pull_error;
 pub mod store;
 
 use std::collections::HashMap;
@@ -28,10 +31,12 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use plinth_oci::{ImageRef, OciError};
+use plinth_protocol::error_chain;
 
 pub use gc::{gc, GcReport};
 use plinth_scheduler::Event;
-pub use pull::{PullError, PullErrorKind, Pulled, Puller};
+pub use pull::{Pulled, Puller};
+pub use pull_error::{PullError, PullErrorKind};
 pub use store::{RegistryStore, RepoName, TagRecord};
 
 /// Default cap on one pushed blob.
@@ -183,8 +188,8 @@ impl Registry {
         let (events, _) = broadcast::channel(1024);
         let statuses = Arc::new(Mutex::new(HashMap::new()));
         let credentials = match &config.docker_config {
-            Some(path) => pull::DockerCredentials::load(path)?,
-            None => pull::DockerCredentials::default(),
+            Some(path) => credentials::DockerCredentials::load(path)?,
+            None => credentials::DockerCredentials::default(),
         };
         let puller = Puller::new(
             store.clone(),
@@ -232,7 +237,7 @@ impl Registry {
         let registry = self.clone();
         tokio::spawn(async move {
             if let Err(e) = registry.puller.pull(&reference, force).await {
-                tracing::warn!(image = %reference, error = %e, "image prefetch failed");
+                tracing::warn!(image = %reference, error = %error_chain(&e), "image prefetch failed");
             }
         });
     }
@@ -292,7 +297,7 @@ pub fn spawn_gc(registry: &Arc<Registry>, interval: Duration) {
                     tracing::info!(removed = report.removed, freed = report.freed_bytes, "registry blobs collected")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "registry garbage collection panicked"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "registry garbage collection panicked"),
             }
         }
     });

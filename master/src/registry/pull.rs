@@ -8,24 +8,23 @@
 //! digest; later callers await the same shared result, and a caller that goes away does
 //! not cancel a download others wait for.
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::json;
 use tokio::sync::broadcast;
 
 use plinth_oci::manifest::{self, Parsed};
-use plinth_oci::{Digest, ImageRef, OciError};
-use plinth_protocol::Timestamp;
+use plinth_oci::{Digest, ImageRef};
+use plinth_protocol::{error_chain, Timestamp};
 
+use super::credentials::DockerCredentials;
+use super::pull_error::{upstream_chain, PullError, PullErrorKind};
 use super::store::{RegistryStore, RepoName};
 use super::{PullStatus, RegistryMetrics, MAX_MANIFEST_BYTES};
 use plinth_scheduler::Event;
@@ -40,170 +39,6 @@ pub struct Pulled {
     pub media_type: String,
     /// Bytes downloaded from upstream by this pull (0 when served from the cache).
     pub downloaded: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullErrorKind {
-    /// The upstream has no such repository, tag or digest.
-    NotFound,
-    Unauthorized,
-    /// The upstream could not be reached or failed.
-    Unreachable,
-    /// The upstream sent content that does not verify (digest, size, manifest).
-    Invalid,
-    /// Writing to the local store failed.
-    Storage,
-}
-
-/// Cloneable so that every caller of a shared pull gets the error.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("pulling {image}: {message}")]
-pub struct PullError {
-    pub image: String,
-    pub kind: PullErrorKind,
-    pub message: String,
-}
-
-impl PullError {
-    fn new(image: &ImageRef, kind: PullErrorKind, message: impl Into<String>) -> Self {
-        PullError { image: image.to_string(), kind, message: message.into() }
-    }
-
-    fn upstream(image: &ImageRef, error: OciDistributionError) -> Self {
-        use OciDistributionError as E;
-        let kind = match &error {
-            E::ImageManifestNotFoundError(_) => PullErrorKind::NotFound,
-            E::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    let code = format!("{:?}", e.code).to_ascii_uppercase();
-                    code.contains("UNKNOWN")
-                }) =>
-            {
-                PullErrorKind::NotFound
-            }
-            E::ServerError { code: 404, .. } => PullErrorKind::NotFound,
-            E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => PullErrorKind::Unauthorized,
-            E::DigestError(_) | E::ManifestParsingError(_) | E::UnsupportedMediaTypeError(_) => PullErrorKind::Invalid,
-            _ => PullErrorKind::Unreachable,
-        };
-        if answered_in_plain_http(&error) {
-            let registry = image.registry();
-            return PullError::new(
-                image,
-                PullErrorKind::Unreachable,
-                format!(
-                    "{registry} answered in plain HTTP, not HTTPS; if it is a plain-HTTP registry you trust, \
-                     start the master with --insecure-registry {registry}"
-                ),
-            );
-        }
-        PullError::new(image, kind, error_chain(&error))
-    }
-
-    fn content(image: &ImageRef, error: OciError) -> Self {
-        let kind = match error {
-            OciError::Write { .. } | OciError::Read { .. } => PullErrorKind::Storage,
-            _ => PullErrorKind::Invalid,
-        };
-        PullError::new(image, kind, error_chain(&error))
-    }
-}
-
-/// Whether a TLS handshake failed because the server answered in plain HTTP (rustls sees
-/// an HTTP response where a TLS record should be: `InvalidContentType`).
-fn answered_in_plain_http(error: &(dyn std::error::Error + 'static)) -> bool {
-    let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
-    // The HTTP stack wraps the TLS error in its own boxes: when no layer hands out the
-    // rustls value itself, its message (rustls' own rendering) identifies it.
-    let plain_text = plain.to_string();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.to_string() == plain_text {
-            return true;
-        }
-        let tls = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .or_else(|| e.downcast_ref::<rustls::Error>());
-        if tls == Some(&plain) {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Basic-auth credentials from a Docker `config.json` (`auths.<registry>.auth`).
-#[derive(Debug, Clone, Default)]
-pub struct DockerCredentials {
-    by_registry: HashMap<String, (String, String)>,
-}
-
-impl DockerCredentials {
-    pub fn load(path: &Path) -> Result<Self, super::RegistryError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| super::RegistryError::Io { path: path.to_path_buf(), source })?;
-        Self::parse(&bytes).map_err(|reason| super::RegistryError::Unsupported(format!("{}: {reason}", path.display())))
-    }
-
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let mut by_registry = HashMap::new();
-        let Some(auths) = value.get("auths").and_then(|a| a.as_object()) else {
-            return Ok(DockerCredentials { by_registry });
-        };
-        for (key, entry) in auths {
-            let pair = if let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|e| format!("auths.{key}.auth is not base64: {e}"))?;
-                let text = String::from_utf8(decoded).map_err(|_| format!("auths.{key}.auth is not UTF-8"))?;
-                let (user, pass) =
-                    text.split_once(':').ok_or_else(|| format!("auths.{key}.auth is not user:password"))?;
-                (user.to_string(), pass.to_string())
-            } else if let (Some(u), Some(p)) =
-                (entry.get("username").and_then(|u| u.as_str()), entry.get("password").and_then(|p| p.as_str()))
-            {
-                (u.to_string(), p.to_string())
-            } else {
-                continue;
-            };
-            by_registry.insert(normalise_registry(key), pair);
-        }
-        Ok(DockerCredentials { by_registry })
-    }
-
-    fn auth_for(&self, registry: &str) -> RegistryAuth {
-        match self.by_registry.get(&normalise_registry(registry)) {
-            Some((user, pass)) => RegistryAuth::Basic(user.clone(), pass.clone()),
-            None => RegistryAuth::Anonymous,
-        }
-    }
-}
-
-/// `https://index.docker.io/v1/` and `docker.io` are the same registry.
-fn normalise_registry(key: &str) -> String {
-    let host = key.trim_start_matches("https://").trim_start_matches("http://");
-    let host = host.split('/').next().unwrap_or(host);
-    match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_string(),
-        other => other.to_string(),
-    }
 }
 
 type SharedResult<T> = Shared<BoxFuture<'static, Result<T, PullError>>>;
@@ -407,7 +242,7 @@ impl Inner {
         if let (None, Some(tag)) = (image.digest(), image.tag()) {
             self.store
                 .set_tag(&repo, tag, &digest, &media_type)
-                .map_err(|e| PullError::new(image, PullErrorKind::Storage, e.to_string()))?;
+                .map_err(|e| PullError::new(image, PullErrorKind::Storage, error_chain(&e).to_string()))?;
         }
         Ok(Pulled { digest, media_type, downloaded })
     }
@@ -552,7 +387,7 @@ impl Inner {
                 } else {
                     PullErrorKind::Unreachable
                 };
-                PullError::new(image, kind, format!("downloading blob {digest}: {}", error_chain(&e)))
+                PullError::new(image, kind, format!("downloading blob {digest}: {}", upstream_chain(&e)))
             })?;
             RegistryMetrics::add(&self.metrics.upstream_bytes, chunk.len() as u64);
             // Small chunks onto the local disk: cheap enough for the async worker.
@@ -615,23 +450,5 @@ pub fn complete(store: &RegistryStore, manifest_bytes: &[u8]) -> bool {
             })
         }
         Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn docker_config_credentials() {
-        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:x");
-        let config = format!(
-            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"q.io":{{"username":"u","password":"p"}}}}}}"#
-        );
-        let creds = DockerCredentials::parse(config.as_bytes()).unwrap();
-        assert!(matches!(creds.auth_for("docker.io"), RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret:x"));
-        assert!(matches!(creds.auth_for("q.io"), RegistryAuth::Basic(u, _) if u == "u"));
-        assert!(matches!(creds.auth_for("other.io"), RegistryAuth::Anonymous));
-        assert!(DockerCredentials::parse(br#"{"auths":{"x":{"auth":"!!"}}}"#).is_err());
     }
 }

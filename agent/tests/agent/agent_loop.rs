@@ -1,9 +1,7 @@
 //! The whole agent (register, long-poll sync, status outbox, HTTP API, restart with
 //! re-adoption) against a small in-test master that speaks the agent protocol, running
 //! real command tasks.
-mod common;
-
-use common::*;
+use crate::common::*;
 use plinth_agent::runtime::FakeRuntime;
 use plinth_protocol::agent::{DesiredState, TaskSpec};
 use plinth_protocol::{AgentId, TaskId, TaskState};
@@ -20,7 +18,8 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     let agent = start_agent(&master, dir.path().to_path_buf(), port);
 
     let first =
-        wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+        wait_until_async("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned())
+            .await;
     assert_eq!(first.agent_id, None);
     assert_eq!(first.hostname, "test-node");
     assert_eq!(first.http_port, port);
@@ -35,11 +34,13 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
         ],
     });
     let running =
-        wait_until("web.1 running", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskRunning)).await;
+        wait_until_async("web.1 running", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskRunning))
+            .await;
     assert_eq!(running.app_id.as_str(), "/web");
     assert!(status_of(&m, "web.1", TaskState::TaskStarting).is_some(), "STARTING comes first");
     let failed =
-        wait_until("job.1 failed", Duration::from_secs(15), || status_of(&m, "job.1", TaskState::TaskFailed)).await;
+        wait_until_async("job.1 failed", Duration::from_secs(15), || status_of(&m, "job.1", TaskState::TaskFailed))
+            .await;
     assert_eq!(failed.exit_code, Some(3));
     assert_eq!(failed.message.as_deref(), Some("Command exited with status 3"));
 
@@ -66,7 +67,7 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     let _ = agent.handle.await;
     let registrations_before = m.lock().unwrap().registrations.len();
     let agent = start_agent(&master, dir.path().to_path_buf(), port);
-    let again = wait_until("re-registration", Duration::from_secs(10), || {
+    let again = wait_until_async("re-registration", Duration::from_secs(10), || {
         m.lock().unwrap().registrations.get(registrations_before).cloned()
     })
     .await;
@@ -90,7 +91,8 @@ async fn agent_runs_reports_survives_a_restart_and_kills_on_request() {
     // A newer generation without the task kills it.
     m.lock().unwrap().desired = Some(DesiredState { generation: 2, tasks: vec![] });
     let killed =
-        wait_until("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
+        wait_until_async("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled))
+            .await;
     assert!(killed.message.unwrap().contains("killed"));
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
@@ -111,7 +113,8 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
     // The master comes up late: the agent keeps trying and registers.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (_, m) = start_master_on(master_port).await;
-    wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+    wait_until_async("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned())
+        .await;
 
     fake.fail_next_launches(1);
     m.lock().unwrap().desired = Some(DesiredState {
@@ -124,24 +127,29 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
         ],
     });
     let failed =
-        wait_until("launch failure", Duration::from_secs(10), || status_of(&m, "bad.1", TaskState::TaskFailed)).await;
-    assert!(failed.message.unwrap().contains("injected launch failure"));
-    let refused =
-        wait_until("bad id refused", Duration::from_secs(10), || status_of(&m, "../escape", TaskState::TaskError))
+        wait_until_async("launch failure", Duration::from_secs(10), || status_of(&m, "bad.1", TaskState::TaskFailed))
             .await;
+    assert!(failed.message.unwrap().contains("injected launch failure"));
+    let refused = wait_until_async("bad id refused", Duration::from_secs(10), || {
+        status_of(&m, "../escape", TaskState::TaskError)
+    })
+    .await;
     assert!(refused.message.unwrap().contains("not usable"));
-    wait_until("kill of an unknown task", Duration::from_secs(10), || status_of(&m, "never.1", TaskState::TaskKilled))
-        .await;
-    wait_until("ok.1 running", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskRunning)).await;
+    wait_until_async("kill of an unknown task", Duration::from_secs(10), || {
+        status_of(&m, "never.1", TaskState::TaskKilled)
+    })
+    .await;
+    wait_until_async("ok.1 running", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskRunning)).await;
     assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")]);
     assert!(!dir.path().join("escape").exists() && !dir.path().join("tasks/..").join("escape").exists());
 
     // The master forgets the agent: it registers again, reporting its running task.
     let before = m.lock().unwrap().registrations.len();
     m.lock().unwrap().reregister_next = true;
-    let again =
-        wait_until("re-registration", Duration::from_secs(10), || m.lock().unwrap().registrations.get(before).cloned())
-            .await;
+    let again = wait_until_async("re-registration", Duration::from_secs(10), || {
+        m.lock().unwrap().registrations.get(before).cloned()
+    })
+    .await;
     assert_eq!(again.last_generation, 5);
     assert_eq!(again.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), vec!["ok.1"]);
 
@@ -151,7 +159,8 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
     assert_eq!(fake.live_tasks(), vec![TaskId::new("ok.1")], "generation 4 < 5 is ignored");
     fake.exit(&TaskId::new("ok.1"), 0);
     let finished =
-        wait_until("ok.1 finished", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskFinished)).await;
+        wait_until_async("ok.1 finished", Duration::from_secs(10), || status_of(&m, "ok.1", TaskState::TaskFinished))
+            .await;
     assert_eq!(finished.exit_code, Some(0));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.launch_count(), 1, "a finished task is not relaunched");

@@ -1,14 +1,10 @@
 //! Artifact staging by a real agent: a `.tar.gz` served over HTTP by the test (on
 //! loopback) is extracted into the sandbox before the command runs; a missing artifact
 //! fails the task with a clear message instead of hanging.
-// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
-// #[test] functions, not the helpers of an integration test.
-#![allow(clippy::unwrap_used)]
-mod common;
 
+use crate::common::*;
 use axum::routing::get;
 use axum::Router;
-use common::*;
 use plinth_agent::testing::task_spec;
 use plinth_protocol::agent::DesiredState;
 use plinth_protocol::TaskState;
@@ -51,7 +47,8 @@ async fn a_fetched_tarball_runs_and_a_missing_one_fails_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = KillTasksOnDrop(dir.path().to_path_buf());
     let agent = start_agent(&master, dir.path().to_path_buf(), free_port());
-    wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+    wait_until_async("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned())
+        .await;
 
     let good = task_spec(
         "fetcher.1",
@@ -74,8 +71,10 @@ async fn a_fetched_tarball_runs_and_a_missing_one_fails_the_task() {
     );
     m.lock().unwrap().desired = Some(DesiredState { generation: 1, tasks: vec![good, old_form, missing] });
 
-    wait_until("fetcher.1 running", Duration::from_secs(20), || status_of(&m, "fetcher.1", TaskState::TaskRunning))
-        .await;
+    wait_until_async("fetcher.1 running", Duration::from_secs(20), || {
+        status_of(&m, "fetcher.1", TaskState::TaskRunning)
+    })
+    .await;
     let logs_url = format!("{}/v1/tasks/fetcher.1/logs", agent.api);
     let logs = wait_until_async_text(&logs_url, "artifact ran").await;
     let sandbox = dir.path().join("tasks/fetcher.1");
@@ -85,9 +84,10 @@ async fn a_fetched_tarball_runs_and_a_missing_one_fails_the_task() {
     let legacy_logs = wait_until_async_text(&format!("{}/v1/tasks/legacy.1/logs", agent.api), "artifact ran").await;
     assert!(legacy_logs.starts_with("artifact ran with old"));
 
-    let failed =
-        wait_until("missing.1 failed", Duration::from_secs(20), || status_of(&m, "missing.1", TaskState::TaskFailed))
-            .await;
+    let failed = wait_until_async("missing.1 failed", Duration::from_secs(20), || {
+        status_of(&m, "missing.1", TaskState::TaskFailed)
+    })
+    .await;
     assert_eq!(
         failed.message.as_deref(),
         Some(format!("Fetch of {missing_url} failed: GET {missing_url} answered HTTP 404").as_str())

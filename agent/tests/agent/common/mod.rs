@@ -1,9 +1,6 @@
 //! An in-test master speaking the agent protocol, and helpers to run a real agent
-//! against it. Shared by the agent's integration tests (each uses part of it).
-// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
-// #[test] functions, not the helpers of an integration test.
-#![allow(clippy::unwrap_used)]
-#![allow(dead_code)]
+//! against it, for the modules that run a whole agent (`agent_loop`, `fetch`,
+//! `health_checks`). `free_port` is the test kit's.
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -80,9 +77,7 @@ pub async fn start_master_on(port: u16) -> (String, Shared) {
     (url, shared)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use plinth_testkit::free_port;
 
 pub fn spec(id: &str, app: Value) -> TaskSpec {
     task_spec(id, app, vec![31007])
@@ -121,7 +116,11 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
     Agent { handle, api: format!("http://127.0.0.1:{port}") }
 }
 
-pub async fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+/// [`plinth_testkit::wait_until`] for async tests: it sleeps on the tokio runtime instead
+/// of blocking its thread, so the in-test master and the agent, which run on the same
+/// runtime, keep answering while the test waits; the probe gives `Some` when done (there
+/// is no last observation to show).
+pub async fn wait_until_async<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {

@@ -1,11 +1,6 @@
 //! Health and readiness checks run by a real agent next to real tasks, reported to the
 //! in-test master as `TASK_RUNNING` updates with `healthy` and `healthCheckResults`.
-// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
-// #[test] functions, not the helpers of an integration test.
-#![allow(clippy::unwrap_used)]
-mod common;
-
-use common::*;
+use crate::common::*;
 use plinth_agent::testing::task_spec;
 use plinth_protocol::agent::{DesiredState, StatusUpdate};
 use plinth_protocol::TaskState;
@@ -28,7 +23,8 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = KillTasksOnDrop(dir.path().to_path_buf());
     let agent = start_agent(&master, dir.path().to_path_buf(), free_port());
-    wait_until("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned()).await;
+    wait_until_async("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned())
+        .await;
 
     let web_port = free_port();
     let web = task_spec(
@@ -55,7 +51,7 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
     m.lock().unwrap().desired = Some(DesiredState { generation: 1, tasks: vec![web, sick] });
 
     // The web server answers: an update with healthy=true and Marathon's result shape.
-    let healthy = wait_until("web.1 healthy", Duration::from_secs(30), || {
+    let healthy = wait_until_async("web.1 healthy", Duration::from_secs(30), || {
         health_updates(&m, "web.1").into_iter().find(|u| u.healthy == Some(true))
     })
     .await;
@@ -70,7 +66,7 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
     // Failures while the server was still starting fall in the grace period: not counted.
     assert!(health_updates(&m, "web.1").iter().all(|u| u.extra["healthCheckResults"][0]["consecutiveFailures"] == 0));
 
-    let ready = wait_until("web.1 ready", Duration::from_secs(30), || {
+    let ready = wait_until_async("web.1 ready", Duration::from_secs(30), || {
         m.lock()
             .unwrap()
             .statuses
@@ -84,7 +80,7 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
 
     // The failing command check: one update per new failure count, the agent keeps
     // checking past maxConsecutiveFailures (killing is the master's call).
-    let counts = wait_until("sick.1 failing 4 times", Duration::from_secs(30), || {
+    let counts = wait_until_async("sick.1 failing 4 times", Duration::from_secs(30), || {
         let counts: Vec<u64> = health_updates(&m, "sick.1")
             .iter()
             .map(|u| u.extra["healthCheckResults"][0]["consecutiveFailures"].as_u64().unwrap())
@@ -104,7 +100,7 @@ async fn http_checks_turn_healthy_command_checks_count_failures_readiness_report
 
     // Stopping the web server's task stops its checks: no health update after the kill.
     m.lock().unwrap().desired = Some(DesiredState { generation: 2, tasks: vec![] });
-    wait_until("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
+    wait_until_async("web.1 killed", Duration::from_secs(15), || status_of(&m, "web.1", TaskState::TaskKilled)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let statuses = m.lock().unwrap().statuses.clone();
     let killed_at =

@@ -1,9 +1,6 @@
 //! The agent's image store against a real registry (Debian's docker-registry) and real
 //! tar streams: pulls, unpacking, overlay rootfs, hostile layers, tampering, concurrency
 //! and gc. Runs as root (mounts, chown, trusted xattrs).
-// why: test code (a panic is a failed test); clippy's allow-unwrap-in-tests covers only
-// #[test] functions, not the helpers of an integration test.
-#![allow(clippy::unwrap_used)]
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,8 +14,7 @@ use plinth_oci::{Digest, ImageRef};
 use plinth_testkit::{busybox_hello, BuiltImage, Compression, Entry, ImageConfig, Layer, Registry};
 
 fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", plinth_testkit::free_port())
 }
 
 struct Setup {

@@ -3,13 +3,22 @@
 //! `plan` decides *what* happens at boot and in which order; `boot.rs` carries it out.
 //! Everything the plan cannot know yet (addresses from DHCP, memory size) is filled in at
 //! run time through [`role_args`], which is pure too.
-// Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
+//!
+//! `network.rs` reads the `ip=` entries, `role.rs` makes the role's flags; the tests
+//! below drive the whole plan from command lines.
+// Pure: no clock, entropy or spawning here or in the files below (the ban is in clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::fmt;
-use std::net::Ipv4Addr;
 
 use crate::cmdline::KernelCmdline;
+
+mod network;
+mod role;
+
+use network::network_plan;
+pub use network::{netmask_to_prefix, NetConfig, StaticAddr};
+pub use role::{role_args, NodeFacts, RoleCommand};
 
 /// Where node data lives; a disk labelled [`DATA_LABEL`] is mounted here, else a tmpfs.
 pub const DATA_DIR: &str = "/var/lib/plinth";
@@ -129,27 +138,6 @@ pub struct MountFlags {
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
-}
-
-/// How one interface gets its address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetConfig {
-    /// DHCP on the named interface, or the first Ethernet NIC found.
-    Dhcp {
-        iface: Option<String>,
-    },
-    Static(StaticAddr),
-}
-
-/// Static addressing from the kernel's `ip=` syntax.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticAddr {
-    pub iface: Option<String>,
-    pub address: Ipv4Addr,
-    pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
-    pub hostname: Option<String>,
-    pub dns: Vec<Ipv4Addr>,
 }
 
 /// Where the hostname comes from, most specific first.
@@ -332,138 +320,10 @@ fn validate_hostname(h: &str) -> Result<(), PlanError> {
     }
 }
 
-/// `ip=` entries → interface configs. No `ip=` means DHCP on `plinth.iface` or the first NIC.
-fn network_plan(cmdline: &KernelCmdline) -> Result<Vec<NetConfig>, PlanError> {
-    let default_iface = cmdline.get("plinth.iface").map(str::to_string);
-    let entries: Vec<&str> = cmdline.get_all("ip").collect();
-    if entries.is_empty() {
-        return Ok(vec![NetConfig::Dhcp { iface: default_iface }]);
-    }
-    let mut configs = Vec::new();
-    for entry in entries {
-        match entry {
-            "off" | "none" => continue,
-            "dhcp" | "on" | "any" | "both" | "bootp" => {
-                configs.push(NetConfig::Dhcp { iface: default_iface.clone() });
-                continue;
-            }
-            _ => {}
-        }
-        configs.push(parse_ip_entry(entry)?);
-    }
-    Ok(configs)
-}
-
-fn parse_ip_entry(entry: &str) -> Result<NetConfig, PlanError> {
-    let bad = |reason: &str| PlanError::BadIp { entry: entry.to_string(), reason: reason.to_string() };
-    let fields: Vec<&str> = entry.split(':').collect();
-    let field = |i: usize| fields.get(i).copied().filter(|s| !s.is_empty());
-    let iface = field(5).map(str::to_string);
-    let autoconf = field(6).unwrap_or("off");
-    match autoconf {
-        "dhcp" | "on" | "any" | "both" | "bootp" => return Ok(NetConfig::Dhcp { iface }),
-        "off" | "none" | "static" => {}
-        other => return Err(bad(&format!("autoconf {other:?} is not dhcp, on, off or none"))),
-    }
-    let ip =
-        |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| bad(&format!("{what} {s:?} is not an IPv4 address")));
-    let address = ip(field(0).ok_or_else(|| bad("static addressing needs the client address"))?, "client address")?;
-    let gateway = field(2).map(|g| ip(g, "gateway")).transpose()?;
-    let prefix_len = match field(3) {
-        None => 24,
-        Some(m) if m.contains('.') => {
-            netmask_to_prefix(ip(m, "netmask")?).ok_or_else(|| bad("netmask is not contiguous"))?
-        }
-        Some(m) => m
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| bad("netmask is neither dotted nor a prefix length 0-32"))?,
-    };
-    let hostname = field(4).map(|h| validate_hostname(h).map(|_| h.to_string())).transpose()?;
-    let dns = [field(7), field(8)].into_iter().flatten().map(|d| ip(d, "dns server")).collect::<Result<_, _>>()?;
-    Ok(NetConfig::Static(StaticAddr { iface, address, prefix_len, gateway, hostname, dns }))
-}
-
-/// Prefix length of a contiguous netmask, `None` for masks like 255.0.255.0.
-pub fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
-    let bits = u32::from(mask);
-    let ones = bits.leading_ones();
-    if bits.checked_shl(ones).unwrap_or(0) != 0 {
-        return None;
-    }
-    u8::try_from(ones).ok()
-}
-
-/// What the node found out at boot, needed for the role's flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub hostname: String,
-    /// The address other nodes reach this one on.
-    pub advertise_ip: Option<Ipv4Addr>,
-    pub cpus: u32,
-    pub mem_mb: u64,
-    pub disk_mb: u64,
-}
-
-impl NodeFacts {
-    /// Mesos resource string for the agent: leave memory for the OS and the agent itself.
-    pub fn resources(&self) -> String {
-        let reserve = (self.mem_mb / 4).clamp(128, 1024);
-        let mem = self.mem_mb.saturating_sub(reserve).max(64);
-        let disk = self.disk_mb.saturating_sub(self.disk_mb / 10).max(64);
-        format!("cpus:{};mem:{};disk:{};ports:[31000-32000]", self.cpus.max(1), mem, disk)
-    }
-}
-
-/// The role's argv (without argv\[0\]) and extra environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleCommand {
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-/// Flags for `plinth master|agent|standalone`, derived from the plan and run-time facts.
-/// `plinth.<flag>=` on the command line replaces a derived flag of the same name.
-pub fn role_args(launch: &RoleLaunch, facts: &NodeFacts) -> RoleCommand {
-    let mut flags: Vec<(String, Option<String>)> = Vec::new();
-    if launch.role.runs_master() {
-        flags.push(("listen".into(), Some(format!("0.0.0.0:{MASTER_PORT}"))));
-        flags.push(("data-dir".into(), Some(format!("{DATA_DIR}/master"))));
-    }
-    if launch.role.runs_agent() {
-        if launch.role == Role::Agent {
-            if let Some(url) = &launch.master_url {
-                flags.push(("master".into(), Some(url.clone())));
-            }
-        }
-        flags.push(("work-dir".into(), Some(format!("{DATA_DIR}/agent"))));
-        flags.push(("hostname".into(), Some(facts.hostname.clone())));
-        if let Some(ip) = facts.advertise_ip {
-            flags.push(("advertise-ip".into(), Some(ip.to_string())));
-        }
-        flags.push(("resources".into(), Some(facts.resources())));
-    }
-    for (name, value) in &launch.extra_flags {
-        flags.retain(|(n, _)| n != name);
-        flags.push((name.clone(), value.clone()));
-    }
-
-    let mut args = vec![launch.role.as_str().to_string()];
-    for (name, value) in flags {
-        args.push(format!("--{name}"));
-        if let Some(v) = value {
-            args.push(v);
-        }
-    }
-    // The token travels in the environment so it does not show up in `ps` output.
-    let env = launch.token.iter().map(|t| ("PLINTH_TOKEN".to_string(), t.clone())).collect();
-    RoleCommand { args, env }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn plan_of(line: &str) -> Result<Vec<Phase>, PlanError> {
         plan(&KernelCmdline::parse(line))

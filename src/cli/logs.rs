@@ -1,0 +1,54 @@
+//! `plinth logs TASK [--follow] [--stderr]`: a task's output from its agent.
+use anyhow::Context;
+use futures::StreamExt;
+use reqwest::Method;
+use std::io::Write;
+
+use super::agent::locate_task;
+use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
+
+/// Where the agent's log answers say the next read starts.
+const LOG_OFFSET_HEADER: &str = "x-plinth-log-offset";
+
+/// Finds the agent that runs `task` and prints its log from that agent's HTTP API.
+pub(super) async fn run(master: MasterClient, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
+    let agent = locate_task(&master, task).await?;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context(format!("cannot reach the agent at {agent}"));
+    let mut out = std::io::stdout().lock();
+    let mut offset: u64 = 0;
+    loop {
+        let url = format!(
+            "{agent}/v1/tasks/{task}/logs?stream={stream}&offset={offset}{}",
+            if follow { "&follow=true" } else { "" }
+        );
+        let mut request = master.http.get(&url);
+        if !follow {
+            request = request.timeout(REQUEST_TIMEOUT);
+        }
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(unreachable)?;
+            return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
+        }
+        // Answers are capped in size; the header says where the next read starts.
+        let next =
+            response.headers().get(LOG_OFFSET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let mut chunks = response.bytes_stream();
+        let mut received = 0;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(unreachable)?;
+            received += chunk.len();
+            out.write_all(&chunk).context("cannot write to stdout")?;
+            if follow {
+                out.flush().context("cannot write to stdout")?;
+            }
+        }
+        match next {
+            Some(next) if !follow && received > 0 && next > offset => offset = next,
+            _ => break,
+        }
+    }
+    out.flush().context("cannot write to stdout")
+}
