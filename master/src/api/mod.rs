@@ -25,6 +25,7 @@ pub mod apps;
 pub mod deployments;
 pub mod events;
 pub mod groups;
+pub mod logs;
 pub mod misc;
 pub mod operator;
 pub mod queue;
@@ -69,6 +70,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/master/state", get(operator::state))
         .route("/master/state.json", get(operator::state))
         .route("/master/slaves/{id}/drain", post(operator::drain).delete(operator::undrain))
+        .route("/v1/tasks/{id}/logs", get(logs::task_logs))
         .fallback(misc::not_found)
         .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
         .with_state(master)
