@@ -2,7 +2,7 @@
 # Prepares a fresh Debian bookworm machine (as root) to build, run and test Plinth.
 # Idempotent: it installs only what is missing and rebuilds only what changed.
 #   1. system packages from scripts/packages-*.txt, keeping backports families consistent
-#   2. cargo-nextest
+#   2. cargo-nextest, and the browser tests' playwright-core (npm ci in tests/ui)
 #   3. the release binary that scripts/standalone.sh runs (the test command builds its own)
 #   4. a check that every tool the tests use runs (scripts/tool-checks.txt)
 set -euo pipefail
@@ -77,6 +77,16 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+# playwright-core at the version tests/ui/package-lock.json pins (no browser download: the
+# tests drive Debian's chromium).
+if [ ! -d tests/ui/node_modules/playwright-core ] || [ tests/ui/package-lock.json -nt tests/ui/node_modules ]; then
+    if ! command -v npm >/dev/null; then
+        echo "setup.sh: npm not found; the browser tests need Node.js 20 or newer with npm" >&2
+        exit 1
+    fi
+    echo "setup.sh: npm ci in tests/ui (playwright-core)"
+    (cd tests/ui && npm ci --no-audit --no-fund)
 fi
 
 # 3. The binary scripts/standalone.sh runs, built once here. The first build takes long

@@ -412,7 +412,7 @@ async fn announce_when_ready(api: String) {
     for _ in 0..600 {
         if client.get(format!("{api}/ping")).send().await.is_ok_and(|r| r.status().is_success()) {
             println!(
-                "\nPlinth standalone is ready: Marathon API at {api}\n  try:  curl {api}/v2/apps\n        \
+                "\nPlinth standalone is ready: Marathon API at {api}, web UI at {api}/ui/\n  try:  curl {api}/v2/apps\n        \
                  {exe} node list --master {api}\n  stop: Ctrl-C (tasks keep running; the next start adopts them)\n"
             );
             return;

@@ -17,6 +17,7 @@ mod health_checks;
 mod health_marathon;
 mod pxe_boot;
 mod pxe_vagrant;
+mod ui;
 mod vm_cluster;
 mod vm_faults;
 mod vm_image;

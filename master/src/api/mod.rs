@@ -25,10 +25,12 @@ pub mod apps;
 pub mod deployments;
 pub mod events;
 pub mod groups;
+pub mod logs;
 pub mod misc;
 pub mod operator;
 pub mod queue;
 pub mod tasks;
+pub mod ui;
 
 /// Largest request body accepted (a Marathon app JSON is a few KB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -40,7 +42,7 @@ pub type Shared = State<Arc<Master>>;
 /// The whole API over one master.
 pub fn router(master: Arc<Master>) -> Router {
     Router::new()
-        .route("/", get(misc::landing))
+        .route("/", get(ui::root))
         .route("/ping", get(misc::ping))
         .route("/metrics", get(misc::metrics))
         .route("/v2/info", get(misc::info))
@@ -69,6 +71,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/master/state", get(operator::state))
         .route("/master/state.json", get(operator::state))
         .route("/master/slaves/{id}/drain", post(operator::drain).delete(operator::undrain))
+        .route("/v1/tasks/{id}/logs", get(logs::task_logs))
+        .merge(ui::routes(ui::Source::from_env()))
         .fallback(misc::not_found)
         .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
         .with_state(master)

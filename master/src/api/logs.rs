@@ -1,0 +1,97 @@
+//! `GET /v1/tasks/{id}/logs` (Plinth's own): a task's stdout or stderr read through the
+//! master from the agent that runs (or ran) it, for clients that cannot reach the agents'
+//! `:5051` themselves (the web UI, whose page may only talk to its own origin). The query
+//! is the agent's (`stream=stdout|stderr`, `offset`, `follow=true`) and so is the answer:
+//! its status, body (streamed while following) and `x-plinth-log-offset` header.
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use plinth_protocol::TaskId;
+
+use crate::error::ApiError;
+use crate::shell::Master;
+use plinth_scheduler::AgentState;
+
+/// The agent's header saying where the next read starts.
+const OFFSET_HEADER: &str = "x-plinth-log-offset";
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        // No overall timeout: a followed log streams for as long as the task runs.
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).no_proxy().build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot configure the log proxy's HTTP client; using defaults");
+            reqwest::Client::new()
+        })
+    })
+}
+
+fn agent_base(agent: &AgentState) -> String {
+    format!("http://{}:{}", agent.record.advertise_ip, agent.record.http_port)
+}
+
+/// `GET /v1/tasks/{id}/logs[?stream=&offset=&follow=]`.
+pub async fn task_logs(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    // The agent that runs the task; a finished task has left the master's records but its
+    // log stays on its agent, so then every agent is asked in turn.
+    let agents: Vec<String> = {
+        let guard = master.read().await;
+        let core = &guard.core;
+        match core.task(&TaskId::new(id.as_str())).and_then(|t| core.agent(&t.agent_id)) {
+            Some(agent) => vec![agent_base(agent)],
+            None => core.agents().map(agent_base).collect(),
+        }
+    };
+    let mut unreachable = Vec::new();
+    for (index, base) in agents.iter().enumerate() {
+        let mut url = reqwest::Url::parse(base).map_err(|e| ApiError::Internal(format!("agent URL {base}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Internal(format!("agent URL {base} cannot have a path")))?
+            .extend(["v1", "tasks", id.as_str(), "logs"]);
+        url.set_query(uri.query());
+        let answer = match client().get(url).send().await {
+            Ok(answer) => answer,
+            Err(e) => {
+                unreachable.push(format!("{base}: {e}"));
+                continue;
+            }
+        };
+        if answer.status() == reqwest::StatusCode::NOT_FOUND && index + 1 < agents.len() {
+            continue;
+        }
+        return Ok(pass_through(answer));
+    }
+    if unreachable.is_empty() {
+        return Err(ApiError::NotFound(format!("task '{id}' is not known to the master or to any of its agents")));
+    }
+    let message = format!("cannot reach the agent for task '{id}': {}", unreachable.join("; "));
+    Ok((StatusCode::BAD_GATEWAY, Json(json!({"message": message}))).into_response())
+}
+
+/// The agent's answer as ours: status, type, offset header and the body as it streams.
+fn pass_through(answer: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let kind = answer.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let offset = answer.headers().get(OFFSET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut response = (status, Body::from_stream(answer.bytes_stream())).into_response();
+    let headers = response.headers_mut();
+    if let Some(kind) = kind.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        headers.insert(header::CONTENT_TYPE, kind);
+    }
+    if let Some(offset) = offset.and_then(|o| HeaderValue::from_str(&o).ok()) {
+        headers.insert(OFFSET_HEADER, offset);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
