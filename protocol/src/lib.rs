@@ -1,10 +1,12 @@
-//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs and
-//! the agent protocol. No I/O lives here.
+//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs (app
+//! definitions in, Marathon's response bodies out: [`views`]) and the agent protocol. No
+//! I/O lives here.
 pub mod agent;
 pub mod ids;
 pub mod marathon;
 pub mod resources;
 pub mod time;
+pub mod views;
 
 pub use ids::{is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
 pub use marathon::{
