@@ -254,7 +254,8 @@ impl ClientCommand {
             }
             ClientCommand::Queue { client } => {
                 let master = Master::new(&client)?;
-                let body = master.call(Method::GET, "/v2/queue", None).await?;
+                // Plinth's queue (`/v1/queue`): Marathon's offer summary and readable reasons.
+                let body = master.call(Method::GET, "/v1/queue", None).await?;
                 output(client.json, &body, queue_table)
             }
         }
@@ -394,7 +395,7 @@ impl Drop for AbortOnDrop {
 /// Shows the master's image pulls (`image_pull_*` events) as progress bars on stderr
 /// while a deployment runs; silent when stderr is not a terminal.
 async fn show_pull_progress(base: String, http: reqwest::Client) {
-    let Ok(response) = http.get(format!("{base}/v2/events")).header("accept", "text/event-stream").send().await else {
+    let Ok(response) = http.get(format!("{base}/v1/events")).header("accept", "text/event-stream").send().await else {
         return;
     };
     let bars = indicatif::MultiProgress::new();
@@ -1094,7 +1095,7 @@ fn queue_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = queue
         .iter()
         .map(|item| {
-            let app = item.get("app").map(|a| text(a, "id")).unwrap_or_else(|| "-".to_string());
+            let app = text(item, "appId");
             let offers = item
                 .pointer("/processedOffersSummary/processedOffersCount")
                 .map(display)
@@ -1139,12 +1140,15 @@ mod tests {
 
     #[test]
     fn queue_shows_decline_reasons() {
-        let item = json!({"app": {"id": "/big"}, "count": 1, "processedOffersSummary": {"processedOffersCount": 4,
+        let item = json!({"appId": "/big", "count": 1, "processedOffersSummary": {"processedOffersCount": 4,
             "rejectSummaryLastOffers": [{"reason": "InsufficientMemory", "declined": 2, "processed": 2},
                                         {"reason": "InsufficientCpus", "declined": 0, "processed": 2}]}});
         assert_eq!(decline_reasons(&item), "InsufficientMemory (2/2)");
         let out = queue_table(&json!({"queue": [item]}));
         assert!(out.contains("/big") && out.contains("InsufficientMemory"), "{out}");
+        // Nothing declined: Plinth's reasons in words (`/v1/queue`).
+        let waiting = json!({"appId": "/lonely", "count": 1, "reasons": ["no active agents: nothing to offer"]});
+        assert_eq!(decline_reasons(&waiting), "no active agents: nothing to offer");
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub struct PlinthQueue {
 #[serde(rename_all = "camelCase")]
 pub struct PlinthQueueItem {
     pub app_id: String,
-    pub count: u64,
+    pub count: usize,
     pub delay: QueueDelay,
     pub since: String,
     pub processed_offers_summary: ProcessedOffersSummary,

@@ -13,7 +13,7 @@ pub struct Queue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueItem {
-    pub count: u64,
+    pub count: usize,
     pub delay: QueueDelay,
     pub since: String,
     pub processed_offers_summary: ProcessedOffersSummary,
