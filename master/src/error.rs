@@ -2,8 +2,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
+use plinth_protocol::views::{Identifiable, LockedError};
 use plinth_protocol::{ErrorBody, Violation};
 
 use crate::store::StoreError;
@@ -92,10 +92,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            ApiError::Core(CoreError::AppLocked { deployments, .. }) => json!({
-                "message": self.to_string(),
-                "deployments": deployments.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
-            }),
+            ApiError::Core(CoreError::AppLocked { deployments, .. }) => serde_json::to_value(LockedError {
+                message: self.to_string(),
+                deployments: deployments.iter().map(|id| Identifiable { id: id.to_string() }).collect(),
+            })
+            .unwrap_or_default(),
             ApiError::Core(e @ (CoreError::ServicePortsExhausted(..) | CoreError::InvalidApp(_))) => {
                 let path = if matches!(e, CoreError::InvalidApp(_)) { "/" } else { "/portDefinitions" };
                 serde_json::to_value(ErrorBody {
@@ -104,15 +105,16 @@ impl IntoResponse for ApiError {
                 })
                 .unwrap_or_default()
             }
-            ApiError::InvalidJson(detail) => json!({
-                "message": "Invalid JSON",
-                "details": [{"path": "/", "errors": [detail]}],
-            }),
+            ApiError::InvalidJson(detail) => serde_json::to_value(ErrorBody {
+                message: "Invalid JSON".into(),
+                details: vec![Violation { path: "/".into(), errors: vec![detail.clone()] }],
+            })
+            .unwrap_or_default(),
             ApiError::Invalid(details) => {
                 serde_json::to_value(ErrorBody { message: "Object is not valid".into(), details: details.clone() })
                     .unwrap_or_default()
             }
-            _ => json!({"message": self.to_string()}),
+            _ => serde_json::to_value(ErrorBody { message: self.to_string(), details: Vec::new() }).unwrap_or_default(),
         };
         if status.is_server_error() {
             tracing::error!(error = %plinth_protocol::error_chain(&self), "request failed");

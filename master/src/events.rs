@@ -1,4 +1,4 @@
-//! The event bus behind `/v2/events` (SSE) and HTTP callback subscriptions.
+//! The event bus behind `/v2/events` and `/v1/events` (SSE) and HTTP callback subscriptions.
 //!
 //! Events are published only after the change they describe is on disk. The bus is a
 //! tokio broadcast channel: a slow SSE client lags and skips, it never slows the core.
@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 
 use plinth_protocol::error_chain;
+use plinth_protocol::views::app::App;
+use plinth_protocol::views::events::{is_marathon_event, ApiPostEvent, SubscriptionEvent};
+use plinth_protocol::AppDefinition;
 use plinth_scheduler::Event;
 
 /// How many events a lagging SSE client may fall behind before it skips.
@@ -135,8 +137,12 @@ impl CallbackHub {
         urls
     }
 
-    /// Queues an event for every subscriber; never blocks.
+    /// Queues an event for every subscriber; never blocks. Only Marathon's event types go
+    /// out (Marathon's callback receivers parse those); Plinth's own stay on `/v1/events`.
     pub fn dispatch(&self, event: &Arc<Event>) {
+        if !is_marathon_event(&event.event_type) {
+            return;
+        }
         let workers = self.workers.lock().expect("callback worker map is never poisoned");
         for (url, worker) in workers.iter() {
             let mut queue = worker.queue.lock().expect("callback queue is never poisoned");
@@ -225,19 +231,34 @@ async fn deliver(client: reqwest::Client, url: String, worker: Arc<Worker>) {
     }
 }
 
-/// `subscribe_event` / `unsubscribe_event` payloads.
+/// `subscribe_event` / `unsubscribe_event` payloads (an unknown client address is `""`).
 pub fn subscription_event(
     event_type: &str,
     callback_url: &str,
     client_ip: Option<&str>,
     now: plinth_protocol::Timestamp,
 ) -> Event {
-    Event::new(event_type, now, json!({"callbackUrl": callback_url, "clientIp": client_ip}))
+    let body = SubscriptionEvent {
+        client_ip: client_ip.unwrap_or_default().to_string(),
+        callback_url: callback_url.to_string(),
+    };
+    // Two plain strings always serialize.
+    Event::new(event_type, now, serde_json::to_value(body).unwrap_or_default())
 }
 
 /// `api_post_event`: emitted by the API for app creates and updates.
-pub fn api_post_event(client_ip: Option<&str>, uri: &str, app: Value, now: plinth_protocol::Timestamp) -> Event {
-    Event::new("api_post_event", now, json!({"clientIp": client_ip, "uri": uri, "appDefinition": app}))
+pub fn api_post_event(
+    client_ip: Option<&str>,
+    uri: &str,
+    app: &AppDefinition,
+    now: plinth_protocol::Timestamp,
+) -> Event {
+    let body = ApiPostEvent {
+        client_ip: client_ip.unwrap_or_default().to_string(),
+        uri: uri.to_string(),
+        app_definition: App::of(app),
+    };
+    Event::of(now, &body)
 }
 
 #[cfg(test)]
@@ -251,7 +272,8 @@ mod tests {
         hub.add("http://127.0.0.1:9/cb");
         hub.add("http://127.0.0.1:9/cb");
         assert_eq!(hub.urls().len(), 1);
-        let event = Arc::new(Event::new("test_event", plinth_protocol::Timestamp::now(), json!({})));
+        let event =
+            Arc::new(Event::new("app_terminated_event", plinth_protocol::Timestamp::now(), serde_json::json!({})));
         let extra = 100;
         for _ in 0..CALLBACK_QUEUE + extra {
             hub.dispatch(&event);

@@ -1,5 +1,6 @@
-//! `GET /metrics`: Prometheus text exposition. Counters live here; gauges are read from
-//! the core at scrape time.
+//! `GET /metrics`: the master's metrics as Marathon's metrics JSON or as Prometheus text
+//! (the same metrics; `api/misc.rs` picks by `Accept`). Counters live here; gauges are read
+//! from the core at scrape time.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use plinth_protocol::TaskState;
 
+use plinth_protocol::views::metrics as views;
+
 use crate::events::CallbackStats;
+use crate::registry::RegistryMetrics;
 use plinth_scheduler::Core;
 
 /// Counters updated by the shell.
@@ -33,21 +37,17 @@ impl Metrics {
         self.store_write_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// Renders every metric.
-    pub fn render(&self, core: &Core, events_published: u64, callbacks: CallbackStats) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+    /// Every metric, read now: counters from here, gauges from the core.
+    fn families(&self, core: &Core, events_published: u64, callbacks: CallbackStats) -> Vec<Family> {
+        let mut families = Vec::new();
+        let mut metric = |name: &'static str, kind: Kind, help: &'static str, samples: Vec<(String, f64)>| {
+            families.push(Family { name, kind, help, samples });
         };
-        metric("plinth_apps", "gauge", "Apps defined.", vec![(String::new(), core.apps().count() as f64)]);
+        metric("plinth_apps", Kind::Gauge, "Apps defined.", vec![(String::new(), core.apps().count() as f64)]);
         let instances: i64 = core.apps().map(|a| a.definition.instances).sum();
         metric(
             "plinth_app_instances_desired",
-            "gauge",
+            Kind::Gauge,
             "Sum of the apps' instances.",
             vec![(String::new(), instances as f64)],
         );
@@ -61,7 +61,7 @@ impl Metrics {
         }
         metric(
             "plinth_tasks",
-            "gauge",
+            Kind::Gauge,
             "Tasks known to the master, by state.",
             by_state.into_iter().map(|(s, n)| (format!("{{state=\"{s}\"}}"), n as f64)).collect(),
         );
@@ -87,7 +87,7 @@ impl Metrics {
         }
         metric(
             "plinth_agents",
-            "gauge",
+            Kind::Gauge,
             "Registered agents by status.",
             vec![
                 ("{status=\"active\"}".into(), active as f64),
@@ -97,7 +97,7 @@ impl Metrics {
         );
         metric(
             "plinth_resources_total",
-            "gauge",
+            Kind::Gauge,
             "Resources of active agents (cpus, mem MB, disk MB).",
             vec![
                 ("{resource=\"cpus\"}".into(), total_cpus),
@@ -107,7 +107,7 @@ impl Metrics {
         );
         metric(
             "plinth_resources_used",
-            "gauge",
+            Kind::Gauge,
             "Resources used by tasks on active agents.",
             vec![
                 ("{resource=\"cpus\"}".into(), used_cpus),
@@ -117,31 +117,31 @@ impl Metrics {
         );
         metric(
             "plinth_deployments",
-            "gauge",
+            Kind::Gauge,
             "Deployments in progress.",
             vec![(String::new(), core.deployments().count() as f64)],
         );
         metric(
             "plinth_queue_apps",
-            "gauge",
+            Kind::Gauge,
             "Apps waiting for launches.",
             vec![(String::new(), core.queue(plinth_protocol::Timestamp::now()).len() as f64)],
         );
         metric(
             "plinth_events_published_total",
-            "counter",
+            Kind::Counter,
             "Events published.",
             vec![(String::new(), events_published as f64)],
         );
         metric(
             "plinth_event_subscribers",
-            "gauge",
+            Kind::Gauge,
             "HTTP callback subscribers.",
             vec![(String::new(), callbacks.subscribers as f64)],
         );
         metric(
             "plinth_callback_events_total",
-            "counter",
+            Kind::Counter,
             "Events sent to callback subscribers, by outcome.",
             vec![
                 ("{outcome=\"delivered\"}".into(), callbacks.delivered as f64),
@@ -151,29 +151,137 @@ impl Metrics {
         );
         metric(
             "plinth_store_commits_total",
-            "counter",
+            Kind::Counter,
             "Store write transactions.",
             vec![(String::new(), self.store_commits.load(Ordering::Relaxed) as f64)],
         );
         metric(
             "plinth_store_records_written_total",
-            "counter",
+            Kind::Counter,
             "Records written or deleted.",
             vec![(String::new(), self.store_records.load(Ordering::Relaxed) as f64)],
         );
         metric(
             "plinth_store_write_seconds_total",
-            "counter",
+            Kind::Counter,
             "Time spent in store write transactions.",
             vec![(String::new(), self.store_write_micros.load(Ordering::Relaxed) as f64 / 1e6)],
         );
         let requests = self.http_requests.lock().expect("metrics map is never poisoned").clone();
         metric(
             "plinth_http_requests_total",
-            "counter",
+            Kind::Counter,
             "HTTP requests answered, by method and status code.",
             requests.into_iter().map(|((m, s), n)| (format!("{{method=\"{m}\",code=\"{s}\"}}"), n as f64)).collect(),
         );
+        families
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, core: &Core, events_published: u64, callbacks: CallbackStats) -> String {
+        let mut out = String::new();
+        for family in self.families(core, events_published, callbacks) {
+            let Family { name, kind, help, samples } = family;
+            let kind = match kind {
+                Kind::Gauge => "gauge",
+                Kind::Counter => "counter",
+            };
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        }
         out
     }
+
+    /// The same metrics as Marathon 1.7+'s JSON (`plinth_protocol::views::metrics`), named
+    /// with dots and their labels' values (`plinth.tasks.state.TASK_RUNNING`): whole-numbered
+    /// counters are `counters`, everything else (counters of seconds too) `gauges`.
+    pub fn json(
+        &self,
+        core: &Core,
+        events_published: u64,
+        callbacks: CallbackStats,
+        registry: &RegistryMetrics,
+    ) -> views::Metrics {
+        let mut metrics = views::Metrics {
+            version: views::METRICS_JSON_VERSION.to_string(),
+            counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            histograms: BTreeMap::new(),
+            meters: BTreeMap::new(),
+            timers: BTreeMap::new(),
+        };
+        let mut families = self.families(core, events_published, callbacks);
+        families.extend(registry_families(registry));
+        for Family { name, kind, samples, .. } in families {
+            for (labels, value) in samples {
+                let key = json_name(name, &labels);
+                match (kind, whole_count(value)) {
+                    (Kind::Counter, Some(count)) => {
+                        metrics.counters.insert(key, views::Counter { count });
+                    }
+                    _ => {
+                        metrics.gauges.insert(key, views::Gauge { value });
+                    }
+                }
+            }
+        }
+        metrics
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One metric and its samples (label set → value).
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+/// The registry's counters as families (its Prometheus text is its own `render`).
+fn registry_families(registry: &RegistryMetrics) -> Vec<Family> {
+    let counter = |name: &'static str, value: &AtomicU64| Family {
+        name,
+        kind: Kind::Counter,
+        help: "",
+        samples: vec![(String::new(), value.load(Ordering::Relaxed) as f64)],
+    };
+    vec![
+        counter("plinth_registry_pulls_total", &registry.pulls),
+        counter("plinth_registry_pulls_failed_total", &registry.pulls_failed),
+        counter("plinth_registry_upstream_bytes_total", &registry.upstream_bytes),
+        counter("plinth_registry_served_bytes_total", &registry.served_bytes),
+        counter("plinth_registry_pushed_bytes_total", &registry.pushed_bytes),
+    ]
+}
+
+/// A whole, non-negative value as a count.
+fn whole_count(value: f64) -> Option<u64> {
+    // why: checked whole and non-negative; counters stay far below 2^53.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let count = value as u64;
+    (value.fract() == 0.0 && value >= 0.0).then_some(count)
+}
+
+/// `plinth_tasks` + `{state="TASK_RUNNING"}` → `plinth.tasks.state.TASK_RUNNING`.
+fn json_name(name: &str, labels: &str) -> String {
+    let mut key = name.replace('_', ".");
+    let labels = labels.trim_start_matches('{').trim_end_matches('}');
+    for pair in labels.split(',').filter(|p| !p.is_empty()) {
+        if let Some((label, value)) = pair.split_once('=') {
+            key.push('.');
+            key.push_str(label);
+            key.push('.');
+            key.push_str(value.trim_matches('"'));
+        }
+    }
+    key
 }

@@ -1,105 +1,17 @@
 //! In-process tests of the master shell: the real router, store and core behind a
-//! listener on 127.0.0.1:0, driven over HTTP (and a fake agent speaking the agent protocol).
-use std::net::SocketAddr;
+//! listener on 127.0.0.1:0, driven over HTTP (and a fake agent speaking the agent protocol;
+//! the harness is `common/`).
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
-use plinth_master::{Master, MasterConfig};
-use plinth_protocol::agent::{Registration, StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TOKEN_HEADER};
-use plinth_protocol::{Resources, TaskState};
-
-struct Harness {
-    master: Arc<Master>,
-    base: String,
-    http: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Harness> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let config = MasterConfig {
-        listen: addr,
-        data_dir: dir.to_path_buf(),
-        agent_timeout: Duration::from_secs(10),
-        token: token.map(String::from),
-        hostname: "127.0.0.1".into(),
-        registry: Default::default(),
-    };
-    // The same composition as `plinth master`/`standalone` (start.rs), without PXE.
-    let (master, app) = plinth_master::build(config, addr.port(), None).await?;
-    if ticker {
-        master.spawn_ticker();
-    }
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-    });
-    plinth_oci::tls::install_provider();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
-    Ok(Harness { master, base: format!("http://{addr}"), http, server })
-}
-
-async fn start(dir: &Path) -> Result<Harness> {
-    start_with(dir, None, true).await
-}
-
-impl Harness {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        let value =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Ok((status, value))
-    }
-    async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-    async fn put(&self, path: &str, body: Value) -> Result<(u16, Value)> {
-        self.call(reqwest::Method::PUT, path, Some(body)).await
-    }
-    async fn delete(&self, path: &str) -> Result<(u16, Value)> {
-        self.call(reqwest::Method::DELETE, path, None).await
-    }
-    async fn raw_post(&self, path: &str, body: Vec<u8>) -> Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-    async fn app_ids(&self) -> Result<Vec<String>> {
-        let (_, apps) = self.get("/v2/apps").await?;
-        Ok(apps["apps"]
-            .as_array()
-            .context("apps array")?
-            .iter()
-            .map(|a| a["id"].as_str().unwrap_or("").to_string())
-            .collect())
-    }
-}
+use common::{next_event, registration, running, start, start_with, Harness};
+use plinth_protocol::agent::{StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER};
+use plinth_protocol::TaskState;
 
 fn hello(id: &str) -> Value {
     json!({"id": id, "cmd": "echo hello; sleep 10", "cpus": 0.1, "mem": 16, "instances": 1})
@@ -308,37 +220,6 @@ async fn state_survives_a_restart() -> Result<()> {
     Ok(())
 }
 
-/// Reads SSE frames until one of `event_type` arrives; returns its data.
-async fn next_event(
-    stream: &mut (impl futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin),
-    buffer: &mut String,
-    event_type: &str,
-) -> Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let mut kind = "";
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            if kind == event_type {
-                return Ok(serde_json::from_str(&data)?);
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .with_context(|| format!("no {event_type} event in time"))?
-            .context("stream ended")??;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
 #[tokio::test]
 async fn sse_stream_starts_attached_and_carries_api_post_events() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -422,36 +303,6 @@ async fn callback_subscribers_receive_events() -> Result<()> {
     Ok(())
 }
 
-/// The update an agent sends when the task started.
-fn running(spec: &plinth_protocol::agent::TaskSpec) -> StatusUpdate {
-    StatusUpdate {
-        update_id: uuid::Uuid::new_v4(),
-        task_id: spec.task_id.clone(),
-        app_id: spec.app_id.clone(),
-        state: TaskState::TaskRunning,
-        message: None,
-        exit_code: None,
-        reason: None,
-        timestamp: plinth_protocol::Timestamp::now().to_iso(),
-        healthy: None,
-        extra: Default::default(),
-    }
-}
-
-fn registration(hostname: &str, resources: &str) -> Registration {
-    Registration {
-        agent_id: None,
-        hostname: hostname.into(),
-        advertise_ip: "10.0.0.7".into(),
-        http_port: 5051,
-        resources: Resources::parse(resources).expect("valid resources"),
-        attributes: Default::default(),
-        last_generation: 0,
-        tasks: vec![],
-        version: "test".into(),
-    }
-}
-
 #[tokio::test]
 async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -522,10 +373,15 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["task"]["id"], spec.task_id.as_str());
 
-    let metrics = h.http.get(format!("{}/metrics", h.base)).send().await?.text().await?;
+    let metrics = h.http.get(format!("{}/metrics/prometheus", h.base)).send().await?.text().await?;
     assert!(metrics.contains("plinth_apps 1"), "{metrics}");
     assert!(metrics.contains("plinth_agents{status=\"active\"} 1"), "{metrics}");
     assert!(metrics.contains("plinth_http_requests_total{method=\"POST\",code=\"201\"}"), "{metrics}");
+    // Marathon 1.7+'s JSON by default, the same numbers.
+    let (_, json) = h.get("/metrics").await?;
+    assert_eq!(json["gauges"]["plinth.apps"]["value"], 1.0, "{json}");
+    assert_eq!(json["gauges"]["plinth.agents.status.active"]["value"], 1.0, "{json}");
+    assert!(json["counters"]["plinth.http.requests.total.method.POST.code.201"]["count"].as_u64() > Some(0), "{json}");
     Ok(())
 }
 
@@ -550,7 +406,11 @@ async fn queue_explains_why_an_app_waits() -> Result<()> {
         if declined {
             assert_eq!(entry["app"]["id"], "/huge");
             assert_eq!(entry["count"], 1);
-            let reasons = entry["reasons"].to_string();
+            assert!(entry.get("reasons").is_none(), "Marathon's queue items have no reasons: {entry}");
+            // Plinth says why in words on /v1/queue.
+            let (_, why) = h.get("/v1/queue").await?;
+            assert_eq!(why["queue"][0]["appId"], "/huge");
+            let reasons = why["queue"][0]["reasons"].to_string();
             assert!(reasons.contains("mem"), "{reasons}");
             break;
         }
@@ -590,7 +450,11 @@ async fn info_leader_ping() -> Result<()> {
     let (_, info) = h.get("/v2/info").await?;
     assert_eq!(info["name"], "plinth");
     assert!(info["frameworkId"].is_string());
-    assert!(info["marathon_config"].is_object());
+    assert!(info["marathon_config"].is_object() && info["zookeeper_config"].is_object(), "{info}");
+    assert!(info.get("storage").is_none(), "Plinth's details are on /v1/info: {info}");
+    let (_, own) = h.get("/v1/info").await?;
+    assert_eq!(own["storage"]["type"], "redb", "{own}");
+    assert!(own["storage"]["path"].as_str().is_some_and(|p| !p.is_empty()), "{own}");
     let page = h.http.get(format!("{}/", h.base)).send().await?.text().await?;
     assert!(page.contains("Plinth master"));
     let _ = &h.master;
@@ -745,7 +609,8 @@ async fn queue_lists_apps_waiting_without_any_agent() -> Result<()> {
     let (_, queue) = h.get("/v2/queue").await?;
     assert_eq!(queue["queue"][0]["app"]["id"], "/lonely", "{queue}");
     assert_eq!(queue["queue"][0]["count"], 1);
-    assert!(queue["queue"][0]["reasons"].to_string().contains("no active agents"), "{queue}");
+    let (_, why) = h.get("/v1/queue").await?;
+    assert!(why["queue"][0]["reasons"].to_string().contains("no active agents"), "{why}");
     Ok(())
 }
 

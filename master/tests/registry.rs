@@ -473,10 +473,11 @@ async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> R
     assert_eq!(reply.status(), 201);
     let failed = wait_event(&mut events, "image_pull_failed", &missing).await;
     assert!(!failed["message"].as_str().unwrap_or_default().is_empty(), "{failed}");
-    let queue: Value = client.get(format!("http://{addr}/v2/queue")).send().await?.json().await?;
+    // Plinth's queue (`/v1/queue`) has the pull and says why in words.
+    let queue: Value = client.get(format!("http://{addr}/v1/queue")).send().await?.json().await?;
     let item = queue["queue"]
         .as_array()
-        .and_then(|q| q.iter().find(|i| i["app"]["id"] == "/missing"))
+        .and_then(|q| q.iter().find(|i| i["appId"] == "/missing"))
         .unwrap_or_else(|| panic!("/missing queued: {queue}"))
         .clone();
     assert_eq!(item["lastImagePull"]["state"], "failed", "{item}");
@@ -486,7 +487,7 @@ async fn apps_prefetch_their_images_and_the_queue_says_when_a_pull_failed() -> R
     assert_eq!(reply.status(), 422);
     let body: Value = reply.json().await?;
     assert_eq!(body["details"][0]["path"], "/container/docker/image", "{body}");
-    let metrics = client.get(format!("http://{addr}/metrics")).send().await?.text().await?;
+    let metrics = client.get(format!("http://{addr}/metrics/prometheus")).send().await?.text().await?;
     assert!(metrics.contains("plinth_registry_pulls_total 2"), "{metrics}");
     assert!(metrics.contains("plinth_registry_pulls_failed_total 1"), "{metrics}");
     server.abort();

@@ -1,12 +1,14 @@
-//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs and
-//! the agent protocol; and [`error_chain()`], the one way every crate prints an error with
-//! its causes. No I/O lives here.
+//! Wire types shared by master, agent and CLI: typed ids, resources, Marathon DTOs (app
+//! definitions in, Marathon's response bodies out: [`views`]) and the agent protocol; and
+//! [`error_chain()`], the one way every crate prints an error with its causes. No I/O
+//! lives here.
 pub mod agent;
 mod error_chain;
 pub mod ids;
 pub mod marathon;
 pub mod resources;
 pub mod time;
+pub mod views;
 
 pub use error_chain::{error_chain, ErrorChain};
 pub use ids::{check_id_bounds, is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};

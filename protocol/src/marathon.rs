@@ -497,6 +497,9 @@ impl AppDefinition {
                 errors: vec!["an app definition must be a JSON object".into()],
             }]));
         }
+        if let Some(violation) = pre_1_0_container(&value) {
+            return Err(BodyError::Invalid(vec![violation]));
+        }
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = format!("/{}", e.path()).replace('.', "/");
             let path = if path == "/." { "/".to_string() } else { path };
@@ -811,6 +814,35 @@ impl AppDefinition {
     }
 }
 
+/// A container in the form of Marathon before 1.0 (`"container": {"image":
+/// "docker:///busybox", "options": [...]}`), which 1.x reads as a Docker container without
+/// an image: said as such, with the 1.x form to write instead.
+fn pre_1_0_container(value: &Value) -> Option<Violation> {
+    let container = value.get("container")?.as_object()?;
+    let image = container.get("image");
+    if image.is_none() && !container.contains_key("options") {
+        return None;
+    }
+    let image = image
+        .and_then(Value::as_str)
+        .map(|i| i.trim_start_matches("docker:").trim_start_matches('/').to_string())
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "IMAGE".into());
+    let options = if container.contains_key("options") {
+        "; Docker options go in \"docker\": {\"parameters\": [{\"key\": \"...\", \"value\": \"...\"}]}"
+    } else {
+        ""
+    };
+    Some(Violation {
+        path: "/container".into(),
+        errors: vec![format!(
+            "this is the container format of Marathon before 1.0 (container.image, container.options), \
+             which Marathon 1.x and Plinth no longer read; write it as \
+             \"container\": {{\"type\": \"DOCKER\", \"docker\": {{\"image\": \"{image}\"}}}}{options}"
+        )],
+    })
+}
+
 fn is_archive(uri: &str) -> bool {
     [".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".zip", ".tar"].iter().any(|s| uri.ends_with(s))
 }
@@ -956,6 +988,24 @@ mod tests {
         assert_eq!(a.network_mode(), NetworkMode::Bridge);
         assert_eq!(a.host_port_count(), 1);
         assert!(a.fixed_host_ports().is_empty());
+    }
+
+    #[test]
+    fn pre_1_0_containers_are_named_as_such_with_the_1_x_form() {
+        let old = json!({"id": "old", "cmd": "x",
+            "container": {"image": "docker:///libmesos/ubuntu", "options": ["--privileged"]}});
+        let Err(BodyError::Invalid(v)) = AppDefinition::from_value(old) else { panic!("expected a 422") };
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].path, "/container");
+        let message = &v[0].errors[0];
+        assert!(message.contains("before 1.0"), "{message}");
+        assert!(message.contains(r#""docker": {"image": "libmesos/ubuntu"}"#), "{message}");
+        assert!(message.contains("\"type\": \"DOCKER\"") && message.contains("parameters"), "{message}");
+        let only_options = json!({"id": "old", "cmd": "x", "container": {"options": []}});
+        let Err(BodyError::Invalid(v)) = AppDefinition::from_value(only_options) else { panic!("expected a 422") };
+        assert!(v[0].errors[0].contains(r#""image": "IMAGE""#), "{v:?}");
+        let new = json!({"id": "new", "container": {"type": "DOCKER", "docker": {"image": "busybox"}}});
+        assert!(AppDefinition::from_value(new).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use plinth_protocol::agent::{DesiredState, Registration, StatusUpdate, SyncRequest, SyncResponse, TaskSpec};
+use plinth_protocol::views::events::HealthStatusChangedEvent;
 use plinth_protocol::{AgentId, TaskId, TaskState, Timestamp};
 
 use crate::health::failures_per_check;
@@ -190,15 +191,18 @@ impl Core {
                 task.health = Some(health.clone());
             }
             let current_failures = failures_per_check(task.health.as_ref());
-            let health_event = health_changed.then(|| {
-                json!({"appId": task.app_id, "taskId": task.id, "instanceId": task.id, "version": task.version, "alive": task.healthy == Some(true)})
+            let health_event = health_changed.then(|| HealthStatusChangedEvent {
+                app_id: task.app_id.to_string(),
+                instance_id: task.id.to_string(),
+                version: task.version.clone(),
+                alive: task.healthy == Some(true),
             });
             let event = status_event(task);
             self.needs_supervision.insert(update.app_id.clone());
             self.changes.tasks.insert(update.task_id.clone());
-            self.emit("status_update_event", now, event);
-            if let Some(payload) = health_event {
-                self.emit("health_status_changed_event", now, payload);
+            self.emit(now, &event);
+            if let Some(body) = health_event {
+                self.emit(now, &body);
             }
             self.judge_health(&update.task_id, &previous_failures, &current_failures, now);
         }

@@ -3,9 +3,8 @@
 //! delay, drain an agent. The caller has parsed, validated and normalised definitions.
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
 use plinth_protocol::marathon::VersionInfo;
+use plinth_protocol::views::events::AppTerminatedEvent;
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, TaskId, Timestamp};
 
 use crate::error::CoreError;
@@ -176,7 +175,7 @@ impl Core {
         let previous = Some((app.definition.clone(), app.config_version.clone()));
         let deployment =
             self.new_deployment(id, &version, vec![vec![DeploymentAction::StopApplication]], previous, now);
-        self.emit("app_terminated_event", now, json!({"appId": id}));
+        self.emit(now, &AppTerminatedEvent { app_id: id.to_string() });
         Ok((deployment, version))
     }
 

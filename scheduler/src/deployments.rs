@@ -2,8 +2,11 @@
 //! progress (a step is done when the app converged), why one waits, and their events.
 use std::collections::HashSet;
 
-use serde_json::json;
-
+use plinth_protocol::views::app::App;
+use plinth_protocol::views::deployment::{DeploymentPlan, DeploymentStep, PlanGroup};
+use plinth_protocol::views::events::{
+    DeploymentFailed, DeploymentInfoEvent, DeploymentStepFailure, DeploymentStepSuccess, DeploymentSuccess,
+};
 use plinth_protocol::{AppDefinition, AppId, DeploymentId, Timestamp};
 
 use crate::health::failures_per_check;
@@ -37,8 +40,9 @@ impl Core {
             previous_config_version,
             blocked_reason: None,
         };
-        let json = deployment.to_marathon_json();
-        self.emit("deployment_info", now, json!({"plan": json, "currentStep": json["steps"][0]}));
+        let plan = self.plan_view(&deployment);
+        let current_step = plan.steps.first().cloned().unwrap_or(DeploymentStep { actions: Vec::new() });
+        self.emit(now, &DeploymentInfoEvent { plan, current_step });
         self.deployments.insert(id.clone(), deployment);
         self.changes.deployments.insert(id.clone());
         self.needs_supervision.insert(app_id.clone());
@@ -57,12 +61,36 @@ impl Core {
         }
     }
 
+    /// The plan as Marathon's events carry it: the steps, and the root group before and
+    /// after holding the app (its previous definition; the current one unless it is stopped).
+    pub(crate) fn plan_view(&self, d: &DeploymentRecord) -> DeploymentPlan {
+        let previous_version = d.previous.as_ref().and_then(|p| p.version.clone()).unwrap_or_else(|| d.version.clone());
+        let original = PlanGroup::root(d.previous.iter().map(App::of).collect(), previous_version);
+        let stopping = d.steps.iter().flatten().any(|a| *a == DeploymentAction::StopApplication);
+        let target_apps = match self.apps.get(&d.app_id) {
+            Some(app) if !stopping => vec![App::of(&app.definition)],
+            _ => Vec::new(),
+        };
+        DeploymentPlan {
+            id: d.id.to_string(),
+            original,
+            target: PlanGroup::root(target_apps, d.version.clone()),
+            steps: d.steps_view(),
+            version: d.version.clone(),
+        }
+    }
+
+    /// The step `index` (0-based) of a plan, empty past its end.
+    fn step_of(plan: &DeploymentPlan, index: usize) -> DeploymentStep {
+        plan.steps.get(index).cloned().unwrap_or(DeploymentStep { actions: Vec::new() })
+    }
+
     /// Marathon's pair of events for a deployment that ends without success.
     pub(crate) fn emit_deployment_failed(&mut self, d: &DeploymentRecord, reason: &str, now: Timestamp) {
-        let plan = d.to_marathon_json();
-        let step = plan["steps"][d.current_step.saturating_sub(1)].clone();
-        self.emit("deployment_step_failure", now, json!({"plan": plan, "currentStep": step, "reason": reason}));
-        self.emit("deployment_failed", now, json!({"id": d.id, "plan": plan, "reason": reason}));
+        let plan = self.plan_view(d);
+        let current_step = Self::step_of(&plan, d.current_step.saturating_sub(1));
+        self.emit(now, &DeploymentStepFailure { plan: plan.clone(), current_step });
+        self.emit(now, &DeploymentFailed { id: d.id.to_string(), plan, reason: Some(reason.to_string()) });
     }
 
     pub(crate) fn progress_deployments(&mut self, apps: &HashSet<AppId>, now: Timestamp) {
@@ -83,17 +111,19 @@ impl Core {
                 if done && d.current_step < d.steps.len() {
                     let d = self.deployments.get_mut(&id).expect("present above");
                     d.current_step += 1;
-                    let json = d.to_marathon_json();
+                    let d = d.clone();
+                    let plan = self.plan_view(&d);
                     self.changes.deployments.insert(id.clone());
                     // The step that just completed is the one before the new current step.
-                    let step = json["steps"][d.current_step.saturating_sub(2)].clone();
-                    self.emit("deployment_step_success", now, json!({"plan": json, "currentStep": step}));
+                    let current_step = Self::step_of(&plan, d.current_step.saturating_sub(2));
+                    self.emit(now, &DeploymentStepSuccess { plan, current_step });
                     continue;
                 }
                 if done {
                     self.deployments.remove(&id);
                     self.changes.deployments.insert(id.clone());
-                    self.emit("deployment_success", now, json!({"id": id, "plan": d.to_marathon_json()}));
+                    let plan = self.plan_view(&d);
+                    self.emit(now, &DeploymentSuccess { id: id.to_string(), plan });
                     break;
                 }
                 let blocked = self

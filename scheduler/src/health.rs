@@ -1,7 +1,9 @@
 //! Health judgement: agents run the checks and report `healthCheckResults`; the core
 //! counts consecutive failures per check and kills a task at `maxConsecutiveFailures`.
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use plinth_protocol::views::app::HealthCheck;
+use plinth_protocol::views::events::{FailedHealthCheckEvent, UnhealthyInstanceKillEvent};
 use plinth_protocol::{TaskId, Timestamp};
 
 use crate::state::Core;
@@ -9,7 +11,7 @@ use crate::state::Core;
 impl Core {
     /// Kills a task whose health checks failed `maxConsecutiveFailures` times in a row
     /// (0 = never), emitting Marathon's `failed_health_check_event` for each new failure
-    /// and `unhealthy_task_kill_event` for the kill.
+    /// and `unhealthy_instance_kill_event` for the kill.
     pub(crate) fn judge_health(
         &mut self,
         task_id: &TaskId,
@@ -30,10 +32,12 @@ impl Core {
             let previous = before.get(index).map_or(0, |(f, _)| *f);
             if failures > previous {
                 self.emit(
-                    "failed_health_check_event",
                     now,
-                    json!({"appId": app_id, "taskId": task_id, "instanceId": task_id, "version": version,
-                           "healthCheck": check, "consecutiveFailures": failures, "cause": cause}),
+                    &FailedHealthCheckEvent {
+                        app_id: app_id.to_string(),
+                        instance_id: task_id.to_string(),
+                        health_check: HealthCheck::of(check),
+                    },
                 );
             }
             let max = u64::from(check.max_consecutive_failures);
@@ -46,10 +50,16 @@ impl Core {
                 tracing::info!(app_id = %app_id, task_id = %task_id, %reason, "killing unhealthy task");
                 self.request_kill(task_id, "unhealthy");
                 self.emit(
-                    "unhealthy_task_kill_event",
                     now,
-                    json!({"appId": app_id, "taskId": task_id, "instanceId": task_id, "version": version,
-                           "reason": reason, "host": host, "slaveId": agent}),
+                    &UnhealthyInstanceKillEvent {
+                        app_id: app_id.to_string(),
+                        task_id: task_id.to_string(),
+                        instance_id: task_id.to_string(),
+                        version,
+                        reason,
+                        host,
+                        slave_id: Some(agent.to_string()),
+                    },
                 );
             }
         }

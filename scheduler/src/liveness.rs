@@ -1,9 +1,9 @@
 //! Agent liveness: agents silent past the timeout are lost and their tasks `TASK_LOST`,
 //! or, for apps whose `unreachableStrategy` keeps them, `TASK_UNREACHABLE` until
 //! `inactiveAfterSeconds` (replaced) and `expungeAfterSeconds` (expunged).
-use serde_json::json;
 
 use plinth_protocol::marathon::UnreachableStrategy;
+use plinth_protocol::views::events::AgentLostEvent;
 use plinth_protocol::{AgentId, TaskId, TaskState, Timestamp};
 
 use crate::model::TaskRecord;
@@ -61,7 +61,7 @@ impl Core {
                     now,
                 );
             }
-            self.emit("agent_lost_event", now, json!({"agentId": agent}));
+            self.emit(now, &AgentLostEvent { agent_id: agent.to_string() });
         }
     }
 

@@ -3,6 +3,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+use plinth_protocol::views::events::{EventBody, StatusUpdateEvent};
+use plinth_protocol::views::task::IpAddr;
+use plinth_protocol::views::{self, DeploymentStep};
 use plinth_protocol::{
     AgentId, AppDefinition, AppId, Attributes, DeploymentId, Resources, TaskId, TaskState, Timestamp,
 };
@@ -104,33 +107,15 @@ impl TaskRecord {
             && (!needs.readiness_checks || self.ready == Some(true))
     }
 
-    /// Marathon's task JSON.
-    pub fn to_marathon_json(&self, service_ports: &[u16]) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "appId": self.app_id,
-            "host": self.host,
-            "ports": self.ports,
-            "servicePorts": service_ports,
-            "slaveId": self.agent_id,
-            "agentId": self.agent_id,
-            "stagedAt": self.staged_at.to_iso(),
-            "startedAt": self.started_at.map(Timestamp::to_iso),
-            "version": self.version,
-            "state": self.visible_state(),
-            "ipAddresses": if self.ip_addresses.is_empty() {
-                vec![json!({"ipAddress": self.host, "protocol": "IPv4"})]
-            } else {
-                self.ip_addresses.clone()
-            },
-        });
-        if let Some(health) = &self.health {
-            v["healthCheckResults"] = health.clone();
+    /// The addresses of the task (`ipAddresses`): the agent's reports, else its host.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        let reported: Vec<IpAddr> =
+            self.ip_addresses.iter().filter_map(|v| serde_json::from_value::<IpAddr>(v.clone()).ok()).collect();
+        if reported.is_empty() {
+            vec![IpAddr { ip_address: self.host.clone(), protocol: "IPv4".into() }]
+        } else {
+            reported
         }
-        if let Some(message) = &self.message {
-            v["message"] = json!(message);
-        }
-        v
     }
 }
 
@@ -191,24 +176,29 @@ impl DeploymentRecord {
         self.steps.get(self.current_step.saturating_sub(1)).map_or(&[], Vec::as_slice)
     }
 
-    /// Marathon's deployment JSON.
-    pub fn to_marathon_json(&self) -> Value {
-        let action = |a: &DeploymentAction| json!({"action": a, "app": self.app_id});
-        json!({
-            "id": self.id,
-            "version": self.version,
-            "affectedApps": [self.app_id],
-            "affectedPods": [],
-            "steps": self.steps.iter().map(|s| json!({"actions": s.iter().map(action).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            "currentActions": self.current_actions().iter().map(|a| {
-                let mut v = action(a);
-                v["readinessCheckResults"] = json!([]);
-                if let Some(reason) = &self.blocked_reason { v["blockedReason"] = json!(reason); }
-                v
-            }).collect::<Vec<_>>(),
-            "currentStep": self.current_step,
-            "totalSteps": self.steps.len(),
-        })
+    /// The plan's steps as Marathon writes them.
+    pub fn steps_view(&self) -> Vec<DeploymentStep> {
+        self.steps
+            .iter()
+            .map(|step| DeploymentStep {
+                actions: step
+                    .iter()
+                    .map(|a| views::DeploymentAction { action: a.name().to_string(), app: self.app_id.to_string() })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+impl DeploymentAction {
+    /// Marathon's name of the action (`StartApplication`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeploymentAction::StartApplication => "StartApplication",
+            DeploymentAction::ScaleApplication => "ScaleApplication",
+            DeploymentAction::RestartApplication => "RestartApplication",
+            DeploymentAction::StopApplication => "StopApplication",
+        }
     }
 }
 
@@ -225,6 +215,13 @@ impl Event {
         payload["eventType"] = json!(event_type);
         payload["timestamp"] = json!(now.to_iso());
         Event { event_type: event_type.to_string(), payload }
+    }
+
+    /// An event of one of the typed bodies (`plinth_protocol::views::events`).
+    pub fn of<E: EventBody>(now: Timestamp, body: &E) -> Self {
+        // A body of plain fields always serializes; an empty object would only drop fields.
+        let payload = serde_json::to_value(body).unwrap_or_else(|_| json!({}));
+        Event::new(E::TYPE, now, payload)
     }
 }
 
@@ -269,11 +266,16 @@ pub struct OfferStats {
 }
 
 /// Marathon's `status_update_event` body for a task.
-pub(crate) fn status_event(task: &TaskRecord) -> Value {
-    json!({
-        "slaveId": task.agent_id, "taskId": task.id, "taskStatus": task.state,
-        "message": task.message.clone().unwrap_or_default(), "appId": task.app_id,
-        "host": task.host, "ports": task.ports, "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}],
-        "version": task.version,
-    })
+pub(crate) fn status_event(task: &TaskRecord) -> StatusUpdateEvent {
+    StatusUpdateEvent {
+        slave_id: task.agent_id.to_string(),
+        task_id: task.id.to_string(),
+        task_status: task.state.as_str().to_string(),
+        message: task.message.clone().unwrap_or_default(),
+        app_id: task.app_id.to_string(),
+        host: task.host.clone(),
+        ip_addresses: task.addresses(),
+        ports: task.ports.clone(),
+        version: task.version.clone(),
+    }
 }

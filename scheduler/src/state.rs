@@ -4,8 +4,7 @@
 //! generation, record events in [`Changes`]).
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use serde_json::Value;
-
+use plinth_protocol::views::events::EventBody;
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, Timestamp};
 
 use crate::changes::Changes;
@@ -212,13 +211,13 @@ impl Core {
         }
     }
 
-    pub(crate) fn emit(&mut self, event_type: &str, now: Timestamp, payload: Value) {
-        self.changes.events.push(Event::new(event_type, now, payload));
+    /// Records an event (Marathon's bodies, `plinth_protocol::views::events`).
+    pub(crate) fn emit<E: EventBody>(&mut self, now: Timestamp, body: &E) {
+        self.changes.events.push(Event::of(now, body));
     }
 
     pub(crate) fn emit_status(&mut self, task: &TaskRecord, now: Timestamp) {
-        let payload = status_event(task);
-        self.emit("status_update_event", now, payload);
+        self.emit(now, &status_event(task));
     }
 
     /// Remembers an update id; false when it was already applied.

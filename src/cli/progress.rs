@@ -5,7 +5,7 @@ use serde_json::Value;
 /// Shows the master's image pulls (`image_pull_*` events) as progress bars on stderr
 /// while a deployment runs; silent when stderr is not a terminal.
 pub(super) async fn show_pull_progress(base: String, http: reqwest::Client) {
-    let Ok(response) = http.get(format!("{base}/v2/events")).header("accept", "text/event-stream").send().await else {
+    let Ok(response) = http.get(format!("{base}/v1/events")).header("accept", "text/event-stream").send().await else {
         return;
     };
     let bars = indicatif::MultiProgress::new();

@@ -6,7 +6,8 @@ use super::master::MasterClient;
 use super::render::{display, number, output, table, text};
 
 pub async fn show(master: &MasterClient, json_out: bool) -> anyhow::Result<()> {
-    let body = master.call(Method::GET, "/v2/queue", None).await?;
+    // Plinth's queue (`/v1/queue`): Marathon's offer summary and readable reasons.
+    let body = master.call(Method::GET, "/v1/queue", None).await?;
     output(json_out, &body, queue_table)
 }
 
@@ -39,7 +40,7 @@ fn queue_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = queue
         .iter()
         .map(|item| {
-            let app = item.get("app").map(|a| text(a, "id")).unwrap_or_else(|| "-".to_string());
+            let app = text(item, "appId");
             let offers = item
                 .pointer("/processedOffersSummary/processedOffersCount")
                 .map(display)
@@ -58,7 +59,7 @@ mod tests {
 
     #[test]
     fn queue_shows_decline_reasons() {
-        let item = json!({"app": {"id": "/big"}, "count": 1, "processedOffersSummary": {"processedOffersCount": 4,
+        let item = json!({"appId": "/big", "count": 1, "processedOffersSummary": {"processedOffersCount": 4,
             "rejectSummaryLastOffers": [{"reason": "InsufficientMemory", "declined": 2, "processed": 2},
                                         {"reason": "InsufficientCpus", "declined": 0, "processed": 2}]}});
         assert_eq!(decline_reasons(&item), "InsufficientMemory (2/2)");

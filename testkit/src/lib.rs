@@ -2,7 +2,9 @@
 //! end-to-end tests: OCI images built here (from Debian's `busybox-static`, or layer by
 //! layer, hostile ones included) and Debian's `docker-registry` started on loopback
 //! (optionally inside a test's network namespace), with pushes over the registry API; and
-//! the harnesses' common waiting and port helpers.
+//! the harnesses' common waiting and port helpers; Marathon's JSON shapes as golden
+//! fixtures and the check of a response against them (`contract`).
+pub mod contract;
 pub mod image;
 pub mod netns;
 pub mod registry;

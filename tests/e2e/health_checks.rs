@@ -152,8 +152,8 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
         "the healthy task was killed too: {}",
         health_summary(&replaced)
     );
-    wait_until("unhealthy_task_kill_event for the broken task", secs(20), || {
-        let kills = events_of(&events, "unhealthy_task_kill_event");
+    wait_until("unhealthy_instance_kill_event for the broken task", secs(20), || {
+        let kills = events_of(&events, "unhealthy_instance_kill_event");
         if kills.iter().any(|e| e["taskId"] == victim_id.as_str() && e["appId"] == "/healthcheck-demo") {
             Ok(())
         } else {
@@ -161,10 +161,11 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
         }
     });
     let failed = events_of(&events, "failed_health_check_event");
-    assert!(failed.iter().any(|e| e["taskId"] == victim_id.as_str()), "no failed_health_check_event: {failed:?}");
+    // Marathon names the task by its instance in these two (Plinth's instance id is the task id).
+    assert!(failed.iter().any(|e| e["instanceId"] == victim_id.as_str()), "no failed_health_check_event: {failed:?}");
     let changed = events_of(&events, "health_status_changed_event");
     assert!(
-        changed.iter().any(|e| e["taskId"] == victim_id.as_str() && e["alive"] == false),
+        changed.iter().any(|e| e["instanceId"] == victim_id.as_str() && e["alive"] == false),
         "no health_status_changed_event to unhealthy: {changed:?}"
     );
 
@@ -183,8 +184,8 @@ fn healthcheck_demo_kills_and_replaces_unhealthy_tasks() {
         }
     });
     assert!(ids(&replaced).contains(&survivor_id), "{}", health_summary(&replaced));
-    wait_until("unhealthy_task_kill_event for the command-checked task", secs(20), || {
-        let kills = events_of(&events, "unhealthy_task_kill_event");
+    wait_until("unhealthy_instance_kill_event for the command-checked task", secs(20), || {
+        let kills = events_of(&events, "unhealthy_instance_kill_event");
         if kills.iter().any(|e| e["taskId"] == victim_id.as_str()) {
             Ok(())
         } else {
@@ -245,14 +246,9 @@ impl Drop for Poller {
     }
 }
 
+/// Why a deployment waits, as Plinth says on `/v1/deployments` (Marathon's have no field for it).
 fn deployment_reason(deployment: &Value) -> String {
-    deployment["currentActions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["blockedReason"].as_str())
-        .collect::<Vec<_>>()
-        .join("; ")
+    deployment["blockedReason"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
@@ -292,7 +288,7 @@ fn rolling_update_keeps_half_healthy_and_a_never_healthy_version_rolls_back() {
             Err(format!("deployment listed: {listed}; tasks: {}", health_summary(&tasks)))
         }
     });
-    let deployment = find(&api.get_json("/v2/deployments")).expect("the deployment is still listed");
+    let deployment = find(&api.get_json("/v1/deployments")).expect("the deployment is still listed");
     let reason = deployment_reason(&deployment);
     assert!(reason.to_lowercase().contains("health"), "the deployment does not say it waits for health: {deployment}");
 

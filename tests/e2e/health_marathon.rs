@@ -19,9 +19,10 @@ fn states(cluster: &Cluster, id: &str) -> BTreeMap<String, usize> {
     counts
 }
 
+/// The app's entry in Plinth's queue (`/v1/queue`: Marathon's counts and the reasons in words).
 fn queue_entry(api: &Http, id: &str) -> Option<Value> {
-    let queue = api.get_json("/v2/queue");
-    queue["queue"].as_array()?.iter().find(|e| e["app"]["id"] == id).cloned()
+    let queue = api.get_json("/v1/queue");
+    queue["queue"].as_array()?.iter().find(|e| e["appId"] == id).cloned()
 }
 
 /// Waits until exactly `expected` tasks run, each on its own host; returns the hosts.
@@ -53,8 +54,8 @@ fn constraint_demo_places_one_task_per_host_and_uses_a_new_agent() {
     .expect_status(201);
 
     running_hosts(&cluster, 3);
-    // The other three wait, and /v2/queue says why.
-    let entry = wait_until("constraint-demo in /v2/queue with the constraint as reason", secs(30), || {
+    // The other three wait, and the queue says why.
+    let entry = wait_until("constraint-demo in /v1/queue with the constraint as reason", secs(30), || {
         let entry = queue_entry(&api, "/constraint-demo").ok_or("not queued")?;
         if entry["count"] == 3 && entry.to_string().contains("constraint hostname UNIQUE") {
             Ok(entry)

@@ -15,6 +15,7 @@ mod cluster_standalone;
 mod containers;
 mod health_checks;
 mod health_marathon;
+mod marathon_client;
 mod pxe_boot;
 mod pxe_vagrant;
 mod ui;

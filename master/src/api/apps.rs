@@ -9,9 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use plinth_protocol::views::app::App;
+use plinth_protocol::views::{AppInfo, AppList, AppSingle, TaskList, TaskSingle, VersionList};
 use plinth_protocol::{AppDefinition, AppId, BodyError, TaskId, Violation};
 
-use super::{app_json, deployment_result, parse_app_id, Body, ClientAddr, Embed, Params};
+use super::views::{self, Embed};
+use super::{parse_app_id, Body, ClientAddr, Params};
 use crate::error::ApiError;
 use crate::events::api_post_event;
 use crate::shell::Master;
@@ -93,7 +96,7 @@ fn definition_from_value(value: Value) -> Result<AppDefinition, ApiError> {
     Ok(def)
 }
 
-fn created(location: &str, body: Value) -> Response {
+fn created(location: &str, body: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, [(header::LOCATION, location.to_string())], Json(body)).into_response()
 }
 
@@ -116,19 +119,13 @@ pub async fn create(
                 }]));
             }
             let (record, deployment) = core.create_app(def, now)?;
-            let embed = Embed { counts: true, deployments: true, ..Default::default() };
-            Ok((app_json(core, &record, embed), record.definition, deployment))
+            Ok((views::app_info(core, &record, Embed::list()), record.definition, deployment))
         })
         .await?;
-    let id = app["id"].as_str().unwrap_or_default().to_string();
+    let id = app.app.id.clone();
     tracing::info!(app_id = %id, deployment_id = %deployment, "app created");
     master.prefetch_image(&definition);
-    master.publish(api_post_event(
-        client.ip().as_deref(),
-        uri.path(),
-        json!(definition),
-        plinth_protocol::Timestamp::now(),
-    ));
+    master.publish(api_post_event(client.ip().as_deref(), uri.path(), &definition, plinth_protocol::Timestamp::now()));
     Ok(created(&format!("/v2/apps{id}"), app))
 }
 
@@ -151,34 +148,30 @@ fn label_matches(selector: &str, labels: &std::collections::BTreeMap<String, Str
 }
 
 async fn list_filtered(master: &Master, params: &Params, group: Option<String>) -> Result<Response, ApiError> {
-    let embed = Embed::from_params(params);
+    let embed = Embed::list().with_params(params);
     let id_filter = params.get("id").map(str::to_string);
     let cmd_filter = params.get("cmd").map(str::to_string);
     let label_filter = params.get("label").map(str::to_string);
     let group = group.map(|g| format!("/{}/", g.trim_matches('/')).replace("//", "/"));
     let guard = master.read().await;
     let core = &guard.core;
-    let apps: Vec<Value> = core
+    let apps: Vec<AppInfo> = core
         .apps()
         .filter(|a| group.as_deref().is_none_or(|g| a.id.as_str().starts_with(g)))
         .filter(|a| id_filter.as_deref().is_none_or(|f| a.id.as_str().contains(f)))
         .filter(|a| cmd_filter.as_deref().is_none_or(|f| a.definition.cmd.as_deref().is_some_and(|c| c.contains(f))))
         .filter(|a| label_filter.as_deref().is_none_or(|f| label_matches(f, &a.definition.labels)))
-        .map(|a| app_json(core, a, embed))
+        .map(|a| views::app_info(core, a, embed))
         .collect();
-    Ok(Json(json!({"apps": apps})).into_response())
+    Ok(Json(AppList { apps }).into_response())
 }
 
 async fn show(master: &Master, raw_id: &str, params: &Params) -> Result<Response, ApiError> {
     let id = parse_app_id(raw_id)?;
-    let mut embed = Embed::all();
-    if !params.all("embed").is_empty() {
-        embed = Embed::from_params(params);
-        embed.tasks = true;
-    }
+    let embed = Embed::single().with_params(params);
     let guard = master.read().await;
     let app = guard.core.app(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
-    Ok(Json(json!({"app": app_json(&guard.core, app, embed)})).into_response())
+    Ok(Json(AppSingle { app: views::app_info(&guard.core, app, embed) }).into_response())
 }
 
 /// Builds the full new definition for PUT/PATCH: the body merged onto the current
@@ -262,10 +255,10 @@ async fn update(
     master.publish(api_post_event(
         client.ip().as_deref(),
         uri,
-        json!(outcome.app.definition),
+        &outcome.app.definition,
         plinth_protocol::Timestamp::now(),
     ));
-    let body = deployment_result(&outcome.deployment, &outcome.version);
+    let body = views::deployment_result(&outcome.deployment, &outcome.version);
     if outcome.created {
         Ok(created(&format!("/v2/apps{id}"), body))
     } else {
@@ -315,21 +308,24 @@ pub async fn update_many(
         master.publish(api_post_event(
             client.ip().as_deref(),
             uri.path(),
-            json!(outcome.app.definition),
+            &outcome.app.definition,
             plinth_protocol::Timestamp::now(),
         ));
     }
     let Some(first) = outcomes.first() else {
-        return Ok(Json(json!({"version": Value::Null, "deploymentId": Value::Null})).into_response());
+        return Err(ApiError::Invalid(vec![Violation {
+            path: "/".into(),
+            errors: vec!["expected at least one app definition".into()],
+        }]));
     };
-    Ok(Json(deployment_result(&first.deployment, &first.version)).into_response())
+    Ok(Json(views::deployment_result(&first.deployment, &first.version)).into_response())
 }
 
 async fn destroy(master: &Master, raw_id: &str) -> Result<Response, ApiError> {
     let id = parse_app_id(raw_id)?;
     let (deployment, version) = master.command(|core, now| core.delete_app(&id, now)).await?;
     tracing::info!(app_id = %id, deployment_id = %deployment, "app deleted");
-    Ok(Json(deployment_result(&deployment, &version)).into_response())
+    Ok(Json(views::deployment_result(&deployment, &version)).into_response())
 }
 
 async fn restart(master: &Master, raw_id: &str, params: &Params) -> Result<Response, ApiError> {
@@ -337,7 +333,7 @@ async fn restart(master: &Master, raw_id: &str, params: &Params) -> Result<Respo
     let force = params.flag("force")?;
     let (deployment, version) = master.command(|core, now| core.restart_app(&id, now, force)).await?;
     tracing::info!(app_id = %id, deployment_id = %deployment, "app restarted");
-    Ok(Json(deployment_result(&deployment, &version)).into_response())
+    Ok(Json(views::deployment_result(&deployment, &version)).into_response())
 }
 
 async fn tasks(master: &Master, raw_id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
@@ -349,8 +345,8 @@ async fn tasks(master: &Master, raw_id: &str, headers: &HeaderMap) -> Result<Res
         return Ok(super::tasks::text_response(super::tasks::endpoints_text(core, std::iter::once(app))));
     }
     let ports = core.service_ports(&id);
-    let tasks: Vec<Value> = core.app_tasks(&id).iter().map(|t| t.to_marathon_json(&ports)).collect();
-    Ok(Json(json!({"tasks": tasks})).into_response())
+    let tasks = core.app_tasks(&id).iter().map(|t| views::task(t, &ports)).collect();
+    Ok(Json(TaskList { tasks }).into_response())
 }
 
 async fn kill_app_tasks(master: &Master, raw_id: &str, params: &Params) -> Result<Response, ApiError> {
@@ -390,7 +386,7 @@ async fn kill_one_task(master: &Master, raw_id: &str, task: &str, params: &Param
         .await?;
     tracing::info!(app_id = %id, task_id = %task_id, scale, "task killed");
     if let (false, Some(task)) = (scale, killed.tasks.first()) {
-        return Ok(Json(json!({"task": task.to_marathon_json(&ports)})).into_response());
+        return Ok(Json(TaskSingle { task: views::task(task, &ports) }).into_response());
     }
     Ok(super::tasks::killed_response(killed, &ports, scale))
 }
@@ -401,7 +397,7 @@ async fn versions(master: &Master, raw_id: &str) -> Result<Response, ApiError> {
     let mut versions = guard.core.app_versions(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
     // Marathon lists the newest first.
     versions.reverse();
-    Ok(Json(json!({"versions": versions})).into_response())
+    Ok(Json(VersionList { versions }).into_response())
 }
 
 async fn version(master: &Master, raw_id: &str, version: &str) -> Result<Response, ApiError> {
@@ -414,7 +410,9 @@ async fn version(master: &Master, raw_id: &str, version: &str) -> Result<Respons
         .core
         .app_version(&id, version)
         .ok_or_else(|| CoreError::VersionNotFound { app: id.clone(), version: version.to_string() })?;
-    Ok(Json(json!(def)).into_response())
+    let mut app = App::of(def);
+    app.version = Some(version.to_string());
+    Ok(Json(app).into_response())
 }
 
 #[cfg(test)]

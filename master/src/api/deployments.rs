@@ -5,18 +5,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
 
+use plinth_protocol::views::DeploymentInfo;
 use plinth_protocol::DeploymentId;
 
-use super::{deployment_result, Params};
+use super::{views, Params};
 use crate::error::ApiError;
 use crate::shell::Master;
 
 /// `GET /v2/deployments`.
-pub async fn list(State(master): State<Arc<Master>>) -> Json<Vec<Value>> {
+pub async fn list(State(master): State<Arc<Master>>) -> Json<Vec<DeploymentInfo>> {
     let guard = master.read().await;
-    Json(guard.core.deployments().map(|d| d.to_marathon_json()).collect())
+    Json(guard.core.deployments().map(|d| views::deployment(&guard.core, d)).collect())
 }
 
 /// `DELETE /v2/deployments/{id}`: without `force` a rollback deployment starts (200 with
@@ -31,7 +31,7 @@ pub async fn cancel(
     let rollback = master.command(|core, now| core.cancel_deployment(&id, force, now)).await?;
     tracing::info!(deployment_id = %id, force, "deployment cancelled");
     Ok(match rollback {
-        Some((deployment, version)) => Json(deployment_result(&deployment, &version)).into_response(),
+        Some((deployment, version)) => Json(views::deployment_result(&deployment, &version)).into_response(),
         None => StatusCode::ACCEPTED.into_response(),
     })
 }

@@ -1,4 +1,5 @@
-//! `GET /v2/events` (Server-Sent Events) and `/v2/eventSubscriptions` (HTTP callbacks).
+//! `GET /v2/events` (Server-Sent Events of Marathon's event types), `GET /v1/events`
+//! (every event, Plinth's own too) and `/v2/eventSubscriptions` (HTTP callbacks).
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +9,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use serde_json::json;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+use plinth_protocol::views::events::{is_marathon_event, EventStreamAttached};
+use plinth_protocol::views::EventSubscriptions;
 use plinth_protocol::Timestamp;
 
 use super::{ClientAddr, Params};
@@ -26,21 +28,42 @@ fn sse(event: &Event) -> SseEvent {
 }
 
 /// `GET /v2/events[?event_type=...]`: `event_stream_attached` first, then every event
-/// published after the client attached.
+/// of Marathon's types published after the client attached (Marathon clients stop at a
+/// type they do not know; Plinth's own events are on `/v1/events`).
 pub async fn stream(
     State(master): State<Arc<Master>>,
     params: Params,
     client: ClientAddr,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    attach(&master, &params, client, true)
+}
+
+/// `GET /v1/events[?event_type=...]`: like `/v2/events`, with Plinth's own events
+/// (`image_pull_*`, `agent_lost_event`).
+pub async fn stream_all(
+    State(master): State<Arc<Master>>,
+    params: Params,
+    client: ClientAddr,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    attach(&master, &params, client, false)
+}
+
+fn attach(
+    master: &Master,
+    params: &Params,
+    client: ClientAddr,
+    marathon_only: bool,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let filter = params.all("event_type");
     // Subscribe before answering so nothing published after attach is missed.
     let receiver = master.events.subscribe();
     let remote = client.0.map(|a| a.to_string()).unwrap_or_default();
-    let attached = Event::new("event_stream_attached", Timestamp::now(), json!({"remoteAddress": remote}));
-    tracing::debug!(remote_address = %remote, "event stream attached");
+    let attached = Event::of(Timestamp::now(), &EventStreamAttached { remote_address: remote.clone() });
+    tracing::debug!(remote_address = %remote, marathon_only, "event stream attached");
     let first = futures::stream::iter([Ok(sse(&attached))]);
     let events = BroadcastStream::new(receiver).filter_map(move |item| {
         let out = match item {
+            Ok(event) if marathon_only && !is_marathon_event(&event.event_type) => None,
             Ok(event) if filter.is_empty() || filter.iter().any(|f| f == &event.event_type) => Some(Ok(sse(&event))),
             Ok(_) => None,
             Err(BroadcastStreamRecvError::Lagged(n)) => {
@@ -89,8 +112,8 @@ pub async fn subscribe(
 }
 
 /// `GET /v2/eventSubscriptions`.
-pub async fn list_subscriptions(State(master): State<Arc<Master>>) -> Json<serde_json::Value> {
-    Json(json!({"callbackUrls": master.callbacks.urls()}))
+pub async fn list_subscriptions(State(master): State<Arc<Master>>) -> Json<EventSubscriptions> {
+    Json(EventSubscriptions { callback_urls: master.callbacks.urls() })
 }
 
 /// `DELETE /v2/eventSubscriptions?callbackUrl=URL`.

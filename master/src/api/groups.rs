@@ -12,11 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use plinth_protocol::views::{AppInfo, GroupInfo};
 use plinth_protocol::{AppDefinition, AppId, BodyError, Timestamp, Violation};
 use plinth_scheduler::groups::{is_within, parent, resolve, under};
 use plinth_scheduler::{AppRecord, AppSpec, Core, GroupRequest, GroupSpec};
 
-use super::{app_json, Body, Embed, Params};
+use super::views::{self, Embed};
+use super::{Body, Params};
 use crate::error::ApiError;
 use crate::shell::Master;
 
@@ -254,19 +256,7 @@ async fn route(
 
 /// Which app details to embed (`embed=group.apps.tasks`, `group.apps.lastTaskFailure`...).
 fn embed_of(params: &Params) -> Embed {
-    let mut embed = Embed { counts: true, deployments: true, ..Default::default() };
-    for item in params.all("embed") {
-        if item.ends_with("tasks") {
-            embed.tasks = true;
-        }
-        if item.ends_with("lastTaskFailure") {
-            embed.last_task_failure = true;
-        }
-        if item.ends_with("readiness") {
-            embed.readiness = true;
-        }
-    }
-    embed
+    Embed::list().with_params(params)
 }
 
 struct Tree<'a> {
@@ -287,23 +277,23 @@ impl<'a> Tree<'a> {
         Tree { core, groups, apps_by_group, embed, fallback_version }
     }
 
-    /// The group's JSON and its version (the newest change in it).
-    fn json(&self, id: &str) -> (Value, String) {
+    /// The group's view and its version (the newest change in it).
+    fn view(&self, id: &str) -> (GroupInfo, String) {
         let record = self.core.group_records().get(id);
         let mut version = record.and_then(|r| r.versions.last().cloned()).unwrap_or_default();
-        let apps: Vec<Value> = self
+        let apps: Vec<AppInfo> = self
             .apps_by_group
             .get(id)
             .into_iter()
             .flatten()
             .map(|app| {
                 version = version.clone().max(app.version.clone());
-                app_json(self.core, app, self.embed)
+                views::app_info(self.core, app, self.embed)
             })
             .collect();
         let mut groups = Vec::new();
         for child in self.groups.iter().filter(|g| *g != "/" && parent(g) == id) {
-            let (value, child_version) = self.json(child);
+            let (value, child_version) = self.view(child);
             version = version.max(child_version);
             groups.push(value);
         }
@@ -311,8 +301,9 @@ impl<'a> Tree<'a> {
             version = self.fallback_version.clone();
         }
         let dependencies = record.map(|r| r.dependencies.clone()).unwrap_or_default();
-        let value = json!({"id": id, "apps": apps, "groups": groups, "pods": [], "dependencies": dependencies, "version": version});
-        (value, version)
+        let group =
+            GroupInfo { id: id.to_string(), apps, groups, pods: Vec::new(), dependencies, version: version.clone() };
+        (group, version)
     }
 }
 
@@ -322,7 +313,7 @@ async fn show(master: &Master, id: &str, params: &Params) -> Result<Response, Ap
     if !tree.groups.contains(id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
     }
-    Ok(Json(tree.json(id).0).into_response())
+    Ok(Json(tree.view(id).0).into_response())
 }
 
 async fn list_versions(master: &Master, id: &str) -> Result<Response, ApiError> {
@@ -353,9 +344,9 @@ async fn create(master: &Master, url_id: &str, params: &Params, body: Body) -> R
     }
     let spec = parse_body(&value, id.clone())?;
     let dry_run = params.flag("dryRun")?;
-    let (status, body) = change(master, GroupRequest::Create(spec), false, dry_run).await?;
-    let status = if status == StatusCode::OK && !dry_run { StatusCode::CREATED } else { status };
-    Ok((status, [(header::LOCATION, format!("/v2/groups{id}"))], Json(body)).into_response())
+    let answer = change(master, GroupRequest::Create(spec), false, dry_run).await?;
+    let status = if dry_run { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, [(header::LOCATION, format!("/v2/groups{id}"))], answer).into_response())
 }
 
 async fn update(master: &Master, id: &str, params: &Params, body: Body) -> Result<Response, ApiError> {
@@ -381,13 +372,11 @@ async fn update(master: &Master, id: &str, params: &Params, body: Body) -> Resul
         }
         GroupRequest::Update { spec: parse_body(&value, id.to_string())?, force }
     };
-    let (status, body) = change(master, request, force, dry_run).await?;
-    Ok((status, Json(body)).into_response())
+    Ok(change(master, request, force, dry_run).await?.into_response())
 }
 
 async fn destroy(master: &Master, id: &str) -> Result<Response, ApiError> {
-    let (status, body) = change(master, GroupRequest::Delete { id: id.to_string() }, true, false).await?;
-    Ok((status, Json(body)).into_response())
+    Ok(change(master, GroupRequest::Delete { id: id.to_string() }, true, false).await?.into_response())
 }
 
 fn parse_body(value: &Value, id: String) -> Result<GroupSpec, ApiError> {
@@ -401,18 +390,18 @@ fn parse_body(value: &Value, id: String) -> Result<GroupSpec, ApiError> {
     }
 }
 
+/// The header naming every deployment a group change started (Marathon's answer names one).
+pub const DEPLOYMENT_IDS_HEADER: &str = "plinth-deployment-ids";
+
 /// Plans a request and, unless `dry_run`, applies it: one core command, so the app
-/// changes and the group records are written in one store transaction.
-async fn change(
-    master: &Master,
-    request: GroupRequest,
-    force: bool,
-    dry_run: bool,
-) -> Result<(StatusCode, Value), ApiError> {
+/// changes and the group records are written in one store transaction. A dry run answers
+/// the steps; a change Marathon's `{"deploymentId","version"}`, with every deployment it
+/// started in the `Plinth-Deployment-Ids` header.
+async fn change(master: &Master, request: GroupRequest, force: bool, dry_run: bool) -> Result<Response, ApiError> {
     if dry_run {
         let guard = master.read().await;
         let plan = guard.core.plan_groups(&request, Timestamp::now())?;
-        return Ok((StatusCode::OK, plan.to_marathon_json()));
+        return Ok(Json(plan.steps_view()).into_response());
     }
     let change = master.command_with(|core, now| Ok(core.change_groups(&request, force, now)?)).await?;
     tracing::info!(group_id = %change.group, version = %change.plan.version, apps_changed = change.deployments.len(),
@@ -425,9 +414,9 @@ async fn change(
     }
     // One id to follow, as Marathon answers; a change without app changes gets a fresh
     // id that is already finished.
-    let body =
-        json!({"version": change.plan.version, "deploymentId": change.deployment, "deploymentIds": change.deployments});
-    Ok((StatusCode::OK, body))
+    let ids = change.deployments.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let body = views::deployment_result(&change.deployment, &change.plan.version);
+    Ok(([(DEPLOYMENT_IDS_HEADER, ids)], Json(body)).into_response())
 }
 
 #[cfg(test)]

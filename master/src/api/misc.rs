@@ -3,11 +3,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
+use plinth_protocol::views::{LeaderInfo, MarathonInfo};
+
+use super::views;
 use crate::error::ApiError;
 use crate::shell::Master;
 
@@ -15,54 +17,40 @@ pub async fn ping() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "pong").into_response()
 }
 
-pub async fn metrics(State(master): State<Arc<Master>>) -> Response {
+/// `GET /metrics`: Marathon 1.7+'s JSON for clients that ask for JSON or say nothing, the
+/// Prometheus text for a scraper (`Accept: text/plain` or OpenMetrics without JSON).
+pub async fn metrics(State(master): State<Arc<Master>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let scraper = (accept.contains("text/plain") || accept.contains("openmetrics")) && !accept.contains("json");
+    if scraper {
+        return prometheus_text(&master).await;
+    }
+    let guard = master.read().await;
+    let body =
+        master.metrics.json(&guard.core, master.events.published(), master.callbacks.stats(), &master.registry.metrics);
+    Json(body).into_response()
+}
+
+/// `GET /metrics/prometheus`: the Prometheus text exposition.
+pub async fn prometheus(State(master): State<Arc<Master>>) -> Response {
+    prometheus_text(&master).await
+}
+
+async fn prometheus_text(master: &Master) -> Response {
     let guard = master.read().await;
     let mut text = master.metrics.render(&guard.core, master.events.published(), master.callbacks.stats());
     text.push_str(&master.registry.metrics.render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-pub async fn leader(State(master): State<Arc<Master>>) -> Json<Value> {
-    Json(json!({"leader": master.leader}))
+pub async fn leader(State(master): State<Arc<Master>>) -> Json<LeaderInfo> {
+    Json(LeaderInfo { leader: master.leader.clone() })
 }
 
-/// `GET /v2/info`: Marathon's shape with Plinth's values.
-pub async fn info(State(master): State<Arc<Master>>) -> Json<Value> {
-    let port = master.leader.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(8080);
-    let (service_min, service_max) = master.read().await.core.config().service_ports;
-    Json(json!({
-        "name": "plinth",
-        "version": env!("CARGO_PKG_VERSION"),
-        "buildref": "",
-        "elected": true,
-        "leader": master.leader,
-        "frameworkId": master.framework_id,
-        "marathon_config": {
-            "master": format!("plinth://{}", master.leader),
-            "framework_name": "marathon",
-            "hostname": master.config.hostname,
-            "ha": false,
-            "checkpoint": true,
-            "failover_timeout": 604800,
-            "local_port_min": service_min,
-            "local_port_max": service_max,
-            "executor": "//cmd",
-            "mesos_role": "*",
-            "mesos_user": "root",
-            "task_launch_timeout": 300000,
-            "task_reservation_timeout": 20000,
-            "reconciliation_initial_delay": 15000,
-            "reconciliation_interval": 600000,
-            "agent_timeout_ms": u64::try_from(master.config.agent_timeout.as_millis()).unwrap_or(u64::MAX),
-            "features": [],
-            "webui_url": null,
-            "mesos_leader_ui_url": format!("http://{}/", master.leader),
-        },
-        "http_config": {"http_port": port, "https_port": null},
-        "event_subscriber": {"type": "http_callback", "http_endpoints": master.callbacks.urls()},
-        "storage": {"type": "redb", "path": master.store().path()},
-        "zookeeper_config": null,
-    }))
+/// `GET /v2/info`: Marathon's shape with Plinth's values (Plinth's own details: `/v1/info`).
+pub async fn info(State(master): State<Arc<Master>>) -> Json<MarathonInfo> {
+    let guard = master.read().await;
+    Json(views::info(&master, &guard.core))
 }
 
 fn escape(text: &str) -> String {

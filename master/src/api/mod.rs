@@ -1,4 +1,5 @@
-//! The master's HTTP API: Marathon v2 (`/v2/...`), events, the agent protocol
+//! The master's HTTP API: Marathon v2 (`/v2/...`, Marathon's JSON exactly: `views.rs`),
+//! events, Plinth's own views (`/v1/...`, `plinth.rs`), the agent protocol
 //! (`/agent/v1/...`), Mesos-style operator views (`/master/...`), `/ping`, `/metrics`.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +13,12 @@ use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use plinth_protocol::AppId;
 
 use crate::error::ApiError;
 use crate::shell::Master;
-use plinth_scheduler::{AppRecord, Core};
 
 pub mod agents;
 pub mod apps;
@@ -28,9 +28,11 @@ pub mod groups;
 pub mod logs;
 pub mod misc;
 pub mod operator;
+pub mod plinth;
 pub mod queue;
 pub mod tasks;
 pub mod ui;
+pub mod views;
 
 /// Largest request body accepted (a Marathon app JSON is a few KB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -45,6 +47,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/", get(ui::root))
         .route("/ping", get(misc::ping))
         .route("/metrics", get(misc::metrics))
+        .route("/metrics/prometheus", get(misc::prometheus))
         .route("/v2/info", get(misc::info))
         .route("/v2/leader", get(misc::leader))
         .route("/v2/apps", get(apps::list).post(apps::create).put(apps::update_many))
@@ -73,6 +76,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/master/slaves/{id}/drain", post(operator::drain).delete(operator::undrain))
         .route("/v1/tasks/{id}/logs", get(logs::task_logs))
         .merge(ui::routes(ui::Source::from_env()))
+        .merge(plinth::routes())
         .fallback(misc::not_found)
         .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
         .with_state(master)
@@ -209,83 +213,4 @@ impl Params {
 /// Parses an app id from a URL path (404-worthy ids are reported as such).
 pub fn parse_app_id(raw: &str) -> Result<AppId, ApiError> {
     AppId::parse(raw).map_err(|e| ApiError::NotFound(format!("App '/{}' does not exist ({e})", raw.trim_matches('/'))))
-}
-
-/// What to embed in app JSON.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Embed {
-    pub tasks: bool,
-    pub counts: bool,
-    pub deployments: bool,
-    pub last_task_failure: bool,
-    pub readiness: bool,
-}
-
-impl Embed {
-    pub fn all() -> Self {
-        Embed { tasks: true, counts: true, deployments: true, last_task_failure: true, readiness: true }
-    }
-
-    /// `embed=apps.tasks,apps.counts,...` (also the `app.` prefix of single-app GETs).
-    pub fn from_params(params: &Params) -> Self {
-        // Counts and deployments are cheap and most clients expect them: always on.
-        let mut embed = Embed { counts: true, deployments: true, ..Default::default() };
-        for item in params.all("embed") {
-            match item.trim_start_matches("apps.").trim_start_matches("app.") {
-                "tasks" => embed.tasks = true,
-                "counts" | "taskStats" => embed.counts = true,
-                "deployments" => embed.deployments = true,
-                "lastTaskFailure" => embed.last_task_failure = true,
-                "readiness" => embed.readiness = true,
-                "failures" => {
-                    embed.tasks = true;
-                    embed.last_task_failure = true;
-                }
-                _ => {}
-            }
-        }
-        embed
-    }
-}
-
-/// Marathon's app JSON: the definition plus task counts, deployments and (optionally)
-/// tasks.
-pub fn app_json(core: &Core, app: &AppRecord, embed: Embed) -> Value {
-    let mut v = serde_json::to_value(&app.definition).unwrap_or_else(|_| json!({}));
-    v["id"] = json!(app.id);
-    v["version"] = json!(app.version);
-    let tasks = core.app_tasks(&app.id);
-    let has_hc = !app.definition.health_checks.is_empty();
-    if embed.counts {
-        use plinth_protocol::TaskState::*;
-        let staged = tasks.iter().filter(|t| matches!(t.state, TaskStaging | TaskStarting)).count();
-        let running = tasks.iter().filter(|t| t.state == TaskRunning).count();
-        let healthy = tasks.iter().filter(|t| t.state == TaskRunning && has_hc && t.healthy == Some(true)).count();
-        let unhealthy = tasks.iter().filter(|t| has_hc && t.healthy == Some(false)).count();
-        v["tasksStaged"] = json!(staged);
-        v["tasksRunning"] = json!(running);
-        v["tasksHealthy"] = json!(healthy);
-        v["tasksUnhealthy"] = json!(unhealthy);
-    }
-    if embed.deployments {
-        v["deployments"] = json!(core.app_deployments(&app.id).iter().map(|d| json!({"id": d.id})).collect::<Vec<_>>());
-    }
-    if embed.tasks {
-        let ports = core.service_ports(&app.id);
-        v["tasks"] = json!(tasks.iter().map(|t| t.to_marathon_json(&ports)).collect::<Vec<_>>());
-    }
-    if embed.readiness {
-        v["readinessCheckResults"] = json!([]);
-    }
-    if embed.last_task_failure {
-        if let Some(failure) = &app.last_task_failure {
-            v["lastTaskFailure"] = failure.clone();
-        }
-    }
-    v
-}
-
-/// `{"version","deploymentId"}` as Marathon answers changes.
-pub fn deployment_result(deployment: &impl serde::Serialize, version: &str) -> Value {
-    json!({"version": version, "deploymentId": deployment})
 }

@@ -8,11 +8,11 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use plinth_protocol::{TaskId, TaskState};
+use plinth_protocol::views::{DeploymentResult, TaskList};
+use plinth_protocol::{NetworkMode, TaskId, TaskState};
 
-use super::{deployment_result, Body, Params};
+use super::{views, Body, Params};
 use crate::error::ApiError;
 use crate::shell::Master;
 use plinth_scheduler::{AppRecord, Core, KillTarget, Killed};
@@ -46,10 +46,20 @@ pub fn endpoints_text<'a>(core: &Core, apps: impl Iterator<Item = &'a AppRecord>
             out.push('\n');
             continue;
         }
+        // On a bridge, a task has host ports only for the mappings with a `hostPort`.
+        let bridge = match app.definition.network_mode() {
+            NetworkMode::Bridge => app.definition.container_port_mappings(),
+            _ => None,
+        };
         for (index, service_port) in service_ports.iter().enumerate() {
             let _ = write!(out, "{name}\t{service_port}\t");
+            let host_index = match bridge {
+                Some(mappings) if mappings.get(index).is_some_and(|m| m.host_port.is_none()) => None,
+                Some(mappings) => Some(mappings.iter().take(index).filter(|m| m.host_port.is_some()).count()),
+                None => Some(index),
+            };
             for task in &tasks {
-                if let Some(port) = task.ports.get(index) {
+                if let Some(port) = host_index.and_then(|i| task.ports.get(i)) {
                     let _ = write!(out, "{}:{port}\t", task.host);
                 }
             }
@@ -81,11 +91,11 @@ pub async fn list(State(master): State<Arc<Master>>, params: Params, headers: He
         let ports = core.service_ports(&app.id);
         for task in core.app_tasks(&app.id) {
             if wanted(task.visible_state()) {
-                tasks.push(task.to_marathon_json(&ports));
+                tasks.push(views::task(task, &ports));
             }
         }
     }
-    Ok(Json(json!({"tasks": tasks})).into_response())
+    Ok(Json(TaskList { tasks }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -101,21 +111,27 @@ pub async fn delete_many(State(master): State<Arc<Master>>, params: Params, body
     let ids: Vec<TaskId> = request.ids.iter().map(|s| TaskId::new(s.as_str())).collect();
     let killed = master.command(|core, now| core.kill_tasks(KillTarget::Tasks(ids), scale, now, force)).await?;
     tracing::info!(killed = killed.tasks.len(), scale, "tasks killed");
-    let guard = master.read().await;
-    let tasks: Vec<Value> =
-        killed.tasks.iter().map(|t| t.to_marathon_json(&guard.core.service_ports(&t.app_id))).collect();
-    drop(guard);
-    if let (true, Some((deployment, version))) = (scale, &killed.deployment) {
-        return Ok(Json(deployment_result(deployment, version)).into_response());
+    if scale {
+        return Ok(Json(scaled(&killed)).into_response());
     }
-    Ok(Json(json!({"tasks": tasks})).into_response())
+    let guard = master.read().await;
+    let tasks = killed.tasks.iter().map(|t| views::task(t, &guard.core.service_ports(&t.app_id))).collect();
+    Ok(Json(TaskList { tasks }).into_response())
+}
+
+/// The deployment a `scale=true` kill started (a finished one when none was needed).
+fn scaled(killed: &Killed) -> DeploymentResult {
+    match &killed.deployment {
+        Some((deployment, version)) => views::deployment_result(deployment, version),
+        None => views::no_change_result(),
+    }
 }
 
 /// Marathon answers a kill with the killed tasks, or with `scale=true` the deployment.
 pub fn killed_response(killed: Killed, service_ports: &[u16], scale: bool) -> Response {
-    if let (true, Some((deployment, version))) = (scale, &killed.deployment) {
-        return Json(deployment_result(deployment, version)).into_response();
+    if scale {
+        return Json(scaled(&killed)).into_response();
     }
-    let tasks: Vec<Value> = killed.tasks.iter().map(|t| t.to_marathon_json(service_ports)).collect();
-    Json(json!({"tasks": tasks})).into_response()
+    let tasks = killed.tasks.iter().map(|t| views::task(t, service_ports)).collect();
+    Json(TaskList { tasks }).into_response()
 }

@@ -9,8 +9,8 @@
 //! apps start after what they depend on, and stop before it.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::{json, Value};
-
+use plinth_protocol::views::deployment::{DeploymentAction, DeploymentStep, DeploymentSteps};
+use plinth_protocol::views::events::GroupChangeSuccess;
 use plinth_protocol::{AppDefinition, AppId, DeploymentId, Timestamp, Violation};
 
 use crate::error::CoreError;
@@ -90,7 +90,7 @@ impl Core {
             Some(d) => d.clone(),
             None => DeploymentId::new(self.uuid().to_string()),
         };
-        self.emit("group_change_success", now, json!({"groupId": group, "version": plan.version}));
+        self.emit(now, &GroupChangeSuccess { group_id: group.clone(), version: plan.version.clone() });
         Ok(GroupChange { group, plan, deployments, deployment })
     }
 
@@ -225,14 +225,20 @@ pub struct GroupPlan {
 }
 
 impl GroupPlan {
-    /// Marathon's plan JSON (the answer of a dry run).
-    pub fn to_marathon_json(&self) -> Value {
-        json!({
-            "version": self.version,
-            "steps": self.steps.iter().map(|step| json!({
-                "actions": step.iter().map(|a| json!({"action": a.name(), "app": a.app()})).collect::<Vec<_>>()
-            })).collect::<Vec<_>>(),
-        })
+    /// Marathon's steps of the plan (the answer of a dry run).
+    pub fn steps_view(&self) -> DeploymentSteps {
+        DeploymentSteps {
+            steps: self
+                .steps
+                .iter()
+                .map(|step| DeploymentStep {
+                    actions: step
+                        .iter()
+                        .map(|a| DeploymentAction { action: a.name().to_string(), app: a.app() })
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -146,3 +146,29 @@ fn a_deployment_that_never_gets_healthy_says_why_and_can_be_cancelled() {
     assert!(c.task(&new_task).unwrap().kill_requested, "rollback kills the new version");
     assert!(!c.task(&old).unwrap().kill_requested);
 }
+
+#[test]
+fn deployment_events_carry_marathons_plan_with_the_app_before_and_after() {
+    let mut c = core();
+    register(&mut c, "a", "cpus:8;mem:4096;disk:0;ports:[31000-31100]", "", t(0));
+    let id = AppId::parse("/p").unwrap();
+    c.create_app(app(json!({"id": "p", "cmd": "v1", "instances": 1, "cpus": 0.1})), t(1)).unwrap();
+    let mut def = c.app(&id).unwrap().definition.clone();
+    def.cmd = Some("v2".into());
+    c.take_changes();
+    c.put_app(def, t(2), true).unwrap();
+    let changes = c.take_changes();
+    let info = changes.events.iter().find(|e| e.event_type == "deployment_info").expect("deployment_info");
+    let plan = &info.payload["plan"];
+    for key in ["id", "original", "target", "steps", "version"] {
+        assert!(plan.get(key).is_some(), "{key} in {plan}");
+    }
+    assert_eq!(plan.as_object().map(|o| o.len()), Some(5), "only Marathon's fields: {plan}");
+    assert_eq!(plan["original"]["apps"][0]["cmd"], "v1", "{plan}");
+    assert_eq!(plan["target"]["apps"][0]["cmd"], "v2", "{plan}");
+    assert_eq!(info.payload["currentStep"]["actions"][0]["app"], "/p");
+    // The first deployment, superseded by the forced update, failed with the same plan shape.
+    let failed = changes.events.iter().find(|e| e.event_type == "deployment_failed").expect("deployment_failed");
+    assert!(failed.payload["plan"]["original"]["apps"].as_array().is_some_and(Vec::is_empty), "{}", failed.payload);
+    assert!(failed.payload["reason"].is_string());
+}

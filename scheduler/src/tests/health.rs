@@ -20,7 +20,7 @@ fn a_task_failing_its_health_check_max_times_is_killed_and_replaced() {
     assert!(c.task(&task).unwrap().kill_requested, "killed at maxConsecutiveFailures");
     let events = event_types(&mut c);
     assert_eq!(events.iter().filter(|e| *e == "failed_health_check_event").count(), 2);
-    assert!(events.contains(&"unhealthy_task_kill_event".to_string()));
+    assert!(events.contains(&"unhealthy_instance_kill_event".to_string()));
     assert!(events.contains(&"health_status_changed_event".to_string()));
     c.tick(t(9));
     assert_eq!(c.app_tasks(&id).iter().filter(|t| !t.kill_requested).count(), 1, "replacement launched");
