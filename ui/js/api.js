@@ -209,3 +209,25 @@ export function appPath(id, suffix = '') {
   const segments = String(id).replace(/^\/+/, '').split('/').map(encodeURIComponent);
   return `/v2/apps/${segments.join('/')}${suffix}`;
 }
+
+/**
+ * The queue with Plinth's reasons in words (`/v1/queue`: Marathon's `/v2/queue` carries
+ * only what strict Marathon clients accept). Entries get `app.id` as `/v2/queue` has it.
+ */
+export async function getQueue() {
+  const queue = await get('/v1/queue');
+  for (const entry of queue?.queue ?? []) entry.app ??= { id: entry.appId };
+  return queue;
+}
+
+/**
+ * Deployments with why they wait (`/v1/deployments`); the blocked reason is put on the
+ * current actions, where the views show it.
+ */
+export async function getDeployments() {
+  const deployments = await get('/v1/deployments');
+  for (const d of deployments ?? []) {
+    if (d.blockedReason) for (const action of d.currentActions ?? []) action.blockedReason ??= d.blockedReason;
+  }
+  return deployments;
+}

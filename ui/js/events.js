@@ -1,4 +1,4 @@
-// One stream of the master's events (`/v2/events`, Server-Sent Events) for the whole
+// One stream of the master's events (`/v1/events`: Marathon's events and Plinth's own, such as `agent_lost_event`; Server-Sent Events) for the whole
 // page. It is read with `request` (a fetch) rather than EventSource, so it carries the
 // same credentials as every other call. Views subscribe to event types and refetch only
 // what an event names; after a reconnect they get 'resync' (events may have been missed)
@@ -40,7 +40,7 @@ async function run() {
   for (;;) {
     await connection.whenOnline();
     try {
-      const response = await request('GET', '/v2/events', { raw: true, accept: 'text/event-stream' });
+      const response = await request('GET', '/v1/events', { raw: true, accept: 'text/event-stream' });
       if (attached) emit('resync', {});
       attached = true;
       await read(response.body);

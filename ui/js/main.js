@@ -5,7 +5,7 @@
 // Views are modules with `mount(root, route)` returning `{unmount(), update?(route)}`;
 // they fetch what they show and subscribe to the events that change it.
 
-import { connection, get, setCredentialsPrompt } from './api.js';
+import { connection, get, getDeployments, getQueue, setCredentialsPrompt } from './api.js';
 import { dialogOpen, fill, h, modal } from './dom.js';
 import { coalesce, on, start as startEvents } from './events.js';
 import * as appsView from './views/apps.js';
@@ -84,7 +84,7 @@ const countQueue = document.getElementById('count-queue');
 
 const refreshCounts = coalesce(async () => {
   try {
-    const [deployments, queue] = await Promise.all([get('/v2/deployments'), get('/v2/queue')]);
+    const [deployments, queue] = await Promise.all([getDeployments(), getQueue()]);
     showCount(countDeployments, Array.isArray(deployments) ? deployments.length : 0);
     showCount(countQueue, queue?.queue?.length ?? 0);
   } catch {

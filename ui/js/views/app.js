@@ -4,7 +4,7 @@
 // a diff between two and "apply this version"; and why it waits (the queue's decline
 // reasons, the deployment's blocked reason). Events naming the app refetch it alone.
 
-import { appPath, get, request } from '../api.js';
+import { appPath, get, getDeployments, request } from '../api.js';
 import { canonicalJson, changedKeys, diffLines, withContext } from '../diff.js';
 import { appHref, confirmDialog, errorBox, errorText, fill, h, mib, modal, notify, num, timeEl } from '../dom.js';
 import { coalesce, on } from '../events.js';
@@ -57,7 +57,7 @@ export function mount(root, route) {
 
   async function loadDeployments() {
     try {
-      const all = await get('/v2/deployments');
+      const all = await getDeployments();
       s.deployments = (Array.isArray(all) ? all : []).filter((d) => (d.affectedApps ?? []).map(normalizeId).includes(id));
       render();
     } catch {

@@ -3,7 +3,7 @@
 // then kept current from the event stream: an event refetches only the apps it names
 // (GET /v2/apps/{id}), and the queue (for Waiting/Delayed).
 
-import { appPath, get } from '../api.js';
+import { appPath, get, getQueue } from '../api.js';
 import { appHref, errorBox, fill, h, mib, num } from '../dom.js';
 import { coalesce, on } from '../events.js';
 import { appStatus, appsOf, buildTree, healthOf, matchesText, normalizeId, queueByApp, STATUSES } from '../model.js';
@@ -163,7 +163,7 @@ export function mount(root) {
 
   async function loadAll() {
     try {
-      const [list, q] = await Promise.all([get('/v2/apps?embed=apps.counts&embed=apps.deployments'), get('/v2/queue')]);
+      const [list, q] = await Promise.all([get('/v2/apps?embed=apps.counts&embed=apps.deployments'), getQueue()]);
       apps.clear();
       for (const app of list.apps ?? []) apps.set(app.id, app);
       queue = queueByApp(q);

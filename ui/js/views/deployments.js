@@ -1,7 +1,7 @@
 // #/deployments: running deployments with their steps and current actions (and why an
 // action is blocked); Roll back (DELETE /v2/deployments/{id}) and Force stop (?force=true).
 
-import { get, request } from '../api.js';
+import { get, getDeployments, request } from '../api.js';
 import { appHref, confirmDialog, errorBox, errorText, fill, h, notify, timeEl } from '../dom.js';
 import { coalesce, on } from '../events.js';
 import { empty } from '../widgets.js';
@@ -22,7 +22,7 @@ export function mount(root) {
   const load = coalesce(async () => {
     clearTimeout(timer);
     try {
-      const answer = await get('/v2/deployments');
+      const answer = await getDeployments();
       deployments = Array.isArray(answer) ? answer : [];
       render();
       if (deployments.length) timer = setTimeout(() => load(), 5000);

@@ -1,7 +1,7 @@
 // #/queue: apps waiting for launches and why (the decline reasons of the last offers,
 // the backoff delay, a failed image pull). Also `watchQueue`, which the other views use.
 
-import { get, request } from '../api.js';
+import { get, getQueue, request } from '../api.js';
 import { appHref, errorText, fill, h, notify, timeEl } from '../dom.js';
 import { coalesce, on } from '../events.js';
 import { declineReasons, isDelayed, isWaiting, STATUS } from '../model.js';
@@ -21,7 +21,7 @@ export function watchQueue(onQueue) {
   const load = coalesce(async () => {
     clearTimeout(timer);
     try {
-      const queue = await get('/v2/queue');
+      const queue = await getQueue();
       if (stopped) return;
       onQueue(queue);
       if ((queue?.queue ?? []).length) timer = setTimeout(() => load(), WAITING_REFRESH_MS);
