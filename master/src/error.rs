@@ -51,6 +51,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Internal(String),
+    /// Too many expensive reads waiting (429 with `Retry-After`, see `read_model.rs`).
+    #[error("Too many requests are waiting; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -119,6 +123,10 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %plinth_protocol::error_chain(&self), "request failed");
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Busy { retry_after_secs } = &self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        response
     }
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod ids;
 pub mod metrics;
 pub mod pxe;
+pub mod read_model;
 pub mod registry;
 pub mod shell;
 pub mod start;

@@ -20,6 +20,7 @@ use plinth_protocol::{AgentId, Timestamp};
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
 use crate::metrics::Metrics;
+use crate::read_model::ReadModel;
 use crate::registry::{Registry, RegistryConfig};
 use crate::store::{Store, StoreError};
 use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
@@ -68,6 +69,10 @@ pub struct Guarded {
 pub struct Master {
     pub config: MasterConfig,
     state: Mutex<Guarded>,
+    /// What big reads render from, so they never hold `state` (`read_model.rs`).
+    reads: ReadModel,
+    /// When each agent was last heard from, noted on arrival (before the lock).
+    heard: std::sync::Mutex<HashMap<AgentId, Timestamp>>,
     /// Written by every command; lets readers skip the lock in the rare cases it matters.
     store: Store,
     pub events: EventBus,
@@ -120,6 +125,8 @@ impl Master {
         let registry = Registry::open(registry_config, config.data_dir.join("registry"), config.registry.listen)?;
         let master = Arc::new(Master {
             config,
+            reads: ReadModel::new(&core),
+            heard: Default::default(),
             state: Mutex::new(Guarded { core, store: store.clone() }),
             store,
             events,
@@ -171,9 +178,35 @@ impl Master {
         &self.store
     }
 
-    /// Read-only access to the core (for queries).
+    /// Read-only access to the live core, under the command lock: for small reads and
+    /// read-then-decide paths. Big API reads go through [`Master::render`].
     pub async fn read(&self) -> tokio::sync::MutexGuard<'_, Guarded> {
         self.state.lock().await
+    }
+
+    /// Renders an answer from the read model (a recent copy of the core, current with
+    /// every acknowledged write) without holding the command lock; see `read_model.rs`.
+    pub async fn render<R>(&self, render: R) -> Result<axum::response::Response, ApiError>
+    where
+        R: FnOnce(&Core) -> Result<axum::response::Response, ApiError> + Send + 'static,
+    {
+        let _permit = self.reads.admit().await?;
+        let snapshot = self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await;
+        ReadModel::render(snapshot, render).await
+    }
+
+    /// Notes that an agent was heard from now, before its request waits for the core:
+    /// the next tick judges liveness on this time (see [`Core::note_heard`]).
+    pub fn heard_from(&self, agent: &AgentId) {
+        let mut heard = self.heard.lock().expect("heard-from map is never poisoned");
+        heard.insert(agent.clone(), Timestamp::now());
+    }
+
+    fn apply_heard(&self, core: &mut Core) {
+        let heard = std::mem::take(&mut *self.heard.lock().expect("heard-from map is never poisoned"));
+        for (agent, at) in heard {
+            core.note_heard(&agent, at);
+        }
     }
 
     /// Runs a core command and makes its effects durable before returning. On `Err`
@@ -195,8 +228,7 @@ impl Master {
         let now = Timestamp::now();
         let result = run(&mut guard.core, now);
         let changes = guard.core.take_changes();
-        let batch = Self::prepare(&guard.core, &changes);
-        self.persist(batch, changes).await;
+        self.finish(&guard.core, changes).await;
         drop(guard);
         result
     }
@@ -204,11 +236,24 @@ impl Master {
     /// One scheduling round.
     pub async fn tick(&self) {
         let mut guard = self.state.lock().await;
+        self.apply_heard(&mut guard.core);
         let now = Timestamp::now();
         guard.core.tick(now);
         let changes = guard.core.take_changes();
-        let batch = Self::prepare(&guard.core, &changes);
-        self.persist(batch, changes).await;
+        self.finish(&guard.core, changes).await;
+    }
+
+    /// Makes a command's or tick's changes durable and visible: write, then mark the
+    /// read model stale, then publish events and wake agents. The caller holds the lock.
+    async fn finish(&self, core: &Core, changes: Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let batch = Self::prepare(core, &changes);
+        self.write(batch).await;
+        self.reads.bump();
+        self.publish_all(changes.events);
+        self.notify_agents(changes.notify_agents.iter());
     }
 
     /// Ticks the core every [`TICK_INTERVAL`] for as long as the master lives.
@@ -232,14 +277,6 @@ impl Master {
             Ok(batch) => batch,
             Err(e) => crash("encoding changes for the store", &e),
         }
-    }
-
-    /// Writes the changes (the caller holds the lock, so writes keep command order),
-    /// then publishes events and wakes agents.
-    async fn persist(&self, batch: crate::store::Batch, changes: Changes) {
-        self.write(batch).await;
-        self.publish_all(changes.events);
-        self.notify_agents(changes.notify_agents.iter());
     }
 
     async fn write(&self, batch: crate::store::Batch) {

@@ -10,6 +10,17 @@ use crate::model::TaskRecord;
 use crate::state::Core;
 
 impl Core {
+    /// Records that an agent was heard from at `at` (when its request arrived, which
+    /// may be well before the core got to it): liveness is judged on what agents sent.
+    /// Never revives an agent already declared lost; that takes a re-registration.
+    pub fn note_heard(&mut self, agent: &AgentId, at: Timestamp) {
+        if let Some(state) = self.agents.get_mut(agent) {
+            if state.record.active && at.millis() > state.record.last_seen.millis() {
+                state.record.last_seen = at;
+            }
+        }
+    }
+
     pub(crate) fn detect_lost_agents(&mut self, now: Timestamp) {
         let timeout = self.config.agent_timeout_ms;
         let lost: Vec<AgentId> = self

@@ -167,6 +167,31 @@ impl Core {
         core
     }
 
+    /// A copy of everything the queries read, for readers that must not hold the
+    /// command lock while they render (the master's read model). It cannot decide
+    /// anything: its id source is spent, its change log and update de-duplication empty.
+    pub fn read_copy(&self) -> Core {
+        Core {
+            config: self.config.clone(),
+            next_uuid: Box::new(uuid::Uuid::nil),
+            apps: self.apps.clone(),
+            versions: self.versions.clone(),
+            tasks: self.tasks.clone(),
+            tasks_by_app: self.tasks_by_app.clone(),
+            tasks_by_agent: self.tasks_by_agent.clone(),
+            agents: self.agents.clone(),
+            deployments: self.deployments.clone(),
+            offer_stats: self.offer_stats.clone(),
+            processed_updates: HashSet::new(),
+            processed_order: VecDeque::new(),
+            offer_cursor: self.offer_cursor,
+            needs_supervision: HashSet::new(),
+            unreachable: self.unreachable.clone(),
+            groups: self.groups.clone(),
+            changes: Changes::default(),
+        }
+    }
+
     pub(crate) fn uuid(&mut self) -> uuid::Uuid {
         (self.next_uuid)()
     }

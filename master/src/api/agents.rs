@@ -65,6 +65,7 @@ pub async fn sync(
 ) -> Result<Json<SyncResponse>, ApiError> {
     let request: SyncRequest = body.json()?;
     check_token(&master, &headers, client, request.agent_id.as_str())?;
+    master.heard_from(&request.agent_id);
     // Subscribe before syncing so a change made in between still wakes us.
     let mut waker = master.agent_waker(&request.agent_id);
     let response = master.command(|core, now| Ok(core.sync_agent(&request, now))).await?;
@@ -92,6 +93,7 @@ pub async fn status(
 ) -> Result<Json<StatusAck>, ApiError> {
     let batch: StatusBatch = body.json()?;
     check_token(&master, &headers, client, batch.agent_id.as_str())?;
+    master.heard_from(&batch.agent_id);
     for update in &batch.updates {
         tracing::debug!(node_id = %batch.agent_id, task_id = %update.task_id, app_id = %update.app_id,
             state = %update.state, "status update");

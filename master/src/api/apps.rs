@@ -153,25 +153,32 @@ async fn list_filtered(master: &Master, params: &Params, group: Option<String>) 
     let cmd_filter = params.get("cmd").map(str::to_string);
     let label_filter = params.get("label").map(str::to_string);
     let group = group.map(|g| format!("/{}/", g.trim_matches('/')).replace("//", "/"));
-    let guard = master.read().await;
-    let core = &guard.core;
-    let apps: Vec<AppInfo> = core
-        .apps()
-        .filter(|a| group.as_deref().is_none_or(|g| a.id.as_str().starts_with(g)))
-        .filter(|a| id_filter.as_deref().is_none_or(|f| a.id.as_str().contains(f)))
-        .filter(|a| cmd_filter.as_deref().is_none_or(|f| a.definition.cmd.as_deref().is_some_and(|c| c.contains(f))))
-        .filter(|a| label_filter.as_deref().is_none_or(|f| label_matches(f, &a.definition.labels)))
-        .map(|a| views::app_info(core, a, embed))
-        .collect();
-    Ok(Json(AppList { apps }).into_response())
+    master
+        .render(move |core| {
+            let apps: Vec<AppInfo> = core
+                .apps()
+                .filter(|a| group.as_deref().is_none_or(|g| a.id.as_str().starts_with(g)))
+                .filter(|a| id_filter.as_deref().is_none_or(|f| a.id.as_str().contains(f)))
+                .filter(|a| {
+                    cmd_filter.as_deref().is_none_or(|f| a.definition.cmd.as_deref().is_some_and(|c| c.contains(f)))
+                })
+                .filter(|a| label_filter.as_deref().is_none_or(|f| label_matches(f, &a.definition.labels)))
+                .map(|a| views::app_info(core, a, embed))
+                .collect();
+            Ok(Json(AppList { apps }).into_response())
+        })
+        .await
 }
 
 async fn show(master: &Master, raw_id: &str, params: &Params) -> Result<Response, ApiError> {
     let id = parse_app_id(raw_id)?;
     let embed = Embed::single().with_params(params);
-    let guard = master.read().await;
-    let app = guard.core.app(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
-    Ok(Json(AppSingle { app: views::app_info(&guard.core, app, embed) }).into_response())
+    master
+        .render(move |core| {
+            let app = core.app(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
+            Ok(Json(AppSingle { app: views::app_info(core, app, embed) }).into_response())
+        })
+        .await
 }
 
 /// Builds the full new definition for PUT/PATCH: the body merged onto the current
@@ -338,15 +345,18 @@ async fn restart(master: &Master, raw_id: &str, params: &Params) -> Result<Respo
 
 async fn tasks(master: &Master, raw_id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     let id = parse_app_id(raw_id)?;
-    let guard = master.read().await;
-    let core = &guard.core;
-    let app = core.app(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
-    if super::tasks::wants_text(headers) {
-        return Ok(super::tasks::text_response(super::tasks::endpoints_text(core, std::iter::once(app))));
-    }
-    let ports = core.service_ports(&id);
-    let tasks = core.app_tasks(&id).iter().map(|t| views::task(t, &ports)).collect();
-    Ok(Json(TaskList { tasks }).into_response())
+    let text = super::tasks::wants_text(headers);
+    master
+        .render(move |core| {
+            let app = core.app(&id).ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
+            if text {
+                return Ok(super::tasks::text_response(super::tasks::endpoints_text(core, std::iter::once(app))));
+            }
+            let ports = core.service_ports(&id);
+            let tasks = core.app_tasks(&id).iter().map(|t| views::task(t, &ports)).collect();
+            Ok(Json(TaskList { tasks }).into_response())
+        })
+        .await
 }
 
 async fn kill_app_tasks(master: &Master, raw_id: &str, params: &Params) -> Result<Response, ApiError> {

@@ -14,9 +14,13 @@ use crate::error::ApiError;
 use crate::shell::Master;
 
 /// `GET /v2/deployments`.
-pub async fn list(State(master): State<Arc<Master>>) -> Json<Vec<DeploymentInfo>> {
-    let guard = master.read().await;
-    Json(guard.core.deployments().map(|d| views::deployment(&guard.core, d)).collect())
+pub async fn list(State(master): State<Arc<Master>>) -> Result<Response, ApiError> {
+    master
+        .render(|core| {
+            let list: Vec<DeploymentInfo> = core.deployments().map(|d| views::deployment(core, d)).collect();
+            Ok(Json(list).into_response())
+        })
+        .await
 }
 
 /// `DELETE /v2/deployments/{id}`: without `force` a rollback deployment starts (200 with

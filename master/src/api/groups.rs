@@ -308,12 +308,16 @@ impl<'a> Tree<'a> {
 }
 
 async fn show(master: &Master, id: &str, params: &Params) -> Result<Response, ApiError> {
-    let guard = master.read().await;
-    let tree = Tree::new(&guard.core, embed_of(params), master.started_at.to_iso());
-    if !tree.groups.contains(id) {
-        return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
-    }
-    Ok(Json(tree.view(id).0).into_response())
+    let (id, embed, started) = (id.to_string(), embed_of(params), master.started_at.to_iso());
+    master
+        .render(move |core| {
+            let tree = Tree::new(core, embed, started);
+            if !tree.groups.contains(&id) {
+                return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
+            }
+            Ok(Json(tree.view(&id).0).into_response())
+        })
+        .await
 }
 
 async fn list_versions(master: &Master, id: &str) -> Result<Response, ApiError> {

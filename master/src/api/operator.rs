@@ -78,10 +78,13 @@ fn mesos_task_json(task: &TaskRecord, framework_id: &str) -> Value {
 }
 
 /// `GET /master/slaves`.
-pub async fn slaves(State(master): State<Arc<Master>>) -> Json<Value> {
-    let guard = master.read().await;
-    let slaves: Vec<Value> = guard.core.agents().map(|a| slave_json(&guard.core, a)).collect();
-    Json(json!({"slaves": slaves, "recovered_slaves": []}))
+pub async fn slaves(State(master): State<Arc<Master>>) -> Result<Response, ApiError> {
+    master
+        .render(|core| {
+            let slaves: Vec<Value> = core.agents().map(|a| slave_json(core, a)).collect();
+            Ok(Json(json!({"slaves": slaves, "recovered_slaves": []})).into_response())
+        })
+        .await
 }
 
 fn state_json(master: &Master, core: &Core) -> Value {
@@ -118,9 +121,9 @@ fn state_json(master: &Master, core: &Core) -> Value {
 }
 
 /// `GET /master/state`.
-pub async fn state(State(master): State<Arc<Master>>) -> Json<Value> {
-    let guard = master.read().await;
-    Json(state_json(&master, &guard.core))
+pub async fn state(State(master): State<Arc<Master>>) -> Result<Response, ApiError> {
+    let shared = master.clone();
+    master.render(move |core| Ok(Json(state_json(&shared, core)).into_response())).await
 }
 
 async fn set_draining(master: &Master, id: String, draining: bool) -> Result<Response, ApiError> {

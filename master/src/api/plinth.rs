@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
@@ -34,16 +35,18 @@ async fn info(State(master): State<Arc<Master>>) -> Json<Info> {
     Json(views::plinth_info(&master))
 }
 
-async fn tasks(State(master): State<Arc<Master>>, params: Params) -> Result<Json<PlinthTaskList>, ApiError> {
+async fn tasks(State(master): State<Arc<Master>>, params: Params) -> Result<Response, ApiError> {
     let only = params.get("app").map(parse_app_id).transpose()?;
-    let guard = master.read().await;
-    let core = &guard.core;
-    let mut tasks = Vec::new();
-    for app in core.apps().filter(|a| only.as_ref().is_none_or(|id| &a.id == id)) {
-        let ports = core.service_ports(&app.id);
-        tasks.extend(core.app_tasks(&app.id).into_iter().map(|t| views::plinth_task(t, &ports)));
-    }
-    Ok(Json(PlinthTaskList { tasks }))
+    master
+        .render(move |core| {
+            let mut tasks = Vec::new();
+            for app in core.apps().filter(|a| only.as_ref().is_none_or(|id| &a.id == id)) {
+                let ports = core.service_ports(&app.id);
+                tasks.extend(core.app_tasks(&app.id).into_iter().map(|t| views::plinth_task(t, &ports)));
+            }
+            Ok(Json(PlinthTaskList { tasks }).into_response())
+        })
+        .await
 }
 
 async fn deployments(State(master): State<Arc<Master>>) -> Json<Vec<PlinthDeployment>> {

@@ -71,12 +71,15 @@ pub fn endpoints_text<'a>(core: &Core, apps: impl Iterator<Item = &'a AppRecord>
 
 /// `GET /v2/tasks[?status=running|staging]`.
 pub async fn list(State(master): State<Arc<Master>>, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
-    let guard = master.read().await;
-    let core = &guard.core;
-    if wants_text(&headers) {
+    let text = wants_text(&headers);
+    let statuses = params.all("status");
+    master.render(move |core| render_list(core, text, &statuses)).await
+}
+
+fn render_list(core: &Core, text: bool, statuses: &[String]) -> Result<Response, ApiError> {
+    if text {
         return Ok(text_response(endpoints_text(core, core.apps())));
     }
-    let statuses = params.all("status");
     let wanted = |state: TaskState| {
         statuses.is_empty()
             || statuses.iter().any(|s| match s.to_ascii_lowercase().as_str() {

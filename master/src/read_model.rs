@@ -1,0 +1,194 @@
+//! The read model: API reads render from a copy of the core published after commands,
+//! never while holding the command lock, so a storm of big reads cannot delay
+//! heartbeats, status updates or writes (it once made agents miss their timeout and
+//! the whole cluster restart its tasks).
+//!
+//! - A generation counter is bumped by every command or tick that changed something
+//!   (under the lock, after the write), so a read that follows an acknowledged write
+//!   always sees it. A copy is also refreshed when older than [`MAX_AGE`], for the few
+//!   things that change without a record (last heartbeat times, offer statistics).
+//! - Copies are taken lazily, by the first reader that finds the published one stale;
+//!   concurrent readers wait for that one copy instead of each taking the lock.
+//! - Rendering runs on the blocking pool with at most [`ReadModel::renderers`] at once,
+//!   leaving the async workers (and a core) to the agent protocol and writes. Readers
+//!   past [`MAX_WAITING`] get a 429 with `Retry-After` instead of slowing everyone.
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::response::Response;
+use tokio::sync::{Mutex, Semaphore};
+
+use plinth_scheduler::Core;
+
+use crate::error::ApiError;
+
+/// A published copy older than this is refreshed even without a change.
+pub const MAX_AGE: Duration = Duration::from_millis(500);
+/// Readers allowed to wait for a renderer before new ones are turned away.
+pub const MAX_WAITING: usize = 256;
+/// What a turned-away reader is told to wait, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// One published copy of the core.
+pub struct Snapshot {
+    pub core: Core,
+    generation: u64,
+    taken: Instant,
+}
+
+pub struct ReadModel {
+    published: ArcSwap<Snapshot>,
+    /// The generation of the live core (bumped under the command lock).
+    generation: AtomicU64,
+    /// Held by the one reader taking a new copy.
+    refreshing: Mutex<()>,
+    renderers: Semaphore,
+    renderer_count: usize,
+    waiting: AtomicUsize,
+}
+
+impl ReadModel {
+    /// A read model starting from `core` as it is now.
+    pub fn new(core: &Core) -> ReadModel {
+        let renderer_count = renderers();
+        ReadModel {
+            published: ArcSwap::from_pointee(Snapshot { core: core.read_copy(), generation: 0, taken: Instant::now() }),
+            generation: AtomicU64::new(0),
+            refreshing: Mutex::new(()),
+            renderers: Semaphore::new(renderer_count),
+            renderer_count,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many reads render at once: all cores but one, at least one.
+    pub fn renderers(&self) -> usize {
+        self.renderer_count
+    }
+
+    /// Marks the live core as changed. Call with the command lock held.
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The published copy if it is current, else `None` (the caller refreshes).
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        let snapshot = self.published.load_full();
+        let fresh =
+            snapshot.generation == self.generation.load(Ordering::Acquire) && snapshot.taken.elapsed() < MAX_AGE;
+        fresh.then_some(snapshot)
+    }
+
+    /// A current copy; `copy` is called (by one reader at a time) to take a new one
+    /// from the live core under the command lock.
+    pub async fn snapshot<F, Fut>(&self, copy: F) -> Arc<Snapshot>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Core>,
+    {
+        if let Some(snapshot) = self.current() {
+            return snapshot;
+        }
+        let _refreshing = self.refreshing.lock().await;
+        // Another reader may have refreshed while this one waited.
+        if let Some(snapshot) = self.current() {
+            return snapshot;
+        }
+        // Read before the copy: a bump racing with it leaves the copy marked stale,
+        // never a stale copy marked current (bumps happen under the lock `copy` takes).
+        let generation = self.generation.load(Ordering::Acquire);
+        let core = copy().await;
+        let snapshot = Arc::new(Snapshot { core, generation, taken: Instant::now() });
+        self.published.store(snapshot.clone());
+        snapshot
+    }
+
+    /// Runs `render` over `snapshot` on the blocking pool.
+    pub async fn render<R>(snapshot: Arc<Snapshot>, render: R) -> Result<Response, ApiError>
+    where
+        R: FnOnce(&Core) -> Result<Response, ApiError> + Send + 'static,
+    {
+        let rendered = tokio::task::spawn_blocking(move || render(&snapshot.core)).await;
+        rendered.map_err(|e| ApiError::Internal(format!("rendering the answer failed: {e}")))?
+    }
+
+    /// Waits for a free renderer; 429 when too many readers already wait. Admission
+    /// comes before the snapshot so an answer shows the state when it is rendered.
+    pub async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        if let Ok(permit) = self.renderers.try_acquire() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS });
+        }
+        let permit = self.renderers.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit.map_err(|_| ApiError::Internal("the read model is closed".into()))
+    }
+}
+
+fn renderers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plinth_scheduler::CoreConfig;
+    use std::sync::atomic::AtomicUsize;
+
+    fn empty_core() -> Core {
+        Core::new(CoreConfig::default(), Box::new(uuid::Uuid::nil))
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_taken_once_per_change_and_shared() {
+        let model = ReadModel::new(&empty_core());
+        let copies = AtomicUsize::new(0);
+        let copy = || async {
+            copies.fetch_add(1, Ordering::SeqCst);
+            empty_core()
+        };
+        // The first read after start finds the start-up copy current.
+        model.snapshot(copy).await;
+        assert_eq!(copies.load(Ordering::SeqCst), 0);
+        model.bump();
+        let first = model.snapshot(copy).await;
+        let second = model.snapshot(copy).await;
+        assert_eq!(copies.load(Ordering::SeqCst), 1, "one change, one copy");
+        assert!(Arc::ptr_eq(&first, &second), "readers share the copy");
+        model.bump();
+        model.snapshot(copy).await;
+        assert_eq!(copies.load(Ordering::SeqCst), 2, "a change after the copy makes it stale");
+    }
+
+    #[tokio::test]
+    async fn readers_past_the_waiting_limit_are_told_to_retry() {
+        let model = Arc::new(ReadModel::new(&empty_core()));
+        let held: Vec<_> = (0..model.renderers()).map(|_| model.admit()).collect();
+        let mut held_permits = Vec::new();
+        for permit in held {
+            held_permits.push(permit.await.expect("a free renderer"));
+        }
+        let mut waiters = Vec::new();
+        for _ in 0..MAX_WAITING {
+            let model = model.clone();
+            waiters.push(tokio::spawn(async move { model.admit().await.map(drop).is_ok() }));
+        }
+        // Let every waiter queue up.
+        while model.waiting.load(Ordering::SeqCst) < MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
+        match model.admit().await {
+            Err(ApiError::Busy { retry_after_secs }) => assert_eq!(retry_after_secs, RETRY_AFTER_SECS),
+            other => panic!("expected Busy, got {:?}", other.map(drop)),
+        }
+        drop(held_permits);
+        for waiter in waiters {
+            assert!(waiter.await.expect("waiter"), "a waiting reader is served once renderers free up");
+        }
+    }
+}
