@@ -10,10 +10,12 @@
 use anyhow::{bail, Context};
 use plinth_testkit::image::Entry;
 use plinth_testkit::{busybox_hello_with, Registry};
+
+use crate::standalone::{free_port, machine, Standalone};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +77,11 @@ pub fn run(args: BenchContainersArgs) -> anyhow::Result<Value> {
     }
 
     let mut results = Vec::new();
-    let standalone = Standalone::start(dir.path(), &upstream_addr)?;
+    let standalone = Standalone::start(
+        dir.path(),
+        "cpus:8;mem:8192;disk:8192;ports:[31000-31999]",
+        &["--insecure-registry", &upstream_addr],
+    )?;
     results.extend(plinth_end_to_end(&standalone, &upstream_addr, runs));
     drop(standalone);
     results.extend(podman(dir.path(), &upstream_addr, runs));
@@ -98,69 +104,7 @@ pub fn run(args: BenchContainersArgs) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!("{cpus} cpus, {model}, load {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `plinth standalone` on loopback ports, its state in the bench dir.
-struct Standalone {
-    child: Child,
-    api: String,
-    http: reqwest::blocking::Client,
-}
-
 impl Standalone {
-    fn start(dir: &Path, upstream: &str) -> anyhow::Result<Standalone> {
-        let (api_port, registry_port, agent_port) = (free_port()?, free_port()?, free_port()?);
-        let log = File::create(dir.join("standalone.log"))?;
-        let child = Command::new("/proc/self/exe")
-            .args(["standalone", "--listen", &format!("127.0.0.1:{api_port}")])
-            .args(["--registry-listen", &format!("127.0.0.1:{registry_port}"), "--insecure-registry", upstream])
-            .args(["--agent-listen", &format!("127.0.0.1:{agent_port}"), "--advertise-ip", "127.0.0.1"])
-            .args(["--data-dir", &dir.join("master").display().to_string()])
-            .args(["--work-dir", &dir.join("agent").display().to_string()])
-            .args(["--resources", "cpus:8;mem:8192;disk:8192;ports:[31000-31999]", "--hostname", "bench"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting plinth standalone")?;
-        let standalone = Standalone {
-            child,
-            api: format!("http://127.0.0.1:{api_port}"),
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?,
-        };
-        let started = Instant::now();
-        while standalone
-            .http
-            .get(format!("{}/master/slaves", standalone.api))
-            .send()
-            .ok()
-            .and_then(|r| r.json::<Value>().ok())
-            .is_none_or(|s| s["slaves"].as_array().is_none_or(Vec::is_empty))
-        {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("plinth standalone did not come up; see {}", dir.join("standalone.log").display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(standalone)
-    }
-
     /// POSTs an app and returns the milliseconds until its task is `TASK_RUNNING`.
     fn time_to_running(&self, id: &str, image: &str) -> anyhow::Result<f64> {
         let app = json!({"id": id, "cpus": 0.1, "mem": 32, "cmd": "sleep 3600", "portDefinitions": [],
@@ -187,39 +131,6 @@ impl Standalone {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        // Tasks outlive their agent by design: remove the apps and wait for the kills
-        // before stopping it, so nothing is left running or mounted.
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            let tasks: Value = match self.http.get(format!("{}/v2/tasks", self.api)).send().and_then(|r| r.json()) {
-                Ok(tasks) => tasks,
-                Err(_) => break,
-            };
-            let ids: Vec<String> = tasks["tasks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t["appId"].as_str().map(str::to_string))
-                .collect();
-            if ids.is_empty() {
-                break;
-            }
-            for id in ids {
-                let _ = self.http.delete(format!("{}/v2/apps{id}?force=true", self.api)).send();
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
-        #[allow(clippy::cast_possible_wrap)]
-        let pid = self.child.id() as i32;
-        // SAFETY: SIGTERM to our own child; its tasks are killed with the apps above.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

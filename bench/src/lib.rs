@@ -6,11 +6,14 @@
 //! - `scheduler`: the real scheduler core and store against in-process fake agents;
 //! - `boot`: the node image booted in QEMU (software emulation), timed;
 //! - `pxe`: a diskless QEMU PXE-booting from a real master, timed;
-//! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc.
+//! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc;
+//! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness.
 pub mod boot;
 pub mod containers;
 pub mod pxe;
+pub mod reads;
 pub mod scheduler;
+pub mod standalone;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -30,6 +33,8 @@ pub enum BenchCommand {
     Pxe(pxe::BenchPxeArgs),
     /// Docker images: POST → TASK_RUNNING (cached, cold) against podman, and create+start against crun/runc.
     Containers(containers::BenchContainersArgs),
+    /// Read storms: `GET /v2/apps` p50/p99 with 1, 16 and 64 readers, POST latency beside them, agents kept.
+    Reads(reads::BenchReadsArgs),
 }
 
 /// Runs one benchmark; each prints its own report (and writes `--out` where it has one).
@@ -43,5 +48,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Boot(args) => boot::run_bench_boot(args).map(drop),
         BenchCommand::Pxe(args) => pxe::run(args).map(drop),
         BenchCommand::Containers(args) => containers::run(args).map(drop),
+        BenchCommand::Reads(args) => reads::run(args).map(drop),
     }
 }

@@ -203,7 +203,7 @@ fn cli_takes_global_flags_anywhere_rounds_numbers_ends_quietly_on_a_closed_pipe_
 }
 
 #[test]
-fn ids_are_bounded_so_no_id_can_make_group_reads_crash_or_grow_quadratically() {
+fn ids_and_definitions_are_bounded_so_no_request_can_make_reads_crash_or_grow_quadratically() {
     let cluster = Cluster::start("id-bounds", 1);
     let api = cluster.api();
     // The id that overflowed the stack of every GET /v2/groups (under 8 KB, once accepted).
@@ -213,6 +213,12 @@ fn ids_are_bounded_so_no_id_can_make_group_reads_crash_or_grow_quadratically() {
     assert_rejected(api.post("/v2/apps", &cmd_app(&too_deep, "sleep 1", 0)), 422, Some("/id"));
     let too_long = format!("/{}", "a".repeat(250));
     assert_rejected(api.post("/v2/apps", &cmd_app(&too_long, "sleep 1", 0)), 422, Some("/id"));
+    // Every other part of a definition is bounded too, and named in the 422.
+    let mut big = cmd_app("/big", "sleep 1", 0);
+    big["env"] = (0..1025).map(|i| (format!("V{i}"), json!("x"))).collect::<serde_json::Map<_, _>>().into();
+    big["labels"] = json!({"k": "v".repeat(40 * 1024)});
+    assert_rejected(api.post("/v2/apps", &big), 422, Some("/env"));
+    assert_rejected(api.put("/v2/apps/big", &big), 422, Some("/labels/k"));
     assert_eq!(api.get("/v2/apps").json["apps"].as_array().map(Vec::len), Some(0), "nothing was created");
 
     // The deepest allowed tree: group reads answer, in a size linear in the tree.

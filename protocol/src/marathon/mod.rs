@@ -632,6 +632,9 @@ impl AppDefinition {
         if self.instances < 0 {
             add("/instances", "must be greater than or equal to 0".into());
         }
+        for (path, error) in bounds::violations(self) {
+            add(&path, error);
+        }
         if self.cpus <= 0.0 || !self.cpus.is_finite() {
             add("/cpus", "must be greater than 0".into());
         }
@@ -856,6 +859,7 @@ pub enum BodyError {
     Invalid(Vec<Violation>),
 }
 
+pub mod bounds;
 mod task_state;
 pub use task_state::TaskState;
 
