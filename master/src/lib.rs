@@ -4,6 +4,7 @@
 //! the image registry (pull-through cache and push target on `:5000`), the HTTP side of
 //! PXE provisioning (`pxe.rs`) and the one way to start it all (`start.rs`).
 pub mod api;
+pub mod checksum;
 pub mod error;
 pub mod events;
 pub mod ids;

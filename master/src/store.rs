@@ -1,5 +1,5 @@
 //! The durable store: an embedded transactional database (`redb`) in the data dir holding
-//! the core's records as JSON. Every batch of changes is written in one transaction with
+//! the core's records as JSON, each behind a checksum (`checksum.rs`) verified on read. Every batch of changes is written in one transaction with
 //! immediate durability, so a 2xx answer given after [`Store::commit`] survives `kill -9`.
 //! Group records (explicit groups, group dependencies and versions) are records like the
 //! others, written in the same transaction as the apps a group request changes.
@@ -51,6 +51,8 @@ pub enum StoreError {
     Encode { table: &'static str, key: String, source: serde_json::Error },
     #[error("cannot decode {table} record '{key}' (the store is damaged or from a newer version)")]
     Decode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("the {table} record '{key}' is damaged: {source}; restore the store from a backup")]
+    Corrupt { table: &'static str, key: String, source: crate::checksum::ChecksumError },
     #[error("cannot import {path}")]
     Import { path: PathBuf, source: std::io::Error },
     #[error("the store schema version is {found}, this master understands {expected}")]
@@ -140,7 +142,16 @@ impl std::fmt::Debug for Store {
 }
 
 fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, key: key.to_string(), source })
+    let json =
+        serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, key: key.to_string(), source })?;
+    Ok(crate::checksum::seal(&json))
+}
+
+/// A stored record back: its checksum verified, then its JSON decoded.
+fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &str, stored: &[u8]) -> Result<T, StoreError> {
+    let json =
+        crate::checksum::open(stored).map_err(|source| StoreError::Corrupt { table, key: key.to_string(), source })?;
+    serde_json::from_slice(json).map_err(|source| StoreError::Decode { table, key: key.to_string(), source })
 }
 
 fn version_key(app: &str, version: &str) -> String {
@@ -289,9 +300,6 @@ impl Store {
             }
             Ok(rows)
         };
-        fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-            serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table, key: key.to_string(), source })
-        }
         let mut snapshot = Snapshot::default();
         for (k, v) in read_all("apps")? {
             snapshot.apps.push(decode::<AppRecord>("apps", &k, &v)?);
@@ -421,12 +429,7 @@ impl Store {
         let mut subs = Vec::new();
         for row in tx!(OP, table.iter())? {
             let (k, v) = tx!(OP, row)?;
-            let sub = serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
-                table: "event_subscriptions",
-                key: k.value().to_string(),
-                source,
-            })?;
-            subs.push(sub);
+            subs.push(decode("event_subscriptions", k.value(), v.value())?);
         }
         Ok(subs)
     }
@@ -575,6 +578,39 @@ mod tests {
         let restored = Core::restore(CoreConfig::default(), counter_ids(), loaded, now);
         assert_eq!(restored.apps().count(), 1);
         assert_eq!(restored.app_versions(&AppId::parse("/g/ab").unwrap()).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_stored_record_is_an_error_naming_it_never_served() {
+        use plinth_protocol::{AppDefinition, Timestamp};
+        use plinth_scheduler::CoreConfig;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut core = Core::new(CoreConfig::default(), counter_ids());
+            let mut def =
+                AppDefinition::from_value(serde_json::json!({"id": "/web", "cmd": "echo hello world"})).unwrap();
+            def.normalize();
+            core.create_app(def, Timestamp::from_millis(1_000_000)).unwrap();
+            let changes = core.take_changes();
+            store.apply(&core, &changes).unwrap();
+            // A bit flipped inside the stored command ("hello" becomes "hdllo").
+            let mut txn = store.db.begin_write().unwrap();
+            {
+                let mut apps = txn.open_table(APPS).unwrap();
+                let mut value = apps.get("/web").unwrap().unwrap().value().to_vec();
+                let at = value.windows(5).position(|w| w == b"hello").unwrap() + 1;
+                value[at] ^= 0x01;
+                apps.insert("/web", value.as_slice()).unwrap();
+            }
+            txn.set_durability(Durability::Immediate).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.load_checked().expect_err("a damaged record is not loaded");
+        assert!(matches!(&err, StoreError::Corrupt { table: "apps", key, .. } if key == "/web"), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("'/web'") && text.contains("checksum") && text.contains("backup"), "{text}");
     }
 
     #[test]
