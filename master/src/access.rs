@@ -331,7 +331,9 @@ mod tests {
     fn methods_need_roles() {
         assert_eq!(Role::needed_for(&axum::http::Method::GET), Role::ReadOnly);
         assert_eq!(Role::needed_for(&axum::http::Method::HEAD), Role::ReadOnly);
-        for method in [axum::http::Method::POST, axum::http::Method::PUT, axum::http::Method::PATCH, axum::http::Method::DELETE] {
+        for method in
+            [axum::http::Method::POST, axum::http::Method::PUT, axum::http::Method::PATCH, axum::http::Method::DELETE]
+        {
             assert_eq!(Role::needed_for(&method), Role::Admin);
         }
         assert_eq!(Role::needed_for(&axum::http::Method::from_bytes(b"BREW").unwrap()), Role::Admin);
@@ -354,7 +356,8 @@ mod tests {
             ]),
             ..Default::default()
         };
-        for ok in ["http://10.0.0.5:9000/hooks", "http://10.0.0.5:9000/hooks/marathon", "https://events.example:443/a"] {
+        for ok in ["http://10.0.0.5:9000/hooks", "http://10.0.0.5:9000/hooks/marathon", "https://events.example:443/a"]
+        {
             assert!(allow.check_callback(&url(ok)).is_ok(), "{ok}");
         }
         for refused in [

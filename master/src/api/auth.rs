@@ -77,8 +77,10 @@ pub async fn require_credentials(State(master): State<Arc<Master>>, mut request:
         }
         Err(refusal) => {
             let message = match refusal {
-                Refusal::Missing => "Authentication required: send an admin's or a read-only user's credentials \
-                                     (HTTP Basic user:password, or Authorization: Bearer TOKEN)",
+                Refusal::Missing => {
+                    "Authentication required: send an admin's or a read-only user's credentials \
+                                     (HTTP Basic user:password, or Authorization: Bearer TOKEN)"
+                }
                 Refusal::Malformed => {
                     "Malformed Authorization header: expected Basic base64(user:password) or Bearer TOKEN"
                 }
@@ -176,8 +178,7 @@ mod tests {
     async fn the_ui_script_gets_no_challenge_so_its_own_form_asks() {
         let dir = tempfile::tempdir().unwrap();
         let router = master(dir.path(), credentials()).await;
-        let request =
-            Request::get("/v1/queue").header("sec-fetch-mode", "cors").body(Body::empty()).unwrap();
+        let request = Request::get("/v1/queue").header("sec-fetch-mode", "cors").body(Body::empty()).unwrap();
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), 401);
         assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());

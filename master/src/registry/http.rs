@@ -21,9 +21,9 @@ use plinth_oci::reference::names_registry;
 use plinth_oci::{Digest, ImageRef};
 
 use super::pull_error::PullErrorKind;
-use crate::access::Role;
 use super::store::{validate_tag, RepoName};
 use super::{Registry, RegistryError, RegistryMetrics, FORCE_PULL_HEADER, MAX_MANIFEST_BYTES};
+use crate::access::Role;
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
@@ -92,7 +92,9 @@ impl IntoResponse for RegistryError {
             (status, Json(json!({"errors": [{"code": code, "message": message, "detail": detail}]}))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             // What makes docker and skopeo send the credentials they were given.
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="plinth""#));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="plinth""#));
         }
         response
     }
