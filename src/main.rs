@@ -115,7 +115,7 @@ struct MasterArgs {
 
 /// Who may use the API (README: Access control). Secrets come from files or the
 /// environment, never from the command line.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 struct AccessArgs {
     /// File of `user:password` lines with admin access (HTTP Basic). PLINTH_HTTP_CREDENTIALS=user:password adds one.
     #[arg(long, env = "PLINTH_HTTP_CREDENTIALS_FILE", value_name = "PATH")]
@@ -520,6 +520,44 @@ mod tests {
             Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn access_comes_from_the_environment_and_files_and_bad_input_names_its_source() {
+        use plinth_master::access::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let readers = dir.path().join("readers");
+        std::fs::write(&readers, "viewer:pw\n").unwrap();
+        let args = AccessArgs {
+            env_credentials: Some("ops:s3cret".into()),
+            http_readonly_credentials_file: Some(readers.clone()),
+            event_callback_allow: vec!["http://10.0.0.5:9000/hooks".into()],
+            ..Default::default()
+        };
+        let access = access_config(args).unwrap();
+        let basic = |pair: &str| format!("Basic {}", base64_of(pair)).into_bytes();
+        assert_eq!(access.credentials.authenticate(Some(&basic("ops:s3cret"))).unwrap().role, Role::Admin);
+        assert_eq!(access.credentials.authenticate(Some(&basic("viewer:pw"))).unwrap().role, Role::ReadOnly);
+        assert!(access.check_callback(&"http://10.0.0.5:9000/hooks/a".parse().unwrap()).is_ok());
+
+        let err = access_config(AccessArgs { env_credentials: Some("no-colon".into()), ..Default::default() });
+        assert_eq!(err.unwrap_err().to_string(), "PLINTH_HTTP_CREDENTIALS line 1: expected user:password");
+        let missing = dir.path().join("missing");
+        let err = access_config(AccessArgs { api_token_file: Some(missing.clone()), ..Default::default() });
+        assert_eq!(err.unwrap_err().to_string(), format!("cannot read {}", missing.display()));
+        let err = access_config(AccessArgs { event_callback_allow: vec!["ftp://x".into()], ..Default::default() });
+        assert!(err.unwrap_err().to_string().contains("--event-callback-allow"));
+        let open = access_config(AccessArgs::default()).unwrap();
+        assert!(open.credentials.is_empty() && !open.events_include_env);
+    }
+
+    /// The `Authorization` header reqwest (the CLI's client) sends for `user:password`.
+    fn base64_of(pair: &str) -> String {
+        let (user, password) = pair.split_once(':').unwrap();
+        plinth_oci::tls::install_provider();
+        let request = reqwest::Client::new().get("http://x/").basic_auth(user, Some(password)).build().unwrap();
+        let header = request.headers()["authorization"].to_str().unwrap();
+        header.strip_prefix("Basic ").unwrap().to_string()
     }
 
     #[test]

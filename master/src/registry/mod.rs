@@ -120,7 +120,7 @@ pub enum RegistryError {
     Oci(#[from] OciError),
     #[error("reading the request body: {0}")]
     Body(String),
-    #[error("pushing to this registry needs an admin's credentials")]
+    #[error("this registry takes pushes only with an admin's credentials (pulls need none)")]
     Unauthorized,
     #[error("these credentials are read-only; pushing needs an admin's")]
     Denied,
