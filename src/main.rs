@@ -109,6 +109,35 @@ struct MasterArgs {
     /// Largest blob a push may upload, in bytes.
     #[arg(long, env = "PLINTH_REGISTRY_MAX_BLOB_BYTES", default_value_t = plinth_master::registry::DEFAULT_MAX_BLOB_BYTES)]
     registry_max_blob_bytes: u64,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+/// Who may use the API (README: Access control). Secrets come from files or the
+/// environment, never from the command line.
+#[derive(Debug, Default, Args)]
+struct AccessArgs {
+    /// File of `user:password` lines with admin access (HTTP Basic). PLINTH_HTTP_CREDENTIALS=user:password adds one.
+    #[arg(long, env = "PLINTH_HTTP_CREDENTIALS_FILE", value_name = "PATH")]
+    http_credentials_file: Option<PathBuf>,
+    /// File of `user:password` lines with read-only access.
+    #[arg(long, env = "PLINTH_HTTP_READONLY_CREDENTIALS_FILE", value_name = "PATH")]
+    http_readonly_credentials_file: Option<PathBuf>,
+    /// File of bearer tokens (one a line) with admin access.
+    #[arg(long, env = "PLINTH_API_TOKEN_FILE", value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// File of bearer tokens with read-only access.
+    #[arg(long, env = "PLINTH_API_READONLY_TOKEN_FILE", value_name = "PATH")]
+    api_readonly_token_file: Option<PathBuf>,
+    /// URL prefixes event callbacks may be subscribed under (default: any while the API is open, none with credentials).
+    #[arg(long, env = "PLINTH_EVENT_CALLBACK_ALLOW", value_delimiter = ',', value_name = "PREFIX")]
+    event_callback_allow: Vec<String>,
+    /// Events carry apps' env values (by default they are replaced by "<redacted>").
+    #[arg(long, env = "PLINTH_EVENTS_INCLUDE_ENV")]
+    events_include_env: bool,
+    /// PLINTH_HTTP_CREDENTIALS, taken out of the environment at start (`main`).
+    #[arg(skip)]
+    env_credentials: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +258,13 @@ fn main() {
     // Must come first: as PID 1 nothing else (argument parsing included) applies.
     os::maybe_run_as_init();
     let mut cli = Cli::parse();
+    // Taken out before any thread starts, so nothing the node starts inherits the secret.
+    if let Command::Master(MasterCommand { master, .. }) | Command::Standalone(StandaloneCommand { master, .. }) =
+        &mut cli.command
+    {
+        master.access.env_credentials = std::env::var(ENV_CREDENTIALS).ok();
+        std::env::remove_var(ENV_CREDENTIALS);
+    }
 
     // The executor is forked per task; it runs its own small loop without tokio.
     if let Command::Executor { spec } = &cli.command {
@@ -317,8 +353,55 @@ fn kernel_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn master_config(args: MasterArgs, node: &NodeArgs) -> plinth_master::MasterConfig {
-    plinth_master::MasterConfig {
+/// Marathon's `--http_credentials` as an environment variable: one `user:password`, admin.
+const ENV_CREDENTIALS: &str = "PLINTH_HTTP_CREDENTIALS";
+
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+        tracing::warn!(path = %path.display(), "a credentials file is readable by every user; chmod 600 it");
+    }
+    Ok(text)
+}
+
+fn access_config(args: AccessArgs) -> anyhow::Result<plinth_master::access::AccessConfig> {
+    use plinth_master::access::{CallbackPrefix, Credentials, Role};
+    let mut credentials = Credentials::default();
+    if let Some(pair) = &args.env_credentials {
+        credentials.add_users(pair, Role::Admin, ENV_CREDENTIALS)?;
+    }
+    let files = [
+        (&args.http_credentials_file, Role::Admin, false),
+        (&args.http_readonly_credentials_file, Role::ReadOnly, false),
+        (&args.api_token_file, Role::Admin, true),
+        (&args.api_readonly_token_file, Role::ReadOnly, true),
+    ];
+    for (path, role, tokens) in files {
+        let Some(path) = path else { continue };
+        let text = read_secret_file(path)?;
+        let name = path.display().to_string();
+        if tokens {
+            credentials.add_tokens(&text, role, &name)?;
+        } else {
+            credentials.add_users(&text, role, &name)?;
+        }
+    }
+    let callback_allow = if args.event_callback_allow.is_empty() {
+        None
+    } else {
+        Some(args.event_callback_allow.iter().map(|p| CallbackPrefix::parse(p)).collect::<Result<Vec<_>, _>>()?)
+    };
+    Ok(plinth_master::access::AccessConfig {
+        credentials: std::sync::Arc::new(credentials),
+        callback_allow,
+        events_include_env: args.events_include_env,
+    })
+}
+
+fn master_config(args: MasterArgs, node: &NodeArgs) -> anyhow::Result<plinth_master::MasterConfig> {
+    Ok(plinth_master::MasterConfig {
+        access: access_config(args.access)?,
         listen: args.listen,
         data_dir: args.data_dir,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
@@ -333,7 +416,7 @@ fn master_config(args: MasterArgs, node: &NodeArgs) -> plinth_master::MasterConf
             max_store_bytes: args.registry_max_bytes,
             ..Default::default()
         },
-    }
+    })
 }
 
 fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &NodeArgs) -> plinth_agent::AgentConfig {
@@ -356,7 +439,7 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
 }
 
 async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
-    let config = master_config(cmd.master, &cmd.node);
+    let config = master_config(cmd.master, &cmd.node)?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting master");
     let pxe = cmd.pxe;
     let boot = plinth_master::pxe::BootConfig {
@@ -389,7 +472,7 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     let master_url = cmd.master_url.clone().unwrap_or_else(|| local_master_url(cmd.master.listen));
     // The embedded agent pulls from the embedded registry, wherever it listens.
     let local_registry = local_master_url(cmd.master.registry_listen);
-    let master = master_config(cmd.master, &cmd.node);
+    let master = master_config(cmd.master, &cmd.node)?;
     let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
     agent.containers.registry.get_or_insert(local_registry);
     tracing::info!(
@@ -437,6 +520,44 @@ mod tests {
             Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn access_comes_from_the_environment_and_files_and_bad_input_names_its_source() {
+        use plinth_master::access::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let readers = dir.path().join("readers");
+        std::fs::write(&readers, "viewer:pw\n").unwrap();
+        let args = AccessArgs {
+            env_credentials: Some("ops:s3cret".into()),
+            http_readonly_credentials_file: Some(readers.clone()),
+            event_callback_allow: vec!["http://10.0.0.5:9000/hooks".into()],
+            ..Default::default()
+        };
+        let access = access_config(args).unwrap();
+        let basic = |pair: &str| format!("Basic {}", base64_of(pair)).into_bytes();
+        assert_eq!(access.credentials.authenticate(Some(&basic("ops:s3cret"))).unwrap().role, Role::Admin);
+        assert_eq!(access.credentials.authenticate(Some(&basic("viewer:pw"))).unwrap().role, Role::ReadOnly);
+        assert!(access.check_callback(&"http://10.0.0.5:9000/hooks/a".parse().unwrap()).is_ok());
+
+        let err = access_config(AccessArgs { env_credentials: Some("no-colon".into()), ..Default::default() });
+        assert_eq!(err.unwrap_err().to_string(), "PLINTH_HTTP_CREDENTIALS line 1: expected user:password");
+        let missing = dir.path().join("missing");
+        let err = access_config(AccessArgs { api_token_file: Some(missing.clone()), ..Default::default() });
+        assert_eq!(err.unwrap_err().to_string(), format!("cannot read {}", missing.display()));
+        let err = access_config(AccessArgs { event_callback_allow: vec!["ftp://x".into()], ..Default::default() });
+        assert!(err.unwrap_err().to_string().contains("--event-callback-allow"));
+        let open = access_config(AccessArgs::default()).unwrap();
+        assert!(open.credentials.is_empty() && !open.events_include_env);
+    }
+
+    /// The `Authorization` header reqwest (the CLI's client) sends for `user:password`.
+    fn base64_of(pair: &str) -> String {
+        let (user, password) = pair.split_once(':').unwrap();
+        plinth_oci::tls::install_provider();
+        let request = reqwest::Client::new().get("http://x/").basic_auth(user, Some(password)).build().unwrap();
+        let header = request.headers()["authorization"].to_str().unwrap();
+        header.strip_prefix("Basic ").unwrap().to_string()
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but not allowed to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request line or headers past the master's limits (414, 431).
+    #[error("{message}")]
+    TooLong { status: StatusCode, message: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -74,6 +80,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLong { status, .. } => *status,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -4,6 +4,11 @@
 //! tokio broadcast channel: a slow SSE client lags and skips, it never slows the core.
 //! Each callback subscriber has its own worker with a bounded queue (the oldest event is
 //! dropped and counted when full) that POSTs events with a few retries.
+//!
+//! Apps' `env` values are secrets more often than not (passwords, keys), and every event
+//! stream reader and callback would see them: unless the master runs with
+//! `--events-include-env`, the bus replaces them with [`REDACTED`] before anyone gets the
+//! event (the names stay, so a reader still sees what changed).
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 
 use plinth_protocol::error_chain;
+use serde_json::Value;
+
+use crate::access::AccessConfig;
 use plinth_protocol::views::app::App;
 use plinth_protocol::views::events::{is_marathon_event, ApiPostEvent, SubscriptionEvent};
 use plinth_protocol::AppDefinition;
@@ -25,10 +33,15 @@ pub const CALLBACK_QUEUE: usize = 1024;
 const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)];
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What an event carries instead of an `env` value.
+pub const REDACTED: &str = "<redacted>";
+
 /// Fan-out of events to SSE streams and callback workers.
 pub struct EventBus {
     sender: broadcast::Sender<Arc<Event>>,
     published: AtomicU64,
+    /// Replace apps' `env` values in every event (see the module comment).
+    redact_env: bool,
 }
 
 impl Default for EventBus {
@@ -38,12 +51,21 @@ impl Default for EventBus {
 }
 
 impl EventBus {
+    /// A bus that passes events as they are.
     pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(BUS_CAPACITY);
-        EventBus { sender, published: AtomicU64::new(0) }
+        Self::redacting(false)
     }
 
-    pub fn publish(&self, event: Event) {
+    /// A bus that replaces apps' `env` values when `redact_env`.
+    pub fn redacting(redact_env: bool) -> Self {
+        let (sender, _) = broadcast::channel(BUS_CAPACITY);
+        EventBus { sender, published: AtomicU64::new(0), redact_env }
+    }
+
+    pub fn publish(&self, mut event: Event) {
+        if self.redact_env {
+            redact_env(&mut event.payload);
+        }
         self.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(event_type = %event.event_type, "event published");
         // No receiver is not an error: nobody listens right now.
@@ -56,6 +78,28 @@ impl EventBus {
 
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// Replaces the values of every `env` object in an event (an app definition's, wherever it
+/// sits: `appDefinition`, a deployment plan's apps, a group's). A label or field named `env`
+/// holding a plain string is not an app's environment and stays.
+pub fn redact_env(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    Value::Object(env) if key == "env" => {
+                        for variable in env.values_mut() {
+                            *variable = Value::String(REDACTED.into());
+                        }
+                    }
+                    _ => redact_env(inner),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_env),
+        _ => {}
     }
 }
 
@@ -83,6 +127,8 @@ pub struct CallbackStats {
 pub struct CallbackHub {
     workers: Mutex<HashMap<String, Arc<Worker>>>,
     client: reqwest::Client,
+    /// Which URLs may receive events (`--event-callback-allow`).
+    access: AccessConfig,
 }
 
 impl Default for CallbackHub {
@@ -92,17 +138,35 @@ impl Default for CallbackHub {
 }
 
 impl CallbackHub {
+    /// A hub that accepts every URL (an open API's default).
     pub fn new() -> Self {
+        Self::with_policy(AccessConfig::default())
+    }
+
+    /// A hub that starts workers only for URLs `access` allows.
+    pub fn with_policy(access: AccessConfig) -> Self {
         plinth_oci::tls::install_provider();
         let client = reqwest::Client::builder().timeout(CALLBACK_TIMEOUT).build().unwrap_or_else(|e| {
             tracing::warn!(error = %error_chain(&e), "cannot build the callback HTTP client with a timeout; using defaults");
             reqwest::Client::new()
         });
-        CallbackHub { workers: Mutex::new(HashMap::new()), client }
+        CallbackHub { workers: Mutex::new(HashMap::new()), client, access }
     }
 
-    /// Starts a worker for `url` unless one runs already.
+    /// Whether `url` may be subscribed; the refusal in words.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("callbackUrl '{url}' is not a valid URL: {e}"))?;
+        self.access.check_callback(&parsed)
+    }
+
+    /// Starts a worker for `url` unless one runs already. A URL the policy refuses (a
+    /// subscription stored before the master was restarted with another allow list) gets
+    /// no worker, and a warning.
     pub fn add(&self, url: &str) {
+        if let Err(why) = self.check(url) {
+            tracing::warn!(callback_url = %url, reason = %why, "callback subscriber not started");
+            return;
+        }
         let mut workers = self.workers.lock().expect("callback worker map is never poisoned");
         if workers.contains_key(url) {
             return;
@@ -264,6 +328,30 @@ pub fn api_post_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_values_are_redacted_wherever_an_app_sits_and_names_stay() {
+        let mut payload = serde_json::json!({
+            "appDefinition": {"id": "/db", "env": {"PASSWORD": "hunter2", "REF": {"secret": "db"}}},
+            "plan": {"target": {"apps": [{"id": "/a", "env": {"KEY": "abc"}}], "groups": []}},
+            "labels": {"env": "prod"},
+        });
+        let bus = EventBus::redacting(true);
+        let mut receiver = bus.subscribe();
+        bus.publish(Event::new("api_post_event", plinth_protocol::Timestamp::now(), payload.clone()));
+        let seen = receiver.try_recv().unwrap().payload.clone();
+        assert_eq!(seen["appDefinition"]["env"], serde_json::json!({"PASSWORD": REDACTED, "REF": REDACTED}));
+        assert_eq!(seen["plan"]["target"]["apps"][0]["env"], serde_json::json!({"KEY": REDACTED}));
+        assert_eq!(seen["labels"]["env"], "prod", "a label named env is no environment");
+        assert!(!seen.to_string().contains("hunter2"), "{seen}");
+
+        let plain = EventBus::redacting(false);
+        let mut receiver = plain.subscribe();
+        plain.publish(Event::new("api_post_event", plinth_protocol::Timestamp::now(), payload.clone()));
+        assert_eq!(receiver.try_recv().unwrap().payload["appDefinition"]["env"]["PASSWORD"], "hunter2");
+        redact_env(&mut payload);
+        assert_eq!(payload["appDefinition"]["env"]["PASSWORD"], REDACTED);
+    }
 
     #[tokio::test]
     async fn a_stuck_subscriber_drops_its_oldest_events_without_blocking() {

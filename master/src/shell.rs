@@ -17,6 +17,7 @@ use tokio::sync::{watch, Mutex};
 
 use plinth_protocol::{AgentId, Timestamp};
 
+use crate::access::AccessConfig;
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
 use crate::metrics::Metrics;
@@ -38,6 +39,8 @@ pub struct MasterConfig {
     pub hostname: String,
     /// The image registry (pull-through cache and push target, `:5000`).
     pub registry: RegistryConfig,
+    /// Credentials, callback URLs, events' `env` (`access.rs`); the default is an open API.
+    pub access: AccessConfig,
 }
 
 impl Default for MasterConfig {
@@ -49,6 +52,7 @@ impl Default for MasterConfig {
             token: None,
             hostname: "localhost".to_string(),
             registry: RegistryConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -112,16 +116,17 @@ impl Master {
             ..CoreConfig::default()
         };
         let core = Core::restore(core_config, crate::ids::random_ids(), snapshot, Timestamp::now());
-        let callbacks = Arc::new(CallbackHub::new());
+        let callbacks = Arc::new(CallbackHub::with_policy(config.access.clone()));
         for sub in &subscriptions {
             callbacks.add(&sub.callback_url);
         }
-        let events = EventBus::new();
+        let events = EventBus::redacting(!config.access.events_include_env);
         callbacks.spawn_dispatcher(&events);
         let leader = format!("{}:{}", config.hostname, port);
         // Image names may also use the name this master reports.
         let mut registry_config = config.registry.clone();
         registry_config.aliases.push(format!("{}:{}", config.hostname, config.registry.listen.port()));
+        registry_config.push_credentials = config.access.credentials.clone();
         let registry = Registry::open(registry_config, config.data_dir.join("registry"), config.registry.listen)?;
         let master = Arc::new(Master {
             config,

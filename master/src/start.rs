@@ -12,7 +12,7 @@ use crate::pxe::BootConfig;
 use crate::shell::{Master, MasterConfig};
 
 /// Opens the master (store, core, registry) and builds its router: the API, plus the boot
-/// routes and DHCP/TFTP when `boot` is given. Nothing listens yet and the core is not
+/// routes and DHCP/TFTP when `boot` is given, all behind the API's gates (credentials). Nothing listens yet and the core is not
 /// ticked: the caller serves the router and usually calls [`Master::spawn_ticker`].
 /// `port` is the API's port as clients reach it.
 pub async fn build(
@@ -25,6 +25,7 @@ pub async fn build(
     if let Some(boot) = boot {
         router = router.merge(crate::pxe::start(&master, boot, port)?);
     }
+    let router = crate::api::with_layers(router, &master);
     Ok((master, router))
 }
 

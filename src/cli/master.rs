@@ -5,6 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+use super::credentials::{resolve, Auth, Login};
 use super::progress::show_pull_progress;
 use super::render::text;
 use super::ClientArgs;
@@ -21,6 +22,8 @@ pub(super) struct ApiError {
     pub(super) status: StatusCode,
     message: String,
     details: Vec<(String, Vec<String>)>,
+    /// What to do about it (how to log in, for a 401).
+    hint: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -30,6 +33,9 @@ impl std::fmt::Display for ApiError {
         write!(f, "{} {path} failed with {}: {}", self.method, self.status, self.message)?;
         for (path, errors) in &self.details {
             write!(f, "\n  {path}: {}", errors.join("; "))?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  {hint}")?;
         }
         Ok(())
     }
@@ -66,13 +72,15 @@ pub(super) fn api_error(method: Method, path: &str, status: StatusCode, body: &[
                 .collect()
         })
         .unwrap_or_default();
-    ApiError { method, path: path.to_string(), status, message, details }
+    ApiError { method, path: path.to_string(), status, message, details, hint: None }
 }
 
 /// The client of the master's API (not the master itself: that is `plinth_master::Master`).
 pub(super) struct MasterClient {
     base: String,
+    /// For the master's API; agents get no credentials (they are not the master's to give).
     pub(super) http: reqwest::Client,
+    login: Login,
 }
 
 impl MasterClient {
@@ -85,12 +93,23 @@ impl MasterClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("cannot create the HTTP client")?;
-        Ok(MasterClient { base, http })
+        let login = resolve(args, &base)?;
+        Ok(MasterClient { base, http, login })
+    }
+
+    /// A request to the master's API, with the client's credentials.
+    pub(super) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.login.auth {
+            Some(Auth::Basic { user, password }) => request.basic_auth(user, Some(password)),
+            Some(Auth::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// One API call; the answer's JSON (`null` for an empty body) or a readable error.
     pub(super) async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
+        let mut request = self.request(method.clone(), path).timeout(REQUEST_TIMEOUT);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -98,7 +117,9 @@ impl MasterClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
-            return Err(api_error(method, path, status, &bytes).into());
+            let mut error = api_error(method, path, status, &bytes);
+            error.hint = self.login.hint(status);
+            return Err(error.into());
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
@@ -113,7 +134,8 @@ impl MasterClient {
 
     /// Polls `/v2/deployments` until the deployment is gone (finished or replaced).
     pub(super) async fn wait_for_deployment(&self, deployment_id: &str, timeout: Duration) -> anyhow::Result<()> {
-        let _progress = AbortOnDrop(tokio::spawn(show_pull_progress(self.base.clone(), self.http.clone())));
+        let events = self.request(Method::GET, "/v1/events").header("accept", "text/event-stream");
+        let _progress = AbortOnDrop(tokio::spawn(show_pull_progress(events)));
         let started = Instant::now();
         loop {
             let deployments = self.call(Method::GET, "/v2/deployments", None).await?;

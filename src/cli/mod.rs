@@ -4,12 +4,14 @@
 //! This file holds the command line (clap types) and the dispatch; each command group
 //! has its own module (`app`, `task`, `logs`, `node`, `queue`), `master` is the API
 //! client, `agent` finds and calls the agent that runs a task, `render` shows answers,
-//! `progress` draws image pulls while a deployment is waited for.
+//! `progress` draws image pulls while a deployment is waited for, `credentials` finds the
+//! client's credentials for the master.
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
 mod agent;
 mod app;
+mod credentials;
 mod logs;
 mod master;
 mod node;
@@ -29,6 +31,12 @@ pub struct ClientArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true, env = "PLINTH_JSON")]
     json: bool,
+    /// Credentials for the master (HTTP Basic); USER alone takes the password from PLINTH_PASSWORD.
+    #[arg(long, global = true, env = "PLINTH_USER", hide_env_values = true, value_name = "USER:PASSWORD")]
+    user: Option<String>,
+    /// File whose first line is a bearer token for the master (PLINTH_API_TOKEN: the token itself).
+    #[arg(long, global = true, env = "PLINTH_API_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,8 +4,9 @@ use serde_json::Value;
 
 /// Shows the master's image pulls (`image_pull_*` events) as progress bars on stderr
 /// while a deployment runs; silent when stderr is not a terminal.
-pub(super) async fn show_pull_progress(base: String, http: reqwest::Client) {
-    let Ok(response) = http.get(format!("{base}/v1/events")).header("accept", "text/event-stream").send().await else {
+/// `events` is the request for the master's `/v1/events`.
+pub(super) async fn show_pull_progress(events: reqwest::RequestBuilder) {
+    let Ok(response) = events.send().await.and_then(reqwest::Response::error_for_status) else {
         return;
     };
     let bars = indicatif::MultiProgress::new();

@@ -8,6 +8,7 @@ mod common;
 mod vm_common;
 
 mod cluster_apps;
+mod cluster_auth;
 mod cluster_bad_input;
 mod cluster_events;
 mod cluster_faults;

@@ -1,5 +1,6 @@
 //! `GET /v2/events` (Server-Sent Events of Marathon's event types), `GET /v1/events`
-//! (every event, Plinth's own too) and `/v2/eventSubscriptions` (HTTP callbacks).
+//! (every event, Plinth's own too) and `/v2/eventSubscriptions` (HTTP callbacks, to the
+//! URLs `--event-callback-allow` allows: `access.rs`).
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,7 @@ pub async fn subscribe(
     client: ClientAddr,
 ) -> Result<Response, ApiError> {
     let url = callback_url(&params)?;
+    master.callbacks.check(&url).map_err(ApiError::Forbidden)?;
     let sub = Subscription { callback_url: url.clone(), client_ip: client.ip(), created_at: Timestamp::now().to_iso() };
     let store = master.store().clone();
     let to_write = sub.clone();

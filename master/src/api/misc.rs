@@ -1,9 +1,12 @@
-//! `/ping`, `/metrics`, `/v2/info`, `/v2/leader`, the landing page and the 404 fallback.
+//! `/ping`, `/metrics`, `/v2/info`, `/v2/leader`, the landing page, and what answers when
+//! no handler does: the 404 and 405 fallbacks, the request limits (414, 431) and
+//! [`json_errors`], which makes every error of every route Marathon's `{"message": ...}`.
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 
@@ -94,4 +97,74 @@ pub async fn landing(State(master): State<Arc<Master>>) -> Html<String> {
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no such resource: {}", uri.path()))
+}
+
+/// A known path asked with a method it does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed(request: Request) -> ApiError {
+    let error = ApiError::MethodNotAllowed(format!("{} is not allowed on {}", request.method(), request.uri().path()));
+    super::drain(request).await;
+    error
+}
+
+/// Longest request target accepted (Marathon's ids and queries fit many times over).
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (hyper itself refuses far more, or more than 100 headers,
+/// with an empty 431 before any of this runs).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// 414 and 431 with Marathon's JSON, for what hyper lets through.
+pub async fn request_limits(request: Request, next: Next) -> Response {
+    let uri = request.uri().to_string().len();
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    let refused = if uri > MAX_URI_BYTES {
+        Some((StatusCode::URI_TOO_LONG, format!("URI too long: {uri} bytes, the limit is {MAX_URI_BYTES}")))
+    } else if headers > MAX_HEADER_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request headers too large: {headers} bytes, the limit is {MAX_HEADER_BYTES}"),
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some((status, message)) => {
+            super::drain(request).await;
+            ApiError::TooLong { status, message }.into_response()
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// Error answers longer than this are not read back (ours are a few hundred bytes).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Makes every 4xx/5xx Marathon's `{"message": ...}`: the JSON ones stay as they are
+/// (ours, with their `details`), others (axum's plain-text extractor rejections, an empty
+/// 405 or 416) become JSON with their text, or the status's name when they have none.
+/// The iPXE script's errors stay scripts: firmware runs them (`pxe.rs`).
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let ipxe = request.uri().path() == "/boot/ipxe";
+    let head = request.method() == Method::HEAD;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json || ipxe {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_BODY_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        text => text.to_string(),
+    };
+    let body = serde_json::json!({ "message": message }).to_string();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = if head { axum::body::Body::empty() } else { axum::body::Body::from(body) };
+    Response::from_parts(parts, body)
 }

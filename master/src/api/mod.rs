@@ -1,12 +1,14 @@
 //! The master's HTTP API: Marathon v2 (`/v2/...`, Marathon's JSON exactly: `views.rs`),
 //! events, Plinth's own views (`/v1/...`, `plinth.rs`), the agent protocol
 //! (`/agent/v1/...`), Mesos-style operator views (`/master/...`), `/ping`, `/metrics`.
+//! [`with_layers`] puts every route (the PXE ones too) behind the same gates: credentials
+//! (`auth.rs`), request limits and Marathon's JSON for every error (`misc.rs`).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, EXPECT};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -22,6 +24,7 @@ use crate::shell::Master;
 
 pub mod agents;
 pub mod apps;
+pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod groups;
@@ -41,7 +44,10 @@ const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 pub type Shared = State<Arc<Master>>;
 
-/// The whole API over one master.
+/// How long a refused request's body is read before the answer goes out anyway.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The whole API over one master, without the gates of [`with_layers`].
 pub fn router(master: Arc<Master>) -> Router {
     Router::new()
         .route("/", get(ui::root))
@@ -78,8 +84,42 @@ pub fn router(master: Arc<Master>) -> Router {
         .merge(ui::routes(ui::Source::from_env()))
         .merge(plinth::routes())
         .fallback(misc::not_found)
-        .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
         .with_state(master)
+}
+
+/// The gates every route passes, outermost first: errors become Marathon's JSON, requests
+/// are counted, over-long URIs and headers are refused, credentials are checked. Given the
+/// whole router (the PXE routes merged in), so no route can miss one.
+pub fn with_layers(router: Router, master: &Arc<Master>) -> Router {
+    auth::warn_if_open(&master.config.access);
+    router
+        .method_not_allowed_fallback(misc::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(master.clone(), auth::require_credentials))
+        .layer(axum::middleware::from_fn(misc::request_limits))
+        .layer(axum::middleware::from_fn_with_state(master.clone(), count_requests))
+        .layer(axum::middleware::from_fn(misc::json_errors))
+}
+
+/// Reads and drops the body of a request that is refused without reading it (bounded in
+/// size and time), so a client that sends its whole body reads the answer, not a reset
+/// connection. Not with `Expect: 100-continue`: that client waits for the answer first.
+pub async fn drain(request: Request) {
+    let declared =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if request.headers().contains_key(EXPECT) || declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return;
+    }
+    let mut stream = request.into_body().into_data_stream();
+    let read = async {
+        let mut received = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            received += chunk.len();
+            if received > BODY_LIMIT {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 async fn count_requests(State(master): Shared, request: Request, next: Next) -> Response {

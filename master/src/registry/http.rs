@@ -23,6 +23,7 @@ use plinth_oci::{Digest, ImageRef};
 use super::pull_error::PullErrorKind;
 use super::store::{validate_tag, RepoName};
 use super::{Registry, RegistryError, RegistryMetrics, FORCE_PULL_HEADER, MAX_MANIFEST_BYTES};
+use crate::access::Role;
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
@@ -34,7 +35,15 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-async fn base() -> Response {
+/// `GET /v2/`, the ping. With credentials configured it wants valid ones: push clients
+/// (skopeo, docker) send theirs only after the ping challenged them. Agents never ping.
+async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    let credentials = &registry.config.push_credentials;
+    if !credentials.is_empty()
+        && credentials.authenticate(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)).is_err()
+    {
+        return RegistryError::Unauthorized.into_response();
+    }
     ([("docker-distribution-api-version", "registry/2.0")], Json(json!({}))).into_response()
 }
 
@@ -53,6 +62,8 @@ impl RegistryError {
             E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             E::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            E::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            E::Denied => (StatusCode::FORBIDDEN, "DENIED"),
             // Agents only need to know the image is not to be had, and why (the message).
             E::Pull(e) => match e.kind {
                 PullErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
@@ -77,7 +88,37 @@ impl IntoResponse for RegistryError {
         } else {
             tracing::debug!(error = %message, code, "registry request refused");
         }
-        (status, Json(json!({"errors": [{"code": code, "message": message, "detail": detail}]}))).into_response()
+        let mut response =
+            (status, Json(json!({"errors": [{"code": code, "message": message, "detail": detail}]}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // What makes docker and skopeo send the credentials they were given.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="plinth""#));
+        }
+        response
+    }
+}
+
+/// Bodies of refused pushes are read up to this much, so the client reads the refusal.
+const REFUSED_BODY_DRAIN: usize = 1 << 20;
+
+/// Pushes need an admin once the master has credentials; pulls stay open for agents.
+fn check_push(registry: &Registry, method: &Method, headers: &HeaderMap) -> Result<()> {
+    let credentials = &registry.config.push_credentials;
+    if credentials.is_empty() || Role::needed_for(method) == Role::ReadOnly {
+        return Ok(());
+    }
+    match credentials.authenticate(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        Ok(identity) if identity.role == Role::Admin => Ok(()),
+        Ok(identity) => {
+            tracing::info!(user = %identity.name, "registry push refused: read-only credentials");
+            Err(RegistryError::Denied)
+        }
+        Err(refusal) => {
+            tracing::debug!(?refusal, "registry push refused: no valid credentials");
+            Err(RegistryError::Unauthorized)
+        }
     }
 }
 
@@ -91,6 +132,10 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Err(refused) = check_push(&registry, &method, &headers) {
+        let _ = axum::body::to_bytes(body, REFUSED_BODY_DRAIN).await;
+        return refused.into_response();
+    }
     let query = Query::parse(query.as_deref());
     let result = route(&registry, &method, &rest, &query, &headers, body).await;
     result.unwrap_or_else(IntoResponse::into_response)

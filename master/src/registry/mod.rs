@@ -13,6 +13,10 @@
 //! without a registry component (`demo/app`), or whose registry component is one of the
 //! master's own names, is a pushed one. `X-Plinth-Force-Pull: true` re-resolves the tag
 //! upstream. Blobs are served by digest for any repository name.
+//!
+//! Pulls are open, as agents pull without credentials; once the master has credentials
+//! (`access.rs`), pushes (anything but `GET`/`HEAD`) need an admin's, over HTTP Basic or a
+//! bearer token, as `skopeo --dest-creds` and `docker login` send them.
 pub mod credentials;
 pub mod gc;
 pub mod http;
@@ -30,6 +34,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::access::Credentials;
 use plinth_oci::{ImageRef, OciError};
 use plinth_protocol::error_chain;
 
@@ -62,6 +67,8 @@ pub struct RegistryConfig {
     pub max_store_bytes: u64,
     /// Unreferenced blobs older than this are collected even below the high-water mark.
     pub max_unused_age: Duration,
+    /// Who may push: the master's API credentials (empty: anyone).
+    pub push_credentials: Arc<Credentials>,
 }
 
 impl Default for RegistryConfig {
@@ -74,6 +81,7 @@ impl Default for RegistryConfig {
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             max_unused_age: Duration::from_secs(7 * 24 * 3600),
+            push_credentials: Arc::default(),
         }
     }
 }
@@ -112,6 +120,10 @@ pub enum RegistryError {
     Oci(#[from] OciError),
     #[error("reading the request body: {0}")]
     Body(String),
+    #[error("this registry takes pushes only with an admin's credentials (pulls need none)")]
+    Unauthorized,
+    #[error("these credentials are read-only; pushing needs an admin's")]
+    Denied,
 }
 
 /// The outcome of the last pull of one image (`/v2/queue` shows failures).
