@@ -79,6 +79,7 @@ impl Core {
         def.version = Some(version.to_string());
         def.version_info =
             Some(VersionInfo { last_scaling_at: version.to_string(), last_config_change_at: last_config_change });
+        let def = std::sync::Arc::new(def);
         let record = match self.apps.remove(id) {
             Some(mut app) => {
                 app.definition = def.clone();
@@ -148,7 +149,7 @@ impl Core {
         self.store_version(&id, def, &version, config_changed, now);
         let action =
             if config_changed { DeploymentAction::RestartApplication } else { DeploymentAction::ScaleApplication };
-        let previous = Some((current.definition.clone(), current.config_version.clone()));
+        let previous = Some((AppDefinition::clone(&current.definition), current.config_version.clone()));
         let deployment = self.new_deployment(&id, &version, vec![vec![action]], previous, now);
         let app = self.apps.get(&id).cloned().ok_or_else(|| CoreError::AppNotFound(id.clone()))?;
         Ok(PutOutcome { created: false, app, deployment, version })
@@ -172,7 +173,7 @@ impl Core {
                 self.changes.app_versions.push((id.clone(), v));
             }
         }
-        let previous = Some((app.definition.clone(), app.config_version.clone()));
+        let previous = Some((AppDefinition::clone(&app.definition), app.config_version.clone()));
         let deployment =
             self.new_deployment(id, &version, vec![vec![DeploymentAction::StopApplication]], previous, now);
         self.emit(now, &AppTerminatedEvent { app_id: id.to_string() });
@@ -190,8 +191,8 @@ impl Core {
         self.check_lock(id, force)?;
         self.supersede_deployments(id, "superseded by a forced restart", now);
         let version = self.fresh_version(id, now);
-        self.store_version(id, current.definition.clone(), &version, true, now);
-        let previous = Some((current.definition.clone(), current.config_version.clone()));
+        self.store_version(id, AppDefinition::clone(&current.definition), &version, true, now);
+        let previous = Some((AppDefinition::clone(&current.definition), current.config_version.clone()));
         let deployment =
             self.new_deployment(id, &version, vec![vec![DeploymentAction::RestartApplication]], previous, now);
         Ok((deployment, version))
@@ -267,7 +268,7 @@ impl Core {
         if scale {
             for (app_id, count) in per_app {
                 let Some(app) = self.apps.get(&app_id).cloned() else { continue };
-                let mut def = app.definition.clone();
+                let mut def = AppDefinition::clone(&app.definition);
                 def.instances = def.instances.saturating_sub(i64::try_from(count).unwrap_or(i64::MAX)).max(0);
                 let outcome = self.put_app(def, now, true)?;
                 deployment = Some((outcome.deployment, outcome.version));

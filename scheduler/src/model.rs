@@ -15,7 +15,8 @@ use plinth_protocol::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
     pub id: AppId,
-    pub definition: AppDefinition,
+    /// Shared with the stored version it came from (and with read copies of the core).
+    pub definition: std::sync::Arc<AppDefinition>,
     /// Current version (ISO timestamp), also in `definition.version`.
     pub version: String,
     /// The version whose configuration tasks must run; a scale-only change keeps it.

@@ -80,7 +80,7 @@ impl Core {
     }
 
     pub fn app_version(&self, id: &AppId, version: &str) -> Option<&AppDefinition> {
-        self.versions.get(id).and_then(|v| v.get(version))
+        self.versions.get(id).and_then(|v| v.get(version)).map(|d| &**d)
     }
 
     /// Service ports of an app, in port order.

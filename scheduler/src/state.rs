@@ -3,6 +3,7 @@
 //! few primitives every concern uses to change it (index and remove tasks, bump an agent's
 //! generation, record events in [`Changes`]).
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use plinth_protocol::views::events::EventBody;
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, Timestamp};
@@ -47,7 +48,8 @@ pub struct Core {
     pub(crate) config: CoreConfig,
     pub(crate) next_uuid: IdSource,
     pub(crate) apps: BTreeMap<AppId, AppRecord>,
-    pub(crate) versions: BTreeMap<AppId, BTreeMap<String, AppDefinition>>,
+    /// Shared, never changed once stored: a read copy of the core shares them too.
+    pub(crate) versions: BTreeMap<AppId, BTreeMap<String, Arc<AppDefinition>>>,
     pub(crate) tasks: HashMap<TaskId, TaskRecord>,
     pub(crate) tasks_by_app: HashMap<AppId, HashSet<TaskId>>,
     pub(crate) tasks_by_agent: HashMap<AgentId, HashSet<TaskId>>,
@@ -152,7 +154,7 @@ impl Core {
             core.apps.insert(app.id.clone(), app);
         }
         for (app, version, def) in snapshot.app_versions {
-            core.versions.entry(app).or_default().insert(version, def);
+            core.versions.entry(app).or_default().insert(version, Arc::new(def));
         }
         for task in snapshot.tasks {
             if task.unreachable_since.is_some() {
@@ -261,7 +263,11 @@ impl Core {
 
     /// The definition a task runs: its version's, else the app's current one.
     pub(crate) fn version_definition(&self, app: &AppId, version: &str) -> Option<&AppDefinition> {
-        self.versions.get(app).and_then(|v| v.get(version)).or_else(|| self.apps.get(app).map(|a| &a.definition))
+        self.versions
+            .get(app)
+            .and_then(|v| v.get(version))
+            .map(|d| &**d)
+            .or_else(|| self.apps.get(app).map(|a| &*a.definition))
     }
 
     /// Drains what changed since the last call.

@@ -182,7 +182,7 @@ impl World {
             Op::Scale(app, n, force) => {
                 let id = AppId::parse(APPS[*app]).expect("id");
                 if let Some(current) = self.core.app(&id) {
-                    let mut def = current.definition.clone();
+                    let mut def = AppDefinition::clone(&current.definition);
                     def.instances = *n;
                     def.version = None;
                     def.version_info = None;

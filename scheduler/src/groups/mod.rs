@@ -99,7 +99,7 @@ impl Core {
     pub fn dependency_cycle(&self, def: &AppDefinition) -> Option<Vec<String>> {
         let id = AppId::parse(&def.id).ok()?;
         let mut apps: BTreeMap<AppId, AppDefinition> =
-            self.apps.values().map(|a| (a.id.clone(), a.definition.clone())).collect();
+            self.apps.values().map(|a| (a.id.clone(), AppDefinition::clone(&a.definition))).collect();
         apps.insert(id.clone(), def.clone());
         let groups = group_paths(apps.keys().map(AppId::as_str), &self.groups);
         let graph = dependency_graph(&apps, &self.groups, &groups);
@@ -401,7 +401,8 @@ pub fn levels(graph: &Graph) -> Result<HashMap<String, usize>, Vec<String>> {
 
 /// Checks the request against the current state and works out what to do.
 fn plan(core: &Core, meta: &GroupRecords, request: &GroupRequest, now: Timestamp) -> Result<GroupPlan, GroupError> {
-    let current: BTreeMap<AppId, AppDefinition> = core.apps().map(|a| (a.id.clone(), a.definition.clone())).collect();
+    let current: BTreeMap<AppId, AppDefinition> =
+        core.apps().map(|a| (a.id.clone(), AppDefinition::clone(&a.definition))).collect();
     let current_groups = group_paths(current.keys().map(AppId::as_str), meta);
     let mut target = current.clone();
     let mut target_meta = meta.clone();

@@ -9,7 +9,7 @@ use super::*;
 fn locked_apps_answer_409_unless_forced_and_delete_always_wins() {
     let mut c = core();
     c.create_app(app(json!({"id": "k", "cmd": "x", "mem": 100000})), t(1)).unwrap();
-    let mut def = c.app(&AppId::parse("/k").unwrap()).unwrap().definition.clone();
+    let mut def = c.app(&AppId::parse("/k").unwrap()).unwrap().definition.as_ref().clone();
     def.instances = 2;
     assert!(matches!(c.put_app(def.clone(), t(2), false), Err(CoreError::AppLocked { .. })));
     assert!(c.put_app(def, t(3), true).is_ok());

@@ -17,7 +17,7 @@ fn a_new_version_rolls_without_dropping_below_capacity() {
     c.tick(t(4));
     assert!(c.deployments().next().is_none());
     let old: Vec<TaskId> = c.app_tasks(&id).iter().map(|t| t.id.clone()).collect();
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.cmd = Some("v2".into());
     c.put_app(def, t(5), false).unwrap();
     c.tick(t(6));
@@ -48,7 +48,7 @@ fn min_health_half_and_no_over_capacity_replaces_in_halves() {
     c.tick(t(2));
     run_all(&mut c, "/h", t(3));
     c.tick(t(4));
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.cmd = Some("v2".into());
     c.put_app(def, t(5), false).unwrap();
     for step in 0..20 {
@@ -75,7 +75,7 @@ fn cancelling_an_upgrade_rolls_back_and_keeps_the_old_tasks() {
     run_all(&mut c, "/c", t(3));
     c.tick(t(4));
     let old: Vec<TaskId> = c.app_tasks(&id).iter().map(|t| t.id.clone()).collect();
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.cmd = Some("v2-never-healthy".into());
     let outcome = c.put_app(def, t(5), false).unwrap();
     c.tick(t(6));
@@ -125,7 +125,7 @@ fn a_deployment_that_never_gets_healthy_says_why_and_can_be_cancelled() {
     let old = c.app_tasks(&id)[0].id.clone();
     health_update(&mut c, &old, true, 0, t(4));
     c.tick(t(5));
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.cmd = Some("v2".into());
     c.put_app(def, t(6), false).unwrap();
     c.tick(t(7));
@@ -153,7 +153,7 @@ fn deployment_events_carry_marathons_plan_with_the_app_before_and_after() {
     register(&mut c, "a", "cpus:8;mem:4096;disk:0;ports:[31000-31100]", "", t(0));
     let id = AppId::parse("/p").unwrap();
     c.create_app(app(json!({"id": "p", "cmd": "v1", "instances": 1, "cpus": 0.1})), t(1)).unwrap();
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.cmd = Some("v2".into());
     c.take_changes();
     c.put_app(def, t(2), true).unwrap();

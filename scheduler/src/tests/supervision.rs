@@ -15,7 +15,7 @@ fn scaling_down_kills_the_youngest_tasks_first() {
     run_all(&mut c, "/s", t(3));
     c.tick(t(3));
     let oldest = c.app_tasks(&AppId::parse("/s").unwrap())[0].id.clone();
-    let mut def = c.app(&AppId::parse("/s").unwrap()).unwrap().definition.clone();
+    let mut def = c.app(&AppId::parse("/s").unwrap()).unwrap().definition.as_ref().clone();
     def.instances = 3;
     let outcome = c.put_app(def.clone(), t(4), false).unwrap();
     assert!(!outcome.created);
@@ -79,7 +79,7 @@ fn draining_an_agent_moves_its_tasks_without_a_gap() {
     c.tick(t(2));
     run_all(&mut c, "/d", t(3));
     c.tick(t(4));
-    let mut def = c.app(&id).unwrap().definition.clone();
+    let mut def = c.app(&id).unwrap().definition.as_ref().clone();
     def.constraints.clear();
     c.put_app(def, t(5), false).unwrap();
     c.tick(t(6));
