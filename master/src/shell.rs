@@ -32,7 +32,7 @@ pub struct MasterConfig {
     /// An agent silent this long is lost and its tasks are replaced.
     pub agent_timeout: Duration,
     /// Join token agents must present (header `x-plinth-token`), when set.
-    pub token: Option<String>,
+    pub token: Option<plinth_protocol::agent::JoinToken>,
     /// Name this master reports (leader, `/master/state`).
     pub hostname: String,
     /// The image registry (pull-through cache and push target, `:5000`).

@@ -6,11 +6,12 @@
 //! the table holds no secret and a lookup's timing tells nothing about other tokens.
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use plinth_protocol::agent::{JoinToken, BOOTSTRAP_TOKEN_PREFIX};
+use plinth_protocol::Timestamp;
 
 use crate::MacAddr;
 
@@ -38,7 +39,7 @@ pub enum RedeemError {
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
     mac: MacAddr,
-    expires: Instant,
+    expires: Timestamp,
 }
 
 /// The outstanding bootstrap tokens of one master (in memory: a master restart forgets
@@ -71,7 +72,7 @@ impl BootstrapTokens {
     }
 
     /// A new token for `mac` from 32 random bytes; the machine's previous one is revoked.
-    pub fn issue(&mut self, mac: MacAddr, random: [u8; 32], now: Instant) -> JoinToken {
+    pub fn issue(&mut self, mac: MacAddr, random: [u8; 32], now: Timestamp) -> JoinToken {
         self.by_digest.retain(|_, t| t.mac != mac && t.expires > now);
         while self.by_digest.len() >= MAX_OUTSTANDING {
             let Some(soonest) = self.by_digest.iter().min_by_key(|(_, t)| t.expires).map(|(d, _)| *d) else { break };
@@ -79,13 +80,14 @@ impl BootstrapTokens {
         }
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let text = format!("{BOOTSTRAP_TOKEN_PREFIX}{hex}");
-        self.by_digest.insert(digest(&text), Outstanding { mac, expires: now + self.ttl });
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        self.by_digest.insert(digest(&text), Outstanding { mac, expires: now.plus_millis(ttl_ms) });
         JoinToken::new(text).expect("a prefixed token is never blank")
     }
 
     /// Takes the token if it is outstanding, unexpired and issued to one of `macs`: it can
     /// never be used again. A token shown by the wrong machine stays for the right one.
-    pub fn redeem(&mut self, token: &str, macs: &[MacAddr], now: Instant) -> Result<MacAddr, RedeemError> {
+    pub fn redeem(&mut self, token: &str, macs: &[MacAddr], now: Timestamp) -> Result<MacAddr, RedeemError> {
         let key = digest(token);
         let outstanding = *self.by_digest.get(&key).ok_or(RedeemError::Unknown)?;
         if outstanding.expires <= now {
@@ -107,8 +109,12 @@ mod tests {
     const A: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
     const B: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
 
-    fn table() -> (BootstrapTokens, Instant) {
-        (BootstrapTokens::new(Duration::from_secs(60)), Instant::now())
+    fn table() -> (BootstrapTokens, Timestamp) {
+        (BootstrapTokens::new(Duration::from_secs(60)), Timestamp(1_000_000))
+    }
+
+    fn after(t: Timestamp, ms: i64) -> Timestamp {
+        t.plus_millis(ms)
     }
 
     #[test]
@@ -117,8 +123,8 @@ mod tests {
         let token = tokens.issue(A, [7; 32], t0);
         assert!(token.is_bootstrap(), "{token:?}");
         assert_eq!(token.expose().len(), BOOTSTRAP_TOKEN_PREFIX.len() + 64);
-        assert_eq!(tokens.redeem(token.expose(), &[B, A], t0 + Duration::from_secs(59)), Ok(A));
-        assert_eq!(tokens.redeem(token.expose(), &[A], t0 + Duration::from_secs(59)), Err(RedeemError::Unknown));
+        assert_eq!(tokens.redeem(token.expose(), &[B, A], after(t0, 59_000)), Ok(A));
+        assert_eq!(tokens.redeem(token.expose(), &[A], after(t0, 59_000)), Err(RedeemError::Unknown));
         assert!(tokens.is_empty());
     }
 
@@ -126,7 +132,7 @@ mod tests {
     fn an_expired_token_is_refused_and_forgotten() {
         let (mut tokens, t0) = table();
         let token = tokens.issue(A, [1; 32], t0);
-        assert_eq!(tokens.redeem(token.expose(), &[A], t0 + Duration::from_secs(60)), Err(RedeemError::Expired { mac: A }));
+        assert_eq!(tokens.redeem(token.expose(), &[A], after(t0, 60_000)), Err(RedeemError::Expired { mac: A }));
         assert_eq!(tokens.redeem(token.expose(), &[A], t0), Err(RedeemError::Unknown));
     }
 
@@ -169,7 +175,7 @@ mod tests {
             let (hi, lo) = (u8::try_from(i >> 8).unwrap(), u8::try_from(i & 0xff).unwrap());
             let mut random = [9; 32];
             random[..2].copy_from_slice(&[hi, lo]);
-            tokens.issue(MacAddr([2, 0, 0, 0, hi, lo]), random, t0 + Duration::from_millis(1));
+            tokens.issue(MacAddr([2, 0, 0, 0, hi, lo]), random, after(t0, 1));
         }
         assert_eq!(tokens.len(), MAX_OUTSTANDING);
         assert_eq!(tokens.redeem(oldest.expose(), &[MacAddr([0, 0, 0, 0, 0xff, 0xff])], t0), Err(RedeemError::Unknown));
