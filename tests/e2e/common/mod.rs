@@ -646,6 +646,16 @@ impl Cluster {
         format!("http://{}:{MASTER_PORT}", self.master_ip())
     }
 
+    /// Writes `content` to a file only root can read in the test dir (a `--token-file`);
+    /// returns its path.
+    pub fn secret_file(&self, name: &str, content: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir().join(name);
+        fs::write(&path, content).expect("write the secret file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the secret file");
+        path.display().to_string()
+    }
+
     /// The master's API.
     pub fn api(&self) -> Http {
         Http::new(self.master_url())
@@ -675,6 +685,13 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, name: &str, extra: &[&str]) {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        self.start_agent_with(name, |_| extra);
+    }
+
+    /// [`Cluster::start_agent`] with extra flags made once the agent's host exists (e.g.
+    /// from its MAC address).
+    pub fn start_agent_with(&mut self, name: &str, extra_for: impl FnOnce(&Host) -> Vec<String>) {
         let work_dir = self.dir().join(name);
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -689,8 +706,8 @@ impl Cluster {
             "--resources".into(),
             AGENT_RESOURCES.into(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node(name, |host| {
+            args.extend(extra_for(host));
             args.extend(["--advertise-ip".to_string(), host.ip.to_string()]);
             args
         });
@@ -724,6 +741,14 @@ impl Cluster {
         let args = args_for(&host);
         let log = self.dir().join("logs").join(format!("{name}.log"));
         self.nodes.insert(name.to_string(), Node { host, args, child: None, log });
+        self.respawn(name);
+    }
+
+    /// Starts the node's process again with its arguments plus `extra` (kept for later
+    /// restarts).
+    pub fn respawn_with(&mut self, name: &str, extra: &[&str]) {
+        let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
+        node.args.extend(extra.iter().map(|s| s.to_string()));
         self.respawn(name);
     }
 
