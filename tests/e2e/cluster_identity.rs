@@ -86,6 +86,8 @@ fn agents_join_with_a_token_file_and_the_token_is_on_no_command_line_and_in_no_l
     let mut cluster = Cluster::new("id-token");
     let token = cluster.secret_file("token", &format!("{TOKEN}\n"));
     let guess = cluster.secret_file("guess", "not-the-token");
+    // Readable by everyone: it still works, with a warning.
+    std::fs::set_permissions(&guess, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
 
     // A token on the command line is refused before anything starts, naming the way to go.
     let data = cluster.dir().join("refused");
@@ -118,7 +120,9 @@ fn agents_join_with_a_token_file_and_the_token_is_on_no_command_line_and_in_no_l
         }
     });
     cluster.deploy(&cmd_app("/joined", "sleep 1000", 1));
-    assert!(log_of(&cluster, "agent-2").contains("--token-file"), "the refused agent is told what to pass");
+    let refused = log_of(&cluster, "agent-2");
+    assert!(refused.contains("--token-file"), "the refused agent is told what to pass:\n{refused}");
+    assert!(refused.contains("readable by other users"), "a world-readable token file is warned about:\n{refused}");
 
     // No process of these hosts (masters, agents, executors, tasks) shows the token.
     let mut seen = 0;
