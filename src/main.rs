@@ -114,6 +114,12 @@ struct MasterArgs {
     /// Largest blob a push may upload, in bytes.
     #[arg(long, env = "PLINTH_REGISTRY_MAX_BLOB_BYTES", default_value_t = plinth_master::registry::DEFAULT_MAX_BLOB_BYTES)]
     registry_max_blob_bytes: u64,
+    /// Serve the API over HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "PLINTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PLINTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +152,9 @@ struct AgentArgs {
     /// cluster was really rebuilt: tasks the new master does not know are then killed).
     #[arg(long, env = "PLINTH_REJOIN_CLUSTER")]
     rejoin_cluster: bool,
+    /// PEM CA certificate(s) to trust for an https:// master.
+    #[arg(long, env = "PLINTH_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +363,7 @@ fn master_config(
             max_store_bytes: args.registry_max_bytes,
             ..Default::default()
         },
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
     }
 }
 
@@ -374,6 +384,7 @@ fn agent_config(
         listen,
         token,
         rejoin_cluster: args.rejoin_cluster,
+        ca_file: args.ca_file,
         containers: plinth_agent::ContainerSettings {
             registry: args.registry,
             bridge: args.container_bridge,
@@ -416,8 +427,19 @@ fn local_master_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
+/// [`local_master_url`] for the API, which may be HTTPS (its certificate must name the address).
+fn local_api_url(listen: SocketAddr, tls: bool) -> String {
+    let url = local_master_url(listen);
+    if tls {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
+}
+
 async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
-    let master_url = cmd.master_url.clone().unwrap_or_else(|| local_master_url(cmd.master.listen));
+    let tls = cmd.master.tls_cert.is_some();
+    let master_url = cmd.master_url.clone().unwrap_or_else(|| local_api_url(cmd.master.listen, tls));
     // The embedded agent pulls from the embedded registry, wherever it listens.
     let local_registry = local_master_url(cmd.master.registry_listen);
     let token = join_token(&cmd.node)?;
@@ -428,7 +450,7 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"
     );
-    tokio::spawn(announce_when_ready(local_master_url(master.listen)));
+    tokio::spawn(announce_when_ready(local_api_url(master.listen, tls), agent.ca_file.clone()));
     // Either half ending means the node is broken: stop the whole process so it is noticed.
     tokio::select! {
         result = plinth_master::start::run(master, None) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
@@ -438,8 +460,14 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
 
 /// Tells a person who just started the one-box cluster where it answers and what to try,
 /// once the API answers (on stdout: logs go to stderr).
-async fn announce_when_ready(api: String) {
-    let client = reqwest::Client::new();
+async fn announce_when_ready(api: String, ca_file: Option<PathBuf>) {
+    let mut client = reqwest::Client::builder();
+    if let Some(certs) =
+        ca_file.and_then(|f| std::fs::read(f).ok()).and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+    {
+        client = client.tls_certs_merge(certs);
+    }
+    let Ok(client) = client.build() else { return };
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "plinth".into());
     for _ in 0..600 {
         if client.get(format!("{api}/ping")).send().await.is_ok_and(|r| r.status().is_success()) {

@@ -8,6 +8,7 @@ use plinth_protocol::agent::{
 use plinth_protocol::ClusterId;
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -28,21 +29,27 @@ pub struct MasterClient {
 }
 
 impl MasterClient {
-    pub fn new(master: &str, token: Option<JoinToken>) -> Result<Self, AgentError> {
+    /// A client of `master` (`http://` or `https://`, trusting the CAs in `ca_file` too).
+    pub fn new(master: &str, token: Option<JoinToken>, ca_file: Option<&Path>) -> Result<Self, AgentError> {
         let base = master.trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
-        if url.scheme() != "http" {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "only http:// is supported".into() });
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "use http:// or https://".into() });
         }
         if url.host_str().is_none() {
             return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
         }
         plinth_oci::tls::install_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|source| AgentError::HttpClient { source })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(path) = ca_file {
+            let pem =
+                std::fs::read(path).map_err(|source| AgentError::ReadFile { path: path.to_path_buf(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|source| AgentError::CaFile { path: path.to_path_buf(), source })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|source| AgentError::HttpClient { source })?;
         Ok(MasterClient { http, base, token, cluster: Arc::default() })
     }
 

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub token: Option<JoinToken>,
     /// Follow the master even when the checkpoint names another cluster, and adopt its id.
     pub rejoin_cluster: bool,
+    /// PEM CA certificate(s) to trust for an `https://` master.
+    pub ca_file: Option<PathBuf>,
     /// How Docker tasks get their images and network.
     pub containers: ContainerSettings,
 }

@@ -24,6 +24,8 @@ pub enum AgentError {
     MasterUrl { url: String, reason: String },
     #[error("cannot build the HTTP client")]
     HttpClient { source: reqwest::Error },
+    #[error("{path} holds no usable PEM CA certificate")]
+    CaFile { path: PathBuf, source: reqwest::Error },
     #[error("{operation} request to {url} failed")]
     MasterRequest { operation: &'static str, url: String, source: reqwest::Error },
     #[error("master answered {operation} with HTTP {status}: {body}")]

@@ -26,7 +26,7 @@ pub(crate) async fn resolve(config: &AgentConfig, max_backoff: Duration) -> Resu
     if let Some(stored) = read_stored(&path)? {
         return Ok(Some(stored));
     }
-    let client = MasterClient::new(&config.master, None)?;
+    let client = MasterClient::new(&config.master, None, config.ca_file.as_deref())?;
     let request = JoinRequest { hostname: config.hostname.clone(), macs: local_macs() };
     let mut delay = Duration::from_millis(250);
     loop {

@@ -37,7 +37,7 @@ pub async fn run_with(
     let agent_id = read_agent_id(&config.work_dir)?;
     // A PXE-booted agent's first start waits here for its bootstrap token's exchange.
     let token = join::resolve(&config, options.max_backoff).await?;
-    let client = MasterClient::new(&config.master, token)?;
+    let client = MasterClient::new(&config.master, token, config.ca_file.as_deref())?;
     let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
     let advertise_ip = match config.advertise_ip {
         Some(ip) => ip,

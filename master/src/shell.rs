@@ -37,6 +37,8 @@ pub struct MasterConfig {
     pub hostname: String,
     /// The image registry (pull-through cache and push target, `:5000`).
     pub registry: RegistryConfig,
+    /// Serve the API over HTTPS with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for MasterConfig {
@@ -48,6 +50,7 @@ impl Default for MasterConfig {
             token: None,
             hostname: "localhost".to_string(),
             registry: RegistryConfig::default(),
+            tls: None,
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct ClientArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true, env = "PLINTH_JSON")]
     json: bool,
+    /// PEM CA certificate(s) to trust for an https:// master.
+    #[arg(long, global = true, env = "PLINTH_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

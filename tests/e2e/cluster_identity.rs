@@ -271,3 +271,68 @@ fn an_agent_refuses_a_master_that_came_back_as_a_new_cluster_and_keeps_its_tasks
         }
     });
 }
+
+/// A test CA and a server certificate for `ip` signed by it (PEM files in `dir`): the CA's
+/// path, the certificate's and the key's.
+fn test_certificates(dir: &std::path::Path, ip: std::net::Ipv4Addr) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca, ca_key, cert, key, csr, ext) =
+        (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("server.csr"), path("san.ext"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=plinth-test-ca"]);
+    sh("openssl", &args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=plinth-master"]);
+    sh("openssl", &args);
+    std::fs::write(&ext, format!("subjectAltName=IP:{ip}\n")).expect("write the SAN extension");
+    sh(
+        "openssl",
+        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", &cert, "-days", "2"]
+            .into_iter()
+            .chain(["-extfile", ext.as_str()])
+            .collect::<Vec<_>>(),
+    );
+    (ca, cert, key)
+}
+
+#[test]
+fn the_api_over_https_with_agents_and_the_cli_trusting_a_ca_file() {
+    let mut cluster = Cluster::new("id-tls");
+    let token = cluster.secret_file("token", TOKEN);
+    let (ca, cert, key) = test_certificates(cluster.dir(), cluster.next_master_ip());
+    cluster.use_tls(std::path::Path::new(&ca));
+    cluster.start_master(&["--tls-cert", &cert, "--tls-key", &key, "--token-file", &token]);
+    cluster.start_agent("agent-1", &["--ca-file", &ca, "--token-file", &token]);
+    cluster.start_agent("no-ca", &["--token-file", &token]);
+    cluster.wait_for_agents(1);
+    cluster.deploy(&cmd_app("/over-tls", "sleep 1000", 1));
+
+    // Plain HTTP gets no answer from the HTTPS port.
+    let plain = Http::new(format!("http://{}:{MASTER_PORT}", cluster.master_ip())).try_get("/ping");
+    assert!(plain.as_ref().map_or(true, |r| r.status != 200), "plain HTTP is not served: {:?}", plain.map(|r| r.text));
+
+    // An agent that does not trust the CA does not join, and says why.
+    holds_for("only the agent trusting the CA to be registered", secs(3), || {
+        let active = cluster.active_agents()?;
+        if active == ["agent-1"] {
+            Ok(())
+        } else {
+            Err(format!("{active:?}"))
+        }
+    });
+    let refused = log_of(&cluster, "no-ca");
+    assert!(
+        refused.to_lowercase().contains("certificate"),
+        "the agent says the certificate is not trusted:\n{refused}"
+    );
+
+    // The CLI trusts the CA with --ca-file, and fails clearly without it.
+    let listed = cluster.cli(&["node", "list", "--ca-file", &ca]);
+    assert!(listed.status.success() && stdout(&listed).contains("agent-1"), "{}", stderr(&listed));
+    let untrusted = cluster.cli(&["node", "list"]);
+    assert!(!untrusted.status.success(), "without the CA the CLI refuses the master: {}", stdout(&untrusted));
+    assert!(stderr(&untrusted).contains("cannot reach the master"), "{}", stderr(&untrusted));
+}

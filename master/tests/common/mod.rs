@@ -39,6 +39,7 @@ pub async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result
         token: token.and_then(plinth_protocol::agent::JoinToken::new),
         hostname: "127.0.0.1".into(),
         registry: Default::default(),
+        ..Default::default()
     };
     // The same composition as `plinth master`/`standalone` (start.rs), without PXE.
     let (master, app) = plinth_master::build(config, addr.port(), None).await?;

@@ -90,6 +90,21 @@ impl Http {
         Http { base: base.into(), client }
     }
 
+    /// A client that also trusts the PEM CA certificates in `ca_file` (an HTTPS master).
+    pub fn with_ca(base: impl Into<String>, ca_file: &Path) -> Self {
+        plinth_oci::tls::install_provider();
+        let pem = fs::read(ca_file).expect("read the CA file");
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM CA certificates");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(3))
+            .no_proxy()
+            .tls_certs_merge(certs)
+            .build()
+            .expect("HTTP client");
+        Http { base: base.into(), client }
+    }
+
     pub fn try_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut request = self.client.request(method, format!("{}{path}", self.base));
@@ -598,6 +613,8 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     nodes: BTreeMap<String, Node>,
     seen_tasks: Mutex<BTreeSet<String>>,
+    /// Set by [`Cluster::use_tls`]: the master's API is HTTPS with a certificate from this CA.
+    ca_file: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -611,7 +628,7 @@ impl Cluster {
         let net = TestNet::claim(test_name);
         let dir = tempfile::Builder::new().prefix(&format!("plinth-{test_name}-")).tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("logs")).expect("log dir");
-        Cluster { net, dir: Some(dir), nodes: BTreeMap::new(), seen_tasks: Mutex::default() }
+        Cluster { net, dir: Some(dir), nodes: BTreeMap::new(), seen_tasks: Mutex::default(), ca_file: None }
     }
 
     /// A master (agent timeout [`AGENT_TIMEOUT_SECS`]) and `agents` agents, all registered.
@@ -643,7 +660,20 @@ impl Cluster {
     }
 
     pub fn master_url(&self) -> String {
-        format!("http://{}:{MASTER_PORT}", self.master_ip())
+        let scheme = if self.ca_file.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{MASTER_PORT}", self.master_ip())
+    }
+
+    /// From now on the master's API is HTTPS (the test starts it with a certificate signed
+    /// by `ca_file`), and the harness trusts that CA.
+    pub fn use_tls(&mut self, ca_file: &Path) {
+        self.ca_file = Some(ca_file.to_path_buf());
+    }
+
+    /// The address the master will have (it is the first host started).
+    pub fn next_master_ip(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.gateway().octets();
+        Ipv4Addr::new(a, b, c, 2)
     }
 
     /// Writes `content` to a file only root can read in the test dir (a `--token-file`);
@@ -658,7 +688,10 @@ impl Cluster {
 
     /// The master's API.
     pub fn api(&self) -> Http {
-        Http::new(self.master_url())
+        match &self.ca_file {
+            Some(ca) => Http::with_ca(self.master_url(), ca),
+            None => Http::new(self.master_url()),
+        }
     }
 
     /// An agent's own HTTP API.
@@ -681,7 +714,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node("master", |_| args);
-        self.wait_for_ping(&self.master_url());
+        self.wait_for_ping(&self.api());
     }
 
     pub fn start_agent(&mut self, name: &str, extra: &[&str]) {
@@ -732,7 +765,7 @@ impl Cluster {
             args
         });
         let url = format!("http://{}:{MASTER_PORT}", self.node(name).host.ip);
-        self.wait_for_ping(&url);
+        self.wait_for_ping(&Http::new(url));
     }
 
     /// Gives the node its own namespace on the test network and starts it there.
@@ -814,9 +847,8 @@ impl Cluster {
         let _ = child.wait();
     }
 
-    fn wait_for_ping(&self, url: &str) {
-        let http = Http::new(url);
-        wait_until(&format!("{url}/ping to answer"), secs(60), || {
+    fn wait_for_ping(&self, http: &Http) {
+        wait_until(&format!("{}/ping to answer", http.base), secs(60), || {
             self.check_nodes_alive()?;
             match http.try_get("/ping") {
                 Ok(reply) if reply.status == 200 => Ok(()),

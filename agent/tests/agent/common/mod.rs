@@ -105,6 +105,7 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         token: plinth_protocol::agent::JoinToken::new("sesame"),
         rejoin_cluster: false,
+        ca_file: None,
         containers: Default::default(),
     };
     let options =
