@@ -102,9 +102,11 @@ const PXE_DISABLED: &str = "PXE boot is not enabled on this master: start it wit
 pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Router, MasterError> {
     let provisioning = Provisioning::open(&master.config.data_dir, boot.default_profile)?;
     let mut advertise = boot.advertise_url.clone();
+    // Booted agents need the CA too (a file in the image, `plinth.ca_file=` in the profile).
+    let scheme = if master.config.tls.is_some() { "https" } else { "http" };
     if let Some(interface) = &boot.pxe_interface {
         let server_ip = serve::interface_ipv4(interface)?;
-        let url = advertise.get_or_insert_with(|| format!("http://{server_ip}:{port}")).clone();
+        let url = advertise.get_or_insert_with(|| format!("{scheme}://{server_ip}:{port}")).clone();
         let mode = match &boot.dhcp {
             PxeDhcp::Proxy => DhcpMode::Proxy,
             PxeDhcp::Range(pool) => DhcpMode::Full(pool.clone()),
@@ -115,7 +117,7 @@ pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Route
             PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() },
         )?;
     }
-    let master_url = advertise.unwrap_or_else(|| format!("http://{}:{port}", master.config.hostname));
+    let master_url = advertise.unwrap_or_else(|| format!("{scheme}://{}:{port}", master.config.hostname));
     let params = BootParams::new(master_url, None);
     let enabled = boot.pxe_enabled();
     tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, pxe = enabled,
