@@ -4,6 +4,7 @@
 //! building (`image`) or a benchmark (`bench`).
 mod cli;
 mod os;
+mod token_file;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -72,8 +73,12 @@ enum Command {
 /// Flags the master and the agent both take.
 #[derive(Debug, Args)]
 struct NodeArgs {
-    /// Join token: the master requires it from agents, agents present it.
-    #[arg(long, env = "PLINTH_TOKEN", hide_env_values = true)]
+    /// File holding the join token: the master requires it from agents, agents present it
+    /// (else the PLINTH_TOKEN environment variable; never on the command line).
+    #[arg(long, env = "PLINTH_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused with a message: tokens on the command line are readable by every process.
+    #[arg(long, hide = true, value_name = "TOKEN")]
     token: Option<String>,
     /// Name this node reports (default: the kernel's hostname).
     #[arg(long, env = "PLINTH_HOSTNAME")]
@@ -109,6 +114,12 @@ struct MasterArgs {
     /// Largest blob a push may upload, in bytes.
     #[arg(long, env = "PLINTH_REGISTRY_MAX_BLOB_BYTES", default_value_t = plinth_master::registry::DEFAULT_MAX_BLOB_BYTES)]
     registry_max_blob_bytes: u64,
+    /// Serve the API over HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "PLINTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PLINTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     access: AccessArgs,
 }
@@ -166,6 +177,13 @@ struct AgentArgs {
     /// Largest decompressed size of one image layer, in MiB (bigger layers are refused).
     #[arg(long, env = "PLINTH_MAX_LAYER_MB", default_value_t = plinth_agent::DEFAULT_MAX_LAYER_BYTES >> 20)]
     max_layer_mb: u64,
+    /// Follow this master even if the checkpoint names another cluster (once, after the
+    /// cluster was really rebuilt: tasks the new master does not know are then killed).
+    #[arg(long, env = "PLINTH_REJOIN_CLUSTER")]
+    rejoin_cluster: bool,
+    /// PEM CA certificate(s) to trust for an https:// master.
+    #[arg(long, env = "PLINTH_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +220,9 @@ struct PxeArgs {
     /// The master URL booting machines use (default: http://PXE-INTERFACE-IP:PORT).
     #[arg(long, env = "PLINTH_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// Seconds a booting machine's single-use bootstrap token can be exchanged for the join token.
+    #[arg(long, env = "PLINTH_BOOTSTRAP_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    bootstrap_token_ttl_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -399,13 +420,22 @@ fn access_config(args: AccessArgs) -> anyhow::Result<plinth_master::access::Acce
     })
 }
 
-fn master_config(args: MasterArgs, node: &NodeArgs) -> anyhow::Result<plinth_master::MasterConfig> {
+/// The join token of `plinth master|agent|standalone`: `--token-file`, else `PLINTH_TOKEN`.
+fn join_token(node: &NodeArgs) -> anyhow::Result<Option<plinth_protocol::agent::JoinToken>> {
+    token_file::resolve(node.token_file.as_deref(), node.token.is_some())
+}
+
+fn master_config(
+    args: MasterArgs,
+    node: &NodeArgs,
+    token: Option<plinth_protocol::agent::JoinToken>,
+) -> anyhow::Result<plinth_master::MasterConfig> {
     Ok(plinth_master::MasterConfig {
         access: access_config(args.access)?,
         listen: args.listen,
         data_dir: args.data_dir,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
-        token: node.token.clone(),
+        token,
         hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
         registry: plinth_master::registry::RegistryConfig {
             listen: args.registry_listen,
@@ -416,10 +446,17 @@ fn master_config(args: MasterArgs, node: &NodeArgs) -> anyhow::Result<plinth_mas
             max_store_bytes: args.registry_max_bytes,
             ..Default::default()
         },
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
     })
 }
 
-fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &NodeArgs) -> plinth_agent::AgentConfig {
+fn agent_config(
+    master: String,
+    listen: SocketAddr,
+    args: AgentArgs,
+    node: &NodeArgs,
+    token: Option<plinth_protocol::agent::JoinToken>,
+) -> plinth_agent::AgentConfig {
     plinth_agent::AgentConfig {
         master: master.trim_end_matches('/').to_string(),
         work_dir: args.work_dir,
@@ -428,7 +465,9 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
         resources: args.resources,
         attributes: args.attributes,
         listen,
-        token: node.token.clone(),
+        token,
+        rejoin_cluster: args.rejoin_cluster,
+        ca_file: args.ca_file,
         containers: plinth_agent::ContainerSettings {
             registry: args.registry,
             bridge: args.container_bridge,
@@ -439,7 +478,8 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
 }
 
 async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
-    let config = master_config(cmd.master, &cmd.node)?;
+    let token = join_token(&cmd.node)?;
+    let config = master_config(cmd.master, &cmd.node, token)?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting master");
     let pxe = cmd.pxe;
     let boot = plinth_master::pxe::BootConfig {
@@ -452,12 +492,14 @@ async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
         tftp_root: pxe.tftp_root,
         default_profile: pxe.pxe_unknown,
         advertise_url: pxe.advertise_url,
+        bootstrap_ttl: std::time::Duration::from_secs(pxe.bootstrap_token_ttl_secs),
     };
     plinth_master::start::run(config, Some(boot)).await.context("master failed")
 }
 
 async fn run_agent(cmd: AgentCommand) -> anyhow::Result<()> {
-    let config = agent_config(cmd.master, cmd.listen, cmd.agent, &cmd.node);
+    let token = join_token(&cmd.node)?;
+    let config = agent_config(cmd.master, cmd.listen, cmd.agent, &cmd.node, token);
     tracing::info!(master = %config.master, work_dir = %config.work_dir.display(), "starting agent");
     plinth_agent::run(config).await.context("agent failed")
 }
@@ -468,18 +510,30 @@ fn local_master_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
+/// [`local_master_url`] for the API, which may be HTTPS (its certificate must name the address).
+fn local_api_url(listen: SocketAddr, tls: bool) -> String {
+    let url = local_master_url(listen);
+    if tls {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
+}
+
 async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
-    let master_url = cmd.master_url.clone().unwrap_or_else(|| local_master_url(cmd.master.listen));
+    let tls = cmd.master.tls_cert.is_some();
+    let master_url = cmd.master_url.clone().unwrap_or_else(|| local_api_url(cmd.master.listen, tls));
     // The embedded agent pulls from the embedded registry, wherever it listens.
     let local_registry = local_master_url(cmd.master.registry_listen);
-    let master = master_config(cmd.master, &cmd.node)?;
-    let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
+    let token = join_token(&cmd.node)?;
+    let master = master_config(cmd.master, &cmd.node, token.clone())?;
+    let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node, token);
     agent.containers.registry.get_or_insert(local_registry);
     tracing::info!(
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"
     );
-    tokio::spawn(announce_when_ready(local_master_url(master.listen)));
+    tokio::spawn(announce_when_ready(local_api_url(master.listen, tls), agent.ca_file.clone()));
     // Either half ending means the node is broken: stop the whole process so it is noticed.
     tokio::select! {
         result = plinth_master::start::run(master, None) => result.context("master failed").and_then(|()| anyhow::bail!("master stopped")),
@@ -489,8 +543,14 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
 
 /// Tells a person who just started the one-box cluster where it answers and what to try,
 /// once the API answers (on stdout: logs go to stderr).
-async fn announce_when_ready(api: String) {
-    let client = reqwest::Client::new();
+async fn announce_when_ready(api: String, ca_file: Option<PathBuf>) {
+    let mut client = reqwest::Client::builder();
+    if let Some(certs) =
+        ca_file.and_then(|f| std::fs::read(f).ok()).and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+    {
+        client = client.tls_certs_merge(certs);
+    }
+    let Ok(client) = client.build() else { return };
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "plinth".into());
     for _ in 0..600 {
         if client.get(format!("{api}/ping")).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -520,6 +580,14 @@ mod tests {
             Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn a_token_on_the_command_line_is_refused_naming_the_token_file() {
+        let cli = Cli::try_parse_from(["plinth", "master", "--token", "s3cret"]).unwrap();
+        let Command::Master(cmd) = cli.command else { panic!("a master command") };
+        let err = join_token(&cmd.node).unwrap_err().to_string();
+        assert!(err.contains("--token-file") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]

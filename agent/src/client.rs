@@ -1,9 +1,15 @@
-//! The master's agent protocol (`/agent/v1/...`) from the agent's side.
+//! The master's agent protocol (`/agent/v1/...`) from the agent's side. Every request
+//! carries the join token and, once the agent knows it, its cluster id (the master of
+//! another cluster refuses it).
 use plinth_protocol::agent::{
-    Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER,
+    JoinRequest, JoinToken, Joined, Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse,
+    CLUSTER_HEADER, TOKEN_HEADER,
 };
+use plinth_protocol::ClusterId;
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::error::AgentError;
@@ -17,26 +23,47 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct MasterClient {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<JoinToken>,
+    /// The cluster this agent follows, shared by every clone (the loops and the outbox).
+    cluster: Arc<RwLock<Option<ClusterId>>>,
 }
 
 impl MasterClient {
-    pub fn new(master: &str, token: Option<String>) -> Result<Self, AgentError> {
+    /// A client of `master` (`http://` or `https://`, trusting the CAs in `ca_file` too).
+    pub fn new(master: &str, token: Option<JoinToken>, ca_file: Option<&Path>) -> Result<Self, AgentError> {
         let base = master.trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
-        if url.scheme() != "http" {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "only http:// is supported".into() });
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "use http:// or https://".into() });
         }
         if url.host_str().is_none() {
             return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
         }
         plinth_oci::tls::install_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|source| AgentError::HttpClient { source })?;
-        Ok(MasterClient { http, base, token })
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(path) = ca_file {
+            let pem =
+                std::fs::read(path).map_err(|source| AgentError::ReadFile { path: path.to_path_buf(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|source| AgentError::CaFile { path: path.to_path_buf(), source })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|source| AgentError::HttpClient { source })?;
+        Ok(MasterClient { http, base, token, cluster: Arc::default() })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The cluster named in every request from now on (`None`: follow any).
+    pub fn set_cluster(&self, cluster: Option<ClusterId>) {
+        *self.cluster.write().unwrap_or_else(std::sync::PoisonError::into_inner) = cluster;
+    }
+
+    pub fn cluster(&self) -> Option<ClusterId> {
+        self.cluster.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -46,10 +73,24 @@ impl MasterClient {
         body: &B,
         timeout: Duration,
     ) -> Result<R, AgentError> {
+        self.post_with(operation, path, body, timeout, self.token.as_ref()).await
+    }
+
+    async fn post_with<B: Serialize, R: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        token: Option<&JoinToken>,
+    ) -> Result<R, AgentError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.post(&url).json(body).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.header(TOKEN_HEADER, token);
+        if let Some(token) = token {
+            request = request.header(TOKEN_HEADER, token.expose());
+        }
+        if let Some(cluster) = self.cluster() {
+            request = request.header(CLUSTER_HEADER, cluster.as_str());
         }
         let request_error = |source| AgentError::MasterRequest { operation, url: url.clone(), source };
         let response = request.send().await.map_err(request_error)?;
@@ -73,6 +114,11 @@ impl MasterClient {
 
     pub async fn status(&self, batch: &StatusBatch) -> Result<StatusAck, AgentError> {
         self.post("status", "/agent/v1/status", batch, ANSWER_SLACK).await
+    }
+
+    /// Exchanges a bootstrap token (once) for the cluster's join token.
+    pub async fn join(&self, bootstrap: &JoinToken, request: &JoinRequest) -> Result<Joined, AgentError> {
+        self.post_with("join", "/agent/v1/join", request, ANSWER_SLACK, Some(bootstrap)).await
     }
 
     /// The local address the kernel would use to reach the master: the one to advertise.

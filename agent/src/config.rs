@@ -1,6 +1,7 @@
 //! The agent's configuration: what the operator sets ([`AgentConfig`], with
 //! [`ContainerSettings`] for Docker tasks) and the tunables tests shorten
 //! ([`AgentOptions`]), with their defaults.
+use plinth_protocol::agent::JoinToken;
 use plinth_protocol::{Attributes, Resources};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -30,8 +31,13 @@ pub struct AgentConfig {
     pub attributes: Attributes,
     /// The agent's HTTP API.
     pub listen: SocketAddr,
-    /// Join token sent in the `x-plinth-token` header.
-    pub token: Option<String>,
+    /// Join token sent in the `x-plinth-token` header; a bootstrap token (PXE boot) is
+    /// exchanged for the join token once and that is kept in the work dir.
+    pub token: Option<JoinToken>,
+    /// Follow the master even when the checkpoint names another cluster, and adopt its id.
+    pub rejoin_cluster: bool,
+    /// PEM CA certificate(s) to trust for an `https://` master.
+    pub ca_file: Option<PathBuf>,
     /// How Docker tasks get their images and network.
     pub containers: ContainerSettings,
 }

@@ -24,10 +24,14 @@ pub enum AgentError {
     MasterUrl { url: String, reason: String },
     #[error("cannot build the HTTP client")]
     HttpClient { source: reqwest::Error },
+    #[error("{path} holds no usable PEM CA certificate")]
+    CaFile { path: PathBuf, source: reqwest::Error },
     #[error("{operation} request to {url} failed")]
     MasterRequest { operation: &'static str, url: String, source: reqwest::Error },
     #[error("master answered {operation} with HTTP {status}: {body}")]
     MasterStatus { operation: &'static str, status: u16, body: String },
+    #[error("the master refused this node's bootstrap token ({body}); PXE-boot the node again for a new one")]
+    BootstrapRefused { body: String },
     #[error("task id '{task_id}' is not usable: {reason}")]
     InvalidTaskId { task_id: String, reason: String },
     #[error("task {task_id} has no command: neither 'cmd' nor 'args' is set")]

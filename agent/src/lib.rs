@@ -7,7 +7,8 @@
 //!   the loops, serves the API) and [`config`];
 //! - the shell: `node` (the node state that the loops, the API and the checks share; it
 //!   carries out the reconciler's decisions and checkpoints into [`state`]),
-//!   `master_link` (register, sync and the status outbox, through `client`), `api` (the
+//!   `master_link` (register, sync and the status outbox, through `client`; `join` the
+//!   first start's exchange of a PXE bootstrap token), `api` (the
 //!   HTTP API on `:5051`), `checks` (the loop that probes tasks);
 //! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
 //!   health and readiness check state machine);
@@ -34,6 +35,7 @@ mod fsutil;
 pub mod health;
 pub mod image;
 pub mod inspect;
+mod join;
 pub mod logs;
 mod master_link;
 mod node;

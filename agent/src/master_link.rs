@@ -2,8 +2,14 @@
 //! this agent), long-poll `sync` and hand each newer desired state to the [`Node`], and
 //! send the status outbox until the master acknowledges each update. Tasks keep running
 //! whatever happens to the master.
-use plinth_protocol::agent::{Registration, StatusBatch, SyncRequest};
-use plinth_protocol::{error_chain, AgentId, Timestamp};
+//!
+//! The agent belongs to one cluster: the first master that accepts it names it, and the
+//! checkpoint keeps its id. A master of another cluster (one that lost its store and
+//! started a new, empty cluster, say) is never followed, since its desired state would kill
+//! every task: the agent logs an error naming both ids and keeps trying, until the old
+//! master is back or the operator starts it once with `--rejoin-cluster`.
+use plinth_protocol::agent::{ClusterMismatch, Registration, StatusBatch, SyncRequest};
+use plinth_protocol::{error_chain, AgentId, ClusterId, Timestamp};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,14 +81,69 @@ fn remember_agent_id(node: &Node, agent_id: &AgentId) {
     node.set_agent_id(agent_id.clone());
 }
 
+/// How often a refusal to follow another cluster's master is logged again.
+const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs (at most once a minute) that the master runs another cluster than this agent's.
+struct MismatchLog {
+    last: Option<(ClusterId, Instant)>,
+}
+
+impl MismatchLog {
+    fn refuse(&mut self, node: &Node, master: &str, ours: &ClusterId, theirs: &ClusterId) {
+        let recent = self.last.as_ref().is_some_and(|(id, at)| id == theirs && at.elapsed() < MISMATCH_LOG_INTERVAL);
+        if !recent {
+            error!(
+                node_id = %node.node_id(), cluster_id = %ours, master_cluster_id = %theirs, master = %master,
+                "the master runs cluster {theirs}, this agent belongs to cluster {ours}: not following it \
+                 (tasks keep running; retrying). Bring back the master of {ours}, or start the agent once with \
+                 --rejoin-cluster to join {theirs} (tasks that cluster does not know are then killed)"
+            );
+            self.last = Some((theirs.clone(), Instant::now()));
+        }
+    }
+}
+
+/// The cluster a master names, when it is not this agent's.
+fn foreign_cluster(client: &MasterClient, theirs: Option<&ClusterId>) -> Option<(ClusterId, ClusterId)> {
+    match (client.cluster(), theirs) {
+        (Some(ours), Some(theirs)) if &ours != theirs => Some((ours, theirs.clone())),
+        _ => None,
+    }
+}
+
+/// The first master that accepts the agent names its cluster (kept in the checkpoint).
+fn adopt_cluster(node: &Node, client: &MasterClient, cluster: Option<ClusterId>) {
+    let Some(cluster) = cluster else { return };
+    let mut state = node.lock();
+    if state.cluster_id.as_ref() != Some(&cluster) {
+        info!(node_id = %node.node_id(), cluster_id = %cluster, previous_cluster_id = ?state.cluster_id,
+            "this agent belongs to cluster {cluster}");
+        state.cluster_id = Some(cluster.clone());
+        node.save(&state);
+    }
+    client.set_cluster(Some(cluster));
+}
+
 /// Register, then long-poll `sync` forever; register again when the master asks or
 /// forgets us. Tasks keep running whatever happens to the master.
 pub(crate) async fn master_loop(node: Arc<Node>, client: MasterClient) {
     let mut backoff = Backoff::new(node.options.max_backoff);
+    let mut mismatch = MismatchLog { last: None };
+    // `--rejoin-cluster`: name no cluster until a master has accepted this agent.
+    client.set_cluster(if node.config.rejoin_cluster { None } else { node.lock().cluster_id.clone() });
     loop {
         let registration = registration(&node);
         let registered = match client.register(&registration).await {
             Ok(registered) => registered,
+            Err(AgentError::MasterStatus { status: 409, body, .. }) => {
+                match (serde_json::from_str::<ClusterMismatch>(&body), client.cluster()) {
+                    (Ok(refusal), Some(ours)) => mismatch.refuse(&node, client.base(), &ours, &refusal.cluster_id),
+                    _ => warn!(node_id = %node.node_id(), body = %body, "the master refused the registration"),
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
             Err(err) => {
                 let delay = backoff.next_delay();
                 warn!(node_id = %node.node_id(), error = %error_chain(&err), retry_ms = millis(delay), "cannot register with the master");
@@ -90,7 +151,14 @@ pub(crate) async fn master_loop(node: Arc<Node>, client: MasterClient) {
                 continue;
             }
         };
+        // A master that does not check clusters itself still names its own.
+        if let Some((ours, theirs)) = foreign_cluster(&client, registered.cluster_id.as_ref()) {
+            mismatch.refuse(&node, client.base(), &ours, &theirs);
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        }
         backoff.reset();
+        adopt_cluster(&node, &client, registered.cluster_id.clone());
         remember_agent_id(&node, &registered.agent_id);
         node.wake_outbox();
         info!(
@@ -127,6 +195,11 @@ async fn sync_loop(
         match client.sync(&request).await {
             Ok(response) if response.reregister => {
                 info!(node_id = %agent_id, "the master asks this agent to register again");
+                return;
+            }
+            Ok(response) if foreign_cluster(client, response.cluster_id.as_ref()).is_some() => {
+                // Another cluster's master took this address: its desired state is not ours.
+                warn!(node_id = %agent_id, master_cluster_id = ?response.cluster_id, "the master changed cluster");
                 return;
             }
             Ok(response) => {

@@ -1,5 +1,5 @@
 //! The agent's start-up (its composition root): loads the checkpoint and the agent id,
-//! builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
+//! settles the join token (`join.rs`), builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
 //! status outbox, health checks, image collection), serves the API and talks to the
 //! master until the process stops.
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::node::{blocking, Node, TASKS_DIR};
 use crate::resources::detect_resources;
 use crate::runtime::{self, TaskRuntime};
 use crate::state::NodeState;
-use crate::{api, checks, fsutil};
+use crate::{api, checks, fsutil, join};
 
 /// Runs the agent with command tasks (each under `plinth executor`) until the process
 /// is stopped. Tunables come from the environment (see [`AgentOptions::from_env`]).
@@ -35,7 +35,9 @@ pub async fn run_with(
     fsutil::create_dir_all(&config.work_dir.join(TASKS_DIR))?;
     let state = NodeState::load(&config.work_dir)?;
     let agent_id = read_agent_id(&config.work_dir)?;
-    let client = MasterClient::new(&config.master, config.token.clone())?;
+    // A PXE-booted agent's first start waits here for its bootstrap token's exchange.
+    let token = join::resolve(&config, options.max_backoff).await?;
+    let client = MasterClient::new(&config.master, token, config.ca_file.as_deref())?;
     let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
     let advertise_ip = match config.advertise_ip {
         Some(ip) => ip,

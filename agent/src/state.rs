@@ -2,7 +2,7 @@
 //! updates not yet acknowledged. It is written atomically to `work_dir/checkpoint.json`
 //! on every change, so a `kill -9` at any moment loses nothing.
 use plinth_protocol::agent::{DesiredState, StatusUpdate, TaskReport, TaskSpec};
-use plinth_protocol::{Resources, TaskId, TaskState, Timestamp};
+use plinth_protocol::{ClusterId, Resources, TaskId, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,10 @@ pub struct NodeState {
     pub tasks: BTreeMap<TaskId, TaskRecord>,
     /// Status updates in the order they happened, until the master acknowledges them.
     pub outbox: Vec<StatusUpdate>,
+    /// The cluster of the first master that accepted this agent: a master of another one
+    /// (say, one that lost its store) is not followed. Absent until then.
+    #[serde(default)]
+    pub cluster_id: Option<ClusterId>,
 }
 
 impl Default for NodeState {
@@ -103,6 +107,7 @@ impl Default for NodeState {
             desired: DesiredState { generation: 0, tasks: Vec::new() },
             tasks: BTreeMap::new(),
             outbox: Vec::new(),
+            cluster_id: None,
         }
     }
 }
@@ -136,6 +141,7 @@ mod tests {
         let mut state = NodeState {
             applied_generation: 7,
             desired: DesiredState { generation: 7, tasks: vec![spec.clone()] },
+            cluster_id: Some(ClusterId::new("c0ffee-0000")),
             ..Default::default()
         };
         let mut record = TaskRecord::new(spec.clone(), dir.path().join("tasks/web.1"), Timestamp(1000));

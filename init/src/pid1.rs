@@ -128,7 +128,7 @@ pub fn run() -> ! {
                 .map_err(|e| crate::error::InitError::Write { path: "reboot(CAD_OFF)".into(), source: e.into() }),
             Phase::NodeApi { port } => api::serve(
                 *port,
-                Arc::new(LiveNode { status: status.clone(), token: cmdline.get("plinth.token").map(str::to_string) }),
+                Arc::new(LiveNode { status: status.clone(), token: PowerToken::of(&cmdline, &phases) }),
             ),
             Phase::StartRole(l) => {
                 launch = Some(l.clone());
@@ -212,7 +212,34 @@ pub fn status_block(doc: &Value) -> String {
 
 struct LiveNode {
     status: SharedStatus,
-    token: Option<String>,
+    token: PowerToken,
+}
+
+/// The token the power endpoints require: `plinth.token=`, or, when that is a PXE
+/// bootstrap token (single use, spent by the agent), the cluster's join token the agent got
+/// for it and keeps in its work dir, so operators use the one cluster token for every node.
+struct PowerToken {
+    cmdline: Option<String>,
+    joined: Option<PathBuf>,
+}
+
+impl PowerToken {
+    fn of(cmdline: &KernelCmdline, phases: &[Phase]) -> PowerToken {
+        let token = cmdline.get("plinth.token").map(str::to_string);
+        let bootstrap = token.as_deref().is_some_and(|t| t.starts_with(plinth_protocol::agent::BOOTSTRAP_TOKEN_PREFIX));
+        let work_dir = phases.iter().find_map(|p| match p {
+            Phase::StartRole(launch) => plan::agent_work_dir(launch),
+            _ => None,
+        });
+        let joined =
+            work_dir.filter(|_| bootstrap).map(|dir| Path::new(&dir).join(plinth_protocol::agent::JOIN_TOKEN_FILE));
+        PowerToken { cmdline: token, joined }
+    }
+
+    fn current(&self) -> Option<String> {
+        let joined = self.joined.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
+        joined.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).or_else(|| self.cmdline.clone())
+    }
 }
 
 impl NodeView for LiveNode {
@@ -275,7 +302,7 @@ impl NodeView for LiveNode {
         Value::Array(list)
     }
     fn token(&self) -> Option<String> {
-        self.token.clone()
+        self.token.current()
     }
     fn power(&self, req: PowerRequest) {
         let sig = match req {

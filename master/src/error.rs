@@ -22,6 +22,8 @@ pub enum MasterError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("PXE boot server")]
     Provisioning(#[from] plinth_provisioning::serve::ServeError),
+    #[error("the API's TLS")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in

@@ -2,8 +2,8 @@
 //! state of a running master and the ticker (`shell.rs`), the durable store (`store.rs`),
 //! the Marathon v2 API, agent protocol and operator endpoints (`api/`), events, metrics,
 //! the image registry (pull-through cache and push target on `:5000`), the HTTP side of
-//! PXE provisioning (`pxe.rs`), who may use the API (`access.rs`) and the one way to start it
-//! all (`start.rs`).
+//! PXE provisioning (`pxe.rs`), who may use the API (`access.rs`), the API's TLS (`tls.rs`)
+//! and the one way to start it all (`start.rs`).
 pub mod access;
 pub mod api;
 pub mod checksum;
@@ -17,6 +17,7 @@ pub mod registry;
 pub mod shell;
 pub mod start;
 pub mod store;
+pub mod tls;
 
 pub use error::{ApiError, MasterError};
 pub use shell::{Master, MasterConfig};

@@ -4,18 +4,27 @@
 //! (booting, registered, lost), and [`start`], which starts the DHCP/TFTP boot server of
 //! `plinth-provisioning` on the PXE interface and returns these routes (`start.rs` serves
 //! them with the API).
+//!
+//! Scripts carry no cluster secret: each one gets a fresh single-use bootstrap token bound
+//! to the machine's MAC (`plinth.token=`), which the booted agent exchanges once at
+//! `POST /agent/v1/join` for the cluster's join token. The tokens live in memory: after a
+//! master restart a machine that had not joined yet is refused, and gets a new token when
+//! it PXE-boots again (firmware fetches the script on every boot).
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use plinth_protocol::{error_chain, Violation};
+use plinth_protocol::agent::{JoinRequest, Joined, TOKEN_HEADER};
+use plinth_protocol::{error_chain, Timestamp, Violation};
+use plinth_provisioning::bootstrap::BootstrapTokens;
 use plinth_provisioning::dhcp::{AddressPool, DhcpConfig, DhcpMode};
 use plinth_provisioning::profile::{ipxe_script, BootParams};
 use plinth_provisioning::serve::{self, Provisioning, PxeConfig, ServeError};
@@ -48,6 +57,16 @@ pub struct BootConfig {
     pub default_profile: DefaultProfile,
     /// The master's URL as booting machines reach it (default: the PXE interface's address).
     pub advertise_url: Option<String>,
+    /// How long a script's bootstrap token can be exchanged.
+    pub bootstrap_ttl: Duration,
+}
+
+impl BootConfig {
+    /// This master boots machines: it serves DHCP/TFTP, or boot files for another DHCP
+    /// server's iPXE. Otherwise `/boot/ipxe` and `/agent/v1/join` answer 404.
+    pub fn pxe_enabled(&self) -> bool {
+        self.pxe_interface.is_some() || self.boot_dir.is_some()
+    }
 }
 
 impl Default for BootConfig {
@@ -59,6 +78,7 @@ impl Default for BootConfig {
             tftp_root: PathBuf::from("/usr/lib/ipxe"),
             default_profile: DefaultProfile::Agent,
             advertise_url: None,
+            bootstrap_ttl: plinth_provisioning::bootstrap::DEFAULT_TTL,
         }
     }
 }
@@ -67,19 +87,26 @@ impl Default for BootConfig {
 pub struct BootService {
     master: Arc<Master>,
     provisioning: Arc<Provisioning>,
-    /// The master URL and join token every script carries.
+    /// The master URL every script carries (the token is one per script).
     params: BootParams,
     boot_dir: Option<PathBuf>,
+    enabled: bool,
+    tokens: Mutex<BootstrapTokens>,
 }
+
+const PXE_DISABLED: &str = "PXE boot is not enabled on this master: start it with --pxe-interface IFACE \
+                            (DHCP and TFTP) or --boot-dir DIR (boot files for another DHCP server's iPXE)";
 
 /// Opens the provisioning store, starts DHCP/TFTP on the PXE interface (if any) and
 /// returns the boot routes over `master` (`port`: the API's port as machines reach it).
 pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Router, MasterError> {
     let provisioning = Provisioning::open(&master.config.data_dir, boot.default_profile)?;
     let mut advertise = boot.advertise_url.clone();
+    // Booted agents need the CA too (a file in the image, `plinth.ca_file=` in the profile).
+    let scheme = if master.config.tls.is_some() { "https" } else { "http" };
     if let Some(interface) = &boot.pxe_interface {
         let server_ip = serve::interface_ipv4(interface)?;
-        let url = advertise.get_or_insert_with(|| format!("http://{server_ip}:{port}")).clone();
+        let url = advertise.get_or_insert_with(|| format!("{scheme}://{server_ip}:{port}")).clone();
         let mode = match &boot.dhcp {
             PxeDhcp::Proxy => DhcpMode::Proxy,
             PxeDhcp::Range(pool) => DhcpMode::Full(pool.clone()),
@@ -90,17 +117,26 @@ pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Route
             PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() },
         )?;
     }
-    let master_url = advertise.unwrap_or_else(|| format!("http://{}:{port}", master.config.hostname));
-    let params = BootParams::new(master_url, master.config.token.clone());
-    tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, "boot files and machine profiles served");
-    let service =
-        Arc::new(BootService { master: master.clone(), provisioning, params, boot_dir: boot.boot_dir.clone() });
+    let master_url = advertise.unwrap_or_else(|| format!("{scheme}://{}:{port}", master.config.hostname));
+    let params = BootParams::new(master_url, None);
+    let enabled = boot.pxe_enabled();
+    tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, pxe = enabled,
+        bootstrap_ttl_secs = boot.bootstrap_ttl.as_secs(), "boot files and machine profiles served");
+    let service = Arc::new(BootService {
+        master: master.clone(),
+        provisioning,
+        params,
+        boot_dir: boot.boot_dir.clone(),
+        enabled,
+        tokens: Mutex::new(BootstrapTokens::new(boot.bootstrap_ttl)),
+    });
     Ok(router(service))
 }
 
 pub fn router(service: Arc<BootService>) -> Router {
     Router::new()
         .route("/boot/ipxe", get(script))
+        .route("/agent/v1/join", post(join))
         .route("/boot/vmlinuz", get(|s, h| file(s, h, "vmlinuz")))
         .route("/boot/initramfs.img", get(|s, h| file(s, h, "initramfs.img")))
         .route("/v1/machines", get(list))
@@ -125,6 +161,9 @@ async fn script(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    if !boot.enabled {
+        return ApiError::NotFound(PXE_DISABLED.into()).into_response();
+    }
     let Some(raw) = query.get("mac").filter(|m| !m.is_empty() && !m.contains('$')) else {
         // A client that did not expand ${mac}: ask again with the MAC of its first NIC.
         let base = &boot.params.master_url;
@@ -147,9 +186,63 @@ async fn script(
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(ip) => ip.to_ipv4_mapped(),
     };
+    // A cluster without a join token needs no bootstrap token either; a master or standalone
+    // machine starts a cluster of its own and gets none.
+    let token = match &boot.master.config.token {
+        Some(_) if profile.role == plinth_provisioning::Role::Agent => match random_bytes() {
+            Ok(random) => Some(boot.lock_tokens().issue(mac, random, Timestamp::now())),
+            Err(e) => return ApiError::Internal(format!("no randomness for a bootstrap token: {e}")).into_response(),
+        },
+        _ => None,
+    };
     boot.provisioning.record_boot(mac, ip, "ipxe-script");
-    tracing::info!(mac = %mac, peer = %peer, role = profile.role.as_str(), "iPXE script served");
-    ipxe_text(StatusCode::OK, ipxe_script(mac, &profile, &boot.params))
+    tracing::info!(mac = %mac, peer = %peer, role = profile.role.as_str(), bootstrap_token = token.is_some(),
+        "iPXE script served");
+    let params = BootParams { token: token.map(|t| t.expose().to_string()), ..boot.params.clone() };
+    ipxe_text(StatusCode::OK, ipxe_script(mac, &profile, &params))
+}
+
+fn random_bytes() -> Result<[u8; 32], getrandom::Error> {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)?;
+    Ok(random)
+}
+
+impl BootService {
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, BootstrapTokens> {
+        // The table is consistent after every call: a panic elsewhere cannot leave it half-changed.
+        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `POST /agent/v1/join`: a booted agent's bootstrap token (header `x-plinth-token`),
+/// exchanged once for the cluster's join token. Used, expired or foreign tokens get 401.
+async fn join(State(boot): Shared, headers: HeaderMap, body: Body) -> Result<Json<Joined>, ApiError> {
+    if !boot.enabled {
+        return Err(ApiError::NotFound(PXE_DISABLED.into()));
+    }
+    let Some(cluster_token) = &boot.master.config.token else {
+        return Err(ApiError::NotFound("this master has no join token: agents join without one".into()));
+    };
+    let request: JoinRequest = body.json()?;
+    let Some(given) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::Unauthorized(format!("no bootstrap token: send it in the header {TOKEN_HEADER}")));
+    };
+    let macs: Vec<MacAddr> = request.macs.iter().filter_map(|m| m.parse().ok()).collect();
+    let redeemed = boot.lock_tokens().redeem(given, &macs, Timestamp::now());
+    match redeemed {
+        Ok(mac) => {
+            tracing::info!(mac = %mac, node = %request.hostname, "bootstrap token exchanged for the join token");
+            Ok(Json(Joined {
+                token: cluster_token.expose().to_string(),
+                cluster_id: crate::api::agents::cluster_id(&boot.master),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(node = %request.hostname, reason = %e, "bootstrap token refused");
+            Err(ApiError::Unauthorized(format!("bootstrap token refused: {e}")))
+        }
+    }
 }
 
 /// A byte range request's answer for a file of `len` bytes.

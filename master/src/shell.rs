@@ -34,13 +34,15 @@ pub struct MasterConfig {
     /// An agent silent this long is lost and its tasks are replaced.
     pub agent_timeout: Duration,
     /// Join token agents must present (header `x-plinth-token`), when set.
-    pub token: Option<String>,
+    pub token: Option<plinth_protocol::agent::JoinToken>,
     /// Name this master reports (leader, `/master/state`).
     pub hostname: String,
     /// The image registry (pull-through cache and push target, `:5000`).
     pub registry: RegistryConfig,
     /// Credentials, callback URLs, events' `env` (`access.rs`); the default is an open API.
     pub access: AccessConfig,
+    /// Serve the API over HTTPS with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for MasterConfig {
@@ -53,6 +55,7 @@ impl Default for MasterConfig {
             hostname: "localhost".to_string(),
             registry: RegistryConfig::default(),
             access: AccessConfig::default(),
+            tls: None,
         }
     }
 }

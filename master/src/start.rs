@@ -38,7 +38,7 @@ pub async fn run(config: MasterConfig, boot: Option<BootConfig>) -> Result<(), M
 }
 
 /// Serves the master on an already bound listener: the registry on its own listener,
-/// the ticker, and the API (plus the boot routes with `boot`).
+/// the ticker, and the API (plus the boot routes with `boot`), over HTTPS with `config.tls`.
 pub async fn serve(
     config: MasterConfig,
     boot: Option<BootConfig>,
@@ -54,8 +54,18 @@ pub async fn serve(
     spawn_registry_server(&master, registry_listener);
     master.spawn_ticker();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        framework_id = %master.framework_id, "master serving");
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.map_err(MasterError::Serve)
+        framework_id = %master.framework_id, tls = master.config.tls.is_some(), "master serving");
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    match &master.config.tls {
+        None => axum::serve(listener, service).await.map_err(MasterError::Serve),
+        Some(files) => {
+            use axum::serve::ListenerExt;
+            let config = crate::tls::server_config(files)?;
+            // tap_io: axum gives connect info (the peer address) to wrapped listeners.
+            let listener = crate::tls::TlsListener::new(listener, config).map_err(MasterError::Serve)?.tap_io(|_| ());
+            axum::serve(listener, service).await.map_err(MasterError::Serve)
+        }
+    }
 }
 
 /// Serves the registry on its listener; a failure there is logged, the API keeps running.

@@ -271,7 +271,8 @@ impl Store {
         Ok(())
     }
 
-    /// The cluster's framework id (created with the store).
+    /// The cluster's framework id (created with the store, also written to the marker). It
+    /// is the cluster id too: agents keep it and follow no master with another one.
     pub fn framework_id(&self) -> Result<String, StoreError> {
         const OP: &str = "reading the framework id";
         let txn = tx!(OP, self.db.begin_read())?;

@@ -7,13 +7,99 @@
 //!   one the agent applied (long-polls up to `wait_ms` for a change).
 //! - `POST /agent/v1/status` [`StatusBatch`] → [`StatusAck`]: task state changes. The agent
 //!   keeps each update in its checkpointed outbox and resends it until acknowledged.
+//! - `POST /agent/v1/join` [`JoinRequest`] → [`Joined`]: a PXE-booted agent's one exchange
+//!   of its single-use bootstrap token (header [`TOKEN_HEADER`]) for the cluster's join
+//!   token, which it keeps in [`JOIN_TOKEN_FILE`] in its work dir.
+//!
+//! Registration and sync answers name the master's [`ClusterId`]; an agent whose
+//! checkpoint names another cluster follows no such master: its requests name its cluster
+//! (header [`CLUSTER_HEADER`]) and a master of another one refuses them with 409 and
+//! [`ClusterMismatch`].
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 
-use crate::{AgentId, AppDefinition, AppId, Attributes, Resources, TaskId, TaskState};
+use crate::{AgentId, AppDefinition, AppId, Attributes, ClusterId, Resources, TaskId, TaskState};
 
-/// Header that carries the join token, when the master requires one.
+/// Header that carries the join token (or, to `/agent/v1/join`, the bootstrap token).
 pub const TOKEN_HEADER: &str = "x-plinth-token";
+
+/// Header naming the cluster an agent belongs to (absent for a new agent, or one told to
+/// join whatever cluster the master runs: `--rejoin-cluster`).
+pub const CLUSTER_HEADER: &str = "x-plinth-cluster-id";
+
+/// Every bootstrap token starts with this, so an agent knows to exchange it.
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "plinth-bootstrap.";
+
+/// Where an agent keeps the join token it got for its bootstrap token (mode 0600, in its
+/// work dir); PID 1 reads it too, to guard the node API's power endpoints.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+/// A secret token (the cluster's join token or a bootstrap token). Its `Debug` shows no
+/// secret, so a config struct that holds one can be logged; compare with [`JoinToken::matches`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    /// `None` for an empty (or all-blank) token: that is no token at all.
+    pub fn new(token: impl Into<String>) -> Option<JoinToken> {
+        let token = token.into().trim().to_string();
+        (!token.is_empty()).then_some(JoinToken(token))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A single-use token from PXE boot, to exchange at `/agent/v1/join`.
+    pub fn is_bootstrap(&self) -> bool {
+        self.0.starts_with(BOOTSTRAP_TOKEN_PREFIX)
+    }
+
+    /// Constant-time comparison, so response times tell nothing about the token.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
+}
+
+/// `POST /agent/v1/join`: who exchanges a bootstrap token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub hostname: String,
+    /// MAC addresses of the agent's interfaces (`aa:bb:cc:dd:ee:ff`); the token was issued
+    /// to one machine and is refused to any other.
+    #[serde(default)]
+    pub macs: Vec<String>,
+}
+
+/// The answer to a bootstrap token: the join token to present from now on.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub token: String,
+    pub cluster_id: ClusterId,
+}
+
+impl fmt::Debug for Joined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Joined").field("token", &"<redacted>").field("cluster_id", &self.cluster_id).finish()
+    }
+}
+
+/// The 409 body of a registration refused because the agent belongs to another cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMismatch {
+    pub message: String,
+    /// The master's cluster.
+    #[serde(rename = "clusterId")]
+    pub cluster_id: ClusterId,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
@@ -40,6 +126,9 @@ pub struct Registration {
 pub struct Registered {
     pub agent_id: AgentId,
     pub heartbeat_interval_ms: u64,
+    /// The master's cluster (absent from masters before cluster ids).
+    #[serde(default)]
+    pub cluster_id: Option<ClusterId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +150,9 @@ pub struct SyncResponse {
     /// The master does not know this agent (e.g. it was expunged): register again.
     #[serde(default)]
     pub reregister: bool,
+    /// The master's cluster; the agent applies no desired state of another cluster.
+    #[serde(default)]
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// The whole set of tasks an agent should run. Tasks absent from it are killed.
@@ -150,4 +242,22 @@ pub struct StatusBatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusAck {
     pub acknowledged: Vec<uuid::Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_show_in_debug_output_and_blank_ones_are_none() {
+        let token = JoinToken::new(" s3cret\n").unwrap();
+        assert_eq!(token.expose(), "s3cret");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(token.matches("s3cret") && !token.matches("s3cre") && !token.matches("s3cret2"));
+        assert_eq!(JoinToken::new("  \n"), None);
+        let joined = Joined { token: "s3cret".into(), cluster_id: ClusterId::new("c1") };
+        assert!(!format!("{joined:?}").contains("s3cret"));
+        assert!(JoinToken::new(format!("{BOOTSTRAP_TOKEN_PREFIX}abc")).unwrap().is_bootstrap());
+        assert!(!token.is_bootstrap());
+    }
 }

@@ -154,6 +154,11 @@ string_id!(
     AgentId
 );
 string_id!(
+    /// A cluster's id: made once with the master's store (it is the framework id), sent
+    /// to agents, which keep it in their checkpoint and follow no master of another cluster.
+    ClusterId
+);
+string_id!(
     /// A deployment id (a UUID, as in Marathon).
     DeploymentId
 );

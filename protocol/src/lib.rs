@@ -11,7 +11,7 @@ pub mod time;
 pub mod views;
 
 pub use error_chain::{error_chain, ErrorChain};
-pub use ids::{check_id_bounds, is_valid_hostname, AgentId, AppId, DeploymentId, OfferId, TaskId};
+pub use ids::{check_id_bounds, is_valid_hostname, AgentId, AppId, ClusterId, DeploymentId, OfferId, TaskId};
 pub use marathon::{
     AppDefinition, BodyError, Constraint, ConstraintOperator, ErrorBody, NetworkMode, TaskState, Violation,
 };

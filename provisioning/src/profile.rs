@@ -112,7 +112,7 @@ impl MachineProfile {
         } else if self.extra_cmdline.split_whitespace().any(|w| w.starts_with("plinth.token=")) {
             errors.push(ProfileError {
                 path: "/extraCmdline",
-                message: "plinth.token comes from the master's join token".into(),
+                message: "plinth.token comes from the master (a single-use bootstrap token per boot)".into(),
             });
         }
         errors
@@ -138,7 +138,8 @@ fn attr_word(s: &str) -> bool {
 pub struct BootParams {
     /// The master's API as machines reach it, `http://10.0.0.2:8080`.
     pub master_url: String,
-    /// The join token agents must present, when tokens are enabled.
+    /// The token the machine boots with (the master's single-use bootstrap token for
+    /// it), when the cluster has a join token.
     pub token: Option<String>,
     /// Kernel arguments every machine gets first (console etc.).
     pub base_cmdline: String,

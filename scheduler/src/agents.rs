@@ -89,12 +89,13 @@ impl Core {
     }
 
     /// Heartbeat. Returns the desired state when newer than the agent's generation.
+    /// (`cluster_id` is left to the master, which knows it.)
     pub fn sync_agent(&mut self, request: &SyncRequest, now: Timestamp) -> SyncResponse {
         let Some(agent) = self.agents.get_mut(&request.agent_id) else {
-            return SyncResponse { desired: None, reregister: true };
+            return SyncResponse { desired: None, reregister: true, cluster_id: None };
         };
         if !agent.seen_since_start || !agent.record.active {
-            return SyncResponse { desired: None, reregister: true };
+            return SyncResponse { desired: None, reregister: true, cluster_id: None };
         }
         agent.record.last_seen = now;
         if request.generation > agent.record.generation {
@@ -104,7 +105,7 @@ impl Core {
         }
         let generation = agent.record.generation;
         let desired = (generation > request.generation).then(|| self.desired_state(&request.agent_id)).flatten();
-        SyncResponse { desired, reregister: false }
+        SyncResponse { desired, reregister: false, cluster_id: None }
     }
 
     /// The agent's current desired state.

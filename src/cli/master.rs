@@ -89,10 +89,14 @@ impl MasterClient {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--master must be an http:// URL, got '{base}'");
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("cannot create the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no usable PEM CA certificate", path.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().context("cannot create the HTTP client")?;
         let login = resolve(args, &base)?;
         Ok(MasterClient { base, http, login })
     }

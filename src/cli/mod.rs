@@ -37,6 +37,9 @@ pub struct ClientArgs {
     /// File whose first line is a bearer token for the master (PLINTH_API_TOKEN: the token itself).
     #[arg(long, global = true, env = "PLINTH_API_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s) to trust for an https:// master.
+    #[arg(long, global = true, env = "PLINTH_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,8 +195,12 @@ pub enum NodeCommand {
         /// Also when tasks still run there.
         #[arg(long)]
         force: bool,
-        /// The cluster's join token (nodes booted with plinth.token= require it).
-        #[arg(long, env = "PLINTH_TOKEN", hide_env_values = true)]
+        /// File with the cluster's join token, which nodes that joined with one require
+        /// (else the PLINTH_TOKEN environment variable).
+        #[arg(long, env = "PLINTH_TOKEN_FILE")]
+        join_token_file: Option<std::path::PathBuf>,
+        /// Refused with a message: tokens on the command line are readable by every process.
+        #[arg(long, hide = true, value_name = "TOKEN")]
         token: Option<String>,
     },
     /// Machine profiles for PXE boot: role, hostname, attributes per MAC.
@@ -244,8 +251,9 @@ impl ClientCommand {
                 )
                 .await
             }
-            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force, token } } => {
-                node::poweroff(&MasterClient::new(&client)?, &node, force, token.as_deref()).await
+            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force, join_token_file, token } } => {
+                let token = crate::token_file::resolve(join_token_file.as_deref(), token.is_some())?;
+                node::poweroff(&MasterClient::new(&client)?, &node, force, token.as_ref().map(|t| t.expose())).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Profile { cmd } } => {
                 node::profile(&MasterClient::new(&client)?, client.json, cmd).await

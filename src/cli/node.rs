@@ -158,7 +158,7 @@ pub async fn poweroff(master: &MasterClient, node: &str, force: bool, token: Opt
     if !response.status().is_success() {
         let status = response.status();
         let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
-            " (pass the cluster token: --token or PLINTH_TOKEN)"
+            " (pass the cluster's join token: --join-token-file PATH or PLINTH_TOKEN)"
         } else {
             ""
         };

@@ -130,9 +130,10 @@ fn master_killed_mid_deployment_loses_nothing_and_adopts_running_tasks() {
 #[test]
 fn only_agents_with_the_join_token_join() {
     let mut cluster = Cluster::new("faults-token");
-    cluster.start_master(&["--token", "s3cret"]);
-    cluster.start_agent("agent-1", &["--token", "s3cret"]);
-    cluster.start_agent("agent-2", &["--token", "guess"]);
+    let (token, guess) = (cluster.secret_file("token", "s3cret\n"), cluster.secret_file("guess", "guess"));
+    cluster.start_master(&["--token-file", &token]);
+    cluster.start_agent("agent-1", &["--token-file", &token]);
+    cluster.start_agent("agent-2", &["--token-file", &guess]);
     cluster.start_agent("agent-3", &[]);
     wait_until("the agent with the token to join", secs(60), || {
         let active = cluster.active_agents()?;

@@ -13,6 +13,7 @@ mod cluster_bad_input;
 mod cluster_events;
 mod cluster_faults;
 mod cluster_load;
+mod cluster_identity;
 mod cluster_standalone;
 mod containers;
 mod health_checks;

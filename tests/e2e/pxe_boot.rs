@@ -3,7 +3,8 @@
 //! bridge, `-boot n`, Debian's iPXE ROM, no disk) boots from the network, comes up as an
 //! agent with its profile's attributes, and an app that waited for such a node starts on
 //! it. Plus bad input against the boot server (garbage DHCP, unknown MACs, TFTP path
-//! traversal, wrong join token): ignored or refused, and nothing changes.
+//! traversal, wrong join token): ignored or refused, and nothing changes. Booting machines
+//! get single-use bootstrap tokens, which their agents exchange for the join token.
 
 use crate::common::*;
 use serde_json::{json, Value};
@@ -119,6 +120,7 @@ fn start_pxe_master(cluster: &mut Cluster, boot_dir: &Path, unknown: &str) {
     let net = subnet_of(cluster);
     let range = format!("10.77.{net}.100-10.77.{net}.120");
     let boot_dir = boot_dir.display().to_string();
+    let token = cluster.secret_file("token", TOKEN);
     cluster.start_master(&[
         "--pxe-interface",
         "eth0",
@@ -128,8 +130,8 @@ fn start_pxe_master(cluster: &mut Cluster, boot_dir: &Path, unknown: &str) {
         &boot_dir,
         "--pxe-unknown",
         unknown,
-        "--token",
-        TOKEN,
+        "--token-file",
+        &token,
     ]);
 }
 
@@ -296,10 +298,13 @@ fn boot_server_ignores_garbage_unknown_machines_traversal_and_wrong_tokens() {
             Err(m.to_string())
         }
     });
-    // Its iPXE script carries the join token; an unknown machine gets none.
+    // Its iPXE script carries a single-use bootstrap token, never the join token; an
+    // unknown machine gets none.
     let script = Http::new(cluster.master_url()).get("/boot/ipxe?mac=52:54:00:66:00:01");
     assert!(
-        script.text.contains(&format!("plinth.token={TOKEN}")) && script.text.contains("plinth.attributes=rack:r1"),
+        script.text.contains("plinth.token=plinth-bootstrap.")
+            && !script.text.contains(TOKEN)
+            && script.text.contains("plinth.attributes=rack:r1"),
         "{}",
         script.text
     );
@@ -323,8 +328,9 @@ fn boot_server_ignores_garbage_unknown_machines_traversal_and_wrong_tokens() {
 
     // An agent without the join token is refused; with it, it joins.
     cluster.start_agent("no-token", &[]);
-    cluster.start_agent("wrong-token", &["--token", "guess"]);
-    cluster.start_agent("with-token", &["--token", TOKEN]);
+    let (guess, token) = (cluster.secret_file("guess", "guess"), cluster.secret_file("token", TOKEN));
+    cluster.start_agent("wrong-token", &["--token-file", &guess]);
+    cluster.start_agent("with-token", &["--token-file", &token]);
     wait_until("the agent with the token to join", secs(60), || {
         let active = cluster.active_agents()?;
         if active == ["with-token"] {
@@ -454,7 +460,8 @@ fn proxy_dhcp_beside_another_dhcp_server_boots_the_vm() {
     let image = crate::vm_common::image();
     let mut cluster = Cluster::new("pxe-proxy");
     let boot_dir = image.display().to_string();
-    cluster.start_master(&["--pxe-interface", "eth0", "--proxy-dhcp", "--boot-dir", &boot_dir, "--token", TOKEN]);
+    let token = cluster.secret_file("token", TOKEN);
+    cluster.start_master(&["--pxe-interface", "eth0", "--proxy-dhcp", "--boot-dir", &boot_dir, "--token-file", &token]);
     let dnsmasq = Dnsmasq::start(&cluster);
     let api = cluster.api();
     let net = subnet_of(&cluster);

@@ -18,7 +18,7 @@ mod role;
 
 use network::network_plan;
 pub use network::{netmask_to_prefix, NetConfig, StaticAddr};
-pub use role::{role_args, NodeFacts, RoleCommand};
+pub use role::{agent_work_dir, role_args, NodeFacts, RoleCommand};
 
 /// Where node data lives; a disk labelled [`DATA_LABEL`] is mounted here, else a tmpfs.
 pub const DATA_DIR: &str = "/var/lib/plinth";
@@ -442,6 +442,18 @@ mod tests {
             ]
         );
         assert_eq!(cmd.env, [("PLINTH_TOKEN".to_string(), "s3cret".to_string())]);
+        assert!(!cmd.args.iter().any(|a| a.contains("s3cret")), "the token is in no argument");
+        assert_eq!(agent_work_dir(launch(&phases)).as_deref(), Some("/var/lib/plinth/agent"));
+    }
+
+    #[test]
+    fn the_agent_work_dir_follows_its_flag_and_masters_have_none() {
+        let phases = plan_of("plinth.role=agent plinth.master=http://10.0.0.1:8080 plinth.work_dir=/data/a").unwrap();
+        assert_eq!(agent_work_dir(launch(&phases)).as_deref(), Some("/data/a"));
+        let phases = plan_of("plinth.role=standalone").unwrap();
+        assert_eq!(agent_work_dir(launch(&phases)).as_deref(), Some("/var/lib/plinth/agent"));
+        let phases = plan_of("plinth.role=master").unwrap();
+        assert_eq!(agent_work_dir(launch(&phases)), None);
     }
 
     #[test]

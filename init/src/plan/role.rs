@@ -25,6 +25,20 @@ impl NodeFacts {
     }
 }
 
+fn default_work_dir() -> String {
+    format!("{DATA_DIR}/agent")
+}
+
+/// The agent's work dir when the role runs an agent (`plinth.work_dir=` or the default):
+/// where a PXE-booted agent keeps the join token it got for its bootstrap token.
+pub fn agent_work_dir(launch: &RoleLaunch) -> Option<String> {
+    if !launch.role.runs_agent() {
+        return None;
+    }
+    let flag = launch.extra_flags.iter().rev().find(|(name, _)| name == "work-dir");
+    Some(flag.and_then(|(_, value)| value.clone()).unwrap_or_else(default_work_dir))
+}
+
 /// The role's argv (without argv\[0\]) and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleCommand {
@@ -46,7 +60,7 @@ pub fn role_args(launch: &RoleLaunch, facts: &NodeFacts) -> RoleCommand {
                 flags.push(("master".into(), Some(url.clone())));
             }
         }
-        flags.push(("work-dir".into(), Some(format!("{DATA_DIR}/agent"))));
+        flags.push(("work-dir".into(), Some(default_work_dir())));
         flags.push(("hostname".into(), Some(facts.hostname.clone())));
         if let Some(ip) = facts.advertise_ip {
             flags.push(("advertise-ip".into(), Some(ip.to_string())));
@@ -65,7 +79,8 @@ pub fn role_args(launch: &RoleLaunch, facts: &NodeFacts) -> RoleCommand {
             args.push(v);
         }
     }
-    // The token travels in the environment so it does not show up in `ps` output.
+    // The token travels in the environment so it does not show up in `ps` output (or in
+    // any other process's /proc/PID/cmdline); /proc/PID/environ is the role's alone.
     let env = launch.token.iter().map(|t| ("PLINTH_TOKEN".to_string(), t.clone())).collect();
     RoleCommand { args, env }
 }

@@ -1,16 +1,22 @@
 //! The agent protocol (`/agent/v1/...`, see `plinth_protocol::agent`): registration,
 //! long-polled sync of the desired state, and acknowledged status updates. Every answer
-//! is given only after the changes it caused are on disk.
+//! is given only after the changes it caused are on disk. Every request must carry the
+//! join token (when the master has one) and, when it names a cluster, this master's: an
+//! agent of another cluster is refused with 409 before anything changes, so a master that
+//! lost its store cannot take over (and empty) the agents of the cluster it served.
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use plinth_protocol::agent::{
-    Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, TOKEN_HEADER,
+    ClusterMismatch, Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, CLUSTER_HEADER,
+    TOKEN_HEADER,
 };
+use plinth_protocol::ClusterId;
 
 use super::{Body, ClientAddr};
 use crate::error::ApiError;
@@ -21,22 +27,77 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Refuses agents without the join token when the master requires one. Each offending
 /// address is logged once, so a misconfigured agent does not flood the log.
-fn check_token(master: &Master, headers: &HeaderMap, client: ClientAddr, who: &str) -> Result<(), ApiError> {
+fn check_token(master: &Master, headers: &HeaderMap, client: &ClientAddr, who: &str) -> Result<(), ApiError> {
     let Some(expected) = &master.config.token else { return Ok(()) };
     let given = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
-    if given == Some(expected.as_str()) {
+    if given.is_some_and(|given| expected.matches(given)) {
         return Ok(());
     }
     let reason = if given.is_none() { "no join token" } else { "a wrong join token" };
-    let address = client.ip().unwrap_or_else(|| "unknown".into());
-    let first =
-        master.token_warned.lock().expect("token warning set is never poisoned").insert(format!("{address}/{who}"));
-    if first {
+    if first_warning(master, client, "token", who) {
+        let address = client.ip().unwrap_or_else(|| "unknown".into());
         tracing::warn!(remote_address = %address, node = %who, "agent refused: it presented {reason}");
     }
     Err(ApiError::Unauthorized(format!(
-        "agent refused: {reason}; start the agent with the master's token (--token / PLINTH_TOKEN, header {TOKEN_HEADER})"
+        "agent refused: {reason}; start the agent with the master's token (--token-file PATH or PLINTH_TOKEN, \
+         header {TOKEN_HEADER})"
     )))
+}
+
+/// True the first time this address and node are warned about `what`.
+fn first_warning(master: &Master, client: &ClientAddr, what: &str, who: &str) -> bool {
+    let address = client.ip().unwrap_or_else(|| "unknown".into());
+    master.token_warned.lock().expect("token warning set is never poisoned").insert(format!("{what}/{address}/{who}"))
+}
+
+/// This cluster's id: the framework id, made once with the store.
+pub fn cluster_id(master: &Master) -> ClusterId {
+    ClusterId::new(master.framework_id.clone())
+}
+
+/// Why an agent request is refused: the API's errors, or 409 with [`ClusterMismatch`].
+pub enum Refusal {
+    Api(ApiError),
+    OtherCluster(ClusterMismatch),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Api(e) => e.into_response(),
+            Refusal::OtherCluster(body) => (StatusCode::CONFLICT, Json(body)).into_response(),
+        }
+    }
+}
+
+/// Refuses an agent whose checkpoint names another cluster.
+fn check_cluster(master: &Master, headers: &HeaderMap, client: &ClientAddr, who: &str) -> Result<(), Refusal> {
+    let ours = cluster_id(master);
+    let Some(theirs) = headers.get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    if theirs == ours.as_str() {
+        return Ok(());
+    }
+    if first_warning(master, client, "cluster", who) {
+        tracing::warn!(node = %who, agent_cluster_id = %theirs, cluster_id = %ours,
+            "agent of another cluster refused (it keeps its tasks)");
+    }
+    let message = format!(
+        "agent {who} belongs to cluster {theirs}, this master runs cluster {ours}: the agent follows no master of \
+         another cluster (start it once with --rejoin-cluster to join this one)"
+    );
+    Err(Refusal::OtherCluster(ClusterMismatch { message, cluster_id: ours }))
+}
+
+/// The join token and the cluster, checked for every agent request.
+fn admit(master: &Master, headers: &HeaderMap, client: &ClientAddr, who: &str) -> Result<(), Refusal> {
+    check_token(master, headers, client, who)?;
+    check_cluster(master, headers, client, who)
 }
 
 /// `POST /agent/v1/register`.
@@ -45,15 +106,15 @@ pub async fn register(
     client: ClientAddr,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Registered>, ApiError> {
+) -> Result<Json<Registered>, Refusal> {
     let registration: Registration = body.json()?;
-    check_token(&master, &headers, client, &registration.hostname)?;
+    admit(&master, &headers, &client, &registration.hostname)?;
     let hostname = registration.hostname.clone();
     let reported = registration.tasks.len();
     let agent_id = master.command(|core, now| Ok(core.register_agent(registration, now))).await?;
     let heartbeat_interval_ms = master.read().await.core.config().heartbeat_interval_ms;
     tracing::info!(node_id = %agent_id, hostname = %hostname, tasks = reported, "agent registered");
-    Ok(Json(Registered { agent_id, heartbeat_interval_ms }))
+    Ok(Json(Registered { agent_id, heartbeat_interval_ms, cluster_id: Some(cluster_id(&master)) }))
 }
 
 /// `POST /agent/v1/sync`: the heartbeat; long-polls up to `wait_ms` for a new desired state.
@@ -62,13 +123,14 @@ pub async fn sync(
     client: ClientAddr,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<SyncResponse>, ApiError> {
+) -> Result<Json<SyncResponse>, Refusal> {
     let request: SyncRequest = body.json()?;
-    check_token(&master, &headers, client, request.agent_id.as_str())?;
+    admit(&master, &headers, &client, request.agent_id.as_str())?;
     master.heard_from(&request.agent_id);
     // Subscribe before syncing so a change made in between still wakes us.
     let mut waker = master.agent_waker(&request.agent_id);
-    let response = master.command(|core, now| Ok(core.sync_agent(&request, now))).await?;
+    let mut response = master.command(|core, now| Ok(core.sync_agent(&request, now))).await?;
+    response.cluster_id = Some(cluster_id(&master));
     if response.desired.is_some() || response.reregister || request.wait_ms == 0 {
         if response.reregister {
             tracing::info!(node_id = %request.agent_id, "unknown agent told to register again");
@@ -81,7 +143,7 @@ pub async fn sync(
     let _ = tokio::time::timeout(wait, waker.changed()).await;
     let guard = master.read().await;
     let desired = guard.core.desired_state(&request.agent_id).filter(|d| d.generation > request.generation);
-    Ok(Json(SyncResponse { desired, reregister: false }))
+    Ok(Json(SyncResponse { desired, reregister: false, cluster_id: Some(cluster_id(&master)) }))
 }
 
 /// `POST /agent/v1/status`: applies updates, makes them durable, then acknowledges.
@@ -90,9 +152,9 @@ pub async fn status(
     client: ClientAddr,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<StatusAck>, ApiError> {
+) -> Result<Json<StatusAck>, Refusal> {
     let batch: StatusBatch = body.json()?;
-    check_token(&master, &headers, client, batch.agent_id.as_str())?;
+    admit(&master, &headers, &client, batch.agent_id.as_str())?;
     master.heard_from(&batch.agent_id);
     for update in &batch.updates {
         tracing::debug!(node_id = %batch.agent_id, task_id = %update.task_id, app_id = %update.app_id,

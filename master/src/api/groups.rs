@@ -463,7 +463,7 @@ mod api_tests {
             token: None,
             hostname: "127.0.0.1".into(),
             registry: Default::default(),
-            access: Default::default(),
+            ..Default::default()
         };
         crate::start::build(config, 8080, None).await.expect("master opens").1
     }

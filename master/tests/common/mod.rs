@@ -36,10 +36,10 @@ pub async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result
         listen: addr,
         data_dir: dir.to_path_buf(),
         agent_timeout: Duration::from_secs(10),
-        token: token.map(String::from),
+        token: token.and_then(plinth_protocol::agent::JoinToken::new),
         hostname: "127.0.0.1".into(),
         registry: Default::default(),
-        access: Default::default(),
+        ..Default::default()
     };
     // The same composition as `plinth master`/`standalone` (start.rs), without PXE.
     let (master, app) = plinth_master::build(config, addr.port(), None).await?;

@@ -90,6 +90,21 @@ impl Http {
         Http { base: base.into(), client }
     }
 
+    /// A client that also trusts the PEM CA certificates in `ca_file` (an HTTPS master).
+    pub fn with_ca(base: impl Into<String>, ca_file: &Path) -> Self {
+        plinth_oci::tls::install_provider();
+        let pem = fs::read(ca_file).expect("read the CA file");
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM CA certificates");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(3))
+            .no_proxy()
+            .tls_certs_merge(certs)
+            .build()
+            .expect("HTTP client");
+        Http { base: base.into(), client }
+    }
+
     pub fn try_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut request = self.client.request(method, format!("{}{path}", self.base));
@@ -598,6 +613,8 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     nodes: BTreeMap<String, Node>,
     seen_tasks: Mutex<BTreeSet<String>>,
+    /// Set by [`Cluster::use_tls`]: the master's API is HTTPS with a certificate from this CA.
+    ca_file: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -611,7 +628,7 @@ impl Cluster {
         let net = TestNet::claim(test_name);
         let dir = tempfile::Builder::new().prefix(&format!("plinth-{test_name}-")).tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("logs")).expect("log dir");
-        Cluster { net, dir: Some(dir), nodes: BTreeMap::new(), seen_tasks: Mutex::default() }
+        Cluster { net, dir: Some(dir), nodes: BTreeMap::new(), seen_tasks: Mutex::default(), ca_file: None }
     }
 
     /// A master (agent timeout [`AGENT_TIMEOUT_SECS`]) and `agents` agents, all registered.
@@ -643,12 +660,38 @@ impl Cluster {
     }
 
     pub fn master_url(&self) -> String {
-        format!("http://{}:{MASTER_PORT}", self.master_ip())
+        let scheme = if self.ca_file.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{MASTER_PORT}", self.master_ip())
+    }
+
+    /// From now on the master's API is HTTPS (the test starts it with a certificate signed
+    /// by `ca_file`), and the harness trusts that CA.
+    pub fn use_tls(&mut self, ca_file: &Path) {
+        self.ca_file = Some(ca_file.to_path_buf());
+    }
+
+    /// The address the master will have (it is the first host started).
+    pub fn next_master_ip(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.gateway().octets();
+        Ipv4Addr::new(a, b, c, 2)
+    }
+
+    /// Writes `content` to a file only root can read in the test dir (a `--token-file`);
+    /// returns its path.
+    pub fn secret_file(&self, name: &str, content: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir().join(name);
+        fs::write(&path, content).expect("write the secret file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the secret file");
+        path.display().to_string()
     }
 
     /// The master's API.
     pub fn api(&self) -> Http {
-        Http::new(self.master_url())
+        match &self.ca_file {
+            Some(ca) => Http::with_ca(self.master_url(), ca),
+            None => Http::new(self.master_url()),
+        }
     }
 
     /// An agent's own HTTP API.
@@ -671,10 +714,17 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node("master", |_| args);
-        self.wait_for_ping(&self.master_url());
+        self.wait_for_ping(&self.api());
     }
 
     pub fn start_agent(&mut self, name: &str, extra: &[&str]) {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        self.start_agent_with(name, |_| extra);
+    }
+
+    /// [`Cluster::start_agent`] with extra flags made once the agent's host exists (e.g.
+    /// from its MAC address).
+    pub fn start_agent_with(&mut self, name: &str, extra_for: impl FnOnce(&Host) -> Vec<String>) {
         let work_dir = self.dir().join(name);
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -689,8 +739,8 @@ impl Cluster {
             "--resources".into(),
             AGENT_RESOURCES.into(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node(name, |host| {
+            args.extend(extra_for(host));
             args.extend(["--advertise-ip".to_string(), host.ip.to_string()]);
             args
         });
@@ -715,7 +765,7 @@ impl Cluster {
             args
         });
         let url = format!("http://{}:{MASTER_PORT}", self.node(name).host.ip);
-        self.wait_for_ping(&url);
+        self.wait_for_ping(&Http::new(url));
     }
 
     /// Gives the node its own namespace on the test network and starts it there.
@@ -724,6 +774,14 @@ impl Cluster {
         let args = args_for(&host);
         let log = self.dir().join("logs").join(format!("{name}.log"));
         self.nodes.insert(name.to_string(), Node { host, args, child: None, log });
+        self.respawn(name);
+    }
+
+    /// Starts the node's process again with its arguments plus `extra` (kept for later
+    /// restarts).
+    pub fn respawn_with(&mut self, name: &str, extra: &[&str]) {
+        let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
+        node.args.extend(extra.iter().map(|s| s.to_string()));
         self.respawn(name);
     }
 
@@ -789,9 +847,8 @@ impl Cluster {
         let _ = child.wait();
     }
 
-    fn wait_for_ping(&self, url: &str) {
-        let http = Http::new(url);
-        wait_until(&format!("{url}/ping to answer"), secs(60), || {
+    fn wait_for_ping(&self, http: &Http) {
+        wait_until(&format!("{}/ping to answer", http.base), secs(60), || {
             self.check_nodes_alive()?;
             match http.try_get("/ping") {
                 Ok(reply) if reply.status == 200 => Ok(()),

@@ -37,18 +37,18 @@ pub async fn register(
     let mut m = m.lock().unwrap();
     m.token_seen.push(headers.get("x-plinth-token").map(|v| v.to_str().unwrap().to_string()));
     m.registrations.push(r);
-    Json(Registered { agent_id: AgentId::new("agent-1"), heartbeat_interval_ms: 500 })
+    Json(Registered { agent_id: AgentId::new("agent-1"), heartbeat_interval_ms: 500, cluster_id: None })
 }
 
 pub async fn sync(State(m): State<Shared>, Json(r): Json<SyncRequest>) -> Json<SyncResponse> {
     if std::mem::take(&mut m.lock().unwrap().reregister_next) {
-        return Json(SyncResponse { desired: None, reregister: true });
+        return Json(SyncResponse { desired: None, reregister: true, cluster_id: None });
     }
     let deadline = Instant::now() + Duration::from_millis(r.wait_ms.min(300));
     loop {
         let desired = m.lock().unwrap().desired.clone().filter(|d| d.generation > r.generation);
         if desired.is_some() || Instant::now() >= deadline {
-            return Json(SyncResponse { desired, reregister: false });
+            return Json(SyncResponse { desired, reregister: false, cluster_id: None });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -103,7 +103,9 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
         resources: Some(Resources::parse("cpus:2;mem:1024;disk:1000;ports:[31000-31010]").unwrap()),
         attributes: [("rack".to_string(), "r1".to_string())].into(),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        token: Some("sesame".into()),
+        token: plinth_protocol::agent::JoinToken::new("sesame"),
+        rejoin_cluster: false,
+        ca_file: None,
         containers: Default::default(),
     };
     let options =
