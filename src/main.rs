@@ -137,6 +137,15 @@ struct AgentArgs {
     /// Largest decompressed size of one image layer, in MiB (bigger layers are refused).
     #[arg(long, env = "PLINTH_MAX_LAYER_MB", default_value_t = plinth_agent::DEFAULT_MAX_LAYER_BYTES >> 20)]
     max_layer_mb: u64,
+    /// User of command tasks whose app names no `user` (Mesos' --switch_user).
+    #[arg(long, env = "PLINTH_DEFAULT_TASK_USER", default_value = plinth_agent::DEFAULT_TASK_USER)]
+    default_task_user: String,
+    /// Let apps run command tasks as root (`"user": "root"`; Docker's default capabilities).
+    #[arg(long, env = "PLINTH_ALLOW_ROOT_TASKS")]
+    allow_root_tasks: bool,
+    /// More paths command tasks must not see, comma-separated (the work dir is always hidden).
+    #[arg(long, env = "PLINTH_HIDE_FROM_TASKS", value_delimiter = ',')]
+    hide_from_tasks: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +361,11 @@ fn agent_config(master: String, listen: SocketAddr, args: AgentArgs, node: &Node
             subnet: args.container_subnet,
             max_layer_bytes: args.max_layer_mb.saturating_mul(1 << 20),
         },
+        confinement: plinth_agent::TaskConfinement {
+            default_user: args.default_task_user,
+            allow_root: args.allow_root_tasks,
+            hidden_paths: args.hide_from_tasks,
+        },
     }
 }
 
@@ -392,6 +406,8 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     let master = master_config(cmd.master, &cmd.node);
     let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node);
     agent.containers.registry.get_or_insert(local_registry);
+    // The master's store (every app's env) is on this node too: tasks must not see it.
+    agent.confinement.hidden_paths.push(master.data_dir.clone());
     tracing::info!(
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"
