@@ -257,20 +257,13 @@ impl Confinement {
         // SAFETY: capset reads a version-3 header and two data structs, both on this
         // stack frame for the duration of the call.
         let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
     }
 }
 
+/// A system call's `-1` as the error errno names (reading errno allocates nothing).
 fn check(result: libc::c_int) -> io::Result<()> {
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
 }
 
 #[cfg(test)]

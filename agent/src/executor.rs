@@ -92,7 +92,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
 
     // The executor keeps its own handles on the logs it gives the task: rotation works
     // on them, never on the names in the sandbox, which the task controls.
-    let logs = match SandboxDir::open(&sandbox).and_then(|dir| TaskLogs::open(dir)) {
+    let logs = match SandboxDir::open(&sandbox).and_then(TaskLogs::open) {
         Ok(logs) => logs,
         Err(err) => return write_start_failure(&sandbox, format!("cannot open the task's logs: {err}")),
     };

@@ -9,6 +9,7 @@ mod vm_common;
 
 mod cluster_apps;
 mod cluster_bad_input;
+mod cluster_confinement;
 mod cluster_events;
 mod cluster_faults;
 mod cluster_standalone;
