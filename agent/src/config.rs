@@ -62,10 +62,16 @@ impl Default for TaskConfinement {
 }
 
 impl AgentConfig {
-    /// The confinement of this agent's tasks, its work dir among the hidden paths.
+    /// The confinement of this agent's tasks, its work dir among the hidden paths, all of
+    /// them absolute: the executor that hides them runs elsewhere (in the sandbox).
     pub fn task_confinement(&self) -> TaskConfinement {
         let mut confinement = self.confinement.clone();
         confinement.hidden_paths.insert(0, self.work_dir.clone());
+        for path in &mut confinement.hidden_paths {
+            if let Ok(absolute) = std::path::absolute(&*path) {
+                *path = absolute;
+            }
+        }
         confinement
     }
 }

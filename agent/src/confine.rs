@@ -90,12 +90,13 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{} holds a NUL byte", path.display())))
 }
 
-/// What to cover: existing paths only (canonical, so that "holds the sandbox" compares
+/// What to cover: existing absolute paths only (canonical, so that "holds the sandbox" compares
 /// like with like), none holding another (the outer one hides both), never `/`, never
 /// the sandbox or anything in it.
 fn covered_paths(hidden: &[PathBuf], sandbox: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = hidden
         .iter()
+        .filter(|p| p.is_absolute())
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .filter(|p| p.parent().is_some() && !p.starts_with(sandbox))
         .collect();

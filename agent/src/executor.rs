@@ -14,6 +14,13 @@
 //!
 //! Killing: the agent sends SIGTERM to the executor, which forwards it to the task's
 //! process group and sends SIGKILL after the grace period.
+//!
+//! Confinement: a command task runs as its user (root only with `--allow-root-tasks`) in
+//! a mount namespace that hides the node's state, with Docker's capabilities as root and
+//! none otherwise (`crate::confine`). The sandbox is the task's to write in but not to
+//! trust: the executor holds its own handles on the logs (rotation goes through them) and
+//! opens every name in the sandbox beneath its fd, never through a link
+//! ([`crate::sandbox_fs`]).
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;

@@ -231,3 +231,25 @@ async fn logs_swapped_for_symlinks_are_neither_served_nor_truncated_by_rotation(
     assert!(!rotated.is_empty() && rotated.iter().all(|b| *b == b'w'), "the task's own bytes were rotated");
     assert_eq!(std::fs::read(&secret).unwrap(), content, "still untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_health_checks_run_confined_like_their_task() {
+    let agent = confined_agent(TaskConfinement { allow_root: true, ..Default::default() }, LogPolicy::default()).await;
+    let work = agent.work_dir.path().display().to_string();
+    // Healthy only where the task itself stands: the work dir shows nothing but the way
+    // to its sandbox, and root holds Docker's capabilities, no more.
+    let check =
+        format!(r#"[ "$(ls -A "{work}")" = tasks ] && grep -q "CapEff:.{DOCKER_DEFAULT_CAPS}" /proc/self/status"#);
+    let task = unique("checked");
+    agent.run(vec![(
+        &task,
+        json!({"id": "/checked", "cmd": "sleep 100", "user": "root", "mem": 32,
+               "healthChecks": [{"protocol": "COMMAND", "command": {"value": check}, "gracePeriodSeconds": 0,
+                                 "intervalSeconds": 1, "timeoutSeconds": 5, "delaySeconds": 0}]}),
+    )]);
+    let update = wait_until_async("a health result", Duration::from_secs(20), || {
+        agent.m.lock().unwrap().statuses.iter().find(|u| u.task_id.as_str() == task && u.healthy.is_some()).cloned()
+    })
+    .await;
+    assert_eq!(update.healthy, Some(true), "{:?}", update.extra.get("healthCheckResults"));
+}
