@@ -184,6 +184,15 @@ struct AgentArgs {
     /// PEM CA certificate(s) to trust for an https:// master.
     #[arg(long, env = "PLINTH_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// User of command tasks whose app names no `user` (Mesos' --switch_user).
+    #[arg(long, env = "PLINTH_DEFAULT_TASK_USER", default_value = plinth_agent::DEFAULT_TASK_USER)]
+    default_task_user: String,
+    /// Let apps run command tasks as root (`"user": "root"`; Docker's default capabilities).
+    #[arg(long, env = "PLINTH_ALLOW_ROOT_TASKS")]
+    allow_root_tasks: bool,
+    /// More paths command tasks must not see, comma-separated (the work dir is always hidden).
+    #[arg(long, env = "PLINTH_HIDE_FROM_TASKS", value_delimiter = ',')]
+    hide_from_tasks: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +483,12 @@ fn agent_config(
             subnet: args.container_subnet,
             max_layer_bytes: args.max_layer_mb.saturating_mul(1 << 20),
         },
+        confinement: plinth_agent::TaskConfinement {
+            default_user: args.default_task_user,
+            allow_root: args.allow_root_tasks,
+            // The join token file too: a task that read it could join agents of its own.
+            hidden_paths: args.hide_from_tasks.into_iter().chain(node.token_file.clone()).collect(),
+        },
     }
 }
 
@@ -526,9 +541,25 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     // The embedded agent pulls from the embedded registry, wherever it listens.
     let local_registry = local_master_url(cmd.master.registry_listen);
     let token = join_token(&cmd.node)?;
+    let access = &cmd.master.access;
+    let secret_files: Vec<PathBuf> = [
+        &access.http_credentials_file,
+        &access.http_readonly_credentials_file,
+        &access.api_token_file,
+        &access.api_readonly_token_file,
+        &cmd.master.tls_key,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
     let master = master_config(cmd.master, &cmd.node, token.clone())?;
     let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node, token);
     agent.containers.registry.get_or_insert(local_registry);
+    // The master's store (every app's env) and its secrets are on this node too: tasks
+    // must not see them.
+    agent.confinement.hidden_paths.push(master.data_dir.clone());
+    agent.confinement.hidden_paths.extend(secret_files);
     tracing::info!(
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"

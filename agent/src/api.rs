@@ -1,5 +1,6 @@
 //! The agent's HTTP API (`:5051`): health, node state, tasks and their logs (also of
-//! finished tasks, while their sandboxes are kept). Errors map to HTTP in one place,
+//! finished tasks, while their sandboxes are kept; read beneath the sandbox's fd and
+//! never through a symlink, see [`crate::sandbox_fs`]). Errors map to HTTP in one place,
 //! [`ApiError`]. Task inspection (`inspect`, `top`, `stats`) and `/metrics` read the
 //! container record and the task's cgroup.
 use axum::body::Body;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::inspect;
 use crate::logs::{self, Stream};
 use crate::node::Node;
+use crate::sandbox_fs::{self, SandboxDir};
 use crate::state::TaskRecord;
 
 /// Bytes per read of a log (and per chunk of a followed log).
@@ -44,8 +46,31 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
 
 enum ApiError {
     UnknownTask(String),
-    NoLog { task_id: String, stream: Stream },
-    ReadLog { task_id: String, error: std::io::Error },
+    NoLog {
+        task_id: String,
+        stream: Stream,
+    },
+    /// The log's name in the sandbox is a symlink or not a regular file (the task put
+    /// something else there): it is not served.
+    NotALog {
+        task_id: String,
+        stream: Stream,
+    },
+    ReadLog {
+        task_id: String,
+        error: std::io::Error,
+    },
+}
+
+fn log_error(task_id: &str, stream: Stream, error: std::io::Error) -> ApiError {
+    let task_id = task_id.to_string();
+    if error.kind() == std::io::ErrorKind::NotFound {
+        ApiError::NoLog { task_id, stream }
+    } else if sandbox_fs::is_refused_link(&error) || error.kind() == std::io::ErrorKind::InvalidInput {
+        ApiError::NotALog { task_id, stream }
+    } else {
+        ApiError::ReadLog { task_id, error }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -55,6 +80,13 @@ impl IntoResponse for ApiError {
             ApiError::NoLog { task_id, stream } => {
                 (StatusCode::NOT_FOUND, format!("task '{task_id}' has no {} log (yet)", stream.file_name()))
             }
+            ApiError::NotALog { task_id, stream } => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {} of task '{task_id}' is not a regular file in its sandbox (a symlink or a special file); it is not served",
+                    stream.file_name()
+                ),
+            ),
             ApiError::ReadLog { task_id, error } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the log of task '{task_id}': {error}"))
             }
@@ -257,46 +289,51 @@ async fn task_logs(
         let state = node.lock();
         state.tasks.get(&task_id).map(|r| r.sandbox.clone()).ok_or_else(|| ApiError::UnknownTask(id.clone()))?
     };
-    let path = sandbox.join(query.stream.file_name());
-    if !node.owns_sandbox(&sandbox) || !path.is_file() {
+    if !node.owns_sandbox(&sandbox) {
         return Err(ApiError::NoLog { task_id: id, stream: query.stream });
     }
+    let stream_name = query.stream;
+    // The first read also says whether there is a log to serve at all: a missing one is
+    // a 404, a symlink or anything but a regular file a 403 (never followed, never read).
+    let read = move |sandbox: PathBuf, offset: u64, max: usize| async move {
+        tokio::task::spawn_blocking(move || {
+            SandboxDir::open(&sandbox).and_then(|dir| logs::read_from(&dir, stream_name, offset, max))
+        })
+        .await
+        .expect("log read panicked")
+    };
+    let first = read(sandbox.clone(), query.offset, if query.follow { LOG_CHUNK } else { LOG_MAX_ANSWER })
+        .await
+        .map_err(|error| log_error(&id, stream_name, error))?;
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
     if !query.follow {
-        let read_path = path.clone();
-        let (bytes, next) =
-            tokio::task::spawn_blocking(move || logs::read_from(&read_path, query.offset, LOG_MAX_ANSWER))
-                .await
-                .expect("log read panicked")
-                .map_err(|error| ApiError::ReadLog { task_id: id, error })?;
+        let (bytes, next) = first;
         let mut response = bytes.into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, text);
         response.headers_mut().insert(OFFSET_HEADER, HeaderValue::from(next));
         return Ok(response);
     }
     // Follow: stream what is there, then new bytes as they come, until the task has
-    // ended and everything it wrote has been sent.
-    let stream = futures::stream::unfold((query.offset, false), move |(offset, done)| {
+    // ended and everything it wrote has been sent. A log that stops being a regular
+    // file ends the stream.
+    let stream = futures::stream::unfold((Some(first), query.offset, false), move |(first, offset, done)| {
         let node = node.clone();
-        let path = path.clone();
+        let sandbox = sandbox.clone();
         let task_id = task_id.clone();
         async move {
             if done {
                 return None;
             }
+            if let Some((bytes, next)) = first.filter(|(bytes, _)| !bytes.is_empty()) {
+                return Some((Ok::<_, std::io::Error>(bytes), (None, next, false)));
+            }
             loop {
                 let ended = node.lock().tasks.get(&task_id).is_none_or(|r| r.is_terminal());
-                let read_path = path.clone();
-                let read = tokio::task::spawn_blocking(move || logs::read_from(&read_path, offset, LOG_CHUNK))
-                    .await
-                    .expect("log read panicked");
-                match read {
-                    Ok((bytes, next)) if !bytes.is_empty() => {
-                        return Some((Ok::<_, std::io::Error>(bytes), (next, false)));
-                    }
-                    Ok((_, next)) if ended => return Some((Ok(Vec::new()), (next, true))),
+                match read(sandbox.clone(), offset, LOG_CHUNK).await {
+                    Ok((bytes, next)) if !bytes.is_empty() => return Some((Ok(bytes), (None, next, false))),
+                    Ok((_, next)) if ended => return Some((Ok(Vec::new()), (None, next, true))),
                     Ok(_) => tokio::time::sleep(FOLLOW_POLL).await,
-                    Err(error) => return Some((Err(error), (offset, true))),
+                    Err(error) => return Some((Err(error), (None, offset, true))),
                 }
             }
         }

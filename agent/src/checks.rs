@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::confine::Confinement;
 use crate::health::{self, Outcome, Probe, TaskHealth, TaskReadiness};
 use crate::node::Node;
 use crate::taskenv;
@@ -24,12 +25,14 @@ const CHECK_TICK: Duration = Duration::from_millis(100);
 /// Shortest probe timeout, whatever the app says.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// What a command check runs with: the task's sandbox, environment and user.
+/// What a command check runs with: the task's sandbox, environment, user and
+/// confinement (the check is the task's code: it sees and may do what the task may).
 #[derive(Debug, Clone)]
 struct CommandContext {
     sandbox: PathBuf,
     env: Vec<(String, String)>,
     user: Option<String>,
+    confinement: crate::config::TaskConfinement,
 }
 
 struct HealthChecks {
@@ -197,7 +200,8 @@ fn new_tracked(node: &Node, record: &crate::state::TaskRecord, now: Timestamp) -
         command: Arc::new(CommandContext {
             sandbox: record.sandbox.clone(),
             env: taskenv::task_env(spec, &node.config.hostname, &record.sandbox),
-            user: app.user.clone().filter(|u| !u.is_empty()),
+            user: crate::runtime::task_user(spec, &node.config.task_confinement()),
+            confinement: node.config.task_confinement(),
         }),
     }
 }
@@ -286,15 +290,24 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
         .stderr(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(name) = &context.user {
-        match nix::unistd::User::from_name(name) {
-            Ok(Some(user)) if nix::unistd::geteuid().is_root() && user.uid != nix::unistd::geteuid() => {
-                command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    let user = context.user.as_deref();
+    let confinement =
+        match crate::confine::resolve_user(user, context.confinement.allow_root).and_then(|(identity, runs_as_root)| {
+            let hidden = &context.confinement.hidden_paths;
+            Confinement::prepare(&context.sandbox, hidden, identity, runs_as_root).map_err(|e| e.to_string())
+        }) {
+            Ok(confinement) => confinement,
+            Err(reason) => {
+                return Outcome::Unhealthy(format!(
+                    "cannot run the check as user '{}': {reason}",
+                    user.unwrap_or("root")
+                ))
             }
-            Ok(Some(_)) => {}
-            Ok(None) => return Outcome::Unhealthy(format!("user '{name}' does not exist on this agent")),
-            Err(err) => return Outcome::Unhealthy(format!("cannot look user '{name}' up: {err}")),
-        }
+        };
+    // SAFETY: `Confinement::apply` makes only async-signal-safe system calls on data
+    // prepared before the fork (see crate::confine).
+    unsafe {
+        command.pre_exec(move || confinement.apply());
     }
     let mut child = match command.spawn() {
         Ok(child) => child,

@@ -40,6 +40,46 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// How Docker tasks get their images and network.
     pub containers: ContainerSettings,
+    /// Who command tasks run as and what they may see.
+    pub confinement: TaskConfinement,
+}
+
+/// How command tasks are confined (see `crate::confine`): the user they run as when
+/// their app names none, whether root is allowed at all, and the paths hidden from them
+/// besides the agent's work dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskConfinement {
+    /// `--default-task-user` (Mesos' `--switch_user`): the user of apps without `user`.
+    pub default_user: String,
+    /// `--allow-root-tasks`: without it an app asking for `"user": "root"` fails.
+    pub allow_root: bool,
+    /// `--hide-from-tasks`: more paths tasks must not see (the master's data dir on a
+    /// standalone node, a token file). The agent's work dir is always hidden.
+    pub hidden_paths: Vec<PathBuf>,
+}
+
+/// The user of tasks whose app names none.
+pub const DEFAULT_TASK_USER: &str = "nobody";
+
+impl Default for TaskConfinement {
+    fn default() -> Self {
+        TaskConfinement { default_user: DEFAULT_TASK_USER.to_string(), allow_root: false, hidden_paths: Vec::new() }
+    }
+}
+
+impl AgentConfig {
+    /// The confinement of this agent's tasks, its work dir among the hidden paths, all of
+    /// them absolute: the executor that hides them runs elsewhere (in the sandbox).
+    pub fn task_confinement(&self) -> TaskConfinement {
+        let mut confinement = self.confinement.clone();
+        confinement.hidden_paths.insert(0, self.work_dir.clone());
+        for path in &mut confinement.hidden_paths {
+            if let Ok(absolute) = std::path::absolute(&*path) {
+                *path = absolute;
+            }
+        }
+        confinement
+    }
 }
 
 /// Docker tasks: where images come from and how containers are networked.

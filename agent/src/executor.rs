@@ -14,12 +14,19 @@
 //!
 //! Killing: the agent sends SIGTERM to the executor, which forwards it to the task's
 //! process group and sends SIGKILL after the grace period.
+//!
+//! Confinement: a command task runs as its user (root only with `--allow-root-tasks`) in
+//! a mount namespace that hides the node's state, with Docker's capabilities as root and
+//! none otherwise (`crate::confine`). The sandbox is the task's to write in but not to
+//! trust: the executor holds its own handles on the logs (rotation goes through them) and
+//! opens every name in the sandbox beneath its fd, never through a link
+//! ([`crate::sandbox_fs`]).
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use plinth_protocol::{error_chain, Timestamp};
 use std::ffi::CString;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +34,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cgroup;
+use crate::confine::{self, Confinement, Identity};
 use crate::container;
 use crate::error::AgentError;
 use crate::executor_contract::{
@@ -36,6 +44,7 @@ use crate::executor_contract::{
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
+use crate::sandbox_fs::{self, SandboxDir};
 
 /// How often logs are checked for rotation while nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
@@ -88,13 +97,17 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         return fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record);
     }
 
+    // The executor keeps its own handles on the logs it gives the task: rotation works
+    // on them, never on the names in the sandbox, which the task controls.
+    let logs = match SandboxDir::open(&sandbox).and_then(TaskLogs::open) {
+        Ok(logs) => logs,
+        Err(err) => return write_start_failure(&sandbox, format!("cannot open the task's logs: {err}")),
+    };
     // A Docker task runs as a container; its init is the "task process" below.
     let mut container: Option<container::Running> = None;
     let pid = if let Some(task) = &spec.container {
-        let started = open_log(&sandbox, Stream::Stdout)
-            .and_then(|out| Ok((out, open_log(&sandbox, Stream::Stderr)?)))
-            .map_err(|err| error_chain(&err).to_string())
-            .and_then(|(out, err)| {
+        let started =
+            logs.for_task().map_err(|err| format!("cannot open the task's logs: {err}")).and_then(|(out, err)| {
                 container::start(&spec, task, out, err)
                     .map_err(|e| format!("starting the container failed: {}", error_chain(&e)))
             });
@@ -110,7 +123,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
             }
         }
     } else {
-        let child = match spawn_task(&spec) {
+        let child = match spawn_task(&spec, &logs) {
             Ok(child) => child,
             Err(err) => return write_start_failure(&sandbox, error_chain(&err).to_string()),
         };
@@ -150,7 +163,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
             }
         }
         if last_rotation.elapsed() >= TICK {
-            rotate_logs(&sandbox, spec.logs);
+            logs.rotate(spec.logs);
             last_rotation = Instant::now();
         }
         let timeout = kill_deadline.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
@@ -167,7 +180,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     // Whatever the task left behind in its group or cgroup ends with it.
     signal_task(Signal::SIGKILL);
     cgroup::kill_all(&spec.cgroup_dirs);
-    rotate_logs(&sandbox, spec.logs);
+    logs.rotate(spec.logs);
     // Read before the container's teardown deletes the cgroup.
     let oom = cgroup::oom_killed(&spec.cgroup_dirs);
     if let Some(mut running) = container.take() {
@@ -227,10 +240,12 @@ fn termination_pending() -> bool {
     }
 }
 
-/// Hands what is in the sandbox (logs, fetched artifacts) to the task's user, except
-/// the executor's own files. Symlinks are changed themselves, never followed.
+/// Hands what is in the sandbox (fetched artifacts) to the task's user, except the
+/// executor's files and the logs. Symlinks are changed themselves, never followed. It
+/// runs before the task does, so nothing in the tree moves meanwhile.
 fn chown_tree(dir: &Path, identity: Identity) -> std::io::Result<()> {
-    const EXECUTOR_FILES: [&str; 5] = [SPEC_FILE, EXECUTOR_FILE, RUNNING_FILE, EXIT_FILE, EXECUTOR_LOG];
+    const EXECUTOR_FILES: [&str; 7] =
+        [SPEC_FILE, EXECUTOR_FILE, RUNNING_FILE, EXIT_FILE, EXECUTOR_LOG, STDOUT_FILE, STDERR_FILE];
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if EXECUTOR_FILES.iter().any(|f| entry.file_name() == *f) {
@@ -245,13 +260,62 @@ fn chown_tree(dir: &Path, identity: Identity) -> std::io::Result<()> {
     Ok(())
 }
 
-fn rotate_logs(sandbox: &Path, policy: LogPolicy) {
-    for stream in [Stream::Stdout, Stream::Stderr] {
-        if let Err(err) = logs::rotate_if_needed(&sandbox.join(stream.file_name()), policy) {
-            eprintln!("plinth executor: cannot rotate {}: {err}", stream.file_name());
+const STDOUT_FILE: &str = Stream::Stdout.file_name();
+const STDERR_FILE: &str = Stream::Stderr.file_name();
+
+/// The task's two logs, as the executor holds them: the descriptors the task gets
+/// (write-only, append) and the executor's own read-write ones on the same files, for
+/// rotation.
+struct TaskLogs {
+    dir: SandboxDir,
+    stdout: File,
+    stderr: File,
+    rotate_stdout: File,
+    rotate_stderr: File,
+}
+
+impl TaskLogs {
+    fn open(dir: SandboxDir) -> std::io::Result<TaskLogs> {
+        // O_APPEND: the executor's rotation truncates the file under the task's feet; with
+        // append the task's next write lands at the new end instead of leaving a hole.
+        let stdout = dir.open_append(Path::new(STDOUT_FILE), LOG_MODE)?;
+        let stderr = dir.open_append(Path::new(STDERR_FILE), LOG_MODE)?;
+        let rotate_stdout = sandbox_fs::reopen(&stdout, true)?;
+        let rotate_stderr = sandbox_fs::reopen(&stderr, true)?;
+        Ok(TaskLogs { dir, stdout, stderr, rotate_stdout, rotate_stderr })
+    }
+
+    /// Descriptors of the same open files, for the task's stdout and stderr.
+    fn for_task(&self) -> std::io::Result<(File, File)> {
+        Ok((self.stdout.try_clone()?, self.stderr.try_clone()?))
+    }
+
+    fn rotate(&self, policy: LogPolicy) {
+        for (stream, file) in [(Stream::Stdout, &self.rotate_stdout), (Stream::Stderr, &self.rotate_stderr)] {
+            if let Err(err) = logs::rotate_if_needed(&self.dir, stream, file, policy) {
+                eprintln!("plinth executor: cannot rotate {}: {err}", stream.file_name());
+            }
         }
     }
+
+    /// Lets the task's user write its logs, also by reopening them (`/dev/stdout`),
+    /// and create files in the sandbox, while the logs and the executor's records stay
+    /// root's: the sandbox becomes `root:GID` with the sticky bit (`01770`), so the task
+    /// cannot rename, remove or replace what it does not own.
+    fn hand_to(&self, identity: Identity) -> std::io::Result<()> {
+        use std::os::unix::fs::{fchown, PermissionsExt};
+        for file in [&self.stdout, &self.stderr] {
+            fchown(file, Some(0), Some(identity.gid))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o660))?;
+        }
+        fchown(&self.dir, Some(0), Some(identity.gid))?;
+        nix::sys::stat::fchmod(&self.dir, nix::sys::stat::Mode::from_bits_truncate(0o1770))
+            .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))
+    }
 }
+
+/// Logs are the executor's files; the task writes them through the descriptors it gets.
+const LOG_MODE: u32 = 0o640;
 
 /// Waits up to `timeout` for one of the blocked signals.
 fn wait_for_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
@@ -265,55 +329,44 @@ fn wait_for_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
     Signal::try_from(signal).ok()
 }
 
-fn open_log(sandbox: &Path, stream: Stream) -> Result<std::fs::File, AgentError> {
-    let path = sandbox.join(stream.file_name());
-    // O_APPEND: the executor's rotation truncates the file under the task's feet; with
-    // append the task's next write lands at the new end instead of leaving a hole.
-    OpenOptions::new().create(true).append(true).open(&path).map_err(|source| AgentError::WriteFile { path, source })
+/// The task's user (see [`confine::resolve_user`]), as an error naming task and user.
+fn identity_for(spec: &ExecutorSpec) -> Result<(Option<Identity>, bool), AgentError> {
+    confine::resolve_user(spec.user.as_deref(), spec.allow_root).map_err(|reason| AgentError::User {
+        task_id: spec.task_id.clone(),
+        user: spec.user.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into()),
+        reason,
+    })
 }
 
-/// A uid/gid to switch to.
-#[derive(Debug, Clone, Copy)]
-struct Identity {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-}
-
-/// Resolves the app's `user`; `None` when the task runs as the executor's own user.
-fn identity_for(spec: &ExecutorSpec) -> Result<Option<Identity>, AgentError> {
-    let Some(name) = spec.user.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
-    let error = |reason: String| AgentError::User { task_id: spec.task_id.clone(), user: name.to_string(), reason };
-    let user = nix::unistd::User::from_name(name)
-        .map_err(|e| error(format!("cannot look the user up: {e}")))?
-        .ok_or_else(|| error("no such user on this agent".into()))?;
-    let euid = nix::unistd::geteuid();
-    if user.uid == euid {
-        return Ok(None);
-    }
-    if !euid.is_root() {
-        return Err(error("the agent is not root, so it cannot switch users".into()));
-    }
-    // The task must be able to write its sandbox, logs and artifacts as that user.
-    nix::unistd::chown(&spec.sandbox, Some(user.uid), Some(user.gid))
-        .map_err(|e| error(format!("cannot hand {} to the user: {e}", spec.sandbox.display())))?;
-    let identity = Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() };
-    chown_tree(&spec.sandbox, identity)
-        .map_err(|e| error(format!("cannot hand the files in {} to the user: {e}", spec.sandbox.display())))?;
-    Ok(Some(identity))
-}
-
-fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
+fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<std::process::Child, AgentError> {
     let argv = spec.command.argv();
     let program = argv.first().ok_or_else(|| AgentError::NoCommand { task_id: spec.task_id.clone() })?;
-    let stdout = open_log(&spec.sandbox, Stream::Stdout)?;
-    let stderr = open_log(&spec.sandbox, Stream::Stderr)?;
-    let identity = identity_for(spec)?;
+    let spawn_error = |source: std::io::Error| AgentError::SpawnTask {
+        program: PathBuf::from(program),
+        task_id: spec.task_id.clone(),
+        source,
+    };
+    let (identity, runs_as_root) = identity_for(spec)?;
+    if let Some(identity) = identity {
+        let user = spec.user.clone().unwrap_or_default();
+        let error = |what: &str, e: std::io::Error| AgentError::User {
+            task_id: spec.task_id.clone(),
+            user: user.clone(),
+            reason: format!("cannot hand {what} in {} to the user: {e}", spec.sandbox.display()),
+        };
+        logs.hand_to(identity).map_err(|e| error("the sandbox and its logs", e))?;
+        chown_tree(&spec.sandbox, identity).map_err(|e| error("the files", e))?;
+    }
+    let (stdout, stderr) = logs.for_task().map_err(spawn_error)?;
+    let confinement =
+        Confinement::prepare(&spec.sandbox, &spec.hidden_paths, identity, runs_as_root).map_err(spawn_error)?;
     // Prepared before fork: between fork and exec nothing may allocate.
     let procs_files: Vec<CString> = spec
         .cgroup_dirs
         .iter()
         .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
         .collect();
+    let executor = nix::unistd::getpid().as_raw();
     let mut command = Command::new(program);
     command
         .args(&argv[1..])
@@ -326,8 +379,9 @@ fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
         // Its own process group, so a kill reaches everything the task started.
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (open, write, close, prctl, sigprocmask, setgroups,
-    // setgid, setuid) on data prepared before the fork; it allocates nothing and takes
+    // async-signal-safe system calls (open, write, close, sigprocmask, and those of
+    // `Confinement::apply`: unshare, mount, mkdir, chdir, prctl, setgroups, setgid,
+    // setuid, capset) on data prepared before the fork; it allocates nothing and takes
     // no locks.
     unsafe {
         command.pre_exec(move || {
@@ -340,24 +394,19 @@ fn spawn_task(spec: &ExecutorSpec) -> Result<std::process::Child, AgentError> {
                     libc::close(fd);
                 }
             }
-            // A task whose executor died would be unsupervised; let it die too.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             // The executor blocks signals for sigtimedwait; the task must not inherit that.
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // Groups first, then gid, then uid: after setuid the others are not allowed.
-            if let Some(Identity { uid, gid }) = identity {
-                if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            confinement.apply()?;
+            // A task whose executor died would be unsupervised; let it die too. Set after
+            // the user switch, which clears it; an executor gone already is caught here.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != executor {
+                libc::_exit(1);
             }
             Ok(())
         });
     }
-    command.spawn().map_err(|source| AgentError::SpawnTask {
-        program: PathBuf::from(program),
-        task_id: spec.task_id.clone(),
-        source,
-    })
+    command.spawn().map_err(spawn_error)
 }

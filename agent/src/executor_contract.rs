@@ -49,9 +49,17 @@ pub struct ExecutorSpec {
     pub cgroup_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub logs: LogPolicy,
-    /// The app's `user`: the task runs as this user (the executor must be root then).
+    /// The app's `user`, else the agent's `--default-task-user`: a command task runs as
+    /// this user (the executor must be root then).
     #[serde(default)]
     pub user: Option<String>,
+    /// `--allow-root-tasks`: a command task may run as root (uid 0).
+    #[serde(default)]
+    pub allow_root: bool,
+    /// Paths a command task must not see (the agent's work dir, ...): its mount
+    /// namespace covers them, its own sandbox bound back in.
+    #[serde(default)]
+    pub hidden_paths: Vec<PathBuf>,
     /// The task as the master sent it, for people reading the sandbox.
     #[serde(default)]
     pub task: Option<TaskSpec>,

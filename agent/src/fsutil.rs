@@ -1,10 +1,11 @@
 //! Small file and /proc helpers shared by the agent and the executor.
 use serde::{de::DeserializeOwned, Serialize};
 use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use crate::error::AgentError;
+use crate::sandbox_fs::SandboxDir;
 
 /// Writes JSON so that readers see the old or the new content, never a torn file: a
 /// checkpoint or an exit record cut in half by a crash would lose a task.
@@ -14,37 +15,28 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Age
 }
 
 /// [`write_json_atomic`] for bytes. State files are the agent's and the executor's alone
-/// (they hold apps' env secrets): created 0600, whatever the umask.
+/// (they hold apps' env secrets): created 0600, whatever the umask. Many live in a task's
+/// sandbox, where the task may have planted a symlink under the name or its temporary
+/// name: the file is written beneath its directory's fd and never through a link.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = tmp_path(path);
-    let write = || -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        // A temp file a crash left behind keeps its old mode: set it either way.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename itself must reach the disk too, or a power cut may undo it.
-        if let Some(dir) = path.parent() {
-            if let Ok(dir) = fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
-        Ok(())
-    };
-    write().map_err(|source| AgentError::WriteFile { path: path.to_path_buf(), source })
+    let (dir, name) = split(path);
+    SandboxDir::open(dir)
+        .and_then(|dir| dir.write_atomic(name, bytes, 0o600))
+        .map_err(|source| AgentError::WriteFile { path: path.to_path_buf(), source })
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+/// The directory to open and the name in it.
+fn split(path: &Path) -> (&Path, &Path) {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    (dir, path.file_name().map_or(path, Path::new))
 }
 
-/// Reads a JSON file; `Ok(None)` when it does not exist.
+/// Reads a JSON state file; `Ok(None)` when it does not exist. Only a regular file that
+/// this process's user wrote counts (beneath its directory, never through a link): a
+/// task cannot plant a record (`exit.json`, `running.json`) in its sandbox.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, AgentError> {
-    match fs::read(path) {
+    let (dir, name) = split(path);
+    match SandboxDir::open(dir).and_then(|dir| dir.read_own(name)) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| AgentError::ParseFile { path: path.to_path_buf(), source }),
@@ -121,8 +113,14 @@ mod tests {
         assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), None);
         write_json_atomic(&path, &vec![1u32, 2]).unwrap();
         assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), Some(vec![1, 2]));
-        assert!(!tmp_path(&path).exists());
+        assert!(!dir.path().join("x.json.tmp").exists());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "state files are private");
+        // A record that is a link (to another task's, say) is not read.
+        let other = dir.path().join("other.json");
+        write_json_atomic(&other, &vec![7u32]).unwrap();
+        let planted = dir.path().join("planted.json");
+        std::os::unix::fs::symlink(&other, &planted).unwrap();
+        assert!(matches!(read_json::<Vec<u32>>(&planted), Err(AgentError::ReadFile { .. })));
     }
 }

@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::cgroup::counter;
 use crate::executor_contract::CONTAINER_FILE;
 
-/// The container record as written by the executor; `Null` for command tasks.
+/// The container record as written by the executor; `Null` for command tasks, and for
+/// a record the task itself planted (a link to another task's files, say).
 pub fn container_record(sandbox: &Path) -> serde_json::Value {
-    std::fs::read(sandbox.join(CONTAINER_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or(serde_json::Value::Null)
+    crate::fsutil::read_json(&sandbox.join(CONTAINER_FILE)).ok().flatten().unwrap_or(serde_json::Value::Null)
 }
 
 /// The container's own address (BRIDGE networking), if it has one.

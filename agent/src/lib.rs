@@ -16,7 +16,9 @@
 //!   runtimes), [`executor_contract`] (the sandbox files agent and executor exchange),
 //!   [`executor`] (the per-task supervisor process), [`container`] (Docker tasks as youki
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
-//!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`].
+//!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
+//! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
+//!   `confine` (the command task's mount namespace, user, capabilities).
 //!
 //! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
 //! with the `testing` feature, which the product binary does not enable.
@@ -26,6 +28,7 @@ pub mod cgroup;
 mod checks;
 mod client;
 pub mod config;
+mod confine;
 pub mod container;
 mod error;
 pub mod executor;
@@ -42,6 +45,7 @@ mod node;
 pub mod reconciler;
 mod resources;
 pub mod runtime;
+pub mod sandbox_fs;
 mod start;
 pub mod state;
 pub mod taskenv;
@@ -52,6 +56,7 @@ pub use config::{
     AgentConfig, AgentOptions, ContainerSettings, DEFAULT_BRIDGE, DEFAULT_CONTAINER_SUBNET, DEFAULT_LISTEN,
     DEFAULT_MAX_LAYER_BYTES, DEFAULT_WORK_DIR, IMAGES_DIR, REGISTRY_PORT,
 };
+pub use config::{TaskConfinement, DEFAULT_TASK_USER};
 pub use error::AgentError;
 pub use resources::{detect_resources, resources_from_totals};
 pub use start::{run, run_with};

@@ -276,6 +276,7 @@ impl Node {
             logs: self.options.logs,
             fetch_cache: Some(self.config.work_dir.join(crate::fetch::CACHE_DIR)),
             container: self.container_task(&spec),
+            confinement: self.config.task_confinement(),
         };
         // Checkpoint the intent first: if the agent dies during the launch, the restarted
         // agent finds the executor through the sandbox instead of launching it twice.

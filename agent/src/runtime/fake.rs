@@ -218,6 +218,7 @@ mod tests {
             logs: Default::default(),
             fetch_cache: None,
             container: None,
+            confinement: Default::default(),
         }
     }
 

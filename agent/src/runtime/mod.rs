@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
+use crate::config::TaskConfinement;
 use crate::error::AgentError;
 use crate::executor_contract::{ContainerTask, Termination};
 use crate::logs::LogPolicy;
@@ -24,7 +25,7 @@ mod process;
 
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeRuntime;
-pub use process::{ExecutorCommand, ProcessRuntime};
+pub use process::{task_user, ExecutorCommand, ProcessRuntime};
 
 /// What the agent asks a runtime to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +40,9 @@ pub struct LaunchRequest {
     pub fetch_cache: Option<PathBuf>,
     /// Set for Docker tasks.
     pub container: Option<ContainerTask>,
+    /// Who a command task runs as and what it may see (hidden paths complete: the
+    /// agent's work dir included).
+    pub confinement: TaskConfinement,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.

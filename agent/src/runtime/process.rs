@@ -5,7 +5,6 @@
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,10 +12,23 @@ use std::time::Duration;
 
 use super::{LaunchRequest, Observation, RuntimeHandle, TaskRuntime};
 use crate::cgroup::{self, TaskCgroup};
+use crate::config::TaskConfinement;
 use crate::error::AgentError;
 use crate::executor_contract::{self as contract, ExecutorRecord, ExecutorSpec, RunningRecord, Termination};
 use crate::fsutil::{self, proc_stat, process_alive};
+use crate::sandbox_fs::SandboxDir;
 use crate::taskenv::TaskCommand;
+
+/// Who a task runs as: the app's `user`, else the agent's default task user (Mesos'
+/// `--switch_user`), which only a root agent can switch to; `None`: the agent's own.
+pub fn task_user(spec: &plinth_protocol::agent::TaskSpec, confinement: &TaskConfinement) -> Option<String> {
+    let named = |user: &String| !user.is_empty();
+    spec.app
+        .user
+        .clone()
+        .filter(named)
+        .or_else(|| Some(confinement.default_user.clone()).filter(|u| named(u) && nix::unistd::geteuid().is_root()))
+}
 
 /// How to start an executor: `program args… --spec SANDBOX/task.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +90,8 @@ impl ProcessRuntime {
     fn spawn_executor(&self, request: &LaunchRequest, spec_path: &Path) -> Result<(i32, Option<u64>), AgentError> {
         let task_id = request.spec.task_id.to_string();
         let log_path = request.sandbox.join(contract::EXECUTOR_LOG);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = SandboxDir::open(&request.sandbox)
+            .and_then(|dir| dir.open_append(Path::new(contract::EXECUTOR_LOG), 0o600))
             .map_err(|source| AgentError::WriteFile { path: log_path.clone(), source })?;
         let log_err = log.try_clone().map_err(|source| AgentError::WriteFile { path: log_path, source })?;
         let mut command = Command::new(&self.executor.program);
@@ -145,7 +155,9 @@ impl TaskRuntime for ProcessRuntime {
             kill_grace_ms,
             cgroup_dirs: cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
             logs: request.logs,
-            user: spec.app.user.clone(),
+            user: task_user(spec, &request.confinement),
+            allow_root: request.confinement.allow_root,
+            hidden_paths: request.confinement.hidden_paths.clone(),
             task: Some(spec.clone()),
             fetch: spec.app.fetch.clone(),
             fetch_cache: request.fetch_cache.clone(),

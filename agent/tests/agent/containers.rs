@@ -117,6 +117,8 @@ fn launch(name: &str, app: serde_json::Value, options: Options) -> Task {
         cgroup_dirs: cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
         logs: Default::default(),
         user: None,
+        allow_root: false,
+        hidden_paths: Vec::new(),
         task: Some(task.clone()),
         fetch: Vec::new(),
         fetch_cache: None,

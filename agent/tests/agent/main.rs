@@ -1,6 +1,6 @@
 //! The agent's integration tests, one binary: a real agent against an in-test master
-//! (`agent_loop`, `fetch`, `health_checks`, sharing `common`), real command tasks through
-//! the executor (`process_runtime`), real containers through libcontainer (`containers`)
+//! (`agent_loop`, `fetch`, `health_checks`, `confinement`, sharing `common`), real command
+//! tasks through the executor (`process_runtime`), real containers through libcontainer (`containers`)
 //! and the image store against a real registry (`image_store`). Run as root (cgroups,
 //! mounts, namespaces). One area: `cargo nextest run -p plinth-agent --test agent -E
 //! 'test(/^image_store::/)'`.
@@ -11,6 +11,7 @@
 mod common;
 
 mod agent_loop;
+mod confinement;
 mod containers;
 mod fetch;
 mod health_checks;

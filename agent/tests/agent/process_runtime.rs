@@ -7,6 +7,7 @@ use plinth_agent::runtime::{ExecutorCommand, LaunchRequest, Observation, Process
 use plinth_agent::state::TaskRecord;
 use plinth_agent::taskenv::task_env;
 use plinth_agent::testing::task_spec;
+use plinth_agent::TaskConfinement;
 use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::{TaskState, Timestamp};
 use serde_json::json;
@@ -41,7 +42,18 @@ fn launch(name: &str, app: serde_json::Value) -> Launched {
 }
 
 fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs::LogPolicy) -> Launched {
+    launch_confined(name, app, logs, TaskConfinement::default())
+}
+
+/// Launches with `confinement`, the test's directory (the "work dir") hidden from the task.
+fn launch_confined(
+    name: &str,
+    app: serde_json::Value,
+    logs: plinth_agent::logs::LogPolicy,
+    mut confinement: TaskConfinement,
+) -> Launched {
     let dir = tempfile::tempdir().expect("tempdir");
+    confinement.hidden_paths.insert(0, dir.path().to_path_buf());
     let spec = task_spec(&unique_id(name), app, vec![31005]);
     let sandbox = dir.path().join("sandbox");
     let runtime = runtime();
@@ -52,6 +64,7 @@ fn launch_with_logs(name: &str, app: serde_json::Value, logs: plinth_agent::logs
         logs,
         fetch_cache: None,
         container: None,
+        confinement,
     };
     let handle = runtime.launch(&request).expect("launch");
     Launched { runtime, handle, spec, _dir: dir }

@@ -748,7 +748,13 @@ impl Cluster {
 
     /// `plinth standalone` in its own namespace, with its state under the test dir.
     pub fn start_standalone(&mut self, name: &str) {
-        let args: Vec<String> = vec![
+        self.start_standalone_with(name, &[]);
+    }
+
+    /// [`Cluster::start_standalone`] with more flags; the master's data dir is
+    /// `DIR/NAME-master`, the agent's work dir `DIR/NAME-agent`.
+    pub fn start_standalone_with(&mut self, name: &str, extra: &[&str]) {
+        let mut args: Vec<String> = vec![
             "standalone".into(),
             "--data-dir".into(),
             self.dir().join(format!("{name}-master")).display().to_string(),
@@ -759,6 +765,7 @@ impl Cluster {
             "--hostname".into(),
             name.into(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node(name, |host| {
             let mut args = args;
             args.extend(["--advertise-ip".to_string(), host.ip.to_string()]);

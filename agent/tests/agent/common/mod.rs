@@ -4,9 +4,10 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use plinth_agent::logs::LogPolicy;
 use plinth_agent::runtime::{ExecutorCommand, ProcessRuntime, TaskRuntime};
 use plinth_agent::testing::task_spec;
-use plinth_agent::{run_with, AgentConfig, AgentOptions};
+use plinth_agent::{run_with, AgentConfig, AgentOptions, TaskConfinement};
 use plinth_protocol::agent::{
     DesiredState, Registered, Registration, StatusAck, StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TaskSpec,
 };
@@ -95,6 +96,31 @@ pub fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
 }
 
 pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn TaskRuntime>) -> Agent {
+    start_agent_configured(master, work_dir, port, runtime, TaskConfinement::default(), LogPolicy::default())
+}
+
+/// A real agent with real executors, its tasks confined by `confinement` and their logs
+/// rotated by `logs`.
+pub fn start_confined_agent(
+    master: &str,
+    work_dir: PathBuf,
+    port: u16,
+    confinement: TaskConfinement,
+    logs: LogPolicy,
+) -> Agent {
+    let runtime =
+        Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
+    start_agent_configured(master, work_dir, port, runtime, confinement, logs)
+}
+
+fn start_agent_configured(
+    master: &str,
+    work_dir: PathBuf,
+    port: u16,
+    runtime: Arc<dyn TaskRuntime>,
+    confinement: TaskConfinement,
+    logs: LogPolicy,
+) -> Agent {
     let config = AgentConfig {
         master: master.to_string(),
         work_dir,
@@ -107,9 +133,14 @@ pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc
         rejoin_cluster: false,
         ca_file: None,
         containers: Default::default(),
+        confinement,
     };
-    let options =
-        AgentOptions { tick: Duration::from_millis(100), sync_wait: Duration::from_millis(300), ..Default::default() };
+    let options = AgentOptions {
+        tick: Duration::from_millis(100),
+        sync_wait: Duration::from_millis(300),
+        logs,
+        ..Default::default()
+    };
     let handle = tokio::spawn(async move {
         if let Err(err) = run_with(config, runtime, options).await {
             panic!("agent failed: {err}");

@@ -1,0 +1,327 @@
+//! What a command task may see and do, set up in the task's own process between fork
+//! and exec (the executor itself keeps the node's view):
+//!
+//! - **a mount namespace** of its own (private propagation: nothing leaks either way)
+//!   where an empty, read-only tmpfs covers every hidden directory — the agent's work dir
+//!   (other tasks' sandboxes and their `task.json` with env secrets, the checkpoint, the
+//!   image store, the fetch cache), the master's data dir on a standalone node, whatever
+//!   `--hide-from-tasks` names — and `/dev/null` covers every hidden file (a token
+//!   file). The task's own sandbox is bound back at its path, so `MESOS_SANDBOX`,
+//!   `HOME` and its working directory stay valid;
+//! - **its user** (resolved by the executor; root only when the operator allows it);
+//! - **capabilities**: a root task keeps Docker's default set (bounding, effective and
+//!   permitted; nothing inheritable or ambient), any other task none at all;
+//! - **`no_new_privs`**: setuid binaries and file capabilities grant nothing.
+//!
+//! [`Confinement::prepare`] does everything that allocates (paths as C strings, the
+//! capability mask) before the fork; [`Confinement::apply`] then makes only
+//! async-signal-safe system calls on that data.
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::container::spec::DEFAULT_CAPABILITIES;
+
+/// A uid/gid to switch to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// Why a root task does not start.
+pub const ROOT_REFUSED: &str =
+    "root tasks are not allowed on this agent (start it with --allow-root-tasks to allow them)";
+
+/// Who a task runs as: the identity to switch to (`None`: the calling process's own)
+/// and whether the task ends up root. Root (uid 0, however named, or no user on a root
+/// agent) only with `allow_root`. The error is the reason, for the caller's message.
+pub fn resolve_user(user: Option<&str>, allow_root: bool) -> Result<(Option<Identity>, bool), String> {
+    let euid = nix::unistd::geteuid();
+    let refuse_root = |is_root: bool| if is_root && !allow_root { Err(ROOT_REFUSED.to_string()) } else { Ok(()) };
+    let Some(name) = user.filter(|u| !u.is_empty()) else {
+        refuse_root(euid.is_root())?;
+        return Ok((None, euid.is_root()));
+    };
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("cannot look the user up: {e}"))?
+        .ok_or_else(|| "no such user on this agent".to_string())?;
+    refuse_root(user.uid.is_root())?;
+    if user.uid == euid {
+        return Ok((None, euid.is_root()));
+    }
+    if !euid.is_root() {
+        return Err("the agent is not root, so it cannot switch users".into());
+    }
+    Ok((Some(Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() }), false))
+}
+
+/// Options of the tmpfs over a hidden directory: it only has to hold the directories
+/// leading to the task's own sandbox.
+const HIDING_TMPFS_OPTIONS: &std::ffi::CStr = c"mode=0755,size=64k,nr_inodes=256";
+
+/// Everything a task's confinement needs, prepared before the fork.
+#[derive(Debug)]
+pub struct Confinement {
+    sandbox: CString,
+    /// Only a root executor can make namespaces and mounts or drop bounding capabilities.
+    privileged: bool,
+    hidden_dirs: Vec<CString>,
+    hidden_files: Vec<CString>,
+    /// The directories made in the tmpfs that covers the sandbox, outermost first and
+    /// the sandbox last; empty when no hidden directory holds the sandbox.
+    sandbox_path: Vec<CString>,
+    switch_to: Option<Identity>,
+    /// The capabilities the task keeps (a bit per capability number).
+    keep_caps: u64,
+}
+
+/// Docker's default capability set as a mask (`CapEff` of a root task).
+pub fn docker_default_caps() -> u64 {
+    DEFAULT_CAPABILITIES
+        .iter()
+        .filter_map(|name| name.parse::<caps::Capability>().ok())
+        .fold(0, |mask, cap| mask | cap.bitmask())
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{} holds a NUL byte", path.display())))
+}
+
+/// What to cover: existing absolute paths only (canonical, so that "holds the sandbox" compares
+/// like with like), none holding another (the outer one hides both), never `/`, never
+/// the sandbox or anything in it.
+fn covered_paths(hidden: &[PathBuf], sandbox: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = hidden
+        .iter()
+        .filter(|p| p.is_absolute())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p.parent().is_some() && !p.starts_with(sandbox))
+        .collect();
+    paths.sort_by_key(|p| p.components().count());
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        if !kept.iter().any(|k| path.starts_with(k)) {
+            kept.push(path);
+        }
+    }
+    kept
+}
+
+impl Confinement {
+    /// `switch_to`: the task's user when it is not the executor's own; `runs_as_root`:
+    /// whether the task ends up as uid 0 (it keeps Docker's capabilities then).
+    pub fn prepare(
+        sandbox: &Path,
+        hidden: &[PathBuf],
+        switch_to: Option<Identity>,
+        runs_as_root: bool,
+    ) -> io::Result<Confinement> {
+        let sandbox = std::fs::canonicalize(sandbox)?;
+        let covered = covered_paths(hidden, &sandbox);
+        let (mut hidden_dirs, mut hidden_files) = (Vec::new(), Vec::new());
+        let mut sandbox_path = Vec::new();
+        for path in &covered {
+            if path.is_dir() {
+                hidden_dirs.push(c_path(path)?);
+                if sandbox.starts_with(path) {
+                    let mut inner: Vec<&Path> = sandbox.ancestors().take_while(|a| a != path).collect();
+                    inner.reverse();
+                    sandbox_path = inner.into_iter().map(c_path).collect::<io::Result<_>>()?;
+                }
+            } else {
+                hidden_files.push(c_path(path)?);
+            }
+        }
+        Ok(Confinement {
+            sandbox: c_path(&sandbox)?,
+            privileged: nix::unistd::geteuid().is_root(),
+            hidden_dirs,
+            hidden_files,
+            sandbox_path,
+            switch_to,
+            keep_caps: if runs_as_root { docker_default_caps() } else { 0 },
+        })
+    }
+
+    /// Confines the calling process: meant for the forked child, right before exec.
+    /// Only async-signal-safe calls on data prepared by [`Confinement::prepare`]: it
+    /// allocates nothing and takes no locks.
+    pub fn apply(&self) -> io::Result<()> {
+        if self.privileged {
+            self.hide_node_state()?;
+            self.drop_bounding_caps();
+        }
+        // SAFETY: plain system calls with constant arguments or pointers into `self`,
+        // which outlives them.
+        unsafe {
+            // Nothing inherited from the executor may survive into the task.
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            // Groups first, then gid, then uid: after setuid the others are not allowed.
+            if let Some(Identity { uid, gid }) = self.switch_to {
+                check(libc::setgroups(1, &gid))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+            }
+        }
+        self.set_caps()?;
+        // SAFETY: prctl with constant arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+    }
+
+    fn hide_node_state(&self) -> io::Result<()> {
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        let hidden = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // SAFETY: system calls on NUL-terminated strings owned by `self` or constants;
+        // none keeps a pointer past the call.
+        unsafe {
+            // "." is the sandbox below, in the new namespace too (unshare moves the
+            // working directory along).
+            check(libc::chdir(self.sandbox.as_ptr()))?;
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()))?;
+            for dir in &self.hidden_dirs {
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    dir.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    hidden,
+                    HIDING_TMPFS_OPTIONS.as_ptr().cast(),
+                ))?;
+            }
+            for file in &self.hidden_files {
+                check(libc::mount(
+                    c"/dev/null".as_ptr(),
+                    file.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
+            if !self.sandbox_path.is_empty() {
+                for dir in &self.sandbox_path {
+                    if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                let bind = libc::MS_BIND | libc::MS_REC;
+                check(libc::mount(c".".as_ptr(), self.sandbox.as_ptr(), std::ptr::null(), bind, std::ptr::null()))?;
+                check(libc::chdir(self.sandbox.as_ptr()))?;
+            }
+            // Read-only once the way to the sandbox is made: even a root task cannot
+            // stage files where the node's state was.
+            for dir in &self.hidden_dirs {
+                let flags = libc::MS_REMOUNT | libc::MS_RDONLY | hidden;
+                check(libc::mount(std::ptr::null(), dir.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops from the bounding set every capability the task does not keep: what an
+    /// exec as root (or of a file with capabilities) can ever give back.
+    fn drop_bounding_caps(&self) {
+        for cap in 0..64u32 {
+            if self.keep_caps & (1 << cap) == 0 {
+                // SAFETY: prctl with plain integer arguments; unknown numbers fail with
+                // EINVAL, which is fine (the kernel has no such capability).
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+            }
+        }
+    }
+
+    /// Effective and permitted: the kept set; inheritable: nothing.
+    fn set_caps(&self) -> io::Result<()> {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        // why: the mask is split into its two 32-bit halves on purpose.
+        #[allow(clippy::cast_possible_truncation)]
+        let (low, high) = (self.keep_caps as u32, (self.keep_caps >> 32) as u32);
+        let data = [
+            Data { effective: low, permitted: low, inheritable: 0 },
+            Data { effective: high, permitted: high, inheritable: 0 },
+        ];
+        // SAFETY: capset reads a version-3 header and two data structs, both on this
+        // stack frame for the duration of the call.
+        let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
+    }
+}
+
+/// A system call's `-1` as the error errno names (reading errno allocates nothing).
+fn check(result: libc::c_int) -> io::Result<()> {
+    nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_needs_the_operators_permission() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        assert_eq!(resolve_user(Some("root"), false), Err(ROOT_REFUSED.to_string()));
+        assert_eq!(resolve_user(None, false), Err(ROOT_REFUSED.to_string()), "no user on a root agent is root");
+        assert_eq!(resolve_user(Some("root"), true), Ok((None, true)));
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let expected = Identity { uid: nobody.uid.as_raw(), gid: nobody.gid.as_raw() };
+        assert_eq!(resolve_user(Some("nobody"), false), Ok((Some(expected), false)));
+        assert_eq!(resolve_user(Some("no-such-user-here"), true), Err("no such user on this agent".into()));
+    }
+
+    #[test]
+    fn dockers_default_set_is_the_well_known_mask() {
+        // CapEff of a root process in a default Docker container.
+        assert_eq!(docker_default_caps(), 0x0000_0000_a804_25fb);
+    }
+
+    #[test]
+    fn covered_paths_keep_the_outermost_and_never_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let work = root.join("agent");
+        let sandbox = work.join("tasks/t1");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        std::fs::create_dir_all(work.join("images")).unwrap();
+        std::fs::create_dir_all(root.join("master")).unwrap();
+        std::fs::write(root.join("token"), "secret").unwrap();
+        let hidden = [
+            work.join("images"),
+            work.clone(),
+            root.join("master"),
+            root.join("missing"),
+            root.join("token"),
+            sandbox.join("inner"),
+            sandbox.clone(),
+            PathBuf::from("/"),
+        ];
+        assert_eq!(covered_paths(&hidden, &sandbox), vec![work.clone(), root.join("master"), root.join("token")]);
+
+        let confinement = Confinement::prepare(&sandbox, &hidden, None, false).unwrap();
+        let strings = |v: &[CString]| v.iter().map(|c| c.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(strings(&confinement.hidden_files), vec![root.join("token").display().to_string()]);
+        assert_eq!(
+            strings(&confinement.sandbox_path),
+            vec![work.join("tasks").display().to_string(), sandbox.display().to_string()],
+            "the way back to the sandbox, made inside the tmpfs over the work dir"
+        );
+        assert_eq!(confinement.keep_caps, 0, "a task that is not root keeps no capability");
+        assert_eq!(Confinement::prepare(&sandbox, &hidden, None, true).unwrap().keep_caps, docker_default_caps());
+    }
+}
