@@ -44,8 +44,9 @@ struct Latencies {
 impl Latencies {
     fn of(mut samples: Vec<f64>, errors: usize) -> Latencies {
         samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied();
-        Latencies { count: samples.len(), errors, p50_ms: at(0.5), p99_ms: at(0.99) }
+        // The sample at `per_mille` of the way through the sorted ones, rounded.
+        let at = |per_mille: usize| samples.get((samples.len().saturating_sub(1) * per_mille + 500) / 1000).copied();
+        Latencies { count: samples.len(), errors, p50_ms: at(500), p99_ms: at(990) }
     }
 }
 
