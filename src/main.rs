@@ -102,6 +102,11 @@ struct MasterArgs {
     /// Upstream registry (HOST:PORT) spoken to over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", env = "PLINTH_INSECURE_REGISTRY", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// Upstream registry (as image names spell it: docker.io, quay.io, HOST:PORT) the
+    /// registry may pull from before an app names it; repeatable. Clients of :5000 never
+    /// choose an upstream themselves.
+    #[arg(long = "allow-registry", env = "PLINTH_ALLOW_REGISTRY", value_delimiter = ',')]
+    allowed_registries: Vec<String>,
     /// Another name of this master's registry in image names (HOST:PORT); repeatable.
     #[arg(long = "registry-alias", env = "PLINTH_REGISTRY_ALIAS", value_delimiter = ',')]
     registry_aliases: Vec<String>,
@@ -449,6 +454,7 @@ fn master_config(
         registry: plinth_master::registry::RegistryConfig {
             listen: args.registry_listen,
             insecure: args.insecure_registries,
+            allowed: args.allowed_registries,
             docker_config: args.docker_config,
             aliases: args.registry_aliases,
             max_blob_bytes: args.registry_max_blob_bytes,

@@ -131,6 +131,12 @@ impl Master {
         registry_config.aliases.push(format!("{}:{}", config.hostname, config.registry.listen.port()));
         registry_config.push_credentials = config.access.credentials.clone();
         let registry = Registry::open(registry_config, config.data_dir.join("registry"), config.registry.listen)?;
+        // The registries the stored apps name stay allowed across restarts.
+        for app in core.apps() {
+            if let Some(docker) = app.definition.container.as_ref().and_then(|c| c.docker.as_ref()) {
+                registry.allow_upstream_of(&docker.image);
+            }
+        }
         let master = Arc::new(Master {
             config,
             reads: ReadModel::new(&core),

@@ -112,12 +112,48 @@ async fn a_plain_http_registry_not_named_insecure_gets_a_message_naming_the_flag
         up
     })
     .await?;
-    let m = master(&[]).await;
+    let m = master_with(RegistryConfig { allowed: vec![up.addr.clone()], ..Default::default() }).await;
     let (status, _, body) = m.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
     let body = String::from_utf8_lossy(&body);
     assert_ne!(status, 200, "{body}");
     assert!(body.contains("plain HTTP") && body.contains(&format!("--insecure-registry {}", up.addr)), "{body}");
     assert_eq!(m.upstream_bytes(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_make_the_master_pull_from_an_upstream_no_app_or_operator_named() -> Result<()> {
+    let up = tokio::task::spawn_blocking(upstream).await?;
+    let hello = busybox_hello()?;
+    let h = hello.clone();
+    let up = tokio::task::spawn_blocking(move || {
+        up.push("demo/hello", "latest", &h).unwrap();
+        up
+    })
+    .await?;
+    // Plain HTTP is allowed for a different host only: naming a protocol is not allowing a pull.
+    let m = master(&["127.0.0.9:1"]).await;
+    let (status, _, body) = m.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    let (code, error) = error_code(&body);
+    assert_eq!(code, "DENIED");
+    assert!(
+        error["message"].as_str().unwrap_or_default().contains(&format!("--allow-registry {}", up.addr)),
+        "{error}"
+    );
+    assert_eq!(m.upstream_bytes(), 0, "the master never connected");
+
+    // Once an app names an image there (apps are posted with the API's credentials), the
+    // master tries it (and says plain HTTP needs --insecure-registry).
+    let named = master(&[]).await;
+    named.registry.allow_upstream_of(&format!("{}/demo/hello:latest", up.addr));
+    let (status, _, body) = named.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
+    assert_ne!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("--insecure-registry"), "{}", String::from_utf8_lossy(&body));
+    // An upstream the operator named insecure is one the operator allowed.
+    let insecure = master(&[&up.addr]).await;
+    let (status, _, _) = insecure.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
+    assert_eq!(status, 200);
     Ok(())
 }
 

@@ -63,7 +63,7 @@ impl RegistryError {
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             E::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             E::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            E::Denied => (StatusCode::FORBIDDEN, "DENIED"),
+            E::Denied | E::UpstreamNotAllowed { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             // Agents only need to know the image is not to be had, and why (the message).
             E::Pull(e) => match e.kind {
                 PullErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
@@ -296,6 +296,7 @@ async fn get_manifest(
             let separator = if by_digest { '@' } else { ':' };
             let image = ImageRef::parse(&format!("{repo}{separator}{reference}"))
                 .map_err(|e| RegistryError::NameInvalid { name: name.to_string(), reason: e.to_string() })?;
+            registry.check_upstream(image.registry())?;
             let force = headers
                 .get(FORCE_PULL_HEADER)
                 .and_then(|v| v.to_str().ok())

@@ -57,8 +57,11 @@ pub const FORCE_PULL_HEADER: &str = "x-plinth-force-pull";
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
-    /// `HOST:PORT` of upstream registries spoken to over plain HTTP.
+    /// `HOST:PORT` of upstream registries spoken to over plain HTTP (allowed upstreams too).
     pub insecure: Vec<String>,
+    /// Upstream registries (as image names spell them: `docker.io`, `quay.io`,
+    /// `HOST:PORT`) pulled from even before an app names them (`--allow-registry`).
+    pub allowed: Vec<String>,
     /// A Docker `config.json` with `auths.<registry>.auth` credentials for upstreams.
     pub docker_config: Option<PathBuf>,
     /// Extra names agents may use for this registry (first path component).
@@ -76,6 +79,7 @@ impl Default for RegistryConfig {
         RegistryConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             insecure: Vec::new(),
+            allowed: Vec::new(),
             docker_config: None,
             aliases: Vec::new(),
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
@@ -124,6 +128,11 @@ pub enum RegistryError {
     Unauthorized,
     #[error("these credentials are read-only; pushing needs an admin's")]
     Denied,
+    #[error(
+        "this master pulls from {registry} only once an app names an image there or it is started with \
+         --allow-registry {registry}"
+    )]
+    UpstreamNotAllowed { registry: String },
 }
 
 /// The outcome of the last pull of one image (`/v2/queue` shows failures).
@@ -189,6 +198,10 @@ pub struct Registry {
     listen: SocketAddr,
     events: broadcast::Sender<Event>,
     statuses: Arc<Mutex<HashMap<String, PullStatus>>>,
+    /// Upstreams this master may connect to: the operator's (`allowed`, `insecure`) and
+    /// those named by apps (posted with the API's credentials), never one a client of
+    /// `:5000` names — else anyone could make the master connect anywhere.
+    upstreams: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Registry {
@@ -214,7 +227,8 @@ impl Registry {
         );
         let self_names = self_names(listen, &config.aliases);
         tracing::info!(root = %store.root().display(), names = ?self_names, insecure = ?config.insecure, "registry store opened");
-        Ok(Arc::new(Registry { config, store, puller, metrics, self_names, listen, events, statuses }))
+        let upstreams = Mutex::new(config.allowed.iter().chain(&config.insecure).cloned().collect());
+        Ok(Arc::new(Registry { config, store, puller, metrics, self_names, listen, events, statuses, upstreams }))
     }
 
     /// Events (`image_pull_*`) for the master's bus.
@@ -233,6 +247,28 @@ impl Registry {
         self.listen.ip().is_unspecified() && named.port() == self.listen.port() && is_local_address(named.ip())
     }
 
+    /// Allows pulls from the registry `image` names (called for the images of apps, which
+    /// only the API's users can post).
+    pub fn allow_upstream_of(&self, image: &str) {
+        let Ok(reference) = ImageRef::parse(image) else { return };
+        if self.is_self(reference.registry()) {
+            return;
+        }
+        let mut upstreams = self.upstreams.lock().expect("upstream set is never poisoned");
+        if upstreams.insert(reference.registry().to_string()) {
+            tracing::info!(registry = %reference.registry(), "upstream registry allowed (named by an app)");
+        }
+    }
+
+    /// Refuses upstreams neither the operator nor an app named.
+    pub fn check_upstream(&self, registry: &str) -> Result<(), RegistryError> {
+        if self.upstreams.lock().expect("upstream set is never poisoned").contains(registry) {
+            Ok(())
+        } else {
+            Err(RegistryError::UpstreamNotAllowed { registry: registry.to_string() })
+        }
+    }
+
     /// The last pull outcome of `image` as an app names it.
     pub fn pull_status(&self, image: &str) -> Option<PullStatus> {
         let key = ImageRef::parse(image).map(|r| r.to_string()).unwrap_or_else(|_| image.to_string());
@@ -246,6 +282,7 @@ impl Registry {
         if self.is_self(reference.registry()) {
             return;
         }
+        self.allow_upstream_of(image);
         let registry = self.clone();
         tokio::spawn(async move {
             if let Err(e) = registry.puller.pull(&reference, force).await {
