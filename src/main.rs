@@ -198,6 +198,11 @@ struct AgentArgs {
     /// More paths command tasks must not see, comma-separated (the work dir is always hidden).
     #[arg(long, env = "PLINTH_HIDE_FROM_TASKS", value_delimiter = ',')]
     hide_from_tasks: Vec<PathBuf>,
+    /// Stop every task after this many seconds without an answer from the master (below the
+    /// master's --agent-timeout-secs, old tasks are gone before replacements start). Default:
+    /// tasks keep running through a partition, as with Marathon.
+    #[arg(long, env = "PLINTH_STOP_TASKS_AFTER_MASTER_LOST_SECS", value_parser = clap::value_parser!(u64).range(2..))]
+    stop_tasks_after_master_lost_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -495,6 +500,7 @@ fn agent_config(
             // The join token file too: a task that read it could join agents of its own.
             hidden_paths: args.hide_from_tasks.into_iter().chain(node.token_file.clone()).collect(),
         },
+        stop_tasks_after_master_lost: args.stop_tasks_after_master_lost_secs.map(std::time::Duration::from_secs),
     }
 }
 

@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub containers: ContainerSettings,
     /// Who command tasks run as and what they may see.
     pub confinement: TaskConfinement,
+    /// Stop every task after this long without an answer from the master (`None`:
+    /// tasks keep running through a partition; see `partition.rs`).
+    pub stop_tasks_after_master_lost: Option<std::time::Duration>,
 }
 
 /// How command tasks are confined (see `crate::confine`): the user they run as when

@@ -42,6 +42,7 @@ mod join;
 pub mod logs;
 mod master_link;
 mod node;
+mod partition;
 pub mod reconciler;
 mod resources;
 pub mod runtime;

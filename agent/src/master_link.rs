@@ -158,6 +158,7 @@ pub(crate) async fn master_loop(node: Arc<Node>, client: MasterClient) {
             continue;
         }
         backoff.reset();
+        node.contact.heard();
         adopt_cluster(&node, &client, registered.cluster_id.clone());
         remember_agent_id(&node, &registered.agent_id);
         node.wake_outbox();
@@ -204,6 +205,7 @@ async fn sync_loop(
             }
             Ok(response) => {
                 backoff.reset();
+                node.contact.heard();
                 match response.desired {
                     Some(desired) => {
                         let node = node.clone();

@@ -35,6 +35,8 @@ pub(crate) struct Node {
     state: Mutex<NodeState>,
     agent_id: Mutex<Option<AgentId>>,
     outbox_ready: Notify,
+    /// When the master last answered (`partition.rs`).
+    pub(crate) contact: crate::partition::MasterContact,
 }
 
 impl Node {
@@ -56,6 +58,7 @@ impl Node {
             state: Mutex::new(state),
             agent_id: Mutex::new(agent_id),
             outbox_ready: Notify::new(),
+            contact: crate::partition::MasterContact::new(),
         }
     }
 }
@@ -455,7 +458,11 @@ impl Node {
         loop {
             interval.tick().await;
             let node = self.clone();
-            blocking(move || node.tick(Timestamp::now())).await;
+            blocking(move || {
+                node.stop_tasks_if_master_lost();
+                node.tick(Timestamp::now());
+            })
+            .await;
         }
     }
 

@@ -184,3 +184,43 @@ fn a_master_on_an_empty_or_lost_store_refuses_to_start_and_no_task_is_killed() {
     assert_eq!(pids_after.keys().cloned().collect::<BTreeSet<_>>(), steady, "both tasks still run");
     assert_eq!(pids_after, pids_before, "same processes");
 }
+
+#[test]
+fn in_a_partition_agents_keep_or_stop_their_tasks_as_the_operator_chose() {
+    let mut cluster = Cluster::new("faults-partition");
+    cluster.start_master(&[]);
+    cluster.start_agent("agent-1", &["--stop-tasks-after-master-lost-secs", "2"]);
+    cluster.start_agent("agent-2", &[]);
+    cluster.wait_for_agents(2);
+    let app = json!({"id": "/both", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 2,
+        "constraints": [["hostname", "UNIQUE"]]});
+    cluster.deploy(&app);
+    let on = |cluster: &Cluster, agent: &str| -> BTreeSet<String> {
+        cluster.task_pids(agent).into_keys().filter(|id| id.starts_with("both.")).collect()
+    };
+    let (first, second) = (on(&cluster, "agent-1"), on(&cluster, "agent-2"));
+    assert_eq!((first.len(), second.len()), (1, 1), "one task on each agent");
+
+    // The master goes away: the agent that was told to stops its task, the other keeps it.
+    cluster.kill9("master");
+    wait_until("agent-1 to stop its task without the master", secs(30), || match on(&cluster, "agent-1") {
+        running if running.is_empty() => Ok(()),
+        running => Err(format!("still running: {running:?}")),
+    });
+    assert_eq!(on(&cluster, "agent-2"), second, "the default keeps tasks running through a partition");
+
+    // Back together: the master hears TASK_KILLED and replaces the stopped task only.
+    cluster.respawn("master");
+    cluster.wait_for_agents(2);
+    wait_until("the stopped task to be replaced on agent-1", secs(60), || {
+        let (now_first, now_second) = (on(&cluster, "agent-1"), on(&cluster, "agent-2"));
+        if now_first.len() == 1 && now_first != first && now_second == second {
+            Ok(())
+        } else {
+            Err(format!("agent-1 {now_first:?}, agent-2 {now_second:?}"))
+        }
+    });
+    let running = ids(&cluster.running_tasks("/both"));
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.is_superset(&second), "{running:?}");
+}

@@ -134,6 +134,7 @@ fn start_agent_configured(
         ca_file: None,
         containers: Default::default(),
         confinement,
+        stop_tasks_after_master_lost: None,
     };
     let options = AgentOptions {
         tick: Duration::from_millis(100),
