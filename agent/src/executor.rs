@@ -218,7 +218,14 @@ fn write_start_failure(sandbox: &Path, error: String) -> Result<(), AgentError> 
 }
 
 fn fetch_options(spec: &ExecutorSpec) -> fetch::FetchOptions {
-    let mut options = fetch::FetchOptions { cache_dir: spec.fetch_cache.clone(), ..Default::default() };
+    // Local artifacts are read as the task's user, never from what tasks must not see.
+    let reader = identity_for(spec).ok().and_then(|(identity, _)| identity).map(|i| (i.uid, i.gid));
+    let mut options = fetch::FetchOptions {
+        cache_dir: spec.fetch_cache.clone(),
+        local_reader: reader,
+        hidden: spec.hidden_paths.clone(),
+        ..Default::default()
+    };
     // An app that asks for disk gets at most that much in artifacts.
     if let Some(disk_mb) = spec.task.as_ref().map(|t| t.app.disk).filter(|d| *d > 0.0) {
         // why: float-to-int `as` saturates; disk is validated finite and this is positive.

@@ -39,6 +39,8 @@ pub enum FetchError {
     TooLarge { limit: u64 },
     #[error("cannot read {path}")]
     ReadLocal { path: PathBuf, source: io::Error },
+    #[error("{path} is refused: it is inside {hidden}, which tasks must not see")]
+    Hidden { path: PathBuf, hidden: PathBuf },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot start the download runtime")]
@@ -59,6 +61,12 @@ pub struct FetchOptions {
     pub connect_timeout: Duration,
     /// A download that stalls this long fails (no total timeout: artifacts can be big).
     pub read_timeout: Duration,
+    /// Local artifacts (`file://`, absolute paths) are opened with this uid/gid's file
+    /// permissions (the task's user): the root executor must not copy a file the task
+    /// could not read itself. `None`: the task runs as the executor's own user.
+    pub local_reader: Option<(libc::uid_t, libc::gid_t)>,
+    /// Local artifacts inside these are refused (the paths hidden from tasks).
+    pub hidden: Vec<PathBuf>,
 }
 
 impl Default for FetchOptions {
@@ -68,6 +76,8 @@ impl Default for FetchOptions {
             max_bytes: 16 << 30,
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            local_reader: None,
+            hidden: Vec::new(),
         }
     }
 }
@@ -203,6 +213,11 @@ impl Fetcher<'_> {
         match options.cache_dir.as_deref().filter(|_| fetch.cache) {
             Some(cache_dir) => {
                 let cached = cache_path(cache_dir, &fetch.uri, &file_name);
+                if let Source::Local(path) = &source {
+                    // A copy cached for another task is no licence: this task's user must
+                    // be able to read the original.
+                    open_local(path, options)?;
+                }
                 if !cached.is_file() {
                     let dir = cached.parent().unwrap_or(cache_dir).to_path_buf();
                     fs::create_dir_all(&dir).map_err(write_error(&dir))?;
@@ -226,7 +241,7 @@ impl Fetcher<'_> {
     fn retrieve(&self, source: &Source, dest: &Path) -> Result<(), FetchError> {
         let tmp = temporary_for(dest);
         let result = match source {
-            Source::Local(path) => copy_local(path, &tmp, self.options.max_bytes),
+            Source::Local(path) => copy_local(path, &tmp, self.options),
             Source::Http(url) => self.runtime.block_on(download(&self.client, url, &tmp, self.options.max_bytes)),
         };
         match result {
@@ -246,15 +261,52 @@ fn copy_into(cached: &Path, dest: &Path) -> Result<(), FetchError> {
     fs::rename(&tmp, dest).map_err(write_error(dest))
 }
 
-fn copy_local(path: &Path, tmp: &Path, limit: u64) -> Result<(), FetchError> {
+/// Opens a local artifact as the task may: never inside a hidden path, and with the
+/// task user's permissions.
+fn open_local(path: &Path, options: &FetchOptions) -> Result<File, FetchError> {
     let read_error = |source| FetchError::ReadLocal { path: path.to_path_buf(), source };
-    let mut input = File::open(path).map_err(read_error)?;
+    let real = fs::canonicalize(path).map_err(read_error)?;
+    for hidden in &options.hidden {
+        let hidden = fs::canonicalize(hidden).unwrap_or_else(|_| hidden.clone());
+        if real.starts_with(&hidden) {
+            return Err(FetchError::Hidden { path: path.to_path_buf(), hidden });
+        }
+    }
+    open_as(&real, options.local_reader).map_err(read_error)
+}
+
+fn copy_local(path: &Path, tmp: &Path, options: &FetchOptions) -> Result<(), FetchError> {
+    let limit = options.max_bytes;
+    let read_error = |source| FetchError::ReadLocal { path: path.to_path_buf(), source };
+    let mut input = open_local(path, options)?;
     if input.metadata().map_err(read_error)?.len() > limit {
         return Err(FetchError::TooLarge { limit });
     }
     let mut output = File::create(tmp).map_err(write_error(tmp))?;
     io::copy(&mut input, &mut output).map_err(write_error(tmp))?;
     output.sync_all().map_err(write_error(tmp))
+}
+
+/// Opens `path` for reading with `reader`'s file permissions (the kernel checks every
+/// component and link as that uid/gid), by switching this thread's filesystem ids and
+/// the process's groups around the open.
+fn open_as(path: &Path, reader: Option<(libc::uid_t, libc::gid_t)>) -> io::Result<File> {
+    let Some((uid, gid)) = reader else { return File::open(path) };
+    let groups = nix::unistd::getgroups().map_err(io::Error::from)?;
+    // Root's supplementary groups (often 0) would still grant group access.
+    nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(gid)]).map_err(io::Error::from)?;
+    // SAFETY: setfsgid/setfsuid only change the calling thread's filesystem ids; they
+    // are put back right after the open (they return the previous value).
+    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    let opened = File::open(path);
+    // SAFETY: as above, restoring the ids saved there.
+    #[allow(clippy::cast_sign_loss)]
+    unsafe {
+        libc::setfsuid(old_uid as libc::uid_t);
+        libc::setfsgid(old_gid as libc::gid_t);
+    }
+    nix::unistd::setgroups(&groups).map_err(io::Error::from)?;
+    opened
 }
 
 async fn download(client: &reqwest::Client, url: &str, tmp: &Path, limit: u64) -> Result<(), FetchError> {
@@ -285,6 +337,60 @@ mod tests {
 
     fn uri(value: serde_json::Value) -> FetchUri {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn local_artifacts_are_read_with_the_task_users_permissions_and_never_from_hidden_paths() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = dir.path().join("secret.txt");
+        fs::write(&secret, "root only").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let public = dir.path().join("public.txt");
+        fs::write(&public, "anyone").unwrap();
+        fs::set_permissions(&public, fs::Permissions::from_mode(0o644)).unwrap();
+        // A link the task could plant: followed as the task's user, so it gains nothing.
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let sandbox = tempfile::tempdir().unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let options = FetchOptions {
+            local_reader: Some((nobody.uid.as_raw(), nobody.gid.as_raw())),
+            hidden: vec![dir.path().join("hidden")],
+            ..Default::default()
+        };
+        let fetch = |path: &Path| {
+            fetch_all(&[uri(serde_json::json!({"uri": path.display().to_string()}))], sandbox.path(), &options, &|| {
+                false
+            })
+        };
+        fetch(&public).expect("a file the task may read is staged");
+        assert_eq!(fs::read_to_string(sandbox.path().join("public.txt")).unwrap(), "anyone");
+        for refused in [&secret, &link] {
+            let (_, err) = fetch(refused).expect_err("a file the task may not read is refused");
+            assert!(
+                matches!(&err, FetchError::ReadLocal { source, .. } if source.kind() == io::ErrorKind::PermissionDenied),
+                "{err:?}"
+            );
+        }
+        assert!(!sandbox.path().join("secret.txt").exists() && !sandbox.path().join("link.txt").exists());
+        // The executor keeps its own identity after the fetch.
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "root only");
+
+        fs::create_dir(dir.path().join("hidden")).unwrap();
+        let inside = dir.path().join("hidden/task.json");
+        fs::write(&inside, "{}").unwrap();
+        fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
+        let root_task = FetchOptions { local_reader: None, ..options.clone() };
+        let (_, err) = fetch_all(
+            &[uri(serde_json::json!({"uri": inside.display().to_string()}))],
+            sandbox.path(),
+            &root_task,
+            &|| false,
+        )
+        .expect_err("hidden paths are refused even for root tasks");
+        assert!(matches!(err, FetchError::Hidden { .. }), "{err:?}");
     }
 
     #[test]
