@@ -10,7 +10,7 @@ use serde_json::json;
 
 use plinth_protocol::agent::{Registration, StatusUpdate, SyncRequest};
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, Resources, TaskState, Timestamp};
-use plinth_scheduler::{Core, CoreConfig, DeploymentAction, KillTarget};
+use plinth_scheduler::{Core, CoreConfig, DeploymentAction, KillTarget, Snapshot};
 
 const APPS: [&str; 3] = ["/a", "/b", "/g/c"];
 const AGENTS: usize = 3;
@@ -50,6 +50,9 @@ enum Op {
     /// The agents confirm every kill the master asked for.
     ConfirmKills,
     Tick(i64),
+    /// The master is killed (`kill -9`) and starts again from what it stored: every
+    /// record the core ever reported as changed (the store writes them all), nothing else.
+    Crash,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -95,6 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
         ])
             .prop_map(|(n, s)| Op::Status(n, s)),
         2 => Just(Op::ConfirmKills),
+        1 => Just(Op::Crash),
         6 => prop_oneof![Just(150i64), Just(2_000), Just(6_000)].prop_map(Op::Tick),
     ]
 }
@@ -110,6 +114,7 @@ struct World {
     generations: HashMap<AgentId, u64>,
     /// Per deleted app id: the deployments, versions and commands it had when deleted.
     deleted: HashMap<AppId, Deleted>,
+    crashes: u32,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +141,7 @@ impl World {
             silent: vec![false; AGENTS],
             generations: HashMap::new(),
             deleted: HashMap::new(),
+            crashes: 0,
         }
     }
 
@@ -261,6 +267,18 @@ impl World {
                     self.core.apply_status_updates(&agent, vec![update], now);
                 }
             }
+            Op::Crash => {
+                let stored = stored(&self.core);
+                let config = CoreConfig { agent_timeout_ms: TIMEOUT_MS, ..CoreConfig::default() };
+                // Fresh ids after each restart, never repeated, as random ones would be.
+                self.crashes += 1;
+                let mut n = u128::from(self.crashes) << 100;
+                let ids = Box::new(move || {
+                    n += 1;
+                    uuid::Uuid::from_u128(n)
+                });
+                self.core = Core::restore(config, ids, stored, now);
+            }
             Op::Tick(ms) => {
                 self.now = self.now.plus_millis(*ms);
                 let now = self.now;
@@ -378,6 +396,27 @@ fn check(world: &mut World, op: &Op, launched: &BTreeMap<AppId, usize>) -> Resul
         }
     }
     Ok(())
+}
+
+/// What the store holds for `core`: its records (the master writes every changed one
+/// before it answers, so after any command the store equals these).
+fn stored(core: &Core) -> Snapshot {
+    let mut app_versions = Vec::new();
+    for app in core.apps() {
+        for version in core.app_versions(&app.id).unwrap_or_default() {
+            if let Some(def) = core.app_version(&app.id, &version) {
+                app_versions.push((app.id.clone(), version, def.clone()));
+            }
+        }
+    }
+    Snapshot {
+        apps: core.apps().cloned().collect(),
+        app_versions,
+        tasks: core.tasks().cloned().collect(),
+        agents: core.agents().map(|a| a.record.clone()).collect(),
+        deployments: core.deployments().cloned().collect(),
+        groups: core.group_records().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
