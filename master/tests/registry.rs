@@ -21,6 +21,17 @@ fn upstream() -> plinth_testkit::Registry {
     plinth_testkit::Registry::start(None, &format!("127.0.0.1:{}", free_port())).expect("docker-registry starts")
 }
 
+/// An upstream registry holding the busybox greeter as `demo/hello:latest`.
+async fn upstream_with_hello() -> Result<plinth_testkit::Registry> {
+    let hello = busybox_hello()?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let up = upstream();
+        up.push("demo/hello", "latest", &hello).unwrap();
+        up
+    })
+    .await?)
+}
+
 fn small_image(marker: &str, compression: Compression) -> BuiltImage {
     let layer = Layer::new(
         &[Entry::File { path: format!("{marker}.txt"), mode: 0o644, data: marker.repeat(1000).into_bytes() }],
@@ -104,14 +115,7 @@ fn image_bytes(image: &BuiltImage) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_http_registry_not_named_insecure_gets_a_message_naming_the_flag() -> Result<()> {
-    let up = tokio::task::spawn_blocking(upstream).await?;
-    let hello = busybox_hello()?;
-    let h = hello.clone();
-    let up = tokio::task::spawn_blocking(move || {
-        up.push("demo/hello", "latest", &h).unwrap();
-        up
-    })
-    .await?;
+    let up = upstream_with_hello().await?;
     let m = master_with(RegistryConfig { allowed: vec![up.addr.clone()], ..Default::default() }).await;
     let (status, _, body) = m.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
     let body = String::from_utf8_lossy(&body);
@@ -123,14 +127,7 @@ async fn a_plain_http_registry_not_named_insecure_gets_a_message_naming_the_flag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_make_the_master_pull_from_an_upstream_no_app_or_operator_named() -> Result<()> {
-    let up = tokio::task::spawn_blocking(upstream).await?;
-    let hello = busybox_hello()?;
-    let h = hello.clone();
-    let up = tokio::task::spawn_blocking(move || {
-        up.push("demo/hello", "latest", &h).unwrap();
-        up
-    })
-    .await?;
+    let up = upstream_with_hello().await?;
     // Plain HTTP is allowed for a different host only: naming a protocol is not allowing a pull.
     let m = master(&["127.0.0.9:1"]).await;
     let (status, _, body) = m.manifest(&format!("{}/demo/hello", up.addr), "latest").await;
