@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod plinth;
 pub mod queue;
 pub mod task;
+pub mod task_stats;
 
 use serde::{Deserialize, Serialize};
 
