@@ -28,6 +28,7 @@ pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod groups;
+pub mod images;
 pub mod logs;
 pub mod misc;
 pub mod operator;
@@ -83,6 +84,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/v1/tasks/{id}/logs", get(logs::task_logs))
         .merge(ui::routes(ui::Source::from_env()))
         .merge(plinth::routes())
+        .merge(images::routes())
         .fallback(misc::not_found)
         .with_state(master)
 }

@@ -22,6 +22,7 @@ pub mod app;
 pub mod deployment;
 pub mod events;
 pub mod group;
+pub mod images;
 pub mod info;
 pub mod metrics;
 pub mod plinth;
