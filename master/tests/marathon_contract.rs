@@ -335,7 +335,8 @@ async fn every_marathon_response_has_marathons_field_set() -> Result<()> {
     f.assert("GET /v2/groups/{id}", "GroupInfo", &h.get("/v2/groups/shop?embed=group.apps.tasks").await?.1);
     f.assert("GET /v2/groups/{id}/versions", "GroupVersions", &h.get("/v2/groups/db/versions").await?.1);
     let (_, group_versions) = h.get("/v2/groups/db/versions").await?;
-    let first_version = group_versions.as_array().and_then(|v| v.last()).and_then(Value::as_str).context("a version")?;
+    let first_version =
+        group_versions.as_array().and_then(|v| v.last()).and_then(Value::as_str).context("a version")?;
     let (status, rolled) = h.put("/v2/groups/db?force=true", json!({"version": first_version})).await?;
     assert_eq!(status, 200, "{rolled}");
     f.assert("PUT /v2/groups/{id} with a version (rollback)", "DeploymentResult", &rolled);

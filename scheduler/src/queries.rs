@@ -171,7 +171,8 @@ fn task_stats_of(tasks: &[&TaskRecord], checked: bool, now: Timestamp) -> Option
     lives.sort_by(f64::total_cmp);
     let life_time = (!lives.is_empty()).then(|| {
         let middle = lives.len() / 2;
-        let median = if lives.len() % 2 == 0 { (lives[middle - 1] + lives[middle]) / 2.0 } else { lives[middle] };
+        let median =
+            if lives.len().is_multiple_of(2) { (lives[middle - 1] + lives[middle]) / 2.0 } else { lives[middle] };
         TaskLifeTime { average_seconds: lives.iter().sum::<f64>() / lives.len() as f64, median_seconds: median }
     });
     Some(Stats { stats: TaskStats { counts, life_time } })

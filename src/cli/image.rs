@@ -134,7 +134,8 @@ fn pulled(body: &Value) -> String {
         "-" => text(image, "repository"),
         tag => format!("{}:{tag}", text(image, "repository")),
     };
-    let how = if downloaded == 0 { "already cached".to_string() } else { format!("{} downloaded", size_text(downloaded)) };
+    let how =
+        if downloaded == 0 { "already cached".to_string() } else { format!("{} downloaded", size_text(downloaded)) };
     let size = size_text(image.get("sizeBytes").and_then(Value::as_u64).unwrap_or(0));
     format!("pulled {name} ({}, {size}; {how})\n", text(image, "digest"))
 }
@@ -163,6 +164,9 @@ mod tests {
             "digest": "sha256:0123456789abcdef", "sizeBytes": 2_200_000, "source": "docker.io", "usedBy": ["/web"]}]});
         let out = image_table(&body);
         assert!(out.starts_with("REPOSITORY"), "{out}");
-        assert!(out.contains("docker.io/library/busybox  1.36") && out.contains("2.2 MB") && out.contains("/web"), "{out}");
+        assert!(
+            out.contains("docker.io/library/busybox  1.36") && out.contains("2.2 MB") && out.contains("/web"),
+            "{out}"
+        );
     }
 }

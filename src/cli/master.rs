@@ -116,13 +116,7 @@ impl MasterClient {
         self.send(method, path, body, REQUEST_TIMEOUT).await
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        timeout: Duration,
-    ) -> anyhow::Result<Value> {
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
         let mut request = self.request(method.clone(), path).timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
@@ -144,7 +138,12 @@ impl MasterClient {
 
     /// A POST that makes the master pull images (`/v1/images`): image pull progress bars on
     /// stderr meanwhile, and `timeout` instead of the usual request timeout.
-    pub(super) async fn call_showing_pulls(&self, path: &str, body: &Value, timeout: Duration) -> anyhow::Result<Value> {
+    pub(super) async fn call_showing_pulls(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let events = self.request(Method::GET, "/v1/events").header("accept", "text/event-stream");
         let _progress = AbortOnDrop(tokio::spawn(show_pull_progress(events)));
         self.send(Method::POST, path, Some(body), timeout).await

@@ -8,8 +8,8 @@
 
 use crate::common::*;
 use plinth_testkit::{busybox_hello, Registry};
-use std::net::Ipv4Addr;
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -232,7 +232,8 @@ fn a_docker_bridge_tasks_host_port_links_open_the_app() {
     let gateway = cluster.gateway().octets();
     let ip = Ipv4Addr::new(gateway[0], gateway[1], gateway[2], gateway[3] + 1);
     let registry_listen = format!("{ip}:5000");
-    cluster.start_standalone_with(NODE, &["--registry-listen", &registry_listen, "--insecure-registry", "127.0.0.1:5000"]);
+    cluster
+        .start_standalone_with(NODE, &["--registry-listen", &registry_listen, "--insecure-registry", "127.0.0.1:5000"]);
     assert_eq!(cluster.node(NODE).host.ip, ip, "the standalone's address");
     let upstream = Registry::start(Some(&cluster.node(NODE).host.netns), "127.0.0.1:5000").expect("docker-registry");
     upstream.push("demo/hello", "latest", &busybox_hello().expect("test image")).expect("push demo/hello");

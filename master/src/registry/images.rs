@@ -47,7 +47,11 @@ impl Registry {
 
     /// Every tag, by repository and tag (reads the store: call it off the async workers).
     pub fn images(&self) -> Vec<StoredImage> {
-        self.store.all_tags().into_iter().map(|(repository, tag, record)| describe(&self.store, repository, tag, record)).collect()
+        self.store
+            .all_tags()
+            .into_iter()
+            .map(|(repository, tag, record)| describe(&self.store, repository, tag, record))
+            .collect()
     }
 
     /// One tag, if the store has it.
@@ -84,7 +88,8 @@ impl Registry {
 }
 
 fn describe(store: &RegistryStore, repository: RepoName, tag: String, record: TagRecord) -> StoredImage {
-    let upstream = repository.split_first().map(|(first, _)| first).filter(|first| names_registry(first)).map(str::to_string);
+    let upstream =
+        repository.split_first().map(|(first, _)| first).filter(|first| names_registry(first)).map(str::to_string);
     let last_used = std::fs::metadata(store.blobs().path(&record.digest)).and_then(|m| m.modified()).ok();
     StoredImage { size: image_size(store, &record.digest, 0), last_used, upstream, repository, tag, record }
 }

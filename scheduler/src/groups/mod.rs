@@ -173,11 +173,24 @@ impl GroupSpec {
 #[derive(Debug)]
 pub enum GroupRequest {
     Create(GroupSpec),
-    Update { spec: GroupSpec, force: bool },
-    Scale { id: String, factor: f64, force: bool },
-    Delete { id: String },
+    Update {
+        spec: GroupSpec,
+        force: bool,
+    },
+    Scale {
+        id: String,
+        factor: f64,
+        force: bool,
+    },
+    Delete {
+        id: String,
+    },
     /// Back to what the group held at one of its versions (`{"version": ...}`).
-    Rollback { id: String, version: String, force: bool },
+    Rollback {
+        id: String,
+        version: String,
+        force: bool,
+    },
 }
 
 impl GroupRequest {
