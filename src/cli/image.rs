@@ -41,21 +41,13 @@ pub enum ImageRegistryCommand {
 }
 
 impl ImageRegistryCommand {
-    fn client(&mut self) -> &mut ClientArgs {
-        match self {
-            ImageRegistryCommand::List { client }
-            | ImageRegistryCommand::Pull { client, .. }
-            | ImageRegistryCommand::Rm { client, .. } => client,
-        }
-    }
-
     /// `--master` and `--json` given before the command, as for the other client commands.
     pub fn with_globals(mut self, master: Option<String>, json: bool) -> Self {
-        let client = self.client();
-        if let Some(master) = master {
-            client.master = master;
+        match &mut self {
+            ImageRegistryCommand::List { client }
+            | ImageRegistryCommand::Pull { client, .. }
+            | ImageRegistryCommand::Rm { client, .. } => client.apply_globals(master, json),
         }
-        client.json |= json;
         self
     }
 

@@ -45,6 +45,17 @@ pub struct ClientArgs {
     ca_file: Option<std::path::PathBuf>,
 }
 
+impl ClientArgs {
+    /// `--master` and `--json` given before the command win over the environment, as
+    /// the flags after it do.
+    fn apply_globals(&mut self, master: Option<String>, json: bool) {
+        if let Some(master) = master {
+            self.master = master;
+        }
+        self.json |= json;
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Deploy, list, inspect, scale, restart and destroy apps.
@@ -224,10 +235,7 @@ impl ClientCommand {
             | ClientCommand::Node { client, .. }
             | ClientCommand::Queue { client } => client,
         };
-        if let Some(master) = master {
-            client.master = master;
-        }
-        client.json |= json;
+        client.apply_globals(master, json);
         self
     }
 
