@@ -45,7 +45,7 @@ enum Command {
     Standalone(StandaloneCommand),
     #[command(flatten)]
     Client(cli::ClientCommand),
-    /// Build boot images (kernel + initramfs, disk, ISO, Vagrant box).
+    /// Build boot images (kernel + initramfs, disk, ISO, Vagrant box); list, pull and remove the master registry's images.
     Image {
         #[command(subcommand)]
         cmd: os::ImageCommand,
@@ -311,7 +311,8 @@ fn main() {
         run_executor(spec);
     }
 
-    let client_command = matches!(cli.command, Command::Client(_));
+    let client_command =
+        matches!(cli.command, Command::Client(_) | Command::Image { cmd: os::ImageCommand::Registry(_) });
     init_logging(cli.log_format, if client_command { "warn" } else { "info" });
     if client_command {
         // A closed pipe (`plinth app list | head`) ends a client quietly, as it ends `ls`:
@@ -322,6 +323,10 @@ fn main() {
     let cli = match (cli.master.take(), cli.json, cli.command) {
         (master, json, Command::Client(client)) => {
             Cli { command: Command::Client(client.with_globals(master, json)), ..cli }
+        }
+        (master, json, Command::Image { cmd: os::ImageCommand::Registry(images) }) => {
+            let cmd = os::ImageCommand::Registry(images.with_globals(master, json));
+            Cli { command: Command::Image { cmd }, ..cli }
         }
         (None, false, command) => Cli { command, ..cli },
         (_, _, _) => {
@@ -352,6 +357,7 @@ fn init_logging(format: LogFormat, default_filter: &str) {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         // Synchronous commands run outside any runtime: they may start their own.
+        Command::Image { cmd: os::ImageCommand::Registry(cmd) } => runtime()?.block_on(cmd.run()),
         Command::Image { cmd } => os::run_image(cmd),
         #[cfg(feature = "bench")]
         Command::Bench { cmd } => plinth_bench::run(cmd),

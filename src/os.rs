@@ -10,6 +10,9 @@ pub enum ImageCommand {
     /// Build the node image: vmlinuz + initramfs.img + cmdline, and optionally an ISO,
     /// raw/qcow2 disk images and a Vagrant libvirt box.
     Build(ImageBuildArgs),
+    /// The master registry's images: list, pull, rm (client commands, `src/cli/image.rs`).
+    #[command(flatten)]
+    Registry(crate::cli::ImageRegistryCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +56,8 @@ pub fn maybe_run_as_init() {
 pub fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Build(args) => image_build(args),
+        // Run by `main` on a runtime (they talk to the master); never routed here.
+        ImageCommand::Registry(_) => anyhow::bail!("plinth image list|pull|rm need the client runtime"),
     }
 }
 

@@ -59,6 +59,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Internal(String),
+    /// An upstream (registry) failed or refused (502).
+    #[error("{0}")]
+    BadGateway(String),
     /// Too many expensive reads waiting (429 with `Retry-After`, see `read_model.rs`).
     #[error("Too many requests are waiting; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::TooLong { status, .. } => *status,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -228,6 +228,15 @@ async fn every_marathon_response_has_marathons_field_set() -> Result<()> {
     assert!(app["readinessCheckResults"].as_array().is_some_and(|r| r.len() == 2), "{app}");
     let task = &app["tasks"][0];
     assert!(task["healthCheckResults"][0]["alive"] == true && task["localVolumes"] == json!([]), "{task}");
+    let (_, stats) = h.get("/v2/apps?embed=apps.taskStats").await?;
+    f.assert("GET /v2/apps?embed=apps.taskStats", "AppList", &stats);
+    let total = &stats["apps"][0]["taskStats"]["totalSummary"]["stats"];
+    assert_eq!(total["counts"]["running"], 2, "{stats}");
+    assert!(total["lifeTime"]["medianSeconds"].as_f64().is_some_and(|s| s >= 0.0), "{stats}");
+    assert!(stats["apps"][0]["taskStats"].get("withOutdatedConfig").is_none(), "no such tasks: {stats}");
+    let (_, single) = h.get("/v2/apps/shop/web?embed=app.taskStats").await?;
+    f.assert("GET /v2/apps/{id}?embed=app.taskStats", "AppSingle", &single);
+    assert!(single["app"]["taskStats"]["withLatestConfig"]["stats"]["counts"].is_object(), "{single}");
     let (_, single) = h.get("/v2/apps/shop/web?embed=app.readiness").await?;
     f.assert("GET /v2/apps/{id}", "AppSingle", &single);
     f.assert("GET /v2/apps/{id}/tasks", "TaskList", &h.get("/v2/apps/shop/web/tasks").await?.1);
@@ -325,6 +334,12 @@ async fn every_marathon_response_has_marathons_field_set() -> Result<()> {
     f.assert("GET /v2/groups", "GroupInfo", &h.get("/v2/groups").await?.1);
     f.assert("GET /v2/groups/{id}", "GroupInfo", &h.get("/v2/groups/shop?embed=group.apps.tasks").await?.1);
     f.assert("GET /v2/groups/{id}/versions", "GroupVersions", &h.get("/v2/groups/db/versions").await?.1);
+    let (_, group_versions) = h.get("/v2/groups/db/versions").await?;
+    let first_version =
+        group_versions.as_array().and_then(|v| v.last()).and_then(Value::as_str).context("a version")?;
+    let (status, rolled) = h.put("/v2/groups/db?force=true", json!({"version": first_version})).await?;
+    assert_eq!(status, 200, "{rolled}");
+    f.assert("PUT /v2/groups/{id} with a version (rollback)", "DeploymentResult", &rolled);
     let (_, dry) =
         h.put("/v2/groups/db?dryRun=true&force=true", json!({"apps": [{"id": "pg", "cmd": "x", "mem": 16}]})).await?;
     f.assert("PUT /v2/groups/{id}?dryRun=true", "DeploymentSteps", &dry);
@@ -333,8 +348,22 @@ async fn every_marathon_response_has_marathons_field_set() -> Result<()> {
     f.assert("DELETE /v2/groups/{id}", "DeploymentResult", &deleted);
 
     // Info, leader, metrics (JSON unless a scraper asks for text).
-    f.assert("GET /v2/info", "MarathonInfo", &h.get("/v2/info").await?.1);
-    f.assert("GET /v2/leader", "LeaderInfo", &h.get("/v2/leader").await?.1);
+    let (_, info) = h.get("/v2/info").await?;
+    f.assert("GET /v2/info", "MarathonInfo", &info);
+    // Clients compare it as a Marathon version: 1.x.y, the API Plinth follows.
+    let version: Vec<u64> =
+        info["version"].as_str().unwrap_or_default().split('.').filter_map(|n| n.parse().ok()).collect();
+    assert!(version.len() == 3 && version[0] == 1 && version[1] >= 10, "{info}");
+    let (_, own) = h.get("/v1/info").await?;
+    assert_eq!(own["version"], env!("CARGO_PKG_VERSION"), "Plinth's own version is on /v1/info: {own}");
+    let (_, leader) = h.get("/v2/leader").await?;
+    f.assert("GET /v2/leader", "LeaderInfo", &leader);
+    // One master: no one to hand leadership to, so abdication is refused and changes nothing.
+    let (status, abdicated) = h.delete("/v2/leader").await?;
+    assert_eq!(status, 409, "{abdicated}");
+    f.assert("DELETE /v2/leader on a single master", "Error", &abdicated);
+    assert!(abdicated["message"].as_str().is_some_and(|m| m.contains("only master")), "{abdicated}");
+    assert_eq!(h.get("/v2/leader").await?.1, leader, "still the leader");
     f.assert("GET /metrics", "Metrics", &h.get("/metrics").await?.1);
     let text = h.http.get(format!("{}/metrics", h.base)).header("accept", "text/plain").send().await?.text().await?;
     assert!(text.contains("# TYPE plinth_apps gauge"), "{text}");

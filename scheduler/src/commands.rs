@@ -167,6 +167,7 @@ impl Core {
         self.changes.apps.insert(id.clone());
         self.offer_stats.remove(id);
         let version = self.fresh_version(id, now);
+        self.keep_versions_for_group_snapshots(id);
         if let Some(versions) = self.versions.remove(id) {
             // Version records go with the app; the store deletes what the core no longer has.
             for v in versions.into_keys() {

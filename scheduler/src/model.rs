@@ -236,6 +236,23 @@ pub struct GroupRecord {
     /// Versions (ISO timestamps) at which the group changed, oldest first.
     #[serde(default)]
     pub versions: Vec<String>,
+    /// What the group held at each of its versions (those still in `versions`), for
+    /// rolling it back (`PUT /v2/groups/{id}` with `{"version"}`). Shared with read copies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, std::sync::Arc<GroupSnapshot>>,
+    /// Definitions of apps deleted since that a snapshot still names (their stored
+    /// versions went with the app).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<std::sync::Arc<AppDefinition>>,
+}
+
+/// A group at one version: its apps at their versions and the dependencies of the groups
+/// in it (itself included). Apps are named by version, not copied: their definitions are
+/// the app's stored versions (or [`GroupRecord::kept`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupSnapshot {
+    pub apps: BTreeMap<AppId, String>,
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// Group records by absolute path.

@@ -1,6 +1,7 @@
 //! Read views of the core for the API: apps, tasks, agents, deployments, versions and
 //! the launch queue.
-use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, TaskId, Timestamp};
+use plinth_protocol::views::task_stats::{Stats, TaskCounts, TaskLifeTime, TaskStats, TaskStatsByVersion};
+use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, TaskId, TaskState, Timestamp};
 
 use crate::model::{AppRecord, DeploymentRecord, OfferStats, TaskRecord};
 use crate::ports::service_ports_of;
@@ -83,6 +84,28 @@ impl Core {
         self.versions.get(id).and_then(|v| v.get(version)).map(|d| &**d)
     }
 
+    /// Marathon's `taskStats` of an app's live tasks at `now`: after the last scaling (by
+    /// launch time), of the latest config, of an older one, and all (`None`: no such app).
+    pub fn task_stats(&self, id: &AppId, now: Timestamp) -> Option<TaskStatsByVersion> {
+        let app = self.apps.get(id)?;
+        let tasks = self.app_tasks(id);
+        let checked = !app.definition.health_checks.is_empty();
+        let stats = |pick: &dyn Fn(&TaskRecord) -> bool| {
+            let picked: Vec<&TaskRecord> = tasks.iter().copied().filter(|t| pick(t)).collect();
+            task_stats_of(&picked, checked, now)
+        };
+        let info = app.definition.version_info.as_ref();
+        let scaled_at = info.and_then(|v| Timestamp::parse_iso(&v.last_scaling_at));
+        // Task versions are config versions: the same strings as `lastConfigChangeAt`.
+        let config = info.map(|v| v.last_config_change_at.as_str());
+        Some(TaskStatsByVersion {
+            started_after_last_scaling: scaled_at.and_then(|at| stats(&|t| t.staged_at >= at)),
+            with_latest_config: config.and_then(|c| stats(&|t| t.version.as_str() >= c)),
+            with_outdated_config: config.and_then(|c| stats(&|t| t.version.as_str() < c)),
+            total_summary: stats(&|_| true),
+        })
+    }
+
     /// Service ports of an app, in port order.
     pub fn service_ports(&self, id: &AppId) -> Vec<u16> {
         self.apps.get(id).map(|a| service_ports_of(&a.definition)).unwrap_or_default()
@@ -125,4 +148,32 @@ impl Core {
         self.agents.get(agent).is_some_and(|a| a.record.draining)
             && self.tasks_by_agent.get(agent).is_none_or(|tasks| tasks.is_empty())
     }
+}
+
+/// Counts and life times of some tasks (`None` for none, as Marathon leaves such a group out).
+fn task_stats_of(tasks: &[&TaskRecord], checked: bool, now: Timestamp) -> Option<Stats> {
+    if tasks.is_empty() {
+        return None;
+    }
+    let count = |f: &dyn Fn(&TaskRecord) -> bool| tasks.iter().filter(|t| f(t)).count();
+    let counts = TaskCounts {
+        staged: count(&|t| matches!(t.state, TaskState::TaskStaging | TaskState::TaskStarting)),
+        running: count(&|t| t.state == TaskState::TaskRunning),
+        healthy: count(&|t| checked && t.state == TaskState::TaskRunning && t.healthy == Some(true)),
+        unhealthy: count(&|t| checked && t.healthy == Some(false)),
+    };
+    let mut lives: Vec<f64> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::TaskRunning)
+        .filter_map(|t| t.started_at)
+        .map(|started| now.seconds_since(started).max(0.0))
+        .collect();
+    lives.sort_by(f64::total_cmp);
+    let life_time = (!lives.is_empty()).then(|| {
+        let middle = lives.len() / 2;
+        let median =
+            if lives.len().is_multiple_of(2) { (lives[middle - 1] + lives[middle]) / 2.0 } else { lives[middle] };
+        TaskLifeTime { average_seconds: lives.iter().sum::<f64>() / lives.len() as f64, median_seconds: median }
+    });
+    Some(Stats { stats: TaskStats { counts, life_time } })
 }

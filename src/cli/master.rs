@@ -113,7 +113,11 @@ impl MasterClient {
 
     /// One API call; the answer's JSON (`null` for an empty body) or a readable error.
     pub(super) async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let mut request = self.request(method.clone(), path).timeout(REQUEST_TIMEOUT);
+        self.send(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
+        let mut request = self.request(method.clone(), path).timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -130,6 +134,19 @@ impl MasterClient {
         }
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{method} {path}: the master answered with invalid JSON"))
+    }
+
+    /// A POST that makes the master pull images (`/v1/images`): image pull progress bars on
+    /// stderr meanwhile, and `timeout` instead of the usual request timeout.
+    pub(super) async fn call_showing_pulls(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let events = self.request(Method::GET, "/v1/events").header("accept", "text/event-stream");
+        let _progress = AbortOnDrop(tokio::spawn(show_pull_progress(events)));
+        self.send(Method::POST, path, Some(body), timeout).await
     }
 
     fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {

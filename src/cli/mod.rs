@@ -2,7 +2,8 @@
 //! answers as aligned tables, or as the raw JSON with `--json` for scripts.
 //!
 //! This file holds the command line (clap types) and the dispatch; each command group
-//! has its own module (`app`, `task`, `logs`, `node`, `queue`), `master` is the API
+//! has its own module (`app`, `task`, `logs`, `node`, `queue`; `image` for the master
+//! registry's images, which `plinth image` shares with `image build`), `master` is the API
 //! client, `agent` finds and calls the agent that runs a task, `render` shows answers,
 //! `progress` draws image pulls while a deployment is waited for, `credentials` finds the
 //! client's credentials for the master.
@@ -12,6 +13,7 @@ use std::time::Duration;
 mod agent;
 mod app;
 mod credentials;
+mod image;
 mod logs;
 mod master;
 mod node;
@@ -20,6 +22,7 @@ mod queue;
 mod render;
 mod task;
 
+pub use image::ImageRegistryCommand;
 use master::MasterClient;
 
 /// Options every client command takes.
@@ -40,6 +43,17 @@ pub struct ClientArgs {
     /// PEM CA certificate(s) to trust for an https:// master.
     #[arg(long, global = true, env = "PLINTH_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// `--master` and `--json` given before the command win over the environment, as
+    /// the flags after it do.
+    fn apply_globals(&mut self, master: Option<String>, json: bool) {
+        if let Some(master) = master {
+            self.master = master;
+        }
+        self.json |= json;
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,10 +235,7 @@ impl ClientCommand {
             | ClientCommand::Node { client, .. }
             | ClientCommand::Queue { client } => client,
         };
-        if let Some(master) = master {
-            client.master = master;
-        }
-        client.json |= json;
+        client.apply_globals(master, json);
         self
     }
 

@@ -7,6 +7,7 @@
 mod common;
 mod vm_common;
 
+mod cli_images;
 mod cluster_apps;
 mod cluster_auth;
 mod cluster_bad_input;

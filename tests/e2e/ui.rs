@@ -7,7 +7,9 @@
 //! Screenshots of every view land in `target/tmp/ui/<scenario>/`.
 
 use crate::common::*;
+use plinth_testkit::{busybox_hello, Registry};
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -220,4 +222,23 @@ fn the_page_says_when_the_master_is_gone_and_when_it_is_back() {
     let output = run_scenario(&mut cluster, &url, "outage");
     assert!(output.contains("@@control stop-master") && output.contains("@@control start-master"), "{output}");
     assert!(steps(&output) >= 5, "{output}");
+}
+
+#[test]
+fn a_docker_bridge_tasks_host_port_links_open_the_app() {
+    // The standalone is the first host after the gateway; its registry listens on that
+    // address, so the upstream (`127.0.0.1:5000`, plain HTTP) can sit on its loopback.
+    let mut cluster = Cluster::new("ui-docker-links");
+    let gateway = cluster.gateway().octets();
+    let ip = Ipv4Addr::new(gateway[0], gateway[1], gateway[2], gateway[3] + 1);
+    let registry_listen = format!("{ip}:5000");
+    cluster
+        .start_standalone_with(NODE, &["--registry-listen", &registry_listen, "--insecure-registry", "127.0.0.1:5000"]);
+    assert_eq!(cluster.node(NODE).host.ip, ip, "the standalone's address");
+    let upstream = Registry::start(Some(&cluster.node(NODE).host.netns), "127.0.0.1:5000").expect("docker-registry");
+    upstream.push("demo/hello", "latest", &busybox_hello().expect("test image")).expect("push demo/hello");
+    let url = format!("http://{ip}:{MASTER_PORT}");
+    wait_for_agent(&url);
+    let output = run_scenario(&mut cluster, &url, "docker_links");
+    assert!(steps(&output) >= 4, "{output}");
 }

@@ -244,7 +244,7 @@ startEvents();
 route();
 refreshCounts();
 document.documentElement.dataset.started = 'true';
-get('/v2/info')
+get('/v1/info')
   .then((info) => {
     document.getElementById('about').textContent = `${info.name ?? 'plinth'} ${info.version ?? ''} · master ${info.leader ?? location.host}`;
   })

@@ -368,13 +368,18 @@ async fn update(master: &Master, id: &str, params: &Params, body: Body) -> Resul
         }
         GroupRequest::Scale { id: id.to_string(), factor, force }
     } else {
-        if let (Some(version), false) = (value.get("version").and_then(Value::as_str), has_content) {
-            return Err(invalid(
-                "/version",
-                format!("rolling a group back to version '{version}' is not supported; PUT the definitions instead"),
-            ));
+        match value.get("version") {
+            // Marathon's rollback: the group as it was at one of its versions.
+            Some(version) if !has_content => {
+                let version = version
+                    .as_str()
+                    .filter(|v| Timestamp::parse_iso(v).is_some())
+                    .ok_or_else(|| invalid("/version", "must be a version of the group (an ISO 8601 timestamp)"))?;
+                GroupRequest::Rollback { id: id.to_string(), version: version.to_string(), force }
+            }
+            Some(_) => return Err(invalid("/version", "cannot be combined with apps, groups or dependencies")),
+            None => GroupRequest::Update { spec: parse_body(&value, id.to_string())?, force },
         }
-        GroupRequest::Update { spec: parse_body(&value, id.to_string())?, force }
     };
     Ok(change(master, request, force, dry_run).await?.into_response())
 }
@@ -670,5 +675,59 @@ mod api_tests {
         assert_eq!(status, 200, "{body}");
         let (_, g) = call(&m, "GET", "/v2/groups/g", None).await;
         assert_eq!(app_ids(&g), vec!["/g/cache", "/g/db"]);
+    }
+
+    fn cmd_of(group: &Value, id: &str) -> String {
+        let apps = group["apps"].as_array().cloned().unwrap_or_default();
+        let app = apps.iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("{id} in {group}"));
+        app["cmd"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_group_rolls_back_to_a_version_even_after_a_restart_and_deleted_apps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = master(dir.path()).await;
+        let first = json!({"id": "/shop", "apps": [app("db", &[]), app("web", &["db"])]});
+        let (status, created) = call(&m, "POST", "/v2/groups", Some(first)).await;
+        assert_eq!(status, 201, "{created}");
+        let v1 = created["version"].as_str().expect("a version").to_string();
+        // The second version changes db, drops web (deleted with its versions), adds cache.
+        let second = json!({"apps": [{"id": "db", "cmd": "sleep 200", "cpus": 0.1, "mem": 16}, app("cache", &[])]});
+        let (status, changed) = call(&m, "PUT", "/v2/groups/shop?force=true", Some(second)).await;
+        assert_eq!(status, 200, "{changed}");
+        let v2 = changed["version"].as_str().expect("a version").to_string();
+        assert_eq!(app_ids(&call(&m, "GET", "/v2/groups/shop", None).await.1), vec!["/shop/cache", "/shop/db"]);
+
+        let (status, rolled) = call(&m, "PUT", "/v2/groups/shop?force=true", Some(json!({"version": v1}))).await;
+        assert_eq!(status, 200, "{rolled}");
+        assert!(rolled["deploymentId"].is_string() && rolled["version"].as_str() > Some(v2.as_str()), "{rolled}");
+        let (_, shop) = call(&m, "GET", "/v2/groups/shop", None).await;
+        assert_eq!(app_ids(&shop), vec!["/shop/db", "/shop/web"], "web is back, cache is gone");
+        assert_eq!(cmd_of(&shop, "/shop/db"), "sleep 100", "db as it was at {v1}");
+        let web = shop["apps"].as_array().and_then(|a| a.iter().find(|a| a["id"] == "/shop/web")).cloned();
+        assert_eq!(web.expect("web")["dependencies"], json!(["/shop/db"]));
+
+        // The snapshots (and cache's kept definition) survive a restart of the master.
+        drop(m);
+        let m = master(dir.path()).await;
+        let (status, body) = call(&m, "PUT", "/v2/groups/shop?force=true", Some(json!({"version": v2}))).await;
+        assert_eq!(status, 200, "{body}");
+        let (_, shop) = call(&m, "GET", "/v2/groups/shop", None).await;
+        assert_eq!(app_ids(&shop), vec!["/shop/cache", "/shop/db"]);
+        assert_eq!(cmd_of(&shop, "/shop/db"), "sleep 200");
+
+        // Bad rollbacks change nothing and say why.
+        let before = call(&m, "GET", "/v2/groups", None).await.1;
+        let unknown = "2001-01-01T00:00:00.000Z";
+        let (status, body) = call(&m, "PUT", "/v2/groups/shop", Some(json!({"version": unknown}))).await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains(unknown) && m.contains("versions")), "{body}");
+        let (status, body) = call(&m, "PUT", "/v2/groups/shop", Some(json!({"version": 7}))).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["details"][0]["path"], "/version", "{body}");
+        let (status, _) = call(&m, "PUT", "/v2/groups/shop", Some(json!({"version": v1, "apps": []}))).await;
+        assert_eq!(status, 422);
+        assert_eq!(call(&m, "PUT", "/v2/groups/nothing", Some(json!({"version": v1}))).await.0, 404);
+        assert_eq!(before, call(&m, "GET", "/v2/groups", None).await.1, "refused rollbacks change nothing");
     }
 }

@@ -1,4 +1,4 @@
-//! `/ping`, `/metrics`, `/v2/info`, `/v2/leader`, the landing page, and what answers when
+//! `/ping`, `/metrics`, `/v2/info`, `/v2/leader` (and its abdication), the landing page, and what answers when
 //! no handler does: the 404 and 405 fallbacks, the request limits (414, 431) and
 //! [`json_errors`], which makes every error of every route Marathon's `{"message": ...}`.
 use std::fmt::Write as _;
@@ -48,6 +48,19 @@ async fn prometheus_text(master: &Master) -> Response {
 
 pub async fn leader(State(master): State<Arc<Master>>) -> Json<LeaderInfo> {
     Json(LeaderInfo { leader: master.leader.clone() })
+}
+
+/// `DELETE /v2/leader`: Marathon's abdication hands leadership to another master. This
+/// master runs alone (its store is its own redb file, no election), so there is no one to
+/// hand over to: answering Marathon's 200 would claim a failover that never happens, and
+/// stepping down would only stop the cluster. A 409 says so and changes nothing.
+pub async fn abdicate(State(master): State<Arc<Master>>) -> ApiError {
+    tracing::info!(leader = %master.leader, "leadership abdication refused: no other master");
+    ApiError::Conflict(format!(
+        "Leadership not abdicated: {} is the only master (no HA store), so no other master could take over; \
+         it stays the leader",
+        master.leader
+    ))
 }
 
 /// `GET /v2/info`: Marathon's shape with Plinth's values (Plinth's own details: `/v1/info`).

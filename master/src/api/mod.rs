@@ -28,6 +28,7 @@ pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod groups;
+pub mod images;
 pub mod logs;
 pub mod misc;
 pub mod operator;
@@ -55,7 +56,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/metrics", get(misc::metrics))
         .route("/metrics/prometheus", get(misc::prometheus))
         .route("/v2/info", get(misc::info))
-        .route("/v2/leader", get(misc::leader))
+        .route("/v2/leader", get(misc::leader).delete(misc::abdicate))
         .route("/v2/apps", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/{*rest}", any(apps::dispatch))
@@ -83,6 +84,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/v1/tasks/{id}/logs", get(logs::task_logs))
         .merge(ui::routes(ui::Source::from_env()))
         .merge(plinth::routes())
+        .merge(images::routes())
         .fallback(misc::not_found)
         .with_state(master)
 }

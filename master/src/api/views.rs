@@ -21,6 +21,10 @@ use crate::shell::Master;
 
 /// The Marathon version whose API `/v2` follows (its RAML; see `plinth_protocol::views`).
 pub const MARATHON_API_VERSION: &str = "1.10";
+/// `/v2/info`'s `version`: the Marathon release whose RAML the fixtures follow. Clients
+/// compare it as a Marathon version (`LooseVersion`, semver) to pick features, so it is
+/// one; Plinth's own version is `/v1/info`'s.
+pub const MARATHON_VERSION: &str = "1.10.26";
 
 /// What to embed in app JSON (Marathon's `embed=app.tasks`, `apps.counts`, ...).
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,6 +34,7 @@ pub struct Embed {
     pub deployments: bool,
     pub last_task_failure: bool,
     pub readiness: bool,
+    pub task_stats: bool,
 }
 
 impl Embed {
@@ -40,7 +45,7 @@ impl Embed {
 
     /// `GET /v2/apps/{id}`: Marathon adds tasks, counts, deployments and the last failure.
     pub fn single() -> Self {
-        Embed { tasks: true, counts: true, deployments: true, last_task_failure: true, readiness: false }
+        Embed { tasks: true, counts: true, deployments: true, last_task_failure: true, ..Default::default() }
     }
 
     /// Adds what `embed=apps.tasks,apps.counts,...` asks for (the `app.` and `group.apps.`
@@ -54,7 +59,8 @@ impl Embed {
                     self.tasks = true;
                     self.deployments = true;
                 }
-                "counts" | "taskStats" => self.counts = true,
+                "counts" => self.counts = true,
+                "taskStats" => self.task_stats = true,
                 "deployments" => self.deployments = true,
                 "lastTaskFailure" => self.last_task_failure = true,
                 "readiness" => self.readiness = true,
@@ -97,6 +103,9 @@ pub fn app_info(core: &Core, app: &AppRecord, embed: Embed) -> AppInfo {
     }
     if embed.last_task_failure {
         info.last_task_failure = app.last_task_failure.as_ref().and_then(task_failure);
+    }
+    if embed.task_stats {
+        info.task_stats = core.task_stats(&app.id, Timestamp::now());
     }
     info
 }
@@ -341,7 +350,7 @@ pub fn info(master: &Master, core: &Core) -> MarathonInfo {
     };
     MarathonInfo {
         name: "plinth".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: MARATHON_VERSION.into(),
         buildref: String::new(),
         elected: true,
         leader: Some(master.leader.clone()),

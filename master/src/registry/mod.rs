@@ -7,6 +7,7 @@
 //!   failed, [`credentials`] the logins from a Docker `config.json`.
 //! - [`http`]: the v2 API (read, pull-through, push), errors in the registry's JSON.
 //! - [`gc`]: removes blobs no tag reaches, oldest first, above a high-water mark.
+//! - [`images`]: the tags as `/v1/images` lists them (size, use, source) and their removal.
 //!
 //! How agents ask: `GET /v2/<registry>/<repository>/manifests/<tag>` (e.g.
 //! `/v2/docker.io/library/busybox/manifests/latest`) pulls through; a repository
@@ -20,6 +21,7 @@
 pub mod credentials;
 pub mod gc;
 pub mod http;
+pub mod images;
 pub mod pull;
 pub mod pull_error;
 pub mod store;
@@ -39,6 +41,7 @@ use plinth_oci::{ImageRef, OciError};
 use plinth_protocol::error_chain;
 
 pub use gc::{gc, GcReport};
+pub use images::{RemovedTag, StoredImage};
 use plinth_scheduler::Event;
 pub use pull::{Pulled, Puller};
 pub use pull_error::{PullError, PullErrorKind};

@@ -141,6 +141,18 @@ impl RegistryStore {
         })
     }
 
+    /// Removes `repo:tag` (the blobs stay until nothing reaches them: [`super::gc`]).
+    pub fn remove_tag(&self, repo: &RepoName, tag: &str) -> Result<(), RegistryError> {
+        validate_tag(tag)?;
+        let path = self.tags_dir(repo).join(tag);
+        fs::remove_file(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                RegistryError::ManifestUnknown { name: repo.to_string(), reference: tag.to_string() }
+            }
+            _ => RegistryError::Io { path, source },
+        })
+    }
+
     pub fn tags(&self, repo: &RepoName) -> Vec<String> {
         let Ok(entries) = fs::read_dir(self.tags_dir(repo)) else { return Vec::new() };
         let mut tags: Vec<String> = entries

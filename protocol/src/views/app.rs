@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::task::{Task, TaskFailure, TaskReadinessCheckResult};
+use super::task_stats::TaskStatsByVersion;
 use super::{whole, Identifiable};
 use crate::marathon::{self as def, AppDefinition};
 
@@ -84,6 +85,8 @@ pub struct AppInfo {
     pub tasks: Option<Vec<Task>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_task_failure: Option<TaskFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_stats: Option<TaskStatsByVersion>,
 }
 
 impl AppInfo {
@@ -99,6 +102,7 @@ impl AppInfo {
             readiness_check_results: None,
             tasks: None,
             last_task_failure: None,
+            task_stats: None,
         }
     }
 }

@@ -22,11 +22,13 @@ pub mod app;
 pub mod deployment;
 pub mod events;
 pub mod group;
+pub mod images;
 pub mod info;
 pub mod metrics;
 pub mod plinth;
 pub mod queue;
 pub mod task;
+pub mod task_stats;
 
 use serde::{Deserialize, Serialize};
 

@@ -14,13 +14,14 @@ use plinth_protocol::views::events::GroupChangeSuccess;
 use plinth_protocol::{AppDefinition, AppId, DeploymentId, Timestamp, Violation};
 
 use crate::error::CoreError;
-pub use crate::model::{GroupRecord, GroupRecords};
+pub use crate::model::{GroupRecord, GroupRecords, GroupSnapshot};
 
 mod paths;
+mod rollback;
 use crate::state::Core;
 pub use paths::{ancestors, is_within, parent, resolve, under};
 
-/// Group versions remembered per group (oldest dropped first).
+/// Group versions remembered per group (oldest dropped first), with their snapshots.
 const MAX_GROUP_VERSIONS: usize = 50;
 
 /// A group request refused as a whole; nothing changed.
@@ -74,8 +75,10 @@ impl Core {
         force: bool,
         now: Timestamp,
     ) -> Result<GroupChange, GroupError> {
-        let plan = self.plan_groups(request, now)?;
+        let mut plan = self.plan_groups(request, now)?;
         let deployments = execute(self, &plan, force, now)?;
+        // After the apps changed: their versions now are what the new group versions hold.
+        self.record_snapshots(&mut plan.groups, &plan.version);
         let changed: Vec<String> = plan
             .groups
             .iter()
@@ -170,9 +173,24 @@ impl GroupSpec {
 #[derive(Debug)]
 pub enum GroupRequest {
     Create(GroupSpec),
-    Update { spec: GroupSpec, force: bool },
-    Scale { id: String, factor: f64, force: bool },
-    Delete { id: String },
+    Update {
+        spec: GroupSpec,
+        force: bool,
+    },
+    Scale {
+        id: String,
+        factor: f64,
+        force: bool,
+    },
+    Delete {
+        id: String,
+    },
+    /// Back to what the group held at one of its versions (`{"version": ...}`).
+    Rollback {
+        id: String,
+        version: String,
+        force: bool,
+    },
 }
 
 impl GroupRequest {
@@ -180,7 +198,7 @@ impl GroupRequest {
     pub fn group(&self) -> &str {
         match self {
             GroupRequest::Create(spec) | GroupRequest::Update { spec, .. } => &spec.id,
-            GroupRequest::Scale { id, .. } | GroupRequest::Delete { id } => id,
+            GroupRequest::Scale { id, .. } | GroupRequest::Delete { id } | GroupRequest::Rollback { id, .. } => id,
         }
     }
 }
@@ -445,6 +463,14 @@ fn plan(core: &Core, meta: &GroupRecords, request: &GroupRequest, now: Timestamp
                     if scaled.is_finite() && scaled < i64::MAX as f64 { scaled as i64 } else { def.instances };
                 def.instances = instances;
             }
+            touched_group = id.clone();
+        }
+        GroupRequest::Rollback { id, version: wanted, force: f } => {
+            force = *f;
+            if !current_groups.contains(id) {
+                return Err(GroupError::NotFound(format!("Group '{id}' does not exist")));
+            }
+            rollback::apply(core, meta, id, wanted, &mut target, &mut target_meta)?;
             touched_group = id.clone();
         }
         GroupRequest::Delete { id } => {

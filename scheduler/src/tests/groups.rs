@@ -31,7 +31,10 @@ fn graph_of(apps: &[(&str, &[&str])], group_deps: &[(&str, &[&str])]) -> (Graph,
     let meta: GroupRecords = group_deps
         .iter()
         .map(|(g, d)| {
-            (g.to_string(), GroupRecord { dependencies: d.iter().map(|s| s.to_string()).collect(), versions: vec![] })
+            (
+                g.to_string(),
+                GroupRecord { dependencies: d.iter().map(|s| s.to_string()).collect(), ..GroupRecord::default() },
+            )
         })
         .collect();
     let groups = group_paths(apps.keys().map(AppId::as_str), &meta);

@@ -14,6 +14,7 @@ mod groups;
 mod health;
 mod liveness;
 mod placement;
+mod queries;
 mod supervision;
 
 pub(crate) fn core() -> Core {

@@ -436,7 +436,7 @@ export function mount(root, route) {
         },
         h('td', { class: 'check' }, h('input', { type: 'checkbox', checked, 'aria-label': `Select ${task.id}`, onchange: toggle })),
         h('td', { class: 'task-id' }, h('code', { title: task.id }, task.id)),
-        h('td', {}, addresses(task)),
+        h('td', {}, addresses(app, task)),
         h('td', {}, h('span', { class: ['state', `state-${String(task.state).toLowerCase()}`] }, prettyState(task.state)), task.message && task.state !== 'TASK_RUNNING' ? h('div', { class: 'muted small' }, task.message) : null),
         h('td', {}, taskHealth(app, task)),
         h('td', { class: 'opt' }, timeEl(task.version), old ? h('span', { class: 'badge status-old', title: 'started from an older configuration' }, 'old') : null),
@@ -594,14 +594,18 @@ export function prettyState(state) {
   return word ? word[0].toUpperCase() + word.slice(1) : '—';
 }
 
-function addresses(task) {
+/** The task's `host:port` links; a Docker task's say which container port each reaches. */
+function addresses(app, task) {
   const host = task.host ?? '';
   const ports = task.ports ?? [];
   if (!ports.length) return h('span', {}, host || '—');
+  // Host ports are given to the mappings that ask for one, in their order.
+  const mappings = (app.container?.portMappings ?? app.container?.docker?.portMappings ?? []).filter((m) => m.hostPort !== undefined && m.hostPort !== null);
+  const title = (index) => (mappings[index] ? `container port ${mappings[index].containerPort}/${mappings[index].protocol ?? 'tcp'}` : null);
   return h(
     'span',
     { class: 'addresses' },
-    ports.map((port, index) => [index ? ' ' : null, h('a', { href: `http://${host}:${port}/`, target: '_blank', rel: 'noopener', class: 'address' }, `${host}:${port}`)]),
+    ports.map((port, index) => [index ? ' ' : null, h('a', { href: `http://${host}:${port}/`, target: '_blank', rel: 'noopener', class: 'address', title: title(index) }, `${host}:${port}`)]),
   );
 }
 
