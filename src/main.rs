@@ -469,7 +469,7 @@ fn master_config(
             ..Default::default()
         },
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
-        cluster_ca: args.cluster_ca.then(|| plinth_master::tls::ClusterCaSettings { extra_names: args.tls_sans }),
+        cluster_ca: args.cluster_ca.then_some(plinth_master::tls::ClusterCaSettings { extra_names: args.tls_sans }),
     })
 }
 

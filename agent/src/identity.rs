@@ -176,7 +176,9 @@ impl NodeIdentity {
         let served = Arc::new(ServedCertificate(RwLock::new(Arc::new(self.certified_key()?))));
         let mut config =
             rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_cert_resolver(served.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 only: axum is built without HTTP/2, and a client that was offered h2
+        // (curl) would speak it to a server that cannot.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok((Arc::new(config), served))
     }
 }

@@ -57,7 +57,7 @@ pub async fn run_with(
     let node = Arc::new(Node::new(config, options, resources, advertise_ip, runtime, state, agent_id));
     info!(
         node_id = %node.node_id(), runtime = runtime_name, resources = %node.resources,
-        advertise_ip = %node.advertise_ip, "agent starting"
+        advertise_ip = %node.advertise_ip, certificate = identity.is_some(), "agent starting"
     );
     let recovering = node.clone();
     blocking(move || recovering.recover()).await;

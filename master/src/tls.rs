@@ -135,7 +135,7 @@ fn master_names(hostname: &str, listen: SocketAddr, extra: &[String]) -> Vec<Str
     names
 }
 
-/// The rustls server configuration (HTTP/1.1 and HTTP/2 by ALPN): the operator's `files`,
+/// The rustls server configuration (HTTP/1.1): the operator's `files`,
 /// else the cluster's certificate; with the cluster CA, client certificates are asked for
 /// and verified against it, but not required (users and the CSR endpoint have none).
 pub fn server_config(
@@ -170,7 +170,9 @@ pub fn server_config(
             .map_err(|source| TlsError::ClusterConfig { source })?,
         (None, None) => return Err(TlsError::NoServerCertificate),
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: axum is built without HTTP/2, and a client that was offered h2
+    // (curl) would speak it to a server that cannot.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -73,6 +73,10 @@ fn agents_join_once_with_the_token_and_then_speak_mutual_tls_only() {
         .find_map(|l| l.strip_prefix("plinth: cluster CA ").and_then(|l| l.split(" fingerprint ").nth(1)))
         .unwrap_or_else(|| panic!("no fingerprint printed:\n{master_log}"));
     assert_eq!(printed.trim(), expected, "printed fingerprint against openssl's");
+    // curl (which prefers HTTP/2 when offered) trusts it as the README says.
+    let url = format!("{}/v1/ca.pem", cluster.master_url());
+    let curled = sh("curl", &["-sS", "--max-time", "10", "--cacert", &ca.display().to_string(), &url]);
+    assert_eq!(curled.as_bytes(), ca_pem.as_slice(), "curl reads /v1/ca.pem over HTTPS");
 
     // The agent trades the token once for a certificate, kept privately in its work dir.
     cluster.start_agent("agent-1", &["--ca-file", &ca.display().to_string(), "--token-file", &token]);
