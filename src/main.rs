@@ -125,6 +125,14 @@ struct MasterArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "PLINTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Node identity: a cluster CA in DATA_DIR/ca (made at first start, fingerprint printed);
+    /// agents trade the join token once for a certificate and then must speak mutual TLS;
+    /// the API is HTTPS (with the CA's certificate unless --tls-cert). Needs a join token.
+    #[arg(long, env = "PLINTH_CLUSTER_CA")]
+    cluster_ca: bool,
+    /// Another DNS name or IP address for the master's certificate from the cluster CA; repeatable.
+    #[arg(long = "tls-san", env = "PLINTH_TLS_SAN", value_delimiter = ',', requires = "cluster_ca")]
+    tls_sans: Vec<String>,
     #[command(flatten)]
     access: AccessArgs,
 }
@@ -455,6 +463,11 @@ fn master_config(
     node: &NodeArgs,
     token: Option<plinth_protocol::agent::JoinToken>,
 ) -> anyhow::Result<plinth_master::MasterConfig> {
+    if args.cluster_ca && token.is_none() {
+        anyhow::bail!(
+            "--cluster-ca needs a join token (--token-file PATH or PLINTH_TOKEN): agents trade it for their certificate"
+        );
+    }
     Ok(plinth_master::MasterConfig {
         access: access_config(args.access)?,
         listen: args.listen,
@@ -473,6 +486,7 @@ fn master_config(
             ..Default::default()
         },
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
+        cluster_ca: args.cluster_ca.then_some(plinth_master::tls::ClusterCaSettings { extra_names: args.tls_sans }),
     })
 }
 
@@ -554,7 +568,7 @@ fn local_api_url(listen: SocketAddr, tls: bool) -> String {
 }
 
 async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
-    let tls = cmd.master.tls_cert.is_some();
+    let tls = cmd.master.tls_cert.is_some() || cmd.master.cluster_ca;
     let master_url = cmd.master_url.clone().unwrap_or_else(|| local_api_url(cmd.master.listen, tls));
     // The embedded agent pulls from the embedded registry, wherever it listens.
     let local_registry = local_master_url(cmd.master.registry_listen);
@@ -578,6 +592,12 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     // must not see them.
     agent.confinement.hidden_paths.push(master.data_dir.clone());
     agent.confinement.hidden_paths.extend(secret_files);
+    if master.cluster_ca.is_some() && master.tls.is_none() && agent.ca_file.is_none() {
+        // The embedded agent trusts the embedded master's CA, made now if this is the first start.
+        plinth_master::ca::ClusterCa::load_or_create(&master.data_dir).context("the cluster CA")?;
+        let ca = plinth_master::ca::CA_DIR;
+        agent.ca_file = Some(master.data_dir.join(ca).join(plinth_master::ca::CA_CERT_FILE));
+    }
     tracing::info!(
         listen = %master.listen, data_dir = %master.data_dir.display(),
         work_dir = %agent.work_dir.display(), "starting standalone master + agent"

@@ -2,7 +2,9 @@
 //! finished tasks, while their sandboxes are kept; read beneath the sandbox's fd and
 //! never through a symlink, see [`crate::sandbox_fs`]). Errors map to HTTP in one place,
 //! [`ApiError`]. Task inspection (`inspect`, `top`, `stats`) and `/metrics` read the
-//! container record and the task's cgroup.
+//! container record and the task's cgroup. With a certificate of the cluster CA the agent
+//! serves this router over HTTPS to callers with a certificate of the same CA only
+//! (`start.rs`, `identity.rs`).
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};

@@ -1,9 +1,10 @@
 //! The master's agent protocol (`/agent/v1/...`) from the agent's side. Every request
 //! carries the join token and, once the agent knows it, its cluster id (the master of
-//! another cluster refuses it).
+//! another cluster refuses it). With a node identity (a cluster CA's certificate) the
+//! client presents that certificate and trusts the cluster CA.
 use plinth_protocol::agent::{
-    JoinRequest, JoinToken, Joined, Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse,
-    CLUSTER_HEADER, TOKEN_HEADER,
+    CertificateRequest, IssuedCertificate, JoinRequest, JoinToken, Joined, Registered, Registration, StatusAck,
+    StatusBatch, SyncRequest, SyncResponse, CLUSTER_HEADER, TOKEN_HEADER,
 };
 use plinth_protocol::ClusterId;
 use serde::{de::DeserializeOwned, Serialize};
@@ -13,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::error::AgentError;
+use crate::identity::NodeIdentity;
 
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
@@ -21,7 +23,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct MasterClient {
-    http: reqwest::Client,
+    /// Shared by every clone, so a renewed certificate reaches them all.
+    http: Arc<RwLock<reqwest::Client>>,
+    /// The CAs of `--ca-file`, kept to rebuild `http` with a renewed certificate.
+    trusted: Vec<reqwest::Certificate>,
     base: String,
     token: Option<JoinToken>,
     /// The cluster this agent follows, shared by every clone (the loops and the outbox).
@@ -29,8 +34,14 @@ pub struct MasterClient {
 }
 
 impl MasterClient {
-    /// A client of `master` (`http://` or `https://`, trusting the CAs in `ca_file` too).
-    pub fn new(master: &str, token: Option<JoinToken>, ca_file: Option<&Path>) -> Result<Self, AgentError> {
+    /// A client of `master` (`http://` or `https://`, trusting the CAs in `ca_file` too, and
+    /// with `identity` presenting its certificate and trusting its CA).
+    pub fn new(
+        master: &str,
+        token: Option<JoinToken>,
+        ca_file: Option<&Path>,
+        identity: Option<&NodeIdentity>,
+    ) -> Result<Self, AgentError> {
         let base = master.trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
@@ -40,17 +51,22 @@ impl MasterClient {
         if url.host_str().is_none() {
             return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
         }
-        plinth_oci::tls::install_provider();
-        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        let mut trusted = Vec::new();
         if let Some(path) = ca_file {
             let pem =
                 std::fs::read(path).map_err(|source| AgentError::ReadFile { path: path.to_path_buf(), source })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            trusted = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|source| AgentError::CaFile { path: path.to_path_buf(), source })?;
-            builder = builder.tls_certs_merge(certs);
         }
-        let http = builder.build().map_err(|source| AgentError::HttpClient { source })?;
-        Ok(MasterClient { http, base, token, cluster: Arc::default() })
+        let http = Arc::new(RwLock::new(http_client(&trusted, identity)?));
+        Ok(MasterClient { http, trusted, base, token, cluster: Arc::default() })
+    }
+
+    /// Presents `identity`'s certificate from the next request on (after a renewal).
+    pub fn use_identity(&self, identity: &NodeIdentity) -> Result<(), AgentError> {
+        let http = http_client(&self.trusted, Some(identity))?;
+        *self.http.write().unwrap_or_else(std::sync::PoisonError::into_inner) = http;
+        Ok(())
     }
 
     pub fn base(&self) -> &str {
@@ -85,7 +101,8 @@ impl MasterClient {
         token: Option<&JoinToken>,
     ) -> Result<R, AgentError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.post(&url).json(body).timeout(timeout);
+        let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut request = http.post(&url).json(body).timeout(timeout);
         if let Some(token) = token {
             request = request.header(TOKEN_HEADER, token.expose());
         }
@@ -121,6 +138,16 @@ impl MasterClient {
         self.post_with("join", "/agent/v1/join", request, ANSWER_SLACK, Some(bootstrap)).await
     }
 
+    /// A certificate for a CSR: with `token` (the join token), or without one by the
+    /// certificate this client presents (a renewal).
+    pub async fn certificate(
+        &self,
+        token: Option<&JoinToken>,
+        request: &CertificateRequest,
+    ) -> Result<IssuedCertificate, AgentError> {
+        self.post_with("certificate", "/agent/v1/certificate", request, ANSWER_SLACK, token).await
+    }
+
     /// The local address the kernel would use to reach the master: the one to advertise.
     /// A UDP "connect" sends nothing; it only picks the route.
     pub async fn local_address_towards_master(&self) -> IpAddr {
@@ -139,4 +166,16 @@ impl MasterClient {
             .map(|addr| addr.ip())
             .unwrap_or(fallback)
     }
+}
+
+fn http_client(
+    trusted: &[reqwest::Certificate],
+    identity: Option<&NodeIdentity>,
+) -> Result<reqwest::Client, AgentError> {
+    plinth_oci::tls::install_provider();
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).tls_certs_merge(trusted.to_vec());
+    if let Some(identity) = identity {
+        builder = builder.identity(identity.client_identity()?).tls_certs_merge([identity.ca_certificate()?]);
+    }
+    builder.build().map_err(|source| AgentError::HttpClient { source })
 }

@@ -32,6 +32,10 @@ pub enum AgentError {
     MasterStatus { operation: &'static str, status: u16, body: String },
     #[error("the master refused this node's bootstrap token ({body}); PXE-boot the node again for a new one")]
     BootstrapRefused { body: String },
+    #[error("this node's certificate: {reason}")]
+    Certificate { reason: String },
+    #[error("the master refused this node a certificate ({body}); check the join token (--token-file)")]
+    CertificateRefused { body: String },
     #[error("task id '{task_id}' is not usable: {reason}")]
     InvalidTaskId { task_id: String, reason: String },
     #[error("task {task_id} has no command: neither 'cmd' nor 'args' is set")]

@@ -36,6 +36,7 @@ pub mod executor_contract;
 pub mod fetch;
 mod fsutil;
 pub mod health;
+mod identity;
 pub mod image;
 pub mod inspect;
 mod join;

@@ -1,5 +1,5 @@
 //! The agent's start-up (its composition root): loads the checkpoint and the agent id,
-//! settles the join token (`join.rs`), builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
+//! settles the join token and, with a cluster CA, the node's certificate (`join.rs`), builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
 //! status outbox, health checks, image collection), serves the API and talks to the
 //! master until the process stops.
 use std::sync::Arc;
@@ -37,12 +37,19 @@ pub async fn run_with(
     let agent_id = read_agent_id(&config.work_dir)?;
     // A PXE-booted agent's first start waits here for its bootstrap token's exchange.
     let token = join::resolve(&config, options.max_backoff).await?;
-    let client = MasterClient::new(&config.master, token, config.ca_file.as_deref())?;
-    let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
     let advertise_ip = match config.advertise_ip {
         Some(ip) => ip,
-        None => client.local_address_towards_master().await,
+        None => {
+            MasterClient::new(&config.master, None, config.ca_file.as_deref(), None)?
+                .local_address_towards_master()
+                .await
+        }
     };
+    // With a cluster CA the master takes the certificate instead of the token; the token
+    // still goes along (when the agent has one) for a master that dropped its CA.
+    let identity = join::identity(&config, token.as_ref(), advertise_ip, options.max_backoff).await?;
+    let client = MasterClient::new(&config.master, token, config.ca_file.as_deref(), identity.as_ref())?;
+    let resources = config.resources.clone().unwrap_or_else(|| detect_resources(&config.work_dir));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
@@ -50,21 +57,44 @@ pub async fn run_with(
     let node = Arc::new(Node::new(config, options, resources, advertise_ip, runtime, state, agent_id));
     info!(
         node_id = %node.node_id(), runtime = runtime_name, resources = %node.resources,
-        advertise_ip = %node.advertise_ip, "agent starting"
+        advertise_ip = %node.advertise_ip, certificate = identity.is_some(), "agent starting"
     );
     let recovering = node.clone();
     blocking(move || recovering.recover()).await;
 
-    let api = axum::serve(listener, api::router(node.clone()));
+    let router = api::router(node.clone());
+    let mut background = vec![];
+    let tls = match &identity {
+        Some(identity) => {
+            let (server, served) = identity.server_config()?;
+            let renewal =
+                join::renewal_loop(node.config.clone(), identity.clone(), advertise_ip, client.clone(), served);
+            background.push(tokio::spawn(renewal));
+            Some(server)
+        }
+        None => None,
+    };
+    let api = async {
+        match tls {
+            None => axum::serve(listener, router).await,
+            Some(server) => {
+                let listener = plinth_oci::tls::TlsListener::new(listener, server)
+                    .map_err(|source| AgentError::Serve { source })?;
+                axum::serve(listener, router).await
+            }
+        }
+        .map_err(|source| AgentError::Serve { source })
+    };
     let ticker = node.clone();
-    let _background = AbortOnDrop(vec![
+    background.extend([
         tokio::spawn(async move { ticker.tick_loop().await }),
         tokio::spawn(master_link::outbox_loop(node.clone(), client.clone())),
         tokio::spawn(checks::check_loop(node.clone())),
         tokio::spawn(node.clone().image_gc_loop()),
     ]);
+    let _background = AbortOnDrop(background);
     tokio::select! {
-        result = api => result.map_err(|source| AgentError::Serve { source }),
+        result = api => result,
         () = master_link::master_loop(node.clone(), client) => Ok(()),
     }
 }

@@ -24,6 +24,8 @@ pub enum MasterError {
     Provisioning(#[from] plinth_provisioning::serve::ServeError),
     #[error("the API's TLS")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("the cluster CA")]
+    ClusterCa(#[from] crate::ca::CaError),
 }
 
 /// A request the API refuses. Converted to Marathon's status codes and bodies in

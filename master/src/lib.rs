@@ -6,6 +6,7 @@
 //! and the one way to start it all (`start.rs`).
 pub mod access;
 pub mod api;
+pub mod ca;
 pub mod checksum;
 pub mod error;
 pub mod events;

@@ -43,6 +43,8 @@ pub struct MasterConfig {
     pub access: AccessConfig,
     /// Serve the API over HTTPS with this certificate and key.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `--cluster-ca`: agents get certificates from the master's CA and must use them.
+    pub cluster_ca: Option<crate::tls::ClusterCaSettings>,
 }
 
 impl Default for MasterConfig {
@@ -56,6 +58,7 @@ impl Default for MasterConfig {
             registry: RegistryConfig::default(),
             access: AccessConfig::default(),
             tls: None,
+            cluster_ca: None,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct Master {
     pub leader: String,
     /// The image registry; served on its own listener (`start.rs`).
     pub registry: Arc<Registry>,
+    /// The cluster CA and this master's certificate, with `--cluster-ca`.
+    pub identity: Option<Arc<crate::tls::ClusterIdentity>>,
 }
 
 impl Master {
@@ -137,6 +142,15 @@ impl Master {
                 registry.allow_upstream_of(&docker.image);
             }
         }
+        let identity = match &config.cluster_ca {
+            Some(settings) => Some(Arc::new(crate::tls::ClusterIdentity::open(
+                &config.data_dir,
+                &config.hostname,
+                config.listen,
+                settings,
+            )?)),
+            None => None,
+        };
         let master = Arc::new(Master {
             config,
             reads: ReadModel::new(&core),
@@ -152,6 +166,7 @@ impl Master {
             started_at: Timestamp::now(),
             leader,
             registry,
+            identity,
         });
         master.spawn_registry_tasks();
         Ok(master)

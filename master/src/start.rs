@@ -38,7 +38,8 @@ pub async fn run(config: MasterConfig, boot: Option<BootConfig>) -> Result<(), M
 }
 
 /// Serves the master on an already bound listener: the registry on its own listener,
-/// the ticker, and the API (plus the boot routes with `boot`), over HTTPS with `config.tls`.
+/// the ticker, and the API (plus the boot routes with `boot`), over HTTPS with `config.tls`
+/// or the cluster CA (`config.cluster_ca`, which also asks clients for certificates).
 pub async fn serve(
     config: MasterConfig,
     boot: Option<BootConfig>,
@@ -53,19 +54,21 @@ pub async fn serve(
     let (master, router) = build(config, port, boot.as_ref()).await?;
     spawn_registry_server(&master, registry_listener);
     master.spawn_ticker();
+    let tls = master.config.tls.is_some() || master.identity.is_some();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        framework_id = %master.framework_id, tls = master.config.tls.is_some(), "master serving");
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    match &master.config.tls {
-        None => axum::serve(listener, service).await.map_err(MasterError::Serve),
-        Some(files) => {
-            use axum::serve::ListenerExt;
-            let config = crate::tls::server_config(files)?;
-            // tap_io: axum gives connect info (the peer address) to wrapped listeners.
-            let listener = crate::tls::TlsListener::new(listener, config).map_err(MasterError::Serve)?.tap_io(|_| ());
-            axum::serve(listener, service).await.map_err(MasterError::Serve)
-        }
+        framework_id = %master.framework_id, tls, cluster_ca = master.identity.is_some(), "master serving");
+    if !tls {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        return axum::serve(listener, service).await.map_err(MasterError::Serve);
     }
+    let config = crate::tls::server_config(master.config.tls.as_ref(), master.identity.as_deref())?;
+    let listener = plinth_oci::tls::TlsListener::new(listener, config).map_err(MasterError::Serve)?;
+    // The connection's peer (address and verified client certificate) reaches the
+    // handlers as request extensions.
+    let service = router
+        .layer(axum::middleware::map_request(crate::tls::peer_extensions))
+        .into_make_service_with_connect_info::<crate::tls::TlsPeer>();
+    axum::serve(listener, service).await.map_err(MasterError::Serve)
 }
 
 /// Serves the registry on its listener; a failure there is logged, the API keeps running.

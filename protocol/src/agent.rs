@@ -10,6 +10,10 @@
 //! - `POST /agent/v1/join` [`JoinRequest`] → [`Joined`]: a PXE-booted agent's one exchange
 //!   of its single-use bootstrap token (header [`TOKEN_HEADER`]) for the cluster's join
 //!   token, which it keeps in [`JOIN_TOKEN_FILE`] in its work dir.
+//! - `POST /agent/v1/certificate` [`CertificateRequest`] → [`IssuedCertificate`]: with a
+//!   cluster CA, an agent's CSR (with the join token, or to renew, its current certificate)
+//!   for a client certificate; from then on it speaks mutual TLS with it (files in
+//!   [`NODE_TLS_DIR`]).
 //!
 //! Registration and sync answers name the master's [`ClusterId`]; an agent whose
 //! checkpoint names another cluster follows no such master: its requests name its cluster
@@ -34,6 +38,30 @@ pub const BOOTSTRAP_TOKEN_PREFIX: &str = "plinth-bootstrap.";
 /// Where an agent keeps the join token it got for its bootstrap token (mode 0600, in its
 /// work dir); PID 1 reads it too, to guard the node API's power endpoints.
 pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+/// Where an agent keeps its identity under its work dir: [`NODE_KEY_FILE`] (0600),
+/// [`NODE_CERT_FILE`] and the cluster CA's [`NODE_CA_FILE`] (PEM).
+pub const NODE_TLS_DIR: &str = "tls";
+pub const NODE_KEY_FILE: &str = "node.key";
+pub const NODE_CERT_FILE: &str = "node.pem";
+pub const NODE_CA_FILE: &str = "ca.pem";
+
+/// `POST /agent/v1/certificate`: a PEM certificate signing request. Its subject's common
+/// name is the agent's hostname; its subject alternative names are the DNS names and IP
+/// addresses the agent's API answers at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRequest {
+    pub csr: String,
+}
+
+/// The answer to a [`CertificateRequest`]: the signed certificate and the CA that signed
+/// it (PEM), which the agent trusts from then on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    pub certificate: String,
+    pub ca: String,
+    pub cluster_id: ClusterId,
+}
 
 /// A secret token (the cluster's join token or a bootstrap token). Its `Debug` shows no
 /// secret, so a config struct that holds one can be logged; compare with [`JoinToken::matches`].

@@ -16,6 +16,7 @@ mod cluster_events;
 mod cluster_faults;
 mod cluster_identity;
 mod cluster_load;
+mod cluster_mtls;
 mod cluster_standalone;
 mod containers;
 mod health_checks;

@@ -4,23 +4,34 @@
 //! join token (when the master has one) and, when it names a cluster, this master's: an
 //! agent of another cluster is refused with 409 before anything changes, so a master that
 //! lost its store cannot take over (and empty) the agents of the cluster it served.
+//!
+//! With the cluster CA (`--cluster-ca`) the token only buys a certificate: an agent sends
+//! a CSR with it to `POST /agent/v1/certificate` (or renews with its certificate), and
+//! registration, sync and status updates then need the connection's verified client
+//! certificate instead, named for the agent's hostname; the token alone is refused.
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 use plinth_protocol::agent::{
-    ClusterMismatch, Registered, Registration, StatusAck, StatusBatch, SyncRequest, SyncResponse, CLUSTER_HEADER,
-    TOKEN_HEADER,
+    CertificateRequest, ClusterMismatch, IssuedCertificate, Registered, Registration, StatusAck, StatusBatch,
+    SyncRequest, SyncResponse, CLUSTER_HEADER, TOKEN_HEADER,
 };
-use plinth_protocol::ClusterId;
+use plinth_protocol::{AgentId, ClusterId};
+use plinth_scheduler::Core;
 
 use super::{Body, ClientAddr};
+use crate::ca::certificate_common_name;
 use crate::error::ApiError;
 use crate::shell::Master;
+use crate::tls::PeerCertificate;
+
+/// The connection's verified client certificate, when it showed one.
+type Peer = Option<Extension<PeerCertificate>>;
 
 /// Upper bound of a long-poll, whatever the agent asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -94,10 +105,61 @@ fn check_cluster(master: &Master, headers: &HeaderMap, client: &ClientAddr, who:
     Err(Refusal::OtherCluster(ClusterMismatch { message, cluster_id: ours }))
 }
 
-/// The join token and the cluster, checked for every agent request.
-fn admit(master: &Master, headers: &HeaderMap, client: &ClientAddr, who: &str) -> Result<(), Refusal> {
-    check_token(master, headers, client, who)?;
-    check_cluster(master, headers, client, who)
+/// The join token (or, with the cluster CA, the client certificate) and the cluster,
+/// checked for every agent request. With the CA, the certificate's name is returned: the
+/// agent must be the node it names.
+fn admit(
+    master: &Master,
+    headers: &HeaderMap,
+    client: &ClientAddr,
+    peer: &Peer,
+    who: &str,
+) -> Result<Option<String>, Refusal> {
+    let certified = match &master.identity {
+        Some(_) => Some(check_certificate(master, peer, client, who)?),
+        None => {
+            check_token(master, headers, client, who)?;
+            None
+        }
+    };
+    check_cluster(master, headers, client, who)?;
+    Ok(certified)
+}
+
+/// The common name of the connection's certificate (verified against the cluster CA by the
+/// handshake); refused without one, however good the token.
+fn check_certificate(master: &Master, peer: &Peer, client: &ClientAddr, who: &str) -> Result<String, ApiError> {
+    if let Some(name) = peer.as_ref().and_then(|Extension(PeerCertificate(der))| certificate_common_name(der)) {
+        return Ok(name);
+    }
+    if first_warning(master, client, "certificate", who) {
+        let address = client.ip().unwrap_or_else(|| "unknown".into());
+        tracing::warn!(remote_address = %address, node = %who, "agent refused: it presented no client certificate");
+    }
+    Err(ApiError::Unauthorized(
+        "agent refused: this master requires mutual TLS with a certificate from its cluster CA; the agent gets one \
+         at POST /agent/v1/certificate with the join token (an agent does this by itself when it reaches the master \
+         over https://)"
+            .into(),
+    ))
+}
+
+/// A certified agent may only speak for the node its certificate names.
+fn check_name(certified: Option<&str>, hostname: &str) -> Result<(), ApiError> {
+    match certified {
+        Some(name) if name != hostname => {
+            Err(ApiError::Forbidden(format!("agent refused: its certificate is for node {name}, not for {hostname}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`check_name`] for a registered agent (an unknown one is told to register again).
+fn check_agent_name(core: &Core, agent: &AgentId, certified: Option<&str>) -> Result<(), ApiError> {
+    match core.agent(agent) {
+        Some(state) => check_name(certified, &state.record.hostname),
+        None => Ok(()),
+    }
 }
 
 /// `POST /agent/v1/register`.
@@ -105,10 +167,12 @@ pub async fn register(
     State(master): State<Arc<Master>>,
     client: ClientAddr,
     headers: HeaderMap,
+    peer: Peer,
     body: Body,
 ) -> Result<Json<Registered>, Refusal> {
     let registration: Registration = body.json()?;
-    admit(&master, &headers, &client, &registration.hostname)?;
+    let certified = admit(&master, &headers, &client, &peer, &registration.hostname)?;
+    check_name(certified.as_deref(), &registration.hostname)?;
     let hostname = registration.hostname.clone();
     let reported = registration.tasks.len();
     let agent_id = master.command(|core, now| Ok(core.register_agent(registration, now))).await?;
@@ -122,14 +186,20 @@ pub async fn sync(
     State(master): State<Arc<Master>>,
     client: ClientAddr,
     headers: HeaderMap,
+    peer: Peer,
     body: Body,
 ) -> Result<Json<SyncResponse>, Refusal> {
     let request: SyncRequest = body.json()?;
-    admit(&master, &headers, &client, request.agent_id.as_str())?;
+    let certified = admit(&master, &headers, &client, &peer, request.agent_id.as_str())?;
     master.heard_from(&request.agent_id);
     // Subscribe before syncing so a change made in between still wakes us.
     let mut waker = master.agent_waker(&request.agent_id);
-    let mut response = master.command(|core, now| Ok(core.sync_agent(&request, now))).await?;
+    let mut response = master
+        .command_with(|core, now| {
+            check_agent_name(core, &request.agent_id, certified.as_deref())?;
+            Ok(core.sync_agent(&request, now))
+        })
+        .await?;
     response.cluster_id = Some(cluster_id(&master));
     if response.desired.is_some() || response.reregister || request.wait_ms == 0 {
         if response.reregister {
@@ -151,16 +221,73 @@ pub async fn status(
     State(master): State<Arc<Master>>,
     client: ClientAddr,
     headers: HeaderMap,
+    peer: Peer,
     body: Body,
 ) -> Result<Json<StatusAck>, Refusal> {
     let batch: StatusBatch = body.json()?;
-    admit(&master, &headers, &client, batch.agent_id.as_str())?;
+    let certified = admit(&master, &headers, &client, &peer, batch.agent_id.as_str())?;
     master.heard_from(&batch.agent_id);
     for update in &batch.updates {
         tracing::debug!(node_id = %batch.agent_id, task_id = %update.task_id, app_id = %update.app_id,
             state = %update.state, "status update");
     }
     let agent = batch.agent_id.clone();
-    let acknowledged = master.command(|core, now| Ok(core.apply_status_updates(&agent, batch.updates, now))).await?;
+    let acknowledged = master
+        .command_with(|core, now| {
+            check_agent_name(core, &agent, certified.as_deref())?;
+            Ok(core.apply_status_updates(&agent, batch.updates, now))
+        })
+        .await?;
     Ok(Json(StatusAck { acknowledged }))
+}
+
+/// `POST /agent/v1/certificate`: signs an agent's CSR with the cluster CA. Authorized by
+/// the join token, or, to renew, by the agent's current certificate (then only for the
+/// node it names). Every certificate issued is logged.
+pub async fn certificate(
+    State(master): State<Arc<Master>>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    peer: Peer,
+    body: Body,
+) -> Result<Json<IssuedCertificate>, Refusal> {
+    let Some(identity) = &master.identity else {
+        return Err(ApiError::NotFound(
+            "this master has no cluster CA (start it with --cluster-ca): agents join with the token alone".into(),
+        )
+        .into());
+    };
+    let request: CertificateRequest = body.json()?;
+    let renewing = match peer.as_ref().and_then(|Extension(PeerCertificate(der))| certificate_common_name(der)) {
+        Some(name) if headers.get(TOKEN_HEADER).is_none() => Some(name),
+        _ => None,
+    };
+    if renewing.is_none() {
+        check_token(&master, &headers, &client, "a new node")?;
+    }
+    let issued = identity
+        .ca
+        .sign_node_csr(&request.csr, time::OffsetDateTime::now_utc())
+        .map_err(|e| ApiError::BadRequest(format!("certificate refused: {e}")))?;
+    check_cluster(&master, &headers, &client, &issued.common_name)?;
+    if let Some(name) = &renewing {
+        check_name(Some(name), &issued.common_name)?;
+    }
+    tracing::info!(node = %issued.common_name, names = %issued.names.join(","), serial = %issued.serial,
+        not_after = %issued.not_after, renewal = renewing.is_some(),
+        remote_address = %client.ip().unwrap_or_else(|| "unknown".into()), "client certificate issued");
+    Ok(Json(IssuedCertificate {
+        certificate: issued.pem,
+        ca: identity.ca.pem().to_string(),
+        cluster_id: cluster_id(&master),
+    }))
+}
+
+/// `GET /v1/ca.pem`: the cluster CA's certificate, for clients to trust (compare its
+/// fingerprint with the one the master printed at start).
+pub async fn ca_pem(State(master): State<Arc<Master>>) -> Result<Response, ApiError> {
+    let Some(identity) = &master.identity else {
+        return Err(ApiError::NotFound("this master has no cluster CA (start it with --cluster-ca)".into()));
+    };
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], identity.ca.pem().to_string()).into_response())
 }

@@ -5,7 +5,9 @@
 //! Open whatever is configured: `/ping`, the UI's static files (`/ui/...`, and `/` for a
 //! browser, which only redirects there; the page asks for credentials itself), the files
 //! PXE firmware fetches (`/boot/...`: firmware has no credentials to send), and the agent
-//! protocol (`/agent/v1/...`), which checks the join token itself (`agents.rs`).
+//! protocol (`/agent/v1/...`), which checks the join token itself (`agents.rs`), and the
+//! cluster CA's public certificate (`/v1/ca.pem`: a client needs it before it can trust
+//! the connection it would send credentials over).
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -24,7 +26,12 @@ pub const CHALLENGE: &str = r#"Basic realm="plinth""#;
 fn is_open(method: &Method, path: &str, headers: &HeaderMap) -> bool {
     let read = matches!(*method, Method::GET | Method::HEAD);
     path.starts_with("/agent/v1/")
-        || (read && (path == "/ping" || path == "/ui" || path.starts_with("/ui/") || path.starts_with("/boot/")))
+        || (read
+            && (path == "/ping"
+                || path == "/v1/ca.pem"
+                || path == "/ui"
+                || path.starts_with("/ui/")
+                || path.starts_with("/boot/")))
         || (read && path == "/" && super::ui::wants_html(headers))
 }
 

@@ -2,7 +2,9 @@
 //! master from the agent that runs (or ran) it, for clients that cannot reach the agents'
 //! `:5051` themselves (the web UI, whose page may only talk to its own origin). The query
 //! is the agent's (`stream=stdout|stderr`, `offset`, `follow=true`) and so is the answer:
-//! its status, body (streamed while following) and `x-plinth-log-offset` header.
+//! its status, body (streamed while following) and `x-plinth-log-offset` header. With the
+//! cluster CA agents serve HTTPS for callers of the cluster only, and the proxy presents
+//! the master's own certificate (`tls::ClusterIdentity::agent_client`).
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,8 +35,11 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
-fn agent_base(agent: &AgentState) -> String {
-    format!("http://{}:{}", agent.record.advertise_ip, agent.record.http_port)
+/// With the cluster CA, agents serve their API over mutual TLS: the master shows them
+/// its own certificate.
+fn agent_base(agent: &AgentState, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}:{}", agent.record.advertise_ip, agent.record.http_port)
 }
 
 /// `GET /v1/tasks/{id}/logs[?stream=&offset=&follow=]`.
@@ -45,12 +50,16 @@ pub async fn task_logs(
 ) -> Result<Response, ApiError> {
     // The agent that runs the task; a finished task has left the master's records but its
     // log stays on its agent, so then every agent is asked in turn.
+    let (http, tls) = match &master.identity {
+        Some(identity) => (&identity.agent_client, true),
+        None => (client(), false),
+    };
     let agents: Vec<String> = {
         let guard = master.read().await;
         let core = &guard.core;
         match core.task(&TaskId::new(id.as_str())).and_then(|t| core.agent(&t.agent_id)) {
-            Some(agent) => vec![agent_base(agent)],
-            None => core.agents().map(agent_base).collect(),
+            Some(agent) => vec![agent_base(agent, tls)],
+            None => core.agents().map(|a| agent_base(a, tls)).collect(),
         }
     };
     let mut unreachable = Vec::new();
@@ -60,7 +69,7 @@ pub async fn task_logs(
             .map_err(|()| ApiError::Internal(format!("agent URL {base} cannot have a path")))?
             .extend(["v1", "tasks", id.as_str(), "logs"]);
         url.set_query(uri.query());
-        let answer = match client().get(url).send().await {
+        let answer = match http.get(url).send().await {
             Ok(answer) => answer,
             Err(e) => {
                 unreachable.push(format!("{base}: {e}"));

@@ -77,6 +77,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/agent/v1/register", post(agents::register))
         .route("/agent/v1/sync", post(agents::sync))
         .route("/agent/v1/status", post(agents::status))
+        .route("/agent/v1/certificate", post(agents::certificate))
+        .route("/v1/ca.pem", get(agents::ca_pem))
         .route("/master/slaves", get(operator::slaves))
         .route("/master/state", get(operator::state))
         .route("/master/state.json", get(operator::state))

@@ -105,9 +105,39 @@ impl Http {
         Http { base: base.into(), client }
     }
 
+    /// A client that trusts only the PEM CA `ca_pem` and, with `identity` (a PEM certificate
+    /// and key), presents that client certificate (mutual TLS).
+    pub fn with_identity(base: impl Into<String>, ca_pem: &[u8], identity: Option<&[u8]>) -> Self {
+        plinth_oci::tls::install_provider();
+        let ca = reqwest::Certificate::from_pem(ca_pem).expect("a PEM CA certificate");
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(3))
+            .no_proxy()
+            .tls_certs_only([ca]);
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem).expect("a PEM certificate and key"));
+        }
+        Http { base: base.into(), client: builder.build().expect("HTTP client") }
+    }
+
     pub fn try_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply, String> {
+        self.try_request_with(method, path, &[], body)
+    }
+
+    /// [`Http::try_request`] with extra headers (a join token, say).
+    pub fn try_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body);
         }
@@ -700,6 +730,32 @@ impl Cluster {
     }
 
     pub fn start_master(&mut self, extra: &[&str]) {
+        self.spawn_master(extra);
+        self.wait_for_ping(&self.api());
+    }
+
+    /// A master with `--cluster-ca` (and `extra`, which must give it a join token): waits
+    /// for it to make its CA, which the harness trusts from then on (its API is HTTPS).
+    /// Returns the CA certificate's path.
+    pub fn start_master_with_cluster_ca(&mut self, extra: &[&str]) -> PathBuf {
+        let ca = self.dir().join("master").join("ca").join("ca.pem");
+        let mut args = vec!["--cluster-ca"];
+        args.extend(extra);
+        self.ca_file = Some(ca.clone());
+        self.spawn_master(&args);
+        wait_until("the master to make its cluster CA", secs(60), || {
+            self.check_nodes_alive()?;
+            if fs::metadata(&ca).is_ok_and(|m| m.len() > 0) {
+                Ok(())
+            } else {
+                Err(format!("no {}", ca.display()))
+            }
+        });
+        self.wait_for_ping(&self.api());
+        ca
+    }
+
+    fn spawn_master(&mut self, extra: &[&str]) {
         let data_dir = self.dir().join("master");
         let mut args: Vec<String> = vec![
             "master".into(),
@@ -714,7 +770,6 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_node("master", |_| args);
-        self.wait_for_ping(&self.api());
     }
 
     pub fn start_agent(&mut self, name: &str, extra: &[&str]) {
@@ -790,6 +845,11 @@ impl Cluster {
         let node = self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}"));
         node.args.extend(extra.iter().map(|s| s.to_string()));
         self.respawn(name);
+    }
+
+    /// Changes the arguments the node's next start gets (a flag taken away, say).
+    pub fn edit_args(&mut self, name: &str, edit: impl FnOnce(&mut Vec<String>)) {
+        edit(&mut self.nodes.get_mut(name).unwrap_or_else(|| panic!("no node {name}")).args);
     }
 
     /// Starts the node's process again with the same arguments (and so the same dirs).
