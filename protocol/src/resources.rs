@@ -237,6 +237,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resources_read_back_from_their_json_unchanged() {
+        // What an agent writes, the master reads as the same numbers (serde_json's
+        // float_roundtrip; fuzz/corpus/agent_protocol/long_mantissa.json).
+        let sent = Resources { mem: 1.0246666666666667e119, cpus: 0.30000000000000004, ..Resources::default() };
+        let read: Resources = serde_json::from_str(&serde_json::to_string(&sent).unwrap()).unwrap();
+        assert_eq!(read, sent);
+    }
+
+    #[test]
     fn port_ranges_read_from_json_are_normalised() {
         // An agent registering `[[62000, 32000]]` made the master's placement panic
         // (fuzz/corpus/agent_protocol/reversed_port_range.json).
