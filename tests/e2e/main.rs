@@ -17,6 +17,7 @@ mod cluster_identity;
 mod cluster_load;
 mod cluster_standalone;
 mod containers;
+mod fuzz_short;
 mod health_checks;
 mod health_marathon;
 mod marathon_client;
