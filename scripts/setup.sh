@@ -2,7 +2,7 @@
 # Prepares a fresh Debian bookworm machine (as root) to build, run and test Plinth.
 # Idempotent: it installs only what is missing and rebuilds only what changed.
 #   1. system packages from scripts/packages-*.txt, keeping backports families consistent
-#   2. cargo-nextest, and the browser tests' playwright-core (npm ci in tests/ui)
+#   2. cargo-nextest, cargo-fuzz, and the browser tests' playwright-core (npm ci in tests/ui)
 #   3. the release binary that scripts/standalone.sh runs (the test command builds its own)
 #   4. a check that every tool the tests use runs (scripts/tool-checks.txt)
 set -euo pipefail
@@ -77,6 +77,13 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+# cargo-fuzz for scripts/fuzz.sh (the tests' short fuzz run); it runs on the stable
+# toolchain (no sanitizer), libFuzzer's C++ is built by g++.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+    echo "setup.sh: installing cargo-fuzz $cargo_fuzz_version"
+    cargo install --locked cargo-fuzz --version "$cargo_fuzz_version"
 fi
 # playwright-core at the version tests/ui/package-lock.json pins (no browser download: the
 # tests drive Debian's chromium).

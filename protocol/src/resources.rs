@@ -8,9 +8,18 @@ use std::fmt;
 use crate::ProtocolError;
 
 /// A set of ports kept as sorted, non-overlapping, non-adjacent inclusive ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct PortRanges(Vec<(u16, u16)>);
+
+/// Read through [`PortRanges::new`]: an agent's registration may list ranges reversed,
+/// overlapping or unsorted, and placement relies on the invariant (found by the fuzz
+/// target `agent_protocol`).
+impl<'de> Deserialize<'de> for PortRanges {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<(u16, u16)>::deserialize(d).map(PortRanges::new)
+    }
+}
 
 impl PortRanges {
     pub fn new(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
@@ -226,6 +235,26 @@ pub fn parse_attributes(text: &str) -> Result<Attributes, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_read_back_from_their_json_unchanged() {
+        // What an agent writes, the master reads as the same numbers (serde_json's
+        // float_roundtrip; fuzz/corpus/agent_protocol/long_mantissa.json).
+        let sent = Resources { mem: 1.0246666666666667e119, cpus: 0.30000000000000004, ..Resources::default() };
+        let read: Resources = serde_json::from_str(&serde_json::to_string(&sent).unwrap()).unwrap();
+        assert_eq!(read, sent);
+    }
+
+    #[test]
+    fn port_ranges_read_from_json_are_normalised() {
+        // An agent registering `[[62000, 32000]]` made the master's placement panic
+        // (fuzz/corpus/agent_protocol/reversed_port_range.json).
+        let mut ports: PortRanges = serde_json::from_str("[[62000, 32000], [31005, 31000], [31003, 31010]]").unwrap();
+        assert_eq!(ports.ranges(), [(31000, 31010), (32000, 62000)]);
+        assert_eq!(ports.len(), 11 + 30001);
+        assert_eq!(ports.take_lowest(3), Some(vec![31000, 31001, 31002]));
+        assert_eq!(serde_json::to_string(&ports).unwrap(), "[[31003,31010],[32000,62000]]");
+    }
 
     #[test]
     fn parses_the_mesos_resource_string() {

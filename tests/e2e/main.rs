@@ -19,6 +19,7 @@ mod cluster_load;
 mod cluster_mtls;
 mod cluster_standalone;
 mod containers;
+mod fuzz_short;
 mod health_checks;
 mod health_marathon;
 mod marathon_client;

@@ -280,6 +280,38 @@ mod tests {
     }
 
     #[test]
+    fn repeated_fixed_length_options_are_malformed_not_a_panic() {
+        // dhcproto joins adjacent options of one code and then asserted option 94's length
+        // (fuzz/corpus/dhcp_packet/adjacent_option_94.bin).
+        for (code, value) in [(94u8, vec![1, 2, 1]), (152, vec![0, 0, 0, 1]), (80, vec![])] {
+            let mut packet = discover(mac(1), Who::Pxe(0));
+            let end = packet.iter().rposition(|b| *b == 255).expect("an end option");
+            packet.truncate(end);
+            for _ in 0..2 {
+                packet.extend([code, u8::try_from(value.len()).unwrap()]);
+                packet.extend(&value);
+            }
+            packet.push(255);
+            let d = decide(
+                &packet,
+                Port::Dhcp,
+                &full_config(DefaultProfile::Agent),
+                &machines(),
+                &mut LeaseTable::default(),
+                NOW,
+            );
+            let repeated_empty = code == 80;
+            match d {
+                Decision::Ignore { reason: IgnoreReason::Malformed(why), .. } => {
+                    assert!(!repeated_empty, "two empty rapid-commit options are one: {why}");
+                    assert!(why.contains(&format!("option {code}")), "{why}");
+                }
+                other => assert!(repeated_empty, "option {code} twice got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn garbage_and_truncated_packets_are_ignored_without_panics_or_changes() {
         let good = discover(mac(1), Who::Ipxe);
         let mut leases = LeaseTable::default();

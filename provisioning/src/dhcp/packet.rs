@@ -22,27 +22,38 @@ pub(super) fn options_well_formed(packet: &[u8]) -> Result<(), String> {
         return Err("no DHCP magic cookie".into());
     }
     let mut i = 240;
+    // dhcproto joins adjacent options of one code into one (RFC 3396 long options) before
+    // it asserts their length, so a fixed length must hold for the whole run too.
+    let mut run: Option<(u8, usize)> = None;
     while i < packet.len() {
         let code = packet[i];
         match code {
-            0 => i += 1,
+            0 => {
+                run = None;
+                i += 1;
+            }
             255 => return Ok(()),
             _ => {
                 let len = *packet.get(i + 1).ok_or_else(|| format!("option {code} is cut off"))? as usize;
                 if i + 2 + len > packet.len() {
                     return Err(format!("option {code} claims {len} bytes past the end"));
                 }
+                let total = match run {
+                    Some((previous, sum)) if previous == code => sum + len,
+                    _ => len,
+                };
+                run = Some((code, total));
                 let fixed_ok = match code {
                     52 => return Err("option overload is not supported".into()),
-                    80 => len == 0,
+                    80 => total == 0,
                     81 => len >= 3,
-                    94 => len == 3,
+                    94 => total == 3,
                     93 => len >= 2,
-                    152..=155 => len == 4,
+                    152..=155 => total == 4,
                     _ => true,
                 };
                 if !fixed_ok {
-                    return Err(format!("option {code} has the wrong length {len}"));
+                    return Err(format!("option {code} has the wrong length {total}"));
                 }
                 i += 2 + len;
             }
