@@ -242,3 +242,24 @@ fn a_docker_bridge_tasks_host_port_links_open_the_app() {
     let output = run_scenario(&mut cluster, &url, "docker_links");
     assert!(steps(&output) >= 4, "{output}");
 }
+
+#[test]
+fn with_credentials_the_page_asks_for_them_and_a_read_only_user_is_refused_changes() {
+    let mut cluster = Cluster::new("ui-login");
+    let admins = cluster.dir().join("admins");
+    let readers = cluster.dir().join("readers");
+    std::fs::write(&admins, "ops:s3cret\n").expect("admin credentials");
+    std::fs::write(&readers, "viewer:look\n").expect("read-only credentials");
+    cluster.start_standalone_with(
+        NODE,
+        &[
+            "--http-credentials-file",
+            &admins.display().to_string(),
+            "--http-readonly-credentials-file",
+            &readers.display().to_string(),
+        ],
+    );
+    let url = format!("http://{}:{MASTER_PORT}", cluster.node(NODE).host.ip);
+    let output = run_scenario(&mut cluster, &url, "login");
+    assert!(steps(&output) >= 6, "{output}");
+}

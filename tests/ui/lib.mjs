@@ -157,9 +157,12 @@ class Steps {
 
   /** The master's API from the test (not through the page). */
   async api(method, apiPath, body) {
+    const headers = body === undefined ? {} : { 'content-type': 'application/json' };
+    // `t.auth`: an Authorization header for masters that want credentials.
+    if (this.auth) headers.authorization = this.auth;
     const response = await fetch(`${this.base}${apiPath}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await response.text();

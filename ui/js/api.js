@@ -142,7 +142,9 @@ export function hasCredentials() {
 export async function request(method, path, options = {}) {
   const { body, signal, raw = false, accept = 'application/json' } = options;
   for (let attempt = 0; ; attempt += 1) {
-    const headers = { Accept: accept };
+    // X-Requested-With: the master then leaves the challenge out of a 401, so the browser
+    // shows this UI's own form instead of its dialog (see master/src/api/auth.rs).
+    const headers = { Accept: accept, 'X-Requested-With': 'plinth-ui' };
     const auth = storedAuth();
     if (auth) headers.Authorization = `Basic ${auth}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';

@@ -36,10 +36,14 @@ fn is_open(method: &Method, path: &str, headers: &HeaderMap) -> bool {
 }
 
 /// A page's own script (fetch from the UI): it has a login form, so the 401 goes without
-/// the challenge that would make the browser show its own dialog first. A navigation, curl
-/// or a Marathon client sends no `Sec-Fetch-Mode` or `navigate` and gets the challenge.
+/// the challenge that would make the browser show its own dialog first (and hold the
+/// request open meanwhile). The UI says so with `X-Requested-With` (browsers send
+/// `Sec-Fetch-Mode` only to HTTPS or localhost origins, so that alone misses a plain-HTTP
+/// master at its address). A navigation, curl or a Marathon client sends neither, or
+/// `navigate`, and gets the challenge.
 fn from_page_script(headers: &HeaderMap) -> bool {
-    headers.get("sec-fetch-mode").is_some_and(|mode| mode.as_bytes() != b"navigate")
+    headers.contains_key("x-requested-with")
+        || headers.get("sec-fetch-mode").is_some_and(|mode| mode.as_bytes() != b"navigate")
 }
 
 /// Logs once at start when the API is open to anyone who can reach it.
@@ -189,6 +193,13 @@ mod tests {
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), 401);
         assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+        // Over plain HTTP to an address browsers send no Sec-Fetch-Mode: the UI's header.
+        let request = Request::get("/v1/queue").header("x-requested-with", "plinth-ui").body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let curl = Request::get("/v1/queue").body(Body::empty()).unwrap();
+        assert!(router.clone().oneshot(curl).await.unwrap().headers().get(header::WWW_AUTHENTICATE).is_some());
         let browser = Request::get("/").header("accept", "text/html").body(Body::empty()).unwrap();
         assert_eq!(router.oneshot(browser).await.unwrap().status(), 303, "/ sends browsers to the UI");
     }
