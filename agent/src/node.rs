@@ -452,6 +452,24 @@ impl Node {
         self.wake_outbox();
     }
 
+    /// Applies `--stop-tasks-after-master-lost-secs` (`partition.rs`): empties the desired
+    /// state, so the reconciler kills every task (with its grace period) on the next tick.
+    /// The master hears `TASK_KILLED` for each once it answers again, and decides afresh.
+    pub fn stop_tasks_if_master_lost(&self) {
+        let policy = self.config.stop_tasks_after_master_lost;
+        let silent_for = self.contact.silent_for();
+        let mut state = self.lock();
+        if !crate::partition::must_stop(policy, silent_for, state.desired.tasks.len()) {
+            return;
+        }
+        warn!(
+            node_id = %self.node_id(), tasks = state.desired.tasks.len(), silent_ms = millis(silent_for),
+            "no answer from the master past --stop-tasks-after-master-lost-secs; stopping every task"
+        );
+        state.desired.tasks.clear();
+        self.save(&state);
+    }
+
     pub async fn tick_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

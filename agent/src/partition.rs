@@ -10,8 +10,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
-
 /// When the master last answered this agent.
 #[derive(Debug)]
 pub(crate) struct MasterContact {
@@ -37,26 +35,6 @@ impl MasterContact {
 /// it and there is something left to stop.
 pub(crate) fn must_stop(policy: Option<Duration>, silent_for: Duration, desired_tasks: usize) -> bool {
     policy.is_some_and(|after| silent_for >= after) && desired_tasks > 0
-}
-
-impl crate::node::Node {
-    /// Applies `--stop-tasks-after-master-lost-secs`: empties the desired state, so the
-    /// reconciler kills every task (with its grace period) on the next tick. The master
-    /// hears `TASK_KILLED` for each once it answers again, and decides afresh.
-    pub fn stop_tasks_if_master_lost(&self) {
-        let policy = self.config.stop_tasks_after_master_lost;
-        let silent_for = self.contact.silent_for();
-        let mut state = self.lock();
-        if !must_stop(policy, silent_for, state.desired.tasks.len()) {
-            return;
-        }
-        warn!(
-            node_id = %self.node_id(), tasks = state.desired.tasks.len(), silent_ms = crate::node::millis(silent_for),
-            "no answer from the master past --stop-tasks-after-master-lost-secs; stopping every task"
-        );
-        state.desired.tasks.clear();
-        self.save(&state);
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use super::master::{ApiError, MasterClient};
+use super::render::task_table;
 use super::render::{display, number, number_text, output, print_json, table, text, truncate};
-use super::task::task_table;
 use super::{AppCommand, WaitArgs};
 
 /// `/hello` or `hello` → `/v2/apps/hello`, rejecting ids the master would refuse anyway.

@@ -89,6 +89,29 @@ pub(super) fn used_of(slave: &Value, key: &str) -> String {
     let used = slave.pointer(&format!("/used_resources/{key}")).and_then(Value::as_f64).unwrap_or(0.0);
     format!("{}/{}", number_text(used), number_text(total))
 }
+/// Tasks as a table (`task list`, `app show`).
+pub(super) fn task_table(tasks: &Value) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|t| {
+                    vec![
+                        text(t, "id"),
+                        text(t, "appId"),
+                        text(t, "state"),
+                        text(t, "host"),
+                        text(t, "ports"),
+                        text(t, "startedAt"),
+                        text(t, "version"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "APP", "STATE", "HOST", "PORTS", "STARTED", "VERSION"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

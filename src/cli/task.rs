@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::agent::agent_call;
 use super::app::{app_path, endpoints};
 use super::master::MasterClient;
-use super::render::{output, print_json, table, text};
+use super::render::{output, print_json, task_table};
 use super::TaskCommand;
 
 pub(super) async fn run(master: MasterClient, json_out: bool, cmd: TaskCommand) -> anyhow::Result<()> {
@@ -127,26 +127,4 @@ fn stats_text(stats: &Value) -> String {
         stats.get("oom_kills").and_then(Value::as_u64).unwrap_or(0),
         stats.get("pids").and_then(Value::as_u64).unwrap_or(0)
     )
-}
-
-pub(super) fn task_table(tasks: &Value) -> String {
-    let rows: Vec<Vec<String>> = tasks
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|t| {
-                    vec![
-                        text(t, "id"),
-                        text(t, "appId"),
-                        text(t, "state"),
-                        text(t, "host"),
-                        text(t, "ports"),
-                        text(t, "startedAt"),
-                        text(t, "version"),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    table(&["ID", "APP", "STATE", "HOST", "PORTS", "STARTED", "VERSION"], &rows)
 }
