@@ -58,9 +58,13 @@ fn standalone_vm_runs_an_app_and_powers_off_through_the_node_api() -> anyhow::Re
     assert!(has_mount("/sys/fs/cgroup", "cgroup2"), "{mounts}");
     assert!(has_mount("/var/lib/plinth", "tmpfs"), "{mounts}");
     assert!(has_mount("/", "tmpfs"), "root left the initramfs for a tmpfs: {mounts}");
-    let processes = client.get(format!("{node_api}/processes")).send()?.text()?;
+    // TASK_RUNNING is reported once the executor started the task; under emulation its
+    // shell may still be exec'ing `sleep` when the list is read, so wait for it.
+    let processes = eventually("the task's process in the node's process list", Duration::from_secs(30), || {
+        let processes = client.get(format!("{node_api}/processes")).send()?.text()?;
+        Ok(processes.contains("sleep 1000").then_some(processes))
+    })?;
     assert!(processes.contains("plinth standalone"), "{processes}");
-    assert!(processes.contains("sleep 1000"), "the task runs on the node: {processes}");
     let logs = client.get(format!("{node_api}/logs")).send()?.text()?;
     assert!(logs.contains("role started"), "{}", tail(&logs, 20));
     let dmesg = client.get(format!("{node_api}/dmesg")).send()?.text()?;
