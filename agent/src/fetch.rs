@@ -213,12 +213,13 @@ impl Fetcher<'_> {
         match options.cache_dir.as_deref().filter(|_| fetch.cache) {
             Some(cache_dir) => {
                 let cached = cache_path(cache_dir, &fetch.uri, &file_name);
-                if let Source::Local(path) = &source {
-                    // A copy cached for another task is no licence: this task's user must
-                    // be able to read the original.
-                    open_local(path, options)?;
-                }
-                if !cached.is_file() {
+                if cached.is_file() {
+                    if let Source::Local(path) = &source {
+                        // A copy cached for another task is no licence: this task's user
+                        // must be able to read the original (a miss checks it in retrieve).
+                        open_local(path, options)?;
+                    }
+                } else {
                     let dir = cached.parent().unwrap_or(cache_dir).to_path_buf();
                     fs::create_dir_all(&dir).map_err(write_error(&dir))?;
                     self.retrieve(&source, &cached)?;

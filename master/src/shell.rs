@@ -137,10 +137,8 @@ impl Master {
         registry_config.push_credentials = config.access.credentials.clone();
         let registry = Registry::open(registry_config, config.data_dir.join("registry"), config.registry.listen)?;
         // The registries the stored apps name stay allowed across restarts.
-        for app in core.apps() {
-            if let Some(docker) = app.definition.container.as_ref().and_then(|c| c.docker.as_ref()) {
-                registry.allow_upstream_of(&docker.image);
-            }
+        for docker in core.apps().filter_map(|app| docker_of(&app.definition)) {
+            registry.allow_upstream_of(&docker.image);
         }
         let identity = match &config.cluster_ca {
             Some(settings) => Some(Arc::new(crate::tls::ClusterIdentity::open(
@@ -197,8 +195,7 @@ impl Master {
     /// Starts pulling an app's image in the background (shared with any running pull),
     /// so the layers are here before the first task asks.
     pub fn prefetch_image(&self, definition: &plinth_protocol::marathon::AppDefinition) {
-        let docker = definition.container.as_ref().and_then(|c| c.docker.as_ref());
-        if let Some(docker) = docker {
+        if let Some(docker) = docker_of(definition) {
             self.registry.prefetch(&docker.image, docker.force_pull_image);
         }
     }
@@ -347,6 +344,13 @@ impl Master {
             wakers.entry(agent.clone()).or_insert_with(|| watch::channel(0).0).send_modify(|n| *n += 1);
         }
     }
+}
+
+/// An app's Docker image settings, when it runs one.
+fn docker_of(
+    definition: &plinth_protocol::marathon::AppDefinition,
+) -> Option<&plinth_protocol::marathon::DockerContainer> {
+    definition.container.as_ref().and_then(|c| c.docker.as_ref())
 }
 
 /// Operators follow tasks and deployments in the log; other events stay at debug.
