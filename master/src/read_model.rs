@@ -9,16 +9,22 @@
 //!   things that change without a record (last heartbeat times, offer statistics).
 //! - Copies are taken lazily, by the first reader that finds the published one stale;
 //!   concurrent readers wait for that one copy instead of each taking the lock.
+//! - Big answers that many readers ask for alike (`GET /v2/apps`, `/v2/groups`,
+//!   `/v2/tasks`) are rendered once per copy and shared: the readers of one copy get the
+//!   same bytes, so 64 readers cost one render per change instead of 64.
 //! - Rendering runs on the blocking pool with at most [`ReadModel::renderers`] at once,
 //!   leaving the async workers (and a core) to the agent protocol and writes. Readers
 //!   past [`MAX_WAITING`] get a 429 with `Retry-After` instead of slowing everyone.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::http::response::Parts;
 use axum::response::Response;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use plinth_scheduler::Core;
 
@@ -31,11 +37,50 @@ pub const MAX_WAITING: usize = 256;
 /// What a turned-away reader is told to wait, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// Distinct shared answers kept per copy; past this, answers render unshared.
+pub const MAX_SHARED_ANSWERS: usize = 32;
+
+/// A rendered answer that readers of one copy share.
+#[derive(Clone)]
+struct SharedAnswer {
+    parts: Arc<Parts>,
+    body: Bytes,
+}
+
+impl SharedAnswer {
+    fn response(&self) -> Response {
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = self.parts.status;
+        *response.headers_mut() = self.parts.headers.clone();
+        response
+    }
+}
+
 /// One published copy of the core.
 pub struct Snapshot {
     pub core: Core,
     generation: u64,
     taken: Instant,
+    /// Answers rendered from this copy, by what was asked (see [`ReadModel::render_shared`]).
+    answers: std::sync::Mutex<HashMap<String, Arc<OnceCell<SharedAnswer>>>>,
+}
+
+impl Snapshot {
+    fn new(core: Core, generation: u64) -> Snapshot {
+        Snapshot { core, generation, taken: Instant::now(), answers: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The cell for `key`'s answer, `None` when this copy already holds its maximum.
+    fn answer_cell(&self, key: String) -> Option<Arc<OnceCell<SharedAnswer>>> {
+        let mut answers = self.answers.lock().expect("answer map is never poisoned");
+        if let Some(cell) = answers.get(&key) {
+            return Some(cell.clone());
+        }
+        if answers.len() >= MAX_SHARED_ANSWERS {
+            return None;
+        }
+        Some(answers.entry(key).or_default().clone())
+    }
 }
 
 pub struct ReadModel {
@@ -54,7 +99,7 @@ impl ReadModel {
     pub fn new(core: &Core) -> ReadModel {
         let renderer_count = renderers();
         ReadModel {
-            published: ArcSwap::from_pointee(Snapshot { core: core.read_copy(), generation: 0, taken: Instant::now() }),
+            published: ArcSwap::from_pointee(Snapshot::new(core.read_copy(), 0)),
             generation: AtomicU64::new(0),
             refreshing: Mutex::new(()),
             renderers: Semaphore::new(renderer_count),
@@ -100,7 +145,7 @@ impl ReadModel {
         // never a stale copy marked current (bumps happen under the lock `copy` takes).
         let generation = self.generation.load(Ordering::Acquire);
         let core = copy().await;
-        let snapshot = Arc::new(Snapshot { core, generation, taken: Instant::now() });
+        let snapshot = Arc::new(Snapshot::new(core, generation));
         self.published.store(snapshot.clone());
         snapshot
     }
@@ -112,6 +157,36 @@ impl ReadModel {
     {
         let rendered = tokio::task::spawn_blocking(move || render(&snapshot.core)).await;
         rendered.map_err(|e| ApiError::Internal(format!("rendering the answer failed: {e}")))?
+    }
+
+    /// Like [`ReadModel::render`], but readers of one copy asking the same `key` (what
+    /// determines the answer: path, query, format) share one rendering. Only successful
+    /// answers are shared; an error renders again for the next reader.
+    pub async fn render_shared<R>(snapshot: Arc<Snapshot>, key: String, render: R) -> Result<Response, ApiError>
+    where
+        R: FnOnce(&Core) -> Result<Response, ApiError> + Send + 'static,
+    {
+        let Some(cell) = snapshot.answer_cell(key) else {
+            return Self::render(snapshot, render).await;
+        };
+        let answer = cell
+            .get_or_try_init(|| async move {
+                let response = Self::render(snapshot, render).await.map_err(NotShared::Failed)?;
+                if !response.status().is_success() {
+                    return Err(NotShared::Answer(response));
+                }
+                let (parts, body) = response.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .map_err(|e| NotShared::Failed(ApiError::Internal(format!("collecting the answer failed: {e}"))))?;
+                Ok(SharedAnswer { parts: Arc::new(parts), body })
+            })
+            .await;
+        match answer {
+            Ok(answer) => Ok(answer.response()),
+            Err(NotShared::Answer(response)) => Ok(response),
+            Err(NotShared::Failed(error)) => Err(error),
+        }
     }
 
     /// Waits for a free renderer; 429 when too many readers already wait. Admission
@@ -130,6 +205,12 @@ impl ReadModel {
     }
 }
 
+/// An answer that is not shared: a failure, or a rendered answer that is not a 2xx.
+enum NotShared {
+    Failed(ApiError),
+    Answer(Response),
+}
+
 fn renderers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
@@ -137,6 +218,7 @@ fn renderers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
     use plinth_scheduler::CoreConfig;
     use std::sync::atomic::AtomicUsize;
 
@@ -163,6 +245,45 @@ mod tests {
         model.bump();
         model.snapshot(copy).await;
         assert_eq!(copies.load(Ordering::SeqCst), 2, "a change after the copy makes it stale");
+    }
+
+    #[tokio::test]
+    async fn readers_of_one_copy_share_an_answer_until_the_next_change() {
+        let model = ReadModel::new(&empty_core());
+        let renders = Arc::new(AtomicUsize::new(0));
+        let ask = |key: &str, ok: bool| {
+            let renders = renders.clone();
+            let key = key.to_string();
+            let model = &model;
+            async move {
+                let snapshot = model.snapshot(|| async { empty_core() }).await;
+                let response = ReadModel::render_shared(snapshot, key, move |_core| {
+                    let n = renders.fetch_add(1, Ordering::SeqCst);
+                    if ok {
+                        Ok(format!("answer {n}").into_response())
+                    } else {
+                        Err(ApiError::NotFound("no such thing".into()))
+                    }
+                })
+                .await;
+                match response {
+                    Ok(r) => {
+                        String::from_utf8(axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("body").to_vec())
+                            .expect("utf-8")
+                    }
+                    Err(e) => format!("error {e}"),
+                }
+            }
+        };
+        let (first, second) = tokio::join!(ask("apps", true), ask("apps", true));
+        assert_eq!((first.as_str(), second.as_str()), ("answer 0", "answer 0"), "one render, two readers");
+        assert_eq!(ask("groups", true).await, "answer 1", "another question renders on its own");
+        assert_eq!(ask("apps", true).await, "answer 0");
+        model.bump();
+        assert_eq!(ask("apps", true).await, "answer 2", "a change renders anew");
+        assert!(ask("missing", false).await.starts_with("error"));
+        assert!(ask("missing", false).await.starts_with("error"));
+        assert_eq!(renders.load(Ordering::SeqCst), 5, "errors are rendered for every reader, never shared");
     }
 
     #[tokio::test]

@@ -221,6 +221,17 @@ impl Master {
         ReadModel::render(snapshot, render).await
     }
 
+    /// [`Master::render`] for big answers many readers ask alike: readers of one copy
+    /// asking the same `key` (everything the answer depends on) share one rendering.
+    pub async fn render_shared<R>(&self, key: String, render: R) -> Result<axum::response::Response, ApiError>
+    where
+        R: FnOnce(&Core) -> Result<axum::response::Response, ApiError> + Send + 'static,
+    {
+        let _permit = self.reads.admit().await?;
+        let snapshot = self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await;
+        ReadModel::render_shared(snapshot, key, render).await
+    }
+
     /// Notes that an agent was heard from now, before its request waits for the core:
     /// the next tick judges liveness on this time (see [`Core::note_heard`]).
     pub fn heard_from(&self, agent: &AgentId) {

@@ -153,8 +153,9 @@ async fn list_filtered(master: &Master, params: &Params, group: Option<String>) 
     let cmd_filter = params.get("cmd").map(str::to_string);
     let label_filter = params.get("label").map(str::to_string);
     let group = group.map(|g| format!("/{}/", g.trim_matches('/')).replace("//", "/"));
+    let key = format!("apps {group:?} {embed:?} {id_filter:?} {cmd_filter:?} {label_filter:?}");
     master
-        .render(move |core| {
+        .render_shared(key, move |core| {
             let apps: Vec<AppInfo> = core
                 .apps()
                 .filter(|a| group.as_deref().is_none_or(|g| a.id.as_str().starts_with(g)))

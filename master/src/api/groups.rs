@@ -309,8 +309,9 @@ impl<'a> Tree<'a> {
 
 async fn show(master: &Master, id: &str, params: &Params) -> Result<Response, ApiError> {
     let (id, embed, started) = (id.to_string(), embed_of(params), master.started_at.to_iso());
+    let key = format!("groups {id:?} {embed:?}");
     master
-        .render(move |core| {
+        .render_shared(key, move |core| {
             let tree = Tree::new(core, embed, started);
             if !tree.groups.contains(&id) {
                 return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));

@@ -73,7 +73,8 @@ pub fn endpoints_text<'a>(core: &Core, apps: impl Iterator<Item = &'a AppRecord>
 pub async fn list(State(master): State<Arc<Master>>, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
     let text = wants_text(&headers);
     let statuses = params.all("status");
-    master.render(move |core| render_list(core, text, &statuses)).await
+    let key = format!("tasks {text} {statuses:?}");
+    master.render_shared(key, move |core| render_list(core, text, &statuses)).await
 }
 
 fn render_list(core: &Core, text: bool, statuses: &[String]) -> Result<Response, ApiError> {
