@@ -12,8 +12,11 @@
 //! | `GET /node/v1/processes` | JSON: `[{"pid","ppid","state","rss_kb","cmdline"}]` |
 //! | `POST /node/v1/poweroff`, `POST /node/v1/reboot` | 202, then a graceful shutdown |
 //!
-//! When the node booted with `plinth.token=...`, the power endpoints require
-//! `Authorization: Bearer TOKEN` (401 otherwise); the read-only views stay open.
+//! Until the node has a certificate of a cluster CA, the API is plain HTTP: when the node
+//! booted with `plinth.token=...`, the power endpoints require `Authorization: Bearer
+//! TOKEN` (401 otherwise) and the read-only views stay open. From the agent's first join
+//! with a cluster CA on, it is mutual TLS only (`api_tls.rs`): every view needs a
+//! certificate of the cluster, and the power endpoints the master's (403 for a node's).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +27,7 @@ use plinth_protocol::error_chain;
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::api_tls::{caller_of, Caller, NodeTls};
 use crate::error::{InitError, Result};
 
 /// What the node API can ask of PID 1.
@@ -71,16 +75,27 @@ pub trait NodeView {
     }
 }
 
-/// Maps method + path (+ the Authorization header) to an answer.
-pub fn route(view: &dyn NodeView, method: &str, path: &str, authorization: Option<&str>) -> Reply {
+/// Maps the caller, method + path (+ the Authorization header) to an answer.
+pub fn route(view: &dyn NodeView, caller: Caller, method: &str, path: &str, authorization: Option<&str>) -> Reply {
     let path = path.split('?').next().unwrap_or(path);
     if method == "POST" && matches!(path, "/node/v1/poweroff" | "/node/v1/reboot") {
-        if let Some(token) = view.token() {
-            if authorization != Some(format!("Bearer {token}").as_str()) {
+        match caller {
+            Caller::Cluster { master: true } => {}
+            Caller::Cluster { master: false } => {
                 return Reply::error(
-                    401,
-                    &format!("POST {path} needs the header Authorization: Bearer <plinth.token>"),
+                    403,
+                    &format!("POST {path} is for the master's certificate only; ask the master (plinth node poweroff)"),
                 );
+            }
+            Caller::Plain => {
+                if let Some(token) = view.token() {
+                    if authorization != Some(format!("Bearer {token}").as_str()) {
+                        return Reply::error(
+                            401,
+                            &format!("POST {path} needs the header Authorization: Bearer <plinth.token>"),
+                        );
+                    }
+                }
             }
         }
     }
@@ -119,29 +134,55 @@ pub fn parse_mounts(text: &str) -> Value {
     Value::Array(list)
 }
 
-/// Starts the listener thread.
-pub fn serve(port: u16, view: Arc<dyn NodeView + Send + Sync>) -> Result<()> {
+/// Starts the listener thread on `0.0.0.0:port`.
+pub fn serve(port: u16, view: Arc<dyn NodeView + Send + Sync>, tls: NodeTls) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| InitError::NodeApi { port, source })?;
-    std::thread::Builder::new()
-        .name("node-api".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let view = view.clone();
-                let _ = std::thread::Builder::new().name("node-api-conn".into()).spawn(move || {
-                    if let Err(e) = handle(conn, view.as_ref()) {
-                        warn!(error = %error_chain(&e), "node API connection failed");
-                    }
-                });
-            }
-        })
-        .map_err(|source| InitError::NodeApi { port, source })?;
+    serve_on(listener, view, tls).map_err(|source| InitError::NodeApi { port, source })
+}
+
+/// Serves the API on a bound listener (the tests bind to port 0).
+pub fn serve_on(listener: TcpListener, view: Arc<dyn NodeView + Send + Sync>, tls: NodeTls) -> std::io::Result<()> {
+    let tls = Arc::new(tls);
+    std::thread::Builder::new().name("node-api".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (view, tls) = (view.clone(), tls.clone());
+            let _ = std::thread::Builder::new().name("node-api-conn".into()).spawn(move || {
+                if let Err(e) = handle(conn, view.as_ref(), &tls) {
+                    warn!(error = %error_chain(&e), "node API connection failed");
+                }
+            });
+        }
+    })?;
     Ok(())
 }
 
-fn handle(mut conn: TcpStream, view: &dyn NodeView) -> std::io::Result<()> {
+fn handle(mut conn: TcpStream, view: &dyn NodeView, tls: &NodeTls) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(conn.try_clone()?.take(64 * 1024));
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let config = match tls.config() {
+        Ok(None) => return exchange(&mut conn, view, Caller::Plain),
+        Ok(Some(config)) => config,
+        Err(reason) => {
+            // Never plain HTTP for a node that has (broken) credentials: refuse.
+            warn!(reason = %reason, "node API certificate unusable; connection refused");
+            return Ok(());
+        }
+    };
+    let mut server = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    while server.is_handshaking() {
+        server.complete_io(&mut conn)?;
+    }
+    let caller = caller_of(&server);
+    let mut stream = rustls::StreamOwned::new(server, conn);
+    exchange(&mut stream, view, caller)?;
+    stream.conn.send_close_notify();
+    stream.flush()
+}
+
+/// Reads one request from `conn` and writes its answer.
+fn exchange<S: Read + Write>(conn: &mut S, view: &dyn NodeView, caller: Caller) -> std::io::Result<()> {
+    let mut reader = BufReader::new((&mut *conn).take(64 * 1024));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
@@ -156,9 +197,10 @@ fn handle(mut conn: TcpStream, view: &dyn NodeView) -> std::io::Result<()> {
             }
         }
     }
+    drop(reader);
     let mut parts = request_line.split_whitespace();
     let reply = match (parts.next(), parts.next()) {
-        (Some(method), Some(path)) => route(view, method, path, authorization.as_deref()),
+        (Some(method), Some(path)) => route(view, caller, method, path, authorization.as_deref()),
         _ => Reply::error(400, "malformed request line"),
     };
     let reason = match reply.status {
@@ -166,6 +208,7 @@ fn handle(mut conn: TcpStream, view: &dyn NodeView) -> std::io::Result<()> {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Error",
@@ -222,37 +265,37 @@ mod tests {
     #[test]
     fn with_a_token_power_requests_need_it_and_reads_stay_open() {
         let f = Fake { token: Some("s3cret".into()), ..Default::default() };
-        let r = route(&f, "POST", "/node/v1/poweroff", None);
+        let r = route(&f, Caller::Plain, "POST", "/node/v1/poweroff", None);
         assert_eq!(r.status, 401);
         assert!(r.body.contains("Authorization: Bearer"), "{}", r.body);
-        assert_eq!(route(&f, "POST", "/node/v1/reboot", Some("Bearer wrong")).status, 401);
+        assert_eq!(route(&f, Caller::Plain, "POST", "/node/v1/reboot", Some("Bearer wrong")).status, 401);
         assert!(f.power.borrow().is_empty());
-        assert_eq!(route(&f, "GET", "/node/v1/status", None).status, 200);
-        assert_eq!(route(&f, "POST", "/node/v1/reboot", Some("Bearer s3cret")).status, 202);
+        assert_eq!(route(&f, Caller::Plain, "GET", "/node/v1/status", None).status, 200);
+        assert_eq!(route(&f, Caller::Plain, "POST", "/node/v1/reboot", Some("Bearer s3cret")).status, 202);
         assert_eq!(*f.power.borrow(), [PowerRequest::Reboot]);
     }
 
     #[test]
     fn routes_reads_and_power_requests() {
         let f = Fake::default();
-        assert_eq!(route(&f, "GET", "/node/v1/status", None).body, r#"{"role":"agent"}"#);
-        assert_eq!(route(&f, "GET", "/node/v1/logs?tail=1", None).body, "line1\n");
+        assert_eq!(route(&f, Caller::Plain, "GET", "/node/v1/status", None).body, r#"{"role":"agent"}"#);
+        assert_eq!(route(&f, Caller::Plain, "GET", "/node/v1/logs?tail=1", None).body, "line1\n");
         assert_eq!(
-            route(&f, "GET", "/node/v1/mounts", None).body,
+            route(&f, Caller::Plain, "GET", "/node/v1/mounts", None).body,
             r#"[{"fstype":"proc","options":"rw,nosuid","source":"proc","target":"/proc"}]"#
         );
         assert!(f.power.borrow().is_empty(), "reads never power off");
-        assert_eq!(route(&f, "POST", "/node/v1/poweroff", None).status, 202);
-        assert_eq!(route(&f, "POST", "/node/v1/reboot", None).status, 202);
+        assert_eq!(route(&f, Caller::Plain, "POST", "/node/v1/poweroff", None).status, 202);
+        assert_eq!(route(&f, Caller::Plain, "POST", "/node/v1/reboot", None).status, 202);
         assert_eq!(*f.power.borrow(), [PowerRequest::Poweroff, PowerRequest::Reboot]);
     }
 
     #[test]
     fn wrong_method_or_path_is_refused_without_side_effects() {
         let f = Fake::default();
-        assert_eq!(route(&f, "GET", "/node/v1/poweroff", None).status, 405);
-        assert_eq!(route(&f, "DELETE", "/node/v1/logs", None).status, 405);
-        let r = route(&f, "GET", "/nope", None);
+        assert_eq!(route(&f, Caller::Plain, "GET", "/node/v1/poweroff", None).status, 405);
+        assert_eq!(route(&f, Caller::Plain, "DELETE", "/node/v1/logs", None).status, 405);
+        let r = route(&f, Caller::Plain, "GET", "/nope", None);
         assert_eq!(r.status, 404);
         assert!(r.body.contains("no such endpoint: /nope"));
         assert!(f.power.borrow().is_empty());

@@ -8,6 +8,7 @@
 //! [`system::System`] trait; [`pid1::run`] is the process around it.
 
 pub mod api;
+pub mod api_tls;
 pub mod boot;
 pub mod cmdline;
 pub mod error;

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
 use crate::api::{self, NodeView, PowerRequest, SharedStatus};
+use crate::api_tls::NodeTls;
 use crate::boot::{severity, Boot, Severity};
 use crate::cmdline::KernelCmdline;
 use crate::plan::{self, role_args, Phase, RoleCommand, RoleLaunch, MASTER_PORT};
@@ -129,6 +130,7 @@ pub fn run() -> ! {
             Phase::NodeApi { port } => api::serve(
                 *port,
                 Arc::new(LiveNode { status: status.clone(), token: PowerToken::of(&cmdline, &phases) }),
+                NodeTls::of_agent(agent_work_dir_of(&phases).as_deref().map(Path::new)),
             ),
             Phase::StartRole(l) => {
                 launch = Some(l.clone());
@@ -215,6 +217,14 @@ struct LiveNode {
     token: PowerToken,
 }
 
+/// The work dir of the agent this plan starts, if it starts one.
+fn agent_work_dir_of(phases: &[Phase]) -> Option<String> {
+    phases.iter().find_map(|p| match p {
+        Phase::StartRole(launch) => plan::agent_work_dir(launch),
+        _ => None,
+    })
+}
+
 /// The token the power endpoints require: `plinth.token=`, or, when that is a PXE
 /// bootstrap token (single use, spent by the agent), the cluster's join token the agent got
 /// for it and keeps in its work dir, so operators use the one cluster token for every node.
@@ -227,10 +237,7 @@ impl PowerToken {
     fn of(cmdline: &KernelCmdline, phases: &[Phase]) -> PowerToken {
         let token = cmdline.get("plinth.token").map(str::to_string);
         let bootstrap = token.as_deref().is_some_and(|t| t.starts_with(plinth_protocol::agent::BOOTSTRAP_TOKEN_PREFIX));
-        let work_dir = phases.iter().find_map(|p| match p {
-            Phase::StartRole(launch) => plan::agent_work_dir(launch),
-            _ => None,
-        });
+        let work_dir = agent_work_dir_of(phases);
         let joined =
             work_dir.filter(|_| bootstrap).map(|dir| Path::new(&dir).join(plinth_protocol::agent::JOIN_TOKEN_FILE));
         PowerToken { cmdline: token, joined }

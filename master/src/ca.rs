@@ -33,8 +33,7 @@ pub const MAX_NAMES: usize = 16;
 const MAX_NAME_LEN: usize = 253;
 /// A P-256 or RSA-4096 CSR with [`MAX_NAMES`] names is far below this.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
-/// The common name of the master's own certificate.
-pub const MASTER_COMMON_NAME: &str = "plinth-master";
+pub use plinth_protocol::agent::MASTER_COMMON_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

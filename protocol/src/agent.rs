@@ -45,6 +45,9 @@ pub const NODE_TLS_DIR: &str = "tls";
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 pub const NODE_CA_FILE: &str = "ca.pem";
+/// The common name of the master's own certificate from the cluster CA; the CA never
+/// signs it for a node, so it marks the master among callers with cluster certificates.
+pub const MASTER_COMMON_NAME: &str = "plinth-master";
 
 /// `POST /agent/v1/certificate`: a PEM certificate signing request. Its subject's common
 /// name is the agent's hostname; its subject alternative names are the DNS names and IP

@@ -1,63 +1,26 @@
-//! Reaching the agent that runs a task: its address from the master's `/master/slaves`
-//! view, and calls to its task API.
-use anyhow::{bail, Context};
+//! Reaching agents: a task's views through the master, and an agent's address from the
+//! master's `/master/slaves` view.
 use reqwest::Method;
 use serde_json::Value;
 
-use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
+use super::master::MasterClient;
 
 const DEFAULT_AGENT_PORT: u16 = 5051;
 
-/// GETs `/v1/tasks/ID/WHAT` from the agent that runs the task.
+/// A task's view (`inspect`, `top`, `stats`) from the agent that runs it, read through
+/// the master (`/v1/tasks/ID/WHAT`): the operator needs credentials for the master only,
+/// never a certificate of the cluster or a route to the agents.
 pub(super) async fn agent_call(master: &MasterClient, task: &str, what: &str) -> anyhow::Result<Value> {
-    let agent = locate_task(master, task).await?;
-    let url = format!("{agent}/v1/tasks/{task}/{what}");
-    let response = master
-        .http
-        .get(&url)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {agent}"))?;
-    let status = response.status();
-    let body = response.bytes().await.with_context(|| format!("cannot read the answer of {url}"))?;
-    if !status.is_success() {
-        return Err(api_error(Method::GET, &url, status, &body).into());
-    }
-    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))
+    master.call(Method::GET, &format!("/v1/tasks/{}/{what}", path_segment(task)?), None).await
 }
 
-/// The base URL of the agent that runs (or ran) `task`.
-pub(super) async fn locate_task(master: &MasterClient, task: &str) -> anyhow::Result<String> {
-    let slaves = master.call(Method::GET, "/master/slaves", None).await?;
-    let slaves = slaves.get("slaves").and_then(Value::as_array).cloned().unwrap_or_default();
-    let tasks = master.call(Method::GET, "/v2/tasks", None).await?;
-    let found = tasks
-        .get("tasks")
-        .and_then(Value::as_array)
-        .and_then(|list| list.iter().find(|t| t.get("id").and_then(Value::as_str) == Some(task)).cloned());
-    if let Some(found) = found {
-        let slave_id = found.get("slaveId").and_then(Value::as_str);
-        let host = found.get("host").and_then(Value::as_str).unwrap_or_default();
-        let slave = slaves.iter().find(|s| slave_id.is_some() && s.get("id").and_then(Value::as_str) == slave_id);
-        return Ok(slave.and_then(agent_url).unwrap_or_else(|| format!("http://{host}:{DEFAULT_AGENT_PORT}")));
+/// A task id as one path segment. Ids are `app.instance-uuid`; a typed id that could
+/// not be one (it would change the path or the query) is refused before any request.
+pub(super) fn path_segment(id: &str) -> anyhow::Result<&str> {
+    if id.is_empty() || id.chars().any(|c| matches!(c, '/' | '?' | '#' | '%') || c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("{id:?} is not a task id (task ids look like app.1b6e… as `plinth task list` shows them)");
     }
-    // Finished tasks leave the master's list but their logs stay on the agent: ask each one.
-    for slave in &slaves {
-        let Some(url) = agent_url(slave) else { continue };
-        let Ok(response) = master.http.get(format!("{url}/v1/tasks")).timeout(REQUEST_TIMEOUT).send().await else {
-            continue;
-        };
-        let Ok(body) = response.json::<Value>().await else { continue };
-        let list = body.get("tasks").or(Some(&body)).and_then(Value::as_array);
-        let has_task = list.is_some_and(|l| {
-            l.iter().any(|t| [t.get("task_id"), t.get("id")].into_iter().flatten().any(|id| id.as_str() == Some(task)))
-        });
-        if has_task {
-            return Ok(url);
-        }
-    }
-    bail!("task {task} is not known to the master or to any of its agents")
+    Ok(id)
 }
 
 /// An agent's HTTP base URL from its `/master/slaves` entry: an explicit `agent_url`, the

@@ -1,28 +1,27 @@
-//! `plinth logs TASK [--follow] [--stderr]`: a task's output from its agent.
+//! `plinth logs TASK [--follow] [--stderr]`: a task's output from its agent, read through
+//! the master (`/v1/tasks/ID/logs`), which finds the agent and reaches it over the
+//! cluster's mutual TLS when there is one.
 use anyhow::Context;
 use futures::StreamExt;
 use reqwest::Method;
 use std::io::Write;
 
-use super::agent::locate_task;
+use super::agent::path_segment;
 use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
 
 /// Where the agent's log answers say the next read starts.
 const LOG_OFFSET_HEADER: &str = "x-plinth-log-offset";
 
-/// Finds the agent that runs `task` and prints its log from that agent's HTTP API.
+/// Prints `task`'s log as its agent serves it, through the master.
 pub(super) async fn run(master: MasterClient, task: &str, follow: bool, stderr: bool) -> anyhow::Result<()> {
-    let agent = locate_task(&master, task).await?;
+    let path = format!("/v1/tasks/{}/logs", path_segment(task)?);
     let stream = if stderr { "stderr" } else { "stdout" };
-    let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context(format!("cannot reach the agent at {agent}"));
+    let unreachable = |e: reqwest::Error| anyhow::Error::new(e).context("cannot read the log through the master");
     let mut out = std::io::stdout().lock();
     let mut offset: u64 = 0;
     loop {
-        let url = format!(
-            "{agent}/v1/tasks/{task}/logs?stream={stream}&offset={offset}{}",
-            if follow { "&follow=true" } else { "" }
-        );
-        let mut request = master.http.get(&url);
+        let query = format!("?stream={stream}&offset={offset}{}", if follow { "&follow=true" } else { "" });
+        let mut request = master.request(Method::GET, &format!("{path}{query}"));
         if !follow {
             request = request.timeout(REQUEST_TIMEOUT);
         }
@@ -30,7 +29,7 @@ pub(super) async fn run(master: MasterClient, task: &str, follow: bool, stderr: 
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.map_err(unreachable)?;
-            return Err(api_error(Method::GET, &format!("{agent}/v1/tasks/{task}/logs"), status, &body).into());
+            return Err(api_error(Method::GET, &path, status, &body).into());
         }
         // Answers are capped in size; the header says where the next read starts.
         let next =

@@ -203,19 +203,12 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
-    /// Shut a (drained) node down through its node API.
+    /// Shut a (drained) node down: the master asks the node's PID 1 (node API).
     Poweroff {
         node: String,
         /// Also when tasks still run there.
         #[arg(long)]
         force: bool,
-        /// File with the cluster's join token, which nodes that joined with one require
-        /// (else the PLINTH_TOKEN environment variable).
-        #[arg(long, env = "PLINTH_TOKEN_FILE")]
-        join_token_file: Option<std::path::PathBuf>,
-        /// Refused with a message: tokens on the command line are readable by every process.
-        #[arg(long, hide = true, value_name = "TOKEN")]
-        token: Option<String>,
     },
     /// Machine profiles for PXE boot: role, hostname, attributes per MAC.
     Profile {
@@ -262,9 +255,8 @@ impl ClientCommand {
                 )
                 .await
             }
-            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force, join_token_file, token } } => {
-                let token = crate::token_file::resolve(join_token_file.as_deref(), token.is_some())?;
-                node::poweroff(&MasterClient::new(&client)?, &node, force, token.as_ref().map(|t| t.expose())).await
+            ClientCommand::Node { client, cmd: NodeCommand::Poweroff { node, force } } => {
+                node::poweroff(&MasterClient::new(&client)?, &node, force).await
             }
             ClientCommand::Node { client, cmd: NodeCommand::Profile { cmd } } => {
                 node::profile(&MasterClient::new(&client)?, client.json, cmd).await

@@ -1,6 +1,6 @@
 //! `plinth node list|wait|drain|poweroff|profile ...`: the agents the master knows, decommissioning
 //! and machine profiles.
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -11,7 +11,6 @@ use super::master::MasterClient;
 use super::render::{display, output, table, text, used_of};
 
 /// The node API init serves on every node (`POST /node/v1/poweroff`).
-const NODE_API_PORT: u16 = 5052;
 const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Subcommand)]
@@ -138,32 +137,13 @@ pub async fn drain(
     })
 }
 
-pub async fn poweroff(master: &MasterClient, node: &str, force: bool, token: Option<&str>) -> anyhow::Result<()> {
+/// Powers a node off through the master (`POST /v1/nodes/ID/poweroff`), which asks the
+/// node's PID 1 with the cluster's credentials; refused unless drained or `force`.
+pub async fn poweroff(master: &MasterClient, node: &str, force: bool) -> anyhow::Result<()> {
     let agent = find_agent(master, node).await?;
     let id = text(&agent, "id");
-    let drained = agent.get("drained").and_then(Value::as_bool).unwrap_or(false);
-    if !drained && !force {
-        bail!("node {id} is not drained; run `plinth node drain {node}` first (or --force to cut its tasks off)");
-    }
-    let url = agent_url(&agent).context("the master shows no address for this node")?;
-    let host = url.trim_start_matches("http://").rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
-    let target = format!("http://{host}:{NODE_API_PORT}/node/v1/poweroff");
-    let mut request = reqwest::Client::new().post(&target).timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.with_context(|| {
-        format!("cannot reach the node API at {target} (only nodes booted from the Plinth image have one)")
-    })?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
-            " (pass the cluster's join token: --join-token-file PATH or PLINTH_TOKEN)"
-        } else {
-            ""
-        };
-        bail!("{target} answered {status}{hint}: {}", response.text().await.unwrap_or_default().trim());
-    }
+    let path = format!("/v1/nodes/{id}/poweroff{}", if force { "?force=true" } else { "" });
+    master.call(Method::POST, &path, None).await?;
     println!("node {id} is powering off");
     Ok(())
 }

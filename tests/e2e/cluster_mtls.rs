@@ -2,8 +2,9 @@
 //! master makes a CA (its fingerprint printed, its certificate at `/v1/ca.pem`), an agent
 //! trades the join token once for a client certificate and from then on speaks mutual
 //! TLS, also without the token; clients without a certificate, or with one of another CA,
-//! are refused by the agent protocol and by the agent's own API, while the master's log
-//! proxy still reads a task's log from the agent with the master's certificate.
+//! are refused by the agent protocol and by the agent's own API, while the master's
+//! proxy still reads a task's log and views from the agent with the master's certificate
+//! (also for the CLI, which then needs no certificate).
 
 use crate::common::*;
 use serde_json::{json, Value};
@@ -104,6 +105,33 @@ fn agents_join_once_with_the_token_and_then_speak_mutual_tls_only() {
             Err(format!("{}: {}", reply.status, reply.text))
         }
     });
+
+    // The CLI of an operator with no certificate of the cluster (only the CA to trust the
+    // master) reads the task's log and views through the master.
+    let ca_arg = ca.display().to_string();
+    let logs = cluster.cli(&["logs", "--ca-file", &ca_arg, &task_id]);
+    assert!(logs.status.success(), "plinth logs through the master: {}", stderr(&logs));
+    assert!(stdout(&logs).contains("hello-over-mutual-tls"), "{}", stdout(&logs));
+    let inspected = cluster.cli(&["task", "inspect", "--ca-file", &ca_arg, &task_id]);
+    assert!(inspected.status.success(), "plinth task inspect through the master: {}", stderr(&inspected));
+    assert!(stdout(&inspected).contains(&task_id), "{}", stdout(&inspected));
+    let bad = cluster.cli(&["task", "inspect", "--ca-file", &ca_arg, "../../v2/apps"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("is not a task id"), "{}", stderr(&bad));
+    let unknown = api.try_get(&format!("/v1/tasks/{task_id}/secrets")).expect("an answer");
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert!(unknown.json["message"].as_str().unwrap_or_default().contains("no such view"), "{}", unknown.text);
+
+    // The node API through the master: a process agent has no PID 1 of Plinth, a clear 502;
+    // an unknown node or view is a 404, a power request for a busy node a 409.
+    let agent_id = str_field(&api.get("/master/slaves").json["slaves"][0], "id").to_string();
+    let no_node_api = api.try_get(&format!("/v1/nodes/{agent_id}/status")).expect("an answer");
+    assert_eq!(no_node_api.status, 502, "{}", no_node_api.text);
+    assert!(no_node_api.json["message"].as_str().unwrap_or_default().contains("node API"), "{}", no_node_api.text);
+    assert_eq!(api.try_get("/v1/nodes/nobody/status").expect("an answer").status, 404);
+    assert_eq!(api.try_get(&format!("/v1/nodes/{agent_id}/secrets")).expect("an answer").status, 404);
+    let busy = post(&api, &format!("/v1/nodes/{agent_id}/poweroff"), None, &json!({})).expect("an answer");
+    assert_eq!(busy.status, 409, "{}", busy.text);
+    assert!(busy.json["message"].as_str().unwrap_or_default().contains("not drained"), "{}", busy.text);
 
     // The agent protocol: the token without a certificate gets a 401 that says what is missing.
     let sync = json!({"agent_id": "x", "generation": 0});

@@ -29,11 +29,12 @@ pub mod deployments;
 pub mod events;
 pub mod groups;
 pub mod images;
-pub mod logs;
 pub mod misc;
+pub mod node_api;
 pub mod operator;
 pub mod plinth;
 pub mod queue;
+pub mod task_views;
 pub mod tasks;
 pub mod ui;
 pub mod views;
@@ -83,7 +84,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/master/state", get(operator::state))
         .route("/master/state.json", get(operator::state))
         .route("/master/slaves/{id}/drain", post(operator::drain).delete(operator::undrain))
-        .route("/v1/tasks/{id}/logs", get(logs::task_logs))
+        .route("/v1/tasks/{id}/{view}", get(task_views::task_view))
+        .route("/v1/nodes/{id}/{action}", get(node_api::view).post(node_api::power))
         .merge(ui::routes(ui::Source::from_env()))
         .merge(plinth::routes())
         .merge(images::routes())

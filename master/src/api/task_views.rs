@@ -1,8 +1,10 @@
-//! `GET /v1/tasks/{id}/logs` (Plinth's own): a task's stdout or stderr read through the
-//! master from the agent that runs (or ran) it, for clients that cannot reach the agents'
-//! `:5051` themselves (the web UI, whose page may only talk to its own origin). The query
-//! is the agent's (`stream=stdout|stderr`, `offset`, `follow=true`) and so is the answer:
-//! its status, body (streamed while following) and `x-plinth-log-offset` header. With the
+//! `GET /v1/tasks/{id}/{logs|inspect|top|stats}` (Plinth's own): a task's views read
+//! through the master from the agent that runs (or ran) it, for clients that cannot reach
+//! the agents' `:5051` themselves (the web UI, whose page may only talk to its own origin;
+//! the CLI of an operator who has credentials for the master but no certificate of the
+//! cluster). The query is the agent's (for logs: `stream=stdout|stderr`, `offset`,
+//! `follow=true`) and so is the answer: its status, body (streamed while following) and
+//! `x-plinth-log-offset` header. With the
 //! cluster CA agents serve HTTPS for callers of the cluster only, and the proxy presents
 //! the master's own certificate (`tls::ClusterIdentity::agent_client`).
 use std::sync::{Arc, OnceLock};
@@ -42,12 +44,18 @@ fn agent_base(agent: &AgentState, tls: bool) -> String {
     format!("{scheme}://{}:{}", agent.record.advertise_ip, agent.record.http_port)
 }
 
-/// `GET /v1/tasks/{id}/logs[?stream=&offset=&follow=]`.
-pub async fn task_logs(
+/// The views of a task that agents serve and the master passes through.
+const VIEWS: [&str; 4] = ["logs", "inspect", "top", "stats"];
+
+/// `GET /v1/tasks/{id}/{view}[?query]`: the agent's answer for that view.
+pub async fn task_view(
     State(master): State<Arc<Master>>,
-    Path(id): Path<String>,
+    Path((id, view)): Path<(String, String)>,
     OriginalUri(uri): OriginalUri,
 ) -> Result<Response, ApiError> {
+    if !VIEWS.contains(&view.as_str()) {
+        return Err(ApiError::NotFound(format!("no such view of a task: '{view}' (one of {})", VIEWS.join(", "))));
+    }
     // The agent that runs the task; a finished task has left the master's records but its
     // log stays on its agent, so then every agent is asked in turn.
     let (http, tls) = match &master.identity {
@@ -67,7 +75,7 @@ pub async fn task_logs(
         let mut url = reqwest::Url::parse(base).map_err(|e| ApiError::Internal(format!("agent URL {base}: {e}")))?;
         url.path_segments_mut()
             .map_err(|()| ApiError::Internal(format!("agent URL {base} cannot have a path")))?
-            .extend(["v1", "tasks", id.as_str(), "logs"]);
+            .extend(["v1", "tasks", id.as_str(), view.as_str()]);
         url.set_query(uri.query());
         let answer = match http.get(url).send().await {
             Ok(answer) => answer,
