@@ -98,6 +98,11 @@ struct MasterArgs {
     /// Seconds without heartbeats after which an agent is lost and its tasks replaced.
     #[arg(long, env = "PLINTH_AGENT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     agent_timeout_secs: u64,
+    /// Milliseconds between the scheduler's timed rounds (backoffs, timeouts, health
+    /// deadlines). Commands that create work (a POST, a scale, a task ending, an agent
+    /// joining) get a round at once whatever this says.
+    #[arg(long, env = "PLINTH_TICK_MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    tick_ms: u64,
     /// Address the image registry (pull-through cache, push target) listens on.
     #[arg(long, env = "PLINTH_REGISTRY_LISTEN", default_value = "0.0.0.0:5000")]
     registry_listen: SocketAddr,
@@ -475,6 +480,7 @@ fn master_config(
         listen: args.listen,
         data_dir: args.data_dir,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
+        tick_interval: std::time::Duration::from_millis(args.tick_ms),
         token,
         hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
         registry: plinth_master::registry::RegistryConfig {

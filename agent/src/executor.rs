@@ -38,8 +38,8 @@ use crate::confine::{self, Confinement, Identity};
 use crate::container;
 use crate::error::AgentError;
 use crate::executor_contract::{
-    ExecutorRecord, ExecutorSpec, RunningRecord, Termination, EXECUTOR_FILE, EXECUTOR_LOG, EXIT_FILE, RUNNING_FILE,
-    SPEC_FILE,
+    notify_agent, ExecutorRecord, ExecutorSpec, RunningRecord, Termination, EXECUTOR_FILE, EXECUTOR_LOG, EXIT_FILE,
+    RUNNING_FILE, SPEC_FILE,
 };
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
@@ -75,6 +75,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "spec file missing"),
     })?;
     let sandbox = spec.sandbox.clone();
+    // However the executor returns, `exit.json` (or its reason for failing) is new news.
+    let _news = NotifyOnReturn { socket: spec.notify_socket.clone(), task_id: spec.task_id.clone() };
     // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
     #[allow(clippy::cast_possible_wrap)]
     let me = std::process::id() as i32;
@@ -143,6 +145,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         &sandbox.join(RUNNING_FILE),
         &RunningRecord { pid: pid.as_raw(), started_at: Timestamp::now().to_iso() },
     )?;
+    notify_agent(spec.notify_socket.as_deref(), &spec.task_id);
 
     let mut kill_deadline: Option<Instant> = None;
     let mut killed = false;
@@ -201,6 +204,18 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         finished_at: Timestamp::now().to_iso(),
     };
     fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
+}
+
+/// Notifies the agent when dropped: at every return of [`supervise`].
+struct NotifyOnReturn {
+    socket: Option<PathBuf>,
+    task_id: String,
+}
+
+impl Drop for NotifyOnReturn {
+    fn drop(&mut self) {
+        notify_agent(self.socket.as_deref(), &self.task_id);
+    }
 }
 
 /// `exit.json` for a task that never started.

@@ -12,6 +12,11 @@
 //! | `executor.log` | executor | its own output |
 //!
 //! The task's own output goes to `stdout` and `stderr` ([`crate::logs::Stream`]).
+//!
+//! After writing `running.json`, `container.json` or `exit.json` the executor sends the
+//! task id as a datagram to the agent's [`NOTIFY_SOCKET`] ([`notify_agent`]), so the agent
+//! reports the change at once instead of on its next tick; the files stay the truth (a
+//! lost datagram only means the tick finds the change).
 use plinth_protocol::agent::TaskSpec;
 use plinth_protocol::marathon::FetchUri;
 use serde::{Deserialize, Serialize};
@@ -34,6 +39,18 @@ pub const EXECUTOR_LOG: &str = "executor.log";
 /// `SANDBOX/container.json`: the [`ContainerRecord`], what the agent shows in `task
 /// inspect` and `ipAddresses`.
 pub const CONTAINER_FILE: &str = "container.json";
+
+/// `WORK_DIR/executor-notify.sock`: the agent's unix datagram socket for executors' news.
+pub const NOTIFY_SOCKET: &str = "executor-notify.sock";
+
+/// Tells the agent (best effort, never blocking) that `task_id` wrote a new record.
+pub fn notify_agent(socket: Option<&std::path::Path>, task_id: &str) {
+    let Some(socket) = socket else { return };
+    if let Ok(sender) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = sender.set_nonblocking(true);
+        let _ = sender.send_to(task_id.as_bytes(), socket);
+    }
+}
 
 /// Everything the executor needs, self-contained so it never asks the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +90,9 @@ pub struct ExecutorSpec {
     /// mounts it and runs the task as a container instead of a plain process.
     #[serde(default)]
     pub container: Option<ContainerTask>,
+    /// The agent's [`NOTIFY_SOCKET`] (absent: the agent polls only).
+    #[serde(default)]
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// The agent-side facts a Docker task needs beyond its app definition (which is in

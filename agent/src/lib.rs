@@ -33,6 +33,7 @@ pub mod container;
 mod error;
 pub mod executor;
 pub mod executor_contract;
+pub mod executor_news;
 pub mod fetch;
 mod fsutil;
 pub mod health;

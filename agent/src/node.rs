@@ -280,6 +280,7 @@ impl Node {
             fetch_cache: Some(self.config.work_dir.join(crate::fetch::CACHE_DIR)),
             container: self.container_task(&spec),
             confinement: self.config.task_confinement(),
+            notify_socket: Some(self.config.work_dir.join(crate::executor_contract::NOTIFY_SOCKET)),
         };
         // Checkpoint the intent first: if the agent dies during the launch, the restarted
         // agent finds the executor through the sandbox instead of launching it twice.
@@ -470,11 +471,23 @@ impl Node {
         self.save(&state);
     }
 
+    /// Ticks every `--tick` and at once when an executor reports news on the notify
+    /// socket (a task started or ended), so a state change reaches the master without
+    /// waiting for the interval.
     pub async fn tick_loop(self: Arc<Self>) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let news = crate::executor_news::bind(&self.config.work_dir);
         loop {
-            interval.tick().await;
+            match &news {
+                Some(news) => tokio::select! {
+                    _ = interval.tick() => {}
+                    () = news.next() => {}
+                },
+                None => {
+                    interval.tick().await;
+                }
+            }
             let node = self.clone();
             blocking(move || {
                 node.stop_tasks_if_master_lost();

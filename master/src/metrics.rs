@@ -23,6 +23,7 @@ pub struct Metrics {
     store_commits: AtomicU64,
     store_records: AtomicU64,
     store_write_micros: AtomicU64,
+    rounds: AtomicU64,
 }
 
 impl Metrics {
@@ -35,6 +36,11 @@ impl Metrics {
         self.store_commits.fetch_add(1, Ordering::Relaxed);
         self.store_records.fetch_add(records as u64, Ordering::Relaxed);
         self.store_write_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// One scheduling round ran (on the ticker's interval or asked for by a command).
+    pub fn record_round(&self) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every metric, read now: counters from here, gauges from the core.
@@ -148,6 +154,12 @@ impl Metrics {
                 ("{outcome=\"failed\"}".into(), callbacks.failed as f64),
                 ("{outcome=\"dropped\"}".into(), callbacks.dropped as f64),
             ],
+        );
+        metric(
+            "plinth_scheduling_rounds_total",
+            Kind::Counter,
+            "Scheduling rounds: on the ticker's interval and at once after commands that changed something.",
+            vec![(String::new(), self.rounds.load(Ordering::Relaxed) as f64)],
         );
         metric(
             "plinth_store_commits_total",

@@ -33,6 +33,9 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     /// An agent silent this long is lost and its tasks are replaced.
     pub agent_timeout: Duration,
+    /// How often the core ticks for time-based work ([`TICK_INTERVAL`]); commands that
+    /// create work get a round at once regardless.
+    pub tick_interval: Duration,
     /// Join token agents must present (header `x-plinth-token`), when set.
     pub token: Option<plinth_protocol::agent::JoinToken>,
     /// Name this master reports (leader, `/master/state`).
@@ -53,6 +56,7 @@ impl Default for MasterConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             data_dir: PathBuf::from("/var/lib/plinth/master"),
             agent_timeout: Duration::from_secs(10),
+            tick_interval: TICK_INTERVAL,
             token: None,
             hostname: "localhost".to_string(),
             registry: RegistryConfig::default(),
@@ -89,6 +93,11 @@ pub struct Master {
     pub callbacks: Arc<CallbackHub>,
     pub metrics: Metrics,
     agent_wakers: std::sync::Mutex<HashMap<AgentId, watch::Sender<u64>>>,
+    /// Asks the ticker for a scheduling round now: a command that changed something
+    /// (an app posted, scaled or restarted, a task ended, an agent registered) may have
+    /// created work, which should not wait for the next [`TICK_INTERVAL`]. `Notify`
+    /// keeps one permit, so a burst of commands makes one round, not one per command.
+    round_wanted: tokio::sync::Notify,
     /// Addresses already warned about a bad token (logged once each).
     pub token_warned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub framework_id: String,
@@ -159,6 +168,7 @@ impl Master {
             callbacks,
             metrics: Metrics::default(),
             agent_wakers: Default::default(),
+            round_wanted: tokio::sync::Notify::new(),
             token_warned: Default::default(),
             framework_id,
             started_at: Timestamp::now(),
@@ -265,8 +275,12 @@ impl Master {
         let now = Timestamp::now();
         let result = run(&mut guard.core, now);
         let changes = guard.core.take_changes();
+        let changed = !changes.is_empty();
         self.finish(&guard.core, changes).await;
         drop(guard);
+        if changed {
+            self.round_wanted.notify_one();
+        }
         result
     }
 
@@ -293,16 +307,26 @@ impl Master {
         self.notify_agents(changes.notify_agents.iter());
     }
 
-    /// Ticks the core every [`TICK_INTERVAL`] for as long as the master lives.
+    /// Ticks the core every [`TICK_INTERVAL`] (time-based work: backoffs, timeouts,
+    /// health deadlines) and at once when a command asks for a round, for as long as the
+    /// master lives.
     pub fn spawn_ticker(self: &Arc<Self>) {
         let master = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK_INTERVAL);
+            let Some(period) = master.upgrade().map(|m| m.config.tick_interval) else { return };
+            let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                interval.tick().await;
+                {
+                    let Some(master) = master.upgrade() else { return };
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        () = master.round_wanted.notified() => {}
+                    }
+                }
                 let Some(master) = master.upgrade() else { return };
                 master.tick().await;
+                master.metrics.record_round();
             }
         });
     }

@@ -209,3 +209,34 @@ fn restart_and_destroy_from_the_cli() {
     let shown = cluster.cli(&["app", "show", "/svc"]);
     assert!(!shown.status.success() && stderr(&shown).contains("404"), "{}", stderr(&shown));
 }
+
+/// The hot path has no timer on it: with the master's timed round an hour apart, every
+/// launch below happens because a command (a POST, a scale, a kill, a task's status)
+/// asked for a round at once.
+#[test]
+fn launches_scales_and_replacements_need_no_timed_round() {
+    let mut cluster = Cluster::new("apps-evented");
+    cluster.start_master(&["--tick-ms", "3600000"]);
+    cluster.start_agent("agent-1", &[]);
+    cluster.wait_for_agents(1);
+    let api = cluster.api();
+
+    api.post("/v2/apps", &cmd_app("/evented", "sleep 1000", 2)).expect_status(201);
+    let first = cluster.wait_for_running("/evented", 2, secs(60));
+    api.put("/v2/apps/evented", &json!({"instances": 3})).expect_status(200);
+    let scaled = cluster.wait_for_running("/evented", 3, secs(60));
+    let gone = str_field(&first[0], "id").to_string();
+    api.delete(&format!("/v2/apps/evented/tasks/{gone}")).expect_status(200);
+    let replaced = wait_until("the killed task replaced", secs(60), || {
+        let running = cluster.running_tasks("/evented");
+        if running.len() == 3 && !ids(&running).contains(&gone) {
+            Ok(running)
+        } else {
+            Err(task_summary(&running))
+        }
+    });
+    assert!(ids(&scaled).contains(&gone), "{}", task_summary(&scaled));
+    assert_eq!(replaced.len(), 3, "{}", task_summary(&replaced));
+    let deployments = api.get("/v2/deployments").expect_status(200);
+    assert_eq!(deployments.json, json!([]), "every deployment finished: {}", deployments.text);
+}

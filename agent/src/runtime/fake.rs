@@ -219,6 +219,7 @@ mod tests {
             fetch_cache: None,
             container: None,
             confinement: Default::default(),
+            notify_socket: None,
         }
     }
 

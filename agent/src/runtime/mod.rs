@@ -43,6 +43,9 @@ pub struct LaunchRequest {
     /// Who a command task runs as and what it may see (hidden paths complete: the
     /// agent's work dir included).
     pub confinement: TaskConfinement,
+    /// Where the executor reports news (`executor_contract::NOTIFY_SOCKET`); `None`:
+    /// the agent only polls.
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// What the agent checkpoints to find a task again after it restarts.

@@ -162,6 +162,7 @@ impl TaskRuntime for ProcessRuntime {
             fetch: spec.app.fetch.clone(),
             fetch_cache: request.fetch_cache.clone(),
             container: request.container.clone(),
+            notify_socket: request.notify_socket.clone(),
         };
         let spec_path = request.sandbox.join(contract::SPEC_FILE);
         let spawned = fsutil::write_json_atomic(&spec_path, &executor_spec)

@@ -171,3 +171,32 @@ async fn agent_waits_for_a_late_master_resends_statuses_and_refuses_bad_tasks() 
     assert_eq!(ids.len(), statuses.len(), "acknowledged updates are not sent again");
     agent.handle.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_starting_and_ending_is_reported_without_waiting_for_a_tick() {
+    let (master, m) = start_master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = KillTasksOnDrop(dir.path().to_path_buf());
+    // A tick an hour apart: every report below comes from the desired state's arrival and
+    // the executors' news on the notify socket. (Task ids of its own: cgroups are named
+    // by task id, and the other tests of this file run beside it.)
+    let _agent = start_agent_ticking(&master, dir.path().to_path_buf(), free_port(), Duration::from_secs(3600));
+    wait_until_async("registration", Duration::from_secs(10), || m.lock().unwrap().registrations.first().cloned())
+        .await;
+    m.lock().unwrap().desired = Some(DesiredState {
+        generation: 1,
+        tasks: vec![
+            spec("evented-web.1", json!({"id": "/evented-web", "cmd": "sleep 100", "mem": 64})),
+            spec("evented-job.1", json!({"id": "/evented-job", "cmd": "exit 3", "mem": 64})),
+        ],
+    });
+    wait_until_async("evented-web.1 running", Duration::from_secs(30), || {
+        status_of(&m, "evented-web.1", TaskState::TaskRunning)
+    })
+    .await;
+    let failed = wait_until_async("evented-job.1 failed", Duration::from_secs(30), || {
+        status_of(&m, "evented-job.1", TaskState::TaskFailed)
+    })
+    .await;
+    assert_eq!(failed.exit_code, Some(3), "the exit came with its code");
+}

@@ -133,6 +133,7 @@ fn launch(name: &str, app: serde_json::Value, options: Options) -> Task {
             host: "127.0.0.1".into(),
             local_image: Some(image),
         }),
+        notify_socket: None,
     };
     let spec_path = sandbox.join(SPEC_FILE);
     std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec json")).expect("write spec");

@@ -65,6 +65,7 @@ fn launch_confined(
         fetch_cache: None,
         container: None,
         confinement,
+        notify_socket: None,
     };
     let handle = runtime.launch(&request).expect("launch");
     Launched { runtime, handle, spec, _dir: dir }

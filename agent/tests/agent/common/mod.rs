@@ -89,14 +89,33 @@ pub struct Agent {
     pub api: String,
 }
 
+/// The agent's tick in these tests.
+const TICK: Duration = Duration::from_millis(100);
+
+fn real_runtime() -> Arc<dyn TaskRuntime> {
+    Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])))
+}
+
 pub fn start_agent(master: &str, work_dir: PathBuf, port: u16) -> Agent {
-    let runtime =
-        Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
-    start_agent_with(master, work_dir, port, runtime)
+    start_agent_with(master, work_dir, port, real_runtime())
 }
 
 pub fn start_agent_with(master: &str, work_dir: PathBuf, port: u16, runtime: Arc<dyn TaskRuntime>) -> Agent {
-    start_agent_configured(master, work_dir, port, runtime, TaskConfinement::default(), LogPolicy::default())
+    start_agent_configured(master, work_dir, port, runtime, TaskConfinement::default(), LogPolicy::default(), TICK)
+}
+
+/// A real agent whose tick comes only every `tick`: what it reports sooner came from
+/// events (a desired state, an executor's news), not from polling.
+pub fn start_agent_ticking(master: &str, work_dir: PathBuf, port: u16, tick: Duration) -> Agent {
+    start_agent_configured(
+        master,
+        work_dir,
+        port,
+        real_runtime(),
+        TaskConfinement::default(),
+        LogPolicy::default(),
+        tick,
+    )
 }
 
 /// A real agent with real executors, its tasks confined by `confinement` and their logs
@@ -108,9 +127,7 @@ pub fn start_confined_agent(
     confinement: TaskConfinement,
     logs: LogPolicy,
 ) -> Agent {
-    let runtime =
-        Arc::new(ProcessRuntime::new(ExecutorCommand::new(env!("CARGO_BIN_EXE_plinth-agent-executor"), vec![])));
-    start_agent_configured(master, work_dir, port, runtime, confinement, logs)
+    start_agent_configured(master, work_dir, port, real_runtime(), confinement, logs, TICK)
 }
 
 fn start_agent_configured(
@@ -120,6 +137,7 @@ fn start_agent_configured(
     runtime: Arc<dyn TaskRuntime>,
     confinement: TaskConfinement,
     logs: LogPolicy,
+    tick: Duration,
 ) -> Agent {
     let config = AgentConfig {
         master: master.to_string(),
@@ -136,12 +154,7 @@ fn start_agent_configured(
         confinement,
         stop_tasks_after_master_lost: None,
     };
-    let options = AgentOptions {
-        tick: Duration::from_millis(100),
-        sync_wait: Duration::from_millis(300),
-        logs,
-        ..Default::default()
-    };
+    let options = AgentOptions { tick, sync_wait: Duration::from_millis(300), logs, ..Default::default() };
     let handle = tokio::spawn(async move {
         if let Err(err) = run_with(config, runtime, options).await {
             panic!("agent failed: {err}");
