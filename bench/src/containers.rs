@@ -3,6 +3,8 @@
 //! - Plinth end to end: `POST /v2/apps` → `TASK_RUNNING` on a `plinth standalone`, with
 //!   the image cached (master and agent) and cold (a fresh layer each run);
 //! - `podman run -d` of the same image, cached and cold;
+//! - from the start request to the first HTTP answer, Plinth against podman, HOST and
+//!   BRIDGE (`first_answer.rs`);
 //! - create + start (+ delete) of one unpacked bundle through Plinth's libcontainer path,
 //!   `crun` and `runc`.
 //!
@@ -30,7 +32,7 @@ pub struct BenchContainersArgs {
 
 /// Milliseconds per sample, and their median, for one contender.
 #[derive(Debug, Clone, serde::Serialize)]
-struct Series {
+pub(crate) struct Series {
     name: String,
     samples_ms: Vec<f64>,
     median_ms: Option<f64>,
@@ -38,11 +40,11 @@ struct Series {
 }
 
 impl Series {
-    fn new(name: &str, samples_ms: Vec<f64>) -> Series {
+    pub(crate) fn new(name: &str, samples_ms: Vec<f64>) -> Series {
         Series { name: name.into(), median_ms: median(&samples_ms), samples_ms, note: None }
     }
 
-    fn failed(name: &str, why: String) -> Series {
+    pub(crate) fn failed(name: &str, why: String) -> Series {
         Series { name: name.into(), samples_ms: Vec::new(), median_ms: None, note: Some(why) }
     }
 }
@@ -53,7 +55,7 @@ fn median(samples: &[f64]) -> Option<f64> {
     sorted.get(sorted.len() / 2).copied()
 }
 
-fn ms(since: Instant) -> f64 {
+pub(crate) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -83,6 +85,7 @@ pub fn run(args: BenchContainersArgs) -> anyhow::Result<Value> {
         &["--insecure-registry", &upstream_addr],
     )?;
     results.extend(plinth_end_to_end(&standalone, &upstream_addr, runs));
+    results.extend(crate::first_answer::plinth(&standalone, &format!("{upstream_addr}/bench/hello:warm"), runs));
     drop(standalone);
     results.extend(podman(dir.path(), &upstream_addr, runs));
     results.extend(create_start(dir.path(), &image("bundle")?, runs));
@@ -208,9 +211,12 @@ fn podman(dir: &Path, upstream: &str, runs: usize) -> Vec<Series> {
     let cold = series("podman run -d, cold pull", &|i| format!("{upstream}/bench/hello:podman-cold-{i}"));
     let _ = time_run(&format!("{upstream}/bench/hello:warm"), "plinth-bench-warmup");
     let warm = series("podman run -d, image cached", &|_| format!("{upstream}/bench/hello:warm"));
+    let answers = crate::first_answer::podman(&podman, &format!("{upstream}/bench/hello:warm"), runs);
     // Leave nothing mounted in the bench dir.
     let _ = podman(&["system", "reset", "-f"]);
-    vec![warm, cold]
+    let mut all = vec![warm, cold];
+    all.extend(answers);
+    all
 }
 
 /// create + start (+ delete, untimed) of one bundle unpacked by umoci.

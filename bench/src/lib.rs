@@ -10,6 +10,7 @@
 //! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness.
 pub mod boot;
 pub mod containers;
+mod first_answer;
 pub mod pxe;
 pub mod reads;
 pub mod scheduler;
