@@ -45,6 +45,8 @@ pub struct MasterConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// `--cluster-ca`: agents get certificates from the master's CA and must use them.
     pub cluster_ca: Option<crate::tls::ClusterCaSettings>,
+    /// The DNS server (`--dns-*`); off (port 0) unless asked for.
+    pub dns: plinth_dns::DnsSettings,
 }
 
 impl Default for MasterConfig {
@@ -59,6 +61,7 @@ impl Default for MasterConfig {
             access: AccessConfig::default(),
             tls: None,
             cluster_ca: None,
+            dns: plinth_dns::DnsSettings::disabled(),
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct Master {
     pub registry: Arc<Registry>,
     /// The cluster CA and this master's certificate, with `--cluster-ca`.
     pub identity: Option<Arc<crate::tls::ClusterIdentity>>,
+    /// The Mesos-DNS record set, kept current by [`Master::finish`] (`dns.rs`).
+    pub dns: crate::dns::DnsFeed,
 }
 
 impl Master {
@@ -149,8 +154,11 @@ impl Master {
             )?)),
             None => None,
         };
+        let leader_ip = crate::dns::leader_address(config.listen.ip(), &config.hostname);
+        let dns = crate::dns::DnsFeed::new(&core, leader_ip.map(|ip| (ip, port)));
         let master = Arc::new(Master {
             config,
+            dns,
             reads: ReadModel::new(&core),
             heard: Default::default(),
             state: Mutex::new(Guarded { core, store: store.clone() }),
@@ -278,6 +286,7 @@ impl Master {
         let batch = Self::prepare(core, &changes);
         self.write(batch).await;
         self.reads.bump();
+        self.dns.refresh(core, &changes);
         self.publish_all(changes.events);
         self.notify_agents(changes.notify_agents.iter());
     }
