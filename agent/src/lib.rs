@@ -9,7 +9,8 @@
 //!   carries out the reconciler's decisions and checkpoints into [`state`]),
 //!   `master_link` (register, sync and the status outbox, through `client`; `join` the
 //!   first start's exchange of a PXE bootstrap token), `api` (the
-//!   HTTP API on `:5051`), `checks` (the loop that probes tasks);
+//!   HTTP API on `:5051`), `checks` (the loop that probes tasks), `dns` (the DNS server
+//!   over the master's Mesos-DNS records, long-polled through `client`);
 //! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
 //!   health and readiness check state machine);
 //! - running tasks: [`runtime`] (the `TaskRuntime` trait with the process and fake
@@ -29,6 +30,7 @@ mod checks;
 mod client;
 pub mod config;
 mod confine;
+mod dns;
 pub mod container;
 mod error;
 pub mod executor;

@@ -40,7 +40,8 @@ fn number(params: &Params, name: &str) -> Result<u64, ApiError> {
 }
 
 /// `GET /agent/v1/dns?agent_id=ID&after=GENERATION&wait_ms=N`: the record set, at once
-/// when its generation is above `after`, else when it changes (or after `wait_ms`).
+/// when its generation is not `after` (a restarted master counts from 1 again), else when
+/// it changes (or after `wait_ms`).
 async fn feed(
     State(master): State<Arc<Master>>,
     client: ClientAddr,
@@ -58,7 +59,7 @@ async fn feed(
     let certified = admit(&master, &headers, &client, &peer, agent.as_str())?;
     check_agent_name(&master.read().await.core, &agent, certified.as_deref())?;
     let mut records = master.dns.subscribe();
-    if records.borrow_and_update().generation <= after {
+    if records.borrow_and_update().generation == after {
         let _ = tokio::time::timeout(wait, records.changed()).await;
     }
     let current = records.borrow().clone();

@@ -135,6 +135,7 @@ fn start_agent_configured(
         containers: Default::default(),
         confinement,
         stop_tasks_after_master_lost: None,
+        dns: plinth_dns::DnsSettings::disabled(),
     };
     let options = AgentOptions {
         tick: Duration::from_millis(100),
