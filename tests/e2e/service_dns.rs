@@ -3,7 +3,8 @@
 //! tasks' agents and host ports, follows a scale, forwards names outside the domain (to
 //! the master's own DNS server, which answers the domain `upstream.test` here: the only
 //! upstream inside the test's network), and answers garbage, oversized and unknown-type
-//! queries with the right rcode while it keeps serving.
+//! queries with the right rcode while it keeps serving. A BRIDGE container resolves an
+//! app by name through its node, and a standalone node serves the names once.
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -227,4 +228,49 @@ fn agents_answer_app_names_follow_a_scale_forward_and_survive_bad_queries() {
     assert_eq!(rcode(&reply), 0, "TCP answers on");
     assert_eq!(dig(agent_1, "hello.marathon.mesos", "A").data(), ips, "UDP answers on");
     cluster.check_nodes_alive().expect("no node crashed");
+}
+
+#[test]
+fn a_container_resolves_an_app_by_name_through_its_agent() {
+    let ic = crate::containers::ImageCluster::start("dns-ctr", 1, &[]);
+    let cluster = &ic.cluster;
+    let agent_ip = cluster.node("agent-1").host.ip.to_string();
+    cluster.api().post("/v2/apps", &crate::containers::hello_sinatra()).expect_status(201);
+    cluster.wait_for_running("/hello-sinatra", 1, secs(90));
+    // A BRIDGE container of another app asks the node's DNS (the bridge's address).
+    let client = json!({"id": "/client", "cpus": 0.1, "mem": 32, "instances": 1,
+        "cmd": "cat /etc/resolv.conf; busybox nslookup hello-sinatra.marathon.mesos; sleep 1000",
+        "container": {"type": "DOCKER", "docker": {"image": crate::containers::HELLO, "network": "BRIDGE"}}});
+    cluster.api().post("/v2/apps", &client).expect_status(201);
+    let task = cluster.wait_for_running("/client", 1, secs(90)).remove(0);
+    let task_id = str_field(&task, "id").to_string();
+    let logs = wait_until("the client's lookup in its log", secs(30), || {
+        let output = cluster.cli(&["logs", &task_id]);
+        let text = stdout(&output);
+        if text.contains("Address") && text.contains("hello-sinatra.marathon.mesos") {
+            Ok(text)
+        } else {
+            Err(format!("stdout {text:?}, stderr {:?}", stderr(&output)))
+        }
+    });
+    assert!(logs.lines().next().is_some_and(|l| l.starts_with("nameserver 172.31.0.1")), "the node's DNS first:\n{logs}");
+    assert!(logs.lines().any(|l| l.starts_with("search marathon.mesos")), "{logs}");
+    let answer = logs.split("hello-sinatra.marathon.mesos").last().unwrap_or_default();
+    assert!(answer.contains(&format!("Address: {agent_ip}")), "the app's agent:\n{logs}");
+}
+
+#[test]
+fn a_standalone_node_serves_the_names_once() {
+    let mut cluster = Cluster::new("dns-one");
+    // Named `master`, so the harness's API helpers find it.
+    cluster.start_standalone("master");
+    let ip = cluster.node("master").host.ip;
+    cluster.wait_for_agents(1);
+    let tasks = cluster.deploy(&cmd_app("/solo/web", "sleep 1000", 1));
+    let port = tasks[0]["ports"][0].as_u64().expect("a host port");
+    wait_for_answer(ip, "web-solo.marathon.mesos", "A", &[ip.to_string()].into());
+    assert_eq!(srv_ports(&dig(ip, "_web-solo._tcp.marathon.mesos", "SRV")), [port].into());
+    assert_eq!(dig(ip, "master.slave.mesos", "A").data(), [ip.to_string()].into());
+    let log = std::fs::read_to_string(&cluster.node("master").log).expect("the node's log");
+    assert!(!log.contains("DNS not served"), "the embedded agent leaves :53 to the master:\n{log}");
 }
