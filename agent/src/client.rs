@@ -2,11 +2,11 @@
 //! carries the join token and, once the agent knows it, its cluster id (the master of
 //! another cluster refuses it). With a node identity (a cluster CA's certificate) the
 //! client presents that certificate and trusts the cluster CA.
+use plinth_dns::DnsRecords;
 use plinth_protocol::agent::{
     CertificateRequest, IssuedCertificate, JoinRequest, JoinToken, Joined, Registered, Registration, StatusAck,
     StatusBatch, SyncRequest, SyncResponse, CLUSTER_HEADER, TOKEN_HEADER,
 };
-use plinth_dns::DnsRecords;
 use plinth_protocol::{AgentId, ClusterId};
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};

@@ -121,7 +121,11 @@ pub fn build(view: &ClusterView) -> RecordSet {
         let service = service.trim_end_matches('-');
         for port in &task.ports {
             for protocol in &port.protocols {
-                set.add_srv(&format!("_{service}.{}.{FRAMEWORK}", protocol.label()), &instance_on_agent, port.host_port);
+                set.add_srv(
+                    &format!("_{service}.{}.{FRAMEWORK}", protocol.label()),
+                    &instance_on_agent,
+                    port.host_port,
+                );
             }
         }
     }

@@ -30,12 +30,7 @@ pub enum ForwardError {
 pub fn upstreams_of(text: &str, path: &str) -> Result<Vec<IpAddr>, ForwardError> {
     let config =
         resolv_conf::Config::parse(text).map_err(|source| ForwardError::Parse { path: path.to_string(), source })?;
-    Ok(config
-        .nameservers
-        .iter()
-        .map(IpAddr::from)
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-        .collect())
+    Ok(config.nameservers.iter().map(IpAddr::from).filter(|ip| !ip.is_loopback() && !ip.is_unspecified()).collect())
 }
 
 /// [`upstreams_of`] the file at `path`.

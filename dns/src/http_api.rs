@@ -73,7 +73,12 @@ pub fn services(set: &RecordSet, domain: &str, service: &str) -> Vec<ServiceEntr
         }
     }
     if found.is_empty() {
-        return vec![ServiceEntry { service: String::new(), host: String::new(), ip: String::new(), port: String::new() }];
+        return vec![ServiceEntry {
+            service: String::new(),
+            host: String::new(),
+            ip: String::new(),
+            port: String::new(),
+        }];
     }
     found
 }

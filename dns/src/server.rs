@@ -79,7 +79,10 @@ impl DnsSettings {
 /// Starts the server when `settings.port` is not 0, answering from `records` as they
 /// change. A port that cannot be bound (another resolver holds :53 on a dev host) is
 /// logged as a warning naming `--dns-port`, and the node runs on without DNS there.
-pub async fn serve(settings: &DnsSettings, records: watch::Receiver<Arc<DnsRecords>>) -> Option<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    settings: &DnsSettings,
+    records: watch::Receiver<Arc<DnsRecords>>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if settings.port == 0 {
         return None;
     }
@@ -180,7 +183,8 @@ impl Handler {
     }
 
     fn fqdn(&self, relative: &str) -> Option<Name> {
-        let text = if relative.is_empty() { format!("{}.", self.domain) } else { format!("{relative}.{}.", self.domain) };
+        let text =
+            if relative.is_empty() { format!("{}.", self.domain) } else { format!("{relative}.{}.", self.domain) };
         Name::from_ascii(text).ok()
     }
 

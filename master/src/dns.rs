@@ -53,7 +53,9 @@ pub fn view_of(core: &Core, leader: Option<(Ipv4Addr, u16)>) -> ClusterView {
     let agents = core
         .agents()
         .filter(|a| a.record.active)
-        .filter_map(|a| Some(AgentNode { hostname: a.record.hostname.clone(), ip: a.record.advertise_ip.parse().ok()? }))
+        .filter_map(|a| {
+            Some(AgentNode { hostname: a.record.hostname.clone(), ip: a.record.advertise_ip.parse().ok()? })
+        })
         .collect();
     let tasks = core
         .tasks()

@@ -16,7 +16,10 @@ async fn names_follow_a_task_and_the_feed_long_polls() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let h = start(dir.path()).await?;
     let (_, registered) = h
-        .post("/agent/v1/register", serde_json::to_value(registration("node-1", "cpus:2;mem:1024;ports:[31000-31010]"))?)
+        .post(
+            "/agent/v1/register",
+            serde_json::to_value(registration("node-1", "cpus:2;mem:1024;ports:[31000-31010]"))?,
+        )
         .await?;
     let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
     let app = json!({"id": "/shop/web", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 1,

@@ -112,7 +112,11 @@ fn tcp_exchange(server: Ipv4Addr, message: &[u8]) -> Vec<u8> {
     reply
 }
 
-fn task_hosts_and_ports(cluster: &Cluster, tasks: &[serde_json::Value], index: usize) -> (BTreeSet<String>, BTreeSet<u64>) {
+fn task_hosts_and_ports(
+    cluster: &Cluster,
+    tasks: &[serde_json::Value],
+    index: usize,
+) -> (BTreeSet<String>, BTreeSet<u64>) {
     let ips = tasks.iter().map(|t| cluster.ip_of_host(str_field(t, "host")).to_string()).collect();
     let ports = tasks.iter().filter_map(|t| t["ports"][index].as_u64()).collect();
     (ips, ports)
@@ -253,7 +257,10 @@ fn a_container_resolves_an_app_by_name_through_its_agent() {
             Err(format!("stdout {text:?}, stderr {:?}", stderr(&output)))
         }
     });
-    assert!(logs.lines().next().is_some_and(|l| l.starts_with("nameserver 172.31.0.1")), "the node's DNS first:\n{logs}");
+    assert!(
+        logs.lines().next().is_some_and(|l| l.starts_with("nameserver 172.31.0.1")),
+        "the node's DNS first:\n{logs}"
+    );
     assert!(logs.lines().any(|l| l.starts_with("search marathon.mesos")), "{logs}");
     let answer = logs.split("hello-sinatra.marathon.mesos").last().unwrap_or_default();
     assert!(answer.contains(&format!("Address: {agent_ip}")), "the app's agent:\n{logs}");

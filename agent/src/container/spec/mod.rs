@@ -27,11 +27,11 @@ mod security;
 mod user;
 
 pub use mounts::volume_mounts;
-pub use resolv::resolv_conf;
 pub use process::{
     docker_parameters, effective_user, hostname, process_args, process_env, DockerParameters, DEFAULT_PATH,
     SUPPORTED_PARAMETERS,
 };
+pub use resolv::resolv_conf;
 pub use security::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DENIED_SYSCALLS, MASKED_PATHS, READONLY_PATHS};
 pub use user::{resolve_user, ResolvedUser};
 

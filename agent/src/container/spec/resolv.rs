@@ -15,7 +15,11 @@ pub fn resolv_conf(host: &str, dns: Option<(std::net::IpAddr, &str)>) -> String 
             // The last search/domain line wins in resolv.conf: fold them into one.
             Some("search" | "domain") => searches.extend(words.map(str::to_string).filter(|w| w != search)),
             // Loopback stubs of the host are not reachable from a container's namespace.
-            Some("nameserver") if words.next().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| ip.is_loopback()) => {}
+            Some("nameserver")
+                if words
+                    .next()
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| ip.is_loopback()) => {}
             _ => rest.push(line.to_string()),
         }
     }
