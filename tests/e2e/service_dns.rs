@@ -281,3 +281,21 @@ fn a_standalone_node_serves_the_names_once() {
     let log = std::fs::read_to_string(&cluster.node("master").log).expect("the node's log");
     assert!(!log.contains("DNS not served"), "the embedded agent leaves :53 to the master:\n{log}");
 }
+
+#[test]
+fn with_the_cluster_ca_agents_fetch_records_over_mutual_tls_and_strangers_are_refused() {
+    let mut cluster = Cluster::new("dns-mtls");
+    let token = cluster.secret_file("token", "dns-mtls-join-secret-7d1e");
+    let ca = cluster.start_master_with_cluster_ca(&["--token-file", &token]).display().to_string();
+    cluster.start_agent("agent-1", &["--ca-file", &ca, "--token-file", &token]);
+    cluster.wait_for_agents(1);
+    let ip = cluster.node("agent-1").host.ip;
+    wait_for_answer(ip, "agent-1.slave.mesos", "A", &[ip.to_string()].into());
+    let tasks = cluster.deploy(&cmd_app("/web", "sleep 1000", 1));
+    assert_eq!(tasks.len(), 1);
+    wait_for_answer(ip, "web.marathon.mesos", "A", &[ip.to_string()].into());
+    // Without the agent's certificate the feed is refused, as the rest of the agent protocol.
+    let refused = cluster.api().get("/agent/v1/dns?agent_id=agent-1");
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert!(refused.json["message"].as_str().is_some_and(|m| m.contains("mutual TLS")), "{}", refused.text);
+}
