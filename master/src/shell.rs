@@ -102,7 +102,8 @@ pub struct Master {
     pub registry: Arc<Registry>,
     /// The cluster CA and this master's certificate, with `--cluster-ca`.
     pub identity: Option<Arc<crate::tls::ClusterIdentity>>,
-    /// The Mesos-DNS record set, kept current by [`Master::finish`] (`dns.rs`).
+    /// The Mesos-DNS record set, marked stale by [`Master::finish`] and rebuilt in the
+    /// background (`dns.rs`).
     pub dns: crate::dns::DnsFeed,
 }
 
@@ -175,6 +176,7 @@ impl Master {
             identity,
         });
         master.spawn_registry_tasks();
+        crate::dns::DnsFeed::spawn_builder(&master);
         Ok(master)
     }
 
@@ -225,8 +227,14 @@ impl Master {
         R: FnOnce(&Core) -> Result<axum::response::Response, ApiError> + Send + 'static,
     {
         let _permit = self.reads.admit().await?;
-        let snapshot = self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await;
+        let snapshot = self.read_copy().await;
         ReadModel::render(snapshot, render).await
+    }
+
+    /// The read model's copy of the core (current with every acknowledged write), for
+    /// background readers that need no renderer permit (`dns.rs`).
+    pub async fn read_copy(&self) -> Arc<crate::read_model::Snapshot> {
+        self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await
     }
 
     /// Notes that an agent was heard from now, before its request waits for the core:
@@ -286,7 +294,7 @@ impl Master {
         let batch = Self::prepare(core, &changes);
         self.write(batch).await;
         self.reads.bump();
-        self.dns.refresh(core, &changes);
+        self.dns.note(&changes);
         self.publish_all(changes.events);
         self.notify_agents(changes.notify_agents.iter());
     }
