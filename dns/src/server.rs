@@ -293,3 +293,71 @@ impl RequestHandler for Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::RecordSet;
+    use hickory_server::authority::MessageRequest;
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::serialize::binary::BinDecodable;
+    use hickory_server::proto::xfer::Protocol;
+
+    fn handler() -> Handler {
+        let mut set = RecordSet::default();
+        set.add_a("web.marathon", Ipv4Addr::new(10, 0, 0, 11));
+        set.add_a("web-1.marathon.slave", Ipv4Addr::new(10, 0, 0, 11));
+        set.add_srv("_web._tcp.marathon", "web-1.marathon.slave", 31001);
+        let (_sender, records) = watch::channel(Arc::new(DnsRecords { generation: 3, records: set }));
+        Handler::new(&DnsSettings::default(), records, None)
+    }
+
+    fn request(name: &str, record_type: RecordType, op_code: OpCode) -> Request {
+        let mut message = Message::new();
+        message.set_op_code(op_code);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), record_type));
+        let bytes = message.to_vec().unwrap();
+        Request::new(MessageRequest::from_bytes(&bytes).unwrap(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp)
+    }
+
+    async fn ask(name: &str, record_type: RecordType) -> Answer {
+        handler().answer(&request(name, record_type, OpCode::Query)).await
+    }
+
+    #[tokio::test]
+    async fn names_in_the_domain_are_answered_with_the_right_rcode() {
+        let a = ask("Web.Marathon.Mesos.", RecordType::A).await;
+        assert_eq!((a.code, a.authoritative, a.answers.len()), (ResponseCode::NoError, true, 1));
+        assert_eq!(a.answers[0].ttl(), DEFAULT_TTL_SECS);
+
+        let srv = ask("_web._tcp.marathon.mesos.", RecordType::SRV).await;
+        assert_eq!(srv.answers.len(), 1);
+        assert_eq!(srv.additionals.len(), 1, "the target's address comes along");
+        assert_eq!(srv.additionals[0].name().to_ascii(), "web-1.marathon.slave.mesos.");
+
+        let nodata = ask("web.marathon.mesos.", RecordType::TXT).await;
+        assert_eq!((nodata.code, nodata.answers.len(), nodata.authority.len()), (ResponseCode::NoError, 0, 1));
+        let parent = ask("marathon.mesos.", RecordType::A).await;
+        assert_eq!(parent.code, ResponseCode::NoError, "an empty non-terminal exists");
+        let missing = ask("nope.marathon.mesos.", RecordType::A).await;
+        assert_eq!((missing.code, missing.authority.len()), (ResponseCode::NXDomain, 1), "with the SOA");
+        let apex = ask("mesos.", RecordType::SOA).await;
+        assert_eq!((apex.code, apex.answers.len()), (ResponseCode::NoError, 1));
+        assert_eq!(ask("mesos.", RecordType::AXFR).await.code, ResponseCode::Refused);
+    }
+
+    #[tokio::test]
+    async fn other_opcodes_and_names_without_upstream_are_refused_or_not_implemented() {
+        let update = handler().answer(&request("web.marathon.mesos.", RecordType::A, OpCode::Update)).await;
+        assert_eq!(update.code, ResponseCode::NotImp);
+        assert_eq!(ask("example.org.", RecordType::A).await.code, ResponseCode::Refused, "no forwarder");
+    }
+
+    #[test]
+    fn domains_are_checked_and_normalized() {
+        assert_eq!(DnsSettings::check_domain("Cluster.Example."), Ok("cluster.example".into()));
+        for bad in ["", "a..b", "bad domain", "-x.mesos", "x_y"] {
+            assert!(DnsSettings::check_domain(bad).is_err(), "{bad:?}");
+        }
+    }
+}

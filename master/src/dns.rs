@@ -156,3 +156,30 @@ pub fn leader_address(listen: IpAddr, hostname: &str) -> Option<Ipv4Addr> {
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .find(|ip| !ip.is_loopback() && !ip.is_link_local())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(json: serde_json::Value) -> AppDefinition {
+        let mut definition = AppDefinition::from_json(json.to_string().as_bytes()).expect("an app");
+        definition.normalize();
+        definition
+    }
+
+    #[test]
+    fn each_host_port_keeps_its_mappings_protocol() {
+        let bridge = app(serde_json::json!({"id": "/web", "container": {"type": "DOCKER", "docker": {
+            "image": "busybox", "network": "BRIDGE", "portMappings": [
+                {"containerPort": 53, "hostPort": 0, "protocol": "udp"},
+                {"containerPort": 8080},
+                {"containerPort": 9090, "hostPort": 0, "protocol": "udp,tcp"}]}}}));
+        // The mapping without a hostPort takes no host port.
+        assert_eq!(port_protocols(&bridge), [vec![PortProtocol::Udp], vec![PortProtocol::Udp, PortProtocol::Tcp]]);
+        let host = app(serde_json::json!({"id": "/cmd", "cmd": "sleep 1", "portDefinitions": [
+            {"port": 0, "protocol": "tcp"}, {"port": 0, "protocol": "udp"}]}));
+        assert_eq!(port_protocols(&host), [vec![PortProtocol::Tcp], vec![PortProtocol::Udp]]);
+        let default = app(serde_json::json!({"id": "/cmd", "cmd": "sleep 1"}));
+        assert_eq!(port_protocols(&default), [vec![PortProtocol::Tcp]], "Marathon's one default port");
+    }
+}
