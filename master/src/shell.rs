@@ -214,6 +214,12 @@ impl Master {
         &self.store
     }
 
+    /// The read model's copy of the core (current with every acknowledged write), for
+    /// background readers that need no renderer permit (`dns.rs`).
+    pub async fn read_copy(&self) -> Arc<crate::read_model::Snapshot> {
+        self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await
+    }
+
     /// Read-only access to the live core, under the command lock: for small reads and
     /// read-then-decide paths. Big API reads go through [`Master::render`].
     pub async fn read(&self) -> tokio::sync::MutexGuard<'_, Guarded> {
@@ -227,14 +233,8 @@ impl Master {
         R: FnOnce(&Core) -> Result<axum::response::Response, ApiError> + Send + 'static,
     {
         let _permit = self.reads.admit().await?;
-        let snapshot = self.read_copy().await;
+        let snapshot = self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await;
         ReadModel::render(snapshot, render).await
-    }
-
-    /// The read model's copy of the core (current with every acknowledged write), for
-    /// background readers that need no renderer permit (`dns.rs`).
-    pub async fn read_copy(&self) -> Arc<crate::read_model::Snapshot> {
-        self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await
     }
 
     /// Notes that an agent was heard from now, before its request waits for the core:
