@@ -555,6 +555,7 @@ fn agent_config(
         token,
         rejoin_cluster: args.rejoin_cluster,
         ca_file: args.ca_file,
+        dns: node.dns.settings(),
         containers: plinth_agent::ContainerSettings {
             registry: args.registry,
             bridge: args.container_bridge,
@@ -569,7 +570,6 @@ fn agent_config(
             hidden_paths: args.hide_from_tasks.into_iter().chain(node.token_file.clone()).collect(),
         },
         stop_tasks_after_master_lost: args.stop_tasks_after_master_lost_secs.map(std::time::Duration::from_secs),
-        dns: node.dns.settings(),
     }
 }
 

@@ -40,13 +40,13 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// How Docker tasks get their images and network.
     pub containers: ContainerSettings,
+    /// The agent's DNS server (`--dns-*`; port 0: none), answering from the master's records.
+    pub dns: plinth_dns::DnsSettings,
     /// Who command tasks run as and what they may see.
     pub confinement: TaskConfinement,
     /// Stop every task after this long without an answer from the master (`None`:
     /// tasks keep running through a partition; see `partition.rs`).
     pub stop_tasks_after_master_lost: Option<std::time::Duration>,
-    /// The agent's DNS server (`--dns-*`; port 0: none), answering from the master's records.
-    pub dns: plinth_dns::DnsSettings,
 }
 
 /// How command tasks are confined (see `crate::confine`): the user they run as when

@@ -9,8 +9,7 @@
 //!   carries out the reconciler's decisions and checkpoints into [`state`]),
 //!   `master_link` (register, sync and the status outbox, through `client`; `join` the
 //!   first start's exchange of a PXE bootstrap token), `api` (the
-//!   HTTP API on `:5051`), `checks` (the loop that probes tasks), `dns` (the DNS server
-//!   over the master's Mesos-DNS records, long-polled through `client`);
+//!   HTTP API on `:5051`), `checks` (the loop that probes tasks);
 //! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
 //!   health and readiness check state machine);
 //! - running tasks: [`runtime`] (the `TaskRuntime` trait with the process and fake
@@ -19,7 +18,9 @@
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
 //! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
-//!   `confine` (the command task's mount namespace, user, capabilities).
+//!   `confine` (the command task's mount namespace, user, capabilities);
+//! - naming: `dns` (the DNS server over the master's Mesos-DNS records, long-polled
+//!   through `client`).
 //!
 //! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
 //! with the `testing` feature, which the product binary does not enable.

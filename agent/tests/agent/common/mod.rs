@@ -133,9 +133,9 @@ fn start_agent_configured(
         rejoin_cluster: false,
         ca_file: None,
         containers: Default::default(),
+        dns: plinth_dns::DnsSettings::disabled(),
         confinement,
         stop_tasks_after_master_lost: None,
-        dns: plinth_dns::DnsSettings::disabled(),
     };
     let options = AgentOptions {
         tick: Duration::from_millis(100),
