@@ -7,14 +7,12 @@
 //! model's copy of the core (`read_model.rs`, current with every acknowledged write) in
 //! one background task: changes made while it builds are folded into the next build.
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use plinth_dns::{build, AgentNode, ClusterView, DnsRecords, PortProtocol, RecordSet, TaskNode, TaskPort};
 use plinth_protocol::{AppDefinition, NetworkMode};
 use plinth_scheduler::{Changes, Core};
 use tokio::sync::{watch, Notify};
-
-use crate::shell::Master;
 
 /// The record set and its generation, bumped only when the set really changes.
 pub struct DnsFeed {
@@ -31,23 +29,14 @@ impl DnsFeed {
         DnsFeed { sender: watch::channel(Arc::new(records)).0, leader, stale: Arc::default() }
     }
 
-    /// Rebuilds the records after each change for as long as the master lives.
-    pub fn spawn_builder(master: &Arc<Master>) {
-        let stale = master.dns.stale.clone();
-        let master: Weak<Master> = Arc::downgrade(master);
-        tokio::spawn(async move {
-            loop {
-                stale.notified().await;
-                let Some(master) = master.upgrade() else { return };
-                let snapshot = master.read_copy().await;
-                let leader = master.dns.leader;
-                let built = tokio::task::spawn_blocking(move || build(&view_of(&snapshot.core, leader))).await;
-                match built {
-                    Ok(records) => master.dns.publish(records),
-                    Err(e) => tracing::error!(error = %e, "building the DNS records failed"),
-                }
-            }
-        });
+    /// Wakes when the set is stale (`Master::spawn_dns_builder` waits on it).
+    pub fn stale(&self) -> Arc<Notify> {
+        self.stale.clone()
+    }
+
+    /// The set of `core`'s current state.
+    pub fn build(&self, core: &Core) -> RecordSet {
+        build(&view_of(core, self.leader))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<DnsRecords>> {
@@ -67,7 +56,7 @@ impl DnsFeed {
     }
 
     /// Wakes readers only when the set differs.
-    fn publish(&self, records: RecordSet) {
+    pub fn publish(&self, records: RecordSet) {
         self.sender.send_if_modified(|current| {
             if current.records == records {
                 return false;

@@ -176,7 +176,7 @@ impl Master {
             identity,
         });
         master.spawn_registry_tasks();
-        crate::dns::DnsFeed::spawn_builder(&master);
+        master.spawn_dns_builder();
         Ok(master)
     }
 
@@ -200,6 +200,25 @@ impl Master {
             }
         });
         crate::registry::spawn_gc(&self.registry, REGISTRY_GC_INTERVAL);
+    }
+
+    /// Rebuilds the DNS records after each change, off the command lock, for as long as
+    /// the master lives (`dns.rs`).
+    fn spawn_dns_builder(self: &Arc<Self>) {
+        let stale = self.dns.stale();
+        let master = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                stale.notified().await;
+                let Some(master) = master.upgrade() else { return };
+                let snapshot = master.read_copy().await;
+                let builder = master.clone();
+                match tokio::task::spawn_blocking(move || builder.dns.build(&snapshot.core)).await {
+                    Ok(records) => master.dns.publish(records),
+                    Err(e) => tracing::error!(error = %e, "building the DNS records failed"),
+                }
+            }
+        });
     }
 
     /// Starts pulling an app's image in the background (shared with any running pull),
