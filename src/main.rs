@@ -85,6 +85,44 @@ struct NodeArgs {
     /// Name this node reports (default: the kernel's hostname).
     #[arg(long, env = "PLINTH_HOSTNAME")]
     hostname: Option<String>,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// The node's DNS server (README: Service discovery).
+#[derive(Debug, Args)]
+struct DnsArgs {
+    /// Port of the DNS server (UDP and TCP, all of the node's addresses): Mesos-DNS names
+    /// (APP.marathon.DOMAIN, ...), other names forwarded; 0: no DNS server.
+    #[arg(long, env = "PLINTH_DNS_PORT", default_value_t = plinth_dns::DEFAULT_PORT)]
+    dns_port: u16,
+    /// The domain the DNS server answers for (Mesos-DNS's `domain`).
+    #[arg(long, env = "PLINTH_DNS_DOMAIN", default_value = plinth_dns::DEFAULT_DOMAIN, value_parser = plinth_dns::DnsSettings::check_domain)]
+    dns_domain: String,
+    /// Seconds DNS answers may be cached.
+    #[arg(long, env = "PLINTH_DNS_TTL", default_value_t = plinth_dns::DEFAULT_TTL_SECS)]
+    dns_ttl: u32,
+    /// The resolv.conf whose nameservers get the names outside the domain (loopback stubs skipped).
+    #[arg(long, env = "PLINTH_DNS_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
+}
+
+impl DnsArgs {
+    fn settings(&self) -> plinth_dns::DnsSettings {
+        plinth_dns::DnsSettings {
+            port: self.dns_port,
+            domain: self.dns_domain.clone(),
+            ttl_secs: self.dns_ttl,
+            resolv_conf: self.dns_resolv_conf.clone(),
+            ..plinth_dns::DnsSettings::default()
+        }
+    }
+
+    /// What containers search when the node answers DNS where resolv.conf can name it
+    /// (port 53 only).
+    fn container_search(&self) -> Option<String> {
+        (self.dns_port == plinth_dns::DEFAULT_PORT).then(|| format!("marathon.{}", self.dns_domain))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -361,7 +399,13 @@ fn run_executor(spec: &std::path::Path) -> ! {
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // hickory logs every DNS query at info: only its warnings, unless RUST_LOG names it.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
+        for quiet in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn"] {
+            filter = filter.add_directive(quiet.parse().expect("a valid directive"));
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -495,6 +539,7 @@ fn master_config(
         },
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
         cluster_ca: args.cluster_ca.then_some(plinth_master::tls::ClusterCaSettings { extra_names: args.tls_sans }),
+        dns: node.dns.settings(),
     })
 }
 
@@ -516,11 +561,13 @@ fn agent_config(
         token,
         rejoin_cluster: args.rejoin_cluster,
         ca_file: args.ca_file,
+        dns: node.dns.settings(),
         containers: plinth_agent::ContainerSettings {
             registry: args.registry,
             bridge: args.container_bridge,
             subnet: args.container_subnet,
             max_layer_bytes: args.max_layer_mb.saturating_mul(1 << 20),
+            dns_search: node.dns.container_search(),
         },
         confinement: plinth_agent::TaskConfinement {
             default_user: args.default_task_user,
@@ -596,6 +643,8 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     let master = master_config(cmd.master, &cmd.node, token.clone())?;
     let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node, token);
     agent.containers.registry.get_or_insert(local_registry);
+    // One DNS server per node: the master's (containers still search marathon.DOMAIN there).
+    agent.dns.port = 0;
     // The master's store (every app's env) and its secrets are on this node too: tasks
     // must not see them.
     agent.confinement.hidden_paths.push(master.data_dir.clone());

@@ -2,11 +2,12 @@
 //! carries the join token and, once the agent knows it, its cluster id (the master of
 //! another cluster refuses it). With a node identity (a cluster CA's certificate) the
 //! client presents that certificate and trusts the cluster CA.
+use plinth_dns::DnsRecords;
 use plinth_protocol::agent::{
     CertificateRequest, IssuedCertificate, JoinRequest, JoinToken, Joined, Registered, Registration, StatusAck,
     StatusBatch, SyncRequest, SyncResponse, CLUSTER_HEADER, TOKEN_HEADER,
 };
-use plinth_protocol::ClusterId;
+use plinth_protocol::{AgentId, ClusterId};
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -102,13 +103,27 @@ impl MasterClient {
     ) -> Result<R, AgentError> {
         let url = format!("{}{path}", self.base);
         let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut request = http.post(&url).json(body).timeout(timeout);
+        let request = self.admitted(http.post(&url).json(body).timeout(timeout), token);
+        Self::answer(operation, url, request).await
+    }
+
+    /// The join token (when given) and the cluster, as every agent request carries them.
+    fn admitted(&self, mut request: reqwest::RequestBuilder, token: Option<&JoinToken>) -> reqwest::RequestBuilder {
         if let Some(token) = token {
             request = request.header(TOKEN_HEADER, token.expose());
         }
         if let Some(cluster) = self.cluster() {
             request = request.header(CLUSTER_HEADER, cluster.as_str());
         }
+        request
+    }
+
+    /// Sends `request`; a non-2xx answer is an error carrying (the start of) its body.
+    async fn answer<R: DeserializeOwned>(
+        operation: &'static str,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, AgentError> {
         let request_error = |source| AgentError::MasterRequest { operation, url: url.clone(), source };
         let response = request.send().await.map_err(request_error)?;
         let status = response.status();
@@ -127,6 +142,15 @@ impl MasterClient {
     pub async fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, AgentError> {
         let timeout = Duration::from_millis(request.wait_ms) + ANSWER_SLACK;
         self.post("sync", "/agent/v1/sync", request, timeout).await
+    }
+
+    /// `GET /agent/v1/dns`: the master's record set, at once when its generation is not
+    /// `after`, else when it changes or `wait` ends.
+    pub async fn dns(&self, agent: &AgentId, after: u64, wait: Duration) -> Result<DnsRecords, AgentError> {
+        let url = format!("{}/agent/v1/dns?agent_id={agent}&after={after}&wait_ms={}", self.base, wait.as_millis());
+        let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let request = self.admitted(http.get(&url).timeout(wait + ANSWER_SLACK), self.token.as_ref());
+        Self::answer("dns", url, request).await
     }
 
     pub async fn status(&self, batch: &StatusBatch) -> Result<StatusAck, AgentError> {

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// How Docker tasks get their images and network.
     pub containers: ContainerSettings,
+    /// The agent's DNS server (`--dns-*`; port 0: none), answering from the master's records.
+    pub dns: plinth_dns::DnsSettings,
     /// Who command tasks run as and what they may see.
     pub confinement: TaskConfinement,
     /// Stop every task after this long without an answer from the master (`None`:
@@ -96,6 +98,10 @@ pub struct ContainerSettings {
     pub subnet: String,
     /// Decompressed bytes a single image layer may have (decompression bombs stop here).
     pub max_layer_bytes: u64,
+    /// The search domain containers get (`marathon.mesos`) when the node answers DNS on
+    /// port 53 (its own server, or the master's on a standalone node); `None`: the host's
+    /// resolv.conf as it is.
+    pub dns_search: Option<String>,
 }
 
 impl Default for ContainerSettings {
@@ -105,6 +111,7 @@ impl Default for ContainerSettings {
             bridge: DEFAULT_BRIDGE.to_string(),
             subnet: DEFAULT_CONTAINER_SUBNET.to_string(),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            dns_search: None,
         }
     }
 }

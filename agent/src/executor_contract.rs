@@ -116,6 +116,10 @@ pub struct ContainerTask {
     pub port_mappings: Vec<MappedPort>,
     /// The agent's address (what `HOST` says), for `/etc/hosts`.
     pub host: String,
+    /// The search domain (`marathon.mesos`) when the node serves DNS on port 53: the
+    /// container's resolv.conf then names the node's DNS first.
+    #[serde(default)]
+    pub dns_search: Option<String>,
     /// A prepared root filesystem used instead of pulling `image` (tests, benchmarks;
     /// never set from an app definition).
     #[serde(default)]

@@ -18,7 +18,9 @@
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
 //! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
-//!   `confine` (the command task's mount namespace, user, capabilities).
+//!   `confine` (the command task's mount namespace, user, capabilities);
+//! - naming: `dns` (the DNS server over the master's Mesos-DNS records, long-polled
+//!   through `client`).
 //!
 //! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
 //! with the `testing` feature, which the product binary does not enable.
@@ -30,6 +32,7 @@ mod client;
 pub mod config;
 mod confine;
 pub mod container;
+mod dns;
 mod error;
 pub mod executor;
 pub mod executor_contract;

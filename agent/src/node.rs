@@ -358,6 +358,7 @@ impl Node {
             network,
             port_mappings,
             host: self.advertise_ip.to_string(),
+            dns_search: settings.dns_search.clone(),
             local_image: None,
         })
     }

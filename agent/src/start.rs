@@ -1,6 +1,6 @@
 //! The agent's start-up (its composition root): loads the checkpoint and the agent id,
 //! settles the join token and, with a cluster CA, the node's certificate (`join.rs`), builds the [`Node`], re-adopts the tasks it still runs, spawns the loops (tasks,
-//! status outbox, health checks, image collection), serves the API and talks to the
+//! status outbox, health checks, image collection, the DNS server), serves the API and talks to the
 //! master until the process stops.
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -92,6 +92,7 @@ pub async fn run_with(
         tokio::spawn(checks::check_loop(node.clone())),
         tokio::spawn(node.clone().image_gc_loop()),
     ]);
+    background.extend(crate::dns::start(node.clone(), client.clone()).await);
     let _background = AbortOnDrop(background);
     tokio::select! {
         result = api => result,

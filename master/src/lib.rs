@@ -8,6 +8,7 @@ pub mod access;
 pub mod api;
 pub mod ca;
 pub mod checksum;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -48,6 +48,8 @@ pub struct MasterConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// `--cluster-ca`: agents get certificates from the master's CA and must use them.
     pub cluster_ca: Option<crate::tls::ClusterCaSettings>,
+    /// The DNS server (`--dns-*`); off (port 0) unless asked for.
+    pub dns: plinth_dns::DnsSettings,
 }
 
 impl Default for MasterConfig {
@@ -63,6 +65,7 @@ impl Default for MasterConfig {
             access: AccessConfig::default(),
             tls: None,
             cluster_ca: None,
+            dns: plinth_dns::DnsSettings::disabled(),
         }
     }
 }
@@ -108,6 +111,9 @@ pub struct Master {
     pub registry: Arc<Registry>,
     /// The cluster CA and this master's certificate, with `--cluster-ca`.
     pub identity: Option<Arc<crate::tls::ClusterIdentity>>,
+    /// The Mesos-DNS record set, marked stale by [`Master::finish`] and rebuilt in the
+    /// background (`dns.rs`).
+    pub dns: crate::dns::DnsFeed,
 }
 
 impl Master {
@@ -158,8 +164,11 @@ impl Master {
             )?)),
             None => None,
         };
+        let leader_ip = crate::dns::leader_address(config.listen.ip(), &config.hostname);
+        let dns = crate::dns::DnsFeed::new(&core, leader_ip.map(|ip| (ip, port)));
         let master = Arc::new(Master {
             config,
+            dns,
             reads: ReadModel::new(&core),
             heard: Default::default(),
             state: Mutex::new(Guarded { core, store: store.clone() }),
@@ -177,6 +186,7 @@ impl Master {
             identity,
         });
         master.spawn_registry_tasks();
+        master.spawn_dns_builder();
         Ok(master)
     }
 
@@ -202,6 +212,25 @@ impl Master {
         crate::registry::spawn_gc(&self.registry, REGISTRY_GC_INTERVAL);
     }
 
+    /// Rebuilds the DNS records after each change, off the command lock, for as long as
+    /// the master lives (`dns.rs`).
+    fn spawn_dns_builder(self: &Arc<Self>) {
+        let stale = self.dns.stale();
+        let master = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                stale.notified().await;
+                let Some(master) = master.upgrade() else { return };
+                let snapshot = master.read_copy().await;
+                let builder = master.clone();
+                match tokio::task::spawn_blocking(move || builder.dns.build(&snapshot.core)).await {
+                    Ok(records) => master.dns.publish(records),
+                    Err(e) => tracing::error!(error = %e, "building the DNS records failed"),
+                }
+            }
+        });
+    }
+
     /// Starts pulling an app's image in the background (shared with any running pull),
     /// so the layers are here before the first task asks.
     pub fn prefetch_image(&self, definition: &plinth_protocol::marathon::AppDefinition) {
@@ -212,6 +241,12 @@ impl Master {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The read model's copy of the core (current with every acknowledged write), for
+    /// background readers that need no renderer permit (`dns.rs`).
+    pub async fn read_copy(&self) -> Arc<crate::read_model::Snapshot> {
+        self.reads.snapshot(|| async { self.state.lock().await.core.read_copy() }).await
     }
 
     /// Read-only access to the live core, under the command lock: for small reads and
@@ -303,6 +338,7 @@ impl Master {
         let batch = Self::prepare(core, &changes);
         self.write(batch).await;
         self.reads.bump();
+        self.dns.note(&changes);
         self.publish_all(changes.events);
         self.notify_agents(changes.notify_agents.iter());
     }

@@ -53,6 +53,8 @@ pub async fn serve(
         .map_err(|source| MasterError::Bind { addr: registry_addr, source })?;
     let (master, router) = build(config, port, boot.as_ref()).await?;
     spawn_registry_server(&master, registry_listener);
+    // A DNS port that cannot be bound is a warning, not a failed master.
+    let _dns = plinth_dns::serve(&master.config.dns, master.dns.subscribe()).await;
     master.spawn_ticker();
     let tls = master.config.tls.is_some() || master.identity.is_some();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

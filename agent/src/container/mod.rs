@@ -231,7 +231,16 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     let ip = attached.as_ref().and_then(|a| a.ip);
 
     let hostname = spec::hostname(&spec.task_id, &params);
-    let etc = write_etc_files(&spec.sandbox, &hostname, ip, &task.host)?;
+    // The node's DNS as the container reaches it: the bridge's address from a bridge (an
+    // answer from any other address of the node would come from the wrong source), the
+    // node's own in its namespace; none with no network.
+    let dns_server = match (&task.network, attached.as_ref()) {
+        (ContainerNetwork::Host, _) => task.host.parse::<std::net::IpAddr>().ok(),
+        (ContainerNetwork::Bridge { .. }, Some(attached)) => attached.gateway.map(std::net::IpAddr::V4),
+        _ => None,
+    };
+    let dns = task.dns_search.as_deref().and_then(|search| Some((dns_server?, search)));
+    let etc = write_etc_files(&spec.sandbox, &hostname, ip, &task.host, dns)?;
     let user = spec::resolve_user(&image.rootfs, spec::effective_user(&params, &image.config).as_deref())?;
     let cgroup = cgroups_path(&spec.task_id);
     let runtime_spec = spec::build_spec(&spec::SpecInput {
@@ -311,6 +320,7 @@ fn write_etc_files(
     hostname: &str,
     ip: Option<Ipv4Addr>,
     host: &str,
+    dns: Option<(std::net::IpAddr, &str)>,
 ) -> Result<spec::EtcFiles, ContainerError> {
     let dir = sandbox.join(ETC_DIR);
     std::fs::create_dir_all(&dir).map_err(|source| ContainerError::Io {
@@ -328,7 +338,7 @@ fn write_etc_files(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
          ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
     );
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = spec::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), dns);
     let files = spec::EtcFiles {
         hosts: dir.join("hosts"),
         hostname: dir.join("hostname"),

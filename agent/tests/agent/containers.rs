@@ -131,6 +131,7 @@ fn launch(name: &str, app: serde_json::Value, options: Options) -> Task {
             network: options.network,
             port_mappings: options.port_mappings,
             host: "127.0.0.1".into(),
+            dns_search: None,
             local_image: Some(image),
         }),
         notify_socket: None,

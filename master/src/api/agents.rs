@@ -108,7 +108,7 @@ fn check_cluster(master: &Master, headers: &HeaderMap, client: &ClientAddr, who:
 /// The join token (or, with the cluster CA, the client certificate) and the cluster,
 /// checked for every agent request. With the CA, the certificate's name is returned: the
 /// agent must be the node it names.
-fn admit(
+pub(super) fn admit(
     master: &Master,
     headers: &HeaderMap,
     client: &ClientAddr,
@@ -155,7 +155,7 @@ fn check_name(certified: Option<&str>, hostname: &str) -> Result<(), ApiError> {
 }
 
 /// [`check_name`] for a registered agent (an unknown one is told to register again).
-fn check_agent_name(core: &Core, agent: &AgentId, certified: Option<&str>) -> Result<(), ApiError> {
+pub(super) fn check_agent_name(core: &Core, agent: &AgentId, certified: Option<&str>) -> Result<(), ApiError> {
     match core.agent(agent) {
         Some(state) => check_name(certified, &state.record.hostname),
         None => Ok(()),

@@ -26,6 +26,7 @@ pub mod agents;
 pub mod apps;
 pub mod auth;
 pub mod deployments;
+pub mod dns;
 pub mod events;
 pub mod groups;
 pub mod images;
@@ -89,6 +90,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .merge(ui::routes(ui::Source::from_env()))
         .merge(plinth::routes())
         .merge(images::routes())
+        .merge(dns::routes())
         .fallback(misc::not_found)
         .with_state(master)
 }

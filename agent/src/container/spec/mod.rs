@@ -6,7 +6,7 @@
 //! [`build_spec`] is pure (everything it needs is in [`SpecInput`]), so the tests pin the
 //! exact result; looking the user up in the image's `/etc/passwd` is [`resolve_user`].
 //!
-//! One file per part of the spec: `process.rs` (argv, env, user, hostname, Docker
+//! One file per part of the spec: `resolv.rs` (the container's resolv.conf), `process.rs` (argv, env, user, hostname, Docker
 //! parameters), `mounts.rs` (default mounts, `/etc` files, volumes), `security.rs`
 //! (capabilities, masked paths, seccomp, devices), `resources.rs` (cgroup limits),
 //! `user.rs` (the image's users and groups); [`build_spec`] puts them together.
@@ -21,6 +21,7 @@ use super::ContainerError;
 
 mod mounts;
 mod process;
+mod resolv;
 mod resources;
 mod security;
 mod user;
@@ -30,6 +31,7 @@ pub use process::{
     docker_parameters, effective_user, hostname, process_args, process_env, DockerParameters, DEFAULT_PATH,
     SUPPORTED_PARAMETERS,
 };
+pub use resolv::resolv_conf;
 pub use security::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DENIED_SYSCALLS, MASKED_PATHS, READONLY_PATHS};
 pub use user::{resolve_user, ResolvedUser};
 

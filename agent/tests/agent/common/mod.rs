@@ -151,6 +151,7 @@ fn start_agent_configured(
         rejoin_cluster: false,
         ca_file: None,
         containers: Default::default(),
+        dns: plinth_dns::DnsSettings::disabled(),
         confinement,
         stop_tasks_after_master_lost: None,
     };
