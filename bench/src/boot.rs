@@ -29,6 +29,8 @@ pub struct BootSample {
     pub init_boot_s: f64,
     /// Kernel start → role started (the kernel's uptime then, from the init's status).
     pub kernel_to_role_start_s: f64,
+    /// The init's phases with their milliseconds (guest clock), in order.
+    pub phases: serde_json::Value,
     pub init_rss_kb: u64,
     pub role_rss_kb: u64,
     pub poweroff_s: f64,
@@ -213,6 +215,10 @@ async fn bench_one_boot(
     }
     let first_task_running_s = t0.elapsed().as_secs_f64();
     let node_api = format!("http://127.0.0.1:{node}/node/v1");
+    if let Ok(dir) = std::env::var("PLINTH_BENCH_BOOT_LOG_DIR") {
+        let logs = client.get(format!("{node_api}/logs")).send().await?.text().await?;
+        std::fs::write(std::path::Path::new(&dir).join(format!("node-{api}.log")), logs)?;
+    }
     let status: serde_json::Value = client.get(format!("{node_api}/status")).send().await?.json().await?;
     let procs: serde_json::Value = client.get(format!("{node_api}/processes")).send().await?.json().await?;
     let rss = |pred: &dyn Fn(&serde_json::Value) -> bool| {
@@ -233,6 +239,7 @@ async fn bench_one_boot(
         first_task_running_s,
         init_boot_s: status["boot_seconds"].as_f64().unwrap_or(0.0),
         kernel_to_role_start_s: status["uptime_at_role_start"].as_f64().unwrap_or(0.0),
+        phases: status["phases"].clone(),
         init_rss_kb,
         role_rss_kb,
         poweroff_s: off.elapsed().as_secs_f64(),

@@ -104,18 +104,8 @@ impl<S: System> Boot<S> {
     /// Loads `names` and their dependencies, a wave of independent modules at a time;
     /// returns how many files were loaded.
     pub fn load_modules(&mut self, names: &[String]) -> usize {
-        let (waves, missing) = self.module_index().load_waves(names);
-        for m in &missing {
-            info!(module = %m, "module not in this image, skipped");
-        }
-        self.state.modules_missing.extend(missing);
         let mut loaded = 0;
-        for wave in waves {
-            let paths: Vec<PathBuf> = wave
-                .into_iter()
-                .filter(|rel| self.attempted.insert(rel.clone()))
-                .map(|rel| self.modules_dir.join(rel))
-                .collect();
+        for paths in self.module_waves(names) {
             for result in self.sys.load_modules_together(&paths) {
                 match result {
                     Ok(()) => loaded += 1,
@@ -125,6 +115,26 @@ impl<S: System> Boot<S> {
         }
         self.state.modules_loaded += loaded;
         loaded
+    }
+
+    /// The module files `names` need, in waves that may load together, without those
+    /// already handled (which from now on count as handled); missing ones are noted.
+    pub fn module_waves(&mut self, names: &[String]) -> Vec<Vec<PathBuf>> {
+        let (waves, missing) = self.module_index().load_waves(names);
+        for m in &missing {
+            info!(module = %m, "module not in this image, skipped");
+        }
+        self.state.modules_missing.extend(missing);
+        waves
+            .into_iter()
+            .map(|wave| {
+                wave.into_iter()
+                    .filter(|rel| self.attempted.insert(rel.clone()))
+                    .map(|rel| self.modules_dir.join(rel))
+                    .collect::<Vec<PathBuf>>()
+            })
+            .filter(|paths| !paths.is_empty())
+            .collect()
     }
 
     fn hardware_modaliases(&mut self) -> Vec<String> {
@@ -160,7 +170,9 @@ impl<S: System> Boot<S> {
         match phase {
             Phase::Mount(m) => self.sys.mount(m.source, m.target, m.fstype, m.flags, m.data),
             Phase::EnableCgroupControllers => self.enable_cgroup_controllers(),
-            Phase::LoadModules(names) => {
+            // PID 1 runs this one on a thread (`pid1.rs`); here, for tests and other
+            // callers, it loads in place.
+            Phase::LoadModules(names) | Phase::LoadModulesInBackground(names) => {
                 let n = self.load_modules(names);
                 info!(loaded = n, "modules loaded");
                 Ok(())

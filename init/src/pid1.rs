@@ -132,6 +132,10 @@ pub fn run() -> ! {
                 Arc::new(LiveNode { status: status.clone(), token: PowerToken::of(&cmdline, &phases) }),
                 NodeTls::of_agent(agent_work_dir_of(&phases).as_deref().map(Path::new)),
             ),
+            Phase::LoadModulesInBackground(names) => {
+                load_in_background(boot.module_waves(names));
+                Ok(())
+            }
             Phase::StartRole(l) => {
                 launch = Some(l.clone());
                 Ok(())
@@ -215,6 +219,41 @@ pub fn status_block(doc: &Value) -> String {
 struct LiveNode {
     status: SharedStatus,
     token: PowerToken,
+}
+
+/// Loads `waves` of module files on a thread of its own; the marker file
+/// (`CONTAINER_MODULES_LOADING`) exists from before this returns until the last wave
+/// is in, so an executor started meanwhile waits for it.
+fn load_in_background(waves: Vec<Vec<PathBuf>>) {
+    let marker = Path::new(plinth_protocol::agent::CONTAINER_MODULES_LOADING);
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(marker, b"") {
+        warn!(error = %e, "cannot mark the background module load; containers will not wait for it");
+    }
+    let spawned = std::thread::Builder::new().name("modules".into()).spawn(move || {
+        let started = Instant::now();
+        let mut loaded = 0;
+        for wave in waves {
+            for result in RealSystem.load_modules_together(&wave) {
+                match result {
+                    Ok(()) => loaded += 1,
+                    Err(e) => warn!(error = %error_chain(&e), "module load failed"),
+                }
+            }
+        }
+        let _ = std::fs::remove_file(marker);
+        info!(
+            loaded,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "background modules loaded"
+        );
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the background module load");
+        let _ = std::fs::remove_file(marker);
+    }
 }
 
 /// The work dir of the agent this plan starts, if it starts one.

@@ -45,6 +45,10 @@ pub const NODE_TLS_DIR: &str = "tls";
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 pub const NODE_CA_FILE: &str = "ca.pem";
+/// Exists on a booted node while PID 1 still loads the kernel modules containers need
+/// (overlay, veth, bridge, netfilter) in the background; the executor waits for it to go
+/// before it starts a container.
+pub const CONTAINER_MODULES_LOADING: &str = "/run/plinth/container-modules.loading";
 /// The common name of the master's own certificate from the cluster CA; the CA never
 /// signs it for a node, so it marks the master among callers with cluster certificates.
 pub const MASTER_COMMON_NAME: &str = "plinth-master";

@@ -9,9 +9,11 @@
 //! same for a task whose executor died.
 //!
 //! - [`spec`]: the OCI runtime spec from image config + app (pure).
+//! - [`kernel_modules`]: waiting for a booting node's background module load.
 //! - [`network`]: bridge, IPAM, named network namespaces, veth pairs.
 //! - [`proxy`]: host port → container port forwarding (userland).
 //! - [`run`]: libcontainer create/start/delete.
+pub mod kernel_modules;
 pub mod network;
 pub mod proxy;
 pub mod run;
@@ -193,6 +195,8 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     let params = spec::docker_parameters(app)?;
     // A container of a crashed executor with this id would make create fail.
     run::delete(&id, &state_root)?;
+    // On a node still loading overlay/veth/bridge at boot, wait for them.
+    kernel_modules::wait_for_node();
 
     let mut session = Session {
         id: id.clone(),

@@ -174,6 +174,11 @@ pub enum Phase {
     LoadModules(Vec<String>),
     /// Load the modules whose modalias patterns match devices under /sys.
     LoadHardwareModules,
+    /// Load these modules on a thread of their own while the boot goes on: what only
+    /// containers need (overlay, veth, bridge, netfilter), so the role starts without
+    /// waiting for them. `CONTAINER_MODULES_LOADING` exists until they are in; the
+    /// executor waits for it before it starts a container.
+    LoadModulesInBackground(Vec<String>),
     Loopback,
     Network(Vec<NetConfig>),
     Hostname(HostnameSource),
@@ -198,6 +203,7 @@ impl Phase {
             Phase::TrapCtrlAltDel => "trap ctrl-alt-del".into(),
             Phase::LoadModules(m) => format!("load {} modules", m.len()),
             Phase::LoadHardwareModules => "hardware modules".into(),
+            Phase::LoadModulesInBackground(m) => format!("load {} modules in the background", m.len()),
             Phase::Loopback => "loopback".into(),
             Phase::Network(n) => format!("network ({} interfaces)", n.len()),
             Phase::Hostname(_) => "hostname".into(),
@@ -270,14 +276,15 @@ pub fn plan(cmdline: &KernelCmdline) -> Result<Vec<Phase>, PlanError> {
     phases.push(Phase::TrapCtrlAltDel);
 
     let mut modules: Vec<String> = BASE_MODULES.iter().map(|m| m.to_string()).collect();
-    if role.runs_agent() {
-        modules.extend(CONTAINER_MODULES.iter().map(|m| m.to_string()));
-    }
     if let Some(extra) = cmdline.get("plinth.modules") {
         modules.extend(extra.split(',').filter(|m| !m.is_empty()).map(str::to_string));
     }
     phases.push(Phase::LoadModules(modules));
     phases.push(Phase::LoadHardwareModules);
+    if role.runs_agent() {
+        // Disks and NICs first (the network needs them); containers' modules meanwhile.
+        phases.push(Phase::LoadModulesInBackground(CONTAINER_MODULES.iter().map(|m| m.to_string()).collect()));
+    }
     phases.push(Phase::Loopback);
     if !network.is_empty() {
         phases.push(Phase::Network(network));
@@ -346,6 +353,16 @@ mod tests {
             .expect("plan loads modules")
     }
 
+    fn background_modules(phases: &[Phase]) -> &[String] {
+        phases
+            .iter()
+            .find_map(|p| match p {
+                Phase::LoadModulesInBackground(m) => Some(m.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     fn facts() -> NodeFacts {
         NodeFacts {
             hostname: "node-a".into(),
@@ -381,7 +398,14 @@ mod tests {
             phases.iter().find(|p| matches!(p, Phase::Network(_))),
             Some(&Phase::Network(vec![NetConfig::Dhcp { iface: None }]))
         );
-        assert!(modules(&phases).contains(&"overlay".to_string()), "standalone runs containers");
+        assert!(background_modules(&phases).contains(&"overlay".to_string()), "standalone runs containers");
+        assert!(!modules(&phases).contains(&"overlay".to_string()), "containers' modules do not hold the boot up");
+        let pos = |f: &dyn Fn(&Phase) -> bool| phases.iter().position(|p| f(p)).expect("phase present");
+        assert!(
+            pos(&|p| matches!(p, Phase::LoadHardwareModules))
+                < pos(&|p| matches!(p, Phase::LoadModulesInBackground(_))),
+            "NIC and disk drivers first"
+        );
         let l = launch(&phases);
         assert_eq!(l.role, Role::Standalone);
         let cmd = role_args(l, &facts());
@@ -409,6 +433,7 @@ mod tests {
     fn master_has_no_container_modules_and_no_agent_flags() {
         let phases = plan_of("plinth.role=master plinth.hostname=m1").expect("valid");
         assert!(!modules(&phases).contains(&"overlay".to_string()));
+        assert!(background_modules(&phases).is_empty(), "a master runs no containers");
         assert!(phases.contains(&Phase::Hostname(HostnameSource::Explicit("m1".into()))));
         let cmd = role_args(launch(&phases), &facts());
         assert_eq!(cmd.args, ["master", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/plinth/master"]);
