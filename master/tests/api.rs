@@ -654,3 +654,26 @@ async fn post_apps_refuses_dependency_cycles_as_groups_do() -> Result<()> {
     assert_eq!(h.app_ids().await?, vec!["/shop/web".to_string()], "refused apps are not created");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_clashing_or_out_of_range_service_port_is_a_422_naming_both_apps() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start(dir.path()).await?;
+    let sinatra = |id: &str, port: u64| {
+        json!({"id": id, "instances": 0, "container": {"type": "DOCKER", "docker": {"image": "greeter", "network": "BRIDGE"},
+            "portMappings": [{"containerPort": 3000, "hostPort": 0, "servicePort": port, "protocol": "tcp"}]}})
+    };
+    assert_eq!(h.post("/v2/apps", sinatra("/hello-sinatra", 9000)).await?.0, 201);
+    let before = h.get("/v2/apps").await?.1;
+    let (status, body) = h.post("/v2/apps", sinatra("/copycat", 9000)).await?;
+    assert_eq!(status, 422, "{body}");
+    let error = body["details"][0]["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("/copycat") && error.contains("/hello-sinatra") && error.contains("9000"), "{body}");
+    let (status, body) = h.put("/v2/apps/copycat", json!({"cmd": "x", "portDefinitions": [{"port": 9000}]})).await?;
+    assert_eq!(status, 422, "a PUT that creates is checked too: {body}");
+    let (status, body) = h.post("/v2/apps", sinatra("/too-high", 31005)).await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["details"][0]["errors"][0].as_str().unwrap_or_default().contains("31005"), "{body}");
+    assert_eq!(h.get("/v2/apps").await?.1, before, "refused apps change nothing");
+    Ok(())
+}

@@ -14,6 +14,7 @@ mod groups;
 mod health;
 mod liveness;
 mod placement;
+mod ports;
 mod queries;
 mod supervision;
 
