@@ -328,7 +328,14 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     // Long-poll until the desired state carries the task.
     let mut generation = 0;
     let spec = loop {
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 2000 };
+        let request = SyncRequest {
+            agent_id: agent_id.as_str().into(),
+            generation,
+            tasks: vec![],
+            wait_ms: 2000,
+            services_generation: None,
+            services_drained: None,
+        };
         let (status, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         assert_eq!(status, 200, "{body}");
         let response: SyncResponse = serde_json::from_value(body)?;
@@ -479,12 +486,21 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
                 generation: 0,
                 tasks: vec![],
                 wait_ms: 0,
+                services_generation: None,
+                services_drained: None,
             })?,
         )
         .await?;
     let mut generation = first["desired"]["generation"].as_u64().unwrap_or(0);
     let poll = {
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 4000 };
+        let request = SyncRequest {
+            agent_id: agent_id.as_str().into(),
+            generation,
+            tasks: vec![],
+            wait_ms: 4000,
+            services_generation: None,
+            services_drained: None,
+        };
         let http = h.http.clone();
         let url = format!("{}/agent/v1/sync", h.base);
         tokio::spawn(async move {
@@ -506,7 +522,14 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
                 break task;
             }
         }
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 2000 };
+        let request = SyncRequest {
+            agent_id: agent_id.as_str().into(),
+            generation,
+            tasks: vec![],
+            wait_ms: 2000,
+            services_generation: None,
+            services_drained: None,
+        };
         let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         desired = serde_json::from_value::<SyncResponse>(body)?.desired;
     };
@@ -548,6 +571,8 @@ async fn a_restarted_master_keeps_tasks_and_adopts_them_when_the_agent_returns()
                 generation,
                 tasks: vec![],
                 wait_ms: 0,
+                services_generation: None,
+                services_drained: None,
             })?,
         )
         .await?;

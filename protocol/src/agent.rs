@@ -169,6 +169,15 @@ pub struct SyncRequest {
     /// Long-poll: hold the answer up to this long while nothing changes.
     #[serde(default)]
     pub wait_ms: u64,
+    /// Generation of the [`ServiceTable`] the agent's balancer applied; `None` from an
+    /// agent that runs no balancer (the master then waits for no confirmation from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_generation: Option<u64>,
+    /// The newest table generation whose removed backends have no connection left through
+    /// this agent's balancer (at most `services_generation`); the master kills a drained
+    /// task once every agent reports a generation without it. Absent: `services_generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_drained: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +190,71 @@ pub struct SyncResponse {
     /// The master's cluster; the agent applies no desired state of another cluster.
     #[serde(default)]
     pub cluster_id: Option<ClusterId>,
+    /// Present when the service table is newer than the one the agent's balancer applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceTable>,
+}
+
+/// Every app's service ports and the backends that take their traffic, the same for every
+/// agent (each agent balances every app). A task leaves it before the master kills it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTable {
+    pub generation: u64,
+    pub services: Vec<Service>,
+}
+
+/// One service port of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub app_id: AppId,
+    pub service_port: u16,
+    pub protocol: ServiceProtocol,
+    /// marathon-lb's `HAPROXY_GROUP` label; agents started with `--lb-group` serve only theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `HAPROXY_{n}_BALANCE` (`roundrobin`, `leastconn`).
+    #[serde(default)]
+    pub balance: Balance,
+    /// `HAPROXY_{n}_VHOST`: host names routed to this port by the HTTP frontend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhosts: Vec<String>,
+    /// Tasks that are running, healthy (when checked), ready and not draining.
+    pub backends: Vec<Backend>,
+}
+
+/// Transport of a service port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for ServiceProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// How a balancer picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+/// One task's address for a service port: its agent's address and the task's host port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub task_id: TaskId,
+    pub host: String,
+    pub port: u16,
 }
 
 /// The whole set of tasks an agent should run. Tasks absent from it are killed.

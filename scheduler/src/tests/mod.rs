@@ -16,6 +16,7 @@ mod liveness;
 mod placement;
 mod ports;
 mod queries;
+mod services;
 mod supervision;
 
 pub(crate) fn core() -> Core {
