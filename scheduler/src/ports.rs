@@ -48,8 +48,11 @@ impl Core {
         let old: Vec<u16> = previous.map(service_ports_of).unwrap_or_default();
         let (low, high) = self.config.service_ports;
         // Explicit ports first, so a port assigned for a 0 never takes one named later.
-        for port in service_ports_of(def).into_iter().filter(|p| *p > 0) {
-            self.claim_explicit(&id, port, &mut used)?;
+        // `requirePorts` port definitions are the tasks' own host ports, not balanced.
+        if !host_ports_only(def) {
+            for port in service_ports_of(def).into_iter().filter(|p| *p > 0) {
+                self.claim_explicit(&id, port, &mut used)?;
+            }
         }
         let next_free = |index: usize, used: &mut HashMap<u16, AppId>| -> Result<u16, CoreError> {
             if let Some(p) = old.get(index).copied().filter(|p| *p > 0 && !used.contains_key(p)) {
@@ -87,6 +90,12 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// `requirePorts` with port definitions: the ports are the host ports tasks bind (as in
+/// Marathon), so no balancer may listen on them.
+pub(crate) fn host_ports_only(def: &AppDefinition) -> bool {
+    def.require_ports && !matches!(def.network_mode(), NetworkMode::Bridge) && def.container_port_mappings().is_none()
 }
 
 /// Host ports a task needs, in order: `Some(port)` fixed, `None` any from the offer.

@@ -255,6 +255,7 @@ pub(crate) fn bindings(def: &AppDefinition) -> Vec<Binding> {
                 }
             }
         }
+        _ if crate::ports::host_ports_only(def) => {}
         _ => {
             for (index, d) in def.port_definitions.iter().flatten().enumerate() {
                 if let Some(service_port) = port(d.port) {

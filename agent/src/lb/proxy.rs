@@ -19,6 +19,8 @@ pub(crate) async fn serve(mut client: TcpStream, frontend: Arc<Frontend>) {
     frontend.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     for backend in frontend.candidates() {
+        // Counted open from before the connect: a drain must not miss a connection in the making.
+        let open = Open::new(backend.clone(), &frontend);
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await;
         let mut upstream = match attempt {
             Ok(Ok(upstream)) => upstream,
@@ -34,7 +36,7 @@ pub(crate) async fn serve(mut client: TcpStream, frontend: Arc<Frontend>) {
             }
         };
         let _ = upstream.set_nodelay(true);
-        let open = Open::new(backend, &frontend);
+        backend.total.fetch_add(1, Ordering::Relaxed);
         let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         if let Ok((to_backend, to_client)) = copied {
             open.backend.bytes_in.fetch_add(to_backend, Ordering::Relaxed);
@@ -55,7 +57,6 @@ struct Open {
 impl Open {
     fn new(backend: Arc<BackendStats>, frontend: &Frontend) -> Self {
         backend.active.fetch_add(1, Ordering::Relaxed);
-        backend.total.fetch_add(1, Ordering::Relaxed);
         Open { backend, drained: frontend.drained.clone() }
     }
 }

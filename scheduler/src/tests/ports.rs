@@ -51,3 +51,14 @@ fn an_explicit_service_port_above_the_range_is_refused_and_zero_is_assigned_from
     let outcome = c.put_app(next, t(4), true).unwrap();
     assert_eq!(port(&outcome.app), 10_000, "stable across versions");
 }
+
+#[test]
+fn require_ports_definitions_are_host_ports_and_never_clash_as_service_ports() {
+    let mut c = core();
+    let fixed = |id: &str| {
+        app(json!({"id": id, "cmd": "x", "instances": 1, "portDefinitions": [{"port": 31001}], "requirePorts": true}))
+    };
+    c.create_app(fixed("/one"), t(1)).unwrap();
+    c.create_app(fixed("/two"), t(2)).expect("host ports compete for agents, not for service ports");
+    assert!(c.service_table().services.is_empty(), "no balancer listens on a task's own host port");
+}
