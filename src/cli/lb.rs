@@ -69,7 +69,14 @@ fn render(agents: &Value) -> String {
             };
             let backends = f["backends"].as_array().cloned().unwrap_or_default();
             if backends.is_empty() {
-                rows.push(vec![port.clone(), text(f, "app_id"), text(f, "balance"), state.clone(), "-".into(), String::new()]);
+                rows.push(vec![
+                    port.clone(),
+                    text(f, "app_id"),
+                    text(f, "balance"),
+                    state.clone(),
+                    "-".into(),
+                    String::new(),
+                ]);
             }
             for b in backends {
                 let counters = format!(

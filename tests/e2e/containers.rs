@@ -13,17 +13,17 @@ use std::path::Path;
 /// Where the upstream registry listens, inside the master's namespace (as in the
 /// Marathon tutorial, the image name is `127.0.0.1:5000/...`).
 const UPSTREAM: &str = "127.0.0.1:5000";
-const HELLO: &str = "127.0.0.1:5000/demo/hello";
+pub(crate) const HELLO: &str = "127.0.0.1:5000/demo/hello";
 
 /// A cluster whose master runs its registry on its own address and treats the upstream
 /// on its loopback as plain HTTP, with `demo/hello:latest` pushed upstream.
-struct ImageCluster {
-    cluster: Cluster,
+pub(crate) struct ImageCluster {
+    pub(crate) cluster: Cluster,
     upstream: Registry,
 }
 
 impl ImageCluster {
-    fn start(test: &str, agents: usize, agent_flags: &[&str]) -> ImageCluster {
+    pub(crate) fn start(test: &str, agents: usize, agent_flags: &[&str]) -> ImageCluster {
         let mut cluster = Cluster::new(test);
         let gateway = cluster.gateway().octets();
         // The master is the first host after the gateway.
@@ -42,7 +42,7 @@ impl ImageCluster {
 }
 
 /// GET `http://ip:port/greet/NAME` until it answers 200; returns the body.
-fn greet(ip: &str, port: u64, name: &str) -> String {
+pub(crate) fn greet(ip: &str, port: u64, name: &str) -> String {
     wait_until(&format!("{ip}:{port} to greet"), secs(30), || {
         let reply = Http::new(format!("http://{ip}:{port}")).try_get(&format!("/greet/{name}"))?;
         if reply.status == 200 {
@@ -62,7 +62,7 @@ fn task_ip(cluster: &Cluster, task: &Value) -> String {
 }
 
 /// The classic Mesos + Marathon tutorial app, unchanged but for the image name.
-fn hello_sinatra() -> Value {
+pub(crate) fn hello_sinatra() -> Value {
     json!({"id":"hello-sinatra","cpus":0.5,"mem":128,"instances":1,"container":{"type":"DOCKER",
       "docker":{"image":HELLO,"network":"BRIDGE","portMappings":
       [{"containerPort":3000,"hostPort":0,"servicePort":9000,"protocol":"tcp"}]}}})

@@ -25,6 +25,7 @@ mod health_marathon;
 mod marathon_client;
 mod pxe_boot;
 mod pxe_vagrant;
+mod service_lb;
 mod ui;
 mod vm_cluster;
 mod vm_faults;
