@@ -315,3 +315,63 @@ fn a_killed_agents_backends_leave_the_other_balancers_and_do_not_come_back_stale
         Ok(())
     });
 }
+
+/// A connection through the balancer that has sent half a request (the greeter waits for
+/// the end of the request line).
+fn half_request(ip: &str, name: &str) -> TcpStream {
+    let addr: SocketAddr = format!("{ip}:{SERVICE_PORT}").parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&addr, secs(5)).expect("connect through the balancer");
+    stream.set_read_timeout(Some(secs(20))).unwrap();
+    stream.write_all(format!("GET /greet/{name} HTTP/1.0").as_bytes()).unwrap();
+    stream
+}
+
+#[test]
+fn open_connections_finish_before_a_drained_task_is_killed() {
+    let ic = ImageCluster::start("lb-drain", 1, &[]);
+    let cluster = &ic.cluster;
+    let mut app = checked_sinatra(3, "/greet/health", 3);
+    app["labels"] = json!({"PLINTH_DRAIN_SECONDS": "60"});
+    cluster.api().post("/v2/apps", &app).expect_status(201);
+    cluster.wait_for_running("/hello-sinatra", 3, secs(120));
+    wait_for_backends(cluster, &["agent-1"], 3);
+    let ip = cluster.node("agent-1").host.ip.to_string();
+    // Round robin: three connections, one on each task.
+    let mut open: Vec<TcpStream> = (0..3).map(|i| half_request(&ip, &format!("slow{i}"))).collect();
+    wait_until("one open connection on each backend", secs(10), || {
+        let view = lb(cluster, "agent-1");
+        let active: Vec<u64> = view["frontends"][0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["active_connections"].as_u64().unwrap_or(0))
+            .collect();
+        if active == [1, 1, 1] {
+            Ok(())
+        } else {
+            Err(format!("{view}"))
+        }
+    });
+
+    cluster.api().put("/v2/apps/hello-sinatra", &json!({"instances": 1})).expect_status(200);
+    wait_for_backends(cluster, &["agent-1"], 1);
+    let killing = || cluster.tasks("/hello-sinatra").iter().filter(|t| t["state"] == json!("TASK_KILLING")).count();
+    assert_eq!(killing(), 2, "{:?}", cluster.tasks("/hello-sinatra"));
+    // The drained tasks keep running while their connections are open.
+    holds_for("drained tasks with open connections to stay", secs(3), || match killing() {
+        2 => Ok(()),
+        n => Err(format!("{n} tasks killing")),
+    });
+    let started = Instant::now();
+    for (i, mut stream) in open.drain(..).enumerate() {
+        stream.write_all(b"\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with(&format!("Hello slow{i}!")), "connection {i}: {answer:?}");
+        // Closed as an HTTP/1.0 client does: that is when the balancer counts it done.
+        drop(stream);
+    }
+    // Their last connection ended: the kill follows, long before the 60 s drain timeout.
+    cluster.wait_for_running("/hello-sinatra", 1, secs(20));
+    assert!(started.elapsed() < secs(20));
+}
