@@ -4,7 +4,8 @@
 //!   reconnect; carries the tasks the agent still runs, so a restarted master adopts them.
 //! - `POST /agent/v1/sync` [`SyncRequest`] → [`SyncResponse`]: the heartbeat. The master
 //!   answers with the agent's whole desired task set when its generation is newer than the
-//!   one the agent applied (long-polls up to `wait_ms` for a change).
+//!   one the agent applied (long-polls up to `wait_ms` for a change), and the
+//!   [`ServiceTable`] when it is newer than the one the agent's balancer applied.
 //! - `POST /agent/v1/status` [`StatusBatch`] → [`StatusAck`]: task state changes. The agent
 //!   keeps each update in its checkpointed outbox and resends it until acknowledged.
 //! - `POST /agent/v1/join` [`JoinRequest`] → [`Joined`]: a PXE-booted agent's one exchange

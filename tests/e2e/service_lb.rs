@@ -319,10 +319,10 @@ fn a_killed_agents_backends_leave_the_other_balancers_and_do_not_come_back_stale
 /// A connection through the balancer that has sent half a request (the greeter waits for
 /// the end of the request line).
 fn half_request(ip: &str, name: &str) -> TcpStream {
-    let addr: SocketAddr = format!("{ip}:{SERVICE_PORT}").parse().unwrap();
+    let addr: SocketAddr = format!("{ip}:{SERVICE_PORT}").parse().expect("an agent's address");
     let mut stream = TcpStream::connect_timeout(&addr, secs(5)).expect("connect through the balancer");
-    stream.set_read_timeout(Some(secs(20))).unwrap();
-    stream.write_all(format!("GET /greet/{name} HTTP/1.0").as_bytes()).unwrap();
+    stream.set_read_timeout(Some(secs(20))).expect("a read timeout");
+    stream.write_all(format!("GET /greet/{name} HTTP/1.0").as_bytes()).expect("half a request sent");
     stream
 }
 
