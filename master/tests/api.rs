@@ -328,14 +328,7 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     // Long-poll until the desired state carries the task.
     let mut generation = 0;
     let spec = loop {
-        let request = SyncRequest {
-            agent_id: agent_id.as_str().into(),
-            generation,
-            tasks: vec![],
-            wait_ms: 2000,
-            services_generation: None,
-            services_drained: None,
-        };
+        let request = SyncRequest { wait_ms: 2000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let (status, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         assert_eq!(status, 200, "{body}");
         let response: SyncResponse = serde_json::from_value(body)?;
@@ -478,29 +471,11 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
         .await?;
     let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
     // Learn the current generation, then long-poll: creating the app must wake us early.
-    let (_, first) = h
-        .post(
-            "/agent/v1/sync",
-            serde_json::to_value(SyncRequest {
-                agent_id: agent_id.as_str().into(),
-                generation: 0,
-                tasks: vec![],
-                wait_ms: 0,
-                services_generation: None,
-                services_drained: None,
-            })?,
-        )
-        .await?;
+    let (_, first) =
+        h.post("/agent/v1/sync", serde_json::to_value(SyncRequest::new(agent_id.as_str().into(), 0))?).await?;
     let mut generation = first["desired"]["generation"].as_u64().unwrap_or(0);
     let poll = {
-        let request = SyncRequest {
-            agent_id: agent_id.as_str().into(),
-            generation,
-            tasks: vec![],
-            wait_ms: 4000,
-            services_generation: None,
-            services_drained: None,
-        };
+        let request = SyncRequest { wait_ms: 4000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let http = h.http.clone();
         let url = format!("{}/agent/v1/sync", h.base);
         tokio::spawn(async move {
@@ -522,14 +497,7 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
                 break task;
             }
         }
-        let request = SyncRequest {
-            agent_id: agent_id.as_str().into(),
-            generation,
-            tasks: vec![],
-            wait_ms: 2000,
-            services_generation: None,
-            services_drained: None,
-        };
+        let request = SyncRequest { wait_ms: 2000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         desired = serde_json::from_value::<SyncResponse>(body)?.desired;
     };
@@ -563,19 +531,8 @@ async fn a_restarted_master_keeps_tasks_and_adopts_them_when_the_agent_returns()
     assert_eq!(got["app"]["tasks"][0]["state"], "TASK_RUNNING");
 
     // The agent's next heartbeat is told to re-register; it does, reporting its task.
-    let (_, body) = h
-        .post(
-            "/agent/v1/sync",
-            serde_json::to_value(SyncRequest {
-                agent_id: agent_id.as_str().into(),
-                generation,
-                tasks: vec![],
-                wait_ms: 0,
-                services_generation: None,
-                services_drained: None,
-            })?,
-        )
-        .await?;
+    let (_, body) =
+        h.post("/agent/v1/sync", serde_json::to_value(SyncRequest::new(agent_id.as_str().into(), generation))?).await?;
     assert_eq!(body["reregister"], true, "{body}");
     let mut again = registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]");
     again.agent_id = Some(agent_id.as_str().into());

@@ -181,6 +181,21 @@ pub struct SyncRequest {
     pub services_drained: Option<u64>,
 }
 
+impl SyncRequest {
+    /// A heartbeat reporting no tasks, waiting for nothing, from an agent with no balancer;
+    /// callers add the rest with struct update syntax.
+    pub fn new(agent_id: AgentId, generation: u64) -> Self {
+        SyncRequest {
+            agent_id,
+            generation,
+            tasks: Vec::new(),
+            wait_ms: 0,
+            services_generation: None,
+            services_drained: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncResponse {
     /// Present when the master's generation for this agent is newer than the agent's.

@@ -28,17 +28,7 @@ fn a_restarted_master_adopts_running_tasks() {
         groups: Vec::new(),
     };
     let mut restored = Core::restore(CoreConfig::default(), Box::new(uuid::Uuid::new_v4), snapshot, t(100));
-    let resp = restored.sync_agent(
-        &SyncRequest {
-            agent_id: a.clone(),
-            generation: 3,
-            tasks: vec![],
-            wait_ms: 0,
-            services_generation: None,
-            services_drained: None,
-        },
-        t(101),
-    );
+    let resp = restored.sync_agent(&SyncRequest::new(a.clone(), 3), t(101));
     assert!(resp.reregister, "an agent unknown to this process must re-register");
     restored.register_agent(
         Registration {

@@ -16,14 +16,7 @@ fn sinatra(instances: i64, labels: serde_json::Value) -> AppDefinition {
 /// A sync from an agent whose balancer applied `services` (and every desired state).
 fn sync(c: &mut Core, agent: &AgentId, services: u64, now: Timestamp) -> SyncResponse {
     let generation = c.agents().find(|a| &a.record.id == agent).map_or(0, |a| a.record.generation);
-    let request = SyncRequest {
-        agent_id: agent.clone(),
-        generation,
-        tasks: vec![],
-        wait_ms: 0,
-        services_generation: Some(services),
-        services_drained: None,
-    };
+    let request = SyncRequest { services_generation: Some(services), ..SyncRequest::new(agent.clone(), generation) };
     c.sync_agent(&request, now)
 }
 
@@ -115,12 +108,9 @@ fn a_scaled_down_task_is_killed_only_after_every_agent_confirmed_a_table_without
     // b applied the table but still carries a connection to the task: not yet.
     let generation = c.agents().find(|x| x.record.id == b).unwrap().record.generation;
     let request = SyncRequest {
-        agent_id: b.clone(),
-        generation,
-        tasks: vec![],
-        wait_ms: 0,
         services_generation: Some(table.generation),
         services_drained: Some(table.generation - 1),
+        ..SyncRequest::new(b.clone(), generation)
     };
     assert!(c.sync_agent(&request, t(13)).services.is_none(), "an applied table is not resent while draining");
     assert_eq!(kill_flag(&c, &task.agent_id, &task.id), Some(false), "a connection is still open through b");
@@ -167,14 +157,7 @@ fn a_task_that_serves_nothing_is_killed_at_once() {
     let (mut c, a, b, _) = cluster(1, json!({}));
     for agent in [&a, &b] {
         let generation = c.agents().find(|x| &x.record.id == agent).unwrap().record.generation;
-        let request = SyncRequest {
-            agent_id: agent.clone(),
-            generation,
-            tasks: vec![],
-            wait_ms: 0,
-            services_generation: None,
-            services_drained: None,
-        };
+        let request = SyncRequest::new(agent.clone(), generation);
         c.sync_agent(&request, t(20));
     }
     let task = c.tasks().next().cloned().unwrap();
