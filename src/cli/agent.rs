@@ -11,7 +11,12 @@ const DEFAULT_AGENT_PORT: u16 = 5051;
 /// GETs `/v1/tasks/ID/WHAT` from the agent that runs the task.
 pub(super) async fn agent_call(master: &MasterClient, task: &str, what: &str) -> anyhow::Result<Value> {
     let agent = locate_task(master, task).await?;
-    let url = format!("{agent}/v1/tasks/{task}/{what}");
+    get_json(master, &agent, &format!("/v1/tasks/{task}/{what}")).await
+}
+
+/// GETs `PATH` from the agent at `agent` (its base URL) and parses the JSON answer.
+pub(super) async fn get_json(master: &MasterClient, agent: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{agent}{path}");
     let response = master
         .http
         .get(&url)

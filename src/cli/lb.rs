@@ -4,8 +4,8 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::agent::agent_url;
-use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
+use super::agent::{agent_url, get_json};
+use super::master::MasterClient;
 use super::render::{display, output, table, text};
 
 pub async fn status(master: &MasterClient, json_out: bool, agent: Option<&str>) -> anyhow::Result<()> {
@@ -27,26 +27,10 @@ pub async fn status(master: &MasterClient, json_out: bool, agent: Option<&str>) 
     let mut agents = Vec::new();
     for slave in chosen {
         let url = agent_url(slave).with_context(|| format!("no address for agent {}", text(slave, "hostname")))?;
-        let lb = fetch(master, &format!("{url}/v1/lb")).await?;
+        let lb = get_json(master, &url, "/v1/lb").await?;
         agents.push(json!({"agent": text(slave, "hostname"), "id": text(slave, "id"), "lb": lb}));
     }
     output(json_out, &Value::Array(agents), render)
-}
-
-async fn fetch(master: &MasterClient, url: &str) -> anyhow::Result<Value> {
-    let response = master
-        .http
-        .get(url)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {url}"))?;
-    let status = response.status();
-    let body = response.bytes().await.with_context(|| format!("cannot read the answer of {url}"))?;
-    if !status.is_success() {
-        return Err(api_error(Method::GET, url, status, &body).into());
-    }
-    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
 /// One table per agent: a row per backend (a frontend without backends gets one row).
