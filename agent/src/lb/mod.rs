@@ -157,3 +157,6 @@ impl Balancer {
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
 }
+
+#[cfg(test)]
+mod tests;
