@@ -375,3 +375,24 @@ fn open_connections_finish_before_a_drained_task_is_killed() {
     cluster.wait_for_running("/hello-sinatra", 1, secs(20));
     assert!(started.elapsed() < secs(20));
 }
+
+#[test]
+fn plinth_standalone_balances_an_assigned_service_port_too() {
+    let mut cluster = Cluster::new("lb-standalone");
+    cluster.start_standalone("solo");
+    let ip = cluster.node("solo").host.ip;
+    let api = Http::new(format!("http://{ip}:{MASTER_PORT}"));
+    let app = json!({"id": "/web", "cmd": "python3 -m http.server $PORT0", "cpus": 0.1, "mem": 64,
+        "portDefinitions": [{"port": 0}]});
+    let created = api.post("/v2/apps", &app).expect_status(201);
+    let service_port = created.json["portDefinitions"][0]["port"].as_u64().expect("an assigned service port");
+    assert!((10_000..=20_000).contains(&service_port), "{}", created.text);
+    wait_until("the service port to answer on the box", secs(90), || {
+        let reply = Http::new(format!("http://{ip}:{service_port}")).try_get("/")?;
+        if reply.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("status {}", reply.status))
+        }
+    });
+}
