@@ -219,6 +219,9 @@ struct AgentArgs {
     /// Run no service balancer on this agent (the master then waits for no drain from it).
     #[arg(long, env = "PLINTH_NO_LB")]
     no_lb: bool,
+    /// Also serve HTTP on this port, routed by Host to the apps' HAPROXY_{n}_VHOST (e.g. 80).
+    #[arg(long, env = "PLINTH_LB_HTTP_PORT")]
+    lb_http_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -529,7 +532,12 @@ fn agent_config(
             hidden_paths: args.hide_from_tasks.into_iter().chain(node.token_file.clone()).collect(),
         },
         stop_tasks_after_master_lost: args.stop_tasks_after_master_lost_secs.map(std::time::Duration::from_secs),
-        lb: plinth_agent::LbSettings { enabled: !args.no_lb, group: args.lb_group, ..Default::default() },
+        lb: plinth_agent::LbSettings {
+            enabled: !args.no_lb,
+            group: args.lb_group,
+            http_port: args.lb_http_port,
+            ..Default::default()
+        },
     }
 }
 

@@ -656,6 +656,12 @@ async fn a_clashing_or_out_of_range_service_port_is_a_422_naming_both_apps() -> 
     let (status, body) = h.post("/v2/apps", sinatra("/too-high", 31005)).await?;
     assert_eq!(status, 422, "{body}");
     assert!(body["details"][0]["errors"][0].as_str().unwrap_or_default().contains("31005"), "{body}");
+    let mut labelled = sinatra("/labelled", 0);
+    labelled["labels"] = json!({"HAPROXY_0_VHOST": "ok.example,not a host", "PLINTH_DRAIN_SECONDS": "-1"});
+    let (status, body) = h.post("/v2/apps", labelled).await?;
+    assert_eq!(status, 422, "{body}");
+    let paths: Vec<&str> = body["details"].as_array().unwrap().iter().filter_map(|d| d["path"].as_str()).collect();
+    assert_eq!(paths, ["/labels/HAPROXY_0_VHOST", "/labels/PLINTH_DRAIN_SECONDS"], "{body}");
     assert_eq!(h.get("/v2/apps").await?.1, before, "refused apps change nothing");
     Ok(())
 }

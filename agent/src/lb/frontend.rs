@@ -18,6 +18,7 @@ use super::stats::{BackendStats, FrontendSnapshot, FrontendStats};
 pub(crate) struct Route {
     pub app_id: AppId,
     pub balance: Balance,
+    pub vhosts: Vec<String>,
     pub backends: Vec<Arc<BackendStats>>,
 }
 
@@ -42,6 +43,7 @@ impl Frontend {
             route: RwLock::new(Route {
                 app_id: service.app_id.clone(),
                 balance: service.balance,
+                vhosts: service.vhosts.clone(),
                 backends: Vec::new(),
             }),
             cursor: AtomicUsize::new(0),
@@ -77,7 +79,12 @@ impl Frontend {
         for b in &gone {
             b.retired.store(true, Ordering::Relaxed);
         }
-        *route = Route { app_id: service.app_id.clone(), balance: service.balance, backends: next };
+        *route = Route {
+            app_id: service.app_id.clone(),
+            balance: service.balance,
+            vhosts: service.vhosts.clone(),
+            backends: next,
+        };
         gone
     }
 
@@ -115,6 +122,7 @@ impl Frontend {
             protocol: self.protocol,
             app_id: route.app_id,
             balance: route.balance,
+            vhosts: route.vhosts,
             error: self.error.lock().expect("error lock is never poisoned").clone(),
             stats: &self.stats,
             backends: route.backends,

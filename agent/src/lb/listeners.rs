@@ -50,7 +50,7 @@ pub(crate) fn start(frontend: &Arc<Frontend>, bind: IpAddr) -> Result<JoinHandle
     }
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // A restarted agent rebinds at once, whatever its old connections' TIME_WAIT.
     socket.set_reuseaddr(true)?;

@@ -7,9 +7,11 @@
 //! the task only then (or after its drain timeout).
 //!
 //! One job per file: `frontend.rs` (one service port's routing state), `listeners.rs`
-//! (sockets and accept loops), `select.rs` (backend order), `proxy.rs` (one TCP
+//! (sockets and accept loops), `http.rs` (the `--lb-http-port` frontend routing by
+//! `HAPROXY_{n}_VHOST`), `select.rs` (backend order), `proxy.rs` (one TCP
 //! connection), `udp.rs` (datagram flows), `stats.rs` (counters and their views).
 mod frontend;
+mod http;
 mod listeners;
 mod proxy;
 mod select;
@@ -36,11 +38,13 @@ pub struct LbSettings {
     pub group: Option<String>,
     /// The address service ports listen on (all of the agent's by default).
     pub bind: IpAddr,
+    /// `--lb-http-port`: an HTTP frontend routing by host name (`HAPROXY_{n}_VHOST`).
+    pub http_port: Option<u16>,
 }
 
 impl Default for LbSettings {
     fn default() -> Self {
-        LbSettings { enabled: true, group: None, bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED) }
+        LbSettings { enabled: true, group: None, bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED), http_port: None }
     }
 }
 
@@ -49,6 +53,9 @@ pub(crate) struct Balancer {
     inner: Mutex<Inner>,
     /// Woken when a retired backend's last connection ends.
     drained: Arc<Notify>,
+    /// The HTTP frontend's routes, and its listener (started with the first table).
+    vhosts: http::VhostMap,
+    http: Mutex<Option<Result<tokio::task::JoinHandle<()>, String>>>,
 }
 
 #[derive(Default)]
@@ -61,7 +68,13 @@ struct Inner {
 
 impl Balancer {
     pub fn new(settings: LbSettings) -> Self {
-        Balancer { settings, inner: Mutex::new(Inner::default()), drained: Arc::new(Notify::new()) }
+        Balancer {
+            settings,
+            inner: Mutex::new(Inner::default()),
+            drained: Arc::new(Notify::new()),
+            vhosts: http::VhostMap::default(),
+            http: Mutex::new(None),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -138,16 +151,44 @@ impl Balancer {
         }
         inner.retired.extend(retired.into_iter().map(|b| (generation, b)));
         inner.generation = generation;
+        let routes = wanted
+            .iter()
+            .flat_map(|s| s.vhosts.iter().map(move |h| (h.clone(), (s.service_port, s.protocol))))
+            .filter_map(|(host, key)| Some((host, inner.frontends.get(&key)?.clone())))
+            .collect();
+        *self.vhosts.write().expect("vhost lock is never poisoned") = routes;
+        self.start_http();
+    }
+
+    /// The `--lb-http-port` frontend, once (retried with each table while it cannot bind).
+    fn start_http(&self) {
+        let Some(port) = self.settings.http_port else { return };
+        let mut http = self.http.lock().expect("http lock is never poisoned");
+        if matches!(*http, Some(Ok(_))) {
+            return;
+        }
+        let started = http::start(port, self.settings.bind, self.vhosts.clone());
+        match &started {
+            Ok(_) => info!(port, "HTTP frontend open"),
+            Err(error) => warn!(port, %error, "HTTP frontend cannot be served"),
+        }
+        *http = Some(started);
     }
 
     /// `GET /v1/lb`.
     pub fn view(&self) -> LbView {
         let drained_generation = self.drained_generation().unwrap_or(0);
         let inner = self.lock();
+        let http_error = match &*self.http.lock().expect("http lock is never poisoned") {
+            Some(Err(error)) => Some(error.clone()),
+            _ => None,
+        };
         LbView {
             generation: inner.generation,
             drained_generation,
             group: self.settings.group.clone(),
+            http_port: self.settings.http_port,
+            http_error,
             frontends: inner.frontends.values().map(|f| f.snapshot().view()).collect(),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -15,7 +16,13 @@ use super::stats::BackendStats;
 /// A backend that has not answered a connect by then is skipped.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub(crate) async fn serve(mut client: TcpStream, frontend: Arc<Frontend>) {
+pub(crate) async fn serve(client: TcpStream, frontend: Arc<Frontend>) {
+    serve_with_head(client, frontend, Vec::new()).await;
+}
+
+/// [`serve`] for a connection whose first bytes (`head`) were read already (the HTTP
+/// frontend routes by them); they go to the backend first.
+pub(crate) async fn serve_with_head(mut client: TcpStream, frontend: Arc<Frontend>, head: Vec<u8>) {
     frontend.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     for backend in frontend.candidates() {
@@ -36,6 +43,13 @@ pub(crate) async fn serve(mut client: TcpStream, frontend: Arc<Frontend>) {
             }
         };
         let _ = upstream.set_nodelay(true);
+        if !head.is_empty() {
+            if upstream.write_all(&head).await.is_err() {
+                backend.failures.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            backend.bytes_in.fetch_add(head.len() as u64, Ordering::Relaxed);
+        }
         backend.total.fetch_add(1, Ordering::Relaxed);
         let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         if let Ok((to_backend, to_client)) = copied {

@@ -74,6 +74,10 @@ pub struct LbView {
     pub drained_generation: u64,
     /// `--lb-group`: only apps with this `HAPROXY_GROUP` are served (`None`: all).
     pub group: Option<String>,
+    /// `--lb-http-port`, and why it is not served if it is not.
+    pub http_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_error: Option<String>,
     pub frontends: Vec<FrontendView>,
 }
 
@@ -83,6 +87,9 @@ pub struct FrontendView {
     pub protocol: ServiceProtocol,
     pub app_id: AppId,
     pub balance: Balance,
+    /// Host names the HTTP frontend routes here (`HAPROXY_{n}_VHOST`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhosts: Vec<String>,
     /// False when the port could not be bound (`error` says why).
     pub listening: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +116,7 @@ pub(crate) struct FrontendSnapshot<'a> {
     pub protocol: ServiceProtocol,
     pub app_id: AppId,
     pub balance: Balance,
+    pub vhosts: Vec<String>,
     pub error: Option<String>,
     pub stats: &'a FrontendStats,
     pub backends: Vec<std::sync::Arc<BackendStats>>,
@@ -121,6 +129,7 @@ impl FrontendSnapshot<'_> {
             protocol: self.protocol,
             app_id: self.app_id.clone(),
             balance: self.balance,
+            vhosts: self.vhosts.clone(),
             listening: self.error.is_none(),
             error: self.error.clone(),
             connections: self.stats.connections.load(Ordering::Relaxed),

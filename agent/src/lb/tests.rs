@@ -41,7 +41,7 @@ fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: 
 }
 
 fn balancer(group: Option<&str>) -> Balancer {
-    Balancer::new(LbSettings { enabled: true, group: group.map(str::to_string), bind: LOOPBACK })
+    Balancer::new(LbSettings { enabled: true, group: group.map(str::to_string), bind: LOOPBACK, http_port: None })
 }
 
 async fn ask(port: u16) -> std::io::Result<String> {
@@ -170,4 +170,31 @@ async fn udp_datagrams_are_forwarded_per_flow_and_answered() {
     let view = lb.view();
     assert_eq!(view.frontends[0].connections, 1, "one flow: {view:?}");
     assert_eq!(view.frontends[0].backends[0].bytes_out, 6);
+}
+
+#[tokio::test]
+async fn the_http_frontend_routes_by_host_to_the_vhost_s_service_port() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let http_port = free_port();
+    let lb = Balancer::new(LbSettings { enabled: true, group: None, bind: LOOPBACK, http_port: Some(http_port) });
+    let mut sa = service(free_port(), ServiceProtocol::Tcp, None, &[("ta", a)]);
+    sa.vhosts = vec!["a.example".into()];
+    let mut sb = service(free_port(), ServiceProtocol::Tcp, None, &[("tb", b)]);
+    sb.app_id = AppId::parse("/other").unwrap();
+    sb.vhosts = vec!["b.example".into(), "www.b.example".into()];
+    lb.apply(ServiceTable { generation: 1, services: vec![sa, sb] });
+    let send = |head: &'static [u8]| async move {
+        let mut s = TcpStream::connect(SocketAddr::new(LOOPBACK, http_port)).await.unwrap();
+        s.write_all(head).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert_eq!(send(b"GET / HTTP/1.1\r\nHost: WWW.B.example:80\r\n\r\n").await, "b");
+    assert_eq!(send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await, "a");
+    assert!(send(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n").await.starts_with("HTTP/1.1 503"));
+    assert!(send(b"\x16\x03\x01garbage\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let view = lb.view();
+    assert_eq!((view.http_port, view.http_error.as_deref()), (Some(http_port), None));
+    assert!(view.frontends.iter().any(|f| f.vhosts == ["b.example", "www.b.example"]), "{view:?}");
 }

@@ -44,13 +44,17 @@ fn cluster(instances: i64, labels: serde_json::Value) -> (Core, AgentId, AgentId
 
 #[test]
 fn running_tasks_are_the_backends_of_their_service_port_on_every_agent() {
-    let (mut c, a, b, generation) = cluster(2, json!({"HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "leastconn"}));
+    let (mut c, a, b, generation) = cluster(
+        2,
+        json!({"HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "leastconn", "HAPROXY_0_VHOST": "Hello.example, www.hello.example"}),
+    );
     let table = c.service_table();
     assert_eq!(table.services.len(), 1);
     let service = &table.services[0];
     assert_eq!(service.app_id, AppId::parse("/hello-sinatra").unwrap());
     assert_eq!((service.service_port, service.protocol), (9000, ServiceProtocol::Tcp));
     assert_eq!((service.group.as_deref(), service.balance), (Some("external"), Balance::LeastConn));
+    assert_eq!(service.vhosts, ["hello.example", "www.hello.example"]);
     let mut backends: Vec<(String, u16)> = service.backends.iter().map(|x| (x.host.clone(), x.port)).collect();
     backends.sort();
     assert_eq!(backends, vec![("10.0.0.1".to_string(), 31000), ("10.0.0.2".to_string(), 31000)]);
