@@ -45,6 +45,7 @@ impl Core {
             }
         }
         self.agents.insert(id.clone(), state);
+        self.agent_services_dirty(&id);
         self.changes.agents.insert(id.clone());
         self.changes.notify_agents.insert(id.clone());
 

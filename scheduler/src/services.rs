@@ -3,7 +3,7 @@
 //! that keeps a planned kill from costing a request: the task leaves the table first and
 //! is killed once every balancing agent confirmed a table without it, or after the drain
 //! timeout (`PLINTH_DRAIN_SECONDS`, else [`crate::CoreConfig::drain_timeout_ms`]).
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use plinth_protocol::agent::{Backend, Balance, Service, ServiceProtocol, ServiceTable};
@@ -86,10 +86,13 @@ impl Core {
         if services.is_empty() {
             return services;
         }
-        for task in self.app_tasks(app_id).into_iter().filter(|t| self.serves(t)) {
+        // Bindings per version: a rolling upgrade has two, whatever the number of tasks.
+        let mut by_version: HashMap<&str, Vec<Binding>> = HashMap::new();
+        let tasks = self.tasks_by_app.get(app_id).into_iter().flatten().filter_map(|t| self.tasks.get(t));
+        for task in tasks.filter(|t| self.serves(t)) {
             let Some(task_def) = self.version_definition(&task.app_id, &task.version) else { continue };
             let host = self.agents.get(&task.agent_id).map_or(task.host.as_str(), |a| a.record.advertise_ip.as_str());
-            for b in bindings(task_def) {
+            for b in by_version.entry(task.version.as_str()).or_insert_with(|| bindings(task_def)).iter() {
                 let Some(port) = task.ports.get(b.host_port_index).copied() else { continue };
                 if let Some(service) =
                     services.iter_mut().find(|s| s.service_port == b.service_port && s.protocol == b.protocol)
@@ -110,10 +113,6 @@ impl Core {
         let mut dirty: HashSet<AppId> = std::mem::take(&mut self.services_dirty);
         dirty.extend(self.changes.apps.iter().cloned());
         dirty.extend(self.changes.tasks.iter().filter_map(|t| self.tasks.get(t)).map(|t| t.app_id.clone()));
-        for agent in &self.changes.agents {
-            let tasks = self.tasks_by_agent.get(agent).into_iter().flatten();
-            dirty.extend(tasks.filter_map(|t| self.tasks.get(t)).map(|t| t.app_id.clone()));
-        }
         let mut changed = false;
         for app_id in dirty {
             let services = self.app_services(&app_id);
@@ -200,6 +199,13 @@ impl Core {
     /// The definition a drained task keeps for its desired state.
     pub(crate) fn drain_definition(&self, id: &TaskId) -> Option<&AppDefinition> {
         self.draining.get(id).map(|d| &*d.definition)
+    }
+
+    /// An agent (re-)registered: its address may have changed, so its tasks' apps are recomputed.
+    pub(crate) fn agent_services_dirty(&mut self, agent: &AgentId) {
+        let tasks = self.tasks_by_agent.get(agent).into_iter().flatten().filter_map(|t| self.tasks.get(t));
+        let apps: Vec<AppId> = tasks.map(|t| t.app_id.clone()).collect();
+        self.services_dirty.extend(apps);
     }
 
     /// After a restart: drains the store recorded continue (only their timeout releases them).

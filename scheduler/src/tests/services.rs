@@ -168,3 +168,52 @@ fn a_task_that_serves_nothing_is_killed_at_once() {
     c.kill_tasks(KillTarget::Tasks(vec![task.id.clone()]), false, t(21), false).unwrap();
     assert_eq!(kill_flag(&c, &task.agent_id, &task.id), Some(true));
 }
+
+#[test]
+fn a_master_that_restarted_continues_above_the_table_an_agent_has() {
+    let (c, a, _b, generation) = cluster(1, json!({}));
+    let snapshot = Snapshot {
+        apps: c.apps().cloned().collect(),
+        app_versions: c
+            .apps()
+            .flat_map(|x| c.app_versions(&x.id).unwrap().into_iter().map(move |v| (x.id.clone(), v)))
+            .map(|(app, v)| (app.clone(), v.clone(), c.app_version(&app, &v).unwrap().clone()))
+            .collect(),
+        tasks: c.tasks().cloned().collect(),
+        agents: c.agents().map(|x| x.record.clone()).collect(),
+        deployments: vec![],
+        groups: vec![],
+    };
+    let table = c.service_table();
+    let mut restored = Core::restore(CoreConfig::default(), Box::new(uuid::Uuid::new_v4), snapshot, t(100));
+    let record = c.agents().find(|x| x.record.id == a).unwrap().record.clone();
+    restored.register_agent(
+        plinth_protocol::agent::Registration {
+            agent_id: Some(a.clone()),
+            hostname: record.hostname,
+            advertise_ip: record.advertise_ip,
+            http_port: 5051,
+            resources: record.resources,
+            attributes: record.attributes,
+            last_generation: record.generation,
+            tasks: c
+                .tasks()
+                .filter(|t| t.agent_id == a)
+                .map(|t| plinth_protocol::agent::TaskReport {
+                    task_id: t.id.clone(),
+                    app_id: t.app_id.clone(),
+                    version: t.version.clone(),
+                    state: TaskState::TaskRunning,
+                    host_ports: t.ports.clone(),
+                    resources: None,
+                    started_at: None,
+                })
+                .collect(),
+            version: "test".into(),
+        },
+        t(101),
+    );
+    let answer = sync(&mut restored, &a, generation, t(102)).services.expect("a table above the agent's");
+    assert!(answer.generation > generation);
+    assert_eq!(answer.services, table.services, "the same backends, rebuilt from the store");
+}
