@@ -114,6 +114,10 @@ fn the_tutorial_app_answers_on_its_service_port_of_every_agent_and_from_a_task()
     let frontend = view["frontends"].as_array().unwrap().iter().find(|f| f["port"] == json!(SERVICE_PORT)).unwrap();
     assert!(frontend["backends"][0]["total_connections"].as_u64().unwrap_or(0) >= 2, "{view}");
     assert!(frontend["backends"][0]["bytes_out"].as_u64().unwrap_or(0) > 0, "{view}");
+    let out = cluster.cli(&["app", "show", "/hello-sinatra"]);
+    let shown = stdout(&out);
+    let agent_2 = format!("{}:{SERVICE_PORT}", cluster.node("agent-2").host.ip);
+    assert!(shown.contains("9000/tcp") && shown.contains(&agent_2), "{shown}{}", stderr(&out));
     let metrics = cluster.agent_api("agent-2").get("/metrics").text;
     assert!(
         metrics.contains("plinth_lb_connections_total{port=\"9000\",protocol=\"tcp\",app_id=\"/hello-sinatra\"}"),
