@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use plinth_protocol::agent::{Backend, Balance, Service, ServiceProtocol, ServiceTable};
 use plinth_protocol::marathon::NetworkMode;
+use plinth_protocol::views::events::LbBackend;
 use plinth_protocol::{AgentId, AppDefinition, AppId, TaskId, Timestamp};
 
 use crate::model::{Readiness, TaskRecord};
@@ -120,6 +121,8 @@ impl Core {
                 continue;
             }
             changed = true;
+            let moved = backend_changes(self.services.get(&app_id).map_or(&[][..], Vec::as_slice), &services);
+            self.changes.lb_backends.extend(moved);
             if services.is_empty() {
                 self.services.remove(&app_id);
             } else {
@@ -221,6 +224,30 @@ impl Core {
         }
         self.services_dirty.extend(self.apps.keys().cloned());
     }
+}
+
+/// The backends new entries of an app added (`true`) and removed.
+fn backend_changes(old: &[Service], new: &[Service]) -> Vec<(bool, LbBackend)> {
+    let flatten = |services: &[Service]| -> Vec<LbBackend> {
+        services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| LbBackend {
+                    app_id: s.app_id.to_string(),
+                    task_id: b.task_id.to_string(),
+                    service_port: s.service_port,
+                    protocol: s.protocol.to_string(),
+                    host: b.host.clone(),
+                    port: b.port,
+                })
+            })
+            .collect()
+    };
+    let (old, new) = (flatten(old), flatten(new));
+    let (old_set, new_set): (HashSet<&LbBackend>, HashSet<&LbBackend>) = (old.iter().collect(), new.iter().collect());
+    let added = new.iter().filter(|b| !old_set.contains(b)).map(|b| (true, b.clone()));
+    let removed = old.iter().filter(|b| !new_set.contains(b)).map(|b| (false, b.clone()));
+    added.chain(removed).collect()
 }
 
 /// An app's drain timeout: its `PLINTH_DRAIN_SECONDS` label (validated by the API), else the default.

@@ -79,11 +79,13 @@ fn the_tutorial_app_answers_on_its_service_port_of_every_agent_and_from_a_task()
     let mut app = hello_sinatra();
     // agent-2 runs none of its tasks, and answers all the same.
     app["constraints"] = json!([["hostname", "CLUSTER", "agent-1"]]);
+    let events = EventStream::open(&format!("{}/v1/events", cluster.master_url()));
     cluster.api().post("/v2/apps", &app).expect_status(201);
     let task = cluster.wait_for_running("/hello-sinatra", 1, secs(90)).remove(0);
     assert_eq!(task["servicePorts"], json!([SERVICE_PORT]), "{task}");
     let backend = format!("{}:{}", cluster.node("agent-1").host.ip, task["ports"][0]);
     assert_eq!(wait_for_backends(cluster, &["agent-1", "agent-2"], 1), vec![backend.clone()]);
+    events.wait_for("lb_backend_added", secs(10));
     for agent in ["agent-1", "agent-2"] {
         let ip = cluster.node(agent).host.ip.to_string();
         let body =

@@ -82,11 +82,16 @@ fn a_task_joins_the_table_only_once_healthy_and_every_agent_is_woken() {
     health_update(&mut c, &task, true, 0, t(4));
     let changes = c.take_changes();
     assert!(changes.notify_agents.contains(&a) && changes.notify_agents.contains(&b), "every balancer is woken");
+    let joined: Vec<(bool, String)> =
+        changes.lb_backends.iter().map(|(added, x)| (*added, x.task_id.clone())).collect();
+    assert_eq!(joined, vec![(true, task.to_string())], "lb_backend_added for it");
     let table = c.service_table();
     assert!(table.generation > before);
     assert_eq!(table.services[0].backends.len(), 1);
     health_update(&mut c, &task, false, 1, t(5));
-    c.take_changes();
+    let left = c.take_changes().lb_backends;
+    assert_eq!(left.len(), 1);
+    assert!(!left[0].0 && left[0].1.service_port == 9000, "lb_backend_removed: {left:?}");
     assert!(c.service_table().services[0].backends.is_empty(), "a failing check leaves the table before any kill");
 }
 
