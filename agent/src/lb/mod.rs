@@ -150,6 +150,13 @@ impl Balancer {
             }
         }
         inner.retired.extend(retired.into_iter().map(|b| (generation, b)));
+        // A task the table gave back (a flap) is no longer drained: its old connections hold nothing.
+        let serving: std::collections::HashSet<(plinth_protocol::TaskId, SocketAddr)> = inner
+            .frontends
+            .values()
+            .flat_map(|f| f.route().backends.into_iter().map(|b| (b.task_id.clone(), b.addr)))
+            .collect();
+        inner.retired.retain(|(_, b)| !serving.contains(&(b.task_id.clone(), b.addr)));
         inner.generation = generation;
         let routes = wanted
             .iter()

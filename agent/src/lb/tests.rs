@@ -113,8 +113,20 @@ async fn a_table_change_keeps_open_connections_and_the_drain_waits_for_them() {
     drop(open);
     tokio::time::timeout(Duration::from_secs(5), lb.drain_progress()).await.expect("the drain is signalled");
     assert_eq!(lb.drained_generation(), Some(2));
+    // A backend that leaves and comes back while a connection is open holds no drain.
+    let mut again = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).await.unwrap();
+    let mut name = [0u8; 5];
+    again.read_exact(&mut name).await.unwrap();
+    assert_eq!(&name, b"other");
+    lb.apply(ServiceTable { generation: 3, services: vec![service(port, ServiceProtocol::Tcp, None, &[])] });
+    lb.apply(ServiceTable {
+        generation: 4,
+        services: vec![service(port, ServiceProtocol::Tcp, None, &[("new", other)])],
+    });
+    assert_eq!(lb.drained_generation(), Some(4), "back in the table: nothing to wait for");
+    drop(again);
     // The port goes with its app.
-    lb.apply(ServiceTable { generation: 3, services: vec![] });
+    lb.apply(ServiceTable { generation: 5, services: vec![] });
     assert!(ask(port).await.is_err(), "closed");
     assert!(lb.view().frontends.is_empty());
 }
