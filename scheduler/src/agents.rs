@@ -114,9 +114,9 @@ impl Core {
         let generation = agent.record.generation;
         if let Some(applied) = request.services_generation.filter(|g| *g > self.services_generation) {
             // A restarted master: continue above the table the agent has.
-            self.services_generation = applied;
+            // Saturating: a hostile agent's u64::MAX must not overflow the core.
+            self.services_generation = applied.saturating_add(1);
             self.services_dirty.extend(self.apps.keys().cloned());
-            self.services_generation += 1;
         }
         self.refresh_services();
         if confirmed.is_some() {

@@ -132,7 +132,7 @@ impl Core {
         if !changed {
             return;
         }
-        self.services_generation += 1;
+        self.services_generation = self.services_generation.saturating_add(1);
         let generation = self.services_generation;
         for drain in self.draining.values_mut().filter(|d| d.generation.is_none()) {
             drain.generation = Some(generation);

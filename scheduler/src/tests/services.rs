@@ -222,3 +222,16 @@ fn a_master_that_restarted_continues_above_the_table_an_agent_has() {
     assert!(answer.generation > generation);
     assert_eq!(answer.services, table.services, "the same backends, rebuilt from the store");
 }
+
+#[test]
+fn an_agent_claiming_the_largest_table_generation_does_not_overflow_the_core() {
+    let (mut c, a, _b, _) = cluster(1, json!({}));
+    let answer = sync(&mut c, &a, u64::MAX, t(10));
+    assert!(answer.services.is_none(), "nothing is newer than u64::MAX");
+    assert_eq!(c.service_table().generation, u64::MAX);
+    let task = c.tasks().next().cloned().unwrap();
+    c.kill_tasks(KillTarget::Tasks(vec![task.id.clone()]), false, t(11), false).unwrap();
+    c.take_changes();
+    c.tick(t(11 + 5_000));
+    assert_eq!(kill_flag(&c, &task.agent_id, &task.id), Some(true), "the drain timeout still ends it");
+}
