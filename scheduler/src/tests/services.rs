@@ -177,18 +177,7 @@ fn a_task_that_serves_nothing_is_killed_at_once() {
 #[test]
 fn a_master_that_restarted_continues_above_the_table_an_agent_has() {
     let (c, a, _b, generation) = cluster(1, json!({}));
-    let snapshot = Snapshot {
-        apps: c.apps().cloned().collect(),
-        app_versions: c
-            .apps()
-            .flat_map(|x| c.app_versions(&x.id).unwrap().into_iter().map(move |v| (x.id.clone(), v)))
-            .map(|(app, v)| (app.clone(), v.clone(), c.app_version(&app, &v).unwrap().clone()))
-            .collect(),
-        tasks: c.tasks().cloned().collect(),
-        agents: c.agents().map(|x| x.record.clone()).collect(),
-        deployments: vec![],
-        groups: vec![],
-    };
+    let snapshot = snapshot_of(&c);
     let table = c.service_table();
     let mut restored = Core::restore(CoreConfig::default(), Box::new(uuid::Uuid::new_v4), snapshot, t(100));
     let record = c.agents().find(|x| x.record.id == a).unwrap().record.clone();
