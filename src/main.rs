@@ -256,6 +256,15 @@ struct AgentArgs {
     /// tasks keep running through a partition, as with Marathon.
     #[arg(long, env = "PLINTH_STOP_TASKS_AFTER_MASTER_LOST_SECS", value_parser = clap::value_parser!(u64).range(2..))]
     stop_tasks_after_master_lost_secs: Option<u64>,
+    /// Serve only the service ports of apps labelled HAPROXY_GROUP=NAME (default: every app).
+    #[arg(long, env = "PLINTH_LB_GROUP")]
+    lb_group: Option<String>,
+    /// Run no service balancer on this agent (the master then waits for no drain from it).
+    #[arg(long, env = "PLINTH_NO_LB")]
+    no_lb: bool,
+    /// Also serve HTTP on this port, routed by Host to the apps' HAPROXY_{n}_VHOST (e.g. 80).
+    #[arg(long, env = "PLINTH_LB_HTTP_PORT")]
+    lb_http_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -576,6 +585,12 @@ fn agent_config(
             hidden_paths: args.hide_from_tasks.into_iter().chain(node.token_file.clone()).collect(),
         },
         stop_tasks_after_master_lost: args.stop_tasks_after_master_lost_secs.map(std::time::Duration::from_secs),
+        lb: plinth_agent::LbSettings {
+            enabled: !args.no_lb,
+            group: args.lb_group,
+            http_port: args.lb_http_port,
+            ..Default::default()
+        },
     }
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/tasks/{id}/inspect", get(inspect_task))
         .route("/v1/tasks/{id}/top", get(task_top))
         .route("/v1/tasks/{id}/stats", get(task_stats))
+        .route("/v1/lb", get(lb_status))
         .route("/metrics", get(metrics))
         .with_state(node)
 }
@@ -220,7 +221,12 @@ async fn task_stats(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Re
     Ok(Json(inspect::stats(&dirs)))
 }
 
-/// Prometheus text: per-task cpu and memory of the live tasks.
+/// The balancer: its table generation, frontends and backends with their counters.
+async fn lb_status(State(node): State<Arc<Node>>) -> Json<crate::lb::stats::LbView> {
+    Json(node.balancer.view())
+}
+
+/// Prometheus text: per-task cpu and memory of the live tasks, and the balancer's counters.
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let tasks: Vec<(String, String, Vec<PathBuf>)> = {
         let state = node.lock();
@@ -262,6 +268,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             out.push_str(&format!("plinth_task_memory_limit_bytes{{task_id=\"{task}\",app_id=\"{app}\"}} {bytes}\n"));
         }
     }
+    out.push_str(&crate::lb::stats::prometheus(&node.balancer.view()));
     let mut response = out.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     response

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// Stop every task after this long without an answer from the master (`None`:
     /// tasks keep running through a partition; see `partition.rs`).
     pub stop_tasks_after_master_lost: Option<std::time::Duration>,
+    /// The service balancer (`--lb-group`; see `crate::lb`).
+    pub lb: crate::lb::LbSettings,
 }
 
 /// How command tasks are confined (see `crate::confine`): the user they run as when

@@ -9,7 +9,8 @@
 //!   carries out the reconciler's decisions and checkpoints into [`state`]),
 //!   `master_link` (register, sync and the status outbox, through `client`; `join` the
 //!   first start's exchange of a PXE bootstrap token), `api` (the
-//!   HTTP API on `:5051`), `checks` (the loop that probes tasks);
+//!   HTTP API on `:5051`), `checks` (the loop that probes tasks), [`lb`] (the service
+//!   balancer: every app's service ports, fed by the master's service table);
 //! - the pure cores: [`reconciler`] (desired vs observed → actions) and [`health`] (the
 //!   health and readiness check state machine);
 //! - running tasks: [`runtime`] (the `TaskRuntime` trait with the process and fake
@@ -44,6 +45,7 @@ mod identity;
 pub mod image;
 pub mod inspect;
 mod join;
+pub mod lb;
 pub mod logs;
 mod master_link;
 mod node;
@@ -64,5 +66,6 @@ pub use config::{
 };
 pub use config::{TaskConfinement, DEFAULT_TASK_USER};
 pub use error::AgentError;
+pub use lb::LbSettings;
 pub use resources::{detect_resources, resources_from_totals};
 pub use start::{run, run_with};

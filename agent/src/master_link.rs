@@ -190,10 +190,17 @@ async fn sync_loop(
                 generation: state.applied_generation,
                 tasks: state.live_reports(),
                 wait_ms: millis(wait),
+                services_generation: node.balancer.applied_generation(),
+                services_drained: node.balancer.drained_generation(),
             }
         };
         let started = Instant::now();
-        match client.sync(&request).await {
+        let answer = tokio::select! {
+            answer = client.sync(&request) => answer,
+            // A drained backend: tell the master now rather than at the next poll.
+            () = node.balancer.drain_progress() => continue,
+        };
+        match answer {
             Ok(response) if response.reregister => {
                 info!(node_id = %agent_id, "the master asks this agent to register again");
                 return;
@@ -206,11 +213,18 @@ async fn sync_loop(
             Ok(response) => {
                 backoff.reset();
                 node.contact.heard();
+                let services = response.services.is_some();
+                if let Some(table) = response.services {
+                    debug!(node_id = %agent_id, generation = table.generation, "service table");
+                    node.balancer.apply(table);
+                }
                 match response.desired {
                     Some(desired) => {
                         let node = node.clone();
                         blocking(move || node.apply(desired, Timestamp::now())).await;
                     }
+                    // A new table is confirmed by the next sync, at once.
+                    None if services => {}
                     None => tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await,
                 }
             }

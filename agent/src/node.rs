@@ -37,6 +37,8 @@ pub(crate) struct Node {
     outbox_ready: Notify,
     /// When the master last answered (`partition.rs`).
     pub(crate) contact: crate::partition::MasterContact,
+    /// Serves every app's service ports from the master's service table.
+    pub(crate) balancer: crate::lb::Balancer,
 }
 
 impl Node {
@@ -49,7 +51,9 @@ impl Node {
         state: NodeState,
         agent_id: Option<AgentId>,
     ) -> Self {
+        let balancer = crate::lb::Balancer::new(config.lb.clone());
         Node {
+            balancer,
             config,
             options,
             resources,

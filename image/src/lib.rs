@@ -89,6 +89,7 @@ pub struct BuildReport {
 pub fn default_modules() -> Vec<String> {
     let mut m: Vec<String> = plinth_init::plan::BASE_MODULES
         .iter()
+        .chain(plinth_init::plan::ON_DEMAND_MODULES)
         .chain(plinth_init::plan::CONTAINER_MODULES)
         .map(|s| s.to_string())
         .collect();

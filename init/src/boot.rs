@@ -216,6 +216,8 @@ impl<S: System> Boot<S> {
                 let tmpfs = MountFlags { nosuid: true, nodev: true, noexec: false };
                 match found {
                     Some(dev) => {
+                        // Not loaded at boot: most nodes (PXE, VMs) have no data disk.
+                        self.load_modules(&["ext4".to_string()]);
                         let dev_s = dev.to_string_lossy().into_owned();
                         match self.sys.mount(
                             &dev_s,

@@ -79,7 +79,10 @@ impl ApiError {
                 | CoreError::DeploymentNotFound(_)
                 | CoreError::UnknownAgent(_)
                 | CoreError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-                CoreError::ServicePortsExhausted(..) | CoreError::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                CoreError::ServicePortsExhausted(..)
+                | CoreError::ServicePortClash { .. }
+                | CoreError::ServicePortOutOfRange { .. }
+                | CoreError::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -117,7 +120,12 @@ impl IntoResponse for ApiError {
                 deployments: deployments.iter().map(|id| Identifiable { id: id.to_string() }).collect(),
             })
             .unwrap_or_default(),
-            ApiError::Core(e @ (CoreError::ServicePortsExhausted(..) | CoreError::InvalidApp(_))) => {
+            ApiError::Core(
+                e @ (CoreError::ServicePortsExhausted(..)
+                | CoreError::ServicePortClash { .. }
+                | CoreError::ServicePortOutOfRange { .. }
+                | CoreError::InvalidApp(_)),
+            ) => {
                 let path = if matches!(e, CoreError::InvalidApp(_)) { "/" } else { "/portDefinitions" };
                 serde_json::to_value(ErrorBody {
                     message: "Object is not valid".into(),

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
+use plinth_protocol::views::events::{LbBackend, LbBackendAdded, LbBackendRemoved};
 use plinth_protocol::{AgentId, Timestamp};
 
 use crate::access::AccessConfig;
@@ -340,7 +341,24 @@ impl Master {
         self.reads.bump();
         self.dns.note(&changes);
         self.publish_all(changes.events);
+        self.publish_lb_backends(changes.lb_backends);
         self.notify_agents(changes.notify_agents.iter());
+    }
+
+    /// `lb_backend_added` / `lb_backend_removed` (Plinth's own: `/v1/events` only).
+    fn publish_lb_backends(&self, backends: Vec<(bool, LbBackend)>) {
+        if backends.is_empty() {
+            return;
+        }
+        let now = Timestamp::now();
+        for (added, backend) in backends {
+            let event = if added {
+                Event::of(now, &LbBackendAdded(backend))
+            } else {
+                Event::of(now, &LbBackendRemoved(backend))
+            };
+            self.publish(event);
+        }
     }
 
     /// Ticks the core every [`TICK_INTERVAL`] (time-based work: backoffs, timeouts,

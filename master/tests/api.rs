@@ -328,7 +328,7 @@ async fn fake_agent_gets_a_task_and_reports_it_running() -> Result<()> {
     // Long-poll until the desired state carries the task.
     let mut generation = 0;
     let spec = loop {
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 2000 };
+        let request = SyncRequest { wait_ms: 2000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let (status, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         assert_eq!(status, 200, "{body}");
         let response: SyncResponse = serde_json::from_value(body)?;
@@ -471,20 +471,11 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
         .await?;
     let agent_id = registered["agent_id"].as_str().context("agent id")?.to_string();
     // Learn the current generation, then long-poll: creating the app must wake us early.
-    let (_, first) = h
-        .post(
-            "/agent/v1/sync",
-            serde_json::to_value(SyncRequest {
-                agent_id: agent_id.as_str().into(),
-                generation: 0,
-                tasks: vec![],
-                wait_ms: 0,
-            })?,
-        )
-        .await?;
+    let (_, first) =
+        h.post("/agent/v1/sync", serde_json::to_value(SyncRequest::new(agent_id.as_str().into(), 0))?).await?;
     let mut generation = first["desired"]["generation"].as_u64().unwrap_or(0);
     let poll = {
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 4000 };
+        let request = SyncRequest { wait_ms: 4000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let http = h.http.clone();
         let url = format!("{}/agent/v1/sync", h.base);
         tokio::spawn(async move {
@@ -506,7 +497,7 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
                 break task;
             }
         }
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation, tasks: vec![], wait_ms: 2000 };
+        let request = SyncRequest { wait_ms: 2000, ..SyncRequest::new(agent_id.as_str().into(), generation) };
         let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         desired = serde_json::from_value::<SyncResponse>(body)?.desired;
     };
@@ -540,17 +531,8 @@ async fn a_restarted_master_keeps_tasks_and_adopts_them_when_the_agent_returns()
     assert_eq!(got["app"]["tasks"][0]["state"], "TASK_RUNNING");
 
     // The agent's next heartbeat is told to re-register; it does, reporting its task.
-    let (_, body) = h
-        .post(
-            "/agent/v1/sync",
-            serde_json::to_value(SyncRequest {
-                agent_id: agent_id.as_str().into(),
-                generation,
-                tasks: vec![],
-                wait_ms: 0,
-            })?,
-        )
-        .await?;
+    let (_, body) =
+        h.post("/agent/v1/sync", serde_json::to_value(SyncRequest::new(agent_id.as_str().into(), generation))?).await?;
     assert_eq!(body["reregister"], true, "{body}");
     let mut again = registration("node-1", "cpus:4;mem:4096;disk:1000;ports:[31000-31100]");
     again.agent_id = Some(agent_id.as_str().into());
@@ -652,5 +634,34 @@ async fn post_apps_refuses_dependency_cycles_as_groups_do() -> Result<()> {
     let (status, body) = h.post("/v2/apps", app("/self", &["/self"])).await?;
     assert_eq!(status, 422, "an app depending on itself is a cycle too: {body}");
     assert_eq!(h.app_ids().await?, vec!["/shop/web".to_string()], "refused apps are not created");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clashing_or_out_of_range_service_port_is_a_422_naming_both_apps() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = start(dir.path()).await?;
+    let sinatra = |id: &str, port: u64| {
+        json!({"id": id, "instances": 0, "container": {"type": "DOCKER", "docker": {"image": "greeter", "network": "BRIDGE"},
+            "portMappings": [{"containerPort": 3000, "hostPort": 0, "servicePort": port, "protocol": "tcp"}]}})
+    };
+    assert_eq!(h.post("/v2/apps", sinatra("/hello-sinatra", 9000)).await?.0, 201);
+    let before = h.get("/v2/apps").await?.1;
+    let (status, body) = h.post("/v2/apps", sinatra("/copycat", 9000)).await?;
+    assert_eq!(status, 422, "{body}");
+    let error = body["details"][0]["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("/copycat") && error.contains("/hello-sinatra") && error.contains("9000"), "{body}");
+    let (status, body) = h.put("/v2/apps/copycat", json!({"cmd": "x", "portDefinitions": [{"port": 9000}]})).await?;
+    assert_eq!(status, 422, "a PUT that creates is checked too: {body}");
+    let (status, body) = h.post("/v2/apps", sinatra("/too-high", 31005)).await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["details"][0]["errors"][0].as_str().unwrap_or_default().contains("31005"), "{body}");
+    let mut labelled = sinatra("/labelled", 0);
+    labelled["labels"] = json!({"HAPROXY_0_VHOST": "ok.example,not a host", "PLINTH_DRAIN_SECONDS": "-1"});
+    let (status, body) = h.post("/v2/apps", labelled).await?;
+    assert_eq!(status, 422, "{body}");
+    let paths: Vec<&str> = body["details"].as_array().unwrap().iter().filter_map(|d| d["path"].as_str()).collect();
+    assert_eq!(paths, ["/labels/HAPROXY_0_VHOST", "/labels/PLINTH_DRAIN_SECONDS"], "{body}");
+    assert_eq!(h.get("/v2/apps").await?.1, before, "refused apps change nothing");
     Ok(())
 }

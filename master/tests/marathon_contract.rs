@@ -35,7 +35,7 @@ impl Agent {
 
     /// The desired tasks now.
     async fn desired(&mut self, h: &Harness) -> Result<Vec<TaskSpec>> {
-        let request = SyncRequest { agent_id: self.id.as_str().into(), generation: 0, tasks: vec![], wait_ms: 0 };
+        let request = SyncRequest::new(self.id.as_str().into(), 0);
         let (status, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         assert_eq!(status, 200, "{body}");
         let response: SyncResponse = serde_json::from_value(body)?;

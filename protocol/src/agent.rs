@@ -4,7 +4,8 @@
 //!   reconnect; carries the tasks the agent still runs, so a restarted master adopts them.
 //! - `POST /agent/v1/sync` [`SyncRequest`] → [`SyncResponse`]: the heartbeat. The master
 //!   answers with the agent's whole desired task set when its generation is newer than the
-//!   one the agent applied (long-polls up to `wait_ms` for a change).
+//!   one the agent applied (long-polls up to `wait_ms` for a change), and the
+//!   [`ServiceTable`] when it is newer than the one the agent's balancer applied.
 //! - `POST /agent/v1/status` [`StatusBatch`] → [`StatusAck`]: task state changes. The agent
 //!   keeps each update in its checkpointed outbox and resends it until acknowledged.
 //! - `POST /agent/v1/join` [`JoinRequest`] → [`Joined`]: a PXE-booted agent's one exchange
@@ -176,6 +177,30 @@ pub struct SyncRequest {
     /// Long-poll: hold the answer up to this long while nothing changes.
     #[serde(default)]
     pub wait_ms: u64,
+    /// Generation of the [`ServiceTable`] the agent's balancer applied; `None` from an
+    /// agent that runs no balancer (the master then waits for no confirmation from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_generation: Option<u64>,
+    /// The newest table generation whose removed backends have no connection left through
+    /// this agent's balancer (at most `services_generation`); the master kills a drained
+    /// task once every agent reports a generation without it. Absent: `services_generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_drained: Option<u64>,
+}
+
+impl SyncRequest {
+    /// A heartbeat reporting no tasks, waiting for nothing, from an agent with no balancer;
+    /// callers add the rest with struct update syntax.
+    pub fn new(agent_id: AgentId, generation: u64) -> Self {
+        SyncRequest {
+            agent_id,
+            generation,
+            tasks: Vec::new(),
+            wait_ms: 0,
+            services_generation: None,
+            services_drained: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +213,71 @@ pub struct SyncResponse {
     /// The master's cluster; the agent applies no desired state of another cluster.
     #[serde(default)]
     pub cluster_id: Option<ClusterId>,
+    /// Present when the service table is newer than the one the agent's balancer applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceTable>,
+}
+
+/// Every app's service ports and the backends that take their traffic, the same for every
+/// agent (each agent balances every app). A task leaves it before the master kills it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTable {
+    pub generation: u64,
+    pub services: Vec<Service>,
+}
+
+/// One service port of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub app_id: AppId,
+    pub service_port: u16,
+    pub protocol: ServiceProtocol,
+    /// marathon-lb's `HAPROXY_GROUP` label; agents started with `--lb-group` serve only theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `HAPROXY_{n}_BALANCE` (`roundrobin`, `leastconn`).
+    #[serde(default)]
+    pub balance: Balance,
+    /// `HAPROXY_{n}_VHOST`: host names routed to this port by the HTTP frontend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhosts: Vec<String>,
+    /// Tasks that are running, healthy (when checked), ready and not draining.
+    pub backends: Vec<Backend>,
+}
+
+/// Transport of a service port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for ServiceProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// How a balancer picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+/// One task's address for a service port: its agent's address and the task's host port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub task_id: TaskId,
+    pub host: String,
+    pub port: u16,
 }
 
 /// The whole set of tasks an agent should run. Tasks absent from it are killed.

@@ -45,6 +45,7 @@ impl Core {
             }
         }
         self.agents.insert(id.clone(), state);
+        self.agent_services_dirty(&id);
         self.changes.agents.insert(id.clone());
         self.changes.notify_agents.insert(id.clone());
 
@@ -92,20 +93,38 @@ impl Core {
     /// (`cluster_id` is left to the master, which knows it.)
     pub fn sync_agent(&mut self, request: &SyncRequest, now: Timestamp) -> SyncResponse {
         let Some(agent) = self.agents.get_mut(&request.agent_id) else {
-            return SyncResponse { desired: None, reregister: true, cluster_id: None };
+            return SyncResponse { desired: None, reregister: true, cluster_id: None, services: None };
         };
         if !agent.seen_since_start || !agent.record.active {
-            return SyncResponse { desired: None, reregister: true, cluster_id: None };
+            return SyncResponse { desired: None, reregister: true, cluster_id: None, services: None };
         }
         agent.record.last_seen = now;
+        let drained = match (request.services_drained, request.services_generation) {
+            (Some(d), Some(g)) => Some(d.min(g)),
+            (_, g) => g,
+        };
+        let confirmed = drained.filter(|g| agent.services_drained != Some(*g));
+        agent.services_applied = request.services_generation;
+        agent.services_drained = drained;
         if request.generation > agent.record.generation {
             // The agent is ahead (e.g. the store lost a bump): continue above it.
             agent.record.generation = request.generation + 1;
             self.changes.agents.insert(request.agent_id.clone());
         }
         let generation = agent.record.generation;
+        if let Some(applied) = request.services_generation.filter(|g| *g > self.services_generation) {
+            // A restarted master: continue above the table the agent has.
+            // Saturating: a hostile agent's u64::MAX must not overflow the core.
+            self.services_generation = applied.saturating_add(1);
+            self.services_dirty.extend(self.apps.keys().cloned());
+        }
+        self.refresh_services();
+        if confirmed.is_some() {
+            self.release_drained(now);
+        }
         let desired = (generation > request.generation).then(|| self.desired_state(&request.agent_id)).flatten();
-        SyncResponse { desired, reregister: false, cluster_id: None }
+        let services = self.services_update(request.services_generation);
+        SyncResponse { desired, reregister: false, cluster_id: None, services }
     }
 
     /// The agent's current desired state.
@@ -119,14 +138,16 @@ impl Core {
             .filter_map(|id| self.tasks.get(id))
             .filter(|t| !t.state.is_terminal())
             .filter_map(|t| {
-                let app = self.version_definition(&t.app_id, &t.version)?;
+                let drained = self.drain_definition(&t.id);
+                let app = drained.or_else(|| self.version_definition(&t.app_id, &t.version))?;
                 Some(TaskSpec {
                     task_id: t.id.clone(),
                     app_id: t.app_id.clone(),
                     version: t.version.clone(),
                     app: app.clone(),
                     host_ports: t.ports.clone(),
-                    kill: t.kill_requested,
+                    // A draining task runs on until every balancer has dropped it.
+                    kill: t.kill_requested && drained.is_none(),
                 })
             })
             .collect();

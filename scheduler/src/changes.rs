@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use plinth_protocol::{AgentId, AppId, DeploymentId, TaskId};
 
 use crate::model::Event;
+use plinth_protocol::views::events::LbBackend;
 
 /// What changed since the last [`crate::Core::take_changes`]: the shell persists these
 /// records (reading them back from the core), then publishes events and wakes agents.
@@ -21,6 +22,9 @@ pub struct Changes {
     pub events: Vec<Event>,
     /// Agents whose desired state changed (wake their long-polls).
     pub notify_agents: HashSet<AgentId>,
+    /// Backends that joined (`true`) or left the service table; the shell publishes them
+    /// as `lb_backend_added` / `lb_backend_removed` with the time it publishes them.
+    pub lb_backends: Vec<(bool, LbBackend)>,
 }
 
 impl Changes {
@@ -33,5 +37,6 @@ impl Changes {
             && self.groups.is_empty()
             && self.events.is_empty()
             && self.notify_agents.is_empty()
+            && self.lb_backends.is_empty()
     }
 }

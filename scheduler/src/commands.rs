@@ -161,7 +161,7 @@ impl Core {
         self.supersede_deployments(id, "app deleted", now);
         let task_ids: Vec<TaskId> = self.tasks_by_app.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         for task_id in task_ids {
-            self.request_kill(&task_id, "app deleted");
+            self.request_kill(&task_id, "app deleted", now);
         }
         self.apps.remove(id);
         self.changes.apps.insert(id.clone());
@@ -199,18 +199,23 @@ impl Core {
         Ok((deployment, version))
     }
 
-    /// Marks a task for killing; the agent gets it with `kill: true`.
-    pub(crate) fn request_kill(&mut self, id: &TaskId, reason: &str) {
-        let Some(task) = self.tasks.get_mut(id) else { return };
+    /// Marks a task for killing; the agent gets it with `kill: true`, at once when it
+    /// serves no traffic, else once the balancers dropped it (`services.rs`).
+    pub(crate) fn request_kill(&mut self, id: &TaskId, reason: &str, now: Timestamp) {
+        let Some(task) = self.tasks.get(id) else { return };
         if task.kill_requested || task.state.is_terminal() {
             return;
         }
+        let drained = self.start_drain(id, now);
+        let Some(task) = self.tasks.get_mut(id) else { return };
         task.kill_requested = true;
         task.kill_reason = Some(reason.to_string());
         let agent = task.agent_id.clone();
         self.needs_supervision.insert(task.app_id.clone());
         self.changes.tasks.insert(id.clone());
-        self.bump_generation(&agent);
+        if !drained {
+            self.bump_generation(&agent);
+        }
     }
 
     /// Kill tasks; with `scale` the app's `instances` drops by the number killed.
@@ -263,7 +268,7 @@ impl Core {
         }
         let killed: Vec<TaskRecord> = selected.iter().filter_map(|id| self.tasks.get(id).cloned()).collect();
         for id in &selected {
-            self.request_kill(id, if scale { "killed and scaled via API" } else { "killed via API" });
+            self.request_kill(id, if scale { "killed and scaled via API" } else { "killed via API" }, now);
         }
         let mut deployment = None;
         if scale {

@@ -18,6 +18,15 @@ pub enum CoreError {
     UnknownAgent(AgentId),
     #[error("No service port left in {0}-{1}")]
     ServicePortsExhausted(u16, u16),
+    /// An explicit service port another app already has (Marathon answers 422).
+    #[error("servicePort {port} of app '{app}' is already the service port of app '{other}'")]
+    ServicePortClash { port: u16, app: AppId, other: AppId },
+    /// An explicit service port above the configured range: those are the agents'
+    /// host ports, where tasks and the executor's port proxies listen.
+    #[error(
+        "servicePort {port} of app '{app}' is outside the service ports 1-{high} (0 assigns one from {low}-{high})"
+    )]
+    ServicePortOutOfRange { port: u16, app: AppId, low: u16, high: u16 },
     #[error("Version '{version}' of app '{app}' does not exist")]
     VersionNotFound { app: AppId, version: String },
     #[error("invalid app definition: {0}")]

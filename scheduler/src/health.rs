@@ -48,7 +48,7 @@ impl Core {
         if let Some(reason) = kill_cause {
             if self.tasks.get(task_id).is_some_and(|t| !t.kill_requested) {
                 tracing::info!(app_id = %app_id, task_id = %task_id, %reason, "killing unhealthy task");
-                self.request_kill(task_id, "unhealthy");
+                self.request_kill(task_id, "unhealthy", now);
                 self.emit(
                     now,
                     &UnhealthyInstanceKillEvent {

@@ -15,6 +15,8 @@
 //!   declined with a reason (`constraints.rs`: placement constraints);
 //! - `deployments.rs`: plans, steps and their progress; `groups.rs`: groups and
 //!   dependencies (planning group requests, dependency cycles); `queries.rs`: read views;
+//! - `services.rs`: the service table the agents' balancers serve, and draining a task
+//!   from it before a planned kill;
 //! - `changes.rs`: what each call changed; `model.rs`: the records the store persists.
 // Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -31,6 +33,7 @@ pub mod model;
 mod placement;
 mod ports;
 mod queries;
+mod services;
 mod state;
 mod supervision;
 
@@ -41,6 +44,7 @@ pub use groups::{AppSpec, GroupChange, GroupError, GroupPlan, GroupRecord, Group
 pub use model::*;
 pub use placement::summarize_declines;
 pub use queries::QueueEntry;
+pub use services::DRAIN_SECONDS_LABEL;
 pub use state::{AgentState, Core, CoreConfig, IdSource};
 
 #[cfg(test)]

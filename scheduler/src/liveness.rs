@@ -36,6 +36,7 @@ impl Core {
                 state.seen_since_start = false;
             }
             self.changes.agents.insert(agent.clone());
+            self.agent_services_dirty(&agent);
             let tasks: Vec<TaskId> =
                 self.tasks_by_agent.get(&agent).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             for task in tasks {

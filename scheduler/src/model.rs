@@ -58,6 +58,9 @@ pub struct TaskRecord {
     /// Why it was killed (scale down, upgrade, API, unhealthy...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_reason: Option<String>,
+    /// Since when it is out of the service table awaiting its kill (see `services.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_since: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -93,6 +93,7 @@ impl Core {
                         updated_at: now,
                         kill_requested: false,
                         kill_reason: None,
+                        drain_since: None,
                         healthy: None,
                         message: None,
                         health: None,

@@ -1,6 +1,6 @@
 //! Ports of app definitions: cluster-unique service ports for `port: 0` /
 //! `servicePort: 0`, and the host ports a task asks of an offer.
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use plinth_protocol::marathon::NetworkMode;
 use plinth_protocol::{AppDefinition, AppId};
@@ -9,14 +9,31 @@ use crate::error::CoreError;
 use crate::state::Core;
 
 impl Core {
-    /// Service ports used by every app except `except`.
-    pub(crate) fn used_service_ports(&self, except: &AppId) -> HashSet<u16> {
+    /// Service ports used by every app except `except`, with the app that holds each.
+    pub(crate) fn used_service_ports(&self, except: &AppId) -> HashMap<u16, AppId> {
         self.apps
             .values()
             .filter(|a| &a.id != except)
-            .flat_map(|a| service_ports_of(&a.definition))
-            .filter(|p| *p > 0)
+            .flat_map(|a| service_ports_of(&a.definition).into_iter().map(|p| (p, a.id.clone())))
+            .filter(|(p, _)| *p > 0)
             .collect()
+    }
+
+    /// An explicit service port must be free and not above the configured range.
+    fn claim_explicit(&self, id: &AppId, port: u16, used: &mut HashMap<u16, AppId>) -> Result<(), CoreError> {
+        let (low, high) = self.config.service_ports;
+        if port > high {
+            return Err(CoreError::ServicePortOutOfRange { port, app: id.clone(), low, high });
+        }
+        match used.get(&port) {
+            Some(other) if other != id => {
+                Err(CoreError::ServicePortClash { port, app: id.clone(), other: other.clone() })
+            }
+            _ => {
+                used.insert(port, id.clone());
+                Ok(())
+            }
+        }
     }
 
     /// Gives `port: 0` / `servicePort: 0` a cluster-unique service port, keeping the
@@ -30,13 +47,21 @@ impl Core {
         let mut used = self.used_service_ports(&id);
         let old: Vec<u16> = previous.map(service_ports_of).unwrap_or_default();
         let (low, high) = self.config.service_ports;
-        let next_free = |index: usize, used: &mut HashSet<u16>| -> Result<u16, CoreError> {
-            if let Some(p) = old.get(index).copied().filter(|p| *p > 0 && !used.contains(p)) {
-                used.insert(p);
+        // Explicit ports first, so a port assigned for a 0 never takes one named later.
+        // `requirePorts` port definitions are the tasks' own host ports, not balanced.
+        if !host_ports_only(def) {
+            for port in service_ports_of(def).into_iter().filter(|p| *p > 0) {
+                self.claim_explicit(&id, port, &mut used)?;
+            }
+        }
+        let next_free = |index: usize, used: &mut HashMap<u16, AppId>| -> Result<u16, CoreError> {
+            if let Some(p) = old.get(index).copied().filter(|p| *p > 0 && !used.contains_key(p)) {
+                used.insert(p, id.clone());
                 return Ok(p);
             }
-            let port = (low..=high).find(|p| !used.contains(p)).ok_or(CoreError::ServicePortsExhausted(low, high))?;
-            used.insert(port);
+            let port =
+                (low..=high).find(|p| !used.contains_key(p)).ok_or(CoreError::ServicePortsExhausted(low, high))?;
+            used.insert(port, id.clone());
             Ok(port)
         };
         let uses_mappings =
@@ -51,7 +76,7 @@ impl Core {
                     if m.service_port == 0 {
                         m.service_port = i64::from(next_free(i, &mut used)?);
                     } else {
-                        used.insert(port_u16(m.service_port, "servicePort")?);
+                        port_u16(m.service_port, "servicePort")?;
                     }
                 }
             }
@@ -60,11 +85,17 @@ impl Core {
             if d.port == 0 {
                 d.port = i64::from(next_free(i, &mut used)?);
             } else {
-                used.insert(port_u16(d.port, "port")?);
+                port_u16(d.port, "port")?;
             }
         }
         Ok(())
     }
+}
+
+/// `requirePorts` with port definitions: the ports are the host ports tasks bind (as in
+/// Marathon), so no balancer may listen on them.
+pub(crate) fn host_ports_only(def: &AppDefinition) -> bool {
+    def.require_ports && !matches!(def.network_mode(), NetworkMode::Bridge) && def.container_port_mappings().is_none()
 }
 
 /// Host ports a task needs, in order: `Some(port)` fixed, `None` any from the offer.

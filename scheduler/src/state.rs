@@ -9,6 +9,8 @@ use plinth_protocol::views::events::EventBody;
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, Timestamp};
 
 use crate::changes::Changes;
+use crate::services::Drain;
+use plinth_protocol::agent::Service;
 
 use crate::model::{
     status_event, AgentRecord, AppRecord, DeploymentRecord, Event, GroupRecords, OfferStats, Snapshot, TaskRecord,
@@ -30,6 +32,9 @@ pub struct CoreConfig {
     /// Launches per tick at most (Marathon's launch tokens): bounds the work, the
     /// events and the store transaction of one round.
     pub max_launches_per_tick: usize,
+    /// How long a planned kill waits for every balancer to drop the task (the app's
+    /// `PLINTH_DRAIN_SECONDS` label overrides it).
+    pub drain_timeout_ms: i64,
 }
 
 impl Default for CoreConfig {
@@ -39,6 +44,7 @@ impl Default for CoreConfig {
             heartbeat_interval_ms: 1_000,
             service_ports: (10_000, 20_000),
             max_launches_per_tick: 10_000,
+            drain_timeout_ms: 5_000,
         }
     }
 }
@@ -67,6 +73,12 @@ pub struct Core {
     pub(crate) unreachable: HashSet<TaskId>,
     /// Explicit groups, group dependencies and versions (`/v2/groups`).
     pub(crate) groups: GroupRecords,
+    /// The service table by app (derived, not persisted; `services.rs`), its generation,
+    /// the apps to recompute, and tasks drained before their kill.
+    pub(crate) services: BTreeMap<AppId, Vec<Service>>,
+    pub(crate) services_generation: u64,
+    pub(crate) services_dirty: HashSet<AppId>,
+    pub(crate) draining: BTreeMap<TaskId, Drain>,
     pub(crate) changes: Changes,
 }
 
@@ -83,12 +95,23 @@ pub struct AgentState {
     pub free_ports: PortRanges,
     /// Synced since this master process started (else it must re-register).
     pub seen_since_start: bool,
+    /// The service table generation its balancer last applied (`None`: no balancer), and
+    /// the one whose removed backends it no longer carries connections to.
+    pub services_applied: Option<u64>,
+    pub services_drained: Option<u64>,
 }
 
 impl AgentState {
     pub(crate) fn new(record: AgentRecord) -> Self {
         let free_ports = record.resources.ports.clone();
-        AgentState { record, used: Resources::default(), free_ports, seen_since_start: false }
+        AgentState {
+            record,
+            used: Resources::default(),
+            free_ports,
+            seen_since_start: false,
+            services_applied: None,
+            services_drained: None,
+        }
     }
 
     /// Free scalar resources plus free ports: what an offer from this agent holds.
@@ -137,6 +160,10 @@ impl Core {
             needs_supervision: HashSet::new(),
             unreachable: HashSet::new(),
             groups: GroupRecords::new(),
+            services: BTreeMap::new(),
+            services_generation: 0,
+            services_dirty: HashSet::new(),
+            draining: BTreeMap::new(),
             changes: Changes::default(),
         }
     }
@@ -166,6 +193,7 @@ impl Core {
         for deployment in snapshot.deployments {
             core.deployments.insert(deployment.id.clone(), deployment);
         }
+        core.restore_drains();
         core
     }
 
@@ -190,6 +218,10 @@ impl Core {
             needs_supervision: HashSet::new(),
             unreachable: self.unreachable.clone(),
             groups: self.groups.clone(),
+            services: self.services.clone(),
+            services_generation: self.services_generation,
+            services_dirty: HashSet::new(),
+            draining: self.draining.clone(),
             changes: Changes::default(),
         }
     }
@@ -212,6 +244,8 @@ impl Core {
     pub(crate) fn remove_task(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let task = self.tasks.remove(id)?;
         self.unreachable.remove(id);
+        self.draining.remove(id);
+        self.services_dirty.insert(task.app_id.clone());
         self.needs_supervision.insert(task.app_id.clone());
         if let Some(set) = self.tasks_by_app.get_mut(&task.app_id) {
             set.remove(id);
@@ -272,6 +306,8 @@ impl Core {
 
     /// Drains what changed since the last call.
     pub fn take_changes(&mut self) -> Changes {
+        // Derived from what changed, so every call's table change wakes the agents with it.
+        self.refresh_services();
         std::mem::take(&mut self.changes)
     }
 }

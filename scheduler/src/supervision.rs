@@ -18,6 +18,7 @@ impl Core {
     pub fn tick(&mut self, now: Timestamp) {
         self.detect_lost_agents(now);
         self.expunge_unreachable(now);
+        self.release_drained(now);
         let mut todo: BTreeSet<AppId> = std::mem::take(&mut self.needs_supervision).into_iter().collect();
         todo.extend(self.offer_stats.keys().cloned());
         let mut offers = OfferRound::new(self);
@@ -112,7 +113,7 @@ impl Core {
             launches = launch;
         }
         for (id, reason) in kills {
-            self.request_kill(&id, reason);
+            self.request_kill(&id, reason, now);
         }
         if launches == 0 {
             self.offer_stats.remove(app_id);

@@ -285,7 +285,7 @@ impl World {
                 for (agent, silent) in self.agents.clone().iter().zip(self.silent.clone()) {
                     let Some(agent) = agent.as_ref().filter(|_| !silent) else { continue };
                     let generation = self.core.desired_state(agent).map_or(0, |d| d.generation);
-                    let request = SyncRequest { agent_id: agent.clone(), generation, tasks: vec![], wait_ms: 0 };
+                    let request = SyncRequest::new(agent.clone(), generation);
                     self.core.sync_agent(&request, now);
                 }
                 self.core.tick(now);

@@ -3,7 +3,9 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::master::MasterClient;
+use anyhow::Context;
+
+use super::master::{api_error, MasterClient, REQUEST_TIMEOUT};
 
 const DEFAULT_AGENT_PORT: u16 = 5051;
 
@@ -12,6 +14,24 @@ const DEFAULT_AGENT_PORT: u16 = 5051;
 /// never a certificate of the cluster or a route to the agents.
 pub(super) async fn agent_call(master: &MasterClient, task: &str, what: &str) -> anyhow::Result<Value> {
     master.call(Method::GET, &format!("/v1/tasks/{}/{what}", path_segment(task)?), None).await
+}
+
+/// GETs `PATH` from the agent at `agent` (its base URL) and parses the JSON answer.
+pub(super) async fn get_json(master: &MasterClient, agent: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{agent}{path}");
+    let response = master
+        .http
+        .get(&url)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {agent}"))?;
+    let status = response.status();
+    let body = response.bytes().await.with_context(|| format!("cannot read the answer of {url}"))?;
+    if !status.is_success() {
+        return Err(api_error(Method::GET, &url, status, &body).into());
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
 /// A task id as one path segment. Ids are `app.instance-uuid`; a typed id that could

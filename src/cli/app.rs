@@ -63,7 +63,18 @@ pub(super) async fn run(master: MasterClient, json_out: bool, cmd: AppCommand) -
         AppCommand::Show { id } => {
             let path = format!("{}?embed=app.tasks&embed=app.counts&embed=app.lastTaskFailure", app_path(&id)?);
             let body = master.call(Method::GET, &path, None).await?;
-            output(json_out, &body, show_app)
+            // Every active agent balances the service ports: those are the app's endpoints.
+            let slaves = master.call(Method::GET, "/master/slaves", None).await.unwrap_or_default();
+            let hosts: Vec<String> = slaves
+                .get("slaves")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|s| s.get("active").and_then(Value::as_bool).unwrap_or(true))
+                .filter_map(super::agent::agent_url)
+                .filter_map(|url| reqwest::Url::parse(&url).ok()?.host_str().map(str::to_string))
+                .collect();
+            output(json_out, &body, |body| show_app(body, &hosts))
         }
         AppCommand::Endpoints { id } => {
             let body = master.call(Method::GET, &format!("{}/tasks", app_path(&id)?), None).await?;
@@ -196,13 +207,30 @@ fn app_table(body: &Value) -> String {
     table(&["ID", "RUNNING", "STAGED", "CPUS", "MEM", "DEPLOYING", "COMMAND"], &rows)
 }
 
-fn show_app(body: &Value) -> String {
-    let app = body.get("app").unwrap_or(body);
-    let ports: Vec<String> = app
-        .get("portDefinitions")
+/// `port/protocol` of each of the app's service ports (port mappings, else port definitions).
+fn service_ports(app: &Value) -> Vec<(String, String)> {
+    let mappings = app
+        .pointer("/container/portMappings")
+        .or_else(|| app.pointer("/container/docker/portMappings"))
         .and_then(Value::as_array)
-        .map(|defs| defs.iter().map(|d| text(d, "port")).collect())
-        .unwrap_or_default();
+        .filter(|m| !m.is_empty());
+    let entries: Vec<(String, String)> = match mappings {
+        Some(mappings) => mappings.iter().map(|m| (text(m, "servicePort"), text(m, "protocol"))).collect(),
+        None => app
+            .get("portDefinitions")
+            .and_then(Value::as_array)
+            .map(|defs| defs.iter().map(|d| (text(d, "port"), text(d, "protocol"))).collect())
+            .unwrap_or_default(),
+    };
+    entries.into_iter().filter(|(port, _)| port != "0" && port != "-" && !port.is_empty()).collect()
+}
+
+fn show_app(body: &Value, agents: &[String]) -> String {
+    let app = body.get("app").unwrap_or(body);
+    let service = service_ports(app);
+    let ports: Vec<String> = service.iter().map(|(port, protocol)| format!("{port}/{protocol}")).collect();
+    let balanced: Vec<String> =
+        service.iter().flat_map(|(port, _)| agents.iter().map(move |host| format!("{host}:{port}"))).collect();
     let deployments: Vec<String> = app
         .get("deployments")
         .and_then(Value::as_array)
@@ -217,6 +245,7 @@ fn show_app(body: &Value) -> String {
             format!("cpus {} · mem {} MB · disk {} MB", text(app, "cpus"), text(app, "mem"), text(app, "disk")),
         ),
         ("service ports", if ports.is_empty() { "-".to_string() } else { ports.join(",") }),
+        ("balanced at", if balanced.is_empty() { "-".to_string() } else { balanced.join(" ") }),
         ("constraints", text(app, "constraints")),
         ("version", text(app, "version")),
         ("deployments", if deployments.is_empty() { "-".to_string() } else { deployments.join(",") }),
@@ -261,6 +290,18 @@ mod tests {
             {"id": "c", "state": "TASK_RUNNING", "host": "10.0.0.5", "ports": []}
         ]);
         assert_eq!(endpoints(&tasks), "10.0.0.3:31001\n10.0.0.3:31002\n");
+    }
+
+    #[test]
+    fn show_lists_a_bridge_app_s_service_ports_and_where_they_are_balanced() {
+        let body = json!({"app": {"id": "/hello-sinatra", "instances": 1, "portDefinitions": [],
+            "container": {"type": "DOCKER", "portMappings": [{"containerPort": 3000, "hostPort": 0,
+            "servicePort": 9000, "protocol": "tcp"}]}}});
+        let shown = show_app(&body, &["10.0.0.3".into(), "10.0.0.4".into()]);
+        assert!(shown.contains("service ports: 9000/tcp"), "{shown}");
+        assert!(shown.contains("balanced at:   10.0.0.3:9000 10.0.0.4:9000"), "{shown}");
+        let none = show_app(&json!({"app": {"id": "/x", "portDefinitions": []}}), &["10.0.0.3".into()]);
+        assert!(none.contains("balanced at:   -"), "{none}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! answers as aligned tables, or as the raw JSON with `--json` for scripts.
 //!
 //! This file holds the command line (clap types) and the dispatch; each command group
-//! has its own module (`app`, `task`, `logs`, `node`, `queue`; `image` for the master
+//! has its own module (`app`, `task`, `logs`, `node`, `queue`, `lb` (agents' balancers); `image` for the master
 //! registry's images, which `plinth image` shares with `image build`), `master` is the API
 //! client, `agent` finds and calls the agent that runs a task, `render` shows answers,
 //! `progress` draws image pulls while a deployment is waited for, `credentials` finds the
@@ -14,6 +14,7 @@ mod agent;
 mod app;
 mod credentials;
 mod image;
+mod lb;
 mod logs;
 mod master;
 mod node;
@@ -96,6 +97,23 @@ pub enum ClientCommand {
     Queue {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// The agents' service balancers.
+    Lb {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: LbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// Each agent's frontends (service ports) and backends with their counters.
+    Status {
+        /// Only this agent (id or hostname); default: every active agent.
+        #[arg(long)]
+        agent: Option<String>,
     },
 }
 
@@ -226,7 +244,8 @@ impl ClientCommand {
             | ClientCommand::Task { client, .. }
             | ClientCommand::Logs { client, .. }
             | ClientCommand::Node { client, .. }
-            | ClientCommand::Queue { client } => client,
+            | ClientCommand::Queue { client }
+            | ClientCommand::Lb { client, .. } => client,
         };
         client.apply_globals(master, json);
         self
@@ -262,6 +281,9 @@ impl ClientCommand {
                 node::profile(&MasterClient::new(&client)?, client.json, cmd).await
             }
             ClientCommand::Queue { client } => queue::show(&MasterClient::new(&client)?, client.json).await,
+            ClientCommand::Lb { client, cmd: LbCommand::Status { agent } } => {
+                lb::status(&MasterClient::new(&client)?, client.json, agent.as_deref()).await
+            }
         }
     }
 }

@@ -42,7 +42,7 @@ impl ImageCluster {
 }
 
 /// GET `http://ip:port/greet/NAME` until it answers 200; returns the body.
-fn greet(ip: &str, port: u64, name: &str) -> String {
+pub(crate) fn greet(ip: &str, port: u64, name: &str) -> String {
     wait_until(&format!("{ip}:{port} to greet"), secs(30), || {
         let reply = Http::new(format!("http://{ip}:{port}")).try_get(&format!("/greet/{name}"))?;
         if reply.status == 200 {

@@ -26,6 +26,7 @@ mod marathon_client;
 mod pxe_boot;
 mod pxe_vagrant;
 mod service_dns;
+mod service_lb;
 mod ui;
 mod vm_cluster;
 mod vm_faults;

@@ -29,25 +29,16 @@ pub const NODE_API_PORT: u16 = 5052;
 /// Port of the master API, as in the design brief.
 pub const MASTER_PORT: u16 = 8080;
 
-/// Modules every node loads when the image has them: disks, NICs and entropy for a VM or a
-/// common server. Hardware-specific ones also come from modalias matching.
-pub const BASE_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "virtio_rng",
-    "virtio_console",
-    "e1000",
-    "e1000e",
-    "ata_piix",
-    "ahci",
-    "sd_mod",
-    "sr_mod",
-    "isofs",
-    "ext4",
-    "vfat",
-];
+/// Modules every node loads at boot when the image has them: a VM's virtio devices and
+/// entropy. Other drivers (e1000, AHCI, SCSI disks, ...) load when a device under /sys
+/// names them (modalias matching), so a machine without them pays nothing.
+pub const BASE_MODULES: &[&str] =
+    &["virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_rng", "virtio_console"];
+/// Modules the image carries for hardware that modalias matching finds, and file systems
+/// loaded when something needs them (ext4 when a data disk is found) or that an operator
+/// names in `plinth.modules=`.
+pub const ON_DEMAND_MODULES: &[&str] =
+    &["e1000", "e1000e", "ata_piix", "ahci", "sd_mod", "sr_mod", "isofs", "ext4", "vfat"];
 /// Modules that containers need on an agent: overlayfs layers, veth + bridge networking, NAT.
 pub const CONTAINER_MODULES: &[&str] = &[
     "overlay",

@@ -181,7 +181,8 @@ pub async fn register(
     Ok(Json(Registered { agent_id, heartbeat_interval_ms, cluster_id: Some(cluster_id(&master)) }))
 }
 
-/// `POST /agent/v1/sync`: the heartbeat; long-polls up to `wait_ms` for a new desired state.
+/// `POST /agent/v1/sync`: the heartbeat; long-polls up to `wait_ms` for a new desired state
+/// or service table.
 pub async fn sync(
     State(master): State<Arc<Master>>,
     client: ClientAddr,
@@ -201,7 +202,7 @@ pub async fn sync(
         })
         .await?;
     response.cluster_id = Some(cluster_id(&master));
-    if response.desired.is_some() || response.reregister || request.wait_ms == 0 {
+    if response.desired.is_some() || response.services.is_some() || response.reregister || request.wait_ms == 0 {
         if response.reregister {
             tracing::info!(node_id = %request.agent_id, "unknown agent told to register again");
         }
@@ -213,7 +214,9 @@ pub async fn sync(
     let _ = tokio::time::timeout(wait, waker.changed()).await;
     let guard = master.read().await;
     let desired = guard.core.desired_state(&request.agent_id).filter(|d| d.generation > request.generation);
-    Ok(Json(SyncResponse { desired, reregister: false, cluster_id: Some(cluster_id(&master)) }))
+    // The table of a woken poll is fresh: every command refreshes it before waking anyone.
+    let services = guard.core.services_update(request.services_generation);
+    Ok(Json(SyncResponse { desired, reregister: false, cluster_id: Some(cluster_id(&master)), services }))
 }
 
 /// `POST /agent/v1/status`: applies updates, makes them durable, then acknowledges.

@@ -632,7 +632,7 @@ impl AppDefinition {
         if self.instances < 0 {
             add("/instances", "must be greater than or equal to 0".into());
         }
-        for (path, error) in bounds::violations(self) {
+        for (path, error) in bounds::violations(self).into_iter().chain(lb_labels::violations(&self.labels)) {
             add(&path, error);
         }
         if self.cpus <= 0.0 || !self.cpus.is_finite() {
@@ -860,6 +860,7 @@ pub enum BodyError {
 }
 
 pub mod bounds;
+pub mod lb_labels;
 mod task_state;
 pub use task_state::TaskState;
 

@@ -200,3 +200,26 @@ pub struct AgentLostEvent {
     pub agent_id: String,
 }
 event!(AgentLostEvent, "agent_lost_event");
+
+/// Plinth's own: a task joined or left the backends of a service port, in every agent's
+/// balancer (`lb_backend_added`, `lb_backend_removed`). On `/v1/events` only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbBackend {
+    pub app_id: String,
+    pub task_id: String,
+    pub service_port: u16,
+    pub protocol: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LbBackendAdded(pub LbBackend);
+event!(LbBackendAdded, "lb_backend_added");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LbBackendRemoved(pub LbBackend);
+event!(LbBackendRemoved, "lb_backend_removed");

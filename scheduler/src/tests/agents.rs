@@ -15,21 +15,9 @@ fn a_restarted_master_adopts_running_tasks() {
     c.tick(t(2));
     run_all(&mut c, "/p", t(3));
     let task = c.app_tasks(&id)[0].clone();
-    let snapshot = Snapshot {
-        apps: c.apps().cloned().collect(),
-        app_versions: c
-            .apps()
-            .flat_map(|x| c.app_versions(&x.id).unwrap().into_iter().map(move |v| (x.id.clone(), v)))
-            .map(|(app, v)| (app.clone(), v.clone(), c.app_version(&app, &v).unwrap().clone()))
-            .collect(),
-        tasks: c.tasks().cloned().collect(),
-        agents: c.agents().map(|x| x.record.clone()).collect(),
-        deployments: c.deployments().cloned().collect(),
-        groups: Vec::new(),
-    };
+    let snapshot = snapshot_of(&c);
     let mut restored = Core::restore(CoreConfig::default(), Box::new(uuid::Uuid::new_v4), snapshot, t(100));
-    let resp =
-        restored.sync_agent(&SyncRequest { agent_id: a.clone(), generation: 3, tasks: vec![], wait_ms: 0 }, t(101));
+    let resp = restored.sync_agent(&SyncRequest::new(a.clone(), 3), t(101));
     assert!(resp.reregister, "an agent unknown to this process must re-register");
     restored.register_agent(
         Registration {

@@ -19,7 +19,7 @@ fn a_lost_agents_tasks_are_replaced_and_its_survivors_are_not_adopted_on_return(
     assert_eq!(on_a.len(), 1);
     // b keeps syncing, a goes silent.
     let gen_b = c.desired_state(&b).unwrap().generation;
-    c.sync_agent(&SyncRequest { agent_id: b.clone(), generation: gen_b, tasks: vec![], wait_ms: 0 }, t(9_000));
+    c.sync_agent(&SyncRequest::new(b.clone(), gen_b), t(9_000));
     c.take_changes();
     c.tick(t(10_500));
     assert!(!c.agent(&a).unwrap().record.active);
@@ -32,7 +32,7 @@ fn a_lost_agents_tasks_are_replaced_and_its_survivors_are_not_adopted_on_return(
     assert!(tasks.iter().all(|x| x.agent_id == b), "replacement placed on the surviving agent");
     // a comes back: its sync is refused until it re-registers, and its old task is not
     // adopted (not in its desired state, so the agent kills it).
-    let resp = c.sync_agent(&SyncRequest { agent_id: a.clone(), generation: 5, tasks: vec![], wait_ms: 0 }, t(11_000));
+    let resp = c.sync_agent(&SyncRequest::new(a.clone(), 5), t(11_000));
     assert!(resp.reregister);
     c.register_agent(
         Registration {
@@ -83,7 +83,7 @@ fn unreachable_tasks_are_replaced_after_inactive_and_expunged_later() {
     let alive = if task.agent_id == a { b.clone() } else { a.clone() };
     let heartbeat = |c: &mut Core, now| {
         let g = c.desired_state(&alive).unwrap().generation;
-        c.sync_agent(&SyncRequest { agent_id: alive.clone(), generation: g, tasks: vec![], wait_ms: 0 }, now);
+        c.sync_agent(&SyncRequest::new(alive.clone(), g), now);
     };
     heartbeat(&mut c, t(9_000));
     c.tick(t(10_500));
@@ -119,7 +119,7 @@ fn disabled_unreachable_strategy_never_replaces() {
     for step in 1..5 {
         let now = t(step * 20_000);
         let g = c.desired_state(&b).unwrap().generation;
-        c.sync_agent(&SyncRequest { agent_id: b.clone(), generation: g, tasks: vec![], wait_ms: 0 }, now);
+        c.sync_agent(&SyncRequest::new(b.clone(), g), now);
         c.tick(now);
     }
     assert_eq!(c.task(&task).unwrap().state, TaskState::TaskUnreachable);

@@ -14,7 +14,9 @@ mod groups;
 mod health;
 mod liveness;
 mod placement;
+mod ports;
 mod queries;
+mod services;
 mod supervision;
 
 pub(crate) fn core() -> Core {
@@ -127,4 +129,21 @@ pub(crate) fn health_update(core: &mut Core, task: &TaskId, healthy: bool, failu
         }],
         now,
     );
+}
+
+/// What the store would hold of the core (apps, versions, tasks, agents, deployments), for
+/// restart tests.
+pub(crate) fn snapshot_of(c: &Core) -> Snapshot {
+    Snapshot {
+        apps: c.apps().cloned().collect(),
+        app_versions: c
+            .apps()
+            .flat_map(|x| c.app_versions(&x.id).unwrap().into_iter().map(move |v| (x.id.clone(), v)))
+            .map(|(app, v)| (app.clone(), v.clone(), c.app_version(&app, &v).unwrap().clone()))
+            .collect(),
+        tasks: c.tasks().cloned().collect(),
+        agents: c.agents().map(|x| x.record.clone()).collect(),
+        deployments: c.deployments().cloned().collect(),
+        groups: Vec::new(),
+    }
 }

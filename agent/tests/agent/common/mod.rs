@@ -43,13 +43,13 @@ pub async fn register(
 
 pub async fn sync(State(m): State<Shared>, Json(r): Json<SyncRequest>) -> Json<SyncResponse> {
     if std::mem::take(&mut m.lock().unwrap().reregister_next) {
-        return Json(SyncResponse { desired: None, reregister: true, cluster_id: None });
+        return Json(SyncResponse { desired: None, reregister: true, cluster_id: None, services: None });
     }
     let deadline = Instant::now() + Duration::from_millis(r.wait_ms.min(300));
     loop {
         let desired = m.lock().unwrap().desired.clone().filter(|d| d.generation > r.generation);
         if desired.is_some() || Instant::now() >= deadline {
-            return Json(SyncResponse { desired, reregister: false, cluster_id: None });
+            return Json(SyncResponse { desired, reregister: false, cluster_id: None, services: None });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -154,6 +154,8 @@ fn start_agent_configured(
         dns: plinth_dns::DnsSettings::disabled(),
         confinement,
         stop_tasks_after_master_lost: None,
+        // The in-test master sends no service table; no port of the host is taken.
+        lb: plinth_agent::LbSettings { enabled: false, ..Default::default() },
     };
     let options = AgentOptions { tick, sync_wait: Duration::from_millis(300), logs, ..Default::default() };
     let handle = tokio::spawn(async move {

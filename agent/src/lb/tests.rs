@@ -1,0 +1,212 @@
+//! The balancer against real sockets on loopback: backends are tokio servers that answer
+//! with their name, the frontends listen on free ports of 127.0.0.1.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use plinth_protocol::agent::{Backend, Balance, Service, ServiceProtocol, ServiceTable};
+use plinth_protocol::{AppId, TaskId};
+use plinth_testkit::free_port;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::{Balancer, LbSettings};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A TCP backend answering every connection with its name, then closing.
+async fn named_backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(name.as_bytes()).await;
+        }
+    });
+    port
+}
+
+fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: &[(&str, u16)]) -> Service {
+    Service {
+        app_id: AppId::parse("/web").unwrap(),
+        service_port: port,
+        protocol,
+        group: group.map(str::to_string),
+        balance: Balance::RoundRobin,
+        vhosts: vec![],
+        backends: backends
+            .iter()
+            .map(|(task, p)| Backend { task_id: TaskId::new(*task), host: "127.0.0.1".into(), port: *p })
+            .collect(),
+    }
+}
+
+fn balancer(group: Option<&str>) -> Balancer {
+    Balancer::new(LbSettings { enabled: true, group: group.map(str::to_string), bind: LOOPBACK, http_port: None })
+}
+
+async fn ask(port: u16) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).await?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn connections_rotate_over_backends_and_a_refused_backend_is_skipped() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let dead = free_port();
+    let port = free_port();
+    let lb = balancer(None);
+    let backends = [("t-a", a), ("t-dead", dead), ("t-b", b)];
+    lb.apply(ServiceTable { generation: 1, services: vec![service(port, ServiceProtocol::Tcp, None, &backends)] });
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(ask(port).await.expect("served"));
+    }
+    assert!(answers.iter().all(|x| x == "a" || x == "b"), "{answers:?}");
+    assert!(answers.contains(&"a".to_string()) && answers.contains(&"b".to_string()), "{answers:?}");
+    let view = lb.view();
+    let dead_view = view.frontends[0].backends.iter().find(|x| x.task_id.as_str() == "t-dead").unwrap();
+    assert!(dead_view.failures >= 1 && dead_view.total_connections == 0, "{view:?}");
+    assert_eq!(view.frontends[0].connections, 6);
+    assert_eq!(lb.applied_generation(), Some(1));
+}
+
+#[tokio::test]
+async fn a_table_change_keeps_open_connections_and_the_drain_waits_for_them() {
+    // A backend that holds each connection open until the client closes it.
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let held = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let other = named_backend("other").await;
+    let port = free_port();
+    let lb = balancer(None);
+    lb.apply(ServiceTable {
+        generation: 1,
+        services: vec![service(port, ServiceProtocol::Tcp, None, &[("old", held)])],
+    });
+    let mut open = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).await.unwrap();
+    open.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    open.read_exact(&mut buf).await.unwrap();
+    // The task is drained: the table now lists another one.
+    lb.apply(ServiceTable {
+        generation: 2,
+        services: vec![service(port, ServiceProtocol::Tcp, None, &[("new", other)])],
+    });
+    assert_eq!(ask(port).await.unwrap(), "other", "new connections go to the new backend");
+    assert_eq!((lb.applied_generation(), lb.drained_generation()), (Some(2), Some(1)), "a connection is still open");
+    open.write_all(b"pong").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong", "the open connection was not touched");
+    drop(open);
+    tokio::time::timeout(Duration::from_secs(5), lb.drain_progress()).await.expect("the drain is signalled");
+    assert_eq!(lb.drained_generation(), Some(2));
+    // A backend that leaves and comes back while a connection is open holds no drain.
+    let mut again = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).await.unwrap();
+    let mut name = [0u8; 5];
+    again.read_exact(&mut name).await.unwrap();
+    assert_eq!(&name, b"other");
+    lb.apply(ServiceTable { generation: 3, services: vec![service(port, ServiceProtocol::Tcp, None, &[])] });
+    lb.apply(ServiceTable {
+        generation: 4,
+        services: vec![service(port, ServiceProtocol::Tcp, None, &[("new", other)])],
+    });
+    assert_eq!(lb.drained_generation(), Some(4), "back in the table: nothing to wait for");
+    drop(again);
+    // The port goes with its app.
+    lb.apply(ServiceTable { generation: 5, services: vec![] });
+    assert!(ask(port).await.is_err(), "closed");
+    assert!(lb.view().frontends.is_empty());
+}
+
+#[tokio::test]
+async fn only_the_agents_group_is_served_and_a_port_without_backends_resets() {
+    let a = named_backend("a").await;
+    let (internal, external, empty) = (free_port(), free_port(), free_port());
+    let lb = balancer(Some("external"));
+    lb.apply(ServiceTable {
+        generation: 1,
+        services: vec![
+            service(internal, ServiceProtocol::Tcp, Some("internal"), &[("t", a)]),
+            service(external, ServiceProtocol::Tcp, Some("external"), &[("t", a)]),
+            service(empty, ServiceProtocol::Tcp, Some("external"), &[]),
+        ],
+    });
+    assert!(ask(internal).await.is_err(), "another group's port is not served");
+    assert_eq!(ask(external).await.unwrap(), "a");
+    let refused = ask(empty).await;
+    assert!(refused.as_deref().map_or(true, str::is_empty), "{refused:?}");
+    let view = lb.view();
+    assert_eq!(view.frontends.len(), 2);
+    assert_eq!(view.frontends.iter().find(|f| f.port == empty).unwrap().unserved, 1);
+    let off = Balancer::new(LbSettings { enabled: false, ..LbSettings::default() });
+    assert_eq!((off.applied_generation(), off.drained_generation()), (None, None), "no balancer: nothing to wait for");
+}
+
+#[tokio::test]
+async fn udp_datagrams_are_forwarded_per_flow_and_answered() {
+    let echo = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let port = free_port();
+    let lb = balancer(None);
+    lb.apply(ServiceTable {
+        generation: 1,
+        services: vec![service(port, ServiceProtocol::Udp, None, &[("u", echo_port)])],
+    });
+    let client = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    client.connect(SocketAddr::new(LOOPBACK, port)).await.unwrap();
+    for word in ["one", "two"] {
+        client.send(word.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.expect("an answer").unwrap();
+        assert_eq!(&buf[..n], word.as_bytes());
+    }
+    let view = lb.view();
+    assert_eq!(view.frontends[0].connections, 1, "one flow: {view:?}");
+    assert_eq!(view.frontends[0].backends[0].bytes_out, 6);
+}
+
+#[tokio::test]
+async fn the_http_frontend_routes_by_host_to_the_vhost_s_service_port() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let http_port = free_port();
+    let lb = Balancer::new(LbSettings { enabled: true, group: None, bind: LOOPBACK, http_port: Some(http_port) });
+    let mut sa = service(free_port(), ServiceProtocol::Tcp, None, &[("ta", a)]);
+    sa.vhosts = vec!["a.example".into()];
+    let mut sb = service(free_port(), ServiceProtocol::Tcp, None, &[("tb", b)]);
+    sb.app_id = AppId::parse("/other").unwrap();
+    sb.vhosts = vec!["b.example".into(), "www.b.example".into()];
+    lb.apply(ServiceTable { generation: 1, services: vec![sa, sb] });
+    let send = |head: &'static [u8]| async move {
+        let mut s = TcpStream::connect(SocketAddr::new(LOOPBACK, http_port)).await.unwrap();
+        s.write_all(head).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert_eq!(send(b"GET / HTTP/1.1\r\nHost: WWW.B.example:80\r\n\r\n").await, "b");
+    assert_eq!(send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await, "a");
+    assert!(send(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n").await.starts_with("HTTP/1.1 503"));
+    assert!(send(b"\x16\x03\x01garbage\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let view = lb.view();
+    assert_eq!((view.http_port, view.http_error.as_deref()), (Some(http_port), None));
+    assert!(view.frontends.iter().any(|f| f.vhosts == ["b.example", "www.b.example"]), "{view:?}");
+}

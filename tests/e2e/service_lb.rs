@@ -1,0 +1,404 @@
+//! Service ports end to end: every agent's balancer answers every app's service port
+//! (the Marathon tutorial's `hello-sinatra` on 9000, from the greeter image), from other
+//! hosts and from tasks on `127.0.0.1`; no request fails while the app scales, restarts
+//! and scales down; unhealthy tasks get no traffic; a lost agent's backends leave the
+//! others' balancers; a port with no backend refuses a flood of connections at once.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::containers::{hello_sinatra, ImageCluster};
+
+const SERVICE_PORT: u16 = 9000;
+
+/// One request on a fresh connection: `GET /greet/NAME` through `ip:port`; the body of a 200.
+fn request(ip: &str, port: u16, name: &str) -> Result<String, String> {
+    let addr: SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(secs(10))).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET /greet/{name} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("read from {addr}: {e}"))?;
+    let (head, body) =
+        answer.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer from {addr}: {answer:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{addr}: {head}"));
+    }
+    Ok(body.to_string())
+}
+
+/// The agent's `GET /v1/lb`.
+fn lb(cluster: &Cluster, agent: &str) -> Value {
+    cluster.agent_api(agent).get_json("/v1/lb")
+}
+
+/// Backend addresses of the service port in an agent's balancer (`None`: no such frontend).
+fn backends(view: &Value, port: u16) -> Option<Vec<String>> {
+    let frontend = view["frontends"].as_array()?.iter().find(|f| f["port"] == json!(port))?.clone();
+    Some(frontend["backends"].as_array()?.iter().filter_map(|b| b["address"].as_str().map(str::to_string)).collect())
+}
+
+/// Waits until every listed agent balances the service port over exactly `count` backends.
+fn wait_for_backends(cluster: &Cluster, agents: &[&str], count: usize) -> Vec<String> {
+    wait_until(&format!("{count} backends on port {SERVICE_PORT} in every balancer"), secs(120), || {
+        cluster.check_nodes_alive()?;
+        let mut seen = Vec::new();
+        for agent in agents {
+            let list = backends(&lb(cluster, agent), SERVICE_PORT).unwrap_or_default();
+            if list.len() != count {
+                return Err(format!("{agent}: {list:?}"));
+            }
+            seen = list;
+        }
+        Ok(seen)
+    })
+}
+
+/// The tutorial app with an HTTP health check on its port (the greeter answers 200 on `path`).
+fn checked_sinatra(instances: u64, path: &str, max_failures: u64) -> Value {
+    let mut app = hello_sinatra();
+    app["instances"] = json!(instances);
+    app["cpus"] = json!(0.1);
+    app["mem"] = json!(32);
+    app["healthChecks"] = json!([{"protocol": "HTTP", "path": path, "portIndex": 0, "gracePeriodSeconds": 30,
+        "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": max_failures}]);
+    app
+}
+
+#[test]
+fn the_tutorial_app_answers_on_its_service_port_of_every_agent_and_from_a_task() {
+    let ic = ImageCluster::start("lb-tutorial", 2, &[]);
+    let cluster = &ic.cluster;
+    let mut app = hello_sinatra();
+    // agent-2 runs none of its tasks, and answers all the same.
+    app["constraints"] = json!([["hostname", "CLUSTER", "agent-1"]]);
+    let events = EventStream::open(&format!("{}/v1/events", cluster.master_url()));
+    cluster.api().post("/v2/apps", &app).expect_status(201);
+    let task = cluster.wait_for_running("/hello-sinatra", 1, secs(90)).remove(0);
+    assert_eq!(task["servicePorts"], json!([SERVICE_PORT]), "{task}");
+    let backend = format!("{}:{}", cluster.node("agent-1").host.ip, task["ports"][0]);
+    assert_eq!(wait_for_backends(cluster, &["agent-1", "agent-2"], 1), vec![backend.clone()]);
+    events.wait_for("lb_backend_added", secs(10));
+    for agent in ["agent-1", "agent-2"] {
+        let ip = cluster.node(agent).host.ip.to_string();
+        let body =
+            wait_until(&format!("{agent}:{SERVICE_PORT} to greet"), secs(30), || request(&ip, SERVICE_PORT, "world"));
+        assert_eq!(body, "Hello world!", "through {agent}");
+    }
+
+    // A command task on agent-2 reaches the app on its own loopback.
+    let probe = json!({"id": "/probe", "cpus": 0.1, "mem": 32, "constraints": [["hostname", "CLUSTER", "agent-2"]],
+        "cmd": "for i in $(seq 1 60); do curl -sf http://127.0.0.1:9000/greet/task && break; sleep 0.5; done; sleep 600"});
+    let probe_task = cluster.deploy(&probe).remove(0);
+    let probe_id = str_field(&probe_task, "id").to_string();
+    wait_until("the probe task to print the greeting", secs(60), || {
+        let reply = cluster.agent_api("agent-2").try_get(&format!("/v1/tasks/{probe_id}/logs"))?;
+        if reply.text.contains("Hello task!") {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", reply.status, reply.text))
+        }
+    });
+
+    // Operators see it: the CLI, the stats and the metrics.
+    let out = cluster.cli(&["lb", "status", "--agent", "agent-2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains("9000/tcp") && shown.contains("/hello-sinatra") && shown.contains(&backend), "{shown}");
+    let view = lb(cluster, "agent-2");
+    let frontend = view["frontends"].as_array().unwrap().iter().find(|f| f["port"] == json!(SERVICE_PORT)).unwrap();
+    assert!(frontend["backends"][0]["total_connections"].as_u64().unwrap_or(0) >= 2, "{view}");
+    assert!(frontend["backends"][0]["bytes_out"].as_u64().unwrap_or(0) > 0, "{view}");
+    let out = cluster.cli(&["app", "show", "/hello-sinatra"]);
+    let shown = stdout(&out);
+    let agent_2 = format!("{}:{SERVICE_PORT}", cluster.node("agent-2").host.ip);
+    assert!(shown.contains("9000/tcp") && shown.contains(&agent_2), "{shown}{}", stderr(&out));
+    let metrics = cluster.agent_api("agent-2").get("/metrics").text;
+    assert!(
+        metrics.contains("plinth_lb_connections_total{port=\"9000\",protocol=\"tcp\",app_id=\"/hello-sinatra\"}"),
+        "{metrics}"
+    );
+}
+
+/// A client sending requests without pause through both agents' service port until
+/// stopped (at most `limit`); returns the number sent and the failures.
+struct Client {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Client {
+    fn start(ips: Vec<String>, limit: usize) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut sent = 0;
+            while !stopping.load(Ordering::Relaxed) && sent < limit {
+                let ip = &ips[sent % ips.len()];
+                match request(ip, SERVICE_PORT, &format!("n{sent}")) {
+                    Ok(body) if body == format!("Hello n{sent}!") => {}
+                    Ok(body) => failures.push(format!("#{sent} via {ip}: wrong body {body:?}")),
+                    Err(e) => failures.push(format!("#{sent} via {ip}: {e}")),
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            (sent, failures)
+        });
+        Client { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("client thread")
+    }
+}
+
+#[test]
+fn no_request_fails_while_the_app_scales_up_restarts_and_scales_down() {
+    let ic = ImageCluster::start("lb-zero-drop", 2, &[]);
+    let cluster = &ic.cluster;
+    let agents = ["agent-1", "agent-2"];
+    cluster.api().post("/v2/apps", &checked_sinatra(1, "/greet/health", 3)).expect_status(201);
+    cluster.wait_for_running("/hello-sinatra", 1, secs(90));
+    wait_for_backends(cluster, &agents, 1);
+    let ips: Vec<String> = agents.iter().map(|a| cluster.node(a).host.ip.to_string()).collect();
+    let client = Client::start(ips, 20_000);
+    let started = Instant::now();
+
+    cluster.api().put("/v2/apps/hello-sinatra", &json!({"instances": 3})).expect_status(200);
+    cluster.wait_for_running("/hello-sinatra", 3, secs(120));
+    wait_for_backends(cluster, &agents, 3);
+    let before: Vec<String> = cluster.tasks("/hello-sinatra").iter().map(|t| str_field(t, "id").to_string()).collect();
+
+    cluster.api().post("/v2/apps/hello-sinatra/restart", &json!({})).expect_status(200);
+    cluster.wait_for_no_deployments(secs(180));
+    cluster.wait_for_running("/hello-sinatra", 3, secs(120));
+    let after: Vec<String> = cluster.tasks("/hello-sinatra").iter().map(|t| str_field(t, "id").to_string()).collect();
+    assert!(after.iter().all(|t| !before.contains(t)), "every task was replaced: {before:?} → {after:?}");
+    wait_for_backends(cluster, &agents, 3);
+
+    cluster.api().put("/v2/apps/hello-sinatra", &json!({"instances": 1})).expect_status(200);
+    cluster.wait_for_running("/hello-sinatra", 1, secs(120));
+    wait_for_backends(cluster, &agents, 1);
+    // A little more traffic on the one task left.
+    std::thread::sleep(secs(1));
+    let (sent, failures) = client.finish();
+    eprintln!("{sent} requests in {:?}, {} failed", started.elapsed(), failures.len());
+    assert!(sent >= 200, "the client kept sending during the changes: {sent}");
+    assert!(failures.is_empty(), "{} of {sent} requests failed: {failures:#?}", failures.len());
+}
+
+#[test]
+fn a_task_not_yet_healthy_gets_no_traffic_and_a_port_without_backends_refuses_a_flood() {
+    let ic = ImageCluster::start("lb-unhealthy", 1, &[]);
+    let cluster = &ic.cluster;
+    // The greeter answers 404 off /greet/: running, never healthy, never killed.
+    cluster.api().post("/v2/apps", &checked_sinatra(1, "/nothing-here", 0)).expect_status(201);
+    let deadline = Instant::now() + secs(90);
+    wait_until("a running task", secs(90), || {
+        cluster.check_nodes_alive()?;
+        let running = cluster.running_tasks("/hello-sinatra");
+        let checked = running.iter().any(|t| t["healthCheckResults"][0]["alive"] == json!(false));
+        if checked {
+            Ok(())
+        } else {
+            Err(format!("{running:?}"))
+        }
+    });
+    assert!(Instant::now() < deadline);
+    let view = lb(cluster, "agent-1");
+    assert_eq!(backends(&view, SERVICE_PORT), Some(vec![]), "the port is served, with no backend: {view}");
+    let ip = cluster.node("agent-1").host.ip.to_string();
+    holds_for("no traffic to an unhealthy task", secs(2), || match request(&ip, SERVICE_PORT, "x") {
+        Ok(body) => Err(format!("answered {body:?}")),
+        Err(_) => Ok(()),
+    });
+
+    // A flood: every connection is closed at once, and the agent keeps no socket of it.
+    let pid = cluster.node("agent-1").pid().expect("agent pid");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    let addr: SocketAddr = format!("{ip}:{SERVICE_PORT}").parse().unwrap();
+    let started = Instant::now();
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let failures = &failures;
+            scope.spawn(move || {
+                for i in 0..100 {
+                    let attempt = Instant::now();
+                    let outcome = TcpStream::connect_timeout(&addr, secs(2)).and_then(|mut s| {
+                        s.set_read_timeout(Some(secs(2)))?;
+                        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+                        let mut buf = [0u8; 64];
+                        s.read(&mut buf)
+                    });
+                    let slow = attempt.elapsed() > secs(1);
+                    if matches!(outcome, Ok(n) if n > 0) || slow {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("worker {worker} #{i}: {outcome:?} after {:?}", attempt.elapsed()));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "every connection must be closed at once: {failures:#?}");
+    eprintln!("800 unserved connections in {:?}", started.elapsed());
+    let after = wait_until("the agent's descriptors to settle", secs(10), || {
+        let now = fds();
+        if now <= before + 5 {
+            Ok(now)
+        } else {
+            Err(format!("{now} descriptors, {before} before the flood"))
+        }
+    });
+    assert!(after <= before + 5);
+    let view = lb(cluster, "agent-1");
+    let frontend = view["frontends"].as_array().unwrap().iter().find(|f| f["port"] == json!(SERVICE_PORT)).unwrap();
+    assert!(frontend["unserved"].as_u64().unwrap_or(0) >= 800, "{view}");
+}
+
+#[test]
+fn a_killed_agents_backends_leave_the_other_balancers_and_do_not_come_back_stale() {
+    let mut ic = ImageCluster::start("lb-lost-agent", 3, &[]);
+    let mut app = hello_sinatra();
+    app["instances"] = json!(2);
+    app["cpus"] = json!(0.1);
+    app["constraints"] = json!([["hostname", "UNIQUE"]]);
+    ic.cluster.api().post("/v2/apps", &app).expect_status(201);
+    let tasks = ic.cluster.wait_for_running("/hello-sinatra", 2, secs(90));
+    let all = ["agent-1", "agent-2", "agent-3"];
+    wait_for_backends(&ic.cluster, &all, 2);
+    let victim = ic.cluster.node_of_host(str_field(&tasks[0], "host"));
+    let victim_ip = ic.cluster.node(&victim).host.ip.to_string();
+    let others: Vec<&str> = all.iter().copied().filter(|a| *a != victim).collect();
+    ic.cluster.kill9(&victim);
+    let killed_at = Instant::now();
+    wait_until("the lost agent's backends to leave every other balancer", secs(30), || {
+        for agent in &others {
+            let list = backends(&lb(&ic.cluster, agent), SERVICE_PORT).unwrap_or_default();
+            if list.iter().any(|b| b.starts_with(&format!("{victim_ip}:"))) {
+                return Err(format!("{agent}: {list:?}"));
+            }
+        }
+        Ok(())
+    });
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after < secs(AGENT_TIMEOUT_SECS + 5), "gone after {gone_after:?}");
+    // The replacement takes traffic; the app answers through the survivors all along.
+    wait_for_backends(&ic.cluster, &others, 2);
+    let ip = ic.cluster.node(others[0]).host.ip.to_string();
+    assert_eq!(request(&ip, SERVICE_PORT, "again").as_deref(), Ok("Hello again!"));
+
+    // It comes back: its old task is killed, and no balancer lists it.
+    ic.cluster.respawn(&victim);
+    ic.cluster.wait_for_agents(3);
+    let current: Vec<Value> = ic.cluster.wait_for_running("/hello-sinatra", 2, secs(60));
+    let expected: Vec<String> =
+        current.iter().map(|t| format!("{}:{}", ic.cluster.ip_of_host(str_field(t, "host")), t["ports"][0])).collect();
+    wait_until("every balancer to list just the current tasks", secs(30), || {
+        for agent in all {
+            let mut list = backends(&lb(&ic.cluster, agent), SERVICE_PORT).unwrap_or_default();
+            let mut want = expected.clone();
+            list.sort();
+            want.sort();
+            if list != want {
+                return Err(format!("{agent}: {list:?}, want {want:?}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A connection through the balancer that has sent half a request (the greeter waits for
+/// the end of the request line).
+fn half_request(ip: &str, name: &str) -> TcpStream {
+    let addr: SocketAddr = format!("{ip}:{SERVICE_PORT}").parse().expect("an agent's address");
+    let mut stream = TcpStream::connect_timeout(&addr, secs(5)).expect("connect through the balancer");
+    stream.set_read_timeout(Some(secs(20))).expect("a read timeout");
+    stream.write_all(format!("GET /greet/{name} HTTP/1.0").as_bytes()).expect("half a request sent");
+    stream
+}
+
+#[test]
+fn open_connections_finish_before_a_drained_task_is_killed() {
+    let ic = ImageCluster::start("lb-drain", 1, &[]);
+    let cluster = &ic.cluster;
+    let mut app = checked_sinatra(3, "/greet/health", 3);
+    app["labels"] = json!({"PLINTH_DRAIN_SECONDS": "60"});
+    cluster.api().post("/v2/apps", &app).expect_status(201);
+    cluster.wait_for_running("/hello-sinatra", 3, secs(120));
+    wait_for_backends(cluster, &["agent-1"], 3);
+    let ip = cluster.node("agent-1").host.ip.to_string();
+    // Round robin: three connections, one on each task.
+    let mut open: Vec<TcpStream> = (0..3).map(|i| half_request(&ip, &format!("slow{i}"))).collect();
+    wait_until("one open connection on each backend", secs(10), || {
+        let view = lb(cluster, "agent-1");
+        let active: Vec<u64> = view["frontends"][0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["active_connections"].as_u64().unwrap_or(0))
+            .collect();
+        if active == [1, 1, 1] {
+            Ok(())
+        } else {
+            Err(format!("{view}"))
+        }
+    });
+
+    cluster.api().put("/v2/apps/hello-sinatra", &json!({"instances": 1})).expect_status(200);
+    wait_for_backends(cluster, &["agent-1"], 1);
+    let killing = || cluster.tasks("/hello-sinatra").iter().filter(|t| t["state"] == json!("TASK_KILLING")).count();
+    assert_eq!(killing(), 2, "{:?}", cluster.tasks("/hello-sinatra"));
+    // The drained tasks keep running while their connections are open.
+    holds_for("drained tasks with open connections to stay", secs(3), || match killing() {
+        2 => Ok(()),
+        n => Err(format!("{n} tasks killing")),
+    });
+    let started = Instant::now();
+    for (i, mut stream) in open.drain(..).enumerate() {
+        stream.write_all(b"\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with(&format!("Hello slow{i}!")), "connection {i}: {answer:?}");
+        // Closed as an HTTP/1.0 client does: that is when the balancer counts it done.
+        drop(stream);
+    }
+    // Their last connection ended: the kill follows, long before the 60 s drain timeout.
+    cluster.wait_for_running("/hello-sinatra", 1, secs(20));
+    assert!(started.elapsed() < secs(20));
+}
+
+#[test]
+fn plinth_standalone_balances_an_assigned_service_port_too() {
+    let mut cluster = Cluster::new("lb-standalone");
+    cluster.start_standalone("solo");
+    let ip = cluster.node("solo").host.ip;
+    let api = Http::new(format!("http://{ip}:{MASTER_PORT}"));
+    let app = json!({"id": "/web", "cmd": "python3 -m http.server $PORT0", "cpus": 0.1, "mem": 64,
+        "portDefinitions": [{"port": 0}]});
+    let created = api.post("/v2/apps", &app).expect_status(201);
+    let service_port = created.json["portDefinitions"][0]["port"].as_u64().expect("an assigned service port");
+    assert!((10_000..=20_000).contains(&service_port), "{}", created.text);
+    wait_until("the service port to answer on the box", secs(90), || {
+        let reply = Http::new(format!("http://{ip}:{service_port}")).try_get("/")?;
+        if reply.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("status {}", reply.status))
+        }
+    });
+}
