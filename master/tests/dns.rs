@@ -32,7 +32,7 @@ async fn names_follow_a_task_and_the_feed_long_polls() -> Result<()> {
     assert!(feed["records"]["a"]["web-shop.marathon"].is_null(), "no running task, no name: {feed}");
 
     let spec = loop {
-        let request = SyncRequest { agent_id: agent_id.as_str().into(), generation: 0, tasks: vec![], wait_ms: 2000 };
+        let request = SyncRequest { wait_ms: 2000, ..SyncRequest::new(agent_id.as_str().into(), 0) };
         let (_, body) = h.post("/agent/v1/sync", serde_json::to_value(&request)?).await?;
         let response: SyncResponse = serde_json::from_value(body)?;
         if let Some(task) = response.desired.and_then(|d| d.tasks.into_iter().next()) {

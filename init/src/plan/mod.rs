@@ -391,7 +391,7 @@ mod tests {
         );
         assert!(background_modules(&phases).contains(&"overlay".to_string()), "standalone runs containers");
         assert!(!modules(&phases).contains(&"overlay".to_string()), "containers' modules do not hold the boot up");
-        let pos = |f: &dyn Fn(&Phase) -> bool| phases.iter().position(|p| f(p)).expect("phase present");
+        let pos = |f: &dyn Fn(&Phase) -> bool| phases.iter().position(f).expect("phase present");
         assert!(
             pos(&|p| matches!(p, Phase::LoadHardwareModules))
                 < pos(&|p| matches!(p, Phase::LoadModulesInBackground(_))),
