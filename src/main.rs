@@ -305,6 +305,8 @@ fn reason(error: ProtocolError) -> String {
 fn main() {
     // Every HTTP client (master, agent, executor, CLI) needs rustls' provider installed.
     plinth_oci::tls::install_provider();
+    // A command task's init is PID 1 of its namespace, never the node's init.
+    plinth_agent::task_init::maybe_run();
     // Must come first: as PID 1 nothing else (argument parsing included) applies.
     os::maybe_run_as_init();
     let mut cli = Cli::parse();

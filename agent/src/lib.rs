@@ -18,7 +18,8 @@
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
 //! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
-//!   `confine` (the command task's mount namespace, user, capabilities).
+//!   `confine` (the command task's PID and mount namespaces, user, capabilities),
+//!   [`task_init`] (the PID 1 of a command task's namespace).
 //!
 //! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
 //! with the `testing` feature, which the product binary does not enable.
@@ -50,6 +51,7 @@ pub mod runtime;
 pub mod sandbox_fs;
 mod start;
 pub mod state;
+pub mod task_init;
 pub mod taskenv;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
