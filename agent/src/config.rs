@@ -96,6 +96,8 @@ pub struct ContainerSettings {
     pub subnet: String,
     /// Decompressed bytes a single image layer may have (decompression bombs stop here).
     pub max_layer_bytes: u64,
+    /// `--userns-remap`: containers in a user namespace, their root this host id range's first.
+    pub userns_remap: Option<crate::userns::IdRemap>,
 }
 
 impl Default for ContainerSettings {
@@ -105,6 +107,7 @@ impl Default for ContainerSettings {
             bridge: DEFAULT_BRIDGE.to_string(),
             subnet: DEFAULT_CONTAINER_SUBNET.to_string(),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            userns_remap: None,
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
 //! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
 //!   `confine` (the command task's PID and mount namespaces, user, capabilities),
-//!   [`task_init`] (the PID 1 of a command task's namespace).
+//!   [`task_init`] (the PID 1 of a command task's namespace), [`userns`] (containers'
+//!   `--userns-remap`).
 //!
 //! The test doubles (`runtime::FakeRuntime`, `testing`) are compiled only for tests and
 //! with the `testing` feature, which the product binary does not enable.
@@ -53,6 +54,7 @@ mod start;
 pub mod state;
 pub mod task_init;
 pub mod taskenv;
+pub mod userns;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

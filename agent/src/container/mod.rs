@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::executor_contract::{
     ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
 };
+use crate::userns::IdRemap;
 use crate::{fsutil, image};
 
 /// The OCI bundle (`config.json`) in the sandbox.
@@ -98,7 +99,11 @@ fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedIm
 }
 
 fn open_store(task: &ContainerTask) -> Result<image::ImageStore, image::ImageError> {
-    let options = image::ImageStoreOptions { max_layer_bytes: task.max_layer_bytes, ..Default::default() };
+    let options = image::ImageStoreOptions {
+        max_layer_bytes: task.max_layer_bytes,
+        id_remap: task.userns_remap,
+        ..Default::default()
+    };
     image::ImageStore::open(&task.images_dir, options)
 }
 
@@ -233,6 +238,9 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     let hostname = spec::hostname(&spec.task_id, &params);
     let etc = write_etc_files(&spec.sandbox, &hostname, ip, &task.host)?;
     let user = spec::resolve_user(&image.rootfs, spec::effective_user(&params, &image.config).as_deref())?;
+    if let Some(remap) = task.userns_remap {
+        remap_sandbox(&spec.sandbox, remap, &user)?;
+    }
     let cgroup = cgroups_path(&spec.task_id);
     let runtime_spec = spec::build_spec(&spec::SpecInput {
         task_id: &spec.task_id,
@@ -246,6 +254,7 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         etc: Some(etc),
         user,
         nofile_hard: nofile_hard_limit(),
+        userns: task.userns_remap,
     })?;
     let bundle = spec.sandbox.join(BUNDLE_DIR);
     run::write_bundle(&bundle, &runtime_spec)?;
@@ -286,6 +295,24 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         source: std::io::Error::other(error_chain(&e).to_string()),
     })?;
     Ok(Running { pid, record, session })
+}
+
+/// With `--userns-remap`: refuses a user the namespace cannot hold, and lets the
+/// container's root (host id START) create files in the sandbox, which becomes
+/// `root:START` with the sticky bit (`01770`), as a command task's: what it writes is
+/// START's, while the executor's records and logs stay root's, out of its reach.
+fn remap_sandbox(sandbox: &Path, remap: IdRemap, user: &spec::ResolvedUser) -> Result<(), ContainerError> {
+    let refused = |e: crate::userns::RemapError| ContainerError::User {
+        user: format!("{}:{}", user.uid, user.gid),
+        reason: format!("with --userns-remap {remap}: {e}"),
+    };
+    remap.host_id("uid", user.uid).map_err(refused)?;
+    for gid in std::iter::once(&user.gid).chain(&user.additional_gids) {
+        remap.host_id("gid", *gid).map_err(refused)?;
+    }
+    let io = |source| ContainerError::Io { what: "handing to the remapped root", path: sandbox.to_path_buf(), source };
+    std::os::unix::fs::chown(sandbox, Some(0), Some(remap.start)).map_err(io)?;
+    std::fs::set_permissions(sandbox, std::os::unix::fs::PermissionsExt::from_mode(0o1770)).map_err(io)
 }
 
 /// The executor's hard RLIMIT_NOFILE (what the container inherits).

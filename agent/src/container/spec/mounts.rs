@@ -18,7 +18,7 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options}),
+        sys_mount(input, sys_options),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
@@ -38,6 +38,18 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
     }
     mounts.extend(volume_mounts(input.app, input.sandbox)?);
     Ok(mounts)
+}
+
+/// `/sys`: a sysfs of its own, except in a user namespace (`--userns-remap`), where the
+/// kernel refuses one (the network namespace belongs to the host's user namespace), so
+/// it is the host's `/sys`, bound read-only, as runc does then.
+fn sys_mount(input: &SpecInput<'_>, mut options: Vec<&str>) -> Value {
+    if input.userns.is_none() {
+        return json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": options});
+    }
+    options.retain(|o| *o != "ro");
+    options.extend(["rbind", "rprivate", "ro"]);
+    json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": options})
 }
 
 /// `container.volumes` as bind mounts. A relative `hostPath` is inside the sandbox, as
