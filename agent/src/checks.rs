@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::confine::Confinement;
-use crate::task_init;
 use crate::health::{self, Outcome, Probe, TaskHealth, TaskReadiness};
 use crate::node::Node;
 use crate::taskenv;
@@ -209,7 +208,12 @@ fn new_tracked(node: &Node, record: &crate::state::TaskRecord, now: Timestamp) -
             user: crate::runtime::task_user(spec, &node.config.task_confinement()),
             confinement: node.config.task_confinement(),
             task_pid: record.pid.filter(|_| spec.app.container.as_ref().and_then(|c| c.docker.as_ref()).is_none()),
-            cgroup_dirs: record.handle.as_ref().and_then(|h| h.cgroup.as_ref()).map(|c| c.dirs.clone()).unwrap_or_default(),
+            cgroup_dirs: record
+                .handle
+                .as_ref()
+                .and_then(|h| h.cgroup.as_ref())
+                .map(|c| c.dirs.clone())
+                .unwrap_or_default(),
         }),
     }
 }
@@ -314,31 +318,15 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
         };
     // Held open until the spawn is done: the child enters the namespaces through it.
     let task = context.task_pid.and_then(|pid| task_init_pidfd(pid, &context.cgroup_dirs));
-    match &task {
-        Some(pidfd) => {
-            // In the task's PID namespace only children are made, so the check's shell
-            // is the child of a relay init (this binary), exec'd by descriptor: the
-            // task's /proc does not show the relay, so /proc/self names nothing.
-            let argv = ["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
-            let relay = match task_init::RelayExec::prepare(&argv, &context.env) {
-                Ok(relay) => relay,
-                Err(err) => return Outcome::Unhealthy(format!("cannot run the check command: {err}")),
-            };
-            let confinement = confinement.entering(pidfd.as_raw_fd());
-            // SAFETY: `Confinement::apply` and `RelayExec::exec` make only
-            // async-signal-safe system calls on data prepared before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    confinement.apply()?;
-                    Err(relay.exec())
-                });
-            }
-        }
-        // SAFETY: `Confinement::apply` makes only async-signal-safe system calls on data
-        // prepared before the fork (see crate::confine).
-        None => unsafe {
-            command.pre_exec(move || confinement.apply());
-        },
+    // In the task's namespaces (its PID namespace through a relay, see crate::confine).
+    let confinement = match &task {
+        Some(pidfd) => confinement.entering(pidfd.as_raw_fd()),
+        None => confinement,
+    };
+    // SAFETY: `Confinement::apply` makes only async-signal-safe system calls on data
+    // prepared before the fork (see crate::confine).
+    unsafe {
+        command.pre_exec(move || confinement.apply());
     }
     let spawned = command.spawn();
     drop(task);

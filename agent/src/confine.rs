@@ -18,7 +18,8 @@
 //! - **`no_new_privs`**: setuid binaries and file capabilities grant nothing.
 //!
 //! A COMMAND health check of such a task enters the task's namespaces instead
-//! ([`Confinement::entering`]), so it sees what the task sees.
+//! ([`Confinement::entering`]), so it sees what the task sees; its command runs as the
+//! child of a relay that stays outside (see `into_entered_pid_namespace`).
 //!
 //! [`Confinement::prepare`] does everything that allocates (paths as C strings, the
 //! capability mask) before the fork; [`Confinement::apply`] then makes only
@@ -180,8 +181,9 @@ impl Confinement {
     }
 
     /// Enters the mount and PID namespaces of the process `pidfd` refers to (a task's
-    /// init) instead of making a mount namespace: children of the confined process are
-    /// then in the task's PID namespace, and it sees the task's files.
+    /// init) instead of making a mount namespace: the confined process sees the task's
+    /// files, and [`Confinement::apply`] returns in a child of it, in the task's PID
+    /// namespace.
     pub fn entering(mut self, pidfd: RawFd) -> Confinement {
         self.enter = Some(pidfd);
         self
@@ -212,7 +214,11 @@ impl Confinement {
         }
         self.set_caps()?;
         // SAFETY: prctl with constant arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        if self.enter.is_some() && self.privileged {
+            into_entered_pid_namespace()?;
+        }
+        Ok(())
     }
 
     fn enter_task(&self, pidfd: RawFd) -> io::Result<()> {
@@ -319,6 +325,43 @@ impl Confinement {
         // stack frame for the duration of the call.
         let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
         nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
+    }
+}
+
+/// After `setns` into a PID namespace only children are in it: forks, and returns in
+/// the child (which the caller then execs) while this process stays behind as its
+/// relay: it waits for the child and ends as the child did (the same exit code, or the
+/// same signal), so whoever waits for it sees the command's end. Both are in one process
+/// group, so a kill of the group ends both. Async-signal-safe.
+fn into_entered_pid_namespace() -> io::Result<()> {
+    // SAFETY: fork, prctl, close_range, waitpid, signal, kill and _exit are
+    // async-signal-safe; nothing here allocates or takes a lock.
+    unsafe {
+        let child = libc::fork();
+        if child < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if child == 0 {
+            // Gone with the relay: a check killed at its timeout ends whole.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            return Ok(());
+        }
+        // The relay holds no descriptor: in particular not the one through which the
+        // spawning process learns that the child exec'd (its end of file).
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let mut status = 0;
+        while libc::waitpid(child, &mut status, 0) < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal);
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
     }
 }
 

@@ -21,13 +21,13 @@
 //! trust: the executor holds its own handles on the logs (rotation goes through them) and
 //! opens every name in the sandbox beneath its fd, never through a link
 //! ([`crate::sandbox_fs`]).
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use plinth_protocol::{error_chain, Timestamp};
 use std::ffi::CString;
 use std::fs::File;
-use nix::fcntl::{FcntlArg, OFlag};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -209,15 +209,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         Some(task_init::Report::Failed(reason)) => (code, signal, error) = (None, None, Some(reason)),
         None => {}
     }
-    let record = Termination {
-        code,
-        signal,
-        oom,
-        killed,
-        error,
-        fetch_failed: false,
-        finished_at: Timestamp::now().to_iso(),
-    };
+    let record =
+        Termination { code, signal, oom, killed, error, fetch_failed: false, finished_at: Timestamp::now().to_iso() };
     fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
 }
 

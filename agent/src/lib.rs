@@ -54,9 +54,9 @@ mod start;
 pub mod state;
 pub mod task_init;
 pub mod taskenv;
-pub mod userns;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod userns;
 
 pub use config::{
     AgentConfig, AgentOptions, ContainerSettings, DEFAULT_BRIDGE, DEFAULT_CONTAINER_SUBNET, DEFAULT_LISTEN,

@@ -11,16 +11,12 @@
 //! die by a signal of its own, so its exit status alone could not tell) and exits; the
 //! kernel then kills whatever else is left in the namespace, so a task ends whole.
 //!
-//! The COMMAND health checks of such a task use the same program as a relay: entered
-//! into the task's namespaces, it is not PID 1 there, and it ends the way the check's
-//! shell ended (exit code or the same signal).
 use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -161,11 +157,8 @@ fn run(args: Vec<OsString>) -> i32 {
             Ok(())
         });
     }
-    if std::process::id() == 1 {
-        // A group of its own to forward signals to. A relay's child stays in the relay's
-        // group instead: the check's timeout kills that group, both at once.
-        command.process_group(0);
-    }
+    // A group of its own to forward signals to.
+    command.process_group(0);
     let spawned = command.spawn();
     let report = match spawned {
         Err(err) => Report::Failed(format!("cannot run {}: {err}", program.to_string_lossy())),
@@ -216,88 +209,13 @@ fn reap(main: Pid) -> Option<Report> {
     }
 }
 
-/// The init's own end: the program's exit code; for a signal, PID 1 exits 128 + signal
-/// (it cannot die of it: the report says which), a relay dies of the same signal.
+/// The init's own end: the program's exit code, or 128 + signal (PID 1 cannot die of
+/// it: the report says which).
 fn end_like(report: &Report) -> i32 {
     match report {
         Report::Exited(code) => *code,
         Report::Failed(_) => 127,
-        Report::Signaled(number) => {
-            if std::process::id() != 1 {
-                if let Ok(signal) = Signal::try_from(*number) {
-                    // SAFETY: restoring the default disposition (std ignores SIGPIPE) of
-                    // one signal in this single-threaded process before raising it.
-                    unsafe { libc::signal(*number, libc::SIG_DFL) };
-                    let mut set = SigSet::empty();
-                    set.add(signal);
-                    let _ = set.thread_unblock();
-                    let _ = nix::sys::signal::raise(signal);
-                }
-            }
-            128 + number
-        }
-    }
-}
-
-/// An exec of this binary as a relay init, made between fork and exec where `/proc/self`
-/// may no longer name the process (it entered a PID namespace whose `/proc` does not
-/// show it): the binary is held open and everything is prepared before the fork.
-pub struct RelayExec {
-    exe: OwnedFd,
-    /// Owned strings the pointer arrays below point into.
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-// SAFETY: the pointers point into `_strings`, owned by the same value and never changed
-// after construction; they are only read (by execveat).
-unsafe impl Send for RelayExec {}
-// SAFETY: as above; shared access only reads.
-unsafe impl Sync for RelayExec {}
-
-impl RelayExec {
-    /// This binary as `task-init -- argv…`, with exactly `env` as its environment.
-    pub fn prepare(argv: &[String], env: &[(String, String)]) -> std::io::Result<RelayExec> {
-        let exe = nix::fcntl::open(
-            "/proc/self/exe",
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(std::io::Error::from)?;
-        let nul = |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::other("an argument holds a NUL byte"));
-        let args: Vec<CString> = std::iter::once("plinth".to_string())
-            .chain(self::args(None, argv))
-            .map(|a| nul(a.as_bytes()))
-            .collect::<Result<_, _>>()?;
-        let vars: Vec<CString> = env
-            .iter()
-            .map(|(k, v)| nul(OsString::from(format!("{k}={v}")).as_bytes()))
-            .collect::<Result<_, _>>()?;
-        let pointers = |strings: &[CString]| {
-            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>()
-        };
-        let (argv, envp) = (pointers(&args), pointers(&vars));
-        let mut strings = args;
-        strings.extend(vars);
-        Ok(RelayExec { exe, _strings: strings, argv, envp })
-    }
-
-    /// Replaces the calling process; returns only the reason it could not. Async-signal-safe.
-    pub fn exec(&self) -> std::io::Error {
-        // SAFETY: execveat on a descriptor this value owns, with NUL-terminated pointer
-        // arrays into strings it owns; it returns only on failure.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                self.exe.as_raw_fd(),
-                c"".as_ptr(),
-                self.argv.as_ptr(),
-                self.envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-        }
-        std::io::Error::last_os_error()
+        Report::Signaled(number) => 128 + number,
     }
 }
 

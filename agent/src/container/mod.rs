@@ -242,6 +242,14 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         remap_sandbox(&spec.sandbox, remap, &user)?;
     }
     let cgroup = cgroups_path(&spec.task_id);
+    // In a user namespace libcontainer would join the network namespace from inside it,
+    // which the kernel refuses (the namespace is the host user namespace's): the
+    // container inherits it instead, the executor standing in it while it creates.
+    let inherited_netns = match (&net, task.userns_remap) {
+        (spec::NetNamespace::Path(path), Some(_)) => Some(path.clone()),
+        _ => None,
+    };
+    let net = if inherited_netns.is_some() { spec::NetNamespace::Host } else { net };
     let runtime_spec = spec::build_spec(&spec::SpecInput {
         task_id: &spec.task_id,
         app,
@@ -268,7 +276,12 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
             message: std::io::Error::last_os_error().to_string(),
         });
     }
-    let pid = run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?;
+    let pid = match &inherited_netns {
+        Some(netns) => {
+            network::inside_netns(netns, || run::create_and_start(&id, &state_root, &bundle, stdout, stderr))?
+        }
+        None => run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?,
+    };
 
     if let (Some(reserved), Some(ip)) = (session.reserved.take(), ip) {
         session.proxies = Some(reserved.start(ip));

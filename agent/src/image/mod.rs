@@ -45,9 +45,7 @@ pub use error::ImageError;
 pub use gc::{GcPolicy, GcReport};
 pub use pull::{PullProgress, PullStats, PulledImage};
 pub use rootfs::{rootfs_dir, unmount_rootfs};
-pub use unpack::{
-    entry_path, hardlink_target, symlink_stays_inside, unpack, unpack_remapped, UnpackLimits, Unpacked,
-};
+pub use unpack::{entry_path, hardlink_target, symlink_stays_inside, unpack, unpack_remapped, UnpackLimits, Unpacked};
 
 /// Default cap on the entries of one layer.
 pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;

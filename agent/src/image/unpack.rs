@@ -608,7 +608,8 @@ mod tests {
         assert_eq!((implied.uid(), implied.gid()), (100_000, 100_000), "a directory the layer implies is root's");
 
         let past = tempfile::tempdir().unwrap();
-        let err = unpack_remapped(&owned_file("big-id", 70_000)[..], past.path(), "l", LIMITS, Some(remap)).unwrap_err();
+        let err =
+            unpack_remapped(&owned_file("big-id", 70_000)[..], past.path(), "l", LIMITS, Some(remap)).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, ImageError::HostileLayer { .. }), "{message}");
         assert!(message.contains("uid 70000 is outside the remapped range (container ids 0 to 65535)"), "{message}");

@@ -286,7 +286,8 @@ async fn tasks_of_one_user_cannot_see_each_others_processes_and_checks_see_their
     let (keeper, snoop) = (unique("pid-keeper"), unique("pid-snoop"));
     // Healthy only from inside the keeper's PID namespace: its pid 2 is the keeper's
     // command (pid 1 its init), holding the secret.
-    let check = r#"[ $$ != 2 ] && tr '\0' '\n' < /proc/2/environ | grep -qx SECRET_TOKEN=pidns-secret-93"#;
+    let check = r#"[ $$ != 2 ] && tr '\0' '\n' < /proc/2/environ | grep -qx SECRET_TOKEN=pidns-secret-93 &&
+        echo "$(cat /proc/1/cmdline | tr '\0' ' ')" > "$MESOS_SANDBOX/check-saw""#;
     agent.run(vec![(
         &keeper,
         json!({"id": "/keeper", "cmd": "sleep 100", "mem": 32, "env": {"SECRET_TOKEN": "pidns-secret-93"},
@@ -309,17 +310,23 @@ async fn tasks_of_one_user_cannot_see_each_others_processes_and_checks_see_their
         for p in $KEEPER_PIDS; do [ -e /proc/$p ] && echo "visible: $p"; tr '\0' '\n' < /proc/$p/environ; done;
         grep -l pidns-secret-93 /proc/[0-9]*/environ; echo end"#;
     let pids = keeper_pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    agent.m.lock().unwrap().desired.as_mut().unwrap().tasks.push(spec(
-        &snoop,
-        json!({"id": "/snoop", "cmd": snoop_script, "mem": 32, "env": {"KEEPER_PIDS": pids}}),
-    ));
+    agent
+        .m
+        .lock()
+        .unwrap()
+        .desired
+        .as_mut()
+        .unwrap()
+        .tasks
+        .push(spec(&snoop, json!({"id": "/snoop", "cmd": snoop_script, "mem": 32, "env": {"KEEPER_PIDS": pids}})));
     agent.m.lock().unwrap().desired.as_mut().unwrap().generation = 2;
     let stdout = agent.stdout_of_finished(&snoop).await;
     assert!(!stdout.contains("pidns-secret-93"), "{stdout}");
     assert!(!stdout.contains("visible:"), "none of the keeper's pids exists for the snoop: {stdout}");
     // Its shell is pid 2, under its own init; all it sees is itself.
     assert_eq!(field(&stdout, "me"), Some("2"), "{stdout}");
-    let procs: Vec<i32> = field(&stdout, "procs").unwrap_or_default().split(' ').filter_map(|p| p.parse().ok()).collect();
+    let procs: Vec<i32> =
+        field(&stdout, "procs").unwrap_or_default().split(' ').filter_map(|p| p.parse().ok()).collect();
     assert!(procs.contains(&1) && procs.iter().all(|p| *p < 20), "{stdout}");
 
     let update = wait_until_async("a health result", Duration::from_secs(20), || {
@@ -327,6 +334,8 @@ async fn tasks_of_one_user_cannot_see_each_others_processes_and_checks_see_their
     })
     .await;
     assert_eq!(update.healthy, Some(true), "{:?}", update.extra.get("healthCheckResults"));
+    let saw = std::fs::read_to_string(work.join("tasks").join(&keeper).join("check-saw")).unwrap_or_default();
+    assert!(saw.contains("task-init") && saw.contains("sleep 100"), "the check saw the keeper's init as pid 1: {saw}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

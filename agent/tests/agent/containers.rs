@@ -496,7 +496,13 @@ fn bridge_containers_get_addresses_and_host_ports() {
 /// The `Uid:` line of a process's status, as the host sees it (real, effective, saved, fs).
 fn host_uids(pid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the container's init is running");
-    status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]

@@ -204,8 +204,8 @@ mod tests {
     #[test]
     fn a_userns_remap_adds_a_user_namespace_with_the_range_and_binds_sys() {
         let remap = IdRemap { start: 100_000, count: 65_536 };
-        let spec = spec_json_remapped(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host, Some(remap))
-            .expect("spec");
+        let spec =
+            spec_json_remapped(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host, Some(remap)).expect("spec");
         let namespaces: Vec<&str> =
             spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(namespaces, ["pid", "mount", "ipc", "uts", "cgroup", "user"]);
@@ -220,6 +220,19 @@ mod tests {
         assert!(plain["linux"].get("uidMappings").is_none(), "no remap, no user namespace");
         let sys = plain["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
         assert_eq!(sys["type"], "sysfs");
+    }
+
+    #[test]
+    fn a_remapped_sandbox_is_an_rbind_with_its_overlay_covered() {
+        let remap = IdRemap { start: 100_000, count: 65_536 };
+        let spec =
+            spec_json_remapped(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host, Some(remap)).expect("spec");
+        let mounts = spec["mounts"].as_array().unwrap();
+        let sandbox = mounts.iter().find(|m| m["destination"] == SANDBOX_IN_CONTAINER).unwrap();
+        assert!(strings(&sandbox["options"]).contains(&"rbind".to_string()), "{sandbox}");
+        let cover = mounts.iter().find(|m| m["destination"] == "/mnt/mesos/sandbox/container-fs").unwrap();
+        assert_eq!(cover["type"], "tmpfs");
+        assert!(strings(&cover["options"]).contains(&"ro".to_string()), "{cover}");
     }
 
     #[test]

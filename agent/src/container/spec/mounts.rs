@@ -24,10 +24,8 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
-        // Not `rbind`: the task's overlay rootfs is mounted inside the sandbox.
-        json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
-               "options": ["bind", "rprivate", "rw"]}),
     ];
+    mounts.extend(sandbox_mounts(input));
     if let Some(etc) = &input.etc {
         for (destination, source) in
             [("/etc/hosts", &etc.hosts), ("/etc/hostname", &etc.hostname), ("/etc/resolv.conf", &etc.resolv_conf)]
@@ -38,6 +36,24 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
     }
     mounts.extend(volume_mounts(input.app, input.sandbox)?);
     Ok(mounts)
+}
+
+/// The sandbox. Not `rbind`: the task's overlay rootfs is mounted inside it. In a user
+/// namespace the kernel refuses a plain bind of a directory holding a mount (it would
+/// reveal what the mount covers), so there it is an `rbind` with an empty read-only
+/// tmpfs over the overlay's directory.
+fn sandbox_mounts(input: &SpecInput<'_>) -> Vec<Value> {
+    if input.userns.is_none() {
+        return vec![json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
+                           "options": ["bind", "rprivate", "rw"]})];
+    }
+    let overlay = Path::new(SANDBOX_IN_CONTAINER).join(crate::container::IMAGE_TASK_DIR);
+    vec![
+        json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
+               "options": ["rbind", "rprivate", "rw"]}),
+        json!({"destination": overlay, "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "noexec", "nodev", "ro", "size=4k"]}),
+    ]
 }
 
 /// `/sys`: a sysfs of its own, except in a user namespace (`--userns-remap`), where the
