@@ -27,6 +27,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod group_body;
 pub mod groups;
 pub mod images;
 pub mod logs;
