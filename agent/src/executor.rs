@@ -12,8 +12,9 @@
 //! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
 //! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
 //!
-//! Killing: the agent sends SIGTERM to the executor, which forwards it to the task's
-//! process group and sends SIGKILL after the grace period.
+//! Killing: the agent sends SIGTERM to the executor, which forwards it to the task (under
+//! a root executor to the task's init, `crate::task_init`, which passes it on; else to
+//! the task's process group) and sends SIGKILL after the grace period.
 //!
 //! Confinement: a command task runs as its user (root only with `--allow-root-tasks`) in
 //! a mount namespace that hides the node's state, with Docker's capabilities as root and
