@@ -235,6 +235,10 @@ struct AgentArgs {
     /// Largest decompressed size of one image layer, in MiB (bigger layers are refused).
     #[arg(long, env = "PLINTH_MAX_LAYER_MB", default_value_t = plinth_agent::DEFAULT_MAX_LAYER_BYTES >> 20)]
     max_layer_mb: u64,
+    /// Run containers in a user namespace: container uid/gid 0.. are host ids START..
+    /// (START:COUNT, e.g. 100000:65536; Docker's option). Layers get a cache of their own.
+    #[arg(long, env = "PLINTH_USERNS_REMAP", value_name = "START:COUNT", value_parser = parse_userns_remap)]
+    userns_remap: Option<plinth_agent::userns::IdRemap>,
     /// Follow this master even if the checkpoint names another cluster (once, after the
     /// cluster was really rebuilt: tasks the new master does not know are then killed).
     #[arg(long, env = "PLINTH_REJOIN_CLUSTER")]
@@ -337,6 +341,10 @@ struct StandaloneCommand {
 }
 
 /// Argument-time parsing so a typo is a usage error naming the bad part.
+fn parse_userns_remap(text: &str) -> Result<plinth_agent::userns::IdRemap, String> {
+    text.parse().map_err(|e: plinth_agent::userns::RemapError| e.to_string())
+}
+
 fn parse_resources(text: &str) -> Result<Resources, String> {
     Resources::parse(text).map_err(reason)
 }
@@ -357,6 +365,8 @@ fn reason(error: ProtocolError) -> String {
 fn main() {
     // Every HTTP client (master, agent, executor, CLI) needs rustls' provider installed.
     plinth_oci::tls::install_provider();
+    // A command task's init is PID 1 of its namespace, never the node's init.
+    plinth_agent::task_init::maybe_run();
     // Must come first: as PID 1 nothing else (argument parsing included) applies.
     os::maybe_run_as_init();
     let mut cli = Cli::parse();
@@ -577,6 +587,7 @@ fn agent_config(
             subnet: args.container_subnet,
             max_layer_bytes: args.max_layer_mb.saturating_mul(1 << 20),
             dns_search: node.dns.container_search(),
+            userns_remap: args.userns_remap,
         },
         confinement: plinth_agent::TaskConfinement {
             default_user: args.default_task_user,

@@ -9,6 +9,7 @@ use plinth_protocol::{error_chain, AppId, TaskId, TaskState, Timestamp};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,10 @@ struct CommandContext {
     env: Vec<(String, String)>,
     user: Option<String>,
     confinement: crate::config::TaskConfinement,
+    /// A command task's process (its init) and cgroup: the check enters its namespaces.
+    /// `None` for a container (its checks run beside it, as before).
+    task_pid: Option<i32>,
+    cgroup_dirs: Vec<PathBuf>,
 }
 
 struct HealthChecks {
@@ -202,6 +207,13 @@ fn new_tracked(node: &Node, record: &crate::state::TaskRecord, now: Timestamp) -
             env: taskenv::task_env(spec, &node.config.hostname, &record.sandbox),
             user: crate::runtime::task_user(spec, &node.config.task_confinement()),
             confinement: node.config.task_confinement(),
+            task_pid: record.pid.filter(|_| spec.app.container.as_ref().and_then(|c| c.docker.as_ref()).is_none()),
+            cgroup_dirs: record
+                .handle
+                .as_ref()
+                .and_then(|h| h.cgroup.as_ref())
+                .map(|c| c.dirs.clone())
+                .unwrap_or_default(),
         }),
     }
 }
@@ -304,12 +316,21 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
                 ))
             }
         };
+    // Held open until the spawn is done: the child enters the namespaces through it.
+    let task = context.task_pid.and_then(|pid| task_init_pidfd(pid, &context.cgroup_dirs));
+    // In the task's namespaces (its PID namespace through a relay, see crate::confine).
+    let confinement = match &task {
+        Some(pidfd) => confinement.entering(pidfd.as_raw_fd()),
+        None => confinement,
+    };
     // SAFETY: `Confinement::apply` makes only async-signal-safe system calls on data
     // prepared before the fork (see crate::confine).
     unsafe {
         command.pre_exec(move || confinement.apply());
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    drop(task);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return Outcome::Unhealthy(format!("cannot run the check command: {err}")),
     };
@@ -331,4 +352,23 @@ async fn run_command(script: &str, timeout: Duration, context: &CommandContext) 
             Outcome::Unhealthy(format!("command timed out after {} ms", timeout.as_millis()))
         }
     }
+}
+
+/// A pidfd of a command task's init when the task has a PID namespace of its own (a
+/// root agent's tasks do) and the pid still is that init: in the task's cgroup (a reused
+/// pid is not). The checks are made after the pidfd pins the process.
+fn task_init_pidfd(pid: i32, cgroup_dirs: &[PathBuf]) -> Option<OwnedFd> {
+    if !crate::confine::can_make_namespaces() {
+        return None;
+    }
+    // SAFETY: pidfd_open with plain integer arguments; a non-negative result is a new
+    // descriptor that nobody else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: just returned by pidfd_open, owned here alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let namespace = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let own_namespace = namespace(&pid.to_string()).is_some_and(|ns| Some(ns) != namespace("self"));
+    let in_cgroup = cgroup_dirs.is_empty() || crate::cgroup::procs(cgroup_dirs).contains(&pid);
+    (own_namespace && in_cgroup).then_some(pidfd)
 }

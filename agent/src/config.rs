@@ -104,6 +104,8 @@ pub struct ContainerSettings {
     /// port 53 (its own server, or the master's on a standalone node); `None`: the host's
     /// resolv.conf as it is.
     pub dns_search: Option<String>,
+    /// `--userns-remap`: containers in a user namespace, their root this host id range's first.
+    pub userns_remap: Option<crate::userns::IdRemap>,
 }
 
 impl Default for ContainerSettings {
@@ -114,6 +116,7 @@ impl Default for ContainerSettings {
             subnet: DEFAULT_CONTAINER_SUBNET.to_string(),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             dns_search: None,
+            userns_remap: None,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! What a command task may see and do, set up in the task's own process between fork
 //! and exec (the executor itself keeps the node's view):
 //!
+//! - **a PID namespace** of its own (made by the executor, [`new_pid_namespace`]) whose
+//!   PID 1 is the task's small init (`crate::task_init`), with its own `/proc` mounted
+//!   in the mount namespace: other tasks' processes, and their `/proc/PID/environ`, are
+//!   out of sight;
 //! - **a mount namespace** of its own (private propagation: nothing leaks either way)
 //!   where an empty, read-only tmpfs covers every hidden directory — the agent's work dir
 //!   (other tasks' sandboxes and their `task.json` with env secrets, the checkpoint, the
@@ -13,11 +17,16 @@
 //!   permitted; nothing inheritable or ambient), any other task none at all;
 //! - **`no_new_privs`**: setuid binaries and file capabilities grant nothing.
 //!
+//! A COMMAND health check of such a task enters the task's namespaces instead
+//! ([`Confinement::entering`]), so it sees what the task sees; its command runs as the
+//! child of a relay that stays outside (see `into_entered_pid_namespace`).
+//!
 //! [`Confinement::prepare`] does everything that allocates (paths as C strings, the
 //! capability mask) before the fork; [`Confinement::apply`] then makes only
 //! async-signal-safe system calls on that data.
 use std::ffi::CString;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -75,6 +84,23 @@ pub struct Confinement {
     switch_to: Option<Identity>,
     /// The capabilities the task keeps (a bit per capability number).
     keep_caps: u64,
+    /// Mount a `/proc` of the process's own PID namespace (it is that namespace's PID 1).
+    own_proc: bool,
+    /// A pidfd of a task's init whose mount and PID namespaces to enter instead of
+    /// making a mount namespace (the caller keeps it open until the fork is done).
+    enter: Option<RawFd>,
+}
+
+/// Puts the calling process's future children, the next one as its PID 1, into a new
+/// PID namespace (the calling process itself stays where it is). Root only.
+pub fn new_pid_namespace() -> io::Result<()> {
+    // SAFETY: unshare with a constant flag; it changes only where children are made.
+    check(unsafe { libc::unshare(libc::CLONE_NEWPID) })
+}
+
+/// Whether this process can confine tasks in namespaces (a root agent or executor).
+pub fn can_make_namespaces() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// Docker's default capability set as a mask (`CapEff` of a root task).
@@ -143,7 +169,24 @@ impl Confinement {
             sandbox_path,
             switch_to,
             keep_caps: if runs_as_root { docker_default_caps() } else { 0 },
+            own_proc: false,
+            enter: None,
         })
+    }
+
+    /// For the PID 1 of a new PID namespace: a `/proc` that shows only that namespace.
+    pub fn with_own_proc(mut self) -> Confinement {
+        self.own_proc = true;
+        self
+    }
+
+    /// Enters the mount and PID namespaces of the process `pidfd` refers to (a task's
+    /// init) instead of making a mount namespace: the confined process sees the task's
+    /// files, and [`Confinement::apply`] returns in a child of it, in the task's PID
+    /// namespace.
+    pub fn entering(mut self, pidfd: RawFd) -> Confinement {
+        self.enter = Some(pidfd);
+        self
     }
 
     /// Confines the calling process: meant for the forked child, right before exec.
@@ -151,7 +194,10 @@ impl Confinement {
     /// allocates nothing and takes no locks.
     pub fn apply(&self) -> io::Result<()> {
         if self.privileged {
-            self.hide_node_state()?;
+            match self.enter {
+                Some(pidfd) => self.enter_task(pidfd)?,
+                None => self.hide_node_state()?,
+            }
             self.drop_bounding_caps();
         }
         // SAFETY: plain system calls with constant arguments or pointers into `self`,
@@ -168,7 +214,22 @@ impl Confinement {
         }
         self.set_caps()?;
         // SAFETY: prctl with constant arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        if self.enter.is_some() && self.privileged {
+            into_entered_pid_namespace()?;
+        }
+        Ok(())
+    }
+
+    fn enter_task(&self, pidfd: RawFd) -> io::Result<()> {
+        // SAFETY: setns on a descriptor the caller keeps open, and chdir to a
+        // NUL-terminated string owned by `self`.
+        unsafe {
+            // Both at once (a pidfd allows it): entering a mount namespace resets the
+            // working directory, hence the chdir after.
+            check(libc::setns(pidfd, libc::CLONE_NEWNS | libc::CLONE_NEWPID))?;
+            check(libc::chdir(self.sandbox.as_ptr()))
+        }
     }
 
     fn hide_node_state(&self) -> io::Result<()> {
@@ -209,6 +270,11 @@ impl Confinement {
                 let bind = libc::MS_BIND | libc::MS_REC;
                 check(libc::mount(c".".as_ptr(), self.sandbox.as_ptr(), std::ptr::null(), bind, std::ptr::null()))?;
                 check(libc::chdir(self.sandbox.as_ptr()))?;
+            }
+            if self.own_proc {
+                // The namespace's own processes only; the kernel fills it in for the
+                // PID namespace of the process that mounts it (this one, its PID 1).
+                check(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), hidden, std::ptr::null()))?;
             }
             // Read-only once the way to the sandbox is made: even a root task cannot
             // stage files where the node's state was.
@@ -259,6 +325,43 @@ impl Confinement {
         // stack frame for the duration of the call.
         let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
         nix::errno::Errno::result(result).map(drop).map_err(io::Error::from)
+    }
+}
+
+/// After `setns` into a PID namespace only children are in it: forks, and returns in
+/// the child (which the caller then execs) while this process stays behind as its
+/// relay: it waits for the child and ends as the child did (the same exit code, or the
+/// same signal), so whoever waits for it sees the command's end. Both are in one process
+/// group, so a kill of the group ends both. Async-signal-safe.
+fn into_entered_pid_namespace() -> io::Result<()> {
+    // SAFETY: fork, prctl, close_range, waitpid, signal, kill and _exit are
+    // async-signal-safe; nothing here allocates or takes a lock.
+    unsafe {
+        let child = libc::fork();
+        if child < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if child == 0 {
+            // Gone with the relay: a check killed at its timeout ends whole.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            return Ok(());
+        }
+        // The relay holds no descriptor: in particular not the one through which the
+        // spawning process learns that the child exec'd (its end of file).
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let mut status = 0;
+        while libc::waitpid(child, &mut status, 0) < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal);
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
     }
 }
 

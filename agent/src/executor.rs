@@ -12,8 +12,9 @@
 //! (executor pid), `running.json` (task pid, once started), `exit.json` (the end),
 //! `stdout`/`stderr` (the task's output) and `executor.log` (the executor's own).
 //!
-//! Killing: the agent sends SIGTERM to the executor, which forwards it to the task's
-//! process group and sends SIGKILL after the grace period.
+//! Killing: the agent sends SIGTERM to the executor, which forwards it to the task (under
+//! a root executor to the task's init, `crate::task_init`, which passes it on; else to
+//! the task's process group) and sends SIGKILL after the grace period.
 //!
 //! Confinement: a command task runs as its user (root only with `--allow-root-tasks`) in
 //! a mount namespace that hides the node's state, with Docker's capabilities as root and
@@ -21,12 +22,14 @@
 //! trust: the executor holds its own handles on the logs (rotation goes through them) and
 //! opens every name in the sandbox beneath its fd, never through a link
 //! ([`crate::sandbox_fs`]).
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use plinth_protocol::{error_chain, Timestamp};
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,7 @@ use crate::fetch;
 use crate::fsutil::{self, proc_stat};
 use crate::logs::{self, LogPolicy, Stream};
 use crate::sandbox_fs::{self, SandboxDir};
+use crate::task_init;
 
 /// How often logs are checked for rotation while nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
@@ -107,6 +111,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     };
     // A Docker task runs as a container; its init is the "task process" below.
     let mut container: Option<container::Running> = None;
+    // A command task's init reports here how the task ended (see crate::task_init).
+    let mut init_report = None;
     let pid = if let Some(task) = &spec.container {
         let started =
             logs.for_task().map_err(|err| format!("cannot open the task's logs: {err}")).and_then(|(out, err)| {
@@ -126,7 +132,10 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         }
     } else {
         let child = match spawn_task(&spec, &logs) {
-            Ok(child) => child,
+            Ok((child, report)) => {
+                init_report = report;
+                child
+            }
             Err(err) => return write_start_failure(&sandbox, error_chain(&err).to_string()),
         };
         // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
@@ -136,10 +145,11 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         drop(child);
         pid
     };
-    // A container's init leads no process group of ours; its pid namespace ends with it.
-    let is_container = container.is_some();
+    // A container's init and a command task's init lead a PID namespace, which ends with
+    // them; they get the signal themselves (a task's init passes it on to the task).
+    let own_namespace = container.is_some() || init_report.is_some();
     let signal_task = |signal: Signal| {
-        let _ = if is_container { nix::sys::signal::kill(pid, signal) } else { killpg(pid, signal) };
+        let _ = if own_namespace { nix::sys::signal::kill(pid, signal) } else { killpg(pid, signal) };
     };
     fsutil::write_json_atomic(
         &sandbox.join(RUNNING_FILE),
@@ -189,20 +199,22 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     if let Some(mut running) = container.take() {
         running.teardown();
     }
-    let (code, signal) = match status {
+    let (mut code, mut signal) = match status {
         Some(WaitStatus::Exited(_, code)) => (Some(code), None),
         Some(WaitStatus::Signaled(_, signal, _)) => (None, Some(signal as i32)),
         _ => (None, None),
     };
-    let record = Termination {
-        code,
-        signal,
-        oom,
-        killed,
-        error: status.is_none().then(|| "the task's exit status was lost".to_string()),
-        fetch_failed: false,
-        finished_at: Timestamp::now().to_iso(),
-    };
+    let mut error = status.is_none().then(|| "the task's exit status was lost".to_string());
+    // The init's word on the task beats the init's own status; an init killed (after
+    // the grace period) said nothing, and its SIGKILL is the task's.
+    match init_report.and_then(task_init::Report::read) {
+        Some(task_init::Report::Exited(c)) => (code, signal) = (Some(c), None),
+        Some(task_init::Report::Signaled(s)) => (code, signal) = (None, Some(s)),
+        Some(task_init::Report::Failed(reason)) => (code, signal, error) = (None, None, Some(reason)),
+        None => {}
+    }
+    let record =
+        Termination { code, signal, oom, killed, error, fetch_failed: false, finished_at: Timestamp::now().to_iso() };
     fsutil::write_json_atomic(&sandbox.join(EXIT_FILE), &record)
 }
 
@@ -360,7 +372,9 @@ fn identity_for(spec: &ExecutorSpec) -> Result<(Option<Identity>, bool), AgentEr
     })
 }
 
-fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<std::process::Child, AgentError> {
+/// Starts the command task: under a root executor, as the child of its init, PID 1 of a
+/// new PID namespace (the second value: the read end of the init's status pipe).
+fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<(std::process::Child, Option<OwnedFd>), AgentError> {
     let argv = spec.command.argv();
     let program = argv.first().ok_or_else(|| AgentError::NoCommand { task_id: spec.task_id.clone() })?;
     let spawn_error = |source: std::io::Error| AgentError::SpawnTask {
@@ -380,8 +394,22 @@ fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<std::process::Chil
         chown_tree(&spec.sandbox, identity).map_err(|e| error("the files", e))?;
     }
     let (stdout, stderr) = logs.for_task().map_err(spawn_error)?;
-    let confinement =
+    let mut confinement =
         Confinement::prepare(&spec.sandbox, &spec.hidden_paths, identity, runs_as_root).map_err(spawn_error)?;
+    let own_namespace = confine::can_make_namespaces();
+    // The init's status pipe: the write end, not inherited until the child makes it so.
+    let (report_read, report_write) = if own_namespace {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|errno| spawn_error(std::io::Error::from(errno)))?;
+        // Blocking for the init's one write; the executor reads only after it exited.
+        nix::fcntl::fcntl(&write, FcntlArg::F_SETFL(OFlag::empty()))
+            .map_err(|errno| spawn_error(std::io::Error::from(errno)))?;
+        confinement = confinement.with_own_proc();
+        (Some(read), Some(write))
+    } else {
+        (None, None)
+    };
+    let report_fd = report_write.as_ref().map(AsRawFd::as_raw_fd);
     // Prepared before fork: between fork and exec nothing may allocate.
     let procs_files: Vec<CString> = spec
         .cgroup_dirs
@@ -389,9 +417,19 @@ fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<std::process::Chil
         .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
         .collect();
     let executor = nix::unistd::getpid().as_raw();
-    let mut command = Command::new(program);
+    let child_mask = if own_namespace { task_init::blocked_signals() } else { SigSet::empty() };
+    let mut command = if own_namespace {
+        // This very binary as the init (/proc/self/exe: the executor's, which the
+        // child still is when it execs).
+        let mut init = Command::new("/proc/self/exe");
+        init.args(task_init::args(report_fd, &argv));
+        init
+    } else {
+        let mut direct = Command::new(program);
+        direct.args(&argv[1..]);
+        direct
+    };
     command
-        .args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.sandbox)
@@ -417,18 +455,36 @@ fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<std::process::Chil
                 }
             }
             // The executor blocks signals for sigtimedwait; the task must not inherit that.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Its init starts with its own set blocked, so no signal is lost before it
+            // takes them (PID 1 drops those it neither handles nor blocks).
+            libc::sigprocmask(libc::SIG_SETMASK, child_mask.as_ref(), std::ptr::null_mut());
             confinement.apply()?;
             // A task whose executor died would be unsupervised; let it die too. Set after
             // the user switch, which clears it; an executor gone already is caught here.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-            if libc::getppid() != executor {
-                libc::_exit(1);
+            match report_fd {
+                // PID 1 of its namespace sees no parent (getppid is 0); the executor's
+                // end of the status pipe tells instead: no reader left is POLLERR.
+                Some(fd) => {
+                    let mut poll = libc::pollfd { fd, events: 0, revents: 0 };
+                    if libc::poll(&mut poll, 1, 0) < 0 || poll.revents & libc::POLLERR != 0 {
+                        libc::_exit(1);
+                    }
+                    // Inherited by the init alone (it closes it on its own exec).
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                None if libc::getppid() != executor => libc::_exit(1),
+                None => {}
             }
             Ok(())
         });
     }
-    command.spawn().map_err(spawn_error)
+    if own_namespace {
+        // The very next child, the init, becomes PID 1 of the new namespace.
+        confine::new_pid_namespace().map_err(spawn_error)?;
+    }
+    let child = command.spawn().map_err(spawn_error)?;
+    // Only the init writes; with this end closed, its exit ends the pipe.
+    drop(report_write);
+    Ok((child, report_read))
 }

@@ -124,6 +124,10 @@ pub struct ContainerTask {
     /// never set from an app definition).
     #[serde(default)]
     pub local_image: Option<LocalImage>,
+    /// `--userns-remap`: a user namespace with these host ids, layers shifted to them
+    /// (a local image's rootfs is used as it is: its owner must be shifted already).
+    #[serde(default)]
+    pub userns_remap: Option<crate::userns::IdRemap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

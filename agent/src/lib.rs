@@ -19,7 +19,9 @@
 //!   containers), [`image`] (the image store), [`fetch`] and [`archive`] (artifacts),
 //!   [`cgroup`], [`logs`], [`taskenv`] (command and environment), [`inspect`];
 //! - confining tasks: [`sandbox_fs`] (files in a sandbox, never through a link) and
-//!   `confine` (the command task's mount namespace, user, capabilities);
+//!   `confine` (the command task's PID and mount namespaces, user, capabilities),
+//!   [`task_init`] (the PID 1 of a command task's namespace), [`userns`] (containers'
+//!   `--userns-remap`);
 //! - naming: `dns` (the DNS server over the master's Mesos-DNS records, long-polled
 //!   through `client`).
 //!
@@ -56,9 +58,11 @@ pub mod runtime;
 pub mod sandbox_fs;
 mod start;
 pub mod state;
+pub mod task_init;
 pub mod taskenv;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod userns;
 
 pub use config::{
     AgentConfig, AgentOptions, ContainerSettings, DEFAULT_BRIDGE, DEFAULT_CONTAINER_SUBNET, DEFAULT_LISTEN,

@@ -364,6 +364,7 @@ impl Node {
             host: self.advertise_ip.to_string(),
             dns_search: settings.dns_search.clone(),
             local_image: None,
+            userns_remap: settings.userns_remap,
         })
     }
 
@@ -518,8 +519,11 @@ impl Node {
                 high_water_bytes: self.options.image_high_water_bytes,
                 ..Default::default()
             };
+            // The layers this agent's containers use: a remap's own, with --userns-remap.
+            let options =
+                crate::image::ImageStoreOptions { id_remap: self.config.containers.userns_remap, ..Default::default() };
             let result = blocking(move || {
-                crate::image::ImageStore::open(images_dir, Default::default()).and_then(|store| store.gc(policy))
+                crate::image::ImageStore::open(images_dir, options).and_then(|store| store.gc(policy))
             })
             .await;
             match result {

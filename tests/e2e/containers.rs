@@ -296,3 +296,42 @@ fn containers_survive_an_agent_kill_and_are_readopted() {
         }
     });
 }
+
+#[test]
+fn with_userns_remap_container_root_is_an_unprivileged_host_user() {
+    const START: u32 = 100_000;
+    let ic = ImageCluster::start("ctr-userns", 1, &["--userns-remap", "100000:65536"]);
+    let cluster = &ic.cluster;
+    // Writes its uid to the sandbox and a file at the root of its image, then serves.
+    let app = json!({"id": "/remapped", "cpus": 0.2, "mem": 64,
+        "cmd": "id -u > /mnt/mesos/sandbox/uid && touch /made-by-root && exec nc -ll -p 3000 -e /app/greet.sh",
+        "container": {"type": "DOCKER", "docker": {"image": HELLO, "network": "BRIDGE",
+            "portMappings": [{"containerPort": 3000, "hostPort": 0}]}}});
+    let task = cluster.deploy(&app).remove(0);
+    assert_eq!(greet(&task_ip(cluster, &task), host_port(&task), "userns"), "Hello userns!");
+
+    use std::os::unix::fs::MetadataExt;
+    let id = str_field(&task, "id").to_string();
+    let agent_dir = cluster.dir().join("agent-1");
+    let uid_file = agent_dir.join("tasks").join(&id).join("uid");
+    assert_eq!(std::fs::read_to_string(&uid_file).expect("the uid it wrote").trim(), "0", "root inside");
+    let written = std::fs::metadata(&uid_file).expect("uid file");
+    assert_eq!((written.uid(), written.gid()), (START, START), "what it writes is START's on the host");
+    // The process itself, seen from the host.
+    let inspect = cluster.agent_api("agent-1").get_json(&format!("/v1/tasks/{id}/inspect"));
+    let pid = inspect["container"]["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {inspect}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the container's process");
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+    assert_eq!(uids.split_whitespace().collect::<Vec<_>>(), ["100000"; 4], "{status}");
+    // Its layers come from the remap's own cache, shifted (the image's files are uid 0).
+    let layers = agent_dir.join("images").join("layers-100000-65536");
+    let greeter = std::fs::read_dir(&layers)
+        .expect("the remap's layer cache")
+        .flatten()
+        .map(|layer| layer.path().join("app/greet.sh"))
+        .find(|path| path.exists())
+        .expect("a layer with /app/greet.sh");
+    assert_eq!(std::fs::metadata(&greeter).expect("greet.sh").uid(), START);
+    let plain_layers = std::fs::read_dir(agent_dir.join("images").join("layers")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(plain_layers, 0, "nothing unpacked unshifted");
+}

@@ -1,5 +1,8 @@
-//! Stand-alone form of `plinth executor --spec PATH`, used by this crate's tests.
+//! Stand-alone form of `plinth executor --spec PATH` (and of `plinth task-init`), used by
+//! this crate's tests.
 fn main() {
+    // The executor starts this binary again as a command task's init.
+    plinth_agent::task_init::maybe_run();
     let mut args = std::env::args_os().skip(1);
     let spec = match (args.next(), args.next()) {
         (Some(flag), Some(path)) if flag == "--spec" => std::path::PathBuf::from(path),

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::executor_contract::{
     ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
 };
+use crate::userns::IdRemap;
 use crate::{fsutil, image};
 
 /// The OCI bundle (`config.json`) in the sandbox.
@@ -100,7 +101,11 @@ fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedIm
 }
 
 fn open_store(task: &ContainerTask) -> Result<image::ImageStore, image::ImageError> {
-    let options = image::ImageStoreOptions { max_layer_bytes: task.max_layer_bytes, ..Default::default() };
+    let options = image::ImageStoreOptions {
+        max_layer_bytes: task.max_layer_bytes,
+        id_remap: task.userns_remap,
+        ..Default::default()
+    };
     image::ImageStore::open(&task.images_dir, options)
 }
 
@@ -246,7 +251,18 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     let dns = task.dns_search.as_deref().and_then(|search| Some((dns_server?, search)));
     let etc = write_etc_files(&spec.sandbox, &hostname, ip, &task.host, dns)?;
     let user = spec::resolve_user(&image.rootfs, spec::effective_user(&params, &image.config).as_deref())?;
+    if let Some(remap) = task.userns_remap {
+        remap_sandbox(&spec.sandbox, remap, &user)?;
+    }
     let cgroup = cgroups_path(&spec.task_id);
+    // In a user namespace libcontainer would join the network namespace from inside it,
+    // which the kernel refuses (the namespace is the host user namespace's): the
+    // container inherits it instead, the executor standing in it while it creates.
+    let inherited_netns = match (&net, task.userns_remap) {
+        (spec::NetNamespace::Path(path), Some(_)) => Some(path.clone()),
+        _ => None,
+    };
+    let net = if inherited_netns.is_some() { spec::NetNamespace::Host } else { net };
     let runtime_spec = spec::build_spec(&spec::SpecInput {
         task_id: &spec.task_id,
         app,
@@ -259,6 +275,7 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         etc: Some(etc),
         user,
         nofile_hard: nofile_hard_limit(),
+        userns: task.userns_remap,
     })?;
     let bundle = spec.sandbox.join(BUNDLE_DIR);
     run::write_bundle(&bundle, &runtime_spec)?;
@@ -272,7 +289,12 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
             message: std::io::Error::last_os_error().to_string(),
         });
     }
-    let pid = run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?;
+    let pid = match &inherited_netns {
+        Some(netns) => {
+            network::inside_netns(netns, || run::create_and_start(&id, &state_root, &bundle, stdout, stderr))?
+        }
+        None => run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?,
+    };
 
     if let (Some(reserved), Some(ip)) = (session.reserved.take(), ip) {
         session.proxies = Some(reserved.start(ip));
@@ -299,6 +321,24 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         source: std::io::Error::other(error_chain(&e).to_string()),
     })?;
     Ok(Running { pid, record, session })
+}
+
+/// With `--userns-remap`: refuses a user the namespace cannot hold, and lets the
+/// container's root (host id START) create files in the sandbox, which becomes
+/// `root:START` with the sticky bit (`01770`), as a command task's: what it writes is
+/// START's, while the executor's records and logs stay root's, out of its reach.
+fn remap_sandbox(sandbox: &Path, remap: IdRemap, user: &spec::ResolvedUser) -> Result<(), ContainerError> {
+    let refused = |e: crate::userns::RemapError| ContainerError::User {
+        user: format!("{}:{}", user.uid, user.gid),
+        reason: format!("with --userns-remap {remap}: {e}"),
+    };
+    remap.host_id("uid", user.uid).map_err(refused)?;
+    for gid in std::iter::once(&user.gid).chain(&user.additional_gids) {
+        remap.host_id("gid", *gid).map_err(refused)?;
+    }
+    let io = |source| ContainerError::Io { what: "handing to the remapped root", path: sandbox.to_path_buf(), source };
+    std::os::unix::fs::chown(sandbox, Some(0), Some(remap.start)).map_err(io)?;
+    std::fs::set_permissions(sandbox, std::os::unix::fs::PermissionsExt::from_mode(0o1770)).map_err(io)
 }
 
 /// The executor's hard RLIMIT_NOFILE (what the container inherits).

@@ -297,6 +297,26 @@ fn create_netns(path: &Path) -> Result<(), ContainerError> {
     made
 }
 
+/// Runs `f` on the calling thread inside the namespace at `netns`, and comes back to
+/// the thread's own namespace after it: what `f` forks starts in `netns`.
+pub fn inside_netns<T>(netns: &Path, f: impl FnOnce() -> Result<T, ContainerError>) -> Result<T, ContainerError> {
+    let open = |path: &Path| {
+        File::open(path).map_err(|source| ContainerError::Io {
+            what: "opening the namespace",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let (target, own) = (open(netns)?, open(Path::new("/proc/thread-self/ns/net"))?);
+    nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| net_err("entering the task's network namespace", e))?;
+    let result = f();
+    // Threads started later (the port proxies) must start in the node's namespace.
+    nix::sched::setns(&own, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| net_err("coming back from the task's network namespace", e))?;
+    result
+}
+
 /// Runs `f` on a helper thread that joined the namespace at `netns`.
 fn in_netns<T: Send + 'static>(
     netns: &Path,

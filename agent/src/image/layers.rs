@@ -38,7 +38,7 @@ impl ImageStore {
         };
         let limits =
             UnpackLimits { max_bytes: self.options.max_layer_bytes, max_entries: self.options.max_layer_entries };
-        let unpacked = unpack::unpack(stream, dest, &layer, limits)?;
+        let unpacked = unpack::unpack_remapped(stream, dest, &layer, limits, self.options.id_remap)?;
         if unpacked.diff_id != diff_id.as_str() {
             return Err(ImageError::DiffIdMismatch { layer, expected: diff_id.to_string(), actual: unpacked.diff_id });
         }
@@ -49,7 +49,7 @@ impl ImageStore {
     /// An exclusive `flock` on the layer's lock file, held until the file is dropped.
     /// `wait: false` returns `None` when someone else holds it.
     pub(super) fn lock_layer(&self, diff_id: &Digest, wait: bool) -> Result<Option<File>, ImageError> {
-        let path = self.root.join("locks").join(format!("{}.lock", diff_id.hex()));
+        let path = self.root.join("locks").join(self.lock_name(diff_id));
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -73,7 +73,7 @@ impl ImageStore {
     }
     /// Unpacked layers: diff_id, bytes on disk, last use.
     pub(super) fn list_layers(&self) -> Vec<(Digest, u64, SystemTime)> {
-        let Ok(entries) = fs::read_dir(self.root.join("layers")) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(self.layers_dir()) else { return Vec::new() };
         entries
             .flatten()
             .filter_map(|entry| {
@@ -87,7 +87,7 @@ impl ImageStore {
     /// Temp dirs of unpacks or removals a crash interrupted: gone unless their layer's
     /// lock is held (an unpack in progress) or they are younger than `grace`.
     pub(super) fn remove_leftovers(&self, grace: Duration) {
-        let Ok(entries) = fs::read_dir(self.root.join("layers")) else { return };
+        let Ok(entries) = fs::read_dir(self.layers_dir()) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".gc-")) else { continue };
@@ -118,7 +118,7 @@ impl ImageStore {
         let Some(_lock) = self.lock_layer(diff_id, false)? else { return Ok(false) };
         let dir = self.layer_dir(diff_id);
         // Out of sight first, atomically: a pull never finds half a layer.
-        let doomed = self.root.join("layers").join(format!(
+        let doomed = self.layers_dir().join(format!(
             ".gc-{}-{}-{}",
             diff_id.hex(),
             std::process::id(),
@@ -126,7 +126,7 @@ impl ImageStore {
         ));
         fs::rename(&dir, &doomed).map_err(|source| ImageError::Io { path: dir.clone(), source })?;
         fs::remove_dir_all(&doomed).map_err(|source| ImageError::Io { path: doomed, source })?;
-        let _ = fs::remove_file(self.root.join("l").join(&diff_id.hex()[..12]));
+        let _ = fs::remove_file(self.short_links_dir().join(&diff_id.hex()[..12]));
         debug!(layer = %diff_id.short(), "layer collected");
         Ok(true)
     }

@@ -11,7 +11,9 @@
 //! - `refs/<sha256 of the reference>.json`: what a reference resolved to, so a pull that
 //!   is not forced needs no registry at all when everything is present;
 //! - `pins/<task id>.json`: what a task uses; [`ImageStore::gc`] never removes it;
-//! - `l/<12 hex>`: short symlinks to layers, for overlay mounts with many layers.
+//! - `l/<12 hex>`: short symlinks to layers, for overlay mounts with many layers;
+//! - `layers-START-COUNT/`: with `--userns-remap`, that remap's own unpacked layers, every
+//!   owner shifted by START (see `crate::userns`); blobs, refs and pins are shared.
 //!
 //! Which repository path the registry is asked for is the caller's choice
 //! ([`RegistrySource`]): the master's registry mirrors images under their full name
@@ -37,11 +39,13 @@ use std::time::Duration;
 use plinth_oci::{BlobStore, Digest, ImageRef};
 use serde::Serialize;
 
+use crate::userns::IdRemap;
+
 pub use error::ImageError;
 pub use gc::{GcPolicy, GcReport};
 pub use pull::{PullProgress, PullStats, PulledImage};
 pub use rootfs::{rootfs_dir, unmount_rootfs};
-pub use unpack::{entry_path, hardlink_target, symlink_stays_inside, unpack, UnpackLimits, Unpacked};
+pub use unpack::{entry_path, hardlink_target, symlink_stays_inside, unpack, unpack_remapped, UnpackLimits, Unpacked};
 
 /// Default cap on the entries of one layer.
 pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
@@ -54,6 +58,8 @@ pub struct ImageStoreOptions {
     pub max_layer_entries: u64,
     /// Connecting to the registry; a body that keeps arriving has no timeout.
     pub connect_timeout: Duration,
+    /// `--userns-remap`: layers of their own (`layers-START-COUNT/`), owners shifted.
+    pub id_remap: Option<IdRemap>,
 }
 
 impl Default for ImageStoreOptions {
@@ -62,6 +68,7 @@ impl Default for ImageStoreOptions {
             max_layer_bytes: crate::config::DEFAULT_MAX_LAYER_BYTES,
             max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
             connect_timeout: Duration::from_secs(10),
+            id_remap: None,
         }
     }
 }
@@ -101,7 +108,8 @@ impl ImageStore {
     /// Opens (creating) the store under `root` (`WORK_DIR/images`).
     pub fn open(root: impl Into<PathBuf>, options: ImageStoreOptions) -> Result<Self, ImageError> {
         let root = root.into();
-        for dir in ["layers", "locks", "refs", "pins"] {
+        let layers = options.id_remap.map_or_else(|| "layers".to_string(), |r| r.layers_dir_name());
+        for dir in [layers.as_str(), "locks", "refs", "pins"] {
             let dir = root.join(dir);
             fs::create_dir_all(&dir).map_err(|source| ImageError::Io { path: dir, source })?;
         }
@@ -127,7 +135,29 @@ impl ImageStore {
 
     /// The unpacked dir of the layer with this uncompressed digest.
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
-        self.root.join("layers").join(diff_id.hex())
+        self.layers_dir().join(diff_id.hex())
+    }
+
+    /// The unpacked layers: `layers/`, or the remap's own `layers-START-COUNT/`.
+    pub(crate) fn layers_dir(&self) -> PathBuf {
+        self.root.join(self.options.id_remap.map_or_else(|| "layers".to_string(), |r| r.layers_dir_name()))
+    }
+
+    /// Short names of layers for long overlay options: `l/`, or `l-START-COUNT/` (they
+    /// point into the remap's own layers).
+    pub(crate) fn short_links_dir(&self) -> PathBuf {
+        match self.options.id_remap {
+            Some(remap) => self.root.join(format!("l-{}-{}", remap.start, remap.count)),
+            None => self.root.join("l"),
+        }
+    }
+
+    /// A layer's lock name: one per layer dir, so a remapped unpack never waits for a plain one.
+    fn lock_name(&self, diff_id: &Digest) -> String {
+        match self.options.id_remap {
+            Some(remap) => format!("{}-{}-{}.lock", diff_id.hex(), remap.start, remap.count),
+            None => format!("{}.lock", diff_id.hex()),
+        }
     }
 }
 

@@ -357,7 +357,7 @@ impl ImageStore {
             return Ok(dir);
         }
         self.ensure_blob(source, blob, Some(descriptor.size()), stats, report)?;
-        let tmp = self.root.join("layers").join(format!(
+        let tmp = self.layers_dir().join(format!(
             ".tmp-{}-{}-{}",
             diff_id.hex(),
             std::process::id(),

@@ -28,6 +28,12 @@ impl ImageStore {
         for dir in [&upper, &work, &rootfs] {
             fs::create_dir_all(dir).map_err(|source| ImageError::Io { path: dir.clone(), source })?;
         }
+        if let Some(remap) = self.options.id_remap {
+            // The merged root directory is the upper dir itself: the container's root
+            // (host id START) must own it to write there.
+            std::os::unix::fs::chown(&upper, Some(remap.start), Some(remap.start))
+                .map_err(|source| ImageError::Io { path: upper.clone(), source })?;
+        }
         if image.layers.is_empty() {
             return Err(ImageError::Mount { target: rootfs, reason: "the image has no layers".into(), source: None });
         }
@@ -71,11 +77,13 @@ impl ImageStore {
     }
 
     fn short_link(&self, layer: &Path) -> Result<PathBuf, ImageError> {
-        let dir = self.root.join("l");
+        let dir = self.short_links_dir();
         fs::create_dir_all(&dir).map_err(|source| ImageError::Io { path: dir.clone(), source })?;
         let hex = layer.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let link = dir.join(&hex[..hex.len().min(12)]);
-        let target = PathBuf::from("../layers").join(&hex);
+        let layers = self.layers_dir();
+        let layers_name = layers.file_name().unwrap_or_default();
+        let target = PathBuf::from("..").join(layers_name).join(&hex);
         match fs::read_link(&link) {
             Ok(existing) if existing == target => return Ok(link),
             Ok(_) => {

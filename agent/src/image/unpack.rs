@@ -28,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use super::ImageError;
+use crate::userns::IdRemap;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -133,8 +134,21 @@ impl std::error::Error for LimitExceeded {}
 /// Unpacks the decompressed tar stream `tar` into `dest` (an existing, empty, private
 /// directory). `layer` names the layer in errors.
 pub fn unpack(tar: impl Read, dest: &Path, layer: &str, limits: UnpackLimits) -> Result<Unpacked, ImageError> {
+    unpack_remapped(tar, dest, layer, limits, None)
+}
+
+/// [`unpack`], with every owner shifted into `remap`'s host ids (`--userns-remap`): an
+/// owner past its COUNT is refused, and the directories the layer implies belong to
+/// the shifted root.
+pub fn unpack_remapped(
+    tar: impl Read,
+    dest: &Path,
+    layer: &str,
+    limits: UnpackLimits,
+    remap: Option<IdRemap>,
+) -> Result<Unpacked, ImageError> {
     let mut metered = Metered { inner: tar, hasher: Sha256::new(), bytes: 0, limit: limits.max_bytes };
-    let result = unpack_entries(&mut metered, dest, layer, limits);
+    let result = unpack_entries(&mut metered, dest, layer, limits, remap);
     let bomb = |metered: &Metered<_>| ImageError::LayerTooLarge {
         layer: layer.to_string(),
         limit: limits.max_bytes,
@@ -176,9 +190,15 @@ impl From<ImageError> for Failure {
     }
 }
 
-fn unpack_entries(tar: &mut impl Read, dest: &Path, layer: &str, limits: UnpackLimits) -> Result<u64, Failure> {
+fn unpack_entries(
+    tar: &mut impl Read,
+    dest: &Path,
+    layer: &str,
+    limits: UnpackLimits,
+    remap: Option<IdRemap>,
+) -> Result<u64, Failure> {
     let mut archive = tar::Archive::new(tar);
-    let mut writer = Writer { root: dest, layer, dirs: Vec::new() };
+    let mut writer = Writer { root: dest, layer, dirs: Vec::new(), remap };
     let mut count = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -200,6 +220,7 @@ struct Writer<'a> {
     layer: &'a str,
     /// Directories and their mtimes, applied at the end.
     dirs: Vec<(PathBuf, u64)>,
+    remap: Option<IdRemap>,
 }
 
 /// Ownership, mode, mtime and xattrs of an entry.
@@ -349,6 +370,16 @@ impl Writer<'_> {
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             return Err(self.hostile(&name, format!("owner {uid}:{gid} is out of range")).into());
         };
+        let (uid, gid) = match self.remap {
+            None => (uid, gid),
+            Some(remap) => match remap.host_id("uid", uid).and_then(|u| Ok((u, remap.host_id("gid", gid)?))) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                    return Err(self.hostile(&name, format!("cannot shift its owner: {e}")).into());
+                }
+            },
+        };
         Ok(Meta { uid, gid, mode, mtime, xattrs })
     }
 
@@ -376,6 +407,16 @@ impl Writer<'_> {
     /// Makes sure every parent of `rel` is a real directory inside the root (creating
     /// missing ones, refusing symlinks and files), and with `include_last` `rel` itself.
     /// Returns the full path of `rel`.
+    /// A directory the layer implies but does not list is root's: the shifted root's
+    /// with a remap.
+    fn own_implied(&self, path: &Path) -> Result<(), ImageError> {
+        match self.remap {
+            Some(remap) => std::os::unix::fs::lchown(path, Some(remap.start), Some(remap.start))
+                .map_err(|e| self.write_error(path, e)),
+            None => Ok(()),
+        }
+    }
+
     fn make_parents(&self, name: &str, rel: &Path, include_last: bool) -> Result<PathBuf, ImageError> {
         let mut path = self.root.to_path_buf();
         let parts: Vec<_> = rel.components().collect();
@@ -391,12 +432,14 @@ impl Writer<'_> {
                     // A directory entry replaces a file of the same name.
                     fs::remove_file(&path).map_err(|e| self.write_error(&path, e))?;
                     mkdir(&path).map_err(|e| self.write_error(&path, e))?;
+                    self.own_implied(&path)?;
                 }
                 Ok(_) => {
                     return Err(self.hostile(name, format!("{} is not a directory", path_of(&parts, i))));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     mkdir(&path).map_err(|e| self.write_error(&path, e))?;
+                    self.own_implied(&path)?;
                 }
                 Err(e) => return Err(self.write_error(&path, e)),
             }
@@ -539,6 +582,43 @@ mod tests {
     }
 
     const LIMITS: UnpackLimits = UnpackLimits { max_bytes: 1 << 20, max_entries: 100 };
+
+    fn owned_file(path: &str, uid: u64) -> Vec<u8> {
+        tar(|b| {
+            let mut h = header(tar::EntryType::Regular, path, "", 2);
+            h.set_uid(uid);
+            h.set_gid(uid);
+            h.set_cksum();
+            b.append(&h, &b"hi"[..]).unwrap();
+        })
+    }
+
+    #[test]
+    fn a_remap_shifts_every_owner_and_refuses_owners_past_its_count() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let remap = IdRemap { start: 100_000, count: 65_536 };
+        let dir = tempfile::tempdir().unwrap();
+        unpack_remapped(&owned_file("srv/app/data", 1000)[..], dir.path(), "l", LIMITS, Some(remap)).unwrap();
+        let data = fs::metadata(dir.path().join("srv/app/data")).unwrap();
+        assert_eq!((data.uid(), data.gid()), (101_000, 101_000), "uid 1000 in the image is START + 1000");
+        let implied = fs::metadata(dir.path().join("srv")).unwrap();
+        assert_eq!((implied.uid(), implied.gid()), (100_000, 100_000), "a directory the layer implies is root's");
+
+        let past = tempfile::tempdir().unwrap();
+        let err =
+            unpack_remapped(&owned_file("big-id", 70_000)[..], past.path(), "l", LIMITS, Some(remap)).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, ImageError::HostileLayer { .. }), "{message}");
+        assert!(message.contains("uid 70000 is outside the remapped range (container ids 0 to 65535)"), "{message}");
+
+        // Without a remap the owner is the image's.
+        let plain = tempfile::tempdir().unwrap();
+        unpack(&owned_file("big-id", 70_000)[..], plain.path(), "l", LIMITS).unwrap();
+        assert_eq!(fs::metadata(plain.path().join("big-id")).unwrap().uid(), 70_000);
+    }
 
     #[test]
     fn later_entries_replace_and_whiteouts_convert() {

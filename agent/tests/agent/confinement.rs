@@ -4,6 +4,9 @@
 //! always; the agent's work dir (other tasks' `task.json`) and other hidden paths are
 //! out of sight even for root; and a task that swaps its logs for symlinks to a
 //! root-only file gets none of it served, and the file is never truncated by rotation.
+//! Each command task has a PID namespace of its own: another task's processes (and
+//! their environment) are out of sight, its COMMAND checks see the task's, and a kill
+//! ends its whole process tree.
 use crate::common::*;
 use plinth_agent::logs::LogPolicy;
 use plinth_agent::TaskConfinement;
@@ -252,4 +255,114 @@ async fn command_health_checks_run_confined_like_their_task() {
     })
     .await;
     assert_eq!(update.healthy, Some(true), "{:?}", update.extra.get("healthCheckResults"));
+}
+
+/// The pids (as the node sees them) of every process in the PID namespace of the task's
+/// init, the pid its `running.json` names.
+fn task_processes(work: &Path, task: &str) -> Vec<i32> {
+    let running = std::fs::read_to_string(work.join("tasks").join(task).join("running.json")).unwrap();
+    let init = serde_json::from_str::<Value>(&running).unwrap()["pid"].as_i64().unwrap();
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let task_namespace = namespace(&init.to_string()).expect("the task's init is running");
+    assert_ne!(Some(&task_namespace), namespace("self").as_ref(), "the task has a PID namespace of its own");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| namespace(&pid.to_string()).as_ref() == Some(&task_namespace))
+        .collect()
+}
+
+/// Whether the process still exists (a zombie waiting to be reaped counts as gone).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_one_user_cannot_see_each_others_processes_and_checks_see_their_tasks() {
+    let agent = confined_agent(TaskConfinement::default(), LogPolicy::default()).await;
+    let work = agent.work_dir.path().to_path_buf();
+    let (keeper, snoop) = (unique("pid-keeper"), unique("pid-snoop"));
+    // Healthy only from inside the keeper's PID namespace: its pid 2 is the keeper's
+    // command (pid 1 its init), holding the secret.
+    let check = r#"[ $$ != 2 ] && tr '\0' '\n' < /proc/2/environ | grep -qx SECRET_TOKEN=pidns-secret-93 &&
+        echo "$(cat /proc/1/cmdline | tr '\0' ' ')" > "$MESOS_SANDBOX/check-saw""#;
+    agent.run(vec![(
+        &keeper,
+        json!({"id": "/keeper", "cmd": "sleep 100", "mem": 32, "env": {"SECRET_TOKEN": "pidns-secret-93"},
+               "healthChecks": [{"protocol": "COMMAND", "command": {"value": check}, "gracePeriodSeconds": 0,
+                                 "intervalSeconds": 1, "timeoutSeconds": 5, "delaySeconds": 0}]}),
+    )]);
+    wait_until_async("the keeper running", Duration::from_secs(15), || {
+        status_of(&agent.m, &keeper, TaskState::TaskRunning)
+    })
+    .await;
+    let keeper_pids = task_processes(&work, &keeper);
+    // On the node the secret is there, in a process of the same user.
+    let environ = |pid: &i32| std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    assert!(
+        keeper_pids.iter().any(|pid| String::from_utf8_lossy(&environ(pid)).contains("pidns-secret-93")),
+        "{keeper_pids:?}"
+    );
+
+    let snoop_script = r#"echo "me: $$"; echo "procs: $(ls /proc | grep -E '^[0-9]+$' | tr '\n' ' ')";
+        for p in $KEEPER_PIDS; do [ -e /proc/$p ] && echo "visible: $p"; tr '\0' '\n' < /proc/$p/environ; done;
+        grep -l pidns-secret-93 /proc/[0-9]*/environ; echo end"#;
+    let pids = keeper_pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    agent
+        .m
+        .lock()
+        .unwrap()
+        .desired
+        .as_mut()
+        .unwrap()
+        .tasks
+        .push(spec(&snoop, json!({"id": "/snoop", "cmd": snoop_script, "mem": 32, "env": {"KEEPER_PIDS": pids}})));
+    agent.m.lock().unwrap().desired.as_mut().unwrap().generation = 2;
+    let stdout = agent.stdout_of_finished(&snoop).await;
+    assert!(!stdout.contains("pidns-secret-93"), "{stdout}");
+    assert!(!stdout.contains("visible:"), "none of the keeper's pids exists for the snoop: {stdout}");
+    // Its shell is pid 2, under its own init; all it sees is itself.
+    assert_eq!(field(&stdout, "me"), Some("2"), "{stdout}");
+    let procs: Vec<i32> =
+        field(&stdout, "procs").unwrap_or_default().split(' ').filter_map(|p| p.parse().ok()).collect();
+    assert!(procs.contains(&1) && procs.iter().all(|p| *p < 20), "{stdout}");
+
+    let update = wait_until_async("a health result", Duration::from_secs(20), || {
+        agent.m.lock().unwrap().statuses.iter().find(|u| u.task_id.as_str() == keeper && u.healthy.is_some()).cloned()
+    })
+    .await;
+    assert_eq!(update.healthy, Some(true), "{:?}", update.extra.get("healthCheckResults"));
+    let saw = std::fs::read_to_string(work.join("tasks").join(&keeper).join("check-saw")).unwrap_or_default();
+    assert!(saw.contains("task-init") && saw.contains("sleep 100"), "the check saw the keeper's init as pid 1: {saw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_task_ends_its_whole_process_tree_within_the_grace_period() {
+    let agent = confined_agent(TaskConfinement::default(), LogPolicy::default()).await;
+    let work = agent.work_dir.path().to_path_buf();
+    let task = unique("tree");
+    // A child in the task's group, one that left it for a session of its own, and the
+    // command itself as a plain `sleep`: no handler for SIGTERM, so as a namespace's
+    // PID 1 it would ignore the kill until the grace period's SIGKILL.
+    let tree = "sleep 1000 & setsid sleep 1001 & exec sleep 1002";
+    agent.run(vec![(&task, json!({"id": "/tree", "cmd": tree, "mem": 32, "taskKillGracePeriodSeconds": 60}))]);
+    wait_until_async("the task running", Duration::from_secs(15), || {
+        status_of(&agent.m, &task, TaskState::TaskRunning)
+    })
+    .await;
+    let pids = wait_until_async("its four processes", Duration::from_secs(10), || {
+        Some(task_processes(&work, &task)).filter(|p| p.len() == 4)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    agent.m.lock().unwrap().desired = Some(DesiredState { generation: 2, tasks: vec![] });
+    let end = agent.ended(&task).await;
+    assert_eq!(end.state, TaskState::TaskKilled, "{end:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "SIGTERM reached the command: {:?}", started.elapsed());
+    wait_until_async("every process of the task gone", Duration::from_secs(5), || {
+        pids.iter().all(|pid| !alive(*pid)).then_some(())
+    })
+    .await;
 }

@@ -12,6 +12,7 @@ use plinth_agent::executor_contract::{
 };
 use plinth_agent::taskenv::{task_env, TaskCommand};
 use plinth_agent::testing::task_spec;
+use plinth_agent::userns::IdRemap;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -86,6 +87,8 @@ struct Options {
     /// Network namespace the executor runs in (BRIDGE tests).
     netns: Option<PathBuf>,
     kill_grace_ms: u64,
+    /// `--userns-remap`; the test's local rootfs is then handed to the shifted root.
+    userns_remap: Option<IdRemap>,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             image_config: json!({"Cmd": ["/bin/sh", "-c", "echo image-default"], "Env": ["PATH=/bin"]}),
             netns: None,
             kill_grace_ms: 1000,
+            userns_remap: None,
         }
     }
 }
@@ -104,6 +108,11 @@ fn launch(name: &str, app: serde_json::Value, options: Options) -> Task {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = unique_id(name);
     let image = busybox_image(dir.path(), options.image_config.clone());
+    if let Some(remap) = options.userns_remap {
+        // A local rootfs is used as it is: its owners are the test's to shift.
+        let status = Command::new("chown").arg("-hR").arg(format!("{0}:{0}", remap.start)).arg(&image.rootfs).status();
+        assert!(status.expect("chown").success());
+    }
     let sandbox = dir.path().join("sandbox");
     std::fs::create_dir_all(&sandbox).expect("sandbox");
     let task = task_spec(&id, app, options.port_mappings.iter().map(|m| m.host_port).collect());
@@ -133,6 +142,7 @@ fn launch(name: &str, app: serde_json::Value, options: Options) -> Task {
             host: "127.0.0.1".into(),
             dns_search: None,
             local_image: Some(image),
+            userns_remap: options.userns_remap,
         }),
         notify_socket: None,
     };
@@ -483,4 +493,43 @@ fn bridge_containers_get_addresses_and_host_ports() {
     assert!(!leases.contains(&run::container_id(&first_id)), "{leases}");
     assert!(leases.contains(&run::container_id(&second.id)), "{leases}");
     drop(second);
+}
+
+/// The `Uid:` line of a process's status, as the host sees it (real, effective, saved, fs).
+fn host_uids(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the container's init is running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn with_userns_remap_the_containers_root_is_an_unprivileged_host_user() {
+    require_root!();
+    let remap = IdRemap { start: 100_000, count: 65_536 };
+    let script = "id -u; echo written > /mnt/mesos/sandbox/by-root; echo ready; sleep 30";
+    let remapped = launch(
+        "userns",
+        json!({"id": "/userns", "cmd": script, "mem": 64}),
+        Options { userns_remap: Some(remap), ..Options::default() },
+    );
+    let record = remapped.wait_running();
+    let stdout = remapped.wait_for_output("ready");
+    assert_eq!(stdout.lines().next(), Some("0"), "root inside; stderr: {}", remapped.read("stderr"));
+    assert_eq!(host_uids(record.pid), "100000 100000 100000 100000", "START on the host");
+    let written = std::fs::metadata(remapped.sandbox.join("by-root")).expect("the file it wrote");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((written.uid(), written.gid()), (100_000, 100_000), "owned by START on the host");
+
+    // Without the flag nothing changes: root is the host's root.
+    let plain = launch("no-userns", json!({"id": "/plain", "cmd": script, "mem": 64}), Options::default());
+    let record = plain.wait_running();
+    let stdout = plain.wait_for_output("ready");
+    assert_eq!(stdout.lines().next(), Some("0"), "stderr: {}", plain.read("stderr"));
+    assert_eq!(host_uids(record.pid), "0 0 0 0");
+    assert_eq!(std::fs::metadata(plain.sandbox.join("by-root")).expect("the file it wrote").uid(), 0);
 }

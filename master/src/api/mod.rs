@@ -28,6 +28,7 @@ pub mod auth;
 pub mod deployments;
 pub mod dns;
 pub mod events;
+pub mod group_body;
 pub mod groups;
 pub mod images;
 pub mod misc;

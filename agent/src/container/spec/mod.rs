@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::ContainerError;
+use crate::userns::IdRemap;
 
 mod mounts;
 mod process;
@@ -74,6 +75,8 @@ pub struct SpecInput<'a> {
     /// The hard RLIMIT_NOFILE the container gets: the executor's own, as Docker passes
     /// dockerd's on (raising it needs CAP_SYS_RESOURCE, which a runtime may lack).
     pub nofile_hard: u64,
+    /// `--userns-remap`: a user namespace mapping container ids 0.. to these host ids.
+    pub userns: Option<IdRemap>,
 }
 
 /// Builds the runtime spec. Pure: no file is read.
@@ -95,12 +98,20 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> {
     if let NetNamespace::Path(path) = &input.net {
         namespaces.push(json!({"type": "network", "path": path}));
     }
+    if input.userns.is_some() {
+        namespaces.push(json!({"type": "user"}));
+    }
 
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": input.cgroups_path,
         "resources": resources::resources(app, privileged),
     });
+    if let Some(remap) = input.userns {
+        let mapping = json!([{"containerID": 0, "hostID": remap.start, "size": remap.count}]);
+        linux["uidMappings"] = mapping.clone();
+        linux["gidMappings"] = mapping;
+    }
     if !privileged {
         security::confine(&mut linux);
     }
@@ -144,6 +155,15 @@ mod fixtures {
         image: &ImageConfiguration,
         net: NetNamespace,
     ) -> Result<Value, ContainerError> {
+        spec_json_remapped(app, image, net, None)
+    }
+
+    pub(super) fn spec_json_remapped(
+        app: Value,
+        image: &ImageConfiguration,
+        net: NetNamespace,
+        userns: Option<IdRemap>,
+    ) -> Result<Value, ContainerError> {
         let task = task_spec("web.abc", app, vec![31000]);
         let env = vec![
             ("PATH".to_string(), "/host/bin".to_string()),
@@ -168,6 +188,7 @@ mod fixtures {
             }),
             user: ResolvedUser::default(),
             nofile_hard: 4096,
+            userns,
         };
         build_spec(&input).map(|s| serde_json::to_value(s).expect("serialise"))
     }
@@ -178,9 +199,43 @@ mod fixtures {
 }
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{busybox_image, spec_json, strings};
+    use super::fixtures::{busybox_image, spec_json, spec_json_remapped, strings};
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn a_userns_remap_adds_a_user_namespace_with_the_range_and_binds_sys() {
+        let remap = IdRemap { start: 100_000, count: 65_536 };
+        let spec =
+            spec_json_remapped(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host, Some(remap)).expect("spec");
+        let namespaces: Vec<&str> =
+            spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(namespaces, ["pid", "mount", "ipc", "uts", "cgroup", "user"]);
+        let mapping = json!([{"containerID": 0, "hostID": 100_000, "size": 65_536}]);
+        assert_eq!(spec["linux"]["uidMappings"], mapping);
+        assert_eq!(spec["linux"]["gidMappings"], mapping);
+        let sys = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert_eq!((sys["type"].as_str(), sys["source"].as_str()), (Some("bind"), Some("/sys")));
+        assert!(strings(&sys["options"]).contains(&"ro".to_string()), "{sys}");
+
+        let plain = spec_json(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host).expect("spec");
+        assert!(plain["linux"].get("uidMappings").is_none(), "no remap, no user namespace");
+        let sys = plain["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert_eq!(sys["type"], "sysfs");
+    }
+
+    #[test]
+    fn a_remapped_sandbox_is_an_rbind_with_its_overlay_covered() {
+        let remap = IdRemap { start: 100_000, count: 65_536 };
+        let spec =
+            spec_json_remapped(json!({"id": "/web"}), &busybox_image(), NetNamespace::Host, Some(remap)).expect("spec");
+        let mounts = spec["mounts"].as_array().unwrap();
+        let sandbox = mounts.iter().find(|m| m["destination"] == SANDBOX_IN_CONTAINER).unwrap();
+        assert!(strings(&sandbox["options"]).contains(&"rbind".to_string()), "{sandbox}");
+        let cover = mounts.iter().find(|m| m["destination"] == "/mnt/mesos/sandbox/container-fs").unwrap();
+        assert_eq!(cover["type"], "tmpfs");
+        assert!(strings(&cover["options"]).contains(&"ro".to_string()), "{cover}");
+    }
 
     #[test]
     fn image_defaults_give_entrypoint_cmd_env_and_workdir() {

@@ -18,16 +18,14 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options}),
+        sys_mount(input, sys_options),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
-        // Not `rbind`: the task's overlay rootfs is mounted inside the sandbox.
-        json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
-               "options": ["bind", "rprivate", "rw"]}),
     ];
+    mounts.extend(sandbox_mounts(input));
     if let Some(etc) = &input.etc {
         for (destination, source) in
             [("/etc/hosts", &etc.hosts), ("/etc/hostname", &etc.hostname), ("/etc/resolv.conf", &etc.resolv_conf)]
@@ -38,6 +36,36 @@ pub(super) fn mounts(input: &SpecInput<'_>, privileged: bool) -> Result<Vec<Valu
     }
     mounts.extend(volume_mounts(input.app, input.sandbox)?);
     Ok(mounts)
+}
+
+/// The sandbox. Not `rbind`: the task's overlay rootfs is mounted inside it. In a user
+/// namespace the kernel refuses a plain bind of a directory holding a mount (it would
+/// reveal what the mount covers), so there it is an `rbind` with an empty read-only
+/// tmpfs over the overlay's directory.
+fn sandbox_mounts(input: &SpecInput<'_>) -> Vec<Value> {
+    if input.userns.is_none() {
+        return vec![json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
+                           "options": ["bind", "rprivate", "rw"]})];
+    }
+    let overlay = Path::new(SANDBOX_IN_CONTAINER).join(crate::container::IMAGE_TASK_DIR);
+    vec![
+        json!({"destination": SANDBOX_IN_CONTAINER, "type": "bind", "source": input.sandbox,
+               "options": ["rbind", "rprivate", "rw"]}),
+        json!({"destination": overlay, "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "noexec", "nodev", "ro", "size=4k"]}),
+    ]
+}
+
+/// `/sys`: a sysfs of its own, except in a user namespace (`--userns-remap`), where the
+/// kernel refuses one (the network namespace belongs to the host's user namespace), so
+/// it is the host's `/sys`, bound read-only, as runc does then.
+fn sys_mount(input: &SpecInput<'_>, mut options: Vec<&str>) -> Value {
+    if input.userns.is_none() {
+        return json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": options});
+    }
+    options.retain(|o| *o != "ro");
+    options.extend(["rbind", "rprivate", "ro"]);
+    json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": options})
 }
 
 /// `container.volumes` as bind mounts. A relative `hostPath` is inside the sandbox, as
