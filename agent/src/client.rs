@@ -28,6 +28,10 @@ pub struct MasterClient {
     /// The CAs of `--ca-file`, kept to rebuild `http` with a renewed certificate.
     trusted: Vec<reqwest::Certificate>,
     base: String,
+    /// Every master of `--master A,B,C`: a request that finds no one at the current one
+    /// (or a 503: no leader there) tries the next; followers proxy to the leader.
+    bases: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<JoinToken>,
     /// The cluster this agent follows, shared by every clone (the loops and the outbox).
     cluster: Arc<RwLock<Option<ClusterId>>>,
@@ -42,15 +46,18 @@ impl MasterClient {
         ca_file: Option<&Path>,
         identity: Option<&NodeIdentity>,
     ) -> Result<Self, AgentError> {
-        let base = master.trim_end_matches('/').to_string();
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "use http:// or https://".into() });
+        let bases: Vec<String> = master.split(',').map(|m| m.trim().trim_end_matches('/').to_string()).collect();
+        for base in &bases {
+            let url = reqwest::Url::parse(base)
+                .map_err(|e| AgentError::MasterUrl { url: base.clone(), reason: e.to_string() })?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(AgentError::MasterUrl { url: base.clone(), reason: "use http:// or https://".into() });
+            }
+            if url.host_str().is_none() {
+                return Err(AgentError::MasterUrl { url: base.clone(), reason: "it has no host".into() });
+            }
         }
-        if url.host_str().is_none() {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
-        }
+        let base = bases[0].clone();
         let mut trusted = Vec::new();
         if let Some(path) = ca_file {
             let pem =
@@ -59,7 +66,15 @@ impl MasterClient {
                 .map_err(|source| AgentError::CaFile { path: path.to_path_buf(), source })?;
         }
         let http = Arc::new(RwLock::new(http_client(&trusted, identity)?));
-        Ok(MasterClient { http, trusted, base, token, cluster: Arc::default() })
+        Ok(MasterClient {
+            http,
+            trusted,
+            base,
+            bases: Arc::new(bases),
+            current: Arc::default(),
+            token,
+            cluster: Arc::default(),
+        })
     }
 
     /// Presents `identity`'s certificate from the next request on (after a renewal).
@@ -100,7 +115,37 @@ impl MasterClient {
         timeout: Duration,
         token: Option<&JoinToken>,
     ) -> Result<R, AgentError> {
-        let url = format!("{}{path}", self.base);
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.bases.len() {
+            let index = (start + step) % self.bases.len();
+            match self.post_to(&self.bases[index], operation, path, body, timeout, token).await {
+                Err(e @ (AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }))
+                    if self.bases.len() > 1 =>
+                {
+                    tracing::debug!(master = %self.bases[index], error = %plinth_protocol::error_chain(&e), "trying the next master");
+                    last = Some(e);
+                }
+                answer => {
+                    self.current.store(index, std::sync::atomic::Ordering::Relaxed);
+                    return answer;
+                }
+            }
+        }
+        self.current.store((start + 1) % self.bases.len(), std::sync::atomic::Ordering::Relaxed);
+        Err(last.expect("at least one master was tried"))
+    }
+
+    async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &str,
+        operation: &'static str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        token: Option<&JoinToken>,
+    ) -> Result<R, AgentError> {
+        let url = format!("{base}{path}");
         let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut request = http.post(&url).json(body).timeout(timeout);
         if let Some(token) = token {
