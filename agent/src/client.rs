@@ -18,6 +18,7 @@ use crate::identity::NodeIdentity;
 
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
+const MULTI_MASTER_SLACK: Duration = Duration::from_secs(2);
 /// A master that does not accept the connection by then is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,6 +87,16 @@ impl MasterClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// How long past its own wait a sync may take: with several masters, a paused one
+    /// (whose connection neither answers nor closes) is left for the next one soon.
+    fn slack(&self) -> Duration {
+        if self.bases.len() > 1 {
+            MULTI_MASTER_SLACK
+        } else {
+            ANSWER_SLACK
+        }
     }
 
     /// The cluster named in every request from now on (`None`: follow any).
@@ -170,7 +181,7 @@ impl MasterClient {
     }
 
     pub async fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, AgentError> {
-        let timeout = Duration::from_millis(request.wait_ms) + ANSWER_SLACK;
+        let timeout = Duration::from_millis(request.wait_ms) + self.slack();
         self.post("sync", "/agent/v1/sync", request, timeout).await
     }
 

@@ -70,8 +70,11 @@ pub fn leader_event(event_type: &str, url: &str) -> Event {
 pub fn spawn(master: &Arc<Master>) {
     let campaigner = master.clone();
     tokio::spawn(async move {
+        // A lease this master could not revoke (etcd was away): revoked when it is back,
+        // so its stale leader key does not hold up the next election for a whole TTL.
+        let mut stale = None;
         loop {
-            if let Err(e) = term(&campaigner).await {
+            if let Err(e) = term(&campaigner, &mut stale).await {
                 tracing::warn!(error = %plinth_protocol::error_chain(&e), "leader election: retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -93,7 +96,9 @@ pub fn spawn(master: &Arc<Master>) {
             })
             .await
             .ok()
-            .flatten();
+            .flatten()
+            // Its own key outliving its lead (a lease not yet ended) names no one to follow.
+            .filter(|url| *url != master.url);
             master.role.send_if_modified(|role| match role {
                 Role::Following(current) if *current != seen => {
                     tracing::info!(leader = ?seen, "following");
@@ -107,11 +112,19 @@ pub fn spawn(master: &Arc<Master>) {
 }
 
 /// One lease: campaign, lead until the lease may be gone or the lead is given up.
-async fn term(master: &Arc<Master>) -> Result<(), etcd_client::Error> {
+async fn term(master: &Arc<Master>, stale: &mut Option<i64>) -> Result<(), etcd_client::Error> {
     let etcd = master.etcd.clone().expect("the election runs only with etcd");
     let ttl = master.config.leader_lease;
     let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(3);
     let mut leases = etcd.client().lease_client();
+    if let Some(old) = *stale {
+        match leases.revoke(old).await {
+            Ok(_) => *stale = None,
+            // Gone already (it ran out): nothing to revoke.
+            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("not found") => *stale = None,
+            Err(e) => return Err(e),
+        }
+    }
     let lease = leases.grant(ttl_secs, None).await?.id();
     let (mut keeper, mut answers) = leases.keep_alive(lease).await?;
     let deadline = Arc::new(Mutex::new(Instant::now() + ttl));
@@ -143,8 +156,10 @@ async fn term(master: &Arc<Master>) -> Result<(), etcd_client::Error> {
     if master.leads() {
         master.lose_lead("the lease ended").await;
     }
-    // Best effort: a lease revoked now lets another master win without waiting for its TTL.
-    let _ = tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await;
+    // A lease revoked now lets another master win without waiting for its TTL.
+    if !matches!(tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await, Ok(Ok(_))) {
+        *stale = Some(lease);
+    }
     result
 }
 
@@ -225,8 +240,16 @@ fn answered_here(request: &Request) -> bool {
     path == "/ping" || (path == "/v2/leader" && request.method() == axum::http::Method::GET)
 }
 
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The outermost layer of the API: on a follower, every request goes to the leader.
 pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, next: Next) -> Response {

@@ -20,10 +20,10 @@ use plinth_protocol::{AgentId, Timestamp};
 use crate::access::AccessConfig;
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
+use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::read_model::ReadModel;
 use crate::registry::{Registry, RegistryConfig};
-use crate::leader::Role;
 use crate::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store, StoreError};
 use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
 
@@ -367,14 +367,31 @@ impl Master {
     /// Gives up the lead: the core goes (a later win reloads it from etcd) and requests
     /// are proxied again. `guard` is the command lock, held by the caller.
     pub fn step_down(&self, guard: &mut Guarded, reason: &str) {
-        if !matches!(*self.role.borrow(), Role::Leading) {
-            return;
+        if self.demote(reason) {
+            self.drop_core(guard);
         }
-        tracing::warn!(reason, "no longer the leader");
+    }
+
+    /// Stops acting as leader at once (before any lock): commands waiting for the lock
+    /// find a follower. Returns whether this master was leading.
+    fn demote(&self, reason: &str) -> bool {
+        let was_leading = self.role.send_if_modified(|role| {
+            let leading = matches!(role, Role::Leading);
+            if leading {
+                *role = Role::Following(None);
+            }
+            leading
+        });
+        if was_leading {
+            tracing::warn!(reason, "no longer the leader");
+            self.publish(crate::leader::leader_event("leader_abdicated", &self.url));
+        }
+        was_leading
+    }
+
+    fn drop_core(&self, guard: &mut Guarded) {
         guard.core = Core::new(self.core_config.clone(), crate::ids::random_ids());
-        self.role.send_replace(Role::Following(None));
         self.reads.bump();
-        self.publish(crate::leader::leader_event("leader_abdicated", &self.url));
     }
 
     /// Takes the lead: loads every record from etcd (replaying a journal a crash left),
@@ -387,8 +404,13 @@ impl Master {
             tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.load_checked()?, store.subscriptions()?)))
                 .await
                 .expect("store loading does not panic")?;
-        tracing::info!(apps = snapshot.apps.len(), tasks = snapshot.tasks.len(), agents = snapshot.agents.len(),
-            load_ms = started.elapsed().as_millis() as u64, "elected leader: state loaded");
+        tracing::info!(
+            apps = snapshot.apps.len(),
+            tasks = snapshot.tasks.len(),
+            agents = snapshot.agents.len(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "elected leader: state loaded"
+        );
         guard.core = Core::restore(self.core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());
         for sub in &subscriptions {
             self.callbacks.add(&sub.callback_url);
@@ -403,8 +425,13 @@ impl Master {
 
     /// [`Master::step_down`] taking the lock itself (the election lost its lease).
     pub async fn lose_lead(&self, reason: &str) {
-        let mut guard = self.state.lock().await;
-        self.step_down(&mut guard, reason);
+        if self.demote(reason) {
+            let mut guard = self.state.lock().await;
+            // Unless the lead was won again meanwhile.
+            if !self.leads() {
+                self.drop_core(&mut guard);
+            }
+        }
     }
 
     /// Ticks the core every [`TICK_INTERVAL`] (time-based work: backoffs, timeouts,

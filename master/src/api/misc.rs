@@ -14,8 +14,8 @@ use plinth_protocol::views::{LeaderInfo, MarathonInfo};
 
 use super::views;
 use crate::error::ApiError;
-use crate::shell::Master;
 use crate::leader::Role;
+use crate::shell::Master;
 
 pub async fn ping() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "pong").into_response()

@@ -320,8 +320,11 @@ impl EtcdStore {
         if settle && !journals.is_empty() {
             self.write_through(&ops).await?;
             for (id, _) in &journals {
-                self.fenced(vec![TxnOp::delete(self.key("journal", id), Some(etcd_client::DeleteOptions::new().with_prefix()))], "removing a journal")
-                    .await?;
+                self.fenced(
+                    vec![TxnOp::delete(self.key("journal", id), Some(etcd_client::DeleteOptions::new().with_prefix()))],
+                    "removing a journal",
+                )
+                .await?;
             }
         }
         let mut tables: BTreeMap<&str, Vec<(String, Vec<u8>)>> = BTreeMap::new();
@@ -401,10 +404,13 @@ impl EtcdStore {
             }
             write(format!("{table}/{key}"), value.clone());
         }
-        Ok(order.into_iter().map(|key| {
-            let value = writes.remove(&key).flatten();
-            (key, value)
-        }).collect())
+        Ok(order
+            .into_iter()
+            .map(|key| {
+                let value = writes.remove(&key).flatten();
+                (key, value)
+            })
+            .collect())
     }
 
     pub async fn commit_async(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -173,7 +173,6 @@ impl Batch {
         }
         Ok(batch)
     }
-
 }
 
 /// The records of a snapshot back from `(key, sealed value)` rows of each table in
@@ -223,7 +222,11 @@ pub(crate) fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) ->
 }
 
 /// A stored record back: its checksum verified, then its JSON decoded.
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &str, stored: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    key: &str,
+    stored: &[u8],
+) -> Result<T, StoreError> {
     let json =
         crate::checksum::open(stored).map_err(|source| StoreError::Corrupt { table, key: key.to_string(), source })?;
     serde_json::from_slice(json).map_err(|source| StoreError::Decode { table, key: key.to_string(), source })
@@ -232,7 +235,6 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &st
 pub(crate) fn version_key(app: &str, version: &str) -> String {
     format!("{app}\0{version}")
 }
-
 
 #[cfg(test)]
 mod contract;
