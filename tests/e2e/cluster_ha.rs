@@ -176,6 +176,12 @@ fn three_masters_on_etcd_fail_over_without_losing_a_write_or_restarting_a_task()
     let scaled = ha.running_via(&second, "/ha/sleeper", 3, secs(60));
     assert!(ids(&before).is_subset(&ids(&scaled)), "the two tasks stay: {}", task_summary(&scaled));
 
+    // The CLI given every master finds one that answers (the killed one is listed first).
+    let list = format!("http://{},http://{}", ha.address(&leader), ha.address(&second));
+    let output = plinth(&["--master", &list, "app", "list"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("/ha/sleeper"), "{}", stdout(&output));
+
     // A paused leader is deposed and, resumed, cannot write: its agent seemed silent for
     // longer than the agent timeout, but nothing it would do about it reaches etcd.
     let third_candidates: Vec<&str> = survivors.iter().copied().filter(|m| *m != second).collect();
