@@ -408,7 +408,7 @@ impl Master {
             apps = snapshot.apps.len(),
             tasks = snapshot.tasks.len(),
             agents = snapshot.agents.len(),
-            load_ms = started.elapsed().as_millis() as u64,
+            load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "elected leader: state loaded"
         );
         guard.core = Core::restore(self.core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());

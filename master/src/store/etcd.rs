@@ -92,6 +92,9 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// A write to a record key below the prefix: its sealed value, or `None` for a delete.
+type Write = (String, Option<Vec<u8>>);
+
 /// One write of a journal: a record key (below the prefix) and its sealed value, or a delete.
 #[derive(Debug, Serialize, Deserialize)]
 struct JournalOp {
@@ -357,7 +360,7 @@ impl EtcdStore {
     }
 
     /// Writes record keys (below the prefix) in as few transactions as the limits allow.
-    async fn write_through(&self, ops: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+    async fn write_through(&self, ops: &[Write]) -> Result<(), StoreError> {
         for chunk in chunks(ops) {
             let txn_ops = chunk.iter().map(|(key, value)| self.op(key, value.as_deref())).collect();
             self.fenced(txn_ops, "writing changes").await?;
@@ -375,7 +378,7 @@ impl EtcdStore {
 
     /// The batch as record-key writes, each key once (the last write wins, as in one
     /// redb transaction): dropped versions become deletes of the keys stored now.
-    async fn batch_ops(&self, batch: &Batch) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    async fn batch_ops(&self, batch: &Batch) -> Result<Vec<Write>, StoreError> {
         let mut order: Vec<String> = Vec::new();
         let mut writes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         let mut write = |key: String, value: Option<Vec<u8>>| {
@@ -428,7 +431,7 @@ impl EtcdStore {
 
     /// A batch too big for one transaction: journal parts, manifest (the commit point),
     /// records, then the journal goes.
-    async fn commit_journaled(&self, ops: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+    async fn commit_journaled(&self, ops: &[Write]) -> Result<(), StoreError> {
         let id = format!("{:013}-{}", chrono::Utc::now().timestamp_millis(), uuid::Uuid::new_v4().simple());
         let journal: Vec<JournalOp> = ops
             .iter()
@@ -486,7 +489,7 @@ fn decode_b64(value: &str) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Splits writes into runs that fit one transaction each.
-fn chunks(ops: &[(String, Option<Vec<u8>>)]) -> Vec<&[(String, Option<Vec<u8>>)]> {
+fn chunks(ops: &[Write]) -> Vec<&[Write]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, (key, value)) in ops.iter().enumerate() {
