@@ -19,6 +19,8 @@ use crate::identity::NodeIdentity;
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
 const MULTI_MASTER_SLACK: Duration = Duration::from_secs(2);
+/// Set by a follower master on what it proxied: the leader's URL.
+const LEADER_HEADER: &str = "x-marathon-leader";
 /// A master that does not accept the connection by then is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,6 +35,9 @@ pub struct MasterClient {
     /// (or a 503: no leader there) tries the next; followers proxy to the leader.
     bases: Arc<Vec<String>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    /// The leader a follower named (`X-Marathon-Leader` on its proxied answers): asked
+    /// directly from then on, saving the proxy's hop, until it stops answering.
+    leader: Arc<RwLock<Option<String>>>,
     token: Option<JoinToken>,
     /// The cluster this agent follows, shared by every clone (the loops and the outbox).
     cluster: Arc<RwLock<Option<ClusterId>>>,
@@ -73,6 +78,7 @@ impl MasterClient {
             base,
             bases: Arc::new(bases),
             current: Arc::default(),
+            leader: Arc::default(),
             token,
             cluster: Arc::default(),
         })
@@ -126,6 +132,15 @@ impl MasterClient {
         timeout: Duration,
         token: Option<&JoinToken>,
     ) -> Result<R, AgentError> {
+        let leader = self.leader.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(leader) = leader {
+            match self.post_to(&leader, operation, path, body, timeout, token).await {
+                Err(AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }) => {
+                    *self.leader.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
+                answer => return answer,
+            }
+        }
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
         let mut last = None;
         for step in 0..self.bases.len() {
@@ -167,6 +182,11 @@ impl MasterClient {
         }
         let request_error = |source| AgentError::MasterRequest { operation, url: url.clone(), source };
         let response = request.send().await.map_err(request_error)?;
+        if self.bases.len() > 1 {
+            if let Some(leader) = response.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                *self.leader.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leader.to_string());
+            }
+        }
         let status = response.status();
         if !status.is_success() {
             let mut body = response.text().await.unwrap_or_default();

@@ -412,6 +412,10 @@ impl Master {
             "elected leader: state loaded"
         );
         guard.core = Core::restore(self.core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());
+        // As at a redb master's start: the registries the stored apps name stay allowed.
+        for docker in guard.core.apps().filter_map(|app| docker_of(&app.definition)) {
+            self.registry.allow_upstream_of(&docker.image);
+        }
         for sub in &subscriptions {
             self.callbacks.add(&sub.callback_url);
         }
