@@ -245,3 +245,36 @@ fn a_fenced_write_fails_once_the_leader_key_is_gone() {
         assert!(store.load_checked().unwrap().apps.is_empty());
     });
 }
+
+#[test]
+fn a_journal_a_crash_left_is_replayed_and_then_settled_by_the_next_leader() {
+    with_etcd(|engine| {
+        let store = engine.store();
+        let mut core = Core::new(CoreConfig::default(), counter_ids());
+        for n in 0..200 {
+            core.create_app(app(&format!("/j/app-{n}"), "sleep 1"), now()).unwrap();
+        }
+        let changes = core.take_changes();
+        let batch = Batch::of(&core, &changes).unwrap();
+        engine.runtime.block_on(store.commit_journal_only(&batch)).unwrap();
+        let mut kv = store.client().kv_client();
+        let records = |kv: &mut etcd_client::KvClient, space: &str| {
+            let prefix = format!("/plinth/{space}/");
+            let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+            engine.runtime.block_on(kv.get(prefix, Some(options))).unwrap().count()
+        };
+        assert_eq!(records(&mut kv, "apps"), 0, "the crash came before the records");
+        // Any load sees the committed batch whole.
+        assert_eq!(store.load_checked().unwrap().apps.len(), 200);
+        assert!(records(&mut kv, "journal") > 0, "an unfenced load only reads");
+        // A leader's load writes the records through and removes the journal.
+        let leader = "/plinth/leader/1";
+        let put = engine.runtime.block_on(kv.put(leader, "http://m1:8080", None)).unwrap();
+        let revision = put.header().map(|h| h.revision()).unwrap();
+        store.set_fence(Some(Fence { key: leader.as_bytes().to_vec(), create_revision: revision }));
+        assert_eq!(store.load_checked().unwrap().apps.len(), 200);
+        assert_eq!(records(&mut kv, "apps"), 200);
+        assert_eq!(records(&mut kv, "journal"), 0);
+        assert_eq!(engine.open().load_checked().unwrap().apps.len(), 200);
+    });
+}

@@ -432,6 +432,25 @@ impl EtcdStore {
     /// A batch too big for one transaction: journal parts, manifest (the commit point),
     /// records, then the journal goes.
     async fn commit_journaled(&self, ops: &[Write]) -> Result<(), StoreError> {
+        let id = self.write_journal(ops).await?;
+        self.write_through(ops).await?;
+        self.fenced(
+            vec![TxnOp::delete(self.key("journal", &id), Some(etcd_client::DeleteOptions::new().with_prefix()))],
+            "removing a journal",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A crash right after a big batch's commit point: its journal written, its records not.
+    #[cfg(test)]
+    pub(super) async fn commit_journal_only(&self, batch: &Batch) -> Result<(), StoreError> {
+        let ops = self.batch_ops(batch).await?;
+        self.write_journal(&ops).await.map(drop)
+    }
+
+    /// The journal's parts, then its manifest (the commit point); returns its id.
+    async fn write_journal(&self, ops: &[Write]) -> Result<String, StoreError> {
         let id = format!("{:013}-{}", chrono::Utc::now().timestamp_millis(), uuid::Uuid::new_v4().simple());
         let journal: Vec<JournalOp> = ops
             .iter()
@@ -450,13 +469,7 @@ impl EtcdStore {
         let manifest = encode("journal", &id, &JournalManifest { parts: parts.len() })?;
         self.fenced(vec![TxnOp::put(self.key("journal", &id), manifest, None)], "committing a journal").await?;
         tracing::debug!(journal = %id, writes = ops.len(), parts = parts.len(), "big batch committed through a journal");
-        self.write_through(ops).await?;
-        self.fenced(
-            vec![TxnOp::delete(self.key("journal", &id), Some(etcd_client::DeleteOptions::new().with_prefix()))],
-            "removing a journal",
-        )
-        .await?;
-        Ok(())
+        Ok(id)
     }
 
     pub async fn subscriptions_async(&self) -> Result<Vec<Subscription>, StoreError> {
