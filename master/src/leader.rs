@@ -222,6 +222,57 @@ async fn wait_until_not_leading(master: &Master) {
     }
 }
 
+/// `GET /v1/masters`: the masters campaigning (the first by create revision leads), the
+/// lease, and etcd's members with the one leading them.
+pub async fn masters(State(master): State<Arc<Master>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Some(etcd) = master.etcd.clone() else {
+        return Ok(axum::Json(serde_json::json!({
+            "store": "redb",
+            "leader": master.leader,
+            "masters": [{"address": master.leader, "leader": true}],
+        })));
+    };
+    let unavailable = |e: etcd_client::Error| ApiError::Unavailable(format!("etcd did not answer: {e}"));
+    let read = async {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+        let campaigns = etcd.client().kv_client().get(format!("{}/", etcd.election_name()), Some(options)).await?;
+        let members = etcd.client().cluster_client().member_list().await?;
+        let status = etcd.client().maintenance_client().status().await?;
+        Ok::<_, etcd_client::Error>((campaigns, members, status))
+    };
+    let (campaigns, members, status) = tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .map_err(|_| ApiError::Unavailable("etcd did not answer within 3 s".into()))?
+        .map_err(unavailable)?;
+    let masters: Vec<serde_json::Value> = campaigns
+        .kvs()
+        .iter()
+        .enumerate()
+        .map(|(n, kv)| {
+            let url = String::from_utf8_lossy(kv.value());
+            serde_json::json!({"address": address_of(&url), "leader": n == 0, "lease": format!("{:x}", kv.lease())})
+        })
+        .collect();
+    let members: Vec<serde_json::Value> = members
+        .members()
+        .iter()
+        .map(|m| {
+            serde_json::json!({"name": m.name(), "id": format!("{:x}", m.id()), "clientUrls": m.client_urls(),
+                "leader": m.id() == status.leader()})
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "store": "etcd",
+        "prefix": etcd.prefix(),
+        "leader": masters.first().and_then(|m| m.get("address")).cloned(),
+        "leaseTtlSeconds": master.config.leader_lease.as_secs(),
+        "masters": masters,
+        "etcd": {"version": status.version(), "members": members},
+    })))
+}
+
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {

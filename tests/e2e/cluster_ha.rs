@@ -130,6 +130,14 @@ fn three_masters_on_etcd_fail_over_without_losing_a_write_or_restarting_a_task()
     let info = ha.cluster.api_of(follower).get_json("/v2/info");
     assert_eq!(info["elected"], true, "a follower's /v2/info is the leader's: {info}");
     assert_eq!(info["leader"], ha.address(&leader).as_str(), "{info}");
+    let masters = ha.cluster.api_of(follower).get_json("/v1/masters");
+    let listed = masters["masters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 3, "{masters}");
+    assert_eq!(listed.iter().filter(|m| m["leader"] == true).count(), 1, "{masters}");
+    assert_eq!(masters["leader"], ha.address(&leader).as_str(), "{masters}");
+    let members = masters["etcd"]["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 3, "{masters}");
+    assert_eq!(members.iter().filter(|m| m["leader"] == true).count(), 1, "{masters}");
 
     let masters = ha.urls();
     ha.cluster.start_agent_of("agent-1", masters, |_| Vec::new());
