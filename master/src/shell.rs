@@ -384,6 +384,7 @@ impl Master {
         });
         if was_leading {
             tracing::warn!(reason, "no longer the leader");
+            self.metrics.record_leader_change();
             self.publish(crate::leader::leader_event("leader_abdicated", &self.url));
         }
         was_leading
@@ -420,6 +421,7 @@ impl Master {
             self.callbacks.add(&sub.callback_url);
         }
         self.role.send_replace(Role::Leading);
+        self.metrics.record_leader_change();
         self.reads.bump();
         drop(guard);
         self.publish(crate::leader::leader_event("leader_elected", &self.url));

@@ -166,6 +166,8 @@ fn three_masters_on_etcd_fail_over_without_losing_a_write_or_restarting_a_task()
     assert_ne!(second, leader);
     assert!(failover < secs(LEASE_SECS + 7), "the new leader took {failover:?}");
     eprintln!("failover after kill -9: {failover:?}");
+    let metrics = ha.cluster.api_of(&second).get("/metrics/prometheus").expect_status(200).text;
+    assert!(metrics.contains("plinth_leader_changes_total 1"), "the new leader counts its win: {metrics}");
 
     // The tasks kept running: same ids, same processes.
     let after = ha.running_via(&second, "/ha/sleeper", 2, secs(30));
