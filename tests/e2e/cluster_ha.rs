@@ -154,6 +154,17 @@ fn three_masters_on_etcd_fail_over_without_losing_a_write_or_restarting_a_task()
     // A write sent to a follower is proxied to the leader.
     ha.cluster.api_of(follower).post("/v2/apps", &cmd_app("/ha/sleeper", "sleep 1000", 2)).expect_status(201);
     let before = ha.running_via(&leader, "/ha/sleeper", 2, secs(60));
+    plinth_oci::tls::install_provider();
+    let proxied = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/v2/apps", ha.address(follower)))
+        .send()
+        .unwrap();
+    let header = |name: &str| proxied.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(header("x-marathon-leader"), Some(format!("http://{}", ha.address(&leader))));
+    assert!(header("x-marathon-via").is_some_and(|via| via.contains(&ha.address(follower))), "{:?}", proxied.headers());
     let pids_before = ha.cluster.task_pids("agent-1");
     assert_eq!(pids_before.len(), 2, "{pids_before:?}");
 
