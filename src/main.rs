@@ -180,6 +180,77 @@ struct MasterArgs {
     tls_sans: Vec<String>,
     #[command(flatten)]
     access: AccessArgs,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// The HA store (README: High availability): without --etcd, redb in the data dir.
+#[derive(Debug, Default, Args)]
+struct EtcdArgs {
+    /// etcd endpoints (http(s)://HOST:2379, comma-separated): the state lives in etcd and
+    /// masters elect one leader; --hostname must be an address the other masters reach.
+    #[arg(long, env = "PLINTH_ETCD", value_delimiter = ',', value_name = "URL")]
+    etcd: Vec<String>,
+    /// Key prefix of this cluster's state in etcd.
+    #[arg(long, env = "PLINTH_ETCD_PREFIX", default_value = "/plinth", value_parser = parse_etcd_prefix)]
+    etcd_prefix: String,
+    /// PEM CA certificate of the etcd servers.
+    #[arg(long, env = "PLINTH_ETCD_CACERT", value_name = "PATH")]
+    etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "PLINTH_ETCD_CERT", value_name = "PATH", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The PEM private key of --etcd-cert.
+    #[arg(long, env = "PLINTH_ETCD_KEY", value_name = "PATH", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user; the password comes from --etcd-password-file or PLINTH_ETCD_PASSWORD.
+    #[arg(long, env = "PLINTH_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "PLINTH_ETCD_PASSWORD_FILE", value_name = "PATH", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Seconds of the leader's etcd lease: a leader silent this long is replaced.
+    #[arg(long, env = "PLINTH_LEADER_LEASE_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    leader_lease_secs: u64,
+}
+
+fn parse_etcd_prefix(text: &str) -> Result<String, String> {
+    let prefix = text.trim_end_matches('/');
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        return Err(format!("'{text}' is not a key prefix: it starts with / and names something, like /plinth"));
+    }
+    Ok(prefix.to_string())
+}
+
+/// Where to find etcd, with the password read from its file or `PLINTH_ETCD_PASSWORD`.
+fn etcd_settings(args: EtcdArgs) -> anyhow::Result<Option<plinth_master::store::EtcdSettings>> {
+    if args.etcd.is_empty() {
+        return Ok(None);
+    }
+    for url in &args.etcd {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--etcd {url}: an etcd endpoint is a URL like http://10.0.0.2:2379");
+        }
+    }
+    let user = match args.etcd_user {
+        None => None,
+        Some(user) => {
+            let password = match &args.etcd_password_file {
+                Some(path) => read_secret_file(path)?.trim_end_matches(['\r', '\n']).to_string(),
+                None => std::env::var("PLINTH_ETCD_PASSWORD").map_err(|_| {
+                    anyhow::anyhow!("--etcd-user needs a password: --etcd-password-file PATH or PLINTH_ETCD_PASSWORD")
+                })?,
+            };
+            Some((user, password))
+        }
+    };
+    let mut settings = plinth_master::store::EtcdSettings::new(args.etcd);
+    settings.prefix = args.etcd_prefix;
+    settings.cacert = args.etcd_cacert;
+    settings.cert = args.etcd_cert;
+    settings.key = args.etcd_key;
+    settings.user = user;
+    Ok(Some(settings))
 }
 
 /// Who may use the API (README: Access control). Secrets come from files or the
@@ -312,7 +383,7 @@ struct PxeArgs {
 
 #[derive(Debug, Args)]
 struct AgentCommand {
-    /// The master's URL, e.g. http://10.0.0.2:8080.
+    /// The master's URL, e.g. http://10.0.0.2:8080; with HA masters, several, comma-separated.
     #[arg(long, env = "PLINTH_MASTER")]
     master: String,
     /// Address the agent's HTTP API (logs, task inspection) listens on.
@@ -559,6 +630,8 @@ fn master_config(
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| plinth_master::tls::TlsFiles { cert, key }),
         cluster_ca: args.cluster_ca.then_some(plinth_master::tls::ClusterCaSettings { extra_names: args.tls_sans }),
         dns: node.dns.settings(),
+        leader_lease: std::time::Duration::from_secs(args.etcd.leader_lease_secs),
+        etcd: etcd_settings(args.etcd)?,
     })
 }
 

@@ -19,6 +19,9 @@ use crate::identity::NodeIdentity;
 
 /// Time for the master to answer beyond a long-poll's own wait.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
+const MULTI_MASTER_SLACK: Duration = Duration::from_secs(2);
+/// Set by a follower master on what it proxied: the leader's URL.
+const LEADER_HEADER: &str = "x-marathon-leader";
 /// A master that does not accept the connection by then is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,6 +32,13 @@ pub struct MasterClient {
     /// The CAs of `--ca-file`, kept to rebuild `http` with a renewed certificate.
     trusted: Vec<reqwest::Certificate>,
     base: String,
+    /// Every master of `--master A,B,C`: a request that finds no one at the current one
+    /// (or a 503: no leader there) tries the next; followers proxy to the leader.
+    bases: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+    /// The leader a follower named (`X-Marathon-Leader` on its proxied answers): asked
+    /// directly from then on, saving the proxy's hop, until it stops answering.
+    leader: Arc<RwLock<Option<String>>>,
     token: Option<JoinToken>,
     /// The cluster this agent follows, shared by every clone (the loops and the outbox).
     cluster: Arc<RwLock<Option<ClusterId>>>,
@@ -43,15 +53,18 @@ impl MasterClient {
         ca_file: Option<&Path>,
         identity: Option<&NodeIdentity>,
     ) -> Result<Self, AgentError> {
-        let base = master.trim_end_matches('/').to_string();
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| AgentError::MasterUrl { url: master.to_string(), reason: e.to_string() })?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "use http:// or https://".into() });
+        let bases: Vec<String> = master.split(',').map(|m| m.trim().trim_end_matches('/').to_string()).collect();
+        for base in &bases {
+            let url = reqwest::Url::parse(base)
+                .map_err(|e| AgentError::MasterUrl { url: base.clone(), reason: e.to_string() })?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(AgentError::MasterUrl { url: base.clone(), reason: "use http:// or https://".into() });
+            }
+            if url.host_str().is_none() {
+                return Err(AgentError::MasterUrl { url: base.clone(), reason: "it has no host".into() });
+            }
         }
-        if url.host_str().is_none() {
-            return Err(AgentError::MasterUrl { url: master.to_string(), reason: "it has no host".into() });
-        }
+        let base = bases[0].clone();
         let mut trusted = Vec::new();
         if let Some(path) = ca_file {
             let pem =
@@ -60,7 +73,16 @@ impl MasterClient {
                 .map_err(|source| AgentError::CaFile { path: path.to_path_buf(), source })?;
         }
         let http = Arc::new(RwLock::new(http_client(&trusted, identity)?));
-        Ok(MasterClient { http, trusted, base, token, cluster: Arc::default() })
+        Ok(MasterClient {
+            http,
+            trusted,
+            base,
+            bases: Arc::new(bases),
+            current: Arc::default(),
+            leader: Arc::default(),
+            token,
+            cluster: Arc::default(),
+        })
     }
 
     /// Presents `identity`'s certificate from the next request on (after a renewal).
@@ -72,6 +94,16 @@ impl MasterClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// How long past its own wait a sync may take: with several masters, a paused one
+    /// (whose connection neither answers nor closes) is left for the next one soon.
+    fn slack(&self) -> Duration {
+        if self.bases.len() > 1 {
+            MULTI_MASTER_SLACK
+        } else {
+            ANSWER_SLACK
+        }
     }
 
     /// The cluster named in every request from now on (`None`: follow any).
@@ -101,10 +133,49 @@ impl MasterClient {
         timeout: Duration,
         token: Option<&JoinToken>,
     ) -> Result<R, AgentError> {
-        let url = format!("{}{path}", self.base);
+        let leader = self.leader.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(leader) = leader {
+            match self.post_to(&leader, operation, path, body, timeout, token).await {
+                Err(AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }) => {
+                    *self.leader.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
+                answer => return answer,
+            }
+        }
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.bases.len() {
+            let index = (start + step) % self.bases.len();
+            match self.post_to(&self.bases[index], operation, path, body, timeout, token).await {
+                Err(e @ (AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }))
+                    if self.bases.len() > 1 =>
+                {
+                    tracing::debug!(master = %self.bases[index], error = %plinth_protocol::error_chain(&e), "trying the next master");
+                    last = Some(e);
+                }
+                answer => {
+                    self.current.store(index, std::sync::atomic::Ordering::Relaxed);
+                    return answer;
+                }
+            }
+        }
+        self.current.store((start + 1) % self.bases.len(), std::sync::atomic::Ordering::Relaxed);
+        Err(last.expect("at least one master was tried"))
+    }
+
+    async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &str,
+        operation: &'static str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        token: Option<&JoinToken>,
+    ) -> Result<R, AgentError> {
+        let url = format!("{base}{path}");
         let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let request = self.admitted(http.post(&url).json(body).timeout(timeout), token);
-        Self::answer(operation, url, request).await
+        self.answer(operation, url, request).await
     }
 
     /// The join token (when given) and the cluster, as every agent request carries them.
@@ -120,12 +191,18 @@ impl MasterClient {
 
     /// Sends `request`; a non-2xx answer is an error carrying (the start of) its body.
     async fn answer<R: DeserializeOwned>(
+        &self,
         operation: &'static str,
         url: String,
         request: reqwest::RequestBuilder,
     ) -> Result<R, AgentError> {
         let request_error = |source| AgentError::MasterRequest { operation, url: url.clone(), source };
         let response = request.send().await.map_err(request_error)?;
+        if self.bases.len() > 1 {
+            if let Some(leader) = response.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                *self.leader.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leader.to_string());
+            }
+        }
         let status = response.status();
         if !status.is_success() {
             let mut body = response.text().await.unwrap_or_default();
@@ -140,17 +217,19 @@ impl MasterClient {
     }
 
     pub async fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, AgentError> {
-        let timeout = Duration::from_millis(request.wait_ms) + ANSWER_SLACK;
+        let timeout = Duration::from_millis(request.wait_ms) + self.slack();
         self.post("sync", "/agent/v1/sync", request, timeout).await
     }
 
     /// `GET /agent/v1/dns`: the master's record set, at once when its generation is not
     /// `after`, else when it changes or `wait` ends.
     pub async fn dns(&self, agent: &AgentId, after: u64, wait: Duration) -> Result<DnsRecords, AgentError> {
-        let url = format!("{}/agent/v1/dns?agent_id={agent}&after={after}&wait_ms={}", self.base, wait.as_millis());
+        // The master the agent protocol last reached (followers proxy to the leader).
+        let base = &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()];
+        let url = format!("{base}/agent/v1/dns?agent_id={agent}&after={after}&wait_ms={}", wait.as_millis());
         let http = self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let request = self.admitted(http.get(&url).timeout(wait + ANSWER_SLACK), self.token.as_ref());
-        Self::answer("dns", url, request).await
+        self.answer("dns", url, request).await
     }
 
     pub async fn status(&self, batch: &StatusBatch) -> Result<StatusAck, AgentError> {

@@ -18,7 +18,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5051";
 /// What the operator sets (the `plinth agent` flags).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The master's base URL, e.g. `http://10.0.0.1:8080`.
+    /// The master's base URL, e.g. `http://10.0.0.1:8080`, or several, comma-separated
+    /// (HA masters: requests go to the first that answers).
     pub master: String,
     /// Checkpoint, agent id and task sandboxes live here.
     pub work_dir: PathBuf,
@@ -138,7 +139,9 @@ impl AgentConfig {
         if let Some(registry) = &self.containers.registry {
             return registry.trim_end_matches('/').to_string();
         }
-        let host = self.master.split("://").nth(1).unwrap_or(&self.master).split('/').next().unwrap_or_default();
+        // The first master of a `--master A,B,C` list.
+        let first = self.master.split(',').next().unwrap_or_default().trim();
+        let host = first.split("://").nth(1).unwrap_or(first).split('/').next().unwrap_or_default();
         // Strip the port, keeping IPv6 brackets intact.
         let host = match host.rfind(':') {
             Some(i) if !host[i..].contains(']') => &host[..i],

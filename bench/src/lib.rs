@@ -7,9 +7,11 @@
 //! - `boot`: the node image booted in QEMU (software emulation), timed;
 //! - `pxe`: a diskless QEMU PXE-booting from a real master, timed;
 //! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc;
+//! - `failover`: a new leader's state load and kill -9 failover on etcd, beside a redb restart;
 //! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness.
 pub mod boot;
 pub mod containers;
+pub mod failover;
 mod first_answer;
 pub mod pxe;
 pub mod reads;
@@ -34,6 +36,8 @@ pub enum BenchCommand {
     Pxe(pxe::BenchPxeArgs),
     /// Docker images: POST → TASK_RUNNING (cached, cold) against podman, and create+start against crun/runc.
     Containers(containers::BenchContainersArgs),
+    /// Failover: state load of a new leader (etcd vs redb) and kill -9 → first acknowledged write.
+    Failover(failover::BenchFailoverArgs),
     /// Read storms: `GET /v2/apps` p50/p99 with 1, 16 and 64 readers, POST latency beside them, agents kept.
     Reads(reads::BenchReadsArgs),
 }
@@ -50,5 +54,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pxe(args) => pxe::run(args).map(drop),
         BenchCommand::Containers(args) => containers::run(args).map(drop),
         BenchCommand::Reads(args) => reads::run(args).map(drop),
+        BenchCommand::Failover(args) => failover::run(args),
     }
 }

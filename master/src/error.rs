@@ -67,6 +67,9 @@ pub enum ApiError {
     /// Too many expensive reads waiting (429 with `Retry-After`, see `read_model.rs`).
     #[error("Too many requests are waiting; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
+    /// No leader to act (an election under way, etcd unreachable): 503 with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -150,6 +154,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Busy { retry_after_secs } = &self {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        if let ApiError::Unavailable(_) = &self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, 1.into());
         }
         response
     }

@@ -1,5 +1,6 @@
 //! The master: the shell around the scheduler core (`plinth-scheduler`). It owns the shared
-//! state of a running master and the ticker (`shell.rs`), the durable store (`store.rs`),
+//! state of a running master and the ticker (`shell.rs`), the durable store (`store/`: redb
+//! or etcd), which master leads and the followers' proxy (`leader.rs`),
 //! the Marathon v2 API, agent protocol and operator endpoints (`api/`), events, metrics,
 //! the image registry (pull-through cache and push target on `:5000`), the HTTP side of
 //! PXE provisioning (`pxe.rs`), who may use the API (`access.rs`), the API's TLS (`tls.rs`)
@@ -12,6 +13,7 @@ pub mod dns;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod leader;
 pub mod metrics;
 pub mod pxe;
 pub mod read_model;
@@ -24,4 +26,4 @@ pub mod tls;
 pub use error::{ApiError, MasterError};
 pub use shell::{Master, MasterConfig};
 pub use start::{build, run, serve};
-pub use store::{Store, StoreError};
+pub use store::{StateStore, Store, StoreError};

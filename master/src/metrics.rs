@@ -24,6 +24,7 @@ pub struct Metrics {
     store_records: AtomicU64,
     store_write_micros: AtomicU64,
     rounds: AtomicU64,
+    leader_changes: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +37,11 @@ impl Metrics {
         self.store_commits.fetch_add(1, Ordering::Relaxed);
         self.store_records.fetch_add(records as u64, Ordering::Relaxed);
         self.store_write_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// This master won or gave up the lead (HA on etcd).
+    pub fn record_leader_change(&self) {
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One scheduling round ran (on the ticker's interval or asked for by a command).
@@ -178,6 +184,12 @@ impl Metrics {
             Kind::Counter,
             "Time spent in store write transactions.",
             vec![(String::new(), self.store_write_micros.load(Ordering::Relaxed) as f64 / 1e6)],
+        );
+        metric(
+            "plinth_leader_changes_total",
+            Kind::Counter,
+            "Times this master won or gave up the lead (HA masters on etcd).",
+            vec![(String::new(), self.leader_changes.load(Ordering::Relaxed) as f64)],
         );
         let requests = self.http_requests.lock().expect("metrics map is never poisoned").clone();
         metric(

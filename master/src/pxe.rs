@@ -114,7 +114,16 @@ pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Route
         let dhcp = DhcpConfig { server_ip, mode, http_base: url, default_profile: boot.default_profile };
         serve::spawn(
             provisioning.clone(),
-            PxeConfig { interface: interface.clone(), dhcp, tftp_root: boot.tftp_root.clone() },
+            PxeConfig {
+                interface: interface.clone(),
+                dhcp,
+                tftp_root: boot.tftp_root.clone(),
+                // DHCP from the leader alone (`leader.rs`); always, on redb.
+                answering: {
+                    let master = Arc::downgrade(master);
+                    serve::Answering(Arc::new(move || master.upgrade().is_some_and(|m| m.leads())))
+                },
+            },
         )?;
     }
     let master_url = advertise.unwrap_or_else(|| format!("{scheme}://{}:{port}", master.config.hostname));

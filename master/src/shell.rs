@@ -21,10 +21,11 @@ use plinth_protocol::{AgentId, Timestamp};
 use crate::access::AccessConfig;
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
+use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::read_model::ReadModel;
 use crate::registry::{Registry, RegistryConfig};
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store, StoreError};
 use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
 
 /// How the master runs (`plinth master` flags).
@@ -37,6 +38,9 @@ pub struct MasterConfig {
     /// How often the core ticks for time-based work ([`TICK_INTERVAL`]); commands that
     /// create work get a round at once regardless.
     pub tick_interval: Duration,
+    /// Whether a command that changed something gets a scheduling round at once (the
+    /// product always does; a test that scripts an exact sequence of rounds turns it off).
+    pub rounds_on_commands: bool,
     /// Join token agents must present (header `x-plinth-token`), when set.
     pub token: Option<plinth_protocol::agent::JoinToken>,
     /// Name this master reports (leader, `/master/state`).
@@ -51,6 +55,11 @@ pub struct MasterConfig {
     pub cluster_ca: Option<crate::tls::ClusterCaSettings>,
     /// The DNS server (`--dns-*`); off (port 0) unless asked for.
     pub dns: plinth_dns::DnsSettings,
+    /// `--etcd`: the state lives in etcd and masters elect a leader (`leader.rs`);
+    /// without it, redb in the data dir and this master always leads.
+    pub etcd: Option<EtcdSettings>,
+    /// TTL of the leader's etcd lease: a leader silent this long is replaced.
+    pub leader_lease: Duration,
 }
 
 impl Default for MasterConfig {
@@ -60,6 +69,7 @@ impl Default for MasterConfig {
             data_dir: PathBuf::from("/var/lib/plinth/master"),
             agent_timeout: Duration::from_secs(10),
             tick_interval: TICK_INTERVAL,
+            rounds_on_commands: true,
             token: None,
             hostname: "localhost".to_string(),
             registry: RegistryConfig::default(),
@@ -67,6 +77,8 @@ impl Default for MasterConfig {
             tls: None,
             cluster_ca: None,
             dns: plinth_dns::DnsSettings::disabled(),
+            etcd: None,
+            leader_lease: Duration::from_secs(3),
         }
     }
 }
@@ -80,7 +92,7 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(150);
 /// The core and its store; one lock so that writes happen in command order.
 pub struct Guarded {
     pub core: Core,
-    pub store: Store,
+    pub store: Arc<dyn StateStore>,
 }
 
 /// Shared state of a running master (the axum state).
@@ -92,7 +104,13 @@ pub struct Master {
     /// When each agent was last heard from, noted on arrival (before the lock).
     heard: std::sync::Mutex<HashMap<AgentId, Timestamp>>,
     /// Written by every command; lets readers skip the lock in the rare cases it matters.
-    store: Store,
+    store: Arc<dyn StateStore>,
+    /// The etcd store, with `--etcd` (the election campaigns through its client).
+    pub etcd: Option<EtcdStore>,
+    /// Whether this master leads (always, on redb), and who does otherwise (`leader.rs`).
+    pub role: watch::Sender<Role>,
+    /// How a core is made afresh (on losing the lead, and on winning it).
+    core_config: CoreConfig,
     pub events: EventBus,
     pub callbacks: Arc<CallbackHub>,
     pub metrics: Metrics,
@@ -102,12 +120,16 @@ pub struct Master {
     /// created work, which should not wait for the next [`TICK_INTERVAL`]. `Notify`
     /// keeps one permit, so a burst of commands makes one round, not one per command.
     round_wanted: tokio::sync::Notify,
+    /// `DELETE /v2/leader` on an etcd leader: the election gives the lead up.
+    pub abdication: tokio::sync::Notify,
     /// Addresses already warned about a bad token (logged once each).
     pub token_warned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub framework_id: String,
     pub started_at: Timestamp,
     /// `host:port` clients reach this master at.
     pub leader: String,
+    /// `http(s)://host:port`: where other masters send what they proxy to this one.
+    pub url: String,
     /// The image registry; served on its own listener (`start.rs`).
     pub registry: Arc<Registry>,
     /// The cluster CA and this master's certificate, with `--cluster-ca`.
@@ -121,25 +143,37 @@ impl Master {
     /// Opens the store, restores the core and starts the callback workers. The caller
     /// serves [`Master::router`] and usually calls [`Master::spawn_ticker`].
     pub async fn open(config: MasterConfig, port: u16) -> Result<Arc<Master>, MasterError> {
-        let dir = config.data_dir.clone();
-        let (store, snapshot, subscriptions, framework_id) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&dir)?;
-            let snapshot = store.load_checked()?;
-            let subscriptions = store.subscriptions()?;
-            let framework_id = store.framework_id()?;
-            Ok::<_, StoreError>((store, snapshot, subscriptions, framework_id))
+        let (store, etcd): (Arc<dyn StateStore>, Option<EtcdStore>) = match &config.etcd {
+            Some(settings) => {
+                let etcd = EtcdStore::connect(settings).await?;
+                (Arc::new(etcd.clone()), Some(etcd))
+            }
+            None => {
+                let dir = config.data_dir.clone();
+                let redb = tokio::task::spawn_blocking(move || Store::open(&dir))
+                    .await
+                    .expect("store opening does not panic")?;
+                (Arc::new(redb), None)
+            }
+        };
+        // With etcd the records are loaded on winning the lead (`leader.rs`), not before.
+        let opened = store.clone();
+        let leads = etcd.is_none();
+        let (snapshot, subscriptions, framework_id) = tokio::task::spawn_blocking(move || {
+            let snapshot = if leads { opened.load_checked()? } else { plinth_scheduler::Snapshot::default() };
+            Ok::<_, StoreError>((snapshot, opened.subscriptions()?, opened.framework_id()?))
         })
         .await
-        .expect("store opening does not panic")?;
+        .expect("store loading does not panic")?;
         tracing::info!(
-            path = %store.path().display(), apps = snapshot.apps.len(), tasks = snapshot.tasks.len(),
+            store = %store.describe(), apps = snapshot.apps.len(), tasks = snapshot.tasks.len(),
             agents = snapshot.agents.len(), deployments = snapshot.deployments.len(), "store loaded"
         );
         let core_config = CoreConfig {
             agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
             ..CoreConfig::default()
         };
-        let core = Core::restore(core_config, crate::ids::random_ids(), snapshot, Timestamp::now());
+        let core = Core::restore(core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());
         let callbacks = Arc::new(CallbackHub::with_policy(config.access.clone()));
         for sub in &subscriptions {
             callbacks.add(&sub.callback_url);
@@ -147,6 +181,9 @@ impl Master {
         let events = EventBus::redacting(!config.access.events_include_env);
         callbacks.spawn_dispatcher(&events);
         let leader = format!("{}:{}", config.hostname, port);
+        let scheme = if config.tls.is_some() || config.cluster_ca.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{leader}");
+        let role = watch::channel(if leads { Role::Single } else { Role::Following(None) }).0;
         // Image names may also use the name this master reports.
         let mut registry_config = config.registry.clone();
         registry_config.aliases.push(format!("{}:{}", config.hostname, config.registry.listen.port()));
@@ -174,15 +211,20 @@ impl Master {
             heard: Default::default(),
             state: Mutex::new(Guarded { core, store: store.clone() }),
             store,
+            etcd,
+            role,
+            core_config,
             events,
             callbacks,
             metrics: Metrics::default(),
             agent_wakers: Default::default(),
             round_wanted: tokio::sync::Notify::new(),
+            abdication: tokio::sync::Notify::new(),
             token_warned: Default::default(),
             framework_id,
             started_at: Timestamp::now(),
             leader,
+            url,
             registry,
             identity,
         });
@@ -240,7 +282,7 @@ impl Master {
         }
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
     }
 
@@ -308,13 +350,16 @@ impl Master {
         run: impl FnOnce(&mut Core, Timestamp) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut guard = self.state.lock().await;
+        if !self.leads() {
+            return Err(crate::leader::not_leading(&self.role.borrow()));
+        }
         let now = Timestamp::now();
         let result = run(&mut guard.core, now);
         let changes = guard.core.take_changes();
         let changed = !changes.is_empty();
-        self.finish(&guard.core, changes).await;
+        self.finish(&mut guard, changes).await?;
         drop(guard);
-        if changed {
+        if changed && self.config.rounds_on_commands {
             self.round_wanted.notify_one();
         }
         result
@@ -323,26 +368,118 @@ impl Master {
     /// One scheduling round.
     pub async fn tick(&self) {
         let mut guard = self.state.lock().await;
+        if !self.leads() {
+            return;
+        }
         self.apply_heard(&mut guard.core);
         let now = Timestamp::now();
         guard.core.tick(now);
         let changes = guard.core.take_changes();
-        self.finish(&guard.core, changes).await;
+        // A failed write has already made this master a follower; nothing else to do.
+        let _ = self.finish(&mut guard, changes).await;
     }
 
     /// Makes a command's or tick's changes durable and visible: write, then mark the
     /// read model stale, then publish events and wake agents. The caller holds the lock.
-    async fn finish(&self, core: &Core, changes: Changes) {
+    /// With etcd, a write that fails (deposed, or etcd unreachable) drops the core and
+    /// makes this master a follower: nothing of the command was acknowledged.
+    async fn finish(&self, guard: &mut Guarded, changes: Changes) -> Result<(), ApiError> {
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
-        let batch = Self::prepare(core, &changes);
-        self.write(batch).await;
+        let batch = Self::prepare(&guard.core, &changes);
+        if let Err(e) = self.write(batch).await {
+            let reason = plinth_protocol::error_chain(&e).to_string();
+            self.step_down(guard, &reason);
+            return Err(ApiError::Unavailable(format!("the change was not made: {reason}")));
+        }
         self.reads.bump();
         self.dns.note(&changes);
         self.publish_all(changes.events);
         self.publish_lb_backends(changes.lb_backends);
         self.notify_agents(changes.notify_agents.iter());
+        Ok(())
+    }
+
+    /// Whether this master may act on the core now (always on redb).
+    pub fn leads(&self) -> bool {
+        self.role.borrow().leads()
+    }
+
+    /// Gives up the lead: the core goes (a later win reloads it from etcd) and requests
+    /// are proxied again. `guard` is the command lock, held by the caller.
+    pub fn step_down(&self, guard: &mut Guarded, reason: &str) {
+        if self.demote(reason) {
+            self.drop_core(guard);
+        }
+    }
+
+    /// Stops acting as leader at once (before any lock): commands waiting for the lock
+    /// find a follower. Returns whether this master was leading.
+    fn demote(&self, reason: &str) -> bool {
+        let was_leading = self.role.send_if_modified(|role| {
+            let leading = matches!(role, Role::Leading);
+            if leading {
+                *role = Role::Following(None);
+            }
+            leading
+        });
+        if was_leading {
+            tracing::warn!(reason, "no longer the leader");
+            self.metrics.record_leader_change();
+            self.publish(crate::leader::leader_event("leader_abdicated", &self.url));
+        }
+        was_leading
+    }
+
+    fn drop_core(&self, guard: &mut Guarded) {
+        guard.core = Core::new(self.core_config.clone(), crate::ids::random_ids());
+        self.reads.bump();
+    }
+
+    /// Takes the lead: loads every record from etcd (replaying a journal a crash left),
+    /// restores the core from them and starts acting. Called by the election with its fence set.
+    pub async fn take_lead(&self) -> Result<(), StoreError> {
+        let mut guard = self.state.lock().await;
+        let store = self.store.clone();
+        let started = std::time::Instant::now();
+        let (snapshot, subscriptions) =
+            tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.load_checked()?, store.subscriptions()?)))
+                .await
+                .expect("store loading does not panic")?;
+        tracing::info!(
+            apps = snapshot.apps.len(),
+            tasks = snapshot.tasks.len(),
+            agents = snapshot.agents.len(),
+            load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "elected leader: state loaded"
+        );
+        guard.core = Core::restore(self.core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());
+        // As at a redb master's start: the registries the stored apps name stay allowed.
+        for docker in guard.core.apps().filter_map(|app| docker_of(&app.definition)) {
+            self.registry.allow_upstream_of(&docker.image);
+        }
+        for sub in &subscriptions {
+            self.callbacks.add(&sub.callback_url);
+        }
+        self.role.send_replace(Role::Leading);
+        self.metrics.record_leader_change();
+        self.reads.bump();
+        drop(guard);
+        self.publish(crate::leader::leader_event("leader_elected", &self.url));
+        self.round_wanted.notify_one();
+        Ok(())
+    }
+
+    /// [`Master::step_down`] taking the lock itself (the election lost its lease).
+    pub async fn lose_lead(&self, reason: &str) {
+        if self.demote(reason) {
+            let mut guard = self.state.lock().await;
+            // Unless the lead was won again meanwhile.
+            if !self.leads() {
+                self.drop_core(&mut guard);
+            }
+        }
     }
 
     /// `lb_backend_added` / `lb_backend_removed` (Plinth's own: `/v1/events` only).
@@ -387,16 +524,18 @@ impl Master {
 
     /// Reads the dirty records back from the core (synchronously: the core is not `Sync`,
     /// so no reference to it may live across an await).
-    fn prepare(core: &Core, changes: &Changes) -> crate::store::Batch {
-        match Store::batch(core, changes) {
+    fn prepare(core: &Core, changes: &Changes) -> Batch {
+        match Batch::of(core, changes) {
             Ok(batch) => batch,
             Err(e) => crash("encoding changes for the store", &e),
         }
     }
 
-    async fn write(&self, batch: crate::store::Batch) {
+    /// Writes a batch; on redb a failure ends the process (crash-only), on etcd it is
+    /// returned (the caller steps down).
+    async fn write(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let store = self.store.clone();
         let records = batch.len();
@@ -404,7 +543,11 @@ impl Master {
         // The fsync blocks; keep it off the async worker threads.
         let written = tokio::task::spawn_blocking(move || store.commit(&batch)).await;
         match written {
-            Ok(Ok(())) => self.metrics.record_store_write(records, started.elapsed()),
+            Ok(Ok(())) => {
+                self.metrics.record_store_write(records, started.elapsed());
+                Ok(())
+            }
+            Ok(Err(e)) if self.etcd.is_some() => Err(e),
             Ok(Err(e)) => crash("writing changes to the store", &e),
             Err(e) => crash("writing changes to the store (writer panicked)", &e),
         }

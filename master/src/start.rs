@@ -25,7 +25,8 @@ pub async fn build(
     if let Some(boot) = boot {
         router = router.merge(crate::pxe::start(&master, boot, port)?);
     }
-    let router = crate::api::with_layers(router, &master);
+    let router = crate::api::with_layers(router, &master)
+        .layer(axum::middleware::from_fn_with_state(master.clone(), crate::leader::follow_leader));
     Ok((master, router))
 }
 
@@ -56,6 +57,9 @@ pub async fn serve(
     // A DNS port that cannot be bound is a warning, not a failed master.
     let _dns = plinth_dns::serve(&master.config.dns, master.dns.subscribe()).await;
     master.spawn_ticker();
+    if master.etcd.is_some() {
+        crate::leader::spawn(&master);
+    }
     let tls = master.config.tls.is_some() || master.identity.is_some();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         framework_id = %master.framework_id, tls, cluster_ca = master.identity.is_some(), "master serving");

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use common::{registration, start, Harness};
+use common::{registration, start_ticker_paced, Harness};
 use plinth_protocol::agent::{StatusBatch, StatusUpdate, SyncRequest, SyncResponse, TaskSpec};
 use plinth_protocol::TaskState;
 use plinth_testkit::contract::Fixtures;
@@ -178,7 +178,10 @@ fn web() -> Value {
 async fn every_marathon_response_has_marathons_field_set() -> Result<()> {
     let f = Fixtures::marathon()?;
     let dir = tempfile::tempdir()?;
-    let h = start(dir.path()).await?;
+    // Its script (restart, then fail a replacement's checks) reads desired states in the
+    // order the ticker makes them; with a round at once after each command the restart's
+    // old tasks are still in the first desired state and already draining.
+    let h = start_ticker_paced(dir.path()).await?;
     let (v2_events, v2_reader) = listen(&h, "/v2/events").await?;
     let (v1_events, v1_reader) = listen(&h, "/v1/events").await?;
     let mut agent = Agent::register(&h).await?;

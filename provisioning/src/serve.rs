@@ -177,6 +177,19 @@ pub struct PxeConfig {
     pub dhcp: DhcpConfig,
     /// Where `undionly.kpxe` and `ipxe.efi` are (Debian's `ipxe`: /usr/lib/ipxe).
     pub tftp_root: PathBuf,
+    /// Whether DHCP is answered now: with HA masters only the leader answers (two
+    /// masters offering would race), while every master serves boot files.
+    pub answering: Answering,
+}
+
+/// A check asked before each DHCP answer (see [`PxeConfig::answering`]).
+#[derive(Clone)]
+pub struct Answering(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Answering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Answering({})", (self.0)())
+    }
 }
 
 fn bind(port: u16, interface: &str, broadcast: bool) -> Result<UdpSocket, ServeError> {
@@ -221,6 +234,9 @@ async fn dhcp_loop(
     let mut buf = vec![0u8; 1500];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await?;
+        if !(config.answering.0)() {
+            continue;
+        }
         let Decision::Reply(reply) = provisioning.handle_dhcp(&buf[..n], port, &config.dhcp, source) else { continue };
         let to = match reply.to {
             Destination::Broadcast => SocketAddr::from((Ipv4Addr::BROADCAST, 68)),

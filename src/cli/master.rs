@@ -77,7 +77,10 @@ pub(super) fn api_error(method: Method, path: &str, status: StatusCode, body: &[
 
 /// The client of the master's API (not the master itself: that is `plinth_master::Master`).
 pub(super) struct MasterClient {
-    base: String,
+    /// `--master A,B,C` (HA masters): calls go to the first that answers; followers proxy
+    /// to the leader, and one that answers 503 (no leader there) passes to the next.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     /// For the master's API; agents get no credentials (they are not the master's to give).
     pub(super) http: reqwest::Client,
     login: Login,
@@ -85,9 +88,11 @@ pub(super) struct MasterClient {
 
 impl MasterClient {
     pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let base = args.master.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--master must be an http:// URL, got '{base}'");
+        let bases: Vec<String> = args.master.split(',').map(|m| m.trim().trim_end_matches('/').to_string()).collect();
+        for base in &bases {
+            if !base.starts_with("http://") && !base.starts_with("https://") {
+                bail!("--master must be an http:// URL (or several, comma-separated), got '{base}'");
+            }
         }
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
         if let Some(path) = &args.ca_file {
@@ -97,13 +102,17 @@ impl MasterClient {
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build().context("cannot create the HTTP client")?;
-        let login = resolve(args, &base)?;
-        Ok(MasterClient { base, http, login })
+        let login = resolve(args, &bases[0])?;
+        Ok(MasterClient { bases, current: Default::default(), http, login })
+    }
+
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     /// A request to the master's API, with the client's credentials.
     pub(super) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+        let request = self.http.request(method, format!("{}{path}", self.base()));
         match &self.login.auth {
             Some(Auth::Basic { user, password }) => request.basic_auth(user, Some(password)),
             Some(Auth::Bearer(token)) => request.bearer_auth(token),
@@ -117,11 +126,23 @@ impl MasterClient {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
-        let mut request = self.request(method.clone(), path).timeout(timeout);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut attempt = 0;
+        let response = loop {
+            let mut request = self.request(method.clone(), path).timeout(timeout);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let last = attempt + 1 >= self.bases.len();
+            match request.send().await {
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !last => {}
+                Ok(response) => break response,
+                Err(e) if e.is_connect() && !last => {}
+                Err(e) => return Err(self.unreachable(e)),
+            }
+            attempt += 1;
+            self.current.store((first + attempt) % self.bases.len(), std::sync::atomic::Ordering::Relaxed);
+        };
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
@@ -150,7 +171,7 @@ impl MasterClient {
     }
 
     fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {
-        anyhow::Error::new(err).context(format!("cannot reach the master at {}", self.base))
+        anyhow::Error::new(err).context(format!("cannot reach the master at {}", self.base()))
     }
 
     /// Polls `/v2/deployments` until the deployment is gone (finished or replaced).

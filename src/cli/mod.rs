@@ -29,7 +29,7 @@ use master::MasterClient;
 /// Options every client command takes.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The master's URL.
+    /// The master's URL; with HA masters, several, comma-separated (the first that answers).
     #[arg(long, global = true, env = "PLINTH_MASTER", default_value = "http://127.0.0.1:8080")]
     master: String,
     /// Print the API's JSON instead of a table.

@@ -14,6 +14,7 @@ mod cluster_bad_input;
 mod cluster_confinement;
 mod cluster_events;
 mod cluster_faults;
+mod cluster_ha;
 mod cluster_identity;
 mod cluster_load;
 mod cluster_mtls;

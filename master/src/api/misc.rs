@@ -14,6 +14,7 @@ use plinth_protocol::views::{LeaderInfo, MarathonInfo};
 
 use super::views;
 use crate::error::ApiError;
+use crate::leader::Role;
 use crate::shell::Master;
 
 pub async fn ping() -> Response {
@@ -46,15 +47,31 @@ async fn prometheus_text(master: &Master) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-pub async fn leader(State(master): State<Arc<Master>>) -> Json<LeaderInfo> {
-    Json(LeaderInfo { leader: master.leader.clone() })
+/// `GET /v2/leader`: answered by every master (followers know who leads from etcd).
+pub async fn leader(State(master): State<Arc<Master>>) -> Result<Json<LeaderInfo>, ApiError> {
+    let role = master.role.borrow().clone();
+    match role {
+        Role::Single | Role::Leading => Ok(Json(LeaderInfo { leader: master.leader.clone() })),
+        Role::Following(Some(url)) => Ok(Json(LeaderInfo { leader: crate::leader::address_of(&url).to_string() })),
+        Role::Following(None) => Err(crate::leader::not_leading(&role)),
+    }
 }
 
 /// `DELETE /v2/leader`: Marathon's abdication hands leadership to another master. This
 /// master runs alone (its store is its own redb file, no election), so there is no one to
 /// hand over to: answering Marathon's 200 would claim a failover that never happens, and
 /// stepping down would only stop the cluster. A 409 says so and changes nothing.
-pub async fn abdicate(State(master): State<Arc<Master>>) -> ApiError {
+/// With etcd, the leader gives the lead up and another master wins the election.
+pub async fn abdicate(State(master): State<Arc<Master>>) -> Response {
+    if master.etcd.is_some() && master.leads() {
+        tracing::info!(leader = %master.leader, "abdicating");
+        master.abdication.notify_one();
+        return Json(serde_json::json!({"message": "Leadership abdicated"})).into_response();
+    }
+    abdication_refused(&master).into_response()
+}
+
+fn abdication_refused(master: &Master) -> ApiError {
     tracing::info!(leader = %master.leader, "leadership abdication refused: no other master");
     ApiError::Conflict(format!(
         "Leadership not abdicated: {} is the only master (no HA store), so no other master could take over; \

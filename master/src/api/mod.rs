@@ -60,6 +60,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/metrics/prometheus", get(misc::prometheus))
         .route("/v2/info", get(misc::info))
         .route("/v2/leader", get(misc::leader).delete(misc::abdicate))
+        .route("/v1/masters", get(crate::leader::masters))
         .route("/v2/apps", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/", get(apps::list).post(apps::create).put(apps::update_many))
         .route("/v2/apps/{*rest}", any(apps::dispatch))

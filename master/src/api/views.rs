@@ -381,7 +381,7 @@ pub fn plinth_info(master: &Master) -> PlinthInfo {
         leader: master.leader.clone(),
         framework_id: master.framework_id.clone(),
         marathon_api: MARATHON_API_VERSION.into(),
-        storage: Storage { kind: "redb".into(), path: master.store().path().display().to_string() },
+        storage: Storage { kind: master.store().kind().into(), path: master.store().describe() },
         registry: RegistryInfo {
             listen: registry.listen.to_string(),
             insecure: registry.insecure.clone(),

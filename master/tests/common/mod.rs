@@ -30,6 +30,16 @@ impl Drop for Harness {
 }
 
 pub async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result<Harness> {
+    start_configured(dir, token, ticker, true).await
+}
+
+/// A master whose rounds come only from its ticker (no round at once after a command),
+/// for a test that scripts the sequence of desired states it reads.
+pub async fn start_ticker_paced(dir: &Path) -> Result<Harness> {
+    start_configured(dir, None, true, false).await
+}
+
+async fn start_configured(dir: &Path, token: Option<&str>, ticker: bool, rounds_on_commands: bool) -> Result<Harness> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = MasterConfig {
@@ -39,6 +49,7 @@ pub async fn start_with(dir: &Path, token: Option<&str>, ticker: bool) -> Result
         token: token.and_then(plinth_protocol::agent::JoinToken::new),
         hostname: "127.0.0.1".into(),
         registry: Default::default(),
+        rounds_on_commands,
         ..Default::default()
     };
     // The same composition as `plinth master`/`standalone` (start.rs), without PXE.

@@ -780,11 +780,17 @@ impl Cluster {
     /// [`Cluster::start_agent`] with extra flags made once the agent's host exists (e.g.
     /// from its MAC address).
     pub fn start_agent_with(&mut self, name: &str, extra_for: impl FnOnce(&Host) -> Vec<String>) {
+        let master = self.master_url();
+        self.start_agent_of(name, master, extra_for);
+    }
+
+    /// [`Cluster::start_agent_with`] following `master` (a URL, or several comma-separated).
+    pub fn start_agent_of(&mut self, name: &str, master: String, extra_for: impl FnOnce(&Host) -> Vec<String>) {
         let work_dir = self.dir().join(name);
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--master".into(),
-            self.master_url(),
+            master,
             "--work-dir".into(),
             work_dir.display().to_string(),
             "--hostname".into(),
@@ -828,6 +834,23 @@ impl Cluster {
         });
         let url = format!("http://{}:{MASTER_PORT}", self.node(name).host.ip);
         self.wait_for_ping(&Http::new(url));
+    }
+
+    /// A host on the test network with nothing started in it (for an etcd member, say);
+    /// removed, and what runs in it killed, with the cluster.
+    pub fn add_host(&mut self, name: &str) -> Host {
+        self.net.add_host(name)
+    }
+
+    /// `plinth ARGS` as a node of its own (a master with custom flags, say); `args_for`
+    /// gets its host.
+    pub fn start_node(&mut self, name: &str, args_for: impl FnOnce(&Host) -> Vec<String>) {
+        self.spawn_node(name, args_for);
+    }
+
+    /// The API (port 8080) of any node.
+    pub fn api_of(&self, name: &str) -> Http {
+        Http::new(format!("http://{}:{MASTER_PORT}", self.node(name).host.ip))
     }
 
     /// Gives the node its own namespace on the test network and starts it there.

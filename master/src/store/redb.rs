@@ -1,4 +1,4 @@
-//! The durable store: an embedded transactional database (`redb`) in the data dir holding
+//! The embedded store of a single master: a transactional database (`redb`) in the data dir holding
 //! the core's records as JSON, each behind a checksum (`checksum.rs`) verified on read. Every batch of changes is written in one transaction with
 //! immediate durability, so a 2xx answer given after [`Store::commit`] survives `kill -9`.
 //! Group records (explicit groups, group dependencies and versions) are records like the
@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
 
-use plinth_protocol::AppDefinition;
+use plinth_scheduler::{Changes, Core, GroupRecord, Snapshot};
 
-use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, GroupRecord, Snapshot, TaskRecord};
+use super::{decode, encode, snapshot_from, Batch, StateStore, StoreError, Subscription};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "plinth.redb";
@@ -39,42 +39,6 @@ const FRAMEWORK_ID_KEY: &str = "framework_id";
 /// imported once at open, then renamed to `groups.json.imported`.
 pub const OLD_GROUPS_FILE: &str = "groups.json";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create the data dir {path}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the store {path}")]
-    Open { path: PathBuf, source: redb::DatabaseError },
-    #[error("store transaction failed while {operation}")]
-    Transaction { operation: &'static str, source: redb::Error },
-    #[error("cannot encode {table} record '{key}'")]
-    Encode { table: &'static str, key: String, source: serde_json::Error },
-    #[error("cannot decode {table} record '{key}' (the store is damaged or from a newer version)")]
-    Decode { table: &'static str, key: String, source: serde_json::Error },
-    #[error("the {table} record '{key}' is damaged: {source}; restore the store from a backup")]
-    Corrupt { table: &'static str, key: String, source: crate::checksum::ChecksumError },
-    #[error("cannot import {path}")]
-    Import { path: PathBuf, source: std::io::Error },
-    #[error("the store schema version is {found}, this master understands {expected}")]
-    Schema { found: String, expected: String },
-    #[error(
-        "the store {path} is empty (0 bytes): it is damaged, not a new cluster; restore it from a backup \
-         (or remove it and {marker} to start a new, empty cluster)"
-    )]
-    Empty { path: PathBuf, marker: PathBuf },
-    #[error(
-        "the store {path} is missing but {marker} says this data dir held a cluster: restore the store \
-         from a backup (or remove {marker} to start a new, empty cluster)"
-    )]
-    Lost { path: PathBuf, marker: PathBuf },
-    #[error("the store {path} is damaged ({reason}): restore it from a backup")]
-    Damaged { path: PathBuf, reason: String },
-    #[error("cannot make {path} private to the master")]
-    Permissions { path: PathBuf, source: std::io::Error },
-    #[error("cannot write the cluster marker {path}")]
-    Marker { path: PathBuf, source: std::io::Error },
-}
-
 fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -90,7 +54,7 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic inside the storage engine".to_string())
 }
 
-fn txn_err(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+fn txn_err(operation: &'static str) -> impl FnOnce(::redb::Error) -> StoreError {
     move |source| StoreError::Transaction { operation, source }
 }
 
@@ -99,33 +63,6 @@ macro_rules! tx {
     ($op:expr, $e:expr) => {
         $e.map_err(|e| txn_err($op)(e.into()))
     };
-}
-
-/// A persisted HTTP callback subscription (`POST /v2/eventSubscriptions`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Subscription {
-    pub callback_url: String,
-    pub client_ip: Option<String>,
-    pub created_at: String,
-}
-
-/// Writes to make in one transaction: `(table, key, Some(json) | None for delete)`.
-/// Built from the core under its lock (cheap), committed off the async threads.
-#[derive(Debug, Default)]
-pub struct Batch {
-    puts: Vec<(&'static str, String, Option<Vec<u8>>)>,
-    /// Apps whose every stored version is deleted (the app is gone).
-    drop_versions_of: Vec<String>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.drop_versions_of.is_empty()
-    }
-    pub fn len(&self) -> usize {
-        self.puts.len() + self.drop_versions_of.len()
-    }
 }
 
 /// The store. Cheap to clone (the database is shared).
@@ -139,23 +76,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
-}
-
-fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    let json =
-        serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, key: key.to_string(), source })?;
-    Ok(crate::checksum::seal(&json))
-}
-
-/// A stored record back: its checksum verified, then its JSON decoded.
-fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, key: &str, stored: &[u8]) -> Result<T, StoreError> {
-    let json =
-        crate::checksum::open(stored).map_err(|source| StoreError::Corrupt { table, key: key.to_string(), source })?;
-    serde_json::from_slice(json).map_err(|source| StoreError::Decode { table, key: key.to_string(), source })
-}
-
-fn version_key(app: &str, version: &str) -> String {
-    format!("{app}\0{version}")
 }
 
 fn table_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -301,82 +221,12 @@ impl Store {
             }
             Ok(rows)
         };
-        let mut snapshot = Snapshot::default();
-        for (k, v) in read_all("apps")? {
-            snapshot.apps.push(decode::<AppRecord>("apps", &k, &v)?);
-        }
-        for (k, v) in read_all("app_versions")? {
-            let def: AppDefinition = decode("app_versions", &k, &v)?;
-            let Some((app, version)) = k.split_once('\0') else {
-                return Err(StoreError::Schema {
-                    found: format!("app_versions key {k:?}"),
-                    expected: "app\\0version".into(),
-                });
-            };
-            let app = plinth_protocol::AppId::parse(app).map_err(|e| StoreError::Decode {
-                table: "app_versions",
-                key: k.clone(),
-                source: serde::de::Error::custom(e),
-            })?;
-            snapshot.app_versions.push((app, version.to_string(), def));
-        }
-        for (k, v) in read_all("tasks")? {
-            snapshot.tasks.push(decode::<TaskRecord>("tasks", &k, &v)?);
-        }
-        for (k, v) in read_all("agents")? {
-            snapshot.agents.push(decode::<AgentRecord>("agents", &k, &v)?);
-        }
-        for (k, v) in read_all("deployments")? {
-            snapshot.deployments.push(decode::<DeploymentRecord>("deployments", &k, &v)?);
-        }
-        for (k, v) in read_all("groups")? {
-            let record = decode::<GroupRecord>("groups", &k, &v)?;
-            snapshot.groups.push((k, record));
-        }
-        Ok(snapshot)
+        snapshot_from(read_all)
     }
 
-    /// Reads the dirty records back from the core: a key the core no longer has is a delete.
+    /// The batch of a command's changes ([`Batch::of`]), for callers that name the store.
     pub fn batch(core: &Core, changes: &Changes) -> Result<Batch, StoreError> {
-        let mut batch = Batch::default();
-        for id in &changes.apps {
-            let key = id.as_str().to_string();
-            match core.app(id) {
-                Some(app) => {
-                    let bytes = encode("apps", &key, app)?;
-                    batch.puts.push(("apps", key, Some(bytes)));
-                }
-                None => {
-                    batch.puts.push(("apps", key.clone(), None));
-                    batch.drop_versions_of.push(key);
-                }
-            }
-        }
-        for (id, version) in &changes.app_versions {
-            let key = version_key(id.as_str(), version);
-            let bytes = core.app_version(id, version).map(|def| encode("app_versions", &key, def)).transpose()?;
-            batch.puts.push(("app_versions", key, bytes));
-        }
-        for id in &changes.tasks {
-            let key = id.as_str().to_string();
-            let bytes = core.task(id).map(|t| encode("tasks", &key, t)).transpose()?;
-            batch.puts.push(("tasks", key, bytes));
-        }
-        for id in &changes.agents {
-            let key = id.as_str().to_string();
-            let bytes = core.agent(id).map(|a| encode("agents", &key, &a.record)).transpose()?;
-            batch.puts.push(("agents", key, bytes));
-        }
-        for id in &changes.deployments {
-            let key = id.as_str().to_string();
-            let bytes = core.deployment(id).map(|d| encode("deployments", &key, d)).transpose()?;
-            batch.puts.push(("deployments", key, bytes));
-        }
-        for path in &changes.groups {
-            let bytes = core.group_records().get(path).map(|g| encode("groups", path, g)).transpose()?;
-            batch.puts.push(("groups", path.clone(), bytes));
-        }
-        Ok(batch)
+        Batch::of(core, changes)
     }
 
     /// Writes a batch in one transaction with immediate durability (blocking: fsync).
@@ -395,7 +245,7 @@ impl Store {
                 tx!(OP, versions.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
             }
             // Open each table once per transaction, not once per record.
-            let mut open: Vec<(&str, redb::Table<'_, &'static str, &'static [u8]>)> = Vec::new();
+            let mut open: Vec<(&str, ::redb::Table<'_, &'static str, &'static [u8]>)> = Vec::new();
             for (table, key, value) in &batch.puts {
                 let index = match open.iter().position(|(name, _)| name == table) {
                     Some(i) => i,
@@ -460,6 +310,49 @@ impl Store {
         };
         tx!(OP, txn.commit())?;
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Changes one stored value in place (tests of damage detection).
+    pub(super) fn damage(&self, table: &'static str, key: &str, damage: &mut dyn FnMut(&mut Vec<u8>)) {
+        let mut txn = self.db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(table_def(table)).unwrap();
+            let mut value = t.get(key).unwrap().unwrap().value().to_vec();
+            damage(&mut value);
+            t.insert(key, value.as_slice()).unwrap();
+        }
+        txn.set_durability(Durability::Immediate).unwrap();
+        txn.commit().unwrap();
+    }
+}
+
+impl StateStore for Store {
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn framework_id(&self) -> Result<String, StoreError> {
+        Store::framework_id(self)
+    }
+    fn load_checked(&self) -> Result<Snapshot, StoreError> {
+        Store::load_checked(self)
+    }
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        Store::commit(self, batch)
+    }
+    fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        Store::subscriptions(self)
+    }
+    fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        Store::put_subscription(self, sub)
+    }
+    fn delete_subscription(&self, callback_url: &str) -> Result<bool, StoreError> {
+        Store::delete_subscription(self, callback_url)
     }
 }
 
