@@ -615,6 +615,7 @@ fn master_config(
         data_dir: args.data_dir,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
         tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        rounds_on_commands: true,
         token,
         hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
         registry: plinth_master::registry::RegistryConfig {

@@ -276,7 +276,7 @@ fn etcd_failover(dir: &Path, etcd: &str, run: usize) -> anyhow::Result<Duration>
 
 fn redb_restart(dir: &Path, run: usize) -> anyhow::Result<Duration> {
     let client = http()?;
-    let port = 18181 + 10 * run as u16;
+    let port = 18181 + 10 * u16::try_from(run).unwrap_or(0).min(4000);
     // The seeded redb store is this master's data dir.
     let mut masters = Masters(vec![spawn_master(dir, "redb", port, &[])?]);
     first_write(&client, port, &format!("/bench/redb-warm-{run}"), Instant::now())?;
