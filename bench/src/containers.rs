@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use plinth_testkit::image::Entry;
 use plinth_testkit::{busybox_hello_with, Registry};
 
+use crate::series::{ms, Series};
 use crate::standalone::{free_port, machine, Standalone};
 use serde_json::{json, Value};
 use std::fs::File;
@@ -28,35 +29,6 @@ pub struct BenchContainersArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-containers.json")]
     pub out: PathBuf,
-}
-
-/// Milliseconds per sample, and their median, for one contender.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Series {
-    name: String,
-    samples_ms: Vec<f64>,
-    median_ms: Option<f64>,
-    note: Option<String>,
-}
-
-impl Series {
-    pub(crate) fn new(name: &str, samples_ms: Vec<f64>) -> Series {
-        Series { name: name.into(), median_ms: median(&samples_ms), samples_ms, note: None }
-    }
-
-    pub(crate) fn failed(name: &str, why: String) -> Series {
-        Series { name: name.into(), samples_ms: Vec::new(), median_ms: None, note: Some(why) }
-    }
-}
-
-fn median(samples: &[f64]) -> Option<f64> {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted.get(sorted.len() / 2).copied()
-}
-
-pub(crate) fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
 }
 
 pub fn run(args: BenchContainersArgs) -> anyhow::Result<Value> {

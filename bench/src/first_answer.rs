@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use crate::containers::{ms, Series};
+use crate::series::{ms, Series};
 use crate::standalone::{free_port, Standalone};
 
 /// How long one start may take before the sample counts as failed.

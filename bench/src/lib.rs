@@ -16,6 +16,7 @@ mod first_answer;
 pub mod pxe;
 pub mod reads;
 pub mod scheduler;
+mod series;
 pub mod standalone;
 
 use anyhow::Context;
