@@ -60,6 +60,14 @@ pub fn run(args: BenchFailoverArgs) -> anyhow::Result<()> {
             redb_loads.push(timed_load(&on_redb)?);
         }
         drop(on_redb);
+        // Printed now: the process-level failover below takes longer and may fail.
+        println!(
+            "failover bench: {apps} apps, {placed} tasks (seeded into both stores in {:.1} s)\n\
+             \x20 state load (load + restore), median of {runs}:  etcd {}   redb {}",
+            seed_time.as_secs_f64(),
+            ms(median(etcd_loads.clone())),
+            ms(median(redb_loads.clone())),
+        );
         let etcd_url = endpoints[0].clone();
         let mut etcd_failovers = Vec::new();
         let mut redb_restarts = Vec::new();
@@ -68,13 +76,9 @@ pub fn run(args: BenchFailoverArgs) -> anyhow::Result<()> {
             redb_restarts.push(redb_restart(&dir, run)?);
         }
         Ok(format!(
-            "failover bench: {apps} apps, {placed} tasks (seeded into both stores in {:.1} s)\n\
-             \x20 state load (load + restore), median of {runs}:  etcd {}   redb {}\n\
-             \x20 kill -9 of the leader -> first acknowledged write:  etcd (another master) {}   redb (restart) {}\n\
+            "  kill -9 of the leader -> first acknowledged write, median of {runs}:  etcd (another master) {}   \
+             redb (restart) {}\n\
              \x20 (lease TTL 3 s: the etcd figure includes waiting for the dead leader's lease to end)",
-            seed_time.as_secs_f64(),
-            ms(median(etcd_loads)),
-            ms(median(redb_loads)),
             ms(median(etcd_failovers)),
             ms(median(redb_restarts)),
         ))
@@ -198,7 +202,7 @@ fn spawn_master(dir: &Path, name: &str, port: u16, extra: &[&str]) -> anyhow::Re
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .spawn()?;
     Ok(child)
 }
@@ -230,15 +234,18 @@ fn http() -> anyhow::Result<reqwest::blocking::Client> {
 
 /// Waits until a POST of a new app on `port` is acknowledged; how long it took from `since`.
 fn first_write(client: &reqwest::blocking::Client, port: u16, app: &str, since: Instant) -> anyhow::Result<Duration> {
-    let body = json!({"id": app, "cmd": "sleep 1", "instances": 0});
+    // No service port: the seeded apps may have taken every one of 10000-20000.
+    let body = json!({"id": app, "cmd": "sleep 1", "instances": 0, "portDefinitions": []});
+    let mut last = String::new();
     while since.elapsed() < Duration::from_secs(120) {
-        let answer = client.post(format!("http://127.0.0.1:{port}/v2/apps")).json(&body).send();
-        if answer.is_ok_and(|a| a.status().as_u16() == 201) {
-            return Ok(since.elapsed());
+        match client.post(format!("http://127.0.0.1:{port}/v2/apps")).json(&body).send() {
+            Ok(answer) if answer.status().as_u16() == 201 => return Ok(since.elapsed()),
+            Ok(answer) => last = format!("{} {}", answer.status(), answer.text().unwrap_or_default()),
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("no write acknowledged on :{port} within 120 s")
+    bail!("no write acknowledged on :{port} within 120 s (last answer: {last})")
 }
 
 fn leader_port(client: &reqwest::blocking::Client, ports: &[u16]) -> Option<u16> {
@@ -250,8 +257,8 @@ fn leader_port(client: &reqwest::blocking::Client, ports: &[u16]) -> Option<u16>
 
 fn etcd_failover(dir: &Path, etcd: &str, run: usize) -> anyhow::Result<Duration> {
     let client = http()?;
-    let run = u16::try_from(run).unwrap_or(u16::MAX / 20).min(4000);
-    let ports = [18081 + 10 * run, 18082 + 10 * run];
+    let step = 10 * u16::try_from(run).unwrap_or(0);
+    let ports = [18081 + step, 18082 + step];
     let mut masters = Masters(Vec::new());
     for (n, port) in ports.iter().enumerate() {
         masters.0.push(spawn_master(dir, &format!("etcd-{run}-{n}"), *port, &["--etcd", etcd])?);
@@ -259,12 +266,13 @@ fn etcd_failover(dir: &Path, etcd: &str, run: usize) -> anyhow::Result<Duration>
     let started = Instant::now();
     let leader = loop {
         if let Some(port) = leader_port(&client, &ports) {
-            if first_write(&client, port, &format!("/bench/warm-{run}"), Instant::now()).is_ok() {
-                break port;
+            match first_write(&client, port, &format!("/bench/warm-{run}"), Instant::now()) {
+                Ok(_) => break port,
+                Err(e) => bail!("{e}: {}", log_tails(dir, run)),
             }
         }
         if started.elapsed() > Duration::from_secs(120) {
-            bail!("no leader among the bench masters (logs in {})", dir.display());
+            bail!("no leader among the bench masters: {}", log_tails(dir, run));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -272,11 +280,23 @@ fn etcd_failover(dir: &Path, etcd: &str, run: usize) -> anyhow::Result<Duration>
     let killed = Instant::now();
     kill(&mut masters.0[index]);
     first_write(&client, ports[1 - index], &format!("/bench/after-{run}"), killed)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", log_tails(dir, run)))
+}
+
+/// The end of each etcd master's log of this run, for an error.
+fn log_tails(dir: &Path, run: usize) -> String {
+    (0..2)
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(format!("etcd-{run}-{n}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            format!("\n--- master {n}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        })
+        .collect()
 }
 
 fn redb_restart(dir: &Path, run: usize) -> anyhow::Result<Duration> {
     let client = http()?;
-    let port = 18181 + 10 * u16::try_from(run).unwrap_or(0).min(4000);
+    let port = 18181 + 10 * u16::try_from(run).unwrap_or(0);
     // The seeded redb store is this master's data dir.
     let mut masters = Masters(vec![spawn_master(dir, "redb", port, &[])?]);
     first_write(&client, port, &format!("/bench/redb-warm-{run}"), Instant::now())?;
