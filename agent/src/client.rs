@@ -136,7 +136,7 @@ impl MasterClient {
         let leader = self.leader.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if let Some(leader) = leader {
             match self.post_to(&leader, operation, path, body, timeout, token).await {
-                Err(AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }) => {
+                Err(e) if no_leader_there(&e) => {
                     *self.leader.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 }
                 answer => return answer,
@@ -147,9 +147,7 @@ impl MasterClient {
         for step in 0..self.bases.len() {
             let index = (start + step) % self.bases.len();
             match self.post_to(&self.bases[index], operation, path, body, timeout, token).await {
-                Err(e @ (AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. }))
-                    if self.bases.len() > 1 =>
-                {
+                Err(e) if no_leader_there(&e) && self.bases.len() > 1 => {
                     tracing::debug!(master = %self.bases[index], error = %plinth_protocol::error_chain(&e), "trying the next master");
                     last = Some(e);
                 }
@@ -281,4 +279,9 @@ fn http_client(
         builder = builder.identity(identity.client_identity()?).tls_certs_merge([identity.ca_certificate()?]);
     }
     builder.build().map_err(|source| AgentError::HttpClient { source })
+}
+
+/// A master that did not answer, or answered that it has no leader: try another.
+fn no_leader_there(error: &AgentError) -> bool {
+    matches!(error, AgentError::MasterRequest { .. } | AgentError::MasterStatus { status: 503, .. })
 }

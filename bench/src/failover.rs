@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use plinth_master::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store};
-use plinth_protocol::agent::{Registration, StatusUpdate};
+use plinth_protocol::agent::StatusUpdate;
 use plinth_protocol::{AgentId, AppDefinition, Resources, TaskState, Timestamp};
 use plinth_scheduler::{Core, CoreConfig};
 
@@ -102,22 +102,7 @@ fn seed(stores: &[&dyn StateStore], apps: usize, tasks: usize) -> anyhow::Result
     ))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut clock = Timestamp::now();
-    for i in 0..agents {
-        core.register_agent(
-            Registration {
-                agent_id: None,
-                hostname: format!("agent-{i}"),
-                advertise_ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                http_port: 5051,
-                resources: resources.clone(),
-                attributes: Default::default(),
-                last_generation: 0,
-                tasks: vec![],
-                version: "bench".into(),
-            },
-            clock,
-        );
-    }
+    crate::scheduler::register_fake_agents(&mut core, agents, &resources, clock);
     commit(stores, &mut core)?;
     for a in 0..apps {
         let instances = tasks / apps + usize::from(a < tasks % apps);

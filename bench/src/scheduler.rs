@@ -105,22 +105,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> anyhow::Result<
     ))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut clock = Timestamp::now();
-    for i in 0..agents {
-        core.register_agent(
-            Registration {
-                agent_id: None,
-                hostname: format!("agent-{i}"),
-                advertise_ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                http_port: 5051,
-                resources: resources.clone(),
-                attributes: Default::default(),
-                last_generation: 0,
-                tasks: vec![],
-                version: "bench".into(),
-            },
-            clock,
-        );
-    }
+    crate::scheduler::register_fake_agents(&mut core, agents, &resources, clock);
     let registered = core.take_changes();
     store.apply(&core, &registered)?;
 
@@ -190,6 +175,26 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> anyhow::Result<
         rss_before_kib,
         store_bytes,
     })
+}
+
+/// Registers `count` in-process agents (`agent-N`, 10.x.y.z) with `resources` each.
+pub(crate) fn register_fake_agents(core: &mut Core, count: usize, resources: &Resources, clock: Timestamp) {
+    for i in 0..count {
+        core.register_agent(
+            Registration {
+                agent_id: None,
+                hostname: format!("agent-{i}"),
+                advertise_ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                http_port: 5051,
+                resources: resources.clone(),
+                attributes: Default::default(),
+                last_generation: 0,
+                tasks: vec![],
+                version: "bench".into(),
+            },
+            clock,
+        );
+    }
 }
 
 fn running_update(id: &TaskId, task: &plinth_scheduler::TaskRecord, now: Timestamp) -> StatusUpdate {

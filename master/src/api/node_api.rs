@@ -77,7 +77,7 @@ async fn send(
 ) -> Result<reqwest::Response, String> {
     let (client, scheme) = match &master.identity {
         Some(identity) => (identity.agent_client.clone(), "https"),
-        None => (reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?, "http"),
+        None => (super::task_views::client().clone(), "http"),
     };
     let url = format!("{scheme}://{address}:{NODE_API_PORT}/node/v1/{what}");
     let mut request = client.request(method, &url).timeout(Duration::from_secs(10));

@@ -26,7 +26,8 @@ use plinth_scheduler::AgentState;
 /// The agent's header saying where the next read starts.
 const OFFSET_HEADER: &str = "x-plinth-log-offset";
 
-fn client() -> &'static reqwest::Client {
+/// The plain-HTTP client of the proxies to agents and nodes (one pool for all of them).
+pub(crate) fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         // No overall timeout: a followed log streams for as long as the task runs.
