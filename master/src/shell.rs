@@ -119,7 +119,8 @@ pub struct Master {
     /// (an app posted, scaled or restarted, a task ended, an agent registered) may have
     /// created work, which should not wait for the next [`TICK_INTERVAL`]. `Notify`
     /// keeps one permit, so a burst of commands makes one round, not one per command.
-    round_wanted: tokio::sync::Notify,
+    /// Shared with the ticker, which waits on it without keeping the master alive.
+    round_wanted: Arc<tokio::sync::Notify>,
     /// `DELETE /v2/leader` on an etcd leader: the election gives the lead up.
     pub abdication: tokio::sync::Notify,
     /// Addresses already warned about a bad token (logged once each).
@@ -218,7 +219,7 @@ impl Master {
             callbacks,
             metrics: Metrics::default(),
             agent_wakers: Default::default(),
-            round_wanted: tokio::sync::Notify::new(),
+            round_wanted: Arc::new(tokio::sync::Notify::new()),
             abdication: tokio::sync::Notify::new(),
             token_warned: Default::default(),
             framework_id,
@@ -504,16 +505,18 @@ impl Master {
     pub fn spawn_ticker(self: &Arc<Self>) {
         let master = Arc::downgrade(self);
         tokio::spawn(async move {
-            let Some(period) = master.upgrade().map(|m| m.config.tick_interval) else { return };
+            let Some((period, round_wanted)) =
+                master.upgrade().map(|m| (m.config.tick_interval, m.round_wanted.clone()))
+            else {
+                return;
+            };
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                {
-                    let Some(master) = master.upgrade() else { return };
-                    tokio::select! {
-                        _ = interval.tick() => {}
-                        () = master.round_wanted.notified() => {}
-                    }
+                // Only a weak reference while waiting: a dropped master closes its store at once.
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    () = round_wanted.notified() => {}
                 }
                 let Some(master) = master.upgrade() else { return };
                 master.tick().await;

@@ -508,6 +508,16 @@ async fn run_one_task(h: &Harness, app: Value) -> Result<(String, plinth_protoco
     Ok((agent_id, spec, generation))
 }
 
+/// Waits until no deployment runs (they end on a round the master runs by itself).
+async fn deployments_settle(h: &Harness) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.get("/v2/deployments").await?.1 != json!([]) {
+        assert!(tokio::time::Instant::now() < deadline, "deployment never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn reopen(dir: &Path) -> Result<Harness> {
     for _ in 0..100 {
         if let Ok(h) = start(dir).await {
@@ -564,11 +574,7 @@ async fn killing_tasks_with_scale_lowers_instances() -> Result<()> {
     let h = start(dir.path()).await?;
     let (_, spec, _) = run_one_task(&h, hello("shrink")).await?;
     // The start deployment finishes once the task runs (on the next tick).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.get("/v2/deployments").await?.1 != json!([]) {
-        assert!(tokio::time::Instant::now() < deadline, "deployment never finished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deployments_settle(&h).await?;
     let (status, body) = h.delete("/v2/apps/shrink/tasks?scale=true&host=10.0.0.7").await?;
     assert_eq!(status, 200, "{body}");
     assert!(body["deploymentId"].is_string(), "{body}");
@@ -646,6 +652,7 @@ async fn a_clashing_or_out_of_range_service_port_is_a_422_naming_both_apps() -> 
             "portMappings": [{"containerPort": 3000, "hostPort": 0, "servicePort": port, "protocol": "tcp"}]}})
     };
     assert_eq!(h.post("/v2/apps", sinatra("/hello-sinatra", 9000)).await?.0, 201);
+    deployments_settle(&h).await?;
     let before = h.get("/v2/apps").await?.1;
     let (status, body) = h.post("/v2/apps", sinatra("/copycat", 9000)).await?;
     assert_eq!(status, 422, "{body}");

@@ -277,10 +277,8 @@ mod api_tests {
 
     use crate::shell::MasterConfig;
 
-    /// The master's router as `start::build` composes it (it holds the master: dropping it
-    /// closes the store).
-    async fn master(dir: &std::path::Path) -> axum::Router {
-        let config = MasterConfig {
+    fn config(dir: &std::path::Path) -> MasterConfig {
+        MasterConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.to_path_buf(),
             agent_timeout: Duration::from_secs(10),
@@ -288,8 +286,25 @@ mod api_tests {
             hostname: "127.0.0.1".into(),
             registry: Default::default(),
             ..Default::default()
-        };
-        crate::start::build(config, 8080, None).await.expect("master opens").1
+        }
+    }
+
+    /// The master's router as `start::build` composes it (it holds the master: dropping it
+    /// closes the store).
+    async fn master(dir: &std::path::Path) -> axum::Router {
+        crate::start::build(config(dir), 8080, None).await.expect("master opens").1
+    }
+
+    /// Opens the master again once the dropped one's in-flight round has let go of the
+    /// store (a round holds the master until its write lands).
+    async fn reopen(dir: &std::path::Path) -> axum::Router {
+        for _ in 0..100 {
+            if let Ok((_, router)) = crate::start::build(config(dir), 8080, None).await {
+                return router;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        master(dir).await
     }
 
     async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -528,7 +543,7 @@ mod api_tests {
 
         // The snapshots (and cache's kept definition) survive a restart of the master.
         drop(m);
-        let m = master(dir.path()).await;
+        let m = reopen(dir.path()).await;
         let (status, body) = call(&m, "PUT", "/v2/groups/shop?force=true", Some(json!({"version": v2}))).await;
         assert_eq!(status, 200, "{body}");
         let (_, shop) = call(&m, "GET", "/v2/groups/shop", None).await;

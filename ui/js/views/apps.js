@@ -41,7 +41,19 @@ export function mount(root) {
 
   const statusOf = (app) => appStatus(app, queue.get(app.id));
 
+  // A live update re-renders the rows: keep the keyboard on the row it was on.
   function render() {
+    const focused = document.activeElement?.closest?.('[data-row]');
+    const selector = focused?.dataset.app
+      ? `[data-app="${CSS.escape(focused.dataset.app)}"]`
+      : focused?.dataset.group
+        ? `[data-group="${CSS.escape(focused.dataset.group)}"]`
+        : null;
+    renderRows();
+    if (selector && !body.contains(document.activeElement)) body.querySelector(selector)?.focus({ preventScroll: true });
+  }
+
+  function renderRows() {
     if (loadError && !loaded) {
       fill(body, errorBox(loadError));
       return;
