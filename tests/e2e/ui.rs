@@ -84,8 +84,14 @@ impl Drop for Script {
 fn run_scenario(cluster: &mut Cluster, url: &str, scenario: &str) -> String {
     check_tools();
     let shots = screenshot_dir(scenario);
-    let mut command = Command::new("node");
+    // The browser gets a namespace of its own on the test bridge: in the host's, every
+    // veth another test adds or removes is a "network change" to chromium, which then
+    // aborts the page's module loads (net::ERR_NETWORK_CHANGED) and the UI never starts.
+    let browser = cluster.add_host(&format!("browser-{scenario}"));
+    let mut command = Command::new("nsenter");
     command
+        .arg(format!("--net=/run/netns/{}", browser.netns))
+        .arg("node")
         .arg(Path::new(UI_TESTS).join(format!("{scenario}.mjs")))
         .arg(url)
         .arg(&shots)

@@ -139,9 +139,10 @@ class Steps {
   }
 
   /**
-   * Waits for the page's script to have started (main.js marks <html>). Seen twice in
-   * many runs: a fresh chromium showing the page's HTML without running its modules, no
-   * request open or failed; then the page is loaded once more, and the line below says so.
+   * Waits for the page's script to have started (main.js marks <html>). Seen when the
+   * browser shared the host's network namespace with other tests (their veths aborted
+   * module loads as net::ERR_NETWORK_CHANGED; tests/e2e/ui.rs now gives it its own): the
+   * page is then loaded once more, and the line below says so.
    */
   async started() {
     const mark = this.page.locator('html[data-started="true"]');
