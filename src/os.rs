@@ -44,6 +44,10 @@ pub struct ImageBuildArgs {
     /// Binary to install as /init; default: this plinth binary.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Carry /usr/bin/etcd (Debian's etcd-server), so master nodes booted with
+    /// plinth.etcd_initial_cluster= run their own etcd member (the manifest's `etcd = true`).
+    #[arg(long)]
+    pub with_etcd: bool,
 }
 
 /// If this process is the init (PID 1, or invoked as `/init`), run the boot sequence and never return.
@@ -62,10 +66,13 @@ pub fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
 }
 
 fn image_build(args: ImageBuildArgs) -> anyhow::Result<()> {
-    let manifest = match &args.manifest {
+    let mut manifest = match &args.manifest {
         Some(p) => plinth_image::Manifest::load(p)?,
         None => plinth_image::Manifest::default(),
     };
+    if args.with_etcd {
+        manifest.etcd = Some(true);
+    }
     let binary = match args.binary {
         Some(b) => b,
         None => std::env::current_exe().context("finding the running plinth binary")?,

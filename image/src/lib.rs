@@ -300,6 +300,23 @@ fn add_modules(
     Ok(names.into_iter().collect())
 }
 
+/// Where Debian's `etcd-server` installs etcd; the init runs it from the same path.
+pub const ETCD_BINARY: &str = "/usr/bin/etcd";
+
+/// etcd and the libraries it links (a master node's own etcd member).
+fn add_etcd(archive: &mut Archive, etcd: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let data = std::fs::read(etcd).map_err(|e| {
+        ImageError::Invalid(format!("etcd = true but {} cannot be read ({e}): install etcd-server", etcd.display()))
+    })?;
+    progress(&format!("  {} ({} KiB)", etcd.display(), data.len() / 1024));
+    archive.add(&etcd.to_string_lossy(), Entry::File { mode: 0o755, data });
+    for lib in shared_libraries(etcd)? {
+        let data = read(&lib)?;
+        archive.add(&lib.to_string_lossy(), Entry::File { mode: 0o755, data });
+    }
+    Ok(())
+}
+
 /// busybox as `/bin/busybox` with a symlink per applet (`/bin/sh`, `/bin/sleep`, ...).
 /// Command apps run through `/bin/sh -c`, and operators get basic tools in command tasks.
 fn add_busybox(archive: &mut Archive, busybox: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
@@ -406,6 +423,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     }
     if m.busybox.unwrap_or(true) {
         add_busybox(&mut archive, Path::new("/bin/busybox"), progress)?;
+    }
+    if m.etcd.unwrap_or(false) {
+        add_etcd(&mut archive, Path::new(ETCD_BINARY), progress)?;
     }
     for f in &m.files {
         archive.add(&f.dest, Entry::File { mode: f.mode_bits()?, data: read(&f.source)? });

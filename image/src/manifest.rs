@@ -8,6 +8,7 @@
 //! default_modules = true               # include the default NIC/disk/container modules
 //! strip = true                         # strip debug info from /init
 //! busybox = true                       # /bin/sh + applets for command apps (busybox-static)
+//! etcd = false                         # /usr/bin/etcd (etcd-server), for masters that form their own etcd
 //! compression = "zstd"                # or "gzip"
 //! formats = ["iso", "disk", "box"]     # besides vmlinuz + initramfs.img + cmdline
 //!
@@ -34,6 +35,9 @@ pub struct Manifest {
     pub strip: Option<bool>,
     /// Include busybox (static) as /bin/sh and its applets, so command apps have a shell.
     pub busybox: Option<bool>,
+    /// Include Debian's `/usr/bin/etcd` and its libraries, so master nodes started with
+    /// `plinth.etcd_initial_cluster=` run their own etcd member (off by default: 21 MB).
+    pub etcd: Option<bool>,
     /// initramfs compression: "zstd" (default, fastest to unpack) or "gzip".
     pub compression: Option<Compression>,
     #[serde(default)]

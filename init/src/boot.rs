@@ -78,7 +78,7 @@ pub enum Severity {
 pub fn severity(phase: &Phase) -> Severity {
     match phase {
         Phase::Mount(m) if matches!(m.target, "/proc" | "/sys" | "/dev") => Severity::Fatal,
-        Phase::StartRole(_) => Severity::Fatal,
+        Phase::StartRole(_) | Phase::StartEtcd(_) => Severity::Fatal,
         _ => Severity::Degraded,
     }
 }
@@ -247,7 +247,11 @@ impl<S: System> Boot<S> {
                 Ok(())
             }
             Phase::Network(configs) => self.configure_network(configs),
-            Phase::LeaveInitramfs | Phase::TrapCtrlAltDel | Phase::NodeApi { .. } | Phase::StartRole(_) => Ok(()),
+            Phase::LeaveInitramfs
+            | Phase::TrapCtrlAltDel
+            | Phase::NodeApi { .. }
+            | Phase::StartEtcd(_)
+            | Phase::StartRole(_) => Ok(()),
         }
     }
 

@@ -26,6 +26,17 @@ pub fn recent_lines() -> Vec<String> {
 }
 
 /// Writes a line from the role's stdout/stderr: console and ring, not kmsg (too chatty).
+/// A line of a supervised service's output: the role's, or `[etcd] ...`.
+pub fn service_line(tag: &str, line: &str) {
+    if tag == "role" {
+        role_line(line);
+    } else {
+        let line = format!("[{tag}] {line}");
+        remember(&line);
+        let _ = writeln!(io::stderr(), "{line}");
+    }
+}
+
 pub fn role_line(line: &str) {
     static FIRST: std::sync::Once = std::sync::Once::new();
     // How long the role takes to say anything is part of the boot time; note it once.

@@ -111,6 +111,7 @@ pub fn run() -> ! {
     let status: SharedStatus = Arc::new(Mutex::new(json!({ "phase": "booting" })));
     let started = Instant::now();
     let mut launch: Option<RoleLaunch> = None;
+    let mut etcd: Option<plan::EtcdLaunch> = None;
     let mut timings = Vec::new();
 
     for phase in &phases {
@@ -134,6 +135,10 @@ pub fn run() -> ! {
             ),
             Phase::LoadModulesInBackground(names) => {
                 load_in_background(boot.module_waves(names));
+                Ok(())
+            }
+            Phase::StartEtcd(e) => {
+                etcd = Some(e.clone());
                 Ok(())
             }
             Phase::StartRole(l) => {
@@ -180,7 +185,15 @@ pub fn run() -> ! {
         "uptime_at_role_start": std::fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok()),
     });
     *status.lock().unwrap_or_else(|p| p.into_inner()) = doc.clone();
-    supervise(launch, command, &doc)
+    let mut services = Vec::new();
+    if let Some(etcd) = &etcd {
+        match plan::etcd_args(etcd, &facts) {
+            Ok(cmd) => services.push(Service::etcd(cmd)),
+            Err(e) => fatal(&cmdline, &e),
+        }
+    }
+    services.push(Service::role(&launch, command));
+    supervise(services, &doc)
 }
 
 /// Prints the status block operators look for on the console.
@@ -389,64 +402,109 @@ fn read_kmsg() -> String {
     out
 }
 
-fn spawn_role(launch: &RoleLaunch, cmd: &RoleCommand) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let exe = if Path::new("/init").exists() { PathBuf::from("/init") } else { PathBuf::from("/proc/self/exe") };
-    let mut command = Command::new(exe);
-    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
-    // async-signal-safe; it allocates nothing.
-    unsafe {
-        command.pre_exec(|| {
-            // PID 1 blocks its signals to take them with sigtimedwait; the role must not
-            // inherit that, or SIGTERM would never stop it.
-            let empty = SigSet::empty();
-            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
-            Ok(())
-        });
-    }
-    let mut child = command
-        .arg0("plinth")
-        .args(&cmd.args)
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        // The console is a serial line: colour escapes only garble it.
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
-    for (name, pipe) in [
-        ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
-        ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
-    ] {
-        if let Some(pipe) = pipe {
-            let _ = std::thread::Builder::new().name(format!("role-{name}")).spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    crate::log::role_line(&line);
-                }
-            });
-        }
-    }
-    info!(role = %launch.role, pid = child.id(), args = ?cmd.args, "role started");
-    Ok(child)
+/// A process PID 1 keeps running, restarted with backoff whenever it stops: the role, and
+/// on master nodes that form their own etcd cluster, the etcd member (started first).
+struct Service {
+    /// `role` or `etcd`: the prefix of its console lines and the name in the log.
+    tag: &'static str,
+    name: String,
+    program: PathBuf,
+    arg0: &'static str,
+    cmd: RoleCommand,
 }
 
-fn supervise(launch: RoleLaunch, cmd: RoleCommand, status: &Value) -> ! {
-    let mut child: Option<(Pid, Instant)> = None;
-    let mut failures = 0u32;
-    let mut next_start = Instant::now();
+impl Service {
+    fn role(launch: &RoleLaunch, cmd: RoleCommand) -> Service {
+        let program =
+            if Path::new("/init").exists() { PathBuf::from("/init") } else { PathBuf::from("/proc/self/exe") };
+        Service { tag: "role", name: launch.role.to_string(), program, arg0: "plinth", cmd }
+    }
+
+    fn etcd(cmd: RoleCommand) -> Service {
+        Service { tag: "etcd", name: "etcd".into(), program: PathBuf::from(plan::ETCD_BINARY), arg0: "etcd", cmd }
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        use std::os::unix::process::CommandExt;
+        if self.tag == "etcd" && !self.program.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{} is not in this image (build it with `plinth image build --with-etcd`)",
+                    self.program.display()
+                ),
+            ));
+        }
+        let mut command = Command::new(&self.program);
+        // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+        // async-signal-safe; it allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                // PID 1 blocks its signals to take them with sigtimedwait; the child must not
+                // inherit that, or SIGTERM would never stop it.
+                let empty = SigSet::empty();
+                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
+                Ok(())
+            });
+        }
+        let mut child = command
+            .arg0(self.arg0)
+            .args(&self.cmd.args)
+            .envs(self.cmd.env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            // The console is a serial line: colour escapes only garble it.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        for (stream, pipe) in [
+            ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+            ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+        ] {
+            if let Some(pipe) = pipe {
+                let tag = self.tag;
+                let _ = std::thread::Builder::new().name(format!("{tag}-{stream}")).spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        crate::log::service_line(tag, &line);
+                    }
+                });
+            }
+        }
+        let tag = self.tag;
+        info!(service = %self.name, pid = child.id(), args = ?self.cmd.args, "{tag} started");
+        Ok(child)
+    }
+}
+
+/// One supervised service's state: its process and when to start it again.
+struct Running {
+    service: Service,
+    child: Option<(Pid, Instant)>,
+    failures: u32,
+    next_start: Instant,
+}
+
+fn supervise(services: Vec<Service>, status: &Value) -> ! {
+    let mut all: Vec<Running> = services
+        .into_iter()
+        .map(|service| Running { service, child: None, failures: 0, next_start: Instant::now() })
+        .collect();
     let mut printed_status = false;
     loop {
-        if child.is_none() && Instant::now() >= next_start {
-            match spawn_role(&launch, &cmd) {
+        for r in &mut all {
+            if r.child.is_some() || Instant::now() < r.next_start {
+                continue;
+            }
+            match r.service.spawn() {
                 Ok(c) => {
                     // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
                     #[allow(clippy::cast_possible_wrap)]
                     let pid = Pid::from_raw(c.id() as i32);
-                    child = Some((pid, Instant::now()));
-                    if !printed_status {
+                    r.child = Some((pid, Instant::now()));
+                    if r.service.tag == "role" && !printed_status {
                         for line in status_block(status).lines() {
                             crate::log::init_line(line);
                         }
@@ -454,42 +512,47 @@ fn supervise(launch: RoleLaunch, cmd: RoleCommand, status: &Value) -> ! {
                     }
                 }
                 Err(e) => {
-                    if failures == 0 {
+                    if r.failures == 0 {
                         fatal_from_supervisor(&crate::error::InitError::SpawnRole {
-                            role: launch.role.to_string(),
+                            role: r.service.name.clone(),
                             source: e,
                         });
                     }
-                    failures += 1;
-                    next_start = Instant::now() + restart_delay(failures);
+                    r.failures += 1;
+                    r.next_start = Instant::now() + restart_delay(r.failures);
                 }
             }
         }
-        let timeout = next_start
-            .checked_duration_since(Instant::now())
-            .filter(|_| child.is_none())
+        let timeout = all
+            .iter()
+            .filter(|r| r.child.is_none())
+            .filter_map(|r| r.next_start.checked_duration_since(Instant::now()))
+            .min()
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_millis(50));
+        // Stopped in reverse start order: the master before the etcd it writes to.
+        let pids = || all.iter().rev().filter_map(|r| r.child.map(|c| (r.service.tag, c.0))).collect::<Vec<_>>();
         match wait_signal(timeout) {
             Some(Signal::SIGCHLD) | None => {}
-            Some(Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR) => {
-                shutdown(child.map(|c| c.0), PowerRequest::Poweroff)
-            }
-            Some(Signal::SIGINT) => shutdown(child.map(|c| c.0), PowerRequest::Reboot),
+            Some(Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR) => shutdown(&pids(), PowerRequest::Poweroff),
+            Some(Signal::SIGINT) => shutdown(&pids(), PowerRequest::Reboot),
             Some(other) => info!(signal = %other, "signal ignored"),
         }
         for (pid, how) in reap_all() {
-            if let Some((role_pid, since)) = child {
-                if pid == role_pid {
-                    if since.elapsed() >= HEALTHY_RUN {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    let delay = restart_delay(failures);
-                    error!(role = %launch.role, %how, restart_in_s = delay.as_secs_f32(), "role stopped; restarting");
-                    child = None;
-                    next_start = Instant::now() + delay;
+            for r in &mut all {
+                let Some((service_pid, since)) = r.child else { continue };
+                if pid != service_pid {
+                    continue;
                 }
+                if since.elapsed() >= HEALTHY_RUN {
+                    r.failures = 0;
+                }
+                r.failures += 1;
+                let delay = restart_delay(r.failures);
+                let tag = r.service.tag;
+                error!(service = %r.service.name, %how, restart_in_s = delay.as_secs_f32(), "{tag} stopped; restarting");
+                r.child = None;
+                r.next_start = Instant::now() + delay;
             }
         }
     }
@@ -561,14 +624,16 @@ fn reap_until_empty(limit: Duration) {
 }
 
 /// Stops the role (it stops its tasks), then everything else, syncs, unmounts, reboots.
-fn shutdown(role: Option<Pid>, req: PowerRequest) -> ! {
+/// Stops `services` one after the other (each gets SIGTERM and up to 20 s), then every
+/// other process, unmounts and powers off or reboots.
+fn shutdown(services: &[(&'static str, Pid)], req: PowerRequest) -> ! {
     info!(action = ?req, "shutdown requested");
-    if let Some(pid) = role {
-        let _ = kill(pid, Signal::SIGTERM);
+    for (tag, pid) in services {
+        let _ = kill(*pid, Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
-            if reap_all().iter().any(|(p, _)| *p == pid) {
-                info!("role stopped");
+            if reap_all().iter().any(|(p, _)| p == pid) {
+                info!(pid = pid.as_raw(), "{tag} stopped");
                 break;
             }
             let _ = wait_signal(Duration::from_millis(100));

@@ -30,6 +30,7 @@ mod service_dns;
 mod service_lb;
 mod ui;
 mod vm_cluster;
+mod vm_etcd;
 mod vm_faults;
 mod vm_image;
 mod vm_standalone;

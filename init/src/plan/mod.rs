@@ -13,9 +13,11 @@ use std::fmt;
 
 use crate::cmdline::KernelCmdline;
 
+mod etcd;
 mod network;
 mod role;
 
+pub use etcd::{etcd_args, parse_initial_cluster, EtcdLaunch, EtcdMember, ETCD_BINARY};
 use network::network_plan;
 pub use network::{netmask_to_prefix, NetConfig, StaticAddr};
 pub use role::{agent_work_dir, role_args, NodeFacts, RoleCommand};
@@ -103,6 +105,12 @@ pub enum PlanError {
     UnknownRole(String),
     #[error("plinth.role=agent needs plinth.master=http://IP:8080 (the master's API URL)")]
     AgentWithoutMaster,
+    #[error("plinth.etcd_initial_cluster={value:?} is not valid: {reason} (form: NAME=http://HOST:2380,NAME=http://HOST:2380,...)")]
+    BadEtcdCluster { value: String, reason: String },
+    #[error("plinth.etcd_initial_cluster is for master nodes: an agent runs no etcd member (use plinth.role=master)")]
+    EtcdWithoutMaster,
+    #[error("this node (hostname {hostname:?}, address {address}) is not a member of plinth.etcd_initial_cluster; name it there, or set plinth.etcd_name=")]
+    NotAnEtcdMember { hostname: String, address: String },
     #[error("plinth.master={0:?} is not an http:// or https:// URL with a host")]
     BadMasterUrl(String),
     #[error("ip={entry:?} is not valid: {reason} (form: ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF[:DNS0[:DNS1]] or ip=dhcp)")]
@@ -181,6 +189,8 @@ pub enum Phase {
     NodeApi {
         port: u16,
     },
+    /// Run this node's etcd member (supervised like the role, started before it).
+    StartEtcd(EtcdLaunch),
     StartRole(RoleLaunch),
 }
 
@@ -200,6 +210,7 @@ impl Phase {
             Phase::Hostname(_) => "hostname".into(),
             Phase::DataDisk { .. } => "data disk".into(),
             Phase::NodeApi { port } => format!("node API :{port}"),
+            Phase::StartEtcd(_) => "start etcd".into(),
             Phase::StartRole(l) => format!("start {}", l.role),
         }
     }
@@ -229,7 +240,28 @@ pub fn early_mounts() -> Vec<MountSpec> {
 }
 
 /// Command-line keys the init consumes itself; every other `plinth.*` key is a role flag.
-const INIT_KEYS: &[&str] = &["role", "master", "token", "hostname", "modules", "iface", "noswitchroot", "fatal_wait"];
+const INIT_KEYS: &[&str] = &[
+    "role",
+    "master",
+    "token",
+    "hostname",
+    "modules",
+    "iface",
+    "noswitchroot",
+    "fatal_wait",
+    "etcd_initial_cluster",
+    "etcd-initial-cluster",
+    "etcd_name",
+    "etcd-name",
+];
+
+/// `plinth.etcd_initial_cluster=` (or with dashes, as etcd spells its flag).
+fn etcd_of(cmdline: &KernelCmdline) -> Result<Option<EtcdLaunch>, PlanError> {
+    let either = |key: &str| {
+        cmdline.get(&format!("plinth.{key}")).or_else(|| cmdline.get(&format!("plinth.{}", key.replace('_', "-"))))
+    };
+    either("etcd_initial_cluster").map(|value| parse_initial_cluster(value, either("etcd_name"))).transpose()
+}
 
 /// The boot plan for this command line.
 pub fn plan(cmdline: &KernelCmdline) -> Result<Vec<Phase>, PlanError> {
@@ -284,11 +316,22 @@ pub fn plan(cmdline: &KernelCmdline) -> Result<Vec<Phase>, PlanError> {
     phases.push(Phase::DataDisk { label: DATA_LABEL, target: DATA_DIR });
     phases.push(Phase::NodeApi { port: NODE_API_PORT });
 
-    let extra_flags = cmdline
-        .with_prefix("plinth.")
-        .filter(|(k, _)| !INIT_KEYS.contains(k))
-        .map(|(k, v)| (k.replace('_', "-"), v.map(str::to_string)))
-        .collect();
+    let etcd = etcd_of(cmdline)?;
+    let mut extra_flags: Vec<(String, Option<String>)> = Vec::new();
+    if let Some(etcd) = etcd {
+        if !role.runs_master() {
+            return Err(PlanError::EtcdWithoutMaster);
+        }
+        // The master talks to every member (a later plinth.etcd= still wins).
+        extra_flags.push(("etcd".into(), Some(etcd.client_urls())));
+        phases.push(Phase::StartEtcd(etcd));
+    }
+    extra_flags.extend(
+        cmdline
+            .with_prefix("plinth.")
+            .filter(|(k, _)| !INIT_KEYS.contains(k))
+            .map(|(k, v)| (k.replace('_', "-"), v.map(str::to_string))),
+    );
     phases.push(Phase::StartRole(RoleLaunch {
         role,
         master_url,
@@ -418,6 +461,34 @@ mod tests {
                 "cpus:2;mem:1536;disk:900;ports:[31000-32000]"
             ]
         );
+    }
+
+    #[test]
+    fn a_master_in_its_own_etcd_cluster_starts_etcd_first_and_talks_to_every_member() {
+        let cluster = "m1=http://10.0.0.11:2380,m2=http://10.0.0.12:2380,m3=http://10.0.0.13:2380";
+        let phases = plan_of(&format!("plinth.role=master plinth.etcd-initial-cluster={cluster}")).expect("valid");
+        let etcd_at = phases.iter().position(|p| matches!(p, Phase::StartEtcd(_))).expect("etcd is started");
+        assert_eq!(etcd_at, phases.len() - 2, "right before the role");
+        let cmd = role_args(launch(&phases), &facts());
+        let urls = "http://10.0.0.11:2379,http://10.0.0.12:2379,http://10.0.0.13:2379";
+        assert_eq!(cmd.args[cmd.args.len() - 2..], ["--etcd".to_string(), urls.to_string()]);
+        assert!(cmd.args.windows(2).any(|w| w == ["--hostname", "10.0.2.15"]), "named by its address: {cmd:?}");
+        assert!(!cmd.args.iter().any(|a| a.contains("initial-cluster")), "an init key, not a master flag: {cmd:?}");
+        // An explicit plinth.etcd= (an etcd elsewhere) wins over the derived URLs.
+        let phases =
+            plan_of(&format!("plinth.role=master plinth.etcd_initial_cluster={cluster} plinth.etcd=http://e:2379"))
+                .expect("valid");
+        let cmd = role_args(launch(&phases), &facts());
+        assert_eq!(cmd.args.iter().filter(|a| *a == "--etcd").count(), 1, "{cmd:?}");
+        assert_eq!(cmd.args.last().map(String::as_str), Some("http://e:2379"));
+        let agent = plan_of(&format!(
+            "plinth.role=agent plinth.master=http://10.0.0.1:8080 plinth.etcd_initial_cluster={cluster}"
+        ));
+        assert_eq!(agent, Err(PlanError::EtcdWithoutMaster));
+        assert!(matches!(
+            plan_of("plinth.role=master plinth.etcd_initial_cluster=m1"),
+            Err(PlanError::BadEtcdCluster { .. })
+        ));
     }
 
     #[test]

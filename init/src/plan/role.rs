@@ -53,6 +53,12 @@ pub fn role_args(launch: &RoleLaunch, facts: &NodeFacts) -> RoleCommand {
     if launch.role.runs_master() {
         flags.push(("listen".into(), Some(format!("0.0.0.0:{MASTER_PORT}"))));
         flags.push(("data-dir".into(), Some(format!("{DATA_DIR}/master"))));
+        // Masters sharing an etcd name the leader to each other (and to agents and
+        // clients) by this; node hostnames resolve nowhere, addresses do.
+        let in_ha = launch.extra_flags.iter().any(|(name, _)| name == "etcd");
+        if let (true, Some(ip)) = (in_ha && launch.role == Role::Master, facts.advertise_ip) {
+            flags.push(("hostname".into(), Some(ip.to_string())));
+        }
     }
     if launch.role.runs_agent() {
         if launch.role == Role::Agent {
