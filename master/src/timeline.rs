@@ -185,7 +185,8 @@ mod tests {
             AppDefinition::from_value(json!({"id": "/web", "cmd": "sleep 100", "cpus": 0.1, "mem": 16})).expect("app");
         def.normalize();
         core.create_app(def, t0).expect("created");
-        timelines.note(&core, &core.take_changes(), t0);
+        let changes = core.take_changes();
+        timelines.note(&core, &changes, t0);
         core.tick(t0.plus_millis(5));
         let placed = core.take_changes();
         timelines.note(&core, &placed, t0.plus_millis(5));
@@ -207,7 +208,8 @@ mod tests {
             )
         };
         core.apply_status_updates(&agent, vec![update], t0.plus_millis(20));
-        timelines.note(&core, &core.take_changes(), t0.plus_millis(20));
+        let changes = core.take_changes();
+        timelines.note(&core, &changes, t0.plus_millis(20));
         let task = core.task(&task.id).expect("still there").clone();
         let marks = timelines.of(&task);
         assert_eq!(phases(&marks), [Phase::Accepted, Phase::Offered, Phase::Launched, Phase::Running, Phase::Healthy]);
@@ -216,7 +218,8 @@ mod tests {
 
         // The task ends: its entry goes.
         core.delete_app(&task.app_id, t0.plus_millis(30)).expect("deleted");
-        timelines.note(&core, &core.take_changes(), t0.plus_millis(30));
+        let changes = core.take_changes();
+        timelines.note(&core, &changes, t0.plus_millis(30));
         let kill = plinth_protocol::agent::StatusUpdate::new(
             uuid::Uuid::from_u128(2),
             task.id.clone(),
@@ -225,7 +228,8 @@ mod tests {
             t0.plus_millis(40).to_iso(),
         );
         core.apply_status_updates(&agent, vec![kill], t0.plus_millis(40));
-        timelines.note(&core, &core.take_changes(), t0.plus_millis(40));
+        let changes = core.take_changes();
+        timelines.note(&core, &changes, t0.plus_millis(40));
         assert!(timelines.is_empty(), "an ended task's timeline is dropped");
     }
 
