@@ -148,6 +148,7 @@ pub fn merge(master: Vec<Mark>, agent: Option<&serde_json::Value>) -> Vec<Mark> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plinth_protocol::agent::StatusUpdate;
     use plinth_protocol::{AppDefinition, Resources};
     use plinth_scheduler::CoreConfig;
     use serde_json::json;
@@ -170,6 +171,12 @@ mod tests {
         );
         core.take_changes();
         core
+    }
+
+    /// The agent's report that `task` is in `state` at `at` (the time makes the update id).
+    fn update(task: &TaskRecord, state: TaskState, at: Timestamp) -> StatusUpdate {
+        let id = uuid::Uuid::from_u128(u128::try_from(at.millis()).unwrap_or_default());
+        StatusUpdate::new(id, task.id.clone(), task.app_id.clone(), state, at.to_iso())
     }
 
     fn phases(marks: &[Mark]) -> Vec<Phase> {
@@ -197,17 +204,8 @@ mod tests {
         let desired = core.desired_state(&agent);
         timelines.sent(desired.as_ref(), t0.plus_millis(7));
         timelines.sent(desired.as_ref(), t0.plus_millis(90));
-        let update = plinth_protocol::agent::StatusUpdate {
-            healthy: Some(true),
-            ..plinth_protocol::agent::StatusUpdate::new(
-                uuid::Uuid::from_u128(1),
-                task.id.clone(),
-                task.app_id.clone(),
-                TaskState::TaskRunning,
-                t0.plus_millis(20).to_iso(),
-            )
-        };
-        core.apply_status_updates(&agent, vec![update], t0.plus_millis(20));
+        let running = StatusUpdate { healthy: Some(true), ..update(&task, TaskState::TaskRunning, t0.plus_millis(20)) };
+        core.apply_status_updates(&agent, vec![running], t0.plus_millis(20));
         let changes = core.take_changes();
         timelines.note(&core, &changes, t0.plus_millis(20));
         let task = core.task(&task.id).expect("still there").clone();
@@ -220,13 +218,7 @@ mod tests {
         core.delete_app(&task.app_id, t0.plus_millis(30)).expect("deleted");
         let changes = core.take_changes();
         timelines.note(&core, &changes, t0.plus_millis(30));
-        let kill = plinth_protocol::agent::StatusUpdate::new(
-            uuid::Uuid::from_u128(2),
-            task.id.clone(),
-            task.app_id.clone(),
-            TaskState::TaskKilled,
-            t0.plus_millis(40).to_iso(),
-        );
+        let kill = update(&task, TaskState::TaskKilled, t0.plus_millis(40));
         core.apply_status_updates(&agent, vec![kill], t0.plus_millis(40));
         let changes = core.take_changes();
         timelines.note(&core, &changes, t0.plus_millis(40));

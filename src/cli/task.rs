@@ -169,9 +169,9 @@ mod tests {
             timeline,
             [
                 "timeline:",
-                "  accepted  2026-12-01T20:00:00.000Z        +0 ms",
-                "  offered   2026-12-01T20:00:00.012Z       +12 ms",
-                "  running   2026-12-01T20:00:01.250Z     +1250 ms",
+                "  accepted  2026-12-01T20:00:00.000Z       +0 ms",
+                "  offered   2026-12-01T20:00:00.012Z      +12 ms",
+                "  running   2026-12-01T20:00:01.250Z    +1250 ms",
             ],
             "{text}"
         );
