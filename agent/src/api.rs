@@ -202,6 +202,8 @@ async fn inspect_task(
     let stats = if info.state.is_terminal() { None } else { Some(inspect::stats(&dirs)) };
     Ok(Json(json!({
         "task": info,
+        // The agent's part of the start; the master's inspect adds its own phases.
+        "timeline": inspect::start_phases(&sandbox),
         "container": container,
         "spec": app_container,
         "cgroup": cgroup.map(|name| json!({"name": name, "dirs": dirs})),

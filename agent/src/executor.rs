@@ -41,8 +41,8 @@ use crate::confine::{self, Confinement, Identity};
 use crate::container;
 use crate::error::AgentError;
 use crate::executor_contract::{
-    notify_agent, ExecutorRecord, ExecutorSpec, RunningRecord, Termination, EXECUTOR_FILE, EXECUTOR_LOG, EXIT_FILE,
-    RUNNING_FILE, SPEC_FILE,
+    notify_agent, ExecutorRecord, ExecutorSpec, PhaseMark, RunningRecord, StartPhase, Termination, EXECUTOR_FILE,
+    EXECUTOR_LOG, EXIT_FILE, RUNNING_FILE, SPEC_FILE,
 };
 use crate::fetch;
 use crate::fsutil::{self, proc_stat};
@@ -113,6 +113,8 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     let mut container: Option<container::Running> = None;
     // A command task's init reports here how the task ended (see crate::task_init).
     let mut init_report = None;
+    // When each start phase ended, for the task's timeline (`running.json`).
+    let mut phases = Vec::new();
     let pid = if let Some(task) = &spec.container {
         let started =
             logs.for_task().map_err(|err| format!("cannot open the task's logs: {err}")).and_then(|(out, err)| {
@@ -122,6 +124,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
         match started {
             Ok(running) => {
                 let pid = Pid::from_raw(running.pid);
+                phases.clone_from(&running.phases);
                 container = Some(running);
                 pid
             }
@@ -131,7 +134,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
             }
         }
     } else {
-        let child = match spawn_task(&spec, &logs) {
+        let child = match spawn_task(&spec, &logs, &mut phases) {
             Ok((child, report)) => {
                 init_report = report;
                 child
@@ -153,7 +156,7 @@ fn supervise(spec_path: &Path) -> Result<(), AgentError> {
     };
     fsutil::write_json_atomic(
         &sandbox.join(RUNNING_FILE),
-        &RunningRecord { pid: pid.as_raw(), started_at: Timestamp::now().to_iso() },
+        &RunningRecord { pid: pid.as_raw(), started_at: Timestamp::now().to_iso(), phases },
     )?;
     notify_agent(spec.notify_socket.as_deref(), &spec.task_id);
 
@@ -374,7 +377,12 @@ fn identity_for(spec: &ExecutorSpec) -> Result<(Option<Identity>, bool), AgentEr
 
 /// Starts the command task: under a root executor, as the child of its init, PID 1 of a
 /// new PID namespace (the second value: the read end of the init's status pipe).
-fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<(std::process::Child, Option<OwnedFd>), AgentError> {
+/// `phases` gets when the process was forked and when it was exec'd.
+fn spawn_task(
+    spec: &ExecutorSpec,
+    logs: &TaskLogs,
+    phases: &mut Vec<PhaseMark>,
+) -> Result<(std::process::Child, Option<OwnedFd>), AgentError> {
     let argv = spec.command.argv();
     let program = argv.first().ok_or_else(|| AgentError::NoCommand { task_id: spec.task_id.clone() })?;
     let spawn_error = |source: std::io::Error| AgentError::SpawnTask {
@@ -483,7 +491,10 @@ fn spawn_task(spec: &ExecutorSpec, logs: &TaskLogs) -> Result<(std::process::Chi
         // The very next child, the init, becomes PID 1 of the new namespace.
         confine::new_pid_namespace().map_err(spawn_error)?;
     }
+    // std's spawn forks, then returns once the child's exec succeeded: the two ends of it.
+    phases.push(PhaseMark::now(StartPhase::Created));
     let child = command.spawn().map_err(spawn_error)?;
+    phases.push(PhaseMark::now(StartPhase::Started));
     // Only the init writes; with this end closed, its exit ends the pipe.
     drop(report_write);
     Ok((child, report_read))

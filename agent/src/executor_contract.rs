@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `task.json` | agent | [`ExecutorSpec`]: everything the executor needs |
 //! | `executor.json` | executor | [`ExecutorRecord`]: its pid, so a restarted agent finds it |
-//! | `running.json` | executor | [`RunningRecord`]: the task's process started |
+//! | `running.json` | executor | [`RunningRecord`]: the task's process started, and when each start phase ended |
 //! | `container.json` | executor | [`ContainerRecord`]: a Docker task's container runs |
 //! | `exit.json` | executor | [`Termination`]: how the task ended |
 //! | `executor.log` | executor | its own output |
@@ -163,6 +163,37 @@ pub struct ExecutorRecord {
 pub struct RunningRecord {
     pub pid: i32,
     pub started_at: String,
+    /// When each start phase the executor saw ended, in order (`task inspect`'s timeline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseMark>,
+}
+
+/// A start phase on the agent, as the task's timeline names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPhase {
+    /// The image is in the agent's store (a container task only).
+    Pulled,
+    /// Its overlay is mounted (a container task only).
+    Rootfs,
+    /// The container (libcontainer's create) or the process (fork) exists.
+    Created,
+    /// The task's process was exec'd.
+    Started,
+}
+
+/// When one [`StartPhase`] ended (RFC 3339, milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseMark {
+    pub phase: StartPhase,
+    pub at: String,
+}
+
+impl PhaseMark {
+    /// The phase, ending now.
+    pub fn now(phase: StartPhase) -> PhaseMark {
+        PhaseMark { phase, at: plinth_protocol::Timestamp::now().to_iso() }
+    }
 }
 
 /// A port as `container.json` lists it.

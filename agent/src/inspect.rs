@@ -5,12 +5,19 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::counter;
-use crate::executor_contract::CONTAINER_FILE;
+use crate::executor_contract::{PhaseMark, RunningRecord, CONTAINER_FILE, RUNNING_FILE};
 
 /// The container record as written by the executor; `Null` for command tasks, and for
 /// a record the task itself planted (a link to another task's files, say).
 pub fn container_record(sandbox: &Path) -> serde_json::Value {
     crate::fsutil::read_json(&sandbox.join(CONTAINER_FILE)).ok().flatten().unwrap_or(serde_json::Value::Null)
+}
+
+/// The start phases the executor recorded (`running.json`), in order; none before the
+/// task's process started, and none from an unreadable record.
+pub fn start_phases(sandbox: &Path) -> Vec<PhaseMark> {
+    let record: Option<RunningRecord> = crate::fsutil::read_json(&sandbox.join(RUNNING_FILE)).ok().flatten();
+    record.map(|r| r.phases).unwrap_or_default()
 }
 
 /// The container's own address (BRIDGE networking), if it has one.
@@ -156,6 +163,22 @@ mod tests {
         std::fs::write(v1.path().join("memory.limit_in_bytes"), "134217728\n").unwrap();
         let s = stats(&[v1.path().to_path_buf()]);
         assert_eq!((s.cpu_usage_usec, s.memory_bytes, s.memory_limit_bytes), (Some(7000), Some(2048), Some(134217728)));
+    }
+
+    #[test]
+    fn start_phases_come_from_the_running_record() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(start_phases(dir.path()).is_empty(), "not started yet");
+        std::fs::write(dir.path().join(RUNNING_FILE), r#"{"pid":7,"started_at":"2026-01-01T00:00:00.000Z"}"#).unwrap();
+        assert!(start_phases(dir.path()).is_empty(), "a record of an older executor has no phases");
+        std::fs::write(
+            dir.path().join(RUNNING_FILE),
+            r#"{"pid":7,"started_at":"x","phases":[{"phase":"created","at":"a"},{"phase":"started","at":"b"}]}"#,
+        )
+        .unwrap();
+        let phases: Vec<_> = start_phases(dir.path()).into_iter().map(|m| (m.phase, m.at)).collect();
+        use crate::executor_contract::StartPhase;
+        assert_eq!(phases, vec![(StartPhase::Created, "a".into()), (StartPhase::Started, "b".into())]);
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn create_start(dir: &Path, image: &plinth_testkit::BuiltImage, runs: usize) -> 
         let devnull = || File::options().write(true).open("/dev/null");
         let started = Instant::now();
         let (Ok(out), Ok(err)) = (devnull(), devnull()) else { break };
-        match plinth_agent::container::run::create_and_start(&id, &state_root, &bundle, out, err) {
+        match plinth_agent::container::run::create_and_start(&id, &state_root, &bundle, out, err, &mut Vec::new()) {
             Ok(pid) => {
                 plinth.push(ms(started));
                 // SAFETY: SIGKILL to the container init we just started.

@@ -172,8 +172,8 @@ fn timed_load(store: &dyn StateStore) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// A `plinth master` in the current thread's network namespace (etcd's).
-fn spawn_master(dir: &Path, name: &str, port: u16, extra: &[&str]) -> anyhow::Result<Child> {
+/// A `plinth master` in the current thread's network namespace (etcd's; loopback ports).
+pub(crate) fn spawn_master(dir: &Path, name: &str, port: u16, extra: &[&str]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let data_dir = dir.join(name);
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -192,7 +192,7 @@ fn spawn_master(dir: &Path, name: &str, port: u16, extra: &[&str]) -> anyhow::Re
     Ok(child)
 }
 
-fn kill(child: &mut Child) {
+pub(crate) fn kill(child: &mut Child) {
     // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
     #[allow(clippy::cast_possible_wrap)]
     let pid = child.id() as i32;

@@ -8,8 +8,10 @@
 //! - `pxe`: a diskless QEMU PXE-booting from a real master, timed;
 //! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc;
 //! - `failover`: a new leader's state load and kill -9 failover on etcd, beside a redb restart;
+//! - `burst`: 100 apps × 10 instances POSTed at once, until every task runs (fake and real agents);
 //! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness.
 pub mod boot;
+pub mod burst;
 pub mod containers;
 pub mod failover;
 mod first_answer;
@@ -39,6 +41,8 @@ pub enum BenchCommand {
     Containers(containers::BenchContainersArgs),
     /// Failover: state load of a new leader (etcd vs redb) and kill -9 → first acknowledged write.
     Failover(failover::BenchFailoverArgs),
+    /// A burst: 100 apps x 10 instances POSTed at once against 10 fake agents, then a few dozen real tasks on 2 agents.
+    Burst(burst::BenchBurstArgs),
     /// Read storms: `GET /v2/apps` p50/p99 with 1, 16 and 64 readers, POST latency beside them, agents kept.
     Reads(reads::BenchReadsArgs),
 }
@@ -55,6 +59,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pxe(args) => pxe::run(args).map(drop),
         BenchCommand::Containers(args) => containers::run(args).map(drop),
         BenchCommand::Reads(args) => reads::run(args).map(drop),
+        BenchCommand::Burst(args) => burst::run(args).map(drop),
         BenchCommand::Failover(args) => failover::run(args),
     }
 }

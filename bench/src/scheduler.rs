@@ -180,20 +180,22 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> anyhow::Result<
 /// Registers `count` in-process agents (`agent-N`, 10.x.y.z) with `resources` each.
 pub(crate) fn register_fake_agents(core: &mut Core, count: usize, resources: &Resources, clock: Timestamp) {
     for i in 0..count {
-        core.register_agent(
-            Registration {
-                agent_id: None,
-                hostname: format!("agent-{i}"),
-                advertise_ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                http_port: 5051,
-                resources: resources.clone(),
-                attributes: Default::default(),
-                last_generation: 0,
-                tasks: vec![],
-                version: "bench".into(),
-            },
-            clock,
-        );
+        core.register_agent(fake_registration(i, resources), clock);
+    }
+}
+
+/// The registration of fake agent `i` (`agent-N`, 10.x.y.z; nothing listens there).
+pub(crate) fn fake_registration(i: usize, resources: &Resources) -> Registration {
+    Registration {
+        agent_id: None,
+        hostname: format!("agent-{i}"),
+        advertise_ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        http_port: 5051,
+        resources: resources.clone(),
+        attributes: Default::default(),
+        last_generation: 0,
+        tasks: vec![],
+        version: "bench".into(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! bench dir, and stopped with every app removed first.
 use anyhow::{bail, Context};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -59,30 +60,35 @@ impl Standalone {
     }
 }
 
+/// Removes every app that has tasks and waits (up to 30 s) until their kills are done.
+pub fn remove_apps_with_tasks(http: &reqwest::blocking::Client, api: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let tasks: Value = match http.get(format!("{api}/v2/tasks")).send().and_then(|r| r.json()) {
+            Ok(tasks) => tasks,
+            Err(_) => break,
+        };
+        let ids: BTreeSet<String> = tasks["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["appId"].as_str().map(str::to_string))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        for id in ids {
+            let _ = http.delete(format!("{api}/v2/apps{id}?force=true")).send();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Drop for Standalone {
     fn drop(&mut self) {
         // Tasks outlive their agent by design: remove the apps and wait for the kills
         // before stopping it, so nothing is left running or mounted.
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            let tasks: Value = match self.http.get(format!("{}/v2/tasks", self.api)).send().and_then(|r| r.json()) {
-                Ok(tasks) => tasks,
-                Err(_) => break,
-            };
-            let ids: Vec<String> = tasks["tasks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t["appId"].as_str().map(str::to_string))
-                .collect();
-            if ids.is_empty() {
-                break;
-            }
-            for id in ids {
-                let _ = self.http.delete(format!("{}/v2/apps{id}?force=true", self.api)).send();
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        remove_apps_with_tasks(&self.http, &self.api);
         // why: pids are at most the kernel's pid_max (2^22), so they fit in pid_t.
         #[allow(clippy::cast_possible_wrap)]
         let pid = self.child.id() as i32;

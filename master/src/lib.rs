@@ -3,7 +3,8 @@
 //! or etcd), which master leads and the followers' proxy (`leader.rs`),
 //! the Marathon v2 API, agent protocol and operator endpoints (`api/`), events, metrics,
 //! the image registry (pull-through cache and push target on `:5000`), the HTTP side of
-//! PXE provisioning (`pxe.rs`), who may use the API (`access.rs`), the API's TLS (`tls.rs`)
+//! PXE provisioning (`pxe.rs`), who may use the API (`access.rs`), the API's TLS (`tls.rs`),
+//! the master's part of each task's start timeline (`timeline.rs`)
 //! and the one way to start it all (`start.rs`).
 pub mod access;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod registry;
 pub mod shell;
 pub mod start;
 pub mod store;
+pub mod timeline;
 pub mod tls;
 
 pub use error::{ApiError, MasterError};

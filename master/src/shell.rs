@@ -138,6 +138,8 @@ pub struct Master {
     /// The Mesos-DNS record set, marked stale by [`Master::finish`] and rebuilt in the
     /// background (`dns.rs`).
     pub dns: crate::dns::DnsFeed,
+    /// What each live task's start timeline needs beyond its record (`timeline.rs`).
+    pub timelines: crate::timeline::Timelines,
 }
 
 impl Master {
@@ -228,6 +230,7 @@ impl Master {
             url,
             registry,
             identity,
+            timelines: Default::default(),
         });
         master.spawn_registry_tasks();
         master.spawn_dns_builder();
@@ -395,6 +398,7 @@ impl Master {
             return Err(ApiError::Unavailable(format!("the change was not made: {reason}")));
         }
         self.reads.bump();
+        self.timelines.note(&guard.core, &changes, Timestamp::now());
         self.dns.note(&changes);
         self.publish_all(changes.events);
         self.publish_lb_backends(changes.lb_backends);

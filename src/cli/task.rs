@@ -1,5 +1,6 @@
 //! `plinth task list|kill|inspect|top|stats|port`: tasks from the master, container
 //! details from the agent that runs them.
+use plinth_protocol::Timestamp;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -92,7 +93,29 @@ fn inspect_text(body: &Value) -> String {
     if let Some(stats) = body.get("stats").filter(|s| !s.is_null()) {
         lines.push(stats_text(stats));
     }
+    if let Some(timeline) = timeline_text(body) {
+        lines.push(timeline);
+    }
     lines.join("\n")
+}
+
+/// The start timeline: each phase's time and how long after accepted (else the first
+/// phase shown) it ended.
+fn timeline_text(body: &Value) -> Option<String> {
+    let marks: Vec<(&str, &str)> = body
+        .get("timeline")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| Some((m.get("phase")?.as_str()?, m.get("at")?.as_str()?)))
+        .collect();
+    let origin = marks.first().and_then(|(_, at)| Timestamp::parse_iso(at))?;
+    let mut text = "timeline:".to_string();
+    for (phase, at) in marks {
+        let since =
+            Timestamp::parse_iso(at).map_or("-".to_string(), |t| format!("+{} ms", t.millis() - origin.millis()));
+        text.push_str(&format!("\n  {phase:<9} {at:<25} {since:>10}"));
+    }
+    Some(text)
 }
 
 fn top_table(body: &Value) -> String {
@@ -127,4 +150,31 @@ fn stats_text(stats: &Value) -> String {
         stats.get("oom_kills").and_then(Value::as_u64).unwrap_or(0),
         stats.get("pids").and_then(Value::as_u64).unwrap_or(0)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_shows_each_phase_with_its_time_since_accepted() {
+        let body = json!({"task": {"id": "web.1"}, "timeline": [
+            {"phase": "accepted", "at": "2026-12-01T20:00:00.000Z"},
+            {"phase": "offered", "at": "2026-12-01T20:00:00.012Z"},
+            {"phase": "running", "at": "2026-12-01T20:00:01.250Z"},
+        ]});
+        let text = inspect_text(&body);
+        let timeline: Vec<&str> = text.lines().skip_while(|l| *l != "timeline:").collect();
+        assert_eq!(
+            timeline,
+            [
+                "timeline:",
+                "  accepted  2026-12-01T20:00:00.000Z       +0 ms",
+                "  offered   2026-12-01T20:00:00.012Z      +12 ms",
+                "  running   2026-12-01T20:00:01.250Z    +1250 ms",
+            ],
+            "{text}"
+        );
+        assert!(!inspect_text(&json!({"task": {}, "timeline": []})).contains("timeline"), "no phases, no section");
+    }
 }

@@ -28,6 +28,7 @@ mod pxe_boot;
 mod pxe_vagrant;
 mod service_dns;
 mod service_lb;
+mod task_timeline;
 mod ui;
 mod vm_cluster;
 mod vm_etcd;

@@ -26,7 +26,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::executor_contract::{
-    ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PortRecord, CONTAINER_FILE, SPEC_FILE,
+    ContainerNetwork, ContainerRecord, ContainerTask, ExecutorSpec, MappedPort, PhaseMark, PortRecord, StartPhase,
+    CONTAINER_FILE, SPEC_FILE,
 };
 use crate::userns::IdRemap;
 use crate::{fsutil, image};
@@ -83,11 +84,18 @@ pub fn image_task_dir(sandbox: &Path) -> PathBuf {
 }
 
 /// Where the image comes from: the local rootfs, else the image store (pulled from the
-/// master's registry, pinned for the task, mounted as an overlay).
-fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedImage, ContainerError> {
+/// master's registry, pinned for the task, mounted as an overlay). `phases` gets when
+/// the image was ready and when its rootfs was.
+fn prepare_image(
+    spec: &ExecutorSpec,
+    task: &ContainerTask,
+    phases: &mut Vec<PhaseMark>,
+) -> Result<PreparedImage, ContainerError> {
     if let Some(local) = &task.local_image {
         let config = ImageConfiguration::from_file(&local.config)
             .map_err(|e| ContainerError::Image(format!("cannot read {}: {e}", local.config.display())))?;
+        // A prepared rootfs is ready as it is.
+        phases.extend([PhaseMark::now(StartPhase::Pulled), PhaseMark::now(StartPhase::Rootfs)]);
         return Ok(PreparedImage { rootfs: local.rootfs.clone(), config, digest: None });
     }
     let image_err = |e: &dyn std::error::Error| ContainerError::Image(format!("{}: {}", task.image, error_chain(e)));
@@ -95,8 +103,10 @@ fn prepare_image(spec: &ExecutorSpec, task: &ContainerTask) -> Result<PreparedIm
     let store = open_store(task).map_err(|e| image_err(&e))?;
     let source = image::RegistrySource::master(&task.registry, &reference);
     let pulled = store.pull(&source, &reference, task.force_pull, &mut |_| {}).map_err(|e| image_err(&e))?;
+    phases.push(PhaseMark::now(StartPhase::Pulled));
     let rootfs =
         store.mount_rootfs(&pulled, &image_task_dir(&spec.sandbox), &spec.task_id).map_err(|e| image_err(&e))?;
+    phases.push(PhaseMark::now(StartPhase::Rootfs));
     Ok(PreparedImage { rootfs, config: pulled.config, digest: Some(pulled.manifest_digest.to_string()) })
 }
 
@@ -126,6 +136,8 @@ fn release_image(sandbox: &Path, task_id: &str, task: &ContainerTask) {
 pub struct Running {
     pub pid: i32,
     pub record: ContainerRecord,
+    /// When each start phase ended: pulled, rootfs, created, started.
+    pub phases: Vec<PhaseMark>,
     session: Session,
 }
 
@@ -219,7 +231,8 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
     if task.local_image.is_none() {
         session.image = Some(task.clone());
     }
-    let image = prepare_image(spec, task)?;
+    let mut phases = Vec::new();
+    let image = prepare_image(spec, task, &mut phases)?;
 
     // Host ports first: a clash fails the start before any network piece exists.
     let (net, attached, network_name) = match &task.network {
@@ -290,10 +303,10 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         });
     }
     let pid = match &inherited_netns {
-        Some(netns) => {
-            network::inside_netns(netns, || run::create_and_start(&id, &state_root, &bundle, stdout, stderr))?
-        }
-        None => run::create_and_start(&id, &state_root, &bundle, stdout, stderr)?,
+        Some(netns) => network::inside_netns(netns, || {
+            run::create_and_start(&id, &state_root, &bundle, stdout, stderr, &mut phases)
+        })?,
+        None => run::create_and_start(&id, &state_root, &bundle, stdout, stderr, &mut phases)?,
     };
 
     if let (Some(reserved), Some(ip)) = (session.reserved.take(), ip) {
@@ -320,7 +333,7 @@ pub fn start(spec: &ExecutorSpec, task: &ContainerTask, stdout: File, stderr: Fi
         path: spec.sandbox.join(CONTAINER_FILE),
         source: std::io::Error::other(error_chain(&e).to_string()),
     })?;
-    Ok(Running { pid, record, session })
+    Ok(Running { pid, record, phases, session })
 }
 
 /// With `--userns-remap`: refuses a user the namespace cannot hold, and lets the

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::ContainerError;
+use crate::executor_contract::{PhaseMark, StartPhase};
 
 /// Where libcontainer keeps container state (one directory per container).
 pub const STATE_ROOT: &str = "/run/plinth/containers";
@@ -67,13 +68,15 @@ impl Executor for UnblockingExecutor {
 }
 
 /// Creates and starts the container; returns its init's pid (in the agent's pid
-/// namespace). `stdout`/`stderr` become the container init's output.
+/// namespace). `stdout`/`stderr` become the container init's output. `phases` gets when
+/// the container was created and when its process was exec'd.
 pub fn create_and_start(
     id: &str,
     state_root: &Path,
     bundle: &Path,
     stdout: File,
     stderr: File,
+    phases: &mut Vec<PhaseMark>,
 ) -> Result<i32, ContainerError> {
     std::fs::create_dir_all(state_root).map_err(|source| ContainerError::Io {
         what: "creating the container state directory",
@@ -105,10 +108,13 @@ pub fn create_and_start(
         step: "creating the container",
         message: "libcontainer reported no init pid".into(),
     })?;
+    phases.push(PhaseMark::now(StartPhase::Created));
+    // start() returns once the init was told to exec the task's process.
     container.start().map_err(|e| ContainerError::Runtime {
         step: "starting the container",
         message: error_chain(&e).to_string(),
     })?;
+    phases.push(PhaseMark::now(StartPhase::Started));
     Ok(pid)
 }
 

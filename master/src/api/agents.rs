@@ -206,6 +206,7 @@ pub async fn sync(
         if response.reregister {
             tracing::info!(node_id = %request.agent_id, "unknown agent told to register again");
         }
+        master.timelines.sent(response.desired.as_ref(), plinth_protocol::Timestamp::now());
         return Ok(Json(response));
     }
     // Stay well inside the liveness timeout: the sync itself is the heartbeat.
@@ -216,6 +217,7 @@ pub async fn sync(
     let desired = guard.core.desired_state(&request.agent_id).filter(|d| d.generation > request.generation);
     // The table of a woken poll is fresh: every command refreshes it before waking anyone.
     let services = guard.core.services_update(request.services_generation);
+    master.timelines.sent(desired.as_ref(), plinth_protocol::Timestamp::now());
     Ok(Json(SyncResponse { desired, reregister: false, cluster_id: Some(cluster_id(&master)), services }))
 }
 

@@ -4,7 +4,8 @@
 //! the CLI of an operator who has credentials for the master but no certificate of the
 //! cluster). The query is the agent's (for logs: `stream=stdout|stderr`, `offset`,
 //! `follow=true`) and so is the answer: its status, body (streamed while following) and
-//! `x-plinth-log-offset` header. With the
+//! `x-plinth-log-offset` header; `inspect`'s `timeline` gets the master's phases of the
+//! task merged in (`timeline.rs`). With the
 //! cluster CA agents serve HTTPS for callers of the cluster only, and the proxy presents
 //! the master's own certificate (`tls::ClusterIdentity::agent_client`).
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ use plinth_protocol::TaskId;
 
 use crate::error::ApiError;
 use crate::shell::Master;
+use crate::timeline::{merge, Mark};
 use plinth_scheduler::AgentState;
 
 /// The agent's header saying where the next read starts.
@@ -63,13 +65,16 @@ pub async fn task_view(
         Some(identity) => (&identity.agent_client, true),
         None => (client(), false),
     };
-    let agents: Vec<String> = {
+    let (agents, marks): (Vec<String>, Vec<Mark>) = {
         let guard = master.read().await;
         let core = &guard.core;
-        match core.task(&TaskId::new(id.as_str())).and_then(|t| core.agent(&t.agent_id)) {
+        let task = core.task(&TaskId::new(id.as_str()));
+        let marks = task.map(|t| master.timelines.of(t)).unwrap_or_default();
+        let agents = match task.and_then(|t| core.agent(&t.agent_id)) {
             Some(agent) => vec![agent_base(agent, tls)],
             None => core.agents().map(|a| agent_base(a, tls)).collect(),
-        }
+        };
+        (agents, marks)
     };
     let mut unreachable = Vec::new();
     for (index, base) in agents.iter().enumerate() {
@@ -88,13 +93,35 @@ pub async fn task_view(
         if answer.status() == reqwest::StatusCode::NOT_FOUND && index + 1 < agents.len() {
             continue;
         }
+        if view == "inspect" && answer.status().is_success() {
+            return Ok(with_timeline(answer, marks).await);
+        }
         return Ok(pass_through(answer));
     }
     if unreachable.is_empty() {
         return Err(ApiError::NotFound(format!("task '{id}' is not known to the master or to any of its agents")));
     }
-    let message = format!("cannot reach the agent for task '{id}': {}", unreachable.join("; "));
-    Ok((StatusCode::BAD_GATEWAY, Json(json!({"message": message}))).into_response())
+    Ok(bad_gateway(format!("cannot reach the agent for task '{id}': {}", unreachable.join("; "))))
+}
+
+/// The agent's inspect view with the whole timeline: the master's phases merged into the
+/// agent's own (`timeline.rs`).
+async fn with_timeline(answer: reqwest::Response, marks: Vec<Mark>) -> Response {
+    let url = answer.url().to_string();
+    let mut body = match answer.json::<serde_json::Value>().await {
+        Ok(serde_json::Value::Object(body)) => body,
+        Ok(_) => return bad_gateway(format!("{url} answered no JSON object")),
+        Err(e) => return bad_gateway(format!("cannot read the answer of {url}: {e}")),
+    };
+    let timeline = merge(marks, body.get("timeline"));
+    body.insert("timeline".into(), json!(timeline));
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn bad_gateway(message: String) -> Response {
+    (StatusCode::BAD_GATEWAY, Json(json!({"message": message}))).into_response()
 }
 
 /// The agent's answer as ours: status, type, offset header and the body as it streams.
