@@ -131,10 +131,19 @@ async fn term(master: &Arc<Master>, stale: &mut Option<i64>) -> Result<(), etcd_
     let (lost_tx, mut lost) = tokio::sync::watch::channel(false);
     let watchdog_deadline = deadline.clone();
     let keep_alive = tokio::spawn(async move {
+        let deadline_now = || *watchdog_deadline.lock().expect("the deadline lock is never poisoned");
         loop {
-            tokio::time::sleep(ttl / 3).await;
+            // Neither the pause nor the wait for an answer runs past the deadline: the lead
+            // ends the moment the lease may have (a partition is noticed within the TTL).
+            let until = (Instant::now() + ttl / 3).min(deadline_now());
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             let sent = Instant::now();
-            let answered = tokio::time::timeout(ttl / 3, async {
+            if sent >= deadline_now() {
+                let _ = lost_tx.send(true);
+                return;
+            }
+            let wait = (ttl / 3).min(deadline_now().saturating_duration_since(sent));
+            let answered = tokio::time::timeout(wait, async {
                 keeper.keep_alive().await?;
                 answers.message().await
             })
@@ -329,9 +338,18 @@ async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Respon
     }
     let via = format!("1.1 {}", master.leader);
     outgoing = outgoing.header(VIA, &via).body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    let answer = outgoing.send().await.map_err(|e| {
-        ApiError::Unavailable(format!("the leader {leader} did not answer: {}; retry in a few seconds", error_text(&e)))
-    })?;
+    // A leader that goes silent (partitioned, paused) holds a proxied request only until
+    // this master sees it no longer leads.
+    let mut role = master.role.subscribe();
+    let answer = tokio::select! {
+        answer = outgoing.send() => answer.map_err(|e| {
+            ApiError::Unavailable(format!("the leader {leader} did not answer: {}; retry in a few seconds", error_text(&e)))
+        })?,
+        () = until_not_following(&mut role, leader) => return Err(ApiError::Unavailable(format!(
+            "the leader {leader} stopped leading before it answered (the request may or may not have been carried out); \
+             check, then retry in a few seconds"
+        ))),
+    };
     let mut response = Response::builder().status(answer.status().as_u16());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
@@ -350,6 +368,18 @@ async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Respon
     response
         .body(axum::body::Body::from_stream(stream))
         .map_err(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")))
+}
+
+/// Returns once this master no longer names `leader` as the leader.
+pub async fn until_not_following(role: &mut tokio::sync::watch::Receiver<Role>, leader: &str) {
+    loop {
+        if !matches!(&*role.borrow_and_update(), Role::Following(Some(current)) if current == leader) {
+            return;
+        }
+        if role.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 fn error_text(e: &reqwest::Error) -> String {

@@ -2,7 +2,7 @@
 //! masters and an agent, each in its own namespace on the test network. One master leads;
 //! the others proxy to it; killing, pausing or abdicating the leader hands the lead on
 //! within the lease, with every acknowledged write kept and no task restarted.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -109,6 +109,54 @@ impl Ha {
                 Err(task_summary(&tasks))
             }
         })
+    }
+}
+
+impl Ha {
+    /// `count` agents following every master, registered with the leader.
+    fn start_agents(&mut self, count: usize) {
+        for n in 1..=count {
+            let masters = self.urls();
+            self.cluster.start_agent_of(&format!("agent-{n}"), masters, |_| Vec::new());
+        }
+        let leader = self.agreed_leader(&MASTERS, secs(30));
+        wait_until(&format!("{count} agents to register"), secs(60), || {
+            self.cluster.check_nodes_alive()?;
+            let reply = self.cluster.api_of(&leader).try_get("/master/slaves")?;
+            let active =
+                reply.json["slaves"].as_array().map_or(0, |s| s.iter().filter(|a| a["active"] == true).count());
+            if active == count {
+                Ok(())
+            } else {
+                Err(reply.text)
+            }
+        });
+    }
+
+    /// Task id → pids on every agent of the test (`agent-1`, `agent-2`, ...).
+    fn agent_task_pids(&self, agents: usize) -> BTreeMap<String, BTreeSet<i32>> {
+        (1..=agents).flat_map(|n| self.cluster.task_pids(&format!("agent-{n}"))).collect()
+    }
+
+    /// Cuts the master off from everything on the test network (etcd, the other masters,
+    /// the agents) but the test process: iptables inside its own namespace only.
+    fn partition(&self, name: &str) {
+        let netns = self.cluster.node(name).host.netns.clone();
+        let gateway = self.cluster.gateway();
+        let [a, b, c, _] = gateway.octets();
+        let subnet = format!("{a}.{b}.{c}.0/24");
+        for (chain, side) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            for (peer, verdict) in [(gateway.to_string(), "ACCEPT"), (subnet.clone(), "DROP")] {
+                sh("ip", &["netns", "exec", &netns, "iptables", "-A", chain, side, &peer, "-j", verdict]);
+            }
+        }
+    }
+
+    fn heal(&self, name: &str) {
+        let netns = self.cluster.node(name).host.netns.clone();
+        for chain in ["INPUT", "OUTPUT"] {
+            sh("ip", &["netns", "exec", &netns, "iptables", "-F", chain]);
+        }
     }
 }
 
@@ -296,4 +344,275 @@ fn a_master_with_an_unreachable_or_foreign_etcd_says_so_and_exits() {
     assert!(stderr(&output).contains("a URL like http://"), "{}", stderr(&output));
     let output = plinth(&["master", "--etcd", "http://127.0.0.1:2", "--etcd-prefix", "plinth"], &[]);
     assert!(stderr(&output).contains("starts with /"), "{}", stderr(&output));
+}
+
+/// A deployment that waits for its tasks' health (a COMMAND check that passes once the
+/// test drops a marker) when the leader is killed: the new leader finishes it.
+#[test]
+fn a_leader_killed_during_a_deployment_hands_it_on_with_its_tasks_and_every_acknowledged_write() {
+    let mut ha = Ha::start("ha-deploy", &MASTERS);
+    ha.start_agents(2);
+    let leader = ha.agreed_leader(&MASTERS, secs(30));
+    let markers = ha.cluster.dir().join("markers");
+    std::fs::create_dir_all(&markers).expect("marker dir");
+    let ready = markers.join("ready");
+    let app = json!({
+        "id": "/ha/web", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 6,
+        "healthChecks": [{"protocol": "COMMAND", "command": {"value": format!("test -e {}", ready.display())},
+                          "gracePeriodSeconds": 300, "intervalSeconds": 1, "timeoutSeconds": 2,
+                          "maxConsecutiveFailures": 3}]
+    });
+    ha.cluster.api_of(others(&leader)[0]).post("/v2/apps", &app).expect_status(201);
+    // Six tasks run on both agents, none healthy yet: the deployment is in progress.
+    let before = ha.running_via(&leader, "/ha/web", 6, secs(60));
+    let hosts: BTreeSet<&str> = before.iter().map(|t| str_field(t, "host")).collect();
+    assert_eq!(hosts.len(), 2, "the tasks spread over both agents: {}", task_summary(&before));
+    let pids_before = wait_until("the six task processes", secs(30), || {
+        let pids = ha.agent_task_pids(2);
+        if pids.len() == 6 {
+            Ok(pids)
+        } else {
+            Err(format!("{pids:?}"))
+        }
+    });
+    assert_eq!(pids_before.keys().cloned().collect::<BTreeSet<_>>(), ids(&before));
+
+    // Writes acknowledged through every master, the last one just before the kill.
+    let mut acknowledged = Vec::new();
+    for (n, master) in MASTERS.iter().enumerate() {
+        let id = format!("/ha/acknowledged-{n}");
+        ha.cluster.api_of(master).post("/v2/apps", &cmd_app(&id, "sleep 1000", 0)).expect_status(201);
+        acknowledged.push(id);
+    }
+    let deployments = ha.cluster.api_of(&leader).get_json("/v2/deployments");
+    let deploying = |list: &Value| {
+        list.as_array().is_some_and(|l| l.iter().any(|d| d["affectedApps"].to_string().contains("/ha/web")))
+    };
+    assert!(deploying(&deployments), "the deployment is in progress at the kill: {deployments}");
+
+    ha.cluster.kill9(&leader);
+    let killed_at = Instant::now();
+    let survivors = others(&leader);
+    let second = ha.agreed_leader(&survivors, secs(10));
+    assert!(killed_at.elapsed() < secs(10), "another master leads within 10 s: {:?}", killed_at.elapsed());
+    eprintln!("failover during a deployment: {:?}", killed_at.elapsed());
+
+    let api = ha.cluster.api_of(&second);
+    for id in &acknowledged {
+        let app = api.get(&format!("/v2/apps{id}")).expect_status(200).json;
+        assert_eq!(app["app"]["id"], id.as_str(), "{app}");
+    }
+    let deployments = api.get_json("/v2/deployments");
+    assert!(deploying(&deployments), "the new leader has the deployment: {deployments}");
+    let after = ha.running_via(&second, "/ha/web", 6, secs(30));
+    assert_eq!(ids(&after), ids(&before), "the same tasks: {}", task_summary(&after));
+    assert_eq!(ha.agent_task_pids(2), pids_before, "the same task processes");
+
+    // The tasks turn healthy: the deployment completes under the new leader, with the
+    // same six tasks and never a seventh.
+    std::fs::write(&ready, "").expect("drop the ready marker");
+    wait_until("the deployment to complete under the new leader", secs(45), || {
+        let app = api.try_get("/v2/apps/ha/web")?.json;
+        let deployments = api.try_get("/v2/deployments")?.json;
+        if app["app"]["tasksHealthy"] == 6 && deployments.as_array().is_some_and(Vec::is_empty) {
+            Ok(())
+        } else {
+            Err(format!("tasksHealthy {}, deployments {deployments}", app["app"]["tasksHealthy"]))
+        }
+    });
+    holds_for("six tasks, the same ones, and no other task process", secs(4), || {
+        let tasks = ha.tasks_via(&second, "/ha/web");
+        let running: Vec<Value> = tasks.iter().filter(|t| t["state"] == "TASK_RUNNING").cloned().collect();
+        let pids = ha.agent_task_pids(2);
+        if tasks.len() == 6 && ids(&running) == ids(&before) && pids == pids_before {
+            Ok(())
+        } else {
+            Err(format!("{} (processes {pids:?})", task_summary(&tasks)))
+        }
+    });
+
+    // The killed master comes back as a follower.
+    ha.cluster.respawn(&leader);
+    assert_eq!(ha.agreed_leader(&MASTERS, secs(30)), second, "the old leader follows");
+    let app = ha.cluster.api_of(&leader).get_json("/v2/apps/ha/web");
+    assert_eq!(app["app"]["tasksHealthy"], 6, "served through the proxy: {app}");
+}
+
+/// One PUT of the history: which master it went to, when, and what came back.
+#[derive(Debug, Clone)]
+struct Write {
+    master: &'static str,
+    app: &'static str,
+    instances: u64,
+    answered_at: Instant,
+    /// The version a 2xx named; `None` for a refusal or no answer (not acknowledged).
+    version: Option<String>,
+    /// Whether the master answered as leader (a proxied answer names the leader).
+    by_itself: bool,
+    outcome: String,
+}
+
+/// Scales `apps` round-robin through every master until `stop` (at most `max` writes),
+/// recording each answer.
+fn write_history(
+    addresses: Vec<(&'static str, String)>,
+    apps: &'static [&'static str],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: usize,
+) -> std::thread::JoinHandle<Vec<Write>> {
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(secs(4))
+            .connect_timeout(secs(1))
+            .build()
+            .expect("HTTP client");
+        let mut history = Vec::new();
+        for n in 0..max {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let (master, address) = &addresses[n % addresses.len()];
+            let app = apps[n % apps.len()];
+            let instances = u64::try_from(n % 3 + 1).expect("small");
+            let url = format!("http://{address}/v2/apps{app}?force=true");
+            let answer = client.put(url).json(&json!({"instances": instances})).send();
+            let (version, by_itself, outcome) = match answer {
+                Ok(reply) => {
+                    let status = reply.status().as_u16();
+                    let by_itself = !reply.headers().contains_key("x-marathon-leader");
+                    let body: Value = reply.json().unwrap_or(Value::Null);
+                    let version = (status / 100 == 2).then(|| body["version"].as_str().map(str::to_string)).flatten();
+                    (version, by_itself, format!("{status} {body}"))
+                }
+                Err(e) => (None, false, format!("no answer: {e}")),
+            };
+            let answered_at = Instant::now();
+            history.push(Write { master, app, instances, answered_at, version, by_itself, outcome });
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        history
+    })
+}
+
+/// The leader is cut off from etcd, the other masters and the agents while a client
+/// writes through every master: it stops leading within the lease, acknowledges nothing
+/// after that, another master leads, and once the link is back there is one leader,
+/// every acknowledged write is there and no app runs more tasks than its instances.
+#[test]
+fn a_partitioned_leader_steps_down_and_no_acknowledged_write_is_lost() {
+    const APPS: &[&str] = &["/ha/part-a", "/ha/part-b"];
+    let mut ha = Ha::start("ha-partition", &MASTERS);
+    ha.start_agents(2);
+    let leader = ha.agreed_leader(&MASTERS, secs(30));
+    for app in APPS {
+        ha.cluster.api_of(&leader).post("/v2/apps", &cmd_app(app, "sleep 1000", 1)).expect_status(201);
+        ha.running_via(&leader, app, 1, secs(60));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addresses = MASTERS.iter().map(|m| (*m, ha.address(m))).collect();
+    let writer = write_history(addresses, APPS, stop.clone(), 120);
+
+    std::thread::sleep(secs(3));
+    ha.partition(&leader);
+    let partitioned_at = Instant::now();
+    let log = ha.cluster.node(&leader).log.clone();
+    let before = read(&log).matches("no longer the leader").count();
+    wait_until("the partitioned leader to step down", secs(LEASE_SECS + 5), || {
+        if read(&log).matches("no longer the leader").count() > before {
+            Ok(())
+        } else {
+            Err("it still leads".into())
+        }
+    });
+    let stepped_down = partitioned_at.elapsed();
+    eprintln!("the partitioned leader stepped down after {stepped_down:?}");
+    assert!(stepped_down < secs(LEASE_SECS + 1), "it stopped acting within the lease: {stepped_down:?}");
+    let survivors = others(&leader);
+    let second = ha.agreed_leader(&survivors, secs(20));
+    eprintln!("another leader after {:?}", partitioned_at.elapsed());
+    std::thread::sleep(secs(3));
+
+    ha.heal(&leader);
+    let healed_at = Instant::now();
+    assert_eq!(ha.agreed_leader(&MASTERS, secs(20)), second, "exactly one leader after the heal");
+    std::thread::sleep(secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let history = writer.join().expect("the writer thread");
+    let summary: Vec<String> = history
+        .iter()
+        .map(|w| {
+            let at =
+                w.answered_at.checked_duration_since(partitioned_at).map_or("before".into(), |d| format!("+{d:.1?}"));
+            format!("{at} {} {} → {}", w.master, w.app, w.outcome)
+        })
+        .collect();
+    let summary = summary.join("\n");
+    let acknowledged: Vec<&Write> = history.iter().filter(|w| w.version.is_some()).collect();
+    assert!(acknowledged.len() >= 10, "enough writes went through:\n{summary}");
+    assert!(
+        acknowledged.iter().any(|w| w.answered_at > partitioned_at && w.answered_at < healed_at),
+        "writes were acknowledged during the partition:\n{summary}"
+    );
+    // Cut off, the old leader acknowledges nothing after its lease: neither as leader nor
+    // through a proxy until the heal; afterwards only as a follower.
+    let lease_end = partitioned_at + secs(LEASE_SECS);
+    for write in acknowledged.iter().filter(|w| w.master == leader && w.answered_at > lease_end) {
+        assert!(
+            !write.by_itself && write.answered_at > healed_at,
+            "the partitioned leader acknowledged a write after its lease: {write:?}\n{summary}"
+        );
+    }
+
+    // Every acknowledged version is there; each app's scale is its last acknowledged one
+    // or one sent after it whose answer did not say (never an older one).
+    let api = ha.cluster.api_of(&second);
+    for app in APPS {
+        let versions = api.get_json(&format!("/v2/apps{app}/versions"));
+        let listed: BTreeSet<&str> =
+            versions["versions"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let writes: Vec<&Write> = history.iter().filter(|w| w.app == *app).collect();
+        for write in writes.iter().filter(|w| w.version.is_some()) {
+            let version = write.version.as_deref().expect("acknowledged");
+            assert!(listed.contains(version), "acknowledged {write:?} is missing from {versions}");
+        }
+        let last = writes.iter().rposition(|w| w.version.is_some()).expect("an acknowledged write per app");
+        let allowed: BTreeSet<u64> = writes[last..]
+            .iter()
+            .enumerate()
+            .filter(|(n, w)| *n == 0 || w.version.is_none())
+            .map(|(_, w)| w.instances)
+            .collect();
+        let current = api.get_json(&format!("/v2/apps{app}"))["app"]["instances"].as_u64().expect("instances");
+        assert!(allowed.contains(&current), "{app} has {current} instances, not one of {allowed:?}:\n{summary}");
+    }
+
+    // Once settled: each app runs exactly its instances, and the agents run exactly the
+    // tasks the leader knows (no duplicate, none left over).
+    wait_until("the deployments to settle", secs(45), || {
+        let deployments = api.try_get("/v2/deployments")?.json;
+        if deployments.as_array().is_some_and(Vec::is_empty) {
+            Ok(())
+        } else {
+            Err(deployments.to_string())
+        }
+    });
+    holds_for("every app runs its instances, and only the leader's tasks run", secs(4), || {
+        let mut known = BTreeSet::new();
+        for app in APPS {
+            let instances = api.try_get(&format!("/v2/apps{app}"))?.json["app"]["instances"].as_u64().unwrap_or(0);
+            let tasks = ha.tasks_via(&second, app);
+            let running: Vec<Value> = tasks.iter().filter(|t| t["state"] == "TASK_RUNNING").cloned().collect();
+            if running.len() as u64 != instances || tasks.len() != running.len() {
+                return Err(format!("{app}: {instances} instances, tasks {}", task_summary(&tasks)));
+            }
+            known.extend(ids(&running));
+        }
+        let on_agents: BTreeSet<String> = ha.agent_task_pids(2).into_keys().collect();
+        if on_agents == known {
+            Ok(())
+        } else {
+            Err(format!("agents run {on_agents:?}, the leader knows {known:?}"))
+        }
+    });
 }
