@@ -320,24 +320,42 @@ pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, 
     match role {
         // A request another master already proxied is not sent on again (no loops).
         Role::Following(Some(leader)) if !request.headers().contains_key(VIA) => {
+            if crate::api::event_relay::is_event_stream(&request) {
+                return crate::api::event_relay::follow(&master, &leader, request).await;
+            }
             proxy(&master, &leader, request).await.unwrap_or_else(IntoResponse::into_response)
         }
         role => not_leading(&role).into_response(),
     }
 }
 
-async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let mut outgoing = client().request(parts.method.clone(), &url);
-    for (name, value) in &parts.headers {
+/// A request to the leader carrying the client's headers (but hop-by-hop ones) and this
+/// master's `X-Marathon-Via`.
+pub fn forward(
+    master: &Master,
+    method: reqwest::Method,
+    url: &str,
+    headers: &axum::http::HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut outgoing = client().request(method, url);
+    for (name, value) in headers {
         if name != axum::http::header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
             outgoing = outgoing.header(name, value);
         }
     }
-    let via = format!("1.1 {}", master.leader);
-    outgoing = outgoing.header(VIA, &via).body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    outgoing.header(VIA, via(master))
+}
+
+fn via(master: &Master) -> String {
+    format!("1.1 {}", master.leader)
+}
+
+async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let outgoing = forward(master, parts.method.clone(), &url, &parts.headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
     // A leader that goes silent (partitioned, paused) holds a proxied request only until
     // this master sees it no longer leads.
     let mut role = master.role.subscribe();
@@ -350,6 +368,12 @@ async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Respon
              check, then retry in a few seconds"
         ))),
     };
+    Ok(relay_answer(master, leader, answer))
+}
+
+/// The leader's answer as this master's, with `X-Marathon-Leader` and `X-Marathon-Via`.
+pub fn relay_answer(master: &Master, leader: &str, answer: reqwest::Response) -> Response {
+    let via = via(master);
     let mut response = Response::builder().status(answer.status().as_u16());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
@@ -367,7 +391,7 @@ async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Respon
     let stream = answer.bytes_stream().map_err(std::io::Error::other);
     response
         .body(axum::body::Body::from_stream(stream))
-        .map_err(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")))
+        .unwrap_or_else(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")).into_response())
 }
 
 /// Returns once this master no longer names `leader` as the leader.

@@ -616,3 +616,56 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_write_is_lost() {
         }
     });
 }
+
+/// `api_post_event`s of `app` a stream has received.
+fn posts_of(stream: &EventStream, app: &str) -> usize {
+    stream
+        .snapshot()
+        .iter()
+        .filter(|(name, data)| name == "api_post_event" && data["appDefinition"]["id"] == app)
+        .count()
+}
+
+fn wait_for_post(stream: &EventStream, which: &str, app: &str) {
+    wait_until(&format!("the api_post_event of {app} on {which}'s stream"), secs(15), || {
+        if posts_of(stream, app) > 0 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", stream.names()))
+        }
+    });
+}
+
+/// Clients on the followers' `/v2/events` keep their connection when the leader is
+/// killed: one follower becomes the leader and serves its own events, the other attaches
+/// to it behind the client's back; each event arrives once, and so does the greeting.
+#[test]
+fn event_streams_on_followers_survive_the_leaders_death() {
+    let mut ha = Ha::start("ha-events", &MASTERS);
+    let leader = ha.agreed_leader(&MASTERS, secs(30));
+    let followers = others(&leader);
+    let streams: Vec<(&str, EventStream)> =
+        followers.iter().map(|f| (*f, EventStream::open(&format!("http://{}/v2/events", ha.address(f))))).collect();
+    ha.cluster.api_of(&leader).post("/v2/apps", &cmd_app("/ha/before", "sleep 1000", 0)).expect_status(201);
+    for (name, stream) in &streams {
+        wait_for_post(stream, name, "/ha/before");
+    }
+
+    ha.cluster.kill9(&leader);
+    let second = ha.agreed_leader(&followers, secs(20));
+    // Both followers already name the new leader; their streams re-attach at once.
+    std::thread::sleep(secs(1));
+    let third = followers.iter().find(|f| **f != second).expect("two survivors");
+    ha.cluster.api_of(third).post("/v2/apps", &cmd_app("/ha/after", "sleep 1000", 0)).expect_status(201);
+    for (name, stream) in &streams {
+        wait_for_post(stream, name, "/ha/after");
+    }
+    // Nothing twice.
+    std::thread::sleep(secs(1));
+    for (name, stream) in &streams {
+        let names = stream.names();
+        assert_eq!(names.iter().filter(|n| *n == "event_stream_attached").count(), 1, "{name}: {names:?}");
+        assert_eq!(posts_of(stream, "/ha/before"), 1, "{name}: {names:?}");
+        assert_eq!(posts_of(stream, "/ha/after"), 1, "{name}: {names:?}");
+    }
+}
