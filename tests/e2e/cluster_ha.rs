@@ -160,6 +160,62 @@ impl Ha {
     }
 }
 
+/// What must hold after a history of writes and faults: every acknowledged version is
+/// there; each app's scale is its last acknowledged one or one sent after it whose answer
+/// did not say (never an older one); once settled each app runs exactly its instances and
+/// the agents run exactly the tasks the leader knows (no duplicate, none left over).
+fn check_history(ha: &Ha, leader: &str, apps: &[&str], history: &[Write], summary: &str, agents: usize) {
+    let api = ha.cluster.api_of(leader);
+    for app in apps {
+        let versions = api.get_json(&format!("/v2/apps{app}/versions"));
+        let listed: BTreeSet<&str> =
+            versions["versions"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let writes: Vec<&Write> = history.iter().filter(|w| w.app == *app).collect();
+        for write in writes.iter().filter(|w| w.version.is_some()) {
+            let version = write.version.as_deref().expect("acknowledged");
+            assert!(listed.contains(version), "acknowledged {write:?} is missing from {versions}");
+        }
+        let last = writes.iter().rposition(|w| w.version.is_some()).expect("an acknowledged write per app");
+        let allowed: BTreeSet<u64> = writes[last..]
+            .iter()
+            .enumerate()
+            .filter(|(n, w)| *n == 0 || w.version.is_none())
+            .map(|(_, w)| w.instances)
+            .collect();
+        let current = api.get_json(&format!("/v2/apps{app}"))["app"]["instances"].as_u64().expect("instances");
+        assert!(allowed.contains(&current), "{app} has {current} instances, not one of {allowed:?}:\n{summary}");
+    }
+
+    // Once settled: each app runs exactly its instances, and the agents run exactly the
+    // tasks the leader knows (no duplicate, none left over).
+    wait_until("the deployments to settle", secs(45), || {
+        let deployments = api.try_get("/v2/deployments")?.json;
+        if deployments.as_array().is_some_and(Vec::is_empty) {
+            Ok(())
+        } else {
+            Err(deployments.to_string())
+        }
+    });
+    holds_for("every app runs its instances, and only the leader's tasks run", secs(4), || {
+        let mut known = BTreeSet::new();
+        for app in apps {
+            let instances = api.try_get(&format!("/v2/apps{app}"))?.json["app"]["instances"].as_u64().unwrap_or(0);
+            let tasks = ha.tasks_via(leader, app);
+            let running: Vec<Value> = tasks.iter().filter(|t| t["state"] == "TASK_RUNNING").cloned().collect();
+            if running.len() as u64 != instances || tasks.len() != running.len() {
+                return Err(format!("{app}: {instances} instances, tasks {}", task_summary(&tasks)));
+            }
+            known.extend(ids(&running));
+        }
+        let on_agents: BTreeSet<String> = ha.agent_task_pids(agents).into_keys().collect();
+        if on_agents == known {
+            Ok(())
+        } else {
+            Err(format!("agents run {on_agents:?}, the leader knows {known:?}"))
+        }
+    });
+}
+
 fn others(leader: &str) -> Vec<&'static str> {
     MASTERS.iter().copied().filter(|m| *m != leader).collect()
 }
@@ -452,7 +508,19 @@ struct Write {
     outcome: String,
 }
 
-/// Scales `apps` round-robin through every master until `stop` (at most `max` writes),
+/// One line per write, timed from `since`, for failure messages.
+fn summarize(history: &[Write], since: Instant) -> String {
+    let lines: Vec<String> = history
+        .iter()
+        .map(|w| {
+            let at = w.answered_at.checked_duration_since(since).map_or("before".into(), |d| format!("+{d:.1?}"));
+            format!("{at} {} {} → {}", w.master, w.app, w.outcome)
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// Scales `apps` through masters picked at random (a fixed seed) until `stop` (at most `max` writes),
 /// recording each answer.
 fn write_history(
     addresses: Vec<(&'static str, String)>,
@@ -468,11 +536,17 @@ fn write_history(
             .build()
             .expect("HTTP client");
         let mut history = Vec::new();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for n in 0..max {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            let (master, address) = &addresses[n % addresses.len()];
+            // xorshift64: a repeatable pick of the master.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let pick = usize::try_from(seed % addresses.len() as u64).expect("an index");
+            let (master, address) = &addresses[pick];
             let app = apps[n % apps.len()];
             let instances = u64::try_from(n % 3 + 1).expect("small");
             let url = format!("http://{address}/v2/apps{app}?force=true");
@@ -539,15 +613,7 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_write_is_lost() {
     std::thread::sleep(secs(3));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let history = writer.join().expect("the writer thread");
-    let summary: Vec<String> = history
-        .iter()
-        .map(|w| {
-            let at =
-                w.answered_at.checked_duration_since(partitioned_at).map_or("before".into(), |d| format!("+{d:.1?}"));
-            format!("{at} {} {} → {}", w.master, w.app, w.outcome)
-        })
-        .collect();
-    let summary = summary.join("\n");
+    let summary = summarize(&history, partitioned_at);
     let acknowledged: Vec<&Write> = history.iter().filter(|w| w.version.is_some()).collect();
     assert!(acknowledged.len() >= 10, "enough writes went through:\n{summary}");
     assert!(
@@ -564,57 +630,7 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_write_is_lost() {
         );
     }
 
-    // Every acknowledged version is there; each app's scale is its last acknowledged one
-    // or one sent after it whose answer did not say (never an older one).
-    let api = ha.cluster.api_of(&second);
-    for app in APPS {
-        let versions = api.get_json(&format!("/v2/apps{app}/versions"));
-        let listed: BTreeSet<&str> =
-            versions["versions"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        let writes: Vec<&Write> = history.iter().filter(|w| w.app == *app).collect();
-        for write in writes.iter().filter(|w| w.version.is_some()) {
-            let version = write.version.as_deref().expect("acknowledged");
-            assert!(listed.contains(version), "acknowledged {write:?} is missing from {versions}");
-        }
-        let last = writes.iter().rposition(|w| w.version.is_some()).expect("an acknowledged write per app");
-        let allowed: BTreeSet<u64> = writes[last..]
-            .iter()
-            .enumerate()
-            .filter(|(n, w)| *n == 0 || w.version.is_none())
-            .map(|(_, w)| w.instances)
-            .collect();
-        let current = api.get_json(&format!("/v2/apps{app}"))["app"]["instances"].as_u64().expect("instances");
-        assert!(allowed.contains(&current), "{app} has {current} instances, not one of {allowed:?}:\n{summary}");
-    }
-
-    // Once settled: each app runs exactly its instances, and the agents run exactly the
-    // tasks the leader knows (no duplicate, none left over).
-    wait_until("the deployments to settle", secs(45), || {
-        let deployments = api.try_get("/v2/deployments")?.json;
-        if deployments.as_array().is_some_and(Vec::is_empty) {
-            Ok(())
-        } else {
-            Err(deployments.to_string())
-        }
-    });
-    holds_for("every app runs its instances, and only the leader's tasks run", secs(4), || {
-        let mut known = BTreeSet::new();
-        for app in APPS {
-            let instances = api.try_get(&format!("/v2/apps{app}"))?.json["app"]["instances"].as_u64().unwrap_or(0);
-            let tasks = ha.tasks_via(&second, app);
-            let running: Vec<Value> = tasks.iter().filter(|t| t["state"] == "TASK_RUNNING").cloned().collect();
-            if running.len() as u64 != instances || tasks.len() != running.len() {
-                return Err(format!("{app}: {instances} instances, tasks {}", task_summary(&tasks)));
-            }
-            known.extend(ids(&running));
-        }
-        let on_agents: BTreeSet<String> = ha.agent_task_pids(2).into_keys().collect();
-        if on_agents == known {
-            Ok(())
-        } else {
-            Err(format!("agents run {on_agents:?}, the leader knows {known:?}"))
-        }
-    });
+    check_history(&ha, &second, APPS, &history, &summary, 2);
 }
 
 /// `api_post_event`s of `app` a stream has received.
@@ -668,4 +684,57 @@ fn event_streams_on_followers_survive_the_leaders_death() {
         assert_eq!(posts_of(stream, "/ha/before"), 1, "{name}: {names:?}");
         assert_eq!(posts_of(stream, "/ha/after"), 1, "{name}: {names:?}");
     }
+}
+
+/// A Jepsen-style history, bounded: a client scales two apps through masters picked at
+/// random while the test kills and partitions leaders and followers ten times; afterwards
+/// there is one leader, every acknowledged write is there and no app runs more tasks than
+/// its instances.
+#[test]
+fn a_history_of_writes_through_random_masters_survives_kills_and_partitions() {
+    const APPS: &[&str] = &["/ha/history-a", "/ha/history-b"];
+    const FAULTS: [&str; 4] = ["kill the leader", "partition a follower", "partition the leader", "kill a follower"];
+    let mut ha = Ha::start("ha-history", &MASTERS);
+    ha.start_agents(1);
+    let mut leader = ha.agreed_leader(&MASTERS, secs(30));
+    for app in APPS {
+        ha.cluster.api_of(&leader).post("/v2/apps", &cmd_app(app, "sleep 1000", 1)).expect_status(201);
+        ha.running_via(&leader, app, 1, secs(60));
+    }
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addresses = MASTERS.iter().map(|m| (*m, ha.address(m))).collect();
+    let writer = write_history(addresses, APPS, stop.clone(), 500);
+    for n in 0..10 {
+        let fault = FAULTS[n % FAULTS.len()];
+        let target = if fault.ends_with("leader") { leader.clone() } else { others(&leader)[n % 2].to_string() };
+        eprintln!("fault {n} at {:?}: {fault} ({target})", started.elapsed());
+        let kill = fault.starts_with("kill");
+        if kill {
+            ha.cluster.kill9(&target);
+        } else {
+            ha.partition(&target);
+        }
+        // The others agree on a leader among them: a new one when the leader was hit, the
+        // same one when a follower was.
+        let interim = ha.agreed_leader(&others(&target), secs(20));
+        if target != leader {
+            assert_eq!(interim, leader, "a fault of a follower leaves the leader in place");
+        }
+        std::thread::sleep(secs(1));
+        if kill {
+            ha.cluster.respawn(&target);
+        } else {
+            ha.heal(&target);
+        }
+        leader = ha.agreed_leader(&MASTERS, secs(30));
+    }
+    std::thread::sleep(secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let history = writer.join().expect("the writer thread");
+    let summary = summarize(&history, started);
+    let acknowledged = history.iter().filter(|w| w.version.is_some()).count();
+    eprintln!("{acknowledged} of {} writes acknowledged in {:?}", history.len(), started.elapsed());
+    assert!(acknowledged >= 20, "enough writes went through:\n{summary}");
+    check_history(&ha, &leader, APPS, &history, &summary, 1);
 }
