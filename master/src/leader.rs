@@ -6,7 +6,9 @@
 //! when the last answered one was sent, so never later than etcd ends it), when a write
 //! is refused, or on `DELETE /v2/leader`. Followers keep the core empty and proxy every
 //! API request to the leader ([`follow_leader`], Marathon's `X-Marathon-Leader` /
-//! `X-Marathon-Via`), or answer 503 while no one leads. On redb the master is [`Role::Single`].
+//! `X-Marathon-Via`; over HTTPS with this master's certificate when there is a cluster CA,
+//! whose agents are sent to the leader instead), or answer 503 while no one leads. On
+//! redb the master is [`Role::Single`].
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -320,6 +322,11 @@ pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, 
     match role {
         // A request another master already proxied is not sent on again (no loops).
         Role::Following(Some(leader)) if !request.headers().contains_key(VIA) => {
+            // The agent protocol admits an agent by its connection's certificate, which a
+            // proxy cannot pass on: the agent is sent to the leader.
+            if master.identity.is_some() && request.uri().path().starts_with("/agent/") {
+                return to_the_leader(&leader);
+            }
             if crate::api::event_relay::is_event_stream(&request) {
                 return crate::api::event_relay::follow(&master, &leader, request).await;
             }
@@ -327,6 +334,17 @@ pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, 
         }
         role => not_leading(&role).into_response(),
     }
+}
+
+/// A 503 naming the leader in `X-Marathon-Leader`, which agents then ask directly.
+fn to_the_leader(leader: &str) -> Response {
+    let message =
+        format!("this master is not the leader; agents with a certificate speak to the leader ({leader}) directly");
+    let mut response = ApiError::Unavailable(message).into_response();
+    if let Ok(value) = HeaderValue::from_str(leader) {
+        response.headers_mut().insert(HeaderName::from_static(LEADER), value);
+    }
+    response
 }
 
 /// A request to the leader carrying the client's headers (but hop-by-hop ones) and this
@@ -337,7 +355,12 @@ pub fn forward(
     url: &str,
     headers: &axum::http::HeaderMap,
 ) -> reqwest::RequestBuilder {
-    let mut outgoing = client().request(method, url);
+    // An HTTPS leader of a cluster CA: trusted by that CA, and shown this master's certificate.
+    let http = match &master.identity {
+        Some(identity) if url.starts_with("https://") => &identity.agent_client,
+        _ => client(),
+    };
+    let mut outgoing = http.request(method, url);
     for (name, value) in headers {
         if name != axum::http::header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
             outgoing = outgoing.header(name, value);

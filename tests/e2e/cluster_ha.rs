@@ -15,10 +15,18 @@ const LEASE_SECS: u64 = 3;
 struct Ha {
     cluster: Cluster,
     etcd: plinth_testkit::Etcd,
+    /// Flags every master gets besides the HA ones.
+    extra: Vec<String>,
+    /// With `--cluster-ca`: the CA the first master made and every other one shares.
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Ha {
     fn start(test: &str, masters: &[&str]) -> Ha {
+        Ha::start_with(test, masters, Vec::new())
+    }
+
+    fn start_with(test: &str, masters: &[&str], extra: Vec<String>) -> Ha {
         let mut cluster = Cluster::new(test);
         let members: Vec<plinth_testkit::etcd::Member> = (1..=3)
             .map(|n| {
@@ -27,7 +35,7 @@ impl Ha {
             })
             .collect();
         let etcd = plinth_testkit::Etcd::cluster(members).expect("start a 3-member etcd cluster");
-        let mut ha = Ha { cluster, etcd };
+        let mut ha = Ha { cluster, etcd, extra, ca: None };
         for name in masters {
             ha.start_master(name);
         }
@@ -37,6 +45,16 @@ impl Ha {
     fn start_master(&mut self, name: &str) {
         let data_dir = self.cluster.dir().join(name);
         let endpoints = self.etcd.endpoints().join(",");
+        let cluster_ca = self.extra.iter().any(|f| f == "--cluster-ca");
+        if let Some(ca) = self.ca.as_ref().filter(|_| cluster_ca) {
+            // One cluster CA for all masters: each issues its own certificate from it.
+            let ca_dir = data_dir.join("ca");
+            std::fs::create_dir_all(&ca_dir).expect("the CA dir");
+            for file in ["ca.pem", "ca.key"] {
+                std::fs::copy(ca.with_file_name(file), ca_dir.join(file)).expect("copy the cluster CA");
+            }
+        }
+        let extra = self.extra.clone();
         self.cluster.start_node(name, |host| {
             [
                 "master",
@@ -55,9 +73,22 @@ impl Ha {
             .iter()
             .map(|s| s.to_string())
             .chain(["--data-dir".into(), data_dir.display().to_string(), "--hostname".into(), host.ip.to_string()])
+            .chain(extra)
             .collect()
         });
-        let api = self.cluster.api_of(name);
+        if cluster_ca && self.ca.is_none() {
+            let ca = data_dir.join("ca").join("ca.pem");
+            wait_until(&format!("{name} to make the cluster CA"), secs(30), || {
+                self.cluster.check_nodes_alive()?;
+                if std::fs::metadata(&ca).is_ok_and(|m| m.len() > 0) {
+                    Ok(())
+                } else {
+                    Err(format!("no {}", ca.display()))
+                }
+            });
+            self.ca = Some(ca);
+        }
+        let api = self.api(name);
         wait_until(&format!("{name} to answer /ping"), secs(60), || {
             self.cluster.check_nodes_alive()?;
             api.try_get("/ping").map(drop)
@@ -68,8 +99,28 @@ impl Ha {
         format!("{}:{MASTER_PORT}", self.cluster.node(name).host.ip)
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}://{}", self.scheme(), self.address(name))
+    }
+
     fn urls(&self) -> String {
-        MASTERS.iter().map(|m| format!("http://{}", self.address(m))).collect::<Vec<_>>().join(",")
+        MASTERS.iter().map(|m| self.url(m)).collect::<Vec<_>>().join(",")
+    }
+
+    /// A master's API, over HTTPS trusting the cluster CA when there is one.
+    fn api(&self, name: &str) -> Http {
+        match &self.ca {
+            Some(ca) => Http::with_ca(self.url(name), ca),
+            None => self.cluster.api_of(name),
+        }
     }
 
     /// The master every one of `asked` names as leader, once they agree on one of them.
@@ -77,7 +128,7 @@ impl Ha {
         wait_until("the masters to agree on one leader", timeout, || {
             let mut seen = BTreeSet::new();
             for name in asked {
-                let reply = self.cluster.api_of(name).try_get("/v2/leader")?;
+                let reply = self.api(name).try_get("/v2/leader")?;
                 if reply.status != 200 {
                     return Err(format!("{name}: {} {}", reply.status, reply.text));
                 }
@@ -95,7 +146,7 @@ impl Ha {
     }
 
     fn tasks_via(&self, master: &str, app: &str) -> Vec<Value> {
-        let reply = self.cluster.api_of(master).get(&format!("/v2/apps{app}/tasks")).expect_status(200);
+        let reply = self.api(master).get(&format!("/v2/apps{app}/tasks")).expect_status(200);
         reply.json["tasks"].as_array().cloned().unwrap_or_default()
     }
 
@@ -122,7 +173,7 @@ impl Ha {
         let leader = self.agreed_leader(&MASTERS, secs(30));
         wait_until(&format!("{count} agents to register"), secs(60), || {
             self.cluster.check_nodes_alive()?;
-            let reply = self.cluster.api_of(&leader).try_get("/master/slaves")?;
+            let reply = self.api(&leader).try_get("/master/slaves")?;
             let active =
                 reply.json["slaves"].as_array().map_or(0, |s| s.iter().filter(|a| a["active"] == true).count());
             if active == count {
@@ -737,4 +788,57 @@ fn a_history_of_writes_through_random_masters_survives_kills_and_partitions() {
     eprintln!("{acknowledged} of {} writes acknowledged in {:?}", history.len(), started.elapsed());
     assert!(acknowledged >= 20, "enough writes went through:\n{summary}");
     check_history(&ha, &leader, APPS, &history, &summary, 1);
+}
+
+/// Masters sharing one cluster CA serve HTTPS: a follower proxies to the leader trusting
+/// that CA and presenting its own master certificate, and sends an agent that asks it to
+/// the leader (the agent protocol admits by the connection's certificate, which no proxy
+/// can pass on). The agent keeps its certificate, and its task, through a failover.
+#[test]
+fn masters_with_a_cluster_ca_proxy_over_https_and_send_agents_to_the_leader() {
+    let secrets = tempfile::tempdir().expect("a secrets dir");
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "ha-mtls-join-secret-7d21\n").expect("write the token");
+    let token = token.display().to_string();
+    let extra = ["--cluster-ca", "--token-file", &token].map(String::from).to_vec();
+    let mut ha = Ha::start_with("ha-mtls", &MASTERS, extra);
+    let ca = ha.ca.clone().expect("the cluster CA");
+    let leader = ha.agreed_leader(&MASTERS, secs(30));
+    let follower = others(&leader)[0];
+
+    // A write through a follower, over HTTPS both ways.
+    ha.api(follower).post("/v2/apps", &cmd_app("/ha/tls", "sleep 1000", 1)).expect_status(201);
+    let pem = std::fs::read(&ca).expect("read ca.pem");
+    let proxied = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("the CA certificate")])
+        .build()
+        .expect("HTTP client")
+        .get(format!("{}/v2/apps/ha/tls", ha.url(follower)))
+        .send()
+        .expect("GET through the follower");
+    assert_eq!(proxied.status().as_u16(), 200);
+    let named = proxied.headers().get("x-marathon-leader").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(named, Some(ha.url(&leader)), "{:?}", proxied.headers());
+
+    // An agent that lists a follower first joins, gets its certificate and registers.
+    let third = others(&leader)[1];
+    let masters = [follower, leader.as_str(), third].map(|m| ha.url(m)).join(",");
+    let ca_arg = ca.display().to_string();
+    let agent_token = token.clone();
+    ha.cluster.start_agent_of("agent-1", masters, move |_| {
+        vec!["--ca-file".into(), ca_arg, "--token-file".into(), agent_token]
+    });
+    let before = ha.running_via(&leader, "/ha/tls", 1, secs(60));
+    assert!(ha.cluster.dir().join("agent-1").join("tls").join("node.key").exists(), "the agent has a certificate");
+
+    // kill -9 of the leader: the agent speaks mutual TLS with the next one, which knows
+    // the task and places a new one there.
+    ha.cluster.kill9(&leader);
+    let second = ha.agreed_leader(&others(&leader), secs(20));
+    let after = ha.running_via(&second, "/ha/tls", 1, secs(30));
+    assert_eq!(ids(&after), ids(&before), "the same task: {}", task_summary(&after));
+    ha.api(&second).put("/v2/apps/ha/tls", &json!({"instances": 2})).expect_status(200);
+    let scaled = ha.running_via(&second, "/ha/tls", 2, secs(60));
+    assert!(ids(&before).is_subset(&ids(&scaled)), "{}", task_summary(&scaled));
 }
