@@ -705,9 +705,10 @@ fn wait_for_post(stream: &EventStream, which: &str, app: &str) {
 
 /// Clients on the followers' `/v2/events` keep their connection when the leader is
 /// killed: one follower becomes the leader and serves its own events, the other attaches
-/// to it behind the client's back; each event arrives once, and so does the greeting.
+/// to it behind the client's back; when that leader abdicates the roles swap again. Each
+/// event arrives once, and so does the greeting.
 #[test]
-fn event_streams_on_followers_survive_the_leaders_death() {
+fn event_streams_on_followers_survive_a_kill_and_an_abdication() {
     let mut ha = Ha::start("ha-events", &MASTERS);
     let leader = ha.agreed_leader(&MASTERS, secs(30));
     let followers = others(&leader);
@@ -727,13 +728,26 @@ fn event_streams_on_followers_survive_the_leaders_death() {
     for (name, stream) in &streams {
         wait_for_post(stream, name, "/ha/after");
     }
+
+    // The new leader abdicates: the stream it served from its own bus now relays the
+    // other master's, and the one it relayed is served by that master itself.
+    ha.api(&second).delete("/v2/leader").expect_status(200);
+    let fourth = ha.agreed_leader(&followers, secs(20));
+    assert_eq!(fourth, *third, "the other survivor leads");
+    std::thread::sleep(secs(1));
+    ha.api(&second).post("/v2/apps", &cmd_app("/ha/abdicated", "sleep 1000", 0)).expect_status(201);
+    for (name, stream) in &streams {
+        wait_for_post(stream, name, "/ha/abdicated");
+    }
+
     // Nothing twice.
     std::thread::sleep(secs(1));
     for (name, stream) in &streams {
         let names = stream.names();
         assert_eq!(names.iter().filter(|n| *n == "event_stream_attached").count(), 1, "{name}: {names:?}");
-        assert_eq!(posts_of(stream, "/ha/before"), 1, "{name}: {names:?}");
-        assert_eq!(posts_of(stream, "/ha/after"), 1, "{name}: {names:?}");
+        for app in ["/ha/before", "/ha/after", "/ha/abdicated"] {
+            assert_eq!(posts_of(stream, app), 1, "{name}, {app}: {names:?}");
+        }
     }
 }
 
