@@ -6,7 +6,9 @@
 //! when the last answered one was sent, so never later than etcd ends it), when a write
 //! is refused, or on `DELETE /v2/leader`. Followers keep the core empty and proxy every
 //! API request to the leader ([`follow_leader`], Marathon's `X-Marathon-Leader` /
-//! `X-Marathon-Via`), or answer 503 while no one leads. On redb the master is [`Role::Single`].
+//! `X-Marathon-Via`; over HTTPS with this master's certificate when there is a cluster CA,
+//! whose agents are sent to the leader instead), or answer 503 while no one leads. On
+//! redb the master is [`Role::Single`].
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -131,10 +133,19 @@ async fn term(master: &Arc<Master>, stale: &mut Option<i64>) -> Result<(), etcd_
     let (lost_tx, mut lost) = tokio::sync::watch::channel(false);
     let watchdog_deadline = deadline.clone();
     let keep_alive = tokio::spawn(async move {
+        let deadline_now = || *watchdog_deadline.lock().expect("the deadline lock is never poisoned");
         loop {
-            tokio::time::sleep(ttl / 3).await;
+            // Neither the pause nor the wait for an answer runs past the deadline: the lead
+            // ends the moment the lease may have (a partition is noticed within the TTL).
+            let until = (Instant::now() + ttl / 3).min(deadline_now());
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             let sent = Instant::now();
-            let answered = tokio::time::timeout(ttl / 3, async {
+            if sent >= deadline_now() {
+                let _ = lost_tx.send(true);
+                return;
+            }
+            let wait = (ttl / 3).min(deadline_now().saturating_duration_since(sent));
+            let answered = tokio::time::timeout(wait, async {
                 keeper.keep_alive().await?;
                 answers.message().await
             })
@@ -311,27 +322,81 @@ pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, 
     match role {
         // A request another master already proxied is not sent on again (no loops).
         Role::Following(Some(leader)) if !request.headers().contains_key(VIA) => {
+            // The agent protocol admits an agent by its connection's certificate, which a
+            // proxy cannot pass on: the agent is sent to the leader.
+            if master.identity.is_some() && request.uri().path().starts_with("/agent/") {
+                return to_the_leader(&leader);
+            }
+            if crate::api::event_relay::is_event_stream(&request) {
+                return crate::api::event_relay::follow(&master, &leader, request).await;
+            }
             proxy(&master, &leader, request).await.unwrap_or_else(IntoResponse::into_response)
         }
         role => not_leading(&role).into_response(),
     }
 }
 
-async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let mut outgoing = client().request(parts.method.clone(), &url);
-    for (name, value) in &parts.headers {
+/// A 503 naming the leader in `X-Marathon-Leader`, which agents then ask directly.
+fn to_the_leader(leader: &str) -> Response {
+    let message =
+        format!("this master is not the leader; agents with a certificate speak to the leader ({leader}) directly");
+    let mut response = ApiError::Unavailable(message).into_response();
+    if let Ok(value) = HeaderValue::from_str(leader) {
+        response.headers_mut().insert(HeaderName::from_static(LEADER), value);
+    }
+    response
+}
+
+/// A request to the leader carrying the client's headers (but hop-by-hop ones) and this
+/// master's `X-Marathon-Via`.
+pub fn forward(
+    master: &Master,
+    method: reqwest::Method,
+    url: &str,
+    headers: &axum::http::HeaderMap,
+) -> reqwest::RequestBuilder {
+    // An HTTPS leader of a cluster CA: trusted by that CA, and shown this master's certificate.
+    let http = match &master.identity {
+        Some(identity) if url.starts_with("https://") => &identity.agent_client,
+        _ => client(),
+    };
+    let mut outgoing = http.request(method, url);
+    for (name, value) in headers {
         if name != axum::http::header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
             outgoing = outgoing.header(name, value);
         }
     }
-    let via = format!("1.1 {}", master.leader);
-    outgoing = outgoing.header(VIA, &via).body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    let answer = outgoing.send().await.map_err(|e| {
-        ApiError::Unavailable(format!("the leader {leader} did not answer: {}; retry in a few seconds", error_text(&e)))
-    })?;
+    outgoing.header(VIA, via(master))
+}
+
+fn via(master: &Master) -> String {
+    format!("1.1 {}", master.leader)
+}
+
+async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let outgoing = forward(master, parts.method.clone(), &url, &parts.headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    // A leader that goes silent (partitioned, paused) holds a proxied request only until
+    // this master sees it no longer leads.
+    let mut role = master.role.subscribe();
+    let answer = tokio::select! {
+        answer = outgoing.send() => answer.map_err(|e| {
+            ApiError::Unavailable(format!("the leader {leader} did not answer: {}; retry in a few seconds", error_text(&e)))
+        })?,
+        () = until_not_following(&mut role, leader) => return Err(ApiError::Unavailable(format!(
+            "the leader {leader} stopped leading before it answered (the request may or may not have been carried out); \
+             check, then retry in a few seconds"
+        ))),
+    };
+    Ok(relay_answer(master, leader, answer))
+}
+
+/// The leader's answer as this master's, with `X-Marathon-Leader` and `X-Marathon-Via`.
+pub fn relay_answer(master: &Master, leader: &str, answer: reqwest::Response) -> Response {
+    let via = via(master);
     let mut response = Response::builder().status(answer.status().as_u16());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
@@ -349,7 +414,19 @@ async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Respon
     let stream = answer.bytes_stream().map_err(std::io::Error::other);
     response
         .body(axum::body::Body::from_stream(stream))
-        .map_err(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")))
+        .unwrap_or_else(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")).into_response())
+}
+
+/// Returns once this master no longer names `leader` as the leader.
+pub async fn until_not_following(role: &mut tokio::sync::watch::Receiver<Role>, leader: &str) {
+    loop {
+        if !matches!(&*role.borrow_and_update(), Role::Following(Some(current)) if current == leader) {
+            return;
+        }
+        if role.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 fn error_text(e: &reqwest::Error) -> String {

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,8 +24,27 @@ use crate::shell::Master;
 use crate::store::Subscription;
 use plinth_scheduler::Event;
 
-fn sse(event: &Event) -> SseEvent {
+pub(crate) fn sse(event: &Event) -> SseEvent {
     SseEvent::default().event(event.event_type.clone()).data(event.payload.to_string())
+}
+
+/// Which events a stream passes: Marathon's types only (`/v2/events`) or all, and the
+/// `event_type` filter.
+#[derive(Debug, Clone)]
+pub(crate) struct Selection {
+    marathon_only: bool,
+    types: Vec<String>,
+}
+
+impl Selection {
+    pub(crate) fn of(params: &Params, marathon_only: bool) -> Selection {
+        Selection { marathon_only, types: params.all("event_type") }
+    }
+
+    pub(crate) fn passes(&self, event: &Event) -> bool {
+        (!self.marathon_only || is_marathon_event(&event.event_type))
+            && (self.types.is_empty() || self.types.iter().any(|t| t == &event.event_type))
+    }
 }
 
 /// `GET /v2/events[?event_type=...]`: `event_stream_attached` first, then every event
@@ -35,8 +54,21 @@ pub async fn stream(
     State(master): State<Arc<Master>>,
     params: Params,
     client: ClientAddr,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    attach(&master, &params, client, true)
+    request: Request,
+) -> Response {
+    open(&master, &params, client, &request, true)
+}
+
+/// On etcd the stream follows the lead (`event_relay.rs`), unless a follower opened it:
+/// that follower's relay moves on by itself.
+fn open(master: &Arc<Master>, params: &Params, client: ClientAddr, request: &Request, marathon_only: bool) -> Response {
+    let selection = Selection::of(params, marathon_only);
+    if master.etcd.is_some() && !request.headers().contains_key(crate::leader::VIA) {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let remote = client.0.map(|a| a.to_string()).unwrap_or_default();
+        return super::event_relay::lead(master, request.headers(), path, selection, remote);
+    }
+    attach(master, selection, client).into_response()
 }
 
 /// `GET /v1/events[?event_type=...]`: like `/v2/events`, with Plinth's own events
@@ -45,27 +77,25 @@ pub async fn stream_all(
     State(master): State<Arc<Master>>,
     params: Params,
     client: ClientAddr,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    attach(&master, &params, client, false)
+    request: Request,
+) -> Response {
+    open(&master, &params, client, &request, false)
 }
 
 fn attach(
     master: &Master,
-    params: &Params,
+    selection: Selection,
     client: ClientAddr,
-    marathon_only: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let filter = params.all("event_type");
     // Subscribe before answering so nothing published after attach is missed.
     let receiver = master.events.subscribe();
     let remote = client.0.map(|a| a.to_string()).unwrap_or_default();
     let attached = Event::of(Timestamp::now(), &EventStreamAttached { remote_address: remote.clone() });
-    tracing::debug!(remote_address = %remote, marathon_only, "event stream attached");
+    tracing::debug!(remote_address = %remote, marathon_only = selection.marathon_only, "event stream attached");
     let first = futures::stream::iter([Ok(sse(&attached))]);
     let events = BroadcastStream::new(receiver).filter_map(move |item| {
         let out = match item {
-            Ok(event) if marathon_only && !is_marathon_event(&event.event_type) => None,
-            Ok(event) if filter.is_empty() || filter.iter().any(|f| f == &event.event_type) => Some(Ok(sse(&event))),
+            Ok(event) if selection.passes(&event) => Some(Ok(sse(&event))),
             Ok(_) => None,
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 tracing::warn!(skipped = n, "an event stream client is too slow; events skipped");

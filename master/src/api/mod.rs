@@ -27,6 +27,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod dns;
+pub mod event_relay;
 pub mod events;
 pub mod group_body;
 pub mod groups;
