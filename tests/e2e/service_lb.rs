@@ -2,7 +2,8 @@
 //! (the Marathon tutorial's `hello-sinatra` on 9000, from the greeter image), from other
 //! hosts and from tasks on `127.0.0.1`; no request fails while the app scales, restarts
 //! and scales down; unhealthy tasks get no traffic; a lost agent's backends leave the
-//! others' balancers; a port with no backend refuses a flood of connections at once.
+//! others' balancers; a port with no backend refuses a flood of connections at once;
+//! `--service-ports` sets the range ports are assigned from.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -401,4 +402,40 @@ fn plinth_standalone_balances_an_assigned_service_port_too() {
             Err(format!("status {}", reply.status))
         }
     });
+}
+
+#[test]
+fn the_master_assigns_service_ports_from_its_configured_range_and_refuses_ports_beyond_it() {
+    for (value, says) in [("9-3", "starts above its end"), ("abc", "is not a range"), ("0-10", "'0' is not a port")] {
+        let out = plinth(&["master", "--service-ports", value], &[]);
+        assert_eq!(out.status.code(), Some(2), "--service-ports {value} is a usage error");
+        assert!(stderr(&out).contains(says) && stderr(&out).contains("--service-ports"), "{value}: {}", stderr(&out));
+    }
+    let out = plinth(&["standalone"], &[("PLINTH_SERVICE_PORTS", "31000-31010")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("overlaps the agents' default task host ports 31000-32000"), "{}", stderr(&out));
+
+    let mut cluster = Cluster::new("lb-port-range");
+    cluster.start_master(&["--service-ports", "15000-15009"]);
+    let api = cluster.api();
+    let app = |id: &str, port: u16| {
+        json!({"id": id, "cmd": "sleep 600", "cpus": 0.1, "mem": 16, "instances": 0,
+        "portDefinitions": [{"port": port}]})
+    };
+    let created = api.post("/v2/apps", &app("/first", 0)).expect_status(201);
+    assert_eq!(created.json["portDefinitions"][0]["port"], json!(15000), "{}", created.text);
+    // Above the range: the agents' host ports live there.
+    let refused = api.post("/v2/apps", &app("/beyond", 15010)).expect_status(422);
+    let said = refused.json["details"][0]["errors"][0].as_str().unwrap_or_default().to_string();
+    assert!(said.contains("15010") && said.contains("15000-15009"), "{}", refused.text);
+    assert_eq!(refused.json["message"], json!("Object is not valid"), "{}", refused.text);
+    api.get("/v2/apps/beyond").expect_status(404);
+    // The ten ports of the range, then none left.
+    for i in 1..10 {
+        let created = api.post("/v2/apps", &app(&format!("/app-{i}"), 0)).expect_status(201);
+        let port = created.json["portDefinitions"][0]["port"].as_u64().unwrap_or(0);
+        assert!((15_001..=15_009).contains(&port), "{}", created.text);
+    }
+    let full = api.post("/v2/apps", &app("/one-too-many", 0)).expect_status(422);
+    assert!(full.text.contains("No service port left in 15000-15009"), "{}", full.text);
 }
