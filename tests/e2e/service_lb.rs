@@ -439,3 +439,122 @@ fn the_master_assigns_service_ports_from_its_configured_range_and_refuses_ports_
     let full = api.post("/v2/apps", &app("/one-too-many", 0)).expect_status(422);
     assert!(full.text.contains("No service port left in 15000-15009"), "{}", full.text);
 }
+
+/// A UDP echo command task on `$PORT0`: answers each datagram with `TASK_ID DATA`.
+const UDP_ECHO: &str = r#"exec python3 -c '
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(os.environ["PORT0"])))
+me = os.environ["MESOS_TASK_ID"].encode()
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(me + b" " + data, peer)
+'"#;
+const UDP_SERVICE_PORT: u16 = 10_053;
+
+/// One datagram to `ip:UDP_SERVICE_PORT` from `socket`: the task that echoed it (`None`: no answer in 2 s).
+fn udp_ask(socket: &std::net::UdpSocket, ip: &str, word: &str) -> Option<String> {
+    socket.set_read_timeout(Some(secs(2))).expect("a read timeout");
+    socket.send_to(word.as_bytes(), format!("{ip}:{UDP_SERVICE_PORT}")).expect("a datagram sent");
+    let mut buf = [0u8; 512];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (task, echoed) = answer.split_once(' ')?;
+    (echoed == word).then(|| task.to_string())
+}
+
+fn udp_client() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("0.0.0.0:0").expect("a client socket")
+}
+
+/// Waits until every agent's balancer serves the UDP port over exactly `count` backends.
+fn wait_for_udp_backends(cluster: &Cluster, agents: &[&str], count: usize) {
+    wait_until(&format!("{count} backends on {UDP_SERVICE_PORT}/udp in every balancer"), secs(60), || {
+        cluster.check_nodes_alive()?;
+        for agent in agents {
+            let view = lb(cluster, agent);
+            let frontend = view["frontends"].as_array().and_then(|f| {
+                f.iter().find(|f| f["port"] == json!(UDP_SERVICE_PORT) && f["protocol"] == json!("udp")).cloned()
+            });
+            let n = frontend.as_ref().and_then(|f| f["backends"].as_array()).map(Vec::len);
+            if n != Some(count) {
+                return Err(format!("{agent}: {frontend:?}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_udp_service_port_echoes_through_every_agent_follows_the_app_and_closes_with_it() {
+    let cluster = Cluster::start("lb-udp", 2);
+    let agents = ["agent-1", "agent-2"];
+    let ips: Vec<String> = agents.iter().map(|a| cluster.node(a).host.ip.to_string()).collect();
+    // agent-2 runs none of its tasks.
+    let app = json!({"id": "/udp-echo", "cmd": UDP_ECHO, "cpus": 0.1, "mem": 32,
+        "constraints": [["hostname", "CLUSTER", "agent-1"]],
+        "portDefinitions": [{"port": UDP_SERVICE_PORT, "protocol": "udp", "name": "echo"}]});
+    let first = cluster.deploy(&app).remove(0);
+    assert_eq!(first["servicePorts"], json!([UDP_SERVICE_PORT]), "{first}");
+    let first_id = str_field(&first, "id").to_string();
+    wait_for_udp_backends(&cluster, &agents, 1);
+    for ip in &ips {
+        let client = udp_client();
+        let task = wait_until(&format!("an echo through {ip}"), secs(20), || {
+            udp_ask(&client, ip, "hello").ok_or_else(|| "no answer".to_string())
+        });
+        assert_eq!(task, first_id, "through {ip}");
+    }
+
+    // Two tasks: flows from many client ports are all answered, and spread over both.
+    cluster.api().put("/v2/apps/udp-echo", &json!({"instances": 2})).expect_status(200);
+    cluster.wait_for_running("/udp-echo", 2, secs(60));
+    wait_for_udp_backends(&cluster, &agents, 2);
+    let clients: Vec<std::net::UdpSocket> = (0..8).map(|_| udp_client()).collect();
+    let mut answered_by = std::collections::BTreeSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        for ip in &ips {
+            let word = format!("flow{i}");
+            let task = udp_ask(client, ip, &word).unwrap_or_else(|| panic!("client {i} through {ip}: no answer"));
+            answered_by.insert(task);
+        }
+    }
+    assert_eq!(answered_by.len(), 2, "both tasks answer: {answered_by:?}");
+
+    // Back to one: the flows that went to the drained task move to the one left.
+    cluster.api().put("/v2/apps/udp-echo", &json!({"instances": 1})).expect_status(200);
+    wait_for_udp_backends(&cluster, &agents, 1);
+    let left = cluster.wait_for_running("/udp-echo", 1, secs(60));
+    let left_id = str_field(&left[0], "id").to_string();
+    for (i, client) in clients.iter().enumerate() {
+        for ip in &ips {
+            let task = udp_ask(client, ip, "again").unwrap_or_else(|| panic!("client {i} through {ip}: no answer"));
+            assert_eq!(task, left_id, "client {i} through {ip}");
+        }
+    }
+
+    // Deleted: the port answers nothing, and no socket holds it on any agent.
+    cluster.api().delete("/v2/apps/udp-echo").expect_status(200);
+    wait_until("the UDP port to leave every balancer", secs(30), || {
+        for agent in agents {
+            let view = lb(&cluster, agent);
+            if view["frontends"].as_array().is_some_and(|f| f.iter().any(|f| f["port"] == json!(UDP_SERVICE_PORT))) {
+                return Err(format!("{agent}: {view}"));
+            }
+        }
+        Ok(())
+    });
+    for (agent, ip) in agents.iter().zip(&ips) {
+        assert_eq!(udp_ask(&clients[0], ip, "gone"), None, "through {agent}");
+        let netns = &cluster.node(agent).host.netns;
+        let sockets = wait_until(&format!("{agent} to free {UDP_SERVICE_PORT}/udp"), secs(5), || {
+            let listing = sh("ip", &["netns", "exec", netns, "ss", "-Hanu", &format!("sport = :{UDP_SERVICE_PORT}")]);
+            if listing.trim().is_empty() {
+                Ok(listing)
+            } else {
+                Err(listing)
+            }
+        });
+        assert!(sockets.is_empty());
+    }
+}

@@ -184,6 +184,66 @@ async fn udp_datagrams_are_forwarded_per_flow_and_answered() {
     assert_eq!(view.frontends[0].backends[0].bytes_out, 6);
 }
 
+/// A UDP backend answering each datagram with `NAME DATA`.
+async fn named_udp_backend(name: &'static str) -> u16 {
+    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let answer = [name.as_bytes(), b" ", &buf[..n]].concat();
+            let _ = socket.send_to(&answer, from).await;
+        }
+    });
+    port
+}
+
+async fn udp_ask(client: &UdpSocket, word: &str) -> String {
+    client.send(word.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.expect("an answer").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_udp_flow_leaves_a_drained_backend_and_a_closed_port_is_free_at_once() {
+    let (a, b) = (named_udp_backend("a").await, named_udp_backend("b").await);
+    let port = free_port();
+    let lb = balancer(None);
+    let table = |generation, backends: &[(&str, u16)]| ServiceTable {
+        generation,
+        services: vec![service(port, ServiceProtocol::Udp, None, backends)],
+    };
+    lb.apply(table(1, &[("ta", a)]));
+    let client = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    client.connect(SocketAddr::new(LOOPBACK, port)).await.unwrap();
+    assert_eq!(udp_ask(&client, "one").await, "a one");
+    // The task is drained: the same client's next datagram goes to the backend left.
+    lb.apply(table(2, &[("tb", b)]));
+    assert_eq!(udp_ask(&client, "two").await, "b two");
+    // The old flow ends once quiet, so the drain does not wait for the idle timeout.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while lb.drained_generation() != Some(2) {
+            lb.drain_progress().await;
+        }
+    })
+    .await
+    .expect("the drained backend's flow ends");
+    assert_eq!(udp_ask(&client, "three").await, "b three");
+    // The app goes: its port is free for anyone at once, although a flow was open.
+    lb.apply(ServiceTable { generation: 3, services: vec![] });
+    let rebound = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match UdpSocket::bind((LOOPBACK, port)).await {
+                Ok(socket) => return socket,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    assert!(rebound.is_ok(), "the service port is still bound after its app left");
+}
+
 #[tokio::test]
 async fn the_http_frontend_routes_by_host_to_the_vhost_s_service_port() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
