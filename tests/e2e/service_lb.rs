@@ -1,9 +1,11 @@
 //! Service ports end to end: every agent's balancer answers every app's service port
 //! (the Marathon tutorial's `hello-sinatra` on 9000, from the greeter image), from other
 //! hosts and from tasks on `127.0.0.1`; no request fails while the app scales, restarts
-//! and scales down; unhealthy tasks get no traffic; a lost agent's backends leave the
-//! others' balancers; a port with no backend refuses a flood of connections at once;
-//! `--service-ports` sets the range ports are assigned from.
+//! and scales down, and at most the one in flight when a task is killed with `kill -9`;
+//! unhealthy tasks get no traffic; a lost agent's backends leave the others' balancers; a
+//! port with no backend refuses a flood of connections at once; a UDP service port echoes
+//! through every agent and closes with its app; `--service-ports` sets the range ports
+//! are assigned from.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
