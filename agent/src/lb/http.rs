@@ -17,7 +17,9 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -113,7 +115,11 @@ async fn route(
         return answer(StatusCode::SERVICE_UNAVAILABLE, format!("no app serves {host}"));
     };
     forwarded_for(&mut request, peer);
+    let version = request.version();
     let client_upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    if client_upgrade.is_none() {
+        strip_hop_by_hop(request.headers_mut());
+    }
     let mut slot = upstream.lock().await;
     if !slot.as_ref().is_some_and(|u| u.serves(&frontend)) {
         // Let go of the old one first: its backend may be draining.
@@ -129,6 +135,11 @@ async fn route(
                 if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (response.status(), client_upgrade) {
                     let backend_side = hyper::upgrade::on(&mut response);
                     tokio::spawn(tunnel(client_side, backend_side, slot.take()));
+                } else {
+                    // The client's connection keeps its own terms (an HTTP/1.0 backend closing
+                    // after each answer does not close a keep-alive client).
+                    strip_hop_by_hop(response.headers_mut());
+                    *response.version_mut() = version;
                 }
                 return response.map(Either::Left);
             }
@@ -182,6 +193,27 @@ fn wants_upgrade(request: &Request<Incoming>) -> bool {
     let connection = request.headers().get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok());
     request.headers().contains_key(UPGRADE)
         && connection.flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the headers that speak of one connection only (RFC 9110 7.6.1): each side of
+/// the proxy has its own; hyper frames each body anew.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
 }
 
 /// The request's host (`Host`, else an absolute URI's), lower case and without its port.

@@ -286,17 +286,43 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// One request on an open connection: the status line and the body of the answer.
+/// One request on an open connection: the status line and the body of the answer
+/// (`Content-Length` or chunked).
 async fn exchange(s: &mut TcpStream, request: &str) -> (String, String) {
     s.write_all(request.as_bytes()).await.unwrap();
     let head = tokio::time::timeout(Duration::from_secs(5), read_head(s)).await.expect("an answer").unwrap();
-    let length = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .map_or(0, |(_, v)| v.trim().parse::<usize>().unwrap());
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).await.unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.trim())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding") == Some("chunked") {
+        loop {
+            let size_line = read_line(s).await;
+            let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            s.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body.resize(header("content-length").map_or(0, |v| v.parse().unwrap()), 0);
+        s.read_exact(&mut body).await.unwrap();
+    }
     (head.lines().next().unwrap_or_default().to_string(), String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 fn vhost_service(app: &str, vhosts: &[&str], backends: &[(&str, u16)]) -> Service {
@@ -345,6 +371,37 @@ async fn the_http_frontend_routes_each_request_of_a_keep_alive_connection_by_its
     let a_view = view.frontends.iter().find(|f| f.app_id.as_str() == "/web").unwrap();
     assert_eq!(a_view.backends[0].total_connections, 2, "a new upstream connection each time the host changed");
     assert!(a_view.backends[0].bytes_out > 0 && a_view.backends[0].bytes_in > 0, "{view:?}");
+}
+
+/// An HTTP/1.0 backend: one request per connection, answered with `NAME`, then closed.
+async fn http10_backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            if read_head(&mut s).await.is_ok() {
+                let answer = format!("HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n{name}");
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_stays_connected_to_a_backend_that_closes_after_each_answer() {
+    let old = http10_backend("old-style").await;
+    let http_port = free_port();
+    let lb = Balancer::new(LbSettings { enabled: true, group: None, bind: LOOPBACK, http_port: Some(http_port) });
+    lb.apply(ServiceTable { generation: 1, services: vec![vhost_service("/web", &["a.example"], &[("t", old)])] });
+    let mut s = TcpStream::connect(SocketAddr::new(LOOPBACK, http_port)).await.unwrap();
+    for _ in 0..3 {
+        let (status, body) = exchange(&mut s, "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "old-style"));
+    }
+    let view = lb.view();
+    assert_eq!(view.frontends[0].backends[0].total_connections, 3, "one backend connection per request");
+    assert_eq!(view.frontends[0].backends[0].failures, 0, "{view:?}");
 }
 
 #[tokio::test]
