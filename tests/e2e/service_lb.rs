@@ -5,7 +5,7 @@
 //! unhealthy tasks get no traffic; a lost agent's backends leave the others' balancers; a
 //! port with no backend refuses a flood of connections at once; a UDP service port echoes
 //! through every agent and closes with its app; `--service-ports` sets the range ports
-//! are assigned from.
+//! are assigned from; `--lb-http-port` routes each request of a connection by its host.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -597,4 +597,64 @@ fn a_udp_service_port_echoes_through_every_agent_follows_the_app_and_closes_with
         });
         assert!(sockets.is_empty());
     }
+}
+
+/// A command app serving `NAME` at `/` (Python's HTTP/1.0 server) for `HAPROXY_0_VHOST` = `vhost`.
+fn vhost_app(name: &str, vhost: &str) -> Value {
+    json!({"id": format!("/{name}"), "cpus": 0.1, "mem": 32, "portDefinitions": [{"port": 0}],
+        "labels": {"HAPROXY_0_VHOST": vhost},
+        "cmd": format!("mkdir -p www && echo {name} > www/index.html && cd www && exec python3 -m http.server $PORT0")})
+}
+
+/// One request on an open connection to the HTTP frontend: the status line and the body.
+fn vhost_request(stream: &mut TcpStream, host: &str) -> Result<(String, String), String> {
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).map_err(|e| format!("reading the answer for {host}: {e}"))?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| format!("no length: {head}"))?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok((head.lines().next().unwrap_or_default().to_string(), String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+#[test]
+fn the_http_frontend_routes_each_request_of_a_keep_alive_connection_to_its_vhost_s_app() {
+    let mut cluster = Cluster::new("lb-vhost");
+    cluster.start_master(&[]);
+    cluster.start_agent("agent-1", &["--lb-http-port", "80"]);
+    cluster.wait_for_agents(1);
+    cluster.deploy(&vhost_app("site-a", "a.example"));
+    cluster.deploy(&vhost_app("site-b", "b.example,www.b.example"));
+    let addr: SocketAddr = format!("{}:80", cluster.node("agent-1").host.ip).parse().unwrap();
+    let connect = || {
+        let stream = TcpStream::connect_timeout(&addr, secs(5)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(secs(10))).map_err(|e| e.to_string())?;
+        Ok::<_, String>(stream)
+    };
+    wait_until("both vhosts to answer on port 80", secs(60), || {
+        for (host, name) in [("a.example", "site-a"), ("b.example", "site-b")] {
+            let answer = vhost_request(&mut connect()?, host)?;
+            if answer.1 != name {
+                return Err(format!("{host}: {answer:?}"));
+            }
+        }
+        Ok(())
+    });
+    // One connection, hosts in turn: every request reaches the app its host names.
+    let mut stream = connect().expect("a connection to the HTTP frontend");
+    for (host, name) in [("a.example", "site-a"), ("WWW.B.example:80", "site-b"), ("a.example", "site-a")] {
+        let answer = vhost_request(&mut stream, host).expect("an answer on the kept connection");
+        assert_eq!(answer, ("HTTP/1.1 200 OK".to_string(), name.to_string()), "Host: {host}");
+    }
+    let unknown = vhost_request(&mut stream, "nobody.example").expect("an answer");
+    assert_eq!(unknown, ("HTTP/1.1 503 Service Unavailable".to_string(), "no app serves nobody.example".to_string()));
 }
