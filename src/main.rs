@@ -141,6 +141,10 @@ struct MasterArgs {
     /// joining) get a round at once whatever this says.
     #[arg(long, env = "PLINTH_TICK_MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     tick_ms: u64,
+    /// Cluster-wide service ports: `servicePort: 0` / `port: 0` get a free one of START-END,
+    /// and an explicit one above END is refused (the agents' task host ports lie above).
+    #[arg(long, env = "PLINTH_SERVICE_PORTS", value_name = "START-END", default_value = "10000-20000", value_parser = parse_service_ports)]
+    service_ports: (u16, u16),
     /// Address the image registry (pull-through cache, push target) listens on.
     #[arg(long, env = "PLINTH_REGISTRY_LISTEN", default_value = "0.0.0.0:5000")]
     registry_listen: SocketAddr,
@@ -212,6 +216,25 @@ struct EtcdArgs {
     /// Seconds of the leader's etcd lease: a leader silent this long is replaced.
     #[arg(long, env = "PLINTH_LEADER_LEASE_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     leader_lease_secs: u64,
+}
+
+/// `START-END`, within 1-65535, clear of the agents' default task host ports.
+fn parse_service_ports(text: &str) -> Result<(u16, u16), String> {
+    let (start, end) =
+        text.split_once('-').ok_or_else(|| format!("'{text}' is not a range: write START-END, like 10000-20000"))?;
+    let port = |part: &str| match part.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{}' is not a port: ports are 1-65535", part.trim())),
+        Ok(port) => Ok(port),
+    };
+    let (start, end) = (port(start)?, port(end)?);
+    if start > end {
+        return Err(format!("the range starts above its end ({start} > {end})"));
+    }
+    let (low, high) = plinth_agent::DEFAULT_PORTS;
+    if start <= high && end >= low {
+        return Err(format!("{start}-{end} overlaps the agents' default task host ports {low}-{high}"));
+    }
+    Ok((start, end))
 }
 
 fn parse_etcd_prefix(text: &str) -> Result<String, String> {
@@ -615,6 +638,7 @@ fn master_config(
         data_dir: args.data_dir,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout_secs),
         tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        service_ports: args.service_ports,
         rounds_on_commands: true,
         token,
         hostname: node.hostname.clone().unwrap_or_else(kernel_hostname),
@@ -740,6 +764,14 @@ async fn run_standalone(cmd: StandaloneCommand) -> anyhow::Result<()> {
     .flatten()
     .cloned()
     .collect();
+    if let Some(ports) = cmd.agent.resources.as_ref().map(|r| &r.ports) {
+        let (low, high) = cmd.master.service_ports;
+        if let Some((begin, end)) = ports.ranges().iter().find(|(b, e)| *b <= high && *e >= low) {
+            anyhow::bail!(
+                "--service-ports {low}-{high} overlaps this node's task host ports {begin}-{end} (--resources)"
+            );
+        }
+    }
     let master = master_config(cmd.master, &cmd.node, token.clone())?;
     let mut agent = agent_config(master_url, cmd.agent_listen, cmd.agent, &cmd.node, token);
     agent.containers.registry.get_or_insert(local_registry);
@@ -806,6 +838,26 @@ mod tests {
             Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn service_ports_take_a_range_and_garbage_is_a_usage_error_naming_it() {
+        let parse = |value: &str| Cli::try_parse_from(["plinth", "master", "--service-ports", value]);
+        let Command::Master(cmd) = parse("15000-15009").unwrap().command else { panic!("a master command") };
+        assert_eq!(cmd.master.service_ports, (15000, 15009));
+        let Command::Master(cmd) = Cli::try_parse_from(["plinth", "master"]).unwrap().command else { panic!() };
+        assert_eq!(cmd.master.service_ports, (10000, 20000), "the default");
+        for (value, says) in [
+            ("9-3", "starts above its end (9 > 3)"),
+            ("abc", "'abc' is not a range"),
+            ("0-10", "'0' is not a port"),
+            ("10-70000", "'70000' is not a port"),
+            ("30000-31500", "overlaps the agents' default task host ports 31000-32000"),
+        ] {
+            let err = parse(value).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{value}");
+            assert!(err.to_string().contains(says) && err.to_string().contains("--service-ports"), "{value}: {err}");
+        }
     }
 
     #[test]

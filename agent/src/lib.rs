@@ -71,5 +71,5 @@ pub use config::{
 pub use config::{TaskConfinement, DEFAULT_TASK_USER};
 pub use error::AgentError;
 pub use lb::LbSettings;
-pub use resources::{detect_resources, resources_from_totals};
+pub use resources::{detect_resources, resources_from_totals, DEFAULT_PORTS};
 pub use start::{run, run_with};

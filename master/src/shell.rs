@@ -38,6 +38,8 @@ pub struct MasterConfig {
     /// How often the core ticks for time-based work ([`TICK_INTERVAL`]); commands that
     /// create work get a round at once regardless.
     pub tick_interval: Duration,
+    /// `--service-ports`: the range `servicePort: 0` is assigned from.
+    pub service_ports: (u16, u16),
     /// Whether a command that changed something gets a scheduling round at once (the
     /// product always does; a test that scripts an exact sequence of rounds turns it off).
     pub rounds_on_commands: bool,
@@ -69,6 +71,7 @@ impl Default for MasterConfig {
             data_dir: PathBuf::from("/var/lib/plinth/master"),
             agent_timeout: Duration::from_secs(10),
             tick_interval: TICK_INTERVAL,
+            service_ports: CoreConfig::default().service_ports,
             rounds_on_commands: true,
             token: None,
             hostname: "localhost".to_string(),
@@ -174,6 +177,7 @@ impl Master {
         );
         let core_config = CoreConfig {
             agent_timeout_ms: i64::try_from(config.agent_timeout.as_millis()).unwrap_or(i64::MAX),
+            service_ports: config.service_ports,
             ..CoreConfig::default()
         };
         let core = Core::restore(core_config.clone(), crate::ids::random_ids(), snapshot, Timestamp::now());

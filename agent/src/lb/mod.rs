@@ -7,9 +7,11 @@
 //! the task only then (or after its drain timeout).
 //!
 //! One job per file: `frontend.rs` (one service port's routing state), `listeners.rs`
-//! (sockets and accept loops), `http.rs` (the `--lb-http-port` frontend routing by
-//! `HAPROXY_{n}_VHOST`), `select.rs` (backend order), `proxy.rs` (one TCP
+//! (sockets and accept loops), `http.rs` (the `--lb-http-port` frontend routing each
+//! request by `HAPROXY_{n}_VHOST`), `counted.rs` (its upstream byte counters),
+//! `select.rs` (backend order), `proxy.rs` (connecting to a backend, one TCP
 //! connection), `udp.rs` (datagram flows), `stats.rs` (counters and their views).
+mod counted;
 mod frontend;
 mod http;
 mod listeners;

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -16,55 +15,48 @@ use super::stats::BackendStats;
 /// A backend that has not answered a connect by then is skipped.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub(crate) async fn serve(client: TcpStream, frontend: Arc<Frontend>) {
-    serve_with_head(client, frontend, Vec::new()).await;
+pub(crate) async fn serve(mut client: TcpStream, frontend: Arc<Frontend>) {
+    let _ = client.set_nodelay(true);
+    let Some((open, mut upstream)) = connect(&frontend).await else {
+        reset(&client);
+        return;
+    };
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if let Ok((to_backend, to_client)) = copied {
+        open.backend.bytes_in.fetch_add(to_backend, Ordering::Relaxed);
+        open.backend.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+    }
 }
 
-/// [`serve`] for a connection whose first bytes (`head`) were read already (the HTTP
-/// frontend routes by them); they go to the backend first.
-pub(crate) async fn serve_with_head(mut client: TcpStream, frontend: Arc<Frontend>, head: Vec<u8>) {
+/// A new connection of the frontend to the first backend that accepts it, counted open
+/// on that backend while the guard lives (`None`: no backend, or none answered).
+pub(crate) async fn connect(frontend: &Frontend) -> Option<(Open, TcpStream)> {
     frontend.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let _ = client.set_nodelay(true);
     for backend in frontend.candidates() {
         // Counted open from before the connect: a drain must not miss a connection in the making.
-        let open = Open::new(backend.clone(), &frontend);
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await;
-        let mut upstream = match attempt {
-            Ok(Ok(upstream)) => upstream,
+        let open = Open::new(backend.clone(), frontend);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                backend.total.fetch_add(1, Ordering::Relaxed);
+                return Some((open, upstream));
+            }
             Ok(Err(error)) => {
                 debug!(port = frontend.port, backend = %backend.addr, %error, "backend refused; trying the next");
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
             Err(_) => {
-                debug!(port = frontend.port, backend = %backend.addr, "backend connect timed out; trying the next");
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                continue;
+                debug!(port = frontend.port, backend = %backend.addr, "backend connect timed out; trying the next")
             }
-        };
-        let _ = upstream.set_nodelay(true);
-        if !head.is_empty() {
-            if upstream.write_all(&head).await.is_err() {
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            backend.bytes_in.fetch_add(head.len() as u64, Ordering::Relaxed);
         }
-        backend.total.fetch_add(1, Ordering::Relaxed);
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        if let Ok((to_backend, to_client)) = copied {
-            open.backend.bytes_in.fetch_add(to_backend, Ordering::Relaxed);
-            open.backend.bytes_out.fetch_add(to_client, Ordering::Relaxed);
-        }
-        return;
+        backend.failures.fetch_add(1, Ordering::Relaxed);
     }
     frontend.stats.unserved.fetch_add(1, Ordering::Relaxed);
-    reset(&client);
+    None
 }
 
 /// A connection counted open on its backend until dropped.
-struct Open {
-    backend: Arc<BackendStats>,
+pub(crate) struct Open {
+    pub backend: Arc<BackendStats>,
     drained: Arc<tokio::sync::Notify>,
 }
 
