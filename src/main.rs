@@ -399,6 +399,10 @@ struct PxeArgs {
     /// The master URL booting machines use (default: http://PXE-INTERFACE-IP:PORT).
     #[arg(long, env = "PLINTH_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// With HA masters: every master's URL, comma-separated, given to booted agents as
+    /// plinth.master= so they follow the leader (default: the advertise URL alone).
+    #[arg(long, env = "PLINTH_BOOT_MASTERS", value_parser = parse_master_list)]
+    boot_masters: Option<String>,
     /// Seconds a booting machine's single-use bootstrap token can be exchanged for the join token.
     #[arg(long, env = "PLINTH_BOOTSTRAP_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
     bootstrap_token_ttl_secs: u64,
@@ -703,6 +707,22 @@ fn agent_config(
     }
 }
 
+/// `--boot-masters`: URLs like http://10.0.0.2:8080, comma-separated, at most 9.
+fn parse_master_list(raw: &str) -> Result<String, String> {
+    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if urls.len() > 9 {
+        return Err(format!("{} masters; at most 9", urls.len()));
+    }
+    for url in &urls {
+        let host =
+            url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).map(|r| r.split(['/', ':']).next());
+        if !matches!(host, Some(Some(h)) if !h.is_empty()) || url.contains(char::is_whitespace) {
+            return Err(format!("{url:?} is not a master URL like http://10.0.0.2:8080"));
+        }
+    }
+    Ok(urls.iter().map(|u| u.trim_end_matches('/')).collect::<Vec<_>>().join(","))
+}
+
 async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
     let token = join_token(&cmd.node)?;
     let config = master_config(cmd.master, &cmd.node, token)?;
@@ -718,6 +738,7 @@ async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {
         tftp_root: pxe.tftp_root,
         default_profile: pxe.pxe_unknown,
         advertise_url: pxe.advertise_url,
+        agent_masters: pxe.boot_masters,
         bootstrap_ttl: std::time::Duration::from_secs(pxe.bootstrap_token_ttl_secs),
     };
     plinth_master::start::run(config, Some(boot)).await.context("master failed")
@@ -838,6 +859,22 @@ mod tests {
             Cli::try_parse_from(["plinth", "agent", "--master", "http://m:8080", "--resources", "cpu:2"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown resource 'cpu'"), "{err}");
+    }
+
+    #[test]
+    fn boot_masters_take_master_urls_and_refuse_anything_else() {
+        let parse = |value: &str| Cli::try_parse_from(["plinth", "master", "--boot-masters", value]);
+        let Command::Master(cmd) = parse("http://10.0.0.2:8080/, http://10.0.0.3:8080").unwrap().command else {
+            panic!("a master command")
+        };
+        assert_eq!(cmd.pxe.boot_masters.as_deref(), Some("http://10.0.0.2:8080,http://10.0.0.3:8080"));
+        for value in ["10.0.0.2:8080", "http://", "http://a:1,", "ftp://x", "http://a b:1"] {
+            let err = parse(value).unwrap_err();
+            assert!(
+                err.to_string().contains("--boot-masters") && err.to_string().contains("not a master URL"),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

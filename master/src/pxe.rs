@@ -57,6 +57,8 @@ pub struct BootConfig {
     pub default_profile: DefaultProfile,
     /// The master's URL as booting machines reach it (default: the PXE interface's address).
     pub advertise_url: Option<String>,
+    /// Every master booted agents are given (HA masters), else just [`Self::advertise_url`].
+    pub agent_masters: Option<String>,
     /// How long a script's bootstrap token can be exchanged.
     pub bootstrap_ttl: Duration,
 }
@@ -78,6 +80,7 @@ impl Default for BootConfig {
             tftp_root: PathBuf::from("/usr/lib/ipxe"),
             default_profile: DefaultProfile::Agent,
             advertise_url: None,
+            agent_masters: None,
             bootstrap_ttl: plinth_provisioning::bootstrap::DEFAULT_TTL,
         }
     }
@@ -127,7 +130,7 @@ pub fn start(master: &Arc<Master>, boot: &BootConfig, port: u16) -> Result<Route
         )?;
     }
     let master_url = advertise.unwrap_or_else(|| format!("{scheme}://{}:{port}", master.config.hostname));
-    let params = BootParams::new(master_url, None);
+    let params = BootParams { agent_masters: boot.agent_masters.clone(), ..BootParams::new(master_url, None) };
     let enabled = boot.pxe_enabled();
     tracing::info!(master_url = %params.master_url, boot_dir = ?boot.boot_dir, pxe = enabled,
         bootstrap_ttl_secs = boot.bootstrap_ttl.as_secs(), "boot files and machine profiles served");

@@ -143,6 +143,9 @@ pub struct BootParams {
     pub token: Option<String>,
     /// Kernel arguments every machine gets first (console etc.).
     pub base_cmdline: String,
+    /// The masters a booted agent is given (`plinth.master=`, comma-separated) when they
+    /// are more than this one: HA masters list them all, so the agent follows the leader.
+    pub agent_masters: Option<String>,
 }
 
 impl BootParams {
@@ -151,6 +154,7 @@ impl BootParams {
             master_url: master_url.into().trim_end_matches('/').to_string(),
             token,
             base_cmdline: "console=tty0 console=ttyS0,115200 panic=10".into(),
+            agent_masters: None,
         }
     }
 }
@@ -164,7 +168,7 @@ pub fn kernel_cmdline(mac: MacAddr, profile: &MachineProfile, params: &BootParam
         format!("plinth.role={}", profile.role.as_str()),
     ];
     if profile.role != Role::Master {
-        words.push(format!("plinth.master={}", params.master_url));
+        words.push(format!("plinth.master={}", params.agent_masters.as_deref().unwrap_or(&params.master_url)));
     }
     if let Some(token) = &params.token {
         words.push(format!("plinth.token={token}"));
@@ -222,6 +226,19 @@ mod tests {
         }
         assert!(kernel.ends_with("plinth.resources=cpus:1;mem:512"), "{kernel}");
         assert!(script.contains("\ninitrd http://10.0.0.2:8080/boot/initramfs.img\nboot\n"), "{script}");
+    }
+
+    #[test]
+    fn agents_of_ha_masters_are_given_every_master_and_fetch_files_from_this_one() {
+        let params = BootParams {
+            agent_masters: Some("http://10.0.0.2:8080,http://10.0.0.3:8080".into()),
+            ..BootParams::new("http://10.0.0.2:8080", None)
+        };
+        let script = ipxe_script(mac(), &MachineProfile::default(), &params);
+        assert!(script.contains(" plinth.master=http://10.0.0.2:8080,http://10.0.0.3:8080 "), "{script}");
+        assert!(script.contains("kernel http://10.0.0.2:8080/boot/vmlinuz "), "{script}");
+        let master = MachineProfile { role: Role::Master, ..MachineProfile::default() };
+        assert!(!ipxe_script(mac(), &master, &params).contains("plinth.master="), "a master needs none");
     }
 
     #[test]
