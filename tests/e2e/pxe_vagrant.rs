@@ -59,6 +59,15 @@ fn vagrantfile_validates_and_refuses_bad_input_with_a_clear_message() {
         assert!(!out.status.success(), "NODES={nodes:?} must be refused");
         assert!(text(&out).contains("NODES must be a whole number"), "NODES={nodes:?}: {}", text(&out));
     }
+    for masters in ["1", "3", "5"] {
+        let out = vagrant_in(dir.path(), &["validate"], &[("MASTERS", masters)]);
+        assert!(out.status.success(), "MASTERS={masters}: {}", text(&out));
+    }
+    for masters in ["2", "0", "x", ""] {
+        let out = vagrant_in(dir.path(), &["validate"], &[("MASTERS", masters)]);
+        assert!(!out.status.success(), "MASTERS={masters:?} must be refused");
+        assert!(text(&out).contains("MASTERS must be 1, 3 or 5"), "MASTERS={masters:?}: {}", text(&out));
+    }
     // Without the built image, `vagrant up` names the script that builds it, before
     // touching libvirt at all.
     let missing = dir.path().join("no-image");
@@ -427,4 +436,126 @@ fn vagrant_up_brings_up_the_playground_and_the_readme_walk_through_works() {
         let volumes = playground.libvirt.virsh(&["vol-list", &pool]);
         assert!(!volumes.contains(".img") && !volumes.contains(".qcow2"), "volumes left in {pool}: {volumes}");
     }
+}
+
+/// GET on one master's API from inside the namespace (`None` when it does not answer 2xx).
+fn api_at(playground: &Playground, ip: &str, path: &str) -> Option<Value> {
+    let url = format!("http://{ip}:8080{path}");
+    let out = playground.libvirt.command("curl", &["-fsS", "--max-time", "5", &url]).output().expect("curl");
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+/// The leader every answering master names, once they agree (`/v2/leader` of each).
+fn agreed_leader(playground: &Playground, ips: &[&str], timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        let named: Vec<Option<String>> = ips
+            .iter()
+            .map(|ip| api_at(playground, ip, "/v2/leader").and_then(|v| v["leader"].as_str().map(str::to_string)))
+            .collect();
+        if let Some(Some(first)) = named.first() {
+            if named.iter().all(|n| n.as_ref() == Some(first)) {
+                return first.clone();
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the masters {ips:?} did not agree on a leader: {named:?}\n{}",
+            playground.diagnostics()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn masters_3_boots_three_masters_on_their_own_etcd_and_the_cluster_survives_the_leaders_loss() {
+    if !vagrant_installed() {
+        panic!("vagrant is not installed: run scripts/setup.sh (scripts/packages-pxe.txt lists it)");
+    }
+    let playground = Playground::new();
+    let started = Instant::now();
+    let up = playground.shell("scripts/vagrant-image.sh && MASTERS=3 NODES=1 vagrant up");
+    assert!(up.status.success(), "MASTERS=3 vagrant up:\n{}\n{}", text(&up), playground.diagnostics());
+    eprintln!("MASTERS=3 NODES=1 vagrant up took {:.0?}", started.elapsed());
+    let masters = ["192.168.77.2", "192.168.77.3", "192.168.77.4"];
+    let leader = agreed_leader(&playground, &masters, Duration::from_secs(120));
+    let info = api_at(&playground, masters[0], "/v1/masters").expect("/v1/masters");
+    assert_eq!(info["etcd"]["members"].as_array().map(Vec::len), Some(3), "three etcd members: {info}");
+    assert_eq!(info["masters"].as_array().map(Vec::len), Some(3), "three masters campaign: {info}");
+
+    // The PXE-booted agent registered, and an app posted to a follower runs on it.
+    let follower = *masters.iter().find(|ip| !leader.starts_with(&format!("{ip}:"))).expect("a follower");
+    let post = playground
+        .libvirt
+        .command(
+            "curl",
+            &[
+                "-fsS",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                r#"{"id": "/ha-sleeper", "cmd": "sleep 100000", "cpus": 0.1, "mem": 16}"#,
+                &format!("http://{follower}:8080/v2/apps"),
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(post.status.success(), "POST through a follower: {}", text(&post));
+    let task = |ip: &str| {
+        api_at(&playground, ip, "/v2/apps/ha-sleeper/tasks")
+            .and_then(|v| v["tasks"].as_array().and_then(|t| t.first().cloned()))
+            .filter(|t| t["state"] == "TASK_RUNNING")
+    };
+    let end = Instant::now() + Duration::from_secs(180);
+    let before = loop {
+        if let Some(t) = task(follower) {
+            break t;
+        }
+        assert!(Instant::now() < end, "the task never ran:\n{}", playground.diagnostics());
+        std::thread::sleep(Duration::from_secs(1));
+    };
+
+    // Power the leader's VM off: the two others elect a leader, the task keeps its id.
+    let leader_ip = leader.split(':').next().expect("ip:port").to_string();
+    let machine = match masters.iter().position(|ip| *ip == leader_ip) {
+        Some(0) => "master".to_string(),
+        Some(i) => format!("master{}", i + 1),
+        None => panic!("the leader {leader} is none of the masters"),
+    };
+    let domain = playground
+        .libvirt
+        .names(&["list", "--name"])
+        .into_iter()
+        .find(|d| d.ends_with(&format!("_{machine}")))
+        .unwrap_or_else(|| panic!("no domain for {machine}"));
+    playground.libvirt.virsh(&["destroy", &domain]);
+    let survivors: Vec<&str> = masters.iter().copied().filter(|ip| *ip != leader_ip).collect();
+    let lost_at = Instant::now();
+    // They name the lost leader until its lease runs out, then agree on one of them.
+    let second = loop {
+        let now = agreed_leader(&playground, &survivors, Duration::from_secs(60));
+        if now != leader {
+            break now;
+        }
+        assert!(lost_at.elapsed() < Duration::from_secs(60), "{leader} is still named the leader");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("new leader {second} {:.1?} after the leader's VM was powered off", lost_at.elapsed());
+    let end = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        if let Some(t) = task(survivors[0]) {
+            break t;
+        }
+        assert!(Instant::now() < end, "the task is not running under the new leader:\n{}", playground.diagnostics());
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(after["id"], before["id"], "the same task: {before} → {after}");
+
+    let down = playground.shell("MASTERS=3 NODES=1 vagrant destroy -f");
+    assert!(down.status.success(), "vagrant destroy: {}", text(&down));
+    assert_eq!(playground.libvirt.names(&["list", "--all", "--name"]), Vec::<String>::new(), "domains left");
 }

@@ -118,7 +118,7 @@ pub fn etcd_args(launch: &EtcdLaunch, facts: &NodeFacts) -> Result<RoleCommand, 
         ("initial-cluster-token", "plinth".to_string()),
         // The console is a serial line: etcd's info lines would drown the role's.
         ("logger", "zap".to_string()),
-        ("log-level", "warn".to_string()),
+        ("log-level", "error".to_string()),
     ];
     Ok(RoleCommand {
         args: args.into_iter().flat_map(|(k, v)| [format!("--{k}"), v]).collect(),
