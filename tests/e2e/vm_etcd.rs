@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use crate::vm_common::*;
 
-fn data_disk(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let disk = dir.join("data.img");
-    std::fs::File::create(&disk)?.set_len(256 << 20)?;
-    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", "PLINTH_DATA"]).arg(&disk).output()?;
-    anyhow::ensure!(out.status.success(), "mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(disk)
-}
-
 fn master_on_etcd(image: &std::path::Path, disk: &std::path::Path, api: u16, node: u16) -> anyhow::Result<Vm> {
     let mut args = user_net(3, "52:54:00:00:00:40", &[(api, 8080), (node, 5052)]);
     args.extend(["-drive".to_string(), format!("if=virtio,format=raw,file={}", disk.display())]);

@@ -28,15 +28,6 @@ fn nonsense_role_prints_why_and_reboots_without_a_kernel_panic() -> anyhow::Resu
     Ok(())
 }
 
-/// An ext4 disk labelled PLINTH_DATA, made with mkfs.ext4 (e2fsprogs) on a plain file.
-fn data_disk(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let disk = dir.join("data.img");
-    std::fs::File::create(&disk)?.set_len(256 << 20)?;
-    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", "PLINTH_DATA"]).arg(&disk).output()?;
-    anyhow::ensure!(out.status.success(), "mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(disk)
-}
-
 fn master_with_disk(disk: &std::path::Path, api: u16, node: u16) -> anyhow::Result<Vm> {
     let mut args = user_net(3, "52:54:00:00:00:20", &[(api, 8080), (node, 5052)]);
     args.extend(["-drive".to_string(), format!("if=virtio,format=raw,file={}", disk.display())]);

@@ -44,6 +44,15 @@ pub fn build_image(dir: &Path, args: &[&str]) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// A node's data disk: a 256 MiB file made ext4 labelled `PLINTH_DATA` (mkfs.ext4, e2fsprogs).
+pub fn data_disk(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let disk = dir.join("data.img");
+    std::fs::File::create(&disk)?.set_len(256 << 20)?;
+    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", "PLINTH_DATA"]).arg(&disk).output()?;
+    anyhow::ensure!(out.status.success(), "mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(disk)
+}
+
 /// The default image (kernel + initramfs, no role preset), built once per test binary.
 pub fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
