@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use plinth_protocol::views::events::{LbBackend, LbBackendAdded, LbBackendRemoved};
+use plinth_protocol::views::events::{LbBackend, LbBackendAdded, LbBackendRemoved, StatusUpdateEvent};
 use plinth_protocol::{AgentId, Timestamp};
 
 use crate::access::AccessConfig;
@@ -647,6 +647,14 @@ fn docker_of(
 
 /// Operators follow tasks and deployments in the log; other events stay at debug.
 fn log_event(event: &Event) {
+    // From the typed body: logging a status builds no JSON.
+    if let Some(status) = event.payload.body::<StatusUpdateEvent>() {
+        tracing::info!(
+            app_id = %status.app_id, task_id = %status.task_id, node_id = %status.slave_id,
+            state = %status.task_status, message = %status.message, "task status"
+        );
+        return;
+    }
     let p = &event.payload;
     let field = |name: &str| p.get(name).and_then(|v| v.as_str()).unwrap_or("");
     match event.event_type.as_str() {
