@@ -8,10 +8,9 @@
 //! writer thread (`store/writer.rs`) and let go of the lock; the writer commits batches
 //! in order, merging those that queued up (group commit), so the next round computes
 //! while this one is written. Only once its batch is durable are its events published
-//! and its agents woken, and only then does a command answer. Anything that hands core
-//! state out under the lock ([`Master::read`], a command without changes) first waits
-//! for what is queued: nobody outside sees state that is not durable, except API reads
-//! of the read model, which may run up to one write ahead. A failed write ends the
+//! and its agents woken, and only then does a command answer. A command without changes
+//! and an agent's long-poll answer wait for what is queued ([`Master::settled`]): no agent
+//! gets state that is not durable. API reads may run up to one write ahead. A failed write ends the
 //! process on redb (crash-only: the in-memory core may be ahead of the disk, and a
 //! restart restores from the disk); on etcd it fails every later batch and the master
 //! steps down.
@@ -319,12 +318,18 @@ impl Master {
     }
 
     /// Read-only access to the live core, under the command lock: for small reads and
-    /// read-then-decide paths. Big API reads go through [`Master::render`]. What is read
-    /// may go out (an agent's desired state), so it waits for queued writes first.
+    /// read-then-decide paths. Big API reads go through [`Master::render`]. The core may
+    /// be up to one write ahead of the disk: what goes to an agent waits for
+    /// [`Master::settled`] after the lock is let go.
     pub async fn read(&self) -> tokio::sync::MutexGuard<'_, Guarded> {
-        let guard = self.state.lock().await;
+        self.state.lock().await
+    }
+
+    /// Waits until every change made so far is durable. Every change is handed to the
+    /// writer in the same hold of the lock that made it, so after letting go of the lock
+    /// this covers whatever was read under it.
+    pub async fn settled(&self) {
         self.writer.settled().await;
-        guard
     }
 
     /// Renders an answer from the read model (a recent copy of the core, current with
