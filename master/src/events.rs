@@ -63,8 +63,9 @@ impl EventBus {
     }
 
     pub fn publish(&self, mut event: Event) {
-        if self.redact_env {
-            redact_env(&mut event.payload);
+        // A body not yet built is one without app definitions (`Payload::lazy`): no env.
+        if let Some(payload) = self.redact_env.then(|| event.payload.rendered_mut()).flatten() {
+            redact_env(payload);
         }
         self.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(event_type = %event.event_type, "event published");

@@ -113,7 +113,8 @@ impl ReadModel {
         self.renderer_count
     }
 
-    /// Marks the live core as changed. Call with the command lock held.
+    /// Marks the live core as changed. Call once the change is in the core (the writer
+    /// thread calls it after the change's commit, without the lock: see [`ReadModel::snapshot`]).
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -142,7 +143,7 @@ impl ReadModel {
             return snapshot;
         }
         // Read before the copy: a bump racing with it leaves the copy marked stale,
-        // never a stale copy marked current (bumps happen under the lock `copy` takes).
+        // never a stale copy marked current (a bump follows its change into the core).
         let generation = self.generation.load(Ordering::Acquire);
         let core = copy().await;
         let snapshot = Arc::new(Snapshot::new(core, generation));

@@ -4,18 +4,25 @@
 //! put together and served in `start.rs`.
 //!
 //! Every change follows the same path ([`Master::command`]): lock, run the core command,
-//! take its changes, write them in one durable transaction, and only then answer,
-//! publish events and wake agents. A failed write ends the process (crash-only: the
-//! in-memory core may be ahead of the disk, and a restart restores from the disk).
+//! take its changes, read the dirty records back into a batch, hand it to the store's
+//! writer thread (`store/writer.rs`) and let go of the lock; the writer commits batches
+//! in order, merging those that queued up (group commit), so the next round computes
+//! while this one is written. Only once its batch is durable are its events published
+//! and its agents woken, and only then does a command answer. A command without changes
+//! and an agent's long-poll answer wait for what is queued ([`Master::settled`]): no agent
+//! gets state that is not durable. API reads may run up to one write ahead. A failed write ends the
+//! process on redb (crash-only: the in-memory core may be ahead of the disk, and a
+//! restart restores from the disk); on etcd it fails every later batch and the master
+//! steps down.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use plinth_protocol::views::events::{LbBackend, LbBackendAdded, LbBackendRemoved};
+use plinth_protocol::views::events::{LbBackend, LbBackendAdded, LbBackendRemoved, StatusUpdateEvent};
 use plinth_protocol::{AgentId, Timestamp};
 
 use crate::access::AccessConfig;
@@ -25,6 +32,7 @@ use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::read_model::ReadModel;
 use crate::registry::{Registry, RegistryConfig};
+use crate::store::writer::{AfterCommit, Ticket, Writer};
 use crate::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store, StoreError};
 use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
 
@@ -108,6 +116,12 @@ pub struct Master {
     heard: std::sync::Mutex<HashMap<AgentId, Timestamp>>,
     /// Written by every command; lets readers skip the lock in the rare cases it matters.
     store: Arc<dyn StateStore>,
+    /// Commits the batches of commands and rounds in order, off the lock (group commit).
+    writer: Writer,
+    /// This master, for what runs after a commit on the writer thread.
+    me: Weak<Master>,
+    /// Where that work spawns what must await (taking the lock after a failed write).
+    runtime: tokio::runtime::Handle,
     /// The etcd store, with `--etcd` (the election campaigns through its client).
     pub etcd: Option<EtcdStore>,
     /// Whether this master leads (always, on redb), and who does otherwise (`leader.rs`).
@@ -211,7 +225,17 @@ impl Master {
         };
         let leader_ip = crate::dns::leader_address(config.listen.ip(), &config.hostname);
         let dns = crate::dns::DnsFeed::new(&core, leader_ip.map(|ip| (ip, port)));
-        let master = Arc::new(Master {
+        let master = Arc::new_cyclic(|me: &Weak<Master>| Master {
+            writer: {
+                let me = me.clone();
+                Writer::start(store.clone(), move |group| {
+                    if let Some(master) = me.upgrade() {
+                        master.metrics.record_store_write(group.records, group.elapsed);
+                    }
+                })
+            },
+            me: me.clone(),
+            runtime: tokio::runtime::Handle::current(),
             config,
             dns,
             reads: ReadModel::new(&core),
@@ -301,9 +325,18 @@ impl Master {
     }
 
     /// Read-only access to the live core, under the command lock: for small reads and
-    /// read-then-decide paths. Big API reads go through [`Master::render`].
+    /// read-then-decide paths. Big API reads go through [`Master::render`]. The core may
+    /// be up to one write ahead of the disk: what goes to an agent waits for
+    /// [`Master::settled`] after the lock is let go.
     pub async fn read(&self) -> tokio::sync::MutexGuard<'_, Guarded> {
         self.state.lock().await
+    }
+
+    /// Waits until every change made so far is durable. Every change is handed to the
+    /// writer in the same hold of the lock that made it, so after letting go of the lock
+    /// this covers whatever was read under it.
+    pub async fn settled(&self) {
+        self.writer.settled().await;
     }
 
     /// Renders an answer from the read model (a recent copy of the core, current with
@@ -365,49 +398,90 @@ impl Master {
         let result = run(&mut guard.core, now);
         let changes = guard.core.take_changes();
         let changed = !changes.is_empty();
-        self.finish(&mut guard, changes).await?;
+        let ticket = self.submit(&guard.core, changes);
         drop(guard);
+        // The round computes while this command's batch is written.
         if changed && self.config.rounds_on_commands {
             self.round_wanted.notify_one();
+        }
+        match ticket {
+            Some(ticket) => ticket.committed().await.map_err(|e| {
+                ApiError::Unavailable(format!("the change was not made: {}", plinth_protocol::error_chain(&e)))
+            })?,
+            // Nothing to write, but what it read may rest on a write still queued.
+            None => self.writer.settled().await,
         }
         result
     }
 
-    /// One scheduling round.
+    /// One scheduling round, durable on return.
     pub async fn tick(&self) {
+        if let Some(ticket) = self.start_round().await {
+            // A failed write has already made this master a follower; nothing else to do.
+            let _ = ticket.committed().await;
+        }
+    }
+
+    /// One scheduling round, its batch handed to the writer but not waited for.
+    async fn start_round(&self) -> Option<Ticket> {
         let mut guard = self.state.lock().await;
         if !self.leads() {
-            return;
+            return None;
         }
         self.apply_heard(&mut guard.core);
         let now = Timestamp::now();
         guard.core.tick(now);
         let changes = guard.core.take_changes();
-        // A failed write has already made this master a follower; nothing else to do.
-        let _ = self.finish(&mut guard, changes).await;
+        self.submit(&guard.core, changes)
     }
 
-    /// Makes a command's or tick's changes durable and visible: write, then mark the
-    /// read model stale, then publish events and wake agents. The caller holds the lock.
-    /// With etcd, a write that fails (deposed, or etcd unreachable) drops the core and
-    /// makes this master a follower: nothing of the command was acknowledged.
-    async fn finish(&self, guard: &mut Guarded, changes: Changes) -> Result<(), ApiError> {
+    /// Hands a command's or round's changes to the writer (the caller holds the lock, so
+    /// batches queue in command order). Once durable, the read model is marked stale, events
+    /// are published and agents woken ([`Master::made_durable`]); the ticket resolves after.
+    fn submit(&self, core: &Core, changes: Changes) -> Option<Ticket> {
         if changes.is_empty() {
-            return Ok(());
+            return None;
         }
-        let batch = Self::prepare(&guard.core, &changes);
-        if let Err(e) = self.write(batch).await {
-            let reason = plinth_protocol::error_chain(&e).to_string();
-            self.step_down(guard, &reason);
-            return Err(ApiError::Unavailable(format!("the change was not made: {reason}")));
-        }
+        let batch = Self::prepare(core, &changes);
+        let me = self.me.clone();
+        let after: AfterCommit = Box::new(move |written| {
+            let Some(master) = me.upgrade() else { return };
+            match written {
+                Ok(()) => master.made_durable(changes),
+                Err(e) => master.write_failed(e),
+            }
+        });
+        Some(self.writer.submit(batch, Some(after)))
+    }
+
+    /// What follows a durable write, on the writer thread, in write order.
+    fn made_durable(&self, changes: Changes) {
         self.reads.bump();
         self.timelines.note(&guard.core, &changes, Timestamp::now());
         self.dns.note(&changes);
         self.publish_all(changes.events);
         self.publish_lb_backends(changes.lb_backends);
         self.notify_agents(changes.notify_agents.iter());
-        Ok(())
+    }
+
+    /// A write failed: on redb the process ends (crash-only); with etcd (deposed, or
+    /// etcd unreachable) this master becomes a follower and drops its core, and every
+    /// batch after the failed one fails too: nothing of them was acknowledged.
+    fn write_failed(&self, error: &StoreError) {
+        if self.etcd.is_none() {
+            crash("writing changes to the store", error);
+        }
+        let reason = plinth_protocol::error_chain(error).to_string();
+        if self.demote(&reason) {
+            let Some(master) = self.me.upgrade() else { return };
+            self.runtime.spawn(async move {
+                let mut guard = master.state.lock().await;
+                // Unless the lead was won again meanwhile.
+                if !master.leads() {
+                    master.drop_core(&mut guard);
+                }
+            });
+        }
     }
 
     /// Whether this master may act on the core now (always on redb).
@@ -450,6 +524,9 @@ impl Master {
     /// restores the core from them and starts acting. Called by the election with its fence set.
     pub async fn take_lead(&self) -> Result<(), StoreError> {
         let mut guard = self.state.lock().await;
+        // Batches of an earlier lead resolve (or fail) first; this lead's are written again.
+        self.writer.settled().await;
+        self.writer.reset();
         let store = self.store.clone();
         let started = std::time::Instant::now();
         let (snapshot, subscriptions) =
@@ -520,6 +597,9 @@ impl Master {
             };
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The previous round's write: the next round computes while it is under way,
+            // but waits for it before starting another (at most one round ahead of the disk).
+            let mut writing: Option<Ticket> = None;
             loop {
                 // Only a weak reference while waiting: a dropped master closes its store at once.
                 tokio::select! {
@@ -527,8 +607,12 @@ impl Master {
                     () = round_wanted.notified() => {}
                 }
                 let Some(master) = master.upgrade() else { return };
-                master.tick().await;
+                let started = master.start_round().await;
                 master.metrics.record_round();
+                drop(master);
+                if let Some(previous) = std::mem::replace(&mut writing, started) {
+                    let _ = previous.committed().await;
+                }
             }
         });
     }
@@ -539,28 +623,6 @@ impl Master {
         match Batch::of(core, changes) {
             Ok(batch) => batch,
             Err(e) => crash("encoding changes for the store", &e),
-        }
-    }
-
-    /// Writes a batch; on redb a failure ends the process (crash-only), on etcd it is
-    /// returned (the caller steps down).
-    async fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let records = batch.len();
-        let started = std::time::Instant::now();
-        // The fsync blocks; keep it off the async worker threads.
-        let written = tokio::task::spawn_blocking(move || store.commit(&batch)).await;
-        match written {
-            Ok(Ok(())) => {
-                self.metrics.record_store_write(records, started.elapsed());
-                Ok(())
-            }
-            Ok(Err(e)) if self.etcd.is_some() => Err(e),
-            Ok(Err(e)) => crash("writing changes to the store", &e),
-            Err(e) => crash("writing changes to the store (writer panicked)", &e),
         }
     }
 
@@ -598,6 +660,14 @@ fn docker_of(
 
 /// Operators follow tasks and deployments in the log; other events stay at debug.
 fn log_event(event: &Event) {
+    // From the typed body: logging a status builds no JSON.
+    if let Some(status) = event.payload.body::<StatusUpdateEvent>() {
+        tracing::info!(
+            app_id = %status.app_id, task_id = %status.task_id, node_id = %status.slave_id,
+            state = %status.task_status, message = %status.message, "task status"
+        );
+        return;
+    }
     let p = &event.payload;
     let field = |name: &str| p.get(name).and_then(|v| v.as_str()).unwrap_or("");
     match event.event_type.as_str() {

@@ -450,7 +450,7 @@ async fn wait_event(
             .unwrap_or_else(|_| panic!("no {event_type} for {image}"))
             .expect("the bus stays open");
         if event.event_type == event_type && event.payload["image"].as_str().is_some_and(|i| i.starts_with(image)) {
-            return event.payload.clone();
+            return (*event.payload).clone();
         }
     }
 }

@@ -222,7 +222,7 @@ impl Core {
             let event = status_event(task);
             self.needs_supervision.insert(update.app_id.clone());
             self.changes.tasks.insert(update.task_id.clone());
-            self.emit(now, &event);
+            self.changes.events.push(crate::model::Event::lazy(now, event));
             if let Some(body) = health_event {
                 self.emit(now, &body);
             }

@@ -30,6 +30,7 @@ pub mod groups;
 mod health;
 mod liveness;
 pub mod model;
+pub mod payload;
 mod placement;
 mod ports;
 mod queries;

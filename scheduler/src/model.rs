@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+use crate::payload::Payload;
 use plinth_protocol::views::events::{EventBody, StatusUpdateEvent};
 use plinth_protocol::views::task::IpAddr;
 use plinth_protocol::views::{self, DeploymentStep};
@@ -210,15 +211,14 @@ impl DeploymentAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub event_type: String,
-    /// The full JSON body, including `eventType` and `timestamp`.
-    pub payload: Value,
+    /// The full JSON body, including `eventType` and `timestamp` (built on first read).
+    pub payload: Payload,
 }
 
 impl Event {
     pub fn new(event_type: &str, now: Timestamp, mut payload: Value) -> Self {
-        payload["eventType"] = json!(event_type);
-        payload["timestamp"] = json!(now.to_iso());
-        Event { event_type: event_type.to_string(), payload }
+        crate::payload::stamp(&mut payload, event_type, now);
+        Event { event_type: event_type.to_string(), payload: Payload::json(payload) }
     }
 
     /// An event of one of the typed bodies (`plinth_protocol::views::events`).
@@ -226,6 +226,12 @@ impl Event {
         // A body of plain fields always serializes; an empty object would only drop fields.
         let payload = serde_json::to_value(body).unwrap_or_else(|_| json!({}));
         Event::new(E::TYPE, now, payload)
+    }
+
+    /// [`Event::of`] whose JSON is built only when someone reads it (bodies without app
+    /// definitions only: see [`Payload::lazy`]).
+    pub fn lazy<E: EventBody + Send + Sync + 'static>(now: Timestamp, body: E) -> Self {
+        Event { event_type: E::TYPE.to_string(), payload: Payload::lazy(now, body) }
     }
 }
 

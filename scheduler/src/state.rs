@@ -277,8 +277,9 @@ impl Core {
         self.changes.events.push(Event::of(now, body));
     }
 
+    /// One per task change, and mostly nobody listens: its JSON waits for a reader.
     pub(crate) fn emit_status(&mut self, task: &TaskRecord, now: Timestamp) {
-        self.emit(now, &status_event(task));
+        self.changes.events.push(Event::lazy(now, status_event(task)));
     }
 
     /// Remembers an update id; false when it was already applied.

@@ -217,6 +217,9 @@ pub async fn sync(
     let desired = guard.core.desired_state(&request.agent_id).filter(|d| d.generation > request.generation);
     // The table of a woken poll is fresh: every command refreshes it before waking anyone.
     let services = guard.core.services_update(request.services_generation);
+    drop(guard);
+    // An agent acts on what it gets: only what is durable.
+    master.settled().await;
     master.timelines.sent(desired.as_ref(), plinth_protocol::Timestamp::now());
     Ok(Json(SyncResponse { desired, reregister: false, cluster_id: Some(cluster_id(&master)), services }))
 }

@@ -403,7 +403,7 @@ mod api_tests {
 
         // The metadata survives a restart of the master.
         drop(m);
-        let m = master(dir.path()).await;
+        let m = reopen(dir.path()).await;
         let (_, service) = call(&m, "GET", "/v2/groups/product/service", None).await;
         assert_eq!(service["dependencies"], json!(["/product/database"]));
 

@@ -2,7 +2,8 @@
 //! redb in the data dir (`redb.rs`, one master, the default) and etcd (`etcd.rs`, any
 //! number of masters, one of them leading). Both hold the same records (apps, versions,
 //! tasks, agents, deployments, groups, event subscriptions, the framework id) in the
-//! same encoding: `P1` + CRC-32 + JSON (`checksum.rs`), verified on load. A [`Batch`]
+//! same encoding: `P1` + CRC-32 + JSON (`checksum.rs`), verified on load, except task
+//! records, whose payload is compact (`task_codec.rs`). A [`Batch`]
 //! (a command's changes, read back from the core under its lock) is one transaction in
 //! either engine, so a 2xx answer given after [`StateStore::commit`] is durable: on
 //! disk with fsync (redb), or committed to an etcd quorum.
@@ -11,10 +12,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use plinth_protocol::AppDefinition;
-use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, GroupRecord, Snapshot, TaskRecord};
+use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, GroupRecord, Snapshot};
 
 pub mod etcd;
 pub mod redb;
+pub mod task_codec;
+pub mod writer;
 
 pub use self::etcd::{EtcdSettings, EtcdStore, Fence};
 pub use self::redb::{panic_text, Store, CLUSTER_MARKER, DB_FILE, OLD_GROUPS_FILE};
@@ -56,6 +59,12 @@ pub enum StoreError {
     Encode { table: &'static str, key: String, source: serde_json::Error },
     #[error("cannot decode {table} record '{key}' (the store is damaged or from a newer version)")]
     Decode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("cannot encode {table} record '{key}' in its compact form")]
+    EncodeCompact { table: &'static str, key: String, source: postcard::Error },
+    #[error(
+        "cannot decode {table} record '{key}' from its compact form (the store is damaged or from a newer version)"
+    )]
+    DecodeCompact { table: &'static str, key: String, source: postcard::Error },
     #[error("the {table} record '{key}' is damaged: {source}; restore the store from a backup")]
     Corrupt { table: &'static str, key: String, source: crate::checksum::ChecksumError },
     #[error("cannot import {path}")]
@@ -126,6 +135,17 @@ impl Batch {
     pub fn dropped_versions(&self) -> &[String] {
         &self.drop_versions_of
     }
+    /// Adds a later batch's writes after this one's, as if both were one batch in order.
+    /// A later drop of an app's versions also covers the versions written here.
+    pub fn append(&mut self, later: Batch) {
+        for app in &later.drop_versions_of {
+            let prefix = version_key(app, "");
+            self.puts.retain(|(table, key, _)| !(*table == "app_versions" && key.starts_with(&prefix)));
+        }
+        self.drop_versions_of.extend(later.drop_versions_of);
+        self.puts.extend(later.puts);
+    }
+
     /// A batch of raw writes (tests, tools).
     pub fn put(&mut self, table: &'static str, key: impl Into<String>, value: Option<Vec<u8>>) {
         self.puts.push((table, key.into(), value));
@@ -154,7 +174,10 @@ impl Batch {
         }
         for id in &changes.tasks {
             let key = id.as_str().to_string();
-            let bytes = core.task(id).map(|t| encode("tasks", &key, t)).transpose()?;
+            let bytes = core
+                .task(id)
+                .map(|t| task_codec::encode_task(&key, t).map(|payload| crate::checksum::seal(&payload)))
+                .transpose()?;
             batch.puts.push(("tasks", key, bytes));
         }
         for id in &changes.agents {
@@ -200,7 +223,12 @@ pub fn snapshot_from(
         snapshot.app_versions.push((app, version.to_string(), def));
     }
     for (k, v) in rows_of("tasks")? {
-        snapshot.tasks.push(decode::<TaskRecord>("tasks", &k, &v)?);
+        let payload = crate::checksum::open(&v).map_err(|source| StoreError::Corrupt {
+            table: "tasks",
+            key: k.clone(),
+            source,
+        })?;
+        snapshot.tasks.push(task_codec::decode_task(&k, payload)?);
     }
     for (k, v) in rows_of("agents")? {
         snapshot.agents.push(decode::<AgentRecord>("agents", &k, &v)?);

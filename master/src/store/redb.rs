@@ -1,5 +1,5 @@
 //! The embedded store of a single master: a transactional database (`redb`) in the data dir holding
-//! the core's records as JSON, each behind a checksum (`checksum.rs`) verified on read. Every batch of changes is written in one transaction with
+//! the core's records as JSON (tasks in a compact form, `task_codec.rs`), each behind a checksum (`checksum.rs`) verified on read. Every batch of changes is written in one transaction with
 //! immediate durability, so a 2xx answer given after [`Store::commit`] survives `kill -9`.
 //! Group records (explicit groups, group dependencies and versions) are records like the
 //! others, written in the same transaction as the apps a group request changes.
@@ -30,6 +30,11 @@ const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployme
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("event_subscriptions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// redb's page cache. The core holds every record in memory and the store is read once, at
+/// start: a big cache (redb's default is 1 GiB) would only duplicate the core, about
+/// 0.5 KB per task at 1M tasks. Writes touching pages outside it read them from the file.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 const SCHEMA_KEY: &str = "schema_version";
 const SCHEMA_VERSION: &[u8] = b"1";
@@ -104,7 +109,10 @@ impl Store {
             _ => {}
         }
         let opened = std::panic::catch_unwind(|| -> Result<Store, StoreError> {
-            let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+                .map_err(|source| StoreError::Open { path: path.clone(), source })?;
             let store = Store { db: Arc::new(db), path: path.clone() };
             store.init()?;
             store.import_groups_file(dir)?;
@@ -472,6 +480,58 @@ mod tests {
         let restored = Core::restore(CoreConfig::default(), counter_ids(), loaded, now);
         assert_eq!(restored.apps().count(), 1);
         assert_eq!(restored.app_versions(&AppId::parse("/g/ab").unwrap()).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn a_store_whose_tasks_an_earlier_version_wrote_as_json_opens_with_every_task() {
+        use plinth_protocol::agent::Registration;
+        use plinth_protocol::{AppDefinition, Resources, Timestamp};
+        use plinth_scheduler::CoreConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = Core::new(CoreConfig::default(), counter_ids());
+        let now = Timestamp::from_millis(1_000_000);
+        core.register_agent(
+            Registration {
+                agent_id: None,
+                hostname: "a1".into(),
+                advertise_ip: "10.0.0.1".into(),
+                http_port: 5051,
+                resources: Resources::parse("cpus:4;mem:4096;disk:0;ports:[31000-31100]").unwrap(),
+                attributes: Default::default(),
+                last_generation: 0,
+                tasks: vec![],
+                version: "test".into(),
+            },
+            now,
+        );
+        let mut def = AppDefinition::from_value(
+            serde_json::json!({"id": "/web", "cmd": "sleep 1", "instances": 3, "cpus": 0.1, "mem": 16}),
+        )
+        .unwrap();
+        def.normalize();
+        core.create_app(def, now).unwrap();
+        core.tick(now.plus_millis(100));
+        let tasks: Vec<_> = core.tasks().cloned().collect();
+        assert_eq!(tasks.len(), 3);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let changes = core.take_changes();
+            store.apply(&core, &changes).unwrap();
+            // As the previous version wrote them: checksummed JSON, and bare JSON from before checksums.
+            let mut old = Batch::default();
+            let checksummed = crate::checksum::seal(&serde_json::to_vec(&tasks[0]).unwrap());
+            old.put("tasks", tasks[0].id.as_str(), Some(checksummed));
+            old.put("tasks", tasks[1].id.as_str(), Some(serde_json::to_vec(&tasks[1]).unwrap()));
+            store.commit(&old).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut loaded = store.load_checked().unwrap().tasks;
+        let mut expected = tasks.clone();
+        loaded.sort_by(|a, b| a.id.cmp(&b.id));
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(loaded, expected, "old JSON tasks and new compact ones load alike");
+        let restored = Core::restore(CoreConfig::default(), counter_ids(), store.load().unwrap(), now);
+        assert_eq!(restored.tasks().count(), 3);
     }
 
     #[test]
