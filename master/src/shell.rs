@@ -443,6 +443,8 @@ impl Master {
             return None;
         }
         let batch = Self::prepare(core, &changes);
+        // Needs the core, so here rather than once durable.
+        self.timelines.note(core, &changes, Timestamp::now());
         let me = self.me.clone();
         let after: AfterCommit = Box::new(move |written| {
             let Some(master) = me.upgrade() else { return };
@@ -457,7 +459,6 @@ impl Master {
     /// What follows a durable write, on the writer thread, in write order.
     fn made_durable(&self, changes: Changes) {
         self.reads.bump();
-        self.timelines.note(&guard.core, &changes, Timestamp::now());
         self.dns.note(&changes);
         self.publish_all(changes.events);
         self.publish_lb_backends(changes.lb_backends);
