@@ -275,9 +275,16 @@ struct Median {
     failed: u64,
 }
 
+/// The middle value, or the mean of the two middle ones (so two rounds give their mean,
+/// not the better one for one figure and the worse for another).
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 0 => Some((values[mid - 1] + values[mid]) / 2.0),
+        _ => Some(values[mid]),
+    }
 }
 
 fn medians(steady: &[Steady]) -> BTreeMap<(Balancer, Connections), Median> {
@@ -393,4 +400,16 @@ fn children_of(pid: i32) -> Vec<i32> {
                 == Some(pid)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_two_rounds_is_their_mean() {
+        assert_eq!(median(vec![40_000.0, 50_000.0]), Some(45_000.0));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(Vec::new()), None);
+    }
 }
