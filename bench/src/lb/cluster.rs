@@ -53,17 +53,14 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let pids = Command::new("ip").args(["netns", "pids", &self.name]).output();
-        let own = std::process::id().to_string();
-        for pid in pids.iter().flat_map(|o| {
-            String::from_utf8_lossy(&o.stdout).into_owned().lines().map(str::to_string).collect::<Vec<_>>()
-        }) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if pid.to_string() != own {
-                    eprintln!("bench lb: killing pid {pid}, left in the bench's namespace");
-                    // SAFETY: a process in the namespace this bench created, so one it started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        let listed = Command::new("ip").args(["netns", "pids", &self.name]).output();
+        let listed = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let own = std::process::id();
+        for pid in listed.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if u32::try_from(pid) != Ok(own) {
+                eprintln!("bench lb: killing pid {pid}, left in the bench's namespace");
+                // SAFETY: a process in the namespace this bench created, so one it started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         let _ = ip(&["netns", "del", &self.name]);
