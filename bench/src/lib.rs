@@ -9,12 +9,14 @@
 //! - `containers`: Docker images through Plinth against podman, libcontainer against crun/runc;
 //! - `failover`: a new leader's state load and kill -9 failover on etcd, beside a redb restart;
 //! - `burst`: 100 apps × 10 instances POSTed at once, until every task runs (fake and real agents);
-//! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness.
+//! - `reads`: API read storms (1, 16, 64 readers) against one writer and the agents' liveness;
+//! - `lb`: the agent's service balancer against HAProxy as marathon-lb runs it, under `wrk`.
 pub mod boot;
 pub mod burst;
 pub mod containers;
 pub mod failover;
 mod first_answer;
+pub mod lb;
 pub mod pxe;
 pub mod reads;
 pub mod scheduler;
@@ -45,6 +47,15 @@ pub enum BenchCommand {
     Burst(burst::BenchBurstArgs),
     /// Read storms: `GET /v2/apps` p50/p99 with 1, 16 and 64 readers, POST latency beside them, agents kept.
     Reads(reads::BenchReadsArgs),
+    /// Service ports: the agent's balancer beside marathon-lb's HAProxy under wrk (req/s, p50/p99,
+    /// CPU per request), and failed requests while the app scales 3 -> 1.
+    Lb(lb::BenchLbArgs),
+    /// Internal: one backend of `plinth bench lb` (an HTTP server on PORT; the bench's app runs it).
+    #[command(hide = true)]
+    LbBackend {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 /// Runs one benchmark; each prints its own report (and writes `--out` where it has one).
@@ -61,5 +72,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Reads(args) => reads::run(args).map(drop),
         BenchCommand::Burst(args) => burst::run(args).map(drop),
         BenchCommand::Failover(args) => failover::run(args),
+        BenchCommand::Lb(args) => lb::run(args),
+        BenchCommand::LbBackend { port } => lb::serve_backend(port),
     }
 }
