@@ -3,12 +3,16 @@
 //! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
 //! building (`image`) or a benchmark (`bench`).
 mod cli;
+mod flag_values;
 mod os;
 mod token_file;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plinth_protocol::{Attributes, ProtocolError, Resources};
+use flag_values::{
+    parse_attributes, parse_etcd_prefix, parse_master_list, parse_resources, parse_service_ports, parse_userns_remap,
+};
+use plinth_protocol::{Attributes, Resources};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -218,33 +222,6 @@ struct EtcdArgs {
     leader_lease_secs: u64,
 }
 
-/// `START-END`, within 1-65535, clear of the agents' default task host ports.
-fn parse_service_ports(text: &str) -> Result<(u16, u16), String> {
-    let (start, end) =
-        text.split_once('-').ok_or_else(|| format!("'{text}' is not a range: write START-END, like 10000-20000"))?;
-    let port = |part: &str| match part.trim().parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("'{}' is not a port: ports are 1-65535", part.trim())),
-        Ok(port) => Ok(port),
-    };
-    let (start, end) = (port(start)?, port(end)?);
-    if start > end {
-        return Err(format!("the range starts above its end ({start} > {end})"));
-    }
-    let (low, high) = plinth_agent::DEFAULT_PORTS;
-    if start <= high && end >= low {
-        return Err(format!("{start}-{end} overlaps the agents' default task host ports {low}-{high}"));
-    }
-    Ok((start, end))
-}
-
-fn parse_etcd_prefix(text: &str) -> Result<String, String> {
-    let prefix = text.trim_end_matches('/');
-    if !prefix.starts_with('/') || prefix.len() < 2 {
-        return Err(format!("'{text}' is not a key prefix: it starts with / and names something, like /plinth"));
-    }
-    Ok(prefix.to_string())
-}
-
 /// Where to find etcd, with the password read from its file or `PLINTH_ETCD_PASSWORD`.
 fn etcd_settings(args: EtcdArgs) -> anyhow::Result<Option<plinth_master::store::EtcdSettings>> {
     if args.etcd.is_empty() {
@@ -436,28 +413,6 @@ struct StandaloneCommand {
     /// The master URL the embedded agent joins (default: this process's master).
     #[arg(long = "master", env = "PLINTH_MASTER")]
     master_url: Option<String>,
-}
-
-/// Argument-time parsing so a typo is a usage error naming the bad part.
-fn parse_userns_remap(text: &str) -> Result<plinth_agent::userns::IdRemap, String> {
-    text.parse().map_err(|e: plinth_agent::userns::RemapError| e.to_string())
-}
-
-fn parse_resources(text: &str) -> Result<Resources, String> {
-    Resources::parse(text).map_err(reason)
-}
-
-fn parse_attributes(text: &str) -> Result<Attributes, String> {
-    plinth_protocol::parse_attributes(text).map_err(reason)
-}
-
-/// Only the reason: clap's message already names the flag and the value.
-fn reason(error: ProtocolError) -> String {
-    match error {
-        ProtocolError::InvalidResources { reason, .. }
-        | ProtocolError::InvalidAttributes { reason, .. }
-        | ProtocolError::InvalidId { reason, .. } => reason,
-    }
 }
 
 fn main() {
@@ -705,22 +660,6 @@ fn agent_config(
             ..Default::default()
         },
     }
-}
-
-/// `--boot-masters`: URLs like http://10.0.0.2:8080, comma-separated, at most 9.
-fn parse_master_list(raw: &str) -> Result<String, String> {
-    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
-    if urls.len() > 9 {
-        return Err(format!("{} masters; at most 9", urls.len()));
-    }
-    for url in &urls {
-        let host =
-            url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).map(|r| r.split(['/', ':']).next());
-        if !matches!(host, Some(Some(h)) if !h.is_empty()) || url.contains(char::is_whitespace) {
-            return Err(format!("{url:?} is not a master URL like http://10.0.0.2:8080"));
-        }
-    }
-    Ok(urls.iter().map(|u| u.trim_end_matches('/')).collect::<Vec<_>>().join(","))
 }
 
 async fn run_master(cmd: MasterCommand) -> anyhow::Result<()> {

@@ -5,7 +5,6 @@
 //! timed on both; and a real failover: two `plinth master` processes on that etcd, the
 //! leader killed with SIGKILL, timed to the first acknowledged write on the other, beside
 //! a single redb master killed and restarted on the same state.
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +13,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use plinth_master::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store};
-use plinth_protocol::agent::StatusUpdate;
-use plinth_protocol::{AgentId, AppDefinition, Resources, TaskState, Timestamp};
+use plinth_protocol::{AppDefinition, Resources, Timestamp};
 use plinth_scheduler::{Core, CoreConfig};
 
 #[derive(Debug, clap::Args)]
@@ -122,20 +120,7 @@ fn seed(stores: &[&dyn StateStore], apps: usize, tasks: usize) -> anyhow::Result
         clock = clock.plus_millis(100);
         core.tick(clock);
         let changes = core.take_changes();
-        let mut per_agent: HashMap<AgentId, Vec<StatusUpdate>> = HashMap::new();
-        for id in &changes.tasks {
-            let Some(task) = core.task(id) else { continue };
-            if task.state == TaskState::TaskStaging {
-                let update_id = uuid::Uuid::from_u128(fastrand::u128(..));
-                per_agent.entry(task.agent_id.clone()).or_default().push(StatusUpdate::new(
-                    update_id,
-                    id.clone(),
-                    task.app_id.clone(),
-                    TaskState::TaskRunning,
-                    clock.to_iso(),
-                ));
-            }
-        }
+        let per_agent = crate::scheduler::staged_tasks_running(&core, &changes, clock);
         commit_changes(stores, &core, &changes)?;
         let launched: usize = per_agent.values().map(Vec::len).sum();
         for (agent, updates) in per_agent {

@@ -163,13 +163,7 @@ fn run_in(dir: &std::path::Path, agents: usize, tasks: usize) -> anyhow::Result<
         core.tick(clock);
         let changes = core.take_changes();
         // Fake agents: every staged task starts at once.
-        let mut per_agent: HashMap<AgentId, Vec<StatusUpdate>> = HashMap::new();
-        for id in &changes.tasks {
-            let Some(task) = core.task(id) else { continue };
-            if task.state == TaskState::TaskStaging {
-                per_agent.entry(task.agent_id.clone()).or_default().push(running_update(id, task, clock));
-            }
-        }
+        let per_agent = staged_tasks_running(&core, &changes, clock);
         let launched: usize = per_agent.values().map(Vec::len).sum();
         core_time += t0.elapsed();
         let placements = submit(&writer, &core, &changes, &mut encode_time)?;
@@ -256,6 +250,22 @@ pub(crate) fn fake_registration(i: usize, resources: &Resources) -> Registration
         tasks: vec![],
         version: "bench".into(),
     }
+}
+
+/// What fake agents report for the round's `changes`: every task it staged, running now.
+pub(crate) fn staged_tasks_running(
+    core: &plinth_scheduler::Core,
+    changes: &plinth_scheduler::Changes,
+    now: Timestamp,
+) -> HashMap<AgentId, Vec<StatusUpdate>> {
+    let mut per_agent: HashMap<AgentId, Vec<StatusUpdate>> = HashMap::new();
+    for id in &changes.tasks {
+        let Some(task) = core.task(id) else { continue };
+        if task.state == TaskState::TaskStaging {
+            per_agent.entry(task.agent_id.clone()).or_default().push(running_update(id, task, now));
+        }
+    }
+    per_agent
 }
 
 fn running_update(id: &TaskId, task: &plinth_scheduler::TaskRecord, now: Timestamp) -> StatusUpdate {
