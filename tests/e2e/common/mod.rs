@@ -582,6 +582,17 @@ fn kill_cgroup_processes(dir: &Path) {
 
 /// What a killed executor could not tear down for its container: the network
 /// namespace's bind mount and the runtime state (both named by task id).
+/// Task ids with a sandbox under any node's work dir (`DIR/NODE/tasks/ID`).
+fn sandboxed_task_ids(dir: &Path) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let Ok(nodes) = fs::read_dir(dir) else { return ids };
+    for node in nodes.flatten() {
+        let Ok(tasks) = fs::read_dir(node.path().join("tasks")) else { continue };
+        ids.extend(tasks.flatten().filter_map(|t| t.file_name().into_string().ok()));
+    }
+    ids
+}
+
 fn cleanup_containers(task_ids: &BTreeSet<String>) {
     for id in task_ids {
         let netns = Path::new("/run/plinth/netns").join(id);
@@ -1171,7 +1182,10 @@ impl Drop for Cluster {
         for host in &self.net.hosts {
             kill_netns_processes(&host.netns);
         }
-        if let Ok(seen) = self.seen_tasks.lock() {
+        if let Ok(mut seen) = self.seen_tasks.lock() {
+            // Tasks the test never listed still have a sandbox in their agent's work dir;
+            // without them their containers' netns pins outlive the test.
+            seen.extend(sandboxed_task_ids(self.dir()));
             cgroups.extend(task_cgroups(&seen));
             // Containers on a bridge live in their own network namespace, out of reach
             // of the sweep above: their cgroup finds them.
