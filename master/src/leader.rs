@@ -5,68 +5,17 @@
 //! when its lease may have ended (no keep-alive answered within the TTL, measured from
 //! when the last answered one was sent, so never later than etcd ends it), when a write
 //! is refused, or on `DELETE /v2/leader`. Followers keep the core empty and proxy every
-//! API request to the leader ([`follow_leader`], Marathon's `X-Marathon-Leader` /
-//! `X-Marathon-Via`; over HTTPS with this master's certificate when there is a cluster CA,
-//! whose agents are sent to the leader instead), or answer 503 while no one leads. On
-//! redb the master is [`Role::Single`].
-use std::sync::{Arc, Mutex, OnceLock};
+//! API request to the leader (`api/follow_leader.rs`), or answer 503 while no one leads.
+//! On redb the master is [`Role::Single`]. `GET /v1/masters` is here too.
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
-
-use plinth_protocol::Timestamp;
-use plinth_scheduler::Event;
+use axum::extract::State;
 
 use crate::error::ApiError;
+use crate::role::{address_of, Role};
 use crate::shell::Master;
 use crate::store::Fence;
-
-/// Who leads, as this master sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// redb: the only master, always leading.
-    Single,
-    /// Won the election; its lease is alive.
-    Leading,
-    /// Another master leads (its URL), or no one does yet.
-    Following(Option<String>),
-}
-
-impl Role {
-    pub fn leads(&self) -> bool {
-        matches!(self, Role::Single | Role::Leading)
-    }
-}
-
-pub const VIA: &str = "x-marathon-via";
-pub const LEADER: &str = "x-marathon-leader";
-
-/// The 503 of a request that needs the leader when this master is not it.
-pub fn not_leading(role: &Role) -> ApiError {
-    match role {
-        Role::Following(Some(leader)) => {
-            ApiError::Unavailable(format!("this master is not the leader ({leader} is); retry there or here"))
-        }
-        _ => ApiError::Unavailable(
-            "no master is the leader at the moment (an election is under way, or etcd cannot be reached); \
-             retry in a few seconds"
-                .into(),
-        ),
-    }
-}
-
-/// `host:port` of a master's URL.
-pub fn address_of(url: &str) -> &str {
-    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/')
-}
-
-pub fn leader_event(event_type: &str, url: &str) -> Event {
-    Event::new(event_type, Timestamp::now(), serde_json::json!({ "leader": address_of(url) }))
-}
 
 /// Starts campaigning (for as long as the master lives) and following who leads.
 pub fn spawn(master: &Arc<Master>) {
@@ -282,153 +231,4 @@ pub async fn masters(State(master): State<Arc<Master>>) -> Result<axum::Json<ser
         "masters": masters,
         "etcd": {"version": status.version(), "members": members},
     })))
-}
-
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        // No total time limit: long polls and event streams pass through.
-        reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .expect("the proxy's HTTP client builds")
-    })
-}
-
-/// Requests a follower answers itself: liveness and who leads.
-fn answered_here(request: &Request) -> bool {
-    let path = request.uri().path();
-    path == "/ping" || (path == "/v2/leader" && request.method() == axum::http::Method::GET)
-}
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// The outermost layer of the API: on a follower, every request goes to the leader.
-pub async fn follow_leader(State(master): State<Arc<Master>>, request: Request, next: Next) -> Response {
-    let role = master.role.borrow().clone();
-    if role.leads() || answered_here(&request) {
-        return next.run(request).await;
-    }
-    match role {
-        // A request another master already proxied is not sent on again (no loops).
-        Role::Following(Some(leader)) if !request.headers().contains_key(VIA) => {
-            // The agent protocol admits an agent by its connection's certificate, which a
-            // proxy cannot pass on: the agent is sent to the leader.
-            if master.identity.is_some() && request.uri().path().starts_with("/agent/") {
-                return to_the_leader(&leader);
-            }
-            if crate::api::event_relay::is_event_stream(&request) {
-                return crate::api::event_relay::follow(&master, &leader, request).await;
-            }
-            proxy(&master, &leader, request).await.unwrap_or_else(IntoResponse::into_response)
-        }
-        role => not_leading(&role).into_response(),
-    }
-}
-
-/// A 503 naming the leader in `X-Marathon-Leader`, which agents then ask directly.
-fn to_the_leader(leader: &str) -> Response {
-    let message =
-        format!("this master is not the leader; agents with a certificate speak to the leader ({leader}) directly");
-    let mut response = ApiError::Unavailable(message).into_response();
-    if let Ok(value) = HeaderValue::from_str(leader) {
-        response.headers_mut().insert(HeaderName::from_static(LEADER), value);
-    }
-    response
-}
-
-/// A request to the leader carrying the client's headers (but hop-by-hop ones) and this
-/// master's `X-Marathon-Via`.
-pub fn forward(
-    master: &Master,
-    method: reqwest::Method,
-    url: &str,
-    headers: &axum::http::HeaderMap,
-) -> reqwest::RequestBuilder {
-    // An HTTPS leader of a cluster CA: trusted by that CA, and shown this master's certificate.
-    let http = match &master.identity {
-        Some(identity) if url.starts_with("https://") => &identity.agent_client,
-        _ => client(),
-    };
-    let mut outgoing = http.request(method, url);
-    for (name, value) in headers {
-        if name != axum::http::header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    outgoing.header(VIA, via(master))
-}
-
-fn via(master: &Master) -> String {
-    format!("1.1 {}", master.leader)
-}
-
-async fn proxy(master: &Master, leader: &str, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let outgoing = forward(master, parts.method.clone(), &url, &parts.headers)
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    // A leader that goes silent (partitioned, paused) holds a proxied request only until
-    // this master sees it no longer leads.
-    let mut role = master.role.subscribe();
-    let answer = tokio::select! {
-        answer = outgoing.send() => answer.map_err(|e| {
-            ApiError::Unavailable(format!("the leader {leader} did not answer: {}; retry in a few seconds", error_text(&e)))
-        })?,
-        () = until_not_following(&mut role, leader) => return Err(ApiError::Unavailable(format!(
-            "the leader {leader} stopped leading before it answered (the request may or may not have been carried out); \
-             check, then retry in a few seconds"
-        ))),
-    };
-    Ok(relay_answer(master, leader, answer))
-}
-
-/// The leader's answer as this master's, with `X-Marathon-Leader` and `X-Marathon-Via`.
-pub fn relay_answer(master: &Master, leader: &str, answer: reqwest::Response) -> Response {
-    let via = via(master);
-    let mut response = Response::builder().status(answer.status().as_u16());
-    if let Some(headers) = response.headers_mut() {
-        for (name, value) in answer.headers() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
-                headers.append(name, value.clone());
-            }
-        }
-        if let Ok(value) = HeaderValue::from_str(leader) {
-            headers.insert(HeaderName::from_static(LEADER), value);
-        }
-        if let Ok(value) = HeaderValue::from_str(&via) {
-            headers.insert(HeaderName::from_static(VIA), value);
-        }
-    }
-    let stream = answer.bytes_stream().map_err(std::io::Error::other);
-    response
-        .body(axum::body::Body::from_stream(stream))
-        .unwrap_or_else(|e| ApiError::Internal(format!("cannot relay the leader's answer: {e}")).into_response())
-}
-
-/// Returns once this master no longer names `leader` as the leader.
-pub async fn until_not_following(role: &mut tokio::sync::watch::Receiver<Role>, leader: &str) {
-    loop {
-        if !matches!(&*role.borrow_and_update(), Role::Following(Some(current)) if current == leader) {
-            return;
-        }
-        if role.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-fn error_text(e: &reqwest::Error) -> String {
-    plinth_protocol::error_chain(e).to_string()
 }

@@ -28,10 +28,10 @@ use plinth_protocol::{AgentId, Timestamp};
 use crate::access::AccessConfig;
 use crate::error::{ApiError, MasterError};
 use crate::events::{CallbackHub, EventBus};
-use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::read_model::ReadModel;
 use crate::registry::{Registry, RegistryConfig};
+use crate::role::Role;
 use crate::store::writer::{AfterCommit, Ticket, Writer};
 use crate::store::{Batch, EtcdSettings, EtcdStore, StateStore, Store, StoreError};
 use plinth_scheduler::{Changes, Core, CoreConfig, CoreError, Event};
@@ -392,7 +392,7 @@ impl Master {
     ) -> Result<T, ApiError> {
         let mut guard = self.state.lock().await;
         if !self.leads() {
-            return Err(crate::leader::not_leading(&self.role.borrow()));
+            return Err(crate::role::not_leading(&self.role.borrow()));
         }
         let now = Timestamp::now();
         let result = run(&mut guard.core, now);
@@ -511,7 +511,7 @@ impl Master {
         if was_leading {
             tracing::warn!(reason, "no longer the leader");
             self.metrics.record_leader_change();
-            self.publish(crate::leader::leader_event("leader_abdicated", &self.url));
+            self.publish(crate::role::leader_event("leader_abdicated", &self.url));
         }
         was_leading
     }
@@ -553,7 +553,7 @@ impl Master {
         self.metrics.record_leader_change();
         self.reads.bump();
         drop(guard);
-        self.publish(crate::leader::leader_event("leader_elected", &self.url));
+        self.publish(crate::role::leader_event("leader_elected", &self.url));
         self.round_wanted.notify_one();
         Ok(())
     }

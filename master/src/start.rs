@@ -26,7 +26,7 @@ pub async fn build(
         router = router.merge(crate::pxe::start(&master, boot, port)?);
     }
     let router = crate::api::with_layers(router, &master)
-        .layer(axum::middleware::from_fn_with_state(master.clone(), crate::leader::follow_leader));
+        .layer(axum::middleware::from_fn_with_state(master.clone(), crate::api::follow_leader::follow_leader));
     Ok((master, router))
 }
 

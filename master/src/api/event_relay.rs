@@ -21,10 +21,11 @@ use plinth_protocol::views::events::EventStreamAttached;
 use plinth_protocol::Timestamp;
 use plinth_scheduler::Event;
 
-use super::events::{sse, Selection};
+use super::event_selection::{sse, Selection};
 use super::{ClientAddr, Params};
 use crate::error::ApiError;
-use crate::leader::{self, Role};
+use crate::leader_proxy;
+use crate::role::{Role, LEADER};
 use crate::shell::Master;
 
 const ATTACHED: &str = "event_stream_attached";
@@ -89,7 +90,7 @@ pub async fn follow(master: &Arc<Master>, leader_url: &str, request: Request) ->
     let role = master.role.subscribe();
     let first = match connect(master, leader_url, &upstream).await {
         Ok(answer) if answer.status() == reqwest::StatusCode::OK => answer,
-        Ok(answer) => return leader::relay_answer(master, leader_url, answer),
+        Ok(answer) => return leader_proxy::relay_answer(master, leader_url, answer),
         Err(e) => return e.into_response(),
     };
     let (out, events) = mpsc::channel(256);
@@ -104,7 +105,7 @@ pub async fn follow(master: &Arc<Master>, leader_url: &str, request: Request) ->
     tokio::spawn(relay.run(role, Some((leader_url.to_string(), first))));
     let mut response = respond(events);
     if let Ok(value) = HeaderValue::from_str(leader_url) {
-        response.headers_mut().insert(HeaderName::from_static(leader::LEADER), value);
+        response.headers_mut().insert(HeaderName::from_static(LEADER), value);
     }
     response
 }
@@ -116,7 +117,7 @@ fn respond(events: mpsc::Receiver<SseEvent>) -> Response {
 
 async fn connect(master: &Master, leader_url: &str, upstream: &Upstream) -> Result<reqwest::Response, ApiError> {
     let url = format!("{}{}", leader_url.trim_end_matches('/'), upstream.path_and_query);
-    let request = leader::forward(master, reqwest::Method::GET, &url, &upstream.headers);
+    let request = leader_proxy::forward(master, reqwest::Method::GET, &url, &upstream.headers);
     request.send().await.map_err(|e| {
         ApiError::Unavailable(format!(
             "the leader {leader_url} did not answer: {}; retry in a few seconds",
@@ -262,7 +263,7 @@ impl Relay {
                     }
                     None => return Next::Reattach,
                 },
-                () = leader::until_not_following(&mut watching, leader_url) => return Next::Reattach,
+                () = leader_proxy::until_not_following(&mut watching, leader_url) => return Next::Reattach,
                 () = self.out.closed() => return Next::Stop,
             }
         }

@@ -13,39 +13,17 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use plinth_protocol::views::events::{is_marathon_event, EventStreamAttached};
+use plinth_protocol::views::events::EventStreamAttached;
 use plinth_protocol::views::EventSubscriptions;
 use plinth_protocol::Timestamp;
 
+use super::event_selection::{sse, Selection};
 use super::{ClientAddr, Params};
 use crate::error::ApiError;
 use crate::events::subscription_event;
 use crate::shell::Master;
 use crate::store::Subscription;
 use plinth_scheduler::Event;
-
-pub(crate) fn sse(event: &Event) -> SseEvent {
-    SseEvent::default().event(event.event_type.clone()).data(event.payload.to_string())
-}
-
-/// Which events a stream passes: Marathon's types only (`/v2/events`) or all, and the
-/// `event_type` filter.
-#[derive(Debug, Clone)]
-pub(crate) struct Selection {
-    marathon_only: bool,
-    types: Vec<String>,
-}
-
-impl Selection {
-    pub(crate) fn of(params: &Params, marathon_only: bool) -> Selection {
-        Selection { marathon_only, types: params.all("event_type") }
-    }
-
-    pub(crate) fn passes(&self, event: &Event) -> bool {
-        (!self.marathon_only || is_marathon_event(&event.event_type))
-            && (self.types.is_empty() || self.types.iter().any(|t| t == &event.event_type))
-    }
-}
 
 /// `GET /v2/events[?event_type=...]`: `event_stream_attached` first, then every event
 /// of Marathon's types published after the client attached (Marathon clients stop at a
@@ -63,7 +41,7 @@ pub async fn stream(
 /// that follower's relay moves on by itself.
 fn open(master: &Arc<Master>, params: &Params, client: ClientAddr, request: &Request, marathon_only: bool) -> Response {
     let selection = Selection::of(params, marathon_only);
-    if master.etcd.is_some() && !request.headers().contains_key(crate::leader::VIA) {
+    if master.etcd.is_some() && !request.headers().contains_key(crate::role::VIA) {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let remote = client.0.map(|a| a.to_string()).unwrap_or_default();
         return super::event_relay::lead(master, request.headers(), path, selection, remote);

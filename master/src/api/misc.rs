@@ -14,7 +14,7 @@ use plinth_protocol::views::{LeaderInfo, MarathonInfo};
 
 use super::views;
 use crate::error::ApiError;
-use crate::leader::Role;
+use crate::role::Role;
 use crate::shell::Master;
 
 pub async fn ping() -> Response {
@@ -52,8 +52,8 @@ pub async fn leader(State(master): State<Arc<Master>>) -> Result<Json<LeaderInfo
     let role = master.role.borrow().clone();
     match role {
         Role::Single | Role::Leading => Ok(Json(LeaderInfo { leader: master.leader.clone() })),
-        Role::Following(Some(url)) => Ok(Json(LeaderInfo { leader: crate::leader::address_of(&url).to_string() })),
-        Role::Following(None) => Err(crate::leader::not_leading(&role)),
+        Role::Following(Some(url)) => Ok(Json(LeaderInfo { leader: crate::role::address_of(&url).to_string() })),
+        Role::Following(None) => Err(crate::role::not_leading(&role)),
     }
 }
 
