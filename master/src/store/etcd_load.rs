@@ -79,7 +79,8 @@ fn after(key: &[u8]) -> Vec<u8> {
 
 /// Ranges covering every key under `root` (`{prefix}/`) once, in key order.
 pub(super) fn ranges(root: &[u8]) -> Vec<Range> {
-    let mut spaces: Vec<(Vec<u8>, Space)> = RECORD_TABLES.iter().map(|t| (t.as_bytes().to_vec(), Space::Table(t))).collect();
+    let mut spaces: Vec<(Vec<u8>, Space)> =
+        RECORD_TABLES.iter().map(|t| (t.as_bytes().to_vec(), Space::Table(t))).collect();
     spaces.push((b"journal".to_vec(), Space::Journal));
     for ignored in ["meta", "leader", SUBSCRIPTIONS_TABLE] {
         spaces.push((ignored.as_bytes().to_vec(), Space::Ignored));
@@ -142,7 +143,13 @@ impl Reader {
         self.revision
     }
 
-    async fn get(&self, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> Result<GetResponse, etcd_client::Error> {
+    async fn get(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<GetResponse, etcd_client::Error> {
         let _permit = self.permits.acquire().await.expect("the load's semaphore is never closed");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut options = GetOptions::new().with_range(end.to_vec()).with_limit(limit);
@@ -178,9 +185,10 @@ impl Reader {
                 (chunk[0].clone(), end)
             })
             .collect();
-        try_join_all(cuts.into_iter().map(|(start, end)| async move {
-            self.read_pages(range.space, start, &end, None, sink).await
-        }))
+        try_join_all(
+            cuts.into_iter()
+                .map(|(start, end)| async move { self.read_pages(range.space, start, &end, None, sink).await }),
+        )
         .await
         .map(drop)
     }
@@ -266,7 +274,10 @@ fn decode_page(page: &Page, root_len: usize) -> Result<Snapshot, StoreError> {
         Space::Gap => {
             let key = key_text(page.kvs[0].key())?;
             let space = key[root_len..].split('/').next().unwrap_or_default();
-            return Err(StoreError::Foreign { key: key.to_string(), reason: format!("'{space}' is not a table of Plinth's") });
+            return Err(StoreError::Foreign {
+                key: key.to_string(),
+                reason: format!("'{space}' is not a table of Plinth's"),
+            });
         }
         Space::Journal | Space::Ignored => {}
     }
@@ -355,7 +366,8 @@ mod tests {
             assert_eq!(pair[0].end, pair[1].start, "{pair:?}");
             assert!(pair[0].start < pair[0].end);
         }
-        let space_of = |key: &[u8]| ranges.iter().find(|r| r.start.as_slice() <= key && key < r.end.as_slice()).map(|r| r.space);
+        let space_of =
+            |key: &[u8]| ranges.iter().find(|r| r.start.as_slice() <= key && key < r.end.as_slice()).map(|r| r.space);
         assert_eq!(space_of(b"/plinth/apps/x"), Some(Space::Table("apps")));
         assert_eq!(space_of(b"/plinth/app_versions/x\0v"), Some(Space::Table("app_versions")));
         assert_eq!(space_of(b"/plinth/tasks/"), Some(Space::Table("tasks")));
