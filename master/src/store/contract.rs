@@ -85,6 +85,7 @@ fn contract(engine: &dyn Engine) {
     subscriptions_survive_reopen(engine);
     a_batch_bigger_than_one_transaction_is_whole(engine);
     framework_id_is_stable(engine);
+    a_table_of_several_pages_loads_whole_at_one_revision(engine);
 }
 
 fn writes_reload_and_deletes_remove_versions(engine: &dyn Engine) {
@@ -173,6 +174,66 @@ fn framework_id_is_stable(engine: &dyn Engine) {
     let first = engine.open().framework_id().unwrap();
     assert!(first.ends_with("-0000"), "{first}");
     assert_eq!(engine.open().framework_id().unwrap(), first);
+}
+
+/// More apps than two of etcd's load pages (so the load cuts the tables at listed keys),
+/// loaded whole while another thread keeps rewriting the first and the last version
+/// record in one batch: every load sees both from the same batch.
+fn a_table_of_several_pages_loads_whole_at_one_revision(engine: &dyn Engine) {
+    let store = engine.open();
+    let mut core = Core::new(CoreConfig::default(), counter_ids());
+    let count = 2 * super::etcd_load::PAGE + 1;
+    let ids: Vec<String> = (0..count).map(|n| format!("/pages/app-{n:05}")).collect();
+    for id in &ids {
+        core.create_app(app(id, "sleep 1"), now()).unwrap();
+    }
+    commit(&*store, &mut core);
+    let loaded = engine.open().load_checked().unwrap();
+    let loaded_ids: Vec<&str> = loaded.apps.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(loaded_ids, ids, "every app once, in key order");
+    let mut versions: Vec<&str> = loaded.app_versions.iter().map(|(id, _, _)| id.as_str()).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, ids, "every app's version once");
+    assert_eq!(loaded.deployments.len(), count);
+
+    // "/a" sorts before every app above, "/zzz" after: never in the same page.
+    let pair = |generation: usize| {
+        let mut batch = Batch::default();
+        for id in ["/a", "/zzz"] {
+            let key = super::version_key(id, "v");
+            let value = super::encode("app_versions", &key, &app(id, &format!("echo {generation}"))).unwrap();
+            batch.put("app_versions", key, Some(value));
+        }
+        batch
+    };
+    store.commit(&pair(0)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut generation = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                generation += 1;
+                store.commit(&pair(generation)).unwrap();
+            }
+            generation
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let loaded = engine.open().load_checked().unwrap();
+        assert_eq!(loaded.apps.len(), count);
+        let cmd_of = |id: &str| {
+            let found = loaded.app_versions.iter().find(|(app, _, _)| app.as_str() == id);
+            found.and_then(|(_, _, def)| def.cmd.clone()).unwrap_or_else(|| panic!("{id} is loaded"))
+        };
+        let (first, last) = (cmd_of("/a"), cmd_of("/zzz"));
+        assert_eq!(first, last, "both records of one batch, from one revision");
+        seen.insert(first);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 0 && seen.len() > 1, "the loads ran while batches were written ({written}, {seen:?})");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! journal removed; a load replays any journal left by a crash in between. Every write of
 //! a leader carries its [`Fence`]: the transaction holds only while the leader key
 //! it won still exists with the same create revision, so a deposed master never writes.
-//! Loads read the whole prefix at one revision, page by page.
+//! Loads read the whole prefix at one revision, in parallel ranges (`etcd_load.rs`).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use plinth_scheduler::Snapshot;
 
+use super::etcd_load::{self as load, prefix_end};
 use super::{decode, encode, snapshot_from, Batch, StateStore, StoreError, Subscription};
 use super::{RECORD_TABLES, SUBSCRIPTIONS_TABLE};
 
@@ -34,9 +35,8 @@ pub const MAX_TXN_OPS: usize = 128;
 pub const MAX_TXN_BYTES: usize = 1_400_000;
 /// Per-key overhead counted against [`MAX_TXN_BYTES`].
 const OP_OVERHEAD: usize = 64;
-/// Keys per page when loading.
-const PAGE: i64 = 500;
-/// A load may read pages this big (values up to etcd's request limit).
+/// A load may read answers this big (etcd sends up to 2 GiB; a page that is bigger is
+/// read again in halves, `etcd_load.rs`).
 const MAX_DECODE_BYTES: usize = 512 * 1024 * 1024;
 
 /// How to reach etcd (`plinth master --etcd ...`).
@@ -114,18 +114,6 @@ fn etcd_err(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> Store
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|source| StoreError::Import { path: path.clone(), source })
-}
-
-/// The first key after every key starting with `prefix` (etcd's range end of a prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 impl EtcdStore {
@@ -240,44 +228,6 @@ impl EtcdStore {
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
     }
 
-    /// Every key under the prefix (below it: `table/key`) and its value, read at one revision.
-    async fn read_all(&self) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        const OP: &str = "loading the snapshot";
-        let root = format!("{}/", self.prefix).into_bytes();
-        let end = prefix_end(&root);
-        let mut kv = self.kv();
-        let mut rows = BTreeMap::new();
-        let mut from = root.clone();
-        let mut revision = 0;
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let mut page = kv.get(from.clone(), Some(options)).await.map_err(etcd_err(OP))?;
-            if revision == 0 {
-                revision = page.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            let more = page.more();
-            let kvs = page.take_kvs();
-            let Some(last) = kvs.last().map(|kv| kv.key().to_vec()) else { break };
-            for item in kvs {
-                let (key, value) = item.into_key_value();
-                let key = String::from_utf8(key[root.len()..].to_vec()).map_err(|e| StoreError::Foreign {
-                    key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                    reason: "the key is not UTF-8".into(),
-                })?;
-                rows.insert(key, value);
-            }
-            if !more {
-                break;
-            }
-            from = last;
-            from.push(0);
-        }
-        Ok(rows)
-    }
-
     /// The journals a crash left committed (manifest written, records maybe not), oldest
     /// first, as their operations; parts without a manifest are dropped.
     fn journals(rows: &BTreeMap<String, Vec<u8>>) -> Result<Vec<(String, Vec<JournalOp>)>, StoreError> {
@@ -306,7 +256,23 @@ impl EtcdStore {
     /// The records, with any journal left by a crash applied (and, when `settle`, written
     /// through and removed, under the fence).
     pub async fn load_async(&self, settle: bool) -> Result<Snapshot, StoreError> {
-        let mut rows = self.read_all().await?;
+        let root = format!("{}/", self.prefix).into_bytes();
+        let ranges = load::ranges(&root);
+        let journal = ranges.iter().find(|r| r.space == load::Space::Journal).expect("the ranges name the journal");
+        let (reader, journal_keys) = load::Reader::pinned_at_count_of(self.kv(), journal).await?;
+        let records: Vec<load::Range> = ranges.iter().filter(|r| r.space != load::Space::Ignored).cloned().collect();
+        if journal_keys == 0 {
+            let started = std::time::Instant::now();
+            let snapshot = load::read_decoded(&reader, &records, root.len()).await?;
+            tracing::debug!(
+                revision = reader.revision(),
+                load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "snapshot read from etcd"
+            );
+            return Ok(snapshot);
+        }
+        // A crash left a journal: rare, so the rows are replayed over in one map.
+        let mut rows = load::read_rows(&reader, &records, root.len()).await?;
         let journals = Self::journals(&rows)?;
         let mut ops = Vec::new();
         for (id, journal) in &journals {

@@ -15,6 +15,7 @@ use plinth_protocol::AppDefinition;
 use plinth_scheduler::{AgentRecord, AppRecord, Changes, Core, DeploymentRecord, GroupRecord, Snapshot};
 
 pub mod etcd;
+mod etcd_load;
 pub mod redb;
 pub mod task_codec;
 pub mod writer;
@@ -199,48 +200,59 @@ impl Batch {
 }
 
 /// The records of a snapshot back from `(key, sealed value)` rows of each table in
-/// [`RECORD_TABLES`]: both engines decode through here, so they load alike.
+/// [`RECORD_TABLES`]: both engines decode through here ([`decode_rows`]), so they load alike.
 pub fn snapshot_from(
     mut rows_of: impl FnMut(&'static str) -> Result<Vec<(String, Vec<u8>)>, StoreError>,
 ) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot::default();
-    for (k, v) in rows_of("apps")? {
-        snapshot.apps.push(decode::<AppRecord>("apps", &k, &v)?);
-    }
-    for (k, v) in rows_of("app_versions")? {
-        let def: AppDefinition = decode("app_versions", &k, &v)?;
-        let Some((app, version)) = k.split_once('\0') else {
-            return Err(StoreError::Schema {
-                found: format!("app_versions key {k:?}"),
-                expected: "app\\0version".into(),
-            });
-        };
-        let app = plinth_protocol::AppId::parse(app).map_err(|e| StoreError::Decode {
-            table: "app_versions",
-            key: k.clone(),
-            source: serde::de::Error::custom(e),
-        })?;
-        snapshot.app_versions.push((app, version.to_string(), def));
-    }
-    for (k, v) in rows_of("tasks")? {
-        let payload = crate::checksum::open(&v).map_err(|source| StoreError::Corrupt {
-            table: "tasks",
-            key: k.clone(),
-            source,
-        })?;
-        snapshot.tasks.push(task_codec::decode_task(&k, payload)?);
-    }
-    for (k, v) in rows_of("agents")? {
-        snapshot.agents.push(decode::<AgentRecord>("agents", &k, &v)?);
-    }
-    for (k, v) in rows_of("deployments")? {
-        snapshot.deployments.push(decode::<DeploymentRecord>("deployments", &k, &v)?);
-    }
-    for (k, v) in rows_of("groups")? {
-        let record = decode::<GroupRecord>("groups", &k, &v)?;
-        snapshot.groups.push((k, record));
+    for table in RECORD_TABLES {
+        decode_rows(table, rows_of(table)?, &mut snapshot)?;
     }
     Ok(snapshot)
+}
+
+/// Decodes rows of one record table (keys below the table, sealed values), in order, onto
+/// the end of `into`'s records of that table. Any run of a table's rows decodes alone, so
+/// a load can split a table across threads and append the parts in key order.
+pub fn decode_rows<K: AsRef<str>, V: AsRef<[u8]>>(
+    table: &'static str,
+    rows: impl IntoIterator<Item = (K, V)>,
+    into: &mut Snapshot,
+) -> Result<(), StoreError> {
+    for (k, v) in rows {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        match table {
+            "apps" => into.apps.push(decode::<AppRecord>("apps", k, v)?),
+            "app_versions" => {
+                let def: AppDefinition = decode("app_versions", k, v)?;
+                let Some((app, version)) = k.split_once('\0') else {
+                    return Err(StoreError::Schema {
+                        found: format!("app_versions key {k:?}"),
+                        expected: "app\\0version".into(),
+                    });
+                };
+                let app = plinth_protocol::AppId::parse(app).map_err(|e| StoreError::Decode {
+                    table: "app_versions",
+                    key: k.to_string(),
+                    source: serde::de::Error::custom(e),
+                })?;
+                into.app_versions.push((app, version.to_string(), def));
+            }
+            "tasks" => {
+                let payload = crate::checksum::open(v).map_err(|source| StoreError::Corrupt {
+                    table: "tasks",
+                    key: k.to_string(),
+                    source,
+                })?;
+                into.tasks.push(task_codec::decode_task(k, payload)?);
+            }
+            "agents" => into.agents.push(decode::<AgentRecord>("agents", k, v)?),
+            "deployments" => into.deployments.push(decode::<DeploymentRecord>("deployments", k, v)?),
+            "groups" => into.groups.push((k.to_string(), decode::<GroupRecord>("groups", k, v)?)),
+            other => unreachable!("{other} is not one of RECORD_TABLES"),
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
