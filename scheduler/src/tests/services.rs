@@ -69,7 +69,8 @@ fn running_tasks_are_the_backends_of_their_service_port_on_every_agent() {
 #[test]
 fn a_udp_tcp_port_is_served_over_both_transports_and_each_port_reads_its_own_labels() {
     let mut c = core();
-    register(&mut c, "a", ROOMY, "", t(0));
+    let a = register(&mut c, "a", ROOMY, "", t(0));
+    sync(&mut c, &a, 0, t(0));
     let def = app(json!({"id": "/dns", "cmd": "x", "instances": 1, "cpus": 0.1, "mem": 16,
         "labels": {"HAPROXY_1_MODE": "http", "HAPROXY_0_BALANCE": "leastconn"},
         "portDefinitions": [{"port": 9053, "protocol": "udp,tcp"}, {"port": 9080, "protocol": "tcp"}]}));
@@ -77,6 +78,7 @@ fn a_udp_tcp_port_is_served_over_both_transports_and_each_port_reads_its_own_lab
     c.tick(t(2));
     run_all(&mut c, "/dns", t(3));
     c.tick(t(4));
+    c.take_changes();
     let table = c.service_table();
     let seen: Vec<(u16, ServiceProtocol, Balance, LbMode, Vec<u16>)> = table
         .services
