@@ -241,6 +241,9 @@ pub struct Service {
     /// `HAPROXY_{n}_VHOST`: host names routed to this port by the HTTP frontend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vhosts: Vec<String>,
+    /// `HAPROXY_{n}_MODE`: a TCP proxy per connection, or an HTTP proxy per request.
+    #[serde(default)]
+    pub mode: LbMode,
     /// Tasks that are running, healthy (when checked), ready and not draining.
     pub backends: Vec<Backend>,
 }
@@ -270,6 +273,38 @@ pub enum Balance {
     #[default]
     RoundRobin,
     LeastConn,
+}
+
+/// What a TCP service port proxies (marathon-lb's `HAPROXY_{n}_MODE`; UDP ports ignore it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbMode {
+    /// Each client connection to one backend, bytes copied both ways.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 reverse proxy: each request of a kept-open client connection picks a
+    /// backend and travels on a pooled keep-alive connection to it.
+    Http,
+}
+
+impl LbMode {
+    /// The label's value, case-insensitive (`None`: neither `tcp` nor `http`).
+    pub fn parse(value: &str) -> Option<LbMode> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Some(LbMode::Tcp),
+            "http" => Some(LbMode::Http),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LbMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LbMode::Tcp => "tcp",
+            LbMode::Http => "http",
+        })
+    }
 }
 
 /// One task's address for a service port: its agent's address and the task's host port.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use plinth_protocol::agent::{Backend, Balance, Service, ServiceProtocol, ServiceTable};
+use plinth_protocol::agent::{Backend, Balance, LbMode, Service, ServiceProtocol, ServiceTable};
 use plinth_protocol::marathon::NetworkMode;
 use plinth_protocol::views::events::LbBackend;
 use plinth_protocol::{AgentId, AppDefinition, AppId, TaskId, Timestamp};
@@ -26,7 +26,8 @@ pub(crate) struct Drain {
 }
 
 /// One service port of a definition: the port, its transport and which of a task's host
-/// ports (by index) carries it.
+/// ports (by index) carries it, which is also the n of its `HAPROXY_{n}_*` labels. A port
+/// of protocol `udp,tcp` gives two bindings, one per transport, with the same index.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Binding {
     pub service_port: u16,
@@ -66,7 +67,7 @@ impl Core {
         let group = def.labels.get("HAPROXY_GROUP").cloned();
         let mut services: Vec<Service> = bindings(def)
             .into_iter()
-            .enumerate()
+            .map(|b| (b.host_port_index, b))
             .map(|(n, b)| Service {
                 app_id: app_id.clone(),
                 service_port: b.service_port,
@@ -81,6 +82,8 @@ impl Core {
                     .get(&format!("HAPROXY_{n}_VHOST"))
                     .map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect())
                     .unwrap_or_default(),
+                // The API refuses other values; marathon-lb's default is tcp.
+                mode: def.labels.get(&format!("HAPROXY_{n}_MODE")).and_then(|m| LbMode::parse(m)).unwrap_or_default(),
                 backends: Vec::new(),
             })
             .collect();
@@ -263,39 +266,36 @@ pub(crate) fn drain_timeout_ms(def: &AppDefinition, default_ms: i64) -> i64 {
 /// The service ports of a definition with the host port that carries each (ports without
 /// a host port, e.g. a BRIDGE mapping with no `hostPort`, cannot be balanced to).
 pub(crate) fn bindings(def: &AppDefinition) -> Vec<Binding> {
-    let protocol = |p: &str| {
-        let p = p.to_ascii_lowercase();
-        if p.split(',').any(|x| x.trim() == "tcp") {
-            ServiceProtocol::Tcp
-        } else {
-            ServiceProtocol::Udp
-        }
-    };
     let port = |p: i64| u16::try_from(p).ok().filter(|p| *p > 0);
-    let mut out = Vec::new();
-    match (def.network_mode(), def.container_port_mappings()) {
+    // (protocol, service port) of each port that has a host port, in label order.
+    let ports: Vec<(&str, i64)> = match (def.network_mode(), def.container_port_mappings()) {
         (NetworkMode::Bridge, Some(mappings)) => {
-            for (index, m) in mappings.iter().filter(|m| m.host_port.is_some()).enumerate() {
-                if let Some(service_port) = port(m.service_port) {
-                    out.push(Binding { service_port, protocol: protocol(&m.protocol), host_port_index: index });
-                }
-            }
+            mappings.iter().filter(|m| m.host_port.is_some()).map(|m| (m.protocol.as_str(), m.service_port)).collect()
         }
         (NetworkMode::Host, Some(mappings)) if def.port_definitions.as_ref().is_none_or(Vec::is_empty) => {
-            for (index, m) in mappings.iter().enumerate() {
-                if let Some(service_port) = port(m.service_port) {
-                    out.push(Binding { service_port, protocol: protocol(&m.protocol), host_port_index: index });
-                }
-            }
+            mappings.iter().map(|m| (m.protocol.as_str(), m.service_port)).collect()
         }
-        _ if crate::ports::host_ports_only(def) => {}
-        _ => {
-            for (index, d) in def.port_definitions.iter().flatten().enumerate() {
-                if let Some(service_port) = port(d.port) {
-                    out.push(Binding { service_port, protocol: protocol(&d.protocol), host_port_index: index });
-                }
-            }
+        _ if crate::ports::host_ports_only(def) => Vec::new(),
+        _ => def.port_definitions.iter().flatten().map(|d| (d.protocol.as_str(), d.port)).collect(),
+    };
+    let mut out = Vec::new();
+    for (index, (protocol, service_port)) in ports.into_iter().enumerate() {
+        let Some(service_port) = port(service_port) else { continue };
+        for protocol in transports(protocol) {
+            out.push(Binding { service_port, protocol, host_port_index: index });
         }
     }
     out
+}
+
+/// The transports of a Marathon port protocol (`tcp`, `udp`, `udp,tcp`).
+fn transports(protocol: &str) -> Vec<ServiceProtocol> {
+    let names: Vec<String> = protocol.split(',').map(|p| p.trim().to_ascii_lowercase()).collect();
+    let tcp = names.iter().any(|p| p == "tcp");
+    let udp = names.iter().any(|p| p == "udp") || !tcp;
+    [(tcp, ServiceProtocol::Tcp), (udp, ServiceProtocol::Udp)]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| p)
+        .collect()
 }

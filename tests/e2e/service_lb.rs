@@ -4,8 +4,10 @@
 //! and scales down, and at most the one in flight when a task is killed with `kill -9`;
 //! unhealthy tasks get no traffic; a lost agent's backends leave the others' balancers; a
 //! port with no backend refuses a flood of connections at once; a UDP service port echoes
-//! through every agent and closes with its app; `--service-ports` sets the range ports
-//! are assigned from; `--lb-http-port` routes each request of a connection by its host.
+//! through every agent and closes with its app, and a `udp,tcp` port serves both on one
+//! number; `--service-ports` sets the range ports are assigned from; `--lb-http-port`
+//! routes each request of a connection by its host; in http mode (`HAPROXY_0_MODE`) one
+//! keep-alive client connection loses no request while the app scales down and rolls out.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -480,6 +482,84 @@ fn the_master_assigns_service_ports_from_its_configured_range_and_refuses_ports_
     assert!(full.text.contains("No service port left in 15000-15009"), "{}", full.text);
 }
 
+/// One keep-alive connection (a client with a pool of one) sending requests without
+/// pause through `ip:SERVICE_PORT` until stopped; returns the number sent and the failures.
+struct KeepAliveClient {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl KeepAliveClient {
+    fn start(ip: String) -> KeepAliveClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(1)
+                .timeout(secs(10))
+                .build()
+                .expect("an HTTP client");
+            let (mut sent, mut failures) = (0, Vec::new());
+            while !stopping.load(Ordering::Relaxed) {
+                let url = format!("http://{ip}:{SERVICE_PORT}/greet/n{sent}");
+                match http.get(&url).send().and_then(|r| Ok((r.status(), r.text()?))) {
+                    Ok((status, body)) if status == 200 && body == format!("Hello n{sent}!") => {}
+                    Ok((status, body)) => failures.push(format!("#{sent}: {status} {body:?}")),
+                    Err(e) => failures.push(format!("#{sent}: {e}")),
+                }
+                sent += 1;
+            }
+            (sent, failures)
+        });
+        KeepAliveClient { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("client thread")
+    }
+}
+
+#[test]
+fn in_http_mode_one_keep_alive_connection_loses_no_request_while_the_app_scales_down_and_rolls_out() {
+    let ic = ImageCluster::start("lb-http-mode", 2, &[]);
+    let cluster = &ic.cluster;
+    let agents = ["agent-1", "agent-2"];
+    let mut app = checked_sinatra(3, "/greet/health", 3);
+    app["labels"] = json!({"HAPROXY_0_MODE": "http"});
+    cluster.api().post("/v2/apps", &app).expect_status(201);
+    cluster.wait_for_running("/hello-sinatra", 3, secs(120));
+    wait_for_backends(cluster, &agents, 3);
+    let ip = cluster.node("agent-1").host.ip.to_string();
+    let client = KeepAliveClient::start(ip);
+    std::thread::sleep(secs(1));
+
+    cluster.api().put("/v2/apps/hello-sinatra", &json!({"instances": 1})).expect_status(200);
+    cluster.wait_for_running("/hello-sinatra", 1, secs(120));
+    wait_for_backends(cluster, &agents, 1);
+    let before = str_field(&cluster.running_tasks("/hello-sinatra")[0], "id").to_string();
+    // A new version: the one task is replaced.
+    let labels = json!({"labels": {"HAPROXY_0_MODE": "HTTP", "ROLLOUT": "2"}});
+    cluster.api().put("/v2/apps/hello-sinatra", &labels).expect_status(200);
+    cluster.wait_for_no_deployments(secs(180));
+    let after = cluster.wait_for_running("/hello-sinatra", 1, secs(120));
+    assert_ne!(str_field(&after[0], "id"), before, "the task was replaced");
+    wait_for_backends(cluster, &agents, 1);
+    std::thread::sleep(secs(1));
+    let (sent, failures) = client.finish();
+
+    let view = lb(cluster, "agent-1");
+    let frontend = view["frontends"].as_array().unwrap().iter().find(|f| f["port"] == json!(SERVICE_PORT)).unwrap();
+    eprintln!("{sent} requests on one connection, {} failed; {frontend}", failures.len());
+    assert!(sent >= 200, "the client kept sending during the changes: {sent}");
+    assert!(failures.is_empty(), "{} of {sent} requests failed: {failures:#?}", failures.len());
+    assert_eq!(frontend["mode"], json!("http"), "{frontend}");
+    assert_eq!(frontend["connections"], json!(1), "the client's one connection served every request: {frontend}");
+    let requests = frontend["backends"][0]["requests"].as_u64().unwrap_or(0);
+    assert!(requests > 0, "the new task got requests: {frontend}");
+}
+
 /// A UDP echo command task on `$PORT0`: answers each datagram with `TASK_ID DATA`.
 const UDP_ECHO: &str = r#"exec python3 -c '
 import os, socket
@@ -657,4 +737,64 @@ fn the_http_frontend_routes_each_request_of_a_keep_alive_connection_to_its_vhost
     }
     let unknown = vhost_request(&mut stream, "nobody.example").expect("an answer");
     assert_eq!(unknown, ("HTTP/1.1 503 Service Unavailable".to_string(), "no app serves nobody.example".to_string()));
+}
+
+/// A command task on `$PORT0` over TCP and UDP both: a connection gets `tcp TASK_ID`, a
+/// datagram `TASK_ID DATA`.
+const TCP_AND_UDP: &str = r#"exec python3 -c '
+import os, socket, threading
+port, me = int(os.environ["PORT0"]), os.environ["MESOS_TASK_ID"].encode()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(me + b" " + data, peer)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", port))
+t.listen(16)
+while True:
+    c, _ = t.accept()
+    c.sendall(b"tcp " + me)
+    c.close()
+'"#;
+
+#[test]
+fn a_udp_tcp_service_port_takes_a_connection_and_a_datagram_to_the_task() {
+    let cluster = Cluster::start("lb-udp-tcp", 1);
+    let ip = cluster.node("agent-1").host.ip.to_string();
+    let app = json!({"id": "/both", "cmd": TCP_AND_UDP, "cpus": 0.1, "mem": 32,
+        "portDefinitions": [{"port": UDP_SERVICE_PORT, "protocol": "udp,tcp", "name": "both"}]});
+    let task = cluster.deploy(&app).remove(0);
+    let id = str_field(&task, "id").to_string();
+    wait_for_udp_backends(&cluster, &["agent-1"], 1);
+    let over_tcp = wait_until(&format!("a connection to {ip}:{UDP_SERVICE_PORT}"), secs(20), || {
+        let addr: SocketAddr = format!("{ip}:{UDP_SERVICE_PORT}").parse().map_err(|e| format!("{e}"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, secs(5)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(secs(5))).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        if answer.is_empty() {
+            Err("no answer".to_string())
+        } else {
+            Ok(answer)
+        }
+    });
+    assert_eq!(over_tcp, format!("tcp {id}"));
+    let client = udp_client();
+    let over_udp = wait_until("an echo over UDP", secs(20), || {
+        udp_ask(&client, &ip, "hello").ok_or_else(|| "no answer".to_string())
+    });
+    assert_eq!(over_udp, id);
+    let view = lb(&cluster, "agent-1");
+    let protocols: Vec<&Value> = view["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["port"] == json!(UDP_SERVICE_PORT))
+        .map(|f| &f["protocol"])
+        .collect();
+    assert_eq!(protocols, [&json!("tcp"), &json!("udp")], "{view}");
 }

@@ -2,14 +2,15 @@
 //! when the table changes, so open connections are never touched), its counters, and the
 //! listener task that accepts on it.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use plinth_protocol::agent::{Balance, Service, ServiceProtocol};
+use plinth_protocol::agent::{Balance, LbMode, Service, ServiceProtocol};
 use plinth_protocol::AppId;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::pooled::Pool;
 use super::select;
 use super::stats::{BackendStats, FrontendSnapshot, FrontendStats};
 
@@ -19,6 +20,7 @@ pub(crate) struct Route {
     pub app_id: AppId,
     pub balance: Balance,
     pub vhosts: Vec<String>,
+    pub mode: LbMode,
     pub backends: Vec<Arc<BackendStats>>,
 }
 
@@ -26,7 +28,11 @@ pub(crate) struct Frontend {
     pub port: u16,
     pub protocol: ServiceProtocol,
     route: RwLock<Route>,
+    /// The route's mode, read by every accept without the lock.
+    http: AtomicBool,
     cursor: AtomicUsize,
+    /// Idle keep-alive connections to the backends (http mode).
+    pub pool: Pool,
     pub stats: FrontendStats,
     /// Why the port is not served (bind failed), if it is not.
     error: Mutex<Option<String>>,
@@ -44,9 +50,12 @@ impl Frontend {
                 app_id: service.app_id.clone(),
                 balance: service.balance,
                 vhosts: service.vhosts.clone(),
+                mode: service.mode,
                 backends: Vec::new(),
             }),
+            http: AtomicBool::new(service.mode == LbMode::Http),
             cursor: AtomicUsize::new(0),
+            pool: Pool::default(),
             stats: FrontendStats::default(),
             error: Mutex::new(None),
             listener: Mutex::new(None),
@@ -78,14 +87,26 @@ impl Frontend {
             route.backends.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))).cloned().collect();
         for b in &gone {
             b.retired.store(true, Ordering::Relaxed);
+            self.pool.forget(b);
         }
+        if service.mode != route.mode {
+            // Connections of the other mode are not reused.
+            self.pool.clear();
+        }
+        self.http.store(service.mode == LbMode::Http, Ordering::Relaxed);
         *route = Route {
             app_id: service.app_id.clone(),
             balance: service.balance,
             vhosts: service.vhosts.clone(),
+            mode: service.mode,
             backends: next,
         };
         gone
+    }
+
+    /// Whether client connections are served as HTTP, request by request.
+    pub fn http_mode(&self) -> bool {
+        self.http.load(Ordering::Relaxed)
     }
 
     /// The backends a new connection tries, in order.
@@ -113,6 +134,7 @@ impl Frontend {
         if let Some(handle) = self.listener.lock().expect("listener lock is never poisoned").take() {
             handle.abort();
         }
+        self.pool.clear();
     }
 
     pub fn snapshot(&self) -> FrontendSnapshot<'_> {
@@ -123,6 +145,7 @@ impl Frontend {
             app_id: route.app_id,
             balance: route.balance,
             vhosts: route.vhosts,
+            mode: route.mode,
             error: self.error.lock().expect("error lock is never poisoned").clone(),
             stats: &self.stats,
             backends: route.backends,

@@ -1,5 +1,6 @@
 //! The listening sockets of service ports: TCP accept loops (each connection proxied in
-//! its own task) and UDP sockets (datagrams forwarded per client flow).
+//! its own task, as bytes or, in http mode, request by request) and UDP sockets
+//! (datagrams forwarded per client flow).
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::frontend::Frontend;
-use super::{proxy, udp};
+use super::{pooled, proxy, udp};
 
 /// Pending connections the kernel queues per service port.
 const BACKLOG: u32 = 4096;
@@ -27,8 +28,12 @@ pub(crate) fn start(frontend: &Arc<Frontend>, bind: IpAddr) -> Result<JoinHandle
             Ok(tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
-                        Ok((client, _)) => {
-                            tokio::spawn(proxy::serve(client, frontend.clone()));
+                        Ok((client, peer)) => {
+                            if frontend.http_mode() {
+                                tokio::spawn(pooled::serve(client, peer, frontend.clone()));
+                            } else {
+                                tokio::spawn(proxy::serve(client, frontend.clone()));
+                            }
                         }
                         Err(error) => {
                             warn!(port = frontend.port, %error, "service port cannot accept");

@@ -6,15 +6,22 @@
 //! agent ends; the agent tells the master ([`Balancer::drained_generation`]), which kills
 //! the task only then (or after its drain timeout).
 //!
+//! In http mode (`HAPROXY_{n}_MODE=http`) a backend counts requests in flight instead of
+//! connections, so keep-alive clients never hold a drain up.
+//!
 //! One job per file: `frontend.rs` (one service port's routing state), `listeners.rs`
 //! (sockets and accept loops), `http.rs` (the `--lb-http-port` frontend routing each
-//! request by `HAPROXY_{n}_VHOST`), `counted.rs` (its upstream byte counters),
-//! `select.rs` (backend order), `proxy.rs` (connecting to a backend, one TCP
-//! connection), `udp.rs` (datagram flows), `stats.rs` (counters and their views).
+//! request by `HAPROXY_{n}_VHOST`), `pooled.rs` (http mode: per request over pooled
+//! backend connections), `exchange.rs` (what both HTTP proxies share), `counted.rs`
+//! (upstream byte counters), `select.rs` (backend order), `proxy.rs` (connecting to a
+//! backend, one TCP connection), `udp.rs` (datagram flows), `stats.rs` (counters and
+//! their views).
 mod counted;
+mod exchange;
 mod frontend;
 mod http;
 mod listeners;
+mod pooled;
 mod proxy;
 mod select;
 pub mod stats;
@@ -210,3 +217,5 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_http_mode;

@@ -35,22 +35,30 @@ pub(crate) async fn connect(frontend: &Frontend) -> Option<(Open, TcpStream)> {
     for backend in frontend.candidates() {
         // Counted open from before the connect: a drain must not miss a connection in the making.
         let open = Open::new(backend.clone(), frontend);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(upstream)) => {
-                let _ = upstream.set_nodelay(true);
-                backend.total.fetch_add(1, Ordering::Relaxed);
-                return Some((open, upstream));
-            }
-            Ok(Err(error)) => {
-                debug!(port = frontend.port, backend = %backend.addr, %error, "backend refused; trying the next");
-            }
-            Err(_) => {
-                debug!(port = frontend.port, backend = %backend.addr, "backend connect timed out; trying the next")
-            }
+        if let Some(upstream) = dial(frontend, &backend).await {
+            return Some((open, upstream));
         }
-        backend.failures.fetch_add(1, Ordering::Relaxed);
     }
     frontend.stats.unserved.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// A new connection to `backend` (`None`: refused or timed out, counted as its failure).
+pub(crate) async fn dial(frontend: &Frontend, backend: &BackendStats) -> Option<TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+        Ok(Ok(upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            backend.total.fetch_add(1, Ordering::Relaxed);
+            return Some(upstream);
+        }
+        Ok(Err(error)) => {
+            debug!(port = frontend.port, backend = %backend.addr, %error, "backend refused; trying the next");
+        }
+        Err(_) => {
+            debug!(port = frontend.port, backend = %backend.addr, "backend connect timed out; trying the next")
+        }
+    }
+    backend.failures.fetch_add(1, Ordering::Relaxed);
     None
 }
 
@@ -61,7 +69,7 @@ pub(crate) struct Open {
 }
 
 impl Open {
-    fn new(backend: Arc<BackendStats>, frontend: &Frontend) -> Self {
+    pub fn new(backend: Arc<BackendStats>, frontend: &Frontend) -> Self {
         backend.active.fetch_add(1, Ordering::Relaxed);
         Open { backend, drained: frontend.drained.clone() }
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use plinth_protocol::agent::{Balance, ServiceProtocol};
+use plinth_protocol::agent::{Balance, LbMode, ServiceProtocol};
 use plinth_protocol::{AppId, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct BackendStats {
     pub task_id: TaskId,
     pub addr: SocketAddr,
+    /// Open connections; in http mode, requests in flight (idle pooled connections hold nothing).
     pub active: AtomicU64,
+    /// Connections made to it.
     pub total: AtomicU64,
+    /// HTTP requests sent to it (http mode and the HTTP frontend).
+    pub requests: AtomicU64,
     /// Client → backend bytes.
     pub bytes_in: AtomicU64,
     /// Backend → client bytes.
@@ -33,6 +37,7 @@ impl BackendStats {
             addr,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -50,6 +55,7 @@ impl BackendStats {
             address: self.addr.to_string(),
             active_connections: self.active(),
             total_connections: self.total.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -90,6 +96,9 @@ pub struct FrontendView {
     /// Host names the HTTP frontend routes here (`HAPROXY_{n}_VHOST`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vhosts: Vec<String>,
+    /// `HAPROXY_{n}_MODE`: `tcp` (per connection) or `http` (per request).
+    #[serde(default)]
+    pub mode: LbMode,
     /// False when the port could not be bound (`error` says why).
     pub listening: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,8 +112,12 @@ pub struct FrontendView {
 pub struct BackendView {
     pub task_id: TaskId,
     pub address: String,
+    /// Open connections; in http mode, requests in flight.
     pub active_connections: u64,
     pub total_connections: u64,
+    /// HTTP requests sent (http mode and the HTTP frontend).
+    #[serde(default)]
+    pub requests: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub failures: u64,
@@ -117,6 +130,7 @@ pub(crate) struct FrontendSnapshot<'a> {
     pub app_id: AppId,
     pub balance: Balance,
     pub vhosts: Vec<String>,
+    pub mode: LbMode,
     pub error: Option<String>,
     pub stats: &'a FrontendStats,
     pub backends: Vec<std::sync::Arc<BackendStats>>,
@@ -130,6 +144,7 @@ impl FrontendSnapshot<'_> {
             app_id: self.app_id.clone(),
             balance: self.balance,
             vhosts: self.vhosts.clone(),
+            mode: self.mode,
             listening: self.error.is_none(),
             error: self.error.clone(),
             connections: self.stats.connections.load(Ordering::Relaxed),
@@ -142,7 +157,7 @@ impl FrontendSnapshot<'_> {
 /// Prometheus text of the balancer's counters.
 pub fn prometheus(view: &LbView) -> String {
     let mut out = String::new();
-    let families: [(&str, &str, &str); 7] = [
+    let families: [(&str, &str, &str); 8] = [
         ("plinth_lb_connections_total", "counter", "Connections accepted on a service port."),
         ("plinth_lb_unserved_total", "counter", "Connections closed at once: no backend would take them."),
         ("plinth_lb_backend_active_connections", "gauge", "Open connections to a backend."),
@@ -150,6 +165,7 @@ pub fn prometheus(view: &LbView) -> String {
         ("plinth_lb_backend_bytes_in_total", "counter", "Bytes from clients to a backend."),
         ("plinth_lb_backend_bytes_out_total", "counter", "Bytes from a backend to its clients."),
         ("plinth_lb_backend_failures_total", "counter", "Connects to a backend refused or timed out."),
+        ("plinth_lb_backend_requests_total", "counter", "HTTP requests sent to a backend."),
     ];
     for (i, (name, kind, help)) in families.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -169,7 +185,8 @@ pub fn prometheus(view: &LbView) -> String {
                             3 => b.total_connections,
                             4 => b.bytes_in,
                             5 => b.bytes_out,
-                            _ => b.failures,
+                            6 => b.failures,
+                            _ => b.requests,
                         };
                         let _ = writeln!(out, "{name}{{{labels},backend=\"{}\"}} {value}", b.address);
                     }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use plinth_protocol::agent::{Backend, Balance, Service, ServiceProtocol, ServiceTable};
+use plinth_protocol::agent::{Backend, Balance, LbMode, Service, ServiceProtocol, ServiceTable};
 use plinth_protocol::{AppId, TaskId};
 use plinth_testkit::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,10 +11,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::{Balancer, LbSettings};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub(super) const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A TCP backend answering every connection with its name, then closing.
-async fn named_backend(name: &'static str) -> u16 {
+pub(super) async fn named_backend(name: &'static str) -> u16 {
     let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -25,7 +25,7 @@ async fn named_backend(name: &'static str) -> u16 {
     port
 }
 
-fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: &[(&str, u16)]) -> Service {
+pub(super) fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: &[(&str, u16)]) -> Service {
     Service {
         app_id: AppId::parse("/web").unwrap(),
         service_port: port,
@@ -33,6 +33,7 @@ fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: 
         group: group.map(str::to_string),
         balance: Balance::RoundRobin,
         vhosts: vec![],
+        mode: LbMode::Tcp,
         backends: backends
             .iter()
             .map(|(task, p)| Backend { task_id: TaskId::new(*task), host: "127.0.0.1".into(), port: *p })
@@ -40,11 +41,11 @@ fn service(port: u16, protocol: ServiceProtocol, group: Option<&str>, backends: 
     }
 }
 
-fn balancer(group: Option<&str>) -> Balancer {
+pub(super) fn balancer(group: Option<&str>) -> Balancer {
     Balancer::new(LbSettings { enabled: true, group: group.map(str::to_string), bind: LOOPBACK, http_port: None })
 }
 
-async fn ask(port: u16) -> std::io::Result<String> {
+pub(super) async fn ask(port: u16) -> std::io::Result<String> {
     let mut s = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).await?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).await?;
@@ -185,7 +186,7 @@ async fn udp_datagrams_are_forwarded_per_flow_and_answered() {
 }
 
 /// A UDP backend answering each datagram with `NAME DATA`.
-async fn named_udp_backend(name: &'static str) -> u16 {
+pub(super) async fn named_udp_backend(name: &'static str) -> u16 {
     let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
     let port = socket.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -198,7 +199,7 @@ async fn named_udp_backend(name: &'static str) -> u16 {
     port
 }
 
-async fn udp_ask(client: &UdpSocket, word: &str) -> String {
+pub(super) async fn udp_ask(client: &UdpSocket, word: &str) -> String {
     client.send(word.as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.expect("an answer").unwrap();
@@ -246,7 +247,7 @@ async fn a_udp_flow_leaves_a_drained_backend_and_a_closed_port_is_free_at_once()
 
 /// An HTTP/1.1 backend that answers every request of a keep-alive connection with
 /// `NAME HOST` (the request's `Host`), plus its `X-Forwarded-For` when there is one.
-async fn http_backend(name: &'static str) -> u16 {
+pub(super) async fn http_backend(name: &'static str) -> u16 {
     let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -274,7 +275,7 @@ async fn http_backend(name: &'static str) -> u16 {
 }
 
 /// Reads one message head (requests here have no body), as text.
-async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
+pub(super) async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -288,7 +289,7 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
 
 /// One request on an open connection: the status line and the body of the answer
 /// (`Content-Length` or chunked).
-async fn exchange(s: &mut TcpStream, request: &str) -> (String, String) {
+pub(super) async fn exchange(s: &mut TcpStream, request: &str) -> (String, String) {
     s.write_all(request.as_bytes()).await.unwrap();
     let head = tokio::time::timeout(Duration::from_secs(5), read_head(s)).await.expect("an answer").unwrap();
     let header = |name: &str| {

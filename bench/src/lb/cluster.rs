@@ -166,14 +166,15 @@ impl Cluster {
 
     /// Creates the bench's app (`HAPROXY_GROUP` for the marathon-lb side, an HTTP health
     /// check both sides follow) and returns its assigned service port.
-    pub fn create_app(&self, exe: &Path, instances: u32) -> anyhow::Result<u16> {
+    /// The bench app with `instances` tasks, its service port in `mode` (`HAPROXY_0_MODE`).
+    pub fn create_app(&self, exe: &Path, instances: u32, mode: &str) -> anyhow::Result<u16> {
         let app = json!({
             "id": APP_ID, "cmd": format!("exec {} bench lb-backend --port $PORT0", exe.display()),
             "cpus": 0.1, "mem": 64, "instances": instances,
             "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
             "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0, "gracePeriodSeconds": 30,
                 "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 3}],
-            "labels": {"HAPROXY_GROUP": super::haproxy::GROUP},
+            "labels": {"HAPROXY_GROUP": super::haproxy::GROUP, "HAPROXY_0_MODE": mode},
         });
         let reply = self.http.post(format!("{}/v2/apps", self.api)).json(&app).send()?;
         let status = reply.status();

@@ -35,16 +35,21 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Service {
     pub app_id: String,
     pub service_port: u16,
+    /// `HAPROXY_{n}_MODE`, lower case: `tcp` (marathon-lb's default) or `http`.
+    pub mode: String,
     pub health: Option<Health>,
     /// `(host, ip, port)` of each task, sorted as marathon-lb sorts them (host, port).
     pub servers: Vec<(String, String, u16)>,
 }
 
 /// The fields of the app's first health check that marathon-lb's templates use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub interval_seconds: u64,
     pub max_consecutive_failures: u64,
+    /// The path of an HTTP check (an http-mode backend checks with `option httpchk`).
+    pub http_path: Option<String>,
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +79,12 @@ struct PortDefinition {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HealthCheck {
+    #[serde(default)]
+    protocol: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default = "default_timeout")]
+    timeout_seconds: u64,
     #[serde(default = "default_interval")]
     interval_seconds: u64,
     #[serde(default = "default_failures")]
@@ -82,6 +93,10 @@ struct HealthCheck {
 
 fn default_interval() -> u64 {
     60
+}
+
+fn default_timeout() -> u64 {
+    20
 }
 
 fn default_failures() -> u64 {
@@ -127,6 +142,8 @@ pub fn services_of(apps_json: &str, group: &str) -> anyhow::Result<Vec<Service>>
         let health = app.health_checks.first().map(|h| Health {
             interval_seconds: h.interval_seconds,
             max_consecutive_failures: h.max_consecutive_failures,
+            http_path: h.protocol.eq_ignore_ascii_case("HTTP").then(|| h.path.clone().unwrap_or_else(|| "/".into())),
+            timeout_seconds: h.timeout_seconds,
         });
         for (index, definition) in app.port_definitions.iter().enumerate() {
             let mut servers: Vec<(String, String, u16)> = app
@@ -148,7 +165,15 @@ pub fn services_of(apps_json: &str, group: &str) -> anyhow::Result<Vec<Service>>
                 })
                 .collect();
             servers.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
-            services.push(Service { app_id: app.id.clone(), service_port: definition.port, health, servers });
+            let mode = app.labels.get(&format!("HAPROXY_{index}_MODE")).map(|m| m.trim().to_ascii_lowercase());
+            let mode = mode.filter(|m| m == "http").unwrap_or_else(|| "tcp".into());
+            services.push(Service {
+                app_id: app.id.clone(),
+                service_port: definition.port,
+                mode,
+                health: health.clone(),
+                servers,
+            });
         }
     }
     Ok(services)
@@ -168,7 +193,9 @@ pub struct Layout {
 /// `maxconn` 4096 instead of 50000, which needs more file descriptors than a default hard
 /// limit allows; its
 /// `FRONTEND_HEAD`, `BACKEND_HEAD` and `BACKEND_SERVER_OPTIONS` with the TCP health-check
-/// options, the mode of a service port without `HAPROXY_{n}_VHOST`). A service without
+/// options for a service port in tcp mode, marathon-lb's default without
+/// `HAPROXY_{n}_VHOST`; in http mode (`HAPROXY_{n}_MODE=http`) also `BACKEND_HTTP_OPTIONS`
+/// and, for an HTTP health check, `BACKEND_HTTP_HEALTHCHECK_OPTIONS`). A service without
 /// servers gets no frontend, as marathon-lb skips it.
 pub fn config(services: &[Service], layout: &Layout) -> String {
     let mut out = format!(
@@ -178,7 +205,8 @@ pub fn config(services: &[Service], layout: &Layout) -> String {
          backlog               10000\n  maxconn               4096\n  timeout connect          3s\n  \
          timeout client          30s\n  timeout server          30s\n  timeout tunnel        3600s\n  \
          timeout http-keep-alive  1s\n  timeout http-request    15s\n  timeout queue           30s\n  \
-         timeout tarpit          60s\n  option            redispatch\n  option            dontlognull\n  \
+         timeout tarpit          60s\n  option            redispatch\n  option            http-server-close\n  \
+         option            dontlognull\n  \
          option            tcp-smart-accept\n  option            tcp-smart-connect\n",
         layout.socket.display(),
         layout.state_dir.display()
@@ -186,13 +214,23 @@ pub fn config(services: &[Service], layout: &Layout) -> String {
     for service in services.iter().filter(|s| !s.servers.is_empty()) {
         let backend = format!("{}_{}", service.app_id.trim_start_matches('/').replace('/', "_"), service.service_port);
         let bind = layout.frontend_ports.get(&service.service_port).copied().unwrap_or(service.service_port);
-        let _ = write!(out, "\nfrontend {backend}\n  bind 127.0.0.1:{bind}\n  mode tcp\n  use_backend {backend}\n");
-        let _ = write!(out, "\nbackend {backend}\n  balance roundrobin\n  mode tcp\n");
+        let mode = &service.mode;
+        let _ = write!(out, "\nfrontend {backend}\n  bind 127.0.0.1:{bind}\n  mode {mode}\n  use_backend {backend}\n");
+        let _ = write!(out, "\nbackend {backend}\n  balance roundrobin\n  mode {mode}\n");
+        if mode == "http" {
+            out.push_str(
+                "  option forwardfor\n  http-request set-header X-Forwarded-Port %[dst_port]\n  \
+                 http-request add-header X-Forwarded-Proto https if { ssl_fc }\n",
+            );
+            if let Some(Health { http_path: Some(path), timeout_seconds, .. }) = &service.health {
+                let _ = write!(out, "  option  httpchk GET {path}\n  timeout check {timeout_seconds}s\n");
+            }
+        }
         for (host, ip, port) in &service.servers {
             let name = if host == ip { format!("{ip}_{port}") } else { format!("{host}_{ip}_{port}") };
             let name: String =
                 name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-            let check = service.health.map_or(String::new(), |h| {
+            let check = service.health.as_ref().map_or(String::new(), |h| {
                 format!(" check inter {}s fall {}", h.interval_seconds, h.max_consecutive_failures + 1)
             });
             let _ = writeln!(out, "  server {name} {ip}:{port}{check}");
@@ -396,6 +434,10 @@ mod tests {
              "tasks": [task(31002, "TASK_RUNNING", true), task(31001, "TASK_RUNNING", true),
                        task(31003, "TASK_KILLING", true), task(31004, "TASK_RUNNING", false),
                        {"host": "agent-1", "state": "TASK_RUNNING", "ports": [31005]}]},
+            {"id": "/api", "portDefinitions": [{"port": 10003}],
+             "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "HTTP"},
+             "healthChecks": [{"protocol": "HTTP", "path": "/ping", "timeoutSeconds": 1}],
+             "tasks": [task(31020, "TASK_RUNNING", true)]},
             {"id": "/internal", "portDefinitions": [{"port": 10002}], "labels": {},
              "tasks": [task(31010, "TASK_RUNNING", true)]}
         ]})
@@ -413,7 +455,8 @@ mod tests {
     #[test]
     fn only_running_healthy_tasks_of_the_group_become_servers() {
         let services = services_of(&apps(), GROUP).unwrap();
-        assert_eq!(services.len(), 1, "{services:?}");
+        assert_eq!(services.len(), 2, "{services:?}");
+        assert_eq!((services[0].mode.as_str(), services[1].mode.as_str()), ("tcp", "http"));
         assert_eq!(services[0].service_port, 10001);
         let ports: Vec<u16> = services[0].servers.iter().map(|s| s.2).collect();
         assert_eq!(ports, [31001, 31002], "killing, unhealthy and unchecked tasks are left out");
@@ -435,12 +478,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }
-        assert_eq!(server_lines(&text).len(), 2, "{text}");
+        assert_eq!(server_lines(&text).len(), 3, "{text}");
+        let http = text.split("backend api_10003").nth(2).unwrap_or_default();
+        for line in ["  mode http", "  option forwardfor", "  option  httpchk GET /ping", "  timeout check 1s"] {
+            assert!(http.lines().any(|l| l == line), "{line:?} missing from the http backend:\n{text}");
+        }
+        let tcp = text.split("backend shop_web_10001").nth(2).unwrap_or_default();
+        let tcp = tcp.split("frontend").next().unwrap_or_default();
+        assert!(tcp.lines().any(|l| l == "  mode tcp") && !tcp.contains("httpchk"), "{text}");
     }
 
     #[test]
     fn a_service_without_servers_gets_no_frontend() {
-        let service = Service { app_id: "/a".into(), service_port: 10001, health: None, servers: vec![] };
+        let service =
+            Service { app_id: "/a".into(), service_port: 10001, mode: "tcp".into(), health: None, servers: vec![] };
         assert!(!config(&[service], &layout()).contains("frontend"));
     }
 

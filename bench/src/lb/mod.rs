@@ -6,6 +6,8 @@
 //! connection per request. Then a scale 3 → 1 under load, for each: Plinth's master drains
 //! the balancer before it kills; HAProxy is reloaded by marathon-lb's loop (`haproxy.rs`).
 //! Failed requests are wrk's socket errors and non-2xx/3xx answers of that run.
+//! `--mode http` sets the app's `HAPROXY_0_MODE=http`: Plinth's port proxies request by
+//! request, HAProxy gets marathon-lb's `mode http` config.
 mod backend;
 mod cluster;
 mod haproxy;
@@ -40,6 +42,9 @@ pub struct BenchLbArgs {
     /// wrk's open connections.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// The service port's `HAPROXY_0_MODE` for both balancers: tcp or http.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "http"])]
+    pub mode: String,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-lb.json")]
     pub out: PathBuf,
@@ -139,7 +144,7 @@ pub fn run(args: BenchLbArgs) -> anyhow::Result<()> {
 
 fn measure(args: &BenchLbArgs, dir: &std::path::Path, exe: &std::path::Path) -> anyhow::Result<(Value, PathBuf)> {
     let cluster = Cluster::start(dir, exe)?;
-    let service_port = cluster.create_app(exe, 3)?;
+    let service_port = cluster.create_app(exe, 3, &args.mode)?;
     cluster.wait_for_instances(service_port, 3, Duration::from_secs(120))?;
     let frontend_port = crate::standalone::free_port()?;
     let layout = Layout {
@@ -152,7 +157,8 @@ fn measure(args: &BenchLbArgs, dir: &std::path::Path, exe: &std::path::Path) -> 
     let wrk = Wrk::new(dir, args.threads, args.connections, Duration::from_secs(5))?;
     let mut setup = Setup { cluster: &cluster, haproxy: &mut haproxy, wrk: &wrk, service_port, frontend_port };
     eprintln!(
-        "bench lb: 3 backends; plinth on service port {service_port}, haproxy on {frontend_port}; {}",
+        "bench lb: 3 backends, mode {}; plinth on service port {service_port}, haproxy on {frontend_port}; {}",
+        args.mode,
         crate::standalone::machine()
     );
 
@@ -187,10 +193,11 @@ fn measure(args: &BenchLbArgs, dir: &std::path::Path, exe: &std::path::Path) -> 
     print_report(args, &medians, &scale_downs);
     let report = json!({
         "machine": machine,
+        "mode": args.mode,
         "backends": "3 command tasks `plinth bench lb-backend` (axum, keep-alive), HTTP health check every 1 s",
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds, "timeout_s": 5},
         "plinth": "agent's balancer on the service port; CPU is the agent process's",
-        "haproxy": "marathon-lb's config (tcp mode, roundrobin, retries 3, redispatch, check inter 1s fall 4), master-worker, reloaded with SIGUSR2 by a /v2/apps poller; CPU is master + workers",
+        "haproxy": "marathon-lb's config (mode from HAPROXY_0_MODE, http-server-close, forwardfor and httpchk in http mode; roundrobin, retries 3, redispatch, check inter 1s fall 4), master-worker, reloaded with SIGUSR2 by a /v2/apps poller; CPU is master + workers",
         "steady_medians": medians.iter().map(|(k, v)| json!({"balancer": k.0, "connections": k.1, "median": v})).collect::<Vec<_>>(),
         "steady_runs": steady,
         "scale_3_to_1": scale_downs,
@@ -311,7 +318,8 @@ fn medians(steady: &[Steady]) -> BTreeMap<(Balancer, Connections), Median> {
 
 fn print_report(args: &BenchLbArgs, medians: &BTreeMap<(Balancer, Connections), Median>, scale_downs: &[ScaleDown]) {
     println!(
-        "steady load: wrk -t{} -c{}, {} s per run, median of {} rounds, 3 backends",
+        "steady load ({} mode): wrk -t{} -c{}, {} s per run, median of {} rounds, 3 backends",
+        args.mode,
         args.threads,
         args.connections,
         args.seconds,

@@ -1,5 +1,6 @@
 //! The labels the service balancer reads, checked when an app enters: marathon-lb's
-//! `HAPROXY_{n}_VHOST` (comma-separated host names) and Plinth's `PLINTH_DRAIN_SECONDS`.
+//! `HAPROXY_{n}_VHOST` (comma-separated host names), `HAPROXY_{n}_MODE` (`tcp` or `http`)
+//! and Plinth's `PLINTH_DRAIN_SECONDS`.
 use std::collections::BTreeMap;
 
 /// Seconds a planned kill waits at most for the balancers to drop the task.
@@ -18,7 +19,11 @@ pub fn violations(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
                 Ok(s) if s.is_finite() && (0.0..=MAX_DRAIN_SECONDS).contains(&s) => {}
                 _ => out.push((path, format!("must be a number of seconds between 0 and {MAX_DRAIN_SECONDS}"))),
             }
-        } else if is_vhost_label(key) {
+        } else if is_port_label(key, "_MODE") {
+            if crate::agent::LbMode::parse(value).is_none() {
+                out.push((path, format!("must be tcp or http, not {value:?}")));
+            }
+        } else if is_port_label(key, "_VHOST") {
             let bad: Vec<&str> = value
                 .split(',')
                 .map(str::trim)
@@ -32,10 +37,10 @@ pub fn violations(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
     out
 }
 
-/// `HAPROXY_{n}_VHOST` for a port index n.
-fn is_vhost_label(key: &str) -> bool {
+/// `HAPROXY_{n}{suffix}` for a port index n.
+fn is_port_label(key: &str, suffix: &str) -> bool {
     key.strip_prefix("HAPROXY_")
-        .and_then(|rest| rest.strip_suffix("_VHOST"))
+        .and_then(|rest| rest.strip_suffix(suffix))
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -48,6 +53,8 @@ mod tests {
         let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert!(violations(&labels(&[
             ("HAPROXY_0_VHOST", "a.example.com, b.example.com"),
+            ("HAPROXY_0_MODE", "HTTP"),
+            ("HAPROXY_1_MODE", " tcp"),
             (DRAIN_SECONDS_LABEL, "2.5")
         ]))
         .is_empty());
@@ -61,5 +68,10 @@ mod tests {
         assert!(bad[0].1.contains("bad host!"));
         assert_eq!(violations(&labels(&[(DRAIN_SECONDS_LABEL, "-1")])).len(), 1);
         assert_eq!(violations(&labels(&[("HAPROXY_1_VHOST", "")])).len(), 1);
+        let mode = violations(&labels(&[("HAPROXY_0_MODE", "https"), ("HAPROXY_MODE", "not checked")]));
+        assert_eq!(
+            mode,
+            vec![("/labels/HAPROXY_0_MODE".to_string(), "must be tcp or http, not \"https\"".to_string())]
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! planned kill: exact tables, generations, wake-ups and kill timing.
 use serde_json::json;
 
-use plinth_protocol::agent::{Balance, ServiceProtocol, SyncRequest, SyncResponse};
+use plinth_protocol::agent::{Balance, LbMode, ServiceProtocol, SyncRequest, SyncResponse};
 use plinth_protocol::{AgentId, AppId, TaskState};
 
 use super::*;
@@ -46,7 +46,8 @@ fn cluster(instances: i64, labels: serde_json::Value) -> (Core, AgentId, AgentId
 fn running_tasks_are_the_backends_of_their_service_port_on_every_agent() {
     let (mut c, a, b, generation) = cluster(
         2,
-        json!({"HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "leastconn", "HAPROXY_0_VHOST": "Hello.example, www.hello.example"}),
+        json!({"HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "leastconn", "HAPROXY_0_VHOST": "Hello.example, www.hello.example",
+            "HAPROXY_0_MODE": "HTTP"}),
     );
     let table = c.service_table();
     assert_eq!(table.services.len(), 1);
@@ -55,6 +56,7 @@ fn running_tasks_are_the_backends_of_their_service_port_on_every_agent() {
     assert_eq!((service.service_port, service.protocol), (9000, ServiceProtocol::Tcp));
     assert_eq!((service.group.as_deref(), service.balance), (Some("external"), Balance::LeastConn));
     assert_eq!(service.vhosts, ["hello.example", "www.hello.example"]);
+    assert_eq!(service.mode, LbMode::Http);
     let mut backends: Vec<(String, u16)> = service.backends.iter().map(|x| (x.host.clone(), x.port)).collect();
     backends.sort();
     assert_eq!(backends, vec![("10.0.0.1".to_string(), 31000), ("10.0.0.2".to_string(), 31000)]);
@@ -62,6 +64,35 @@ fn running_tasks_are_the_backends_of_their_service_port_on_every_agent() {
     let first = sync(&mut c, &a, generation - 1, t(6)).services.expect("an older table is answered");
     assert_eq!(first, table);
     assert!(sync(&mut c, &b, generation, t(6)).services.is_none(), "an applied table is not resent");
+}
+
+#[test]
+fn a_udp_tcp_port_is_served_over_both_transports_and_each_port_reads_its_own_labels() {
+    let mut c = core();
+    let a = register(&mut c, "a", ROOMY, "", t(0));
+    sync(&mut c, &a, 0, t(0));
+    let def = app(json!({"id": "/dns", "cmd": "x", "instances": 1, "cpus": 0.1, "mem": 16,
+        "labels": {"HAPROXY_1_MODE": "http", "HAPROXY_0_BALANCE": "leastconn"},
+        "portDefinitions": [{"port": 9053, "protocol": "udp,tcp"}, {"port": 9080, "protocol": "tcp"}]}));
+    c.create_app(def, t(1)).unwrap();
+    c.tick(t(2));
+    run_all(&mut c, "/dns", t(3));
+    c.tick(t(4));
+    c.take_changes();
+    let table = c.service_table();
+    let seen: Vec<(u16, ServiceProtocol, Balance, LbMode, Vec<u16>)> = table
+        .services
+        .iter()
+        .map(|s| (s.service_port, s.protocol, s.balance, s.mode, s.backends.iter().map(|b| b.port).collect()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (9053, ServiceProtocol::Tcp, Balance::LeastConn, LbMode::Tcp, vec![31000]),
+            (9053, ServiceProtocol::Udp, Balance::LeastConn, LbMode::Tcp, vec![31000]),
+            (9080, ServiceProtocol::Tcp, Balance::RoundRobin, LbMode::Http, vec![31001]),
+        ]
+    );
 }
 
 #[test]
