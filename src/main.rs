@@ -3,6 +3,11 @@
 //! command against the master's API (`app`, `task`, `logs`, `node`, `queue`), image
 //! building (`image`) or a benchmark (`bench`).
 mod cli;
+// why: glibc's malloc spent much of the master's time in free-list upkeep at 1M tasks
+// (BENCHMARKS.md, "Scheduler"); mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod flag_values;
 mod os;
 mod token_file;

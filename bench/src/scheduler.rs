@@ -259,17 +259,19 @@ pub(crate) fn staged_tasks_running(
     now: Timestamp,
 ) -> HashMap<AgentId, Vec<StatusUpdate>> {
     let mut per_agent: HashMap<AgentId, Vec<StatusUpdate>> = HashMap::new();
+    // One clock reading per round, formatted once: the agents' side is not what is measured.
+    let at = now.to_iso();
     for id in &changes.tasks {
         let Some(task) = core.task(id) else { continue };
         if task.state == TaskState::TaskStaging {
-            per_agent.entry(task.agent_id.clone()).or_default().push(running_update(id, task, now));
+            per_agent.entry(task.agent_id.clone()).or_default().push(running_update(id, task, &at));
         }
     }
     per_agent
 }
 
-fn running_update(id: &TaskId, task: &plinth_scheduler::TaskRecord, now: Timestamp) -> StatusUpdate {
+fn running_update(id: &TaskId, task: &plinth_scheduler::TaskRecord, at: &str) -> StatusUpdate {
     // Unique per update, like an agent's; cheap so the agents' side is not measured.
     let update_id = uuid::Uuid::from_u128(fastrand::u128(..));
-    StatusUpdate::new(update_id, id.clone(), task.app_id.clone(), TaskState::TaskRunning, now.to_iso())
+    StatusUpdate::new(update_id, id.clone(), task.app_id.clone(), TaskState::TaskRunning, at.to_string())
 }

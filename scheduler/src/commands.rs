@@ -266,7 +266,8 @@ impl Core {
                 }
             }
         }
-        let killed: Vec<TaskRecord> = selected.iter().filter_map(|id| self.tasks.get(id).cloned()).collect();
+        let killed: Vec<TaskRecord> =
+            selected.iter().filter_map(|id| self.tasks.get(id).map(|t| (**t).clone())).collect();
         for id in &selected {
             self.request_kill(id, if scale { "killed and scaled via API" } else { "killed via API" }, now);
         }

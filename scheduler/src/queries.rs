@@ -39,7 +39,7 @@ impl Core {
             .get(id)
             .into_iter()
             .flatten()
-            .filter_map(|t| self.tasks.get(t))
+            .filter_map(|t| self.tasks.get(t).map(|t| &**t))
             .filter(|t| !t.state.is_terminal())
             .collect();
         tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then_with(|| a.id.cmp(&b.id)));
@@ -47,11 +47,11 @@ impl Core {
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     pub fn task(&self, id: &TaskId) -> Option<&TaskRecord> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &AgentState> {

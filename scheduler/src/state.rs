@@ -56,7 +56,9 @@ pub struct Core {
     pub(crate) apps: BTreeMap<AppId, AppRecord>,
     /// Shared, never changed once stored: a read copy of the core shares them too.
     pub(crate) versions: BTreeMap<AppId, BTreeMap<String, Arc<AppDefinition>>>,
-    pub(crate) tasks: HashMap<TaskId, TaskRecord>,
+    /// Boxed: a growing map moves 32-byte entries instead of whole records (at 1M tasks
+    /// the moves and their fresh pages were a fifth of the core's time).
+    pub(crate) tasks: HashMap<TaskId, Box<TaskRecord>>,
     pub(crate) tasks_by_app: HashMap<AppId, HashSet<TaskId>>,
     pub(crate) tasks_by_agent: HashMap<AgentId, HashSet<TaskId>>,
     pub(crate) agents: BTreeMap<AgentId, AgentState>,
@@ -237,12 +239,12 @@ impl Core {
         if let Some(agent) = self.agents.get_mut(&task.agent_id) {
             agent.take(&task.resources);
         }
-        self.tasks.insert(task.id.clone(), task);
+        self.tasks.insert(task.id.clone(), Box::new(task));
     }
 
     /// Removes a terminal task and gives its resources back.
     pub(crate) fn remove_task(&mut self, id: &TaskId) -> Option<TaskRecord> {
-        let task = self.tasks.remove(id)?;
+        let task = *self.tasks.remove(id)?;
         self.unreachable.remove(id);
         self.draining.remove(id);
         self.services_dirty.insert(task.app_id.clone());
