@@ -16,7 +16,7 @@
 //! - `deployments.rs`: plans, steps and their progress; `groups.rs`: groups and
 //!   dependencies (planning group requests, dependency cycles); `queries.rs`: read views;
 //! - `services.rs`: the service table the agents' balancers serve, and draining a task
-//!   from it before a planned kill;
+//!   from it before a planned kill (`drain.rs`: the drain record and its timeout);
 //! - `changes.rs`: what each call changed; `model.rs`: the records the store persists.
 // Pure: no clock, entropy or spawning here (the ban is in clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -25,6 +25,7 @@ mod changes;
 mod commands;
 pub mod constraints;
 mod deployments;
+mod drain;
 mod error;
 pub mod groups;
 mod health;

@@ -11,20 +11,11 @@ use plinth_protocol::marathon::NetworkMode;
 use plinth_protocol::views::events::LbBackend;
 use plinth_protocol::{AgentId, AppDefinition, AppId, TaskId, Timestamp};
 
+use crate::drain::{drain_timeout_ms, Drain};
 use crate::model::{Readiness, TaskRecord};
 use crate::state::Core;
 
 pub use plinth_protocol::marathon::lb_labels::DRAIN_SECONDS_LABEL;
-
-/// A task taken out of the service table before its kill.
-#[derive(Debug, Clone)]
-pub(crate) struct Drain {
-    /// The first table generation without it (`None` until the table is next refreshed).
-    pub generation: Option<u64>,
-    /// The definition it runs, kept for its desired state even when the app is deleted.
-    pub definition: Arc<AppDefinition>,
-}
-
 /// One service port of a definition: the port, its transport and which of a task's host
 /// ports (by index) carries it, which is also the n of its `HAPROXY_{n}_*` labels. A port
 /// of protocol `udp,tcp` gives two bindings, one per transport, with the same index.
@@ -251,16 +242,6 @@ fn backend_changes(old: &[Service], new: &[Service]) -> Vec<(bool, LbBackend)> {
     let added = new.iter().filter(|b| !old_set.contains(b)).map(|b| (true, b.clone()));
     let removed = old.iter().filter(|b| !new_set.contains(b)).map(|b| (false, b.clone()));
     added.chain(removed).collect()
-}
-
-/// An app's drain timeout: its `PLINTH_DRAIN_SECONDS` label (validated by the API), else the default.
-pub(crate) fn drain_timeout_ms(def: &AppDefinition, default_ms: i64) -> i64 {
-    match def.labels.get(DRAIN_SECONDS_LABEL).and_then(|v| v.trim().parse::<f64>().ok()) {
-        // why: float-to-int `as` saturates; the value is checked finite and non-negative.
-        #[allow(clippy::cast_possible_truncation)]
-        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => (seconds * 1000.0) as i64,
-        _ => default_ms,
-    }
 }
 
 /// The service ports of a definition with the host port that carries each (ports without

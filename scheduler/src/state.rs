@@ -9,7 +9,7 @@ use plinth_protocol::views::events::EventBody;
 use plinth_protocol::{AgentId, AppDefinition, AppId, DeploymentId, PortRanges, Resources, TaskId, Timestamp};
 
 use crate::changes::Changes;
-use crate::services::Drain;
+use crate::drain::Drain;
 use plinth_protocol::agent::Service;
 
 use crate::model::{
