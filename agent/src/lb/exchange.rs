@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::counted::Counted;
-use super::proxy::Open;
+use super::open::Open;
 
 /// Largest request head read (hyper's read buffer; a larger head is a 431).
 const MAX_HEAD: usize = 16 * 1024;

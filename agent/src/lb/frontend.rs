@@ -10,7 +10,7 @@ use plinth_protocol::AppId;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::pooled::Pool;
+use super::pool::Pool;
 use super::select;
 use super::stats::{BackendStats, FrontendSnapshot, FrontendStats};
 

@@ -24,8 +24,9 @@ use tracing::{debug, warn};
 
 use super::exchange::{self, answer, ClientBody, Release, Sender};
 use super::frontend::Frontend;
+use super::open::Open;
 use super::pooled;
-use super::proxy::{self, Open};
+use super::proxy;
 
 /// Host name (lower case, no port) → the frontend of the service port it routes to.
 pub(crate) type VhostMap = Arc<RwLock<HashMap<String, Arc<Frontend>>>>;

@@ -12,15 +12,17 @@
 //! One job per file: `frontend.rs` (one service port's routing state), `listeners.rs`
 //! (sockets and accept loops), `http.rs` (the `--lb-http-port` frontend routing each
 //! request by `HAPROXY_{n}_VHOST`), `pooled.rs` (http mode: per request over pooled
-//! backend connections), `exchange.rs` (what both HTTP proxies share), `counted.rs`
-//! (upstream byte counters), `select.rs` (backend order), `proxy.rs` (connecting to a
-//! backend, one TCP connection), `udp.rs` (datagram flows), `stats.rs` (counters and
-//! their views).
+//! backend connections, kept in `pool.rs`), `exchange.rs` (what both HTTP proxies
+//! share), `counted.rs` (upstream byte counters), `select.rs` (backend order), `proxy.rs`
+//! (connecting to a backend, one TCP connection; `open.rs` counts each open one),
+//! `udp.rs` (datagram flows), `stats.rs` (counters and their views).
 mod counted;
 mod exchange;
 mod frontend;
 mod http;
 mod listeners;
+mod open;
+mod pool;
 mod pooled;
 mod proxy;
 mod select;

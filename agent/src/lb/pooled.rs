@@ -6,61 +6,25 @@
 //! last answer, which is what lets the master kill the task. A request whose backend
 //! connection is refused or reset before any answer is retried once on another backend:
 //! an unsent request always, a sent one only when it is idempotent and has no body.
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use plinth_protocol::TaskId;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::exchange::{self, answer, ClientBody, Release, Sender};
 use super::frontend::Frontend;
-use super::proxy::{self, Open};
+use super::open::Open;
+use super::proxy;
 use super::stats::BackendStats;
 
-/// Idle connections kept per backend; one more is closed.
-const MAX_IDLE: usize = 256;
 /// Connections tried for one request: stale pooled ones give an unsent request back.
 const MAX_ATTEMPTS: usize = 4;
-
-/// Idle keep-alive connections of one frontend, per backend.
-#[derive(Default)]
-pub(crate) struct Pool {
-    idle: Mutex<HashMap<(TaskId, SocketAddr), Vec<Sender>>>,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(TaskId, SocketAddr), Vec<Sender>>> {
-        self.idle.lock().expect("pool lock is never poisoned")
-    }
-
-    fn take(&self, backend: &BackendStats) -> Option<Sender> {
-        self.lock().get_mut(&(backend.task_id.clone(), backend.addr))?.pop()
-    }
-
-    fn put(&self, backend: &BackendStats, sender: Sender) {
-        let mut idle = self.lock();
-        let kept = idle.entry((backend.task_id.clone(), backend.addr)).or_default();
-        if kept.len() < MAX_IDLE {
-            kept.push(sender);
-        }
-    }
-
-    /// Closes a backend's idle connections (it left the table).
-    pub fn forget(&self, backend: &BackendStats) {
-        self.lock().remove(&(backend.task_id.clone(), backend.addr));
-    }
-
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-}
 
 /// One client connection to the service port.
 pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>) {
@@ -170,7 +134,7 @@ async fn checkout(frontend: &Arc<Frontend>, avoid: Option<&Arc<BackendStats>>) -
     }
     for backend in candidates {
         // Counted from before the request is sent: a drain must not miss it.
-        let open = Open::new(backend.clone(), frontend);
+        let open = Open::new(backend.clone(), &frontend.drained);
         while let Some(mut sender) = frontend.pool.take(&backend) {
             if sender.ready().await.is_ok() {
                 return Some(Lease { frontend: frontend.clone(), sender, open });

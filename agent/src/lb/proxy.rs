@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::frontend::Frontend;
+use super::open::Open;
 use super::stats::BackendStats;
 
 /// A backend that has not answered a connect by then is skipped.
@@ -34,7 +35,7 @@ pub(crate) async fn connect(frontend: &Frontend) -> Option<(Open, TcpStream)> {
     frontend.stats.connections.fetch_add(1, Ordering::Relaxed);
     for backend in frontend.candidates() {
         // Counted open from before the connect: a drain must not miss a connection in the making.
-        let open = Open::new(backend.clone(), frontend);
+        let open = Open::new(backend.clone(), &frontend.drained);
         if let Some(upstream) = dial(frontend, &backend).await {
             return Some((open, upstream));
         }
@@ -60,28 +61,6 @@ pub(crate) async fn dial(frontend: &Frontend, backend: &BackendStats) -> Option<
     }
     backend.failures.fetch_add(1, Ordering::Relaxed);
     None
-}
-
-/// A connection counted open on its backend until dropped.
-pub(crate) struct Open {
-    pub backend: Arc<BackendStats>,
-    drained: Arc<tokio::sync::Notify>,
-}
-
-impl Open {
-    pub fn new(backend: Arc<BackendStats>, frontend: &Frontend) -> Self {
-        backend.active.fetch_add(1, Ordering::Relaxed);
-        Open { backend, drained: frontend.drained.clone() }
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        let left = self.backend.active.fetch_sub(1, Ordering::Relaxed) - 1;
-        if left == 0 && self.backend.retired.load(Ordering::Relaxed) {
-            self.drained.notify_one();
-        }
-    }
 }
 
 /// Closes with a reset (linger 0), so the client learns at once that nothing serves it
