@@ -752,7 +752,7 @@ fn event_streams_on_followers_survive_a_kill_and_an_abdication() {
 }
 
 /// A Jepsen-style history, bounded: a client scales two apps through masters picked at
-/// random while the test kills and partitions leaders and followers ten times; afterwards
+/// random while the test kills and partitions leaders and followers twenty times; afterwards
 /// there is one leader, every acknowledged write is there and no app runs more tasks than
 /// its instances.
 #[test]
@@ -770,7 +770,7 @@ fn a_history_of_writes_through_random_masters_survives_kills_and_partitions() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addresses = MASTERS.iter().map(|m| (*m, ha.address(m))).collect();
     let writer = write_history(addresses, APPS, stop.clone(), 500);
-    for n in 0..10 {
+    for n in 0..20 {
         let fault = FAULTS[n % FAULTS.len()];
         let target = if fault.ends_with("leader") { leader.clone() } else { others(&leader)[n % 2].to_string() };
         eprintln!("fault {n} at {:?}: {fault} ({target})", started.elapsed());

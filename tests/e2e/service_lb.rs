@@ -574,8 +574,13 @@ const UDP_SERVICE_PORT: u16 = 10_053;
 
 /// One datagram to `ip:UDP_SERVICE_PORT` from `socket`: the task that echoed it (`None`: no answer in 2 s).
 fn udp_ask(socket: &std::net::UdpSocket, ip: &str, word: &str) -> Option<String> {
+    udp_ask_at(socket, &format!("{ip}:{UDP_SERVICE_PORT}"), word)
+}
+
+/// [`udp_ask`] of any address (a task's own host port).
+fn udp_ask_at(socket: &std::net::UdpSocket, address: &str, word: &str) -> Option<String> {
     socket.set_read_timeout(Some(secs(2))).expect("a read timeout");
-    socket.send_to(word.as_bytes(), format!("{ip}:{UDP_SERVICE_PORT}")).expect("a datagram sent");
+    socket.send_to(word.as_bytes(), address).expect("a datagram sent");
     let mut buf = [0u8; 512];
     let (n, _) = socket.recv_from(&mut buf).ok()?;
     let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -628,8 +633,19 @@ fn a_udp_service_port_echoes_through_every_agent_follows_the_app_and_closes_with
 
     // Two tasks: flows from many client ports are all answered, and spread over both.
     cluster.api().put("/v2/apps/udp-echo", &json!({"instances": 2})).expect_status(200);
-    cluster.wait_for_running("/udp-echo", 2, secs(60));
+    let running = cluster.wait_for_running("/udp-echo", 2, secs(60));
     wait_for_udp_backends(&cluster, &agents, 2);
+    // A datagram to a task that runs but has not bound its socket yet is simply lost (UDP
+    // has no refusal to retry on, and the app has no health check): wait until each task
+    // answers on its own host port before asking through the balancers.
+    for task in &running {
+        let (id, host) = (str_field(task, "id"), str_field(task, "host"));
+        let port = task["ports"][0].as_u64().expect("a host port");
+        let client = udp_client();
+        wait_until(&format!("{id} to answer on {host}:{port}"), secs(30), || {
+            udp_ask_at(&client, &format!("{host}:{port}"), "ready").ok_or_else(|| "no answer".to_string())
+        });
+    }
     let clients: Vec<std::net::UdpSocket> = (0..8).map(|_| udp_client()).collect();
     let mut answered_by = std::collections::BTreeSet::new();
     for (i, client) in clients.iter().enumerate() {

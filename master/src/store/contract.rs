@@ -339,3 +339,25 @@ fn a_journal_a_crash_left_is_replayed_and_then_settled_by_the_next_leader() {
         assert_eq!(engine.open().load_checked().unwrap().apps.len(), 200);
     });
 }
+
+/// A master of another version meets a prefix written by this one (or the reverse): it
+/// refuses to start, names both versions, and writes nothing.
+#[test]
+fn etcd_refuses_a_prefix_of_another_schema_version_and_leaves_it_as_it_was() {
+    with_etcd(|engine| {
+        let mut kv = engine.store().client().kv_client();
+        let newer = EtcdSettings { prefix: "/plinth-next".into(), ..engine.settings.clone() };
+        engine.runtime.block_on(kv.put("/plinth-next/meta/schema_version", "2", None)).unwrap();
+        engine.runtime.block_on(kv.put("/plinth-next/apps/%2Fweb", "written by version 2", None)).unwrap();
+        let err = engine.runtime.block_on(EtcdStore::connect(&newer)).expect_err("another schema version");
+        assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
+        assert!(err.to_string().contains("is 2") && err.to_string().contains("understands 1"), "{err}");
+        let left = engine.runtime.block_on(kv.get("/plinth-next/", Some(etcd_client::GetOptions::new().with_prefix())));
+        let left = left.unwrap();
+        assert_eq!(left.kvs().len(), 2, "nothing was added, changed or removed");
+        assert!(
+            left.kvs().iter().any(|k| k.value() == b"written by version 2"),
+            "the other version's record is intact"
+        );
+    });
+}
