@@ -162,6 +162,23 @@ impl Reader {
         self.kv.clone().get(start.to_vec(), Some(options)).await
     }
 
+    /// [`Reader::get`], asked again for half as many keys while the answer is over the
+    /// client's decoding limit; `limit` keeps the size that fit for the next pages.
+    async fn get_fitting(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: &mut usize,
+        keys_only: bool,
+    ) -> Result<GetResponse, StoreError> {
+        loop {
+            match self.get(start, end, *limit, keys_only).await {
+                Err(e) if too_big(&e) && *limit > 1 => *limit /= 2,
+                answer => return answer.map_err(etcd_err),
+            }
+        }
+    }
+
     /// Every key of `ranges` with its value, handed to `sink` page by page as they arrive.
     pub async fn read(&self, ranges: &[Range], sink: &(dyn Fn(Page) + Sync)) -> Result<(), StoreError> {
         try_join_all(ranges.iter().map(|range| self.read_range(range, sink))).await.map(drop)
@@ -206,14 +223,7 @@ impl Reader {
         let mut limit = PAGE;
         let mut read = 0;
         loop {
-            let mut answer = match self.get(&start, end, limit, false).await {
-                Ok(answer) => answer,
-                Err(e) if too_big(&e) && limit > 1 => {
-                    limit /= 2;
-                    continue;
-                }
-                Err(e) => return Err(etcd_err(e)),
-            };
+            let mut answer = self.get_fitting(&start, end, &mut limit, false).await?;
             let (more, count) = (answer.more(), answer.count());
             let kvs = answer.take_kvs();
             let Some(last) = kvs.last() else { return Ok(None) };
@@ -236,14 +246,7 @@ impl Reader {
         let mut keys = Vec::new();
         let mut limit = KEYS_PAGE;
         loop {
-            let mut answer = match self.get(&start, end, limit, true).await {
-                Ok(answer) => answer,
-                Err(e) if too_big(&e) && limit > 1 => {
-                    limit /= 2;
-                    continue;
-                }
-                Err(e) => return Err(etcd_err(e)),
-            };
+            let mut answer = self.get_fitting(&start, end, &mut limit, true).await?;
             let more = answer.more();
             keys.extend(answer.take_kvs().into_iter().map(|kv| kv.into_key_value().0));
             match keys.last() {
